@@ -1,0 +1,101 @@
+//! Clocks for backends without a database clock: the system clock, and a manual clock
+//! that tests move forward instead of sleeping.
+
+use chrono::{DateTime, Utc};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A source of the current time.
+pub trait Clock: Send + Sync + 'static {
+    /// Now.
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+type Listener = Box<dyn Fn() + Send + Sync>;
+
+/// A clock that moves only when told to. Cloning shares the same time.
+#[derive(Clone)]
+pub struct ManualClock {
+    inner: Arc<Mutex<ManualInner>>,
+}
+
+struct ManualInner {
+    now: DateTime<Utc>,
+    listeners: Vec<Listener>,
+}
+
+impl std::fmt::Debug for ManualClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManualClock")
+            .field("now", &self.now())
+            .finish()
+    }
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ManualClock {
+    /// A manual clock starting at the current wall-clock time.
+    pub fn new() -> Self {
+        Self::starting_at(Utc::now())
+    }
+
+    /// A manual clock starting at `now`.
+    pub fn starting_at(now: DateTime<Utc>) -> Self {
+        ManualClock {
+            inner: Arc::new(Mutex::new(ManualInner {
+                now,
+                listeners: Vec::new(),
+            })),
+        }
+    }
+
+    /// Moves time forward by `by`, then tells listeners (so idle workers look again).
+    pub fn advance(&self, by: Duration) {
+        let delta = chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX);
+        let mut inner = self.lock();
+        inner.now += delta;
+        for l in &inner.listeners {
+            l();
+        }
+    }
+
+    /// Sets the time (forward or back), then tells listeners.
+    pub fn set(&self, now: DateTime<Utc>) {
+        let mut inner = self.lock();
+        inner.now = now;
+        for l in &inner.listeners {
+            l();
+        }
+    }
+
+    /// Calls `f` after every change of time.
+    pub fn on_change(&self, f: impl Fn() + Send + Sync + 'static) {
+        self.lock().listeners.push(Box::new(f));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ManualInner> {
+        // A poisoned clock only means a listener panicked; the time itself is intact.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.lock().now
+    }
+}

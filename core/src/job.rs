@@ -1,0 +1,270 @@
+//! The job model: what a job is, its status, and what a new job carries.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A job's id, unique within one storage.
+pub type JobId = i64;
+
+/// Where a job is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Waiting to be claimed; `run_at` may lie in the future.
+    Pending,
+    /// Failed an attempt and waits for its next one at `run_at`; claimable like pending.
+    Retrying,
+    /// Claimed by a worker that holds its lease.
+    Running,
+    /// A workflow suspended on a timer, a signal or children; holds no worker slot.
+    Waiting,
+    /// Finished successfully; `result` holds the handler's output.
+    Completed,
+    /// Finished unsuccessfully: attempts exhausted or a non-retryable error.
+    Failed,
+    /// Cancelled before it finished.
+    Cancelled,
+}
+
+impl JobStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [JobStatus; 7] = [
+        JobStatus::Pending,
+        JobStatus::Retrying,
+        JobStatus::Running,
+        JobStatus::Waiting,
+        JobStatus::Completed,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+    ];
+
+    /// The status's stable name, as stored in SQL backends.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Retrying => "retrying",
+            JobStatus::Running => "running",
+            JobStatus::Waiting => "waiting",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// True for statuses a worker may claim (pending and retrying).
+    pub fn is_claimable(self) -> bool {
+        matches!(self, JobStatus::Pending | JobStatus::Retrying)
+    }
+
+    /// True for completed, failed and cancelled.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobStatus {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| crate::Error::Storage(format!("unknown job status `{s}` in storage")))
+    }
+}
+
+/// The lease a worker holds on a running job. Every write made on behalf of the job's
+/// attempt carries it; storage refuses the write with [`crate::Error::LeaseLost`] once
+/// the lease is no longer current.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The leased job.
+    pub job_id: JobId,
+    /// The attempt number this lease belongs to (1 for the first attempt).
+    pub attempt: i32,
+    /// A random token unique to this claim; the fencing token.
+    pub token: i64,
+    /// When the lease runs out unless renewed.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Who holds a running job's lease, as stored on the job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    /// The worker that claimed the job.
+    pub holder: String,
+    /// The fencing token.
+    pub token: i64,
+    /// When the lease runs out unless renewed.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// The job's id.
+    pub id: JobId,
+    /// The registered task name that runs it.
+    pub task: String,
+    /// The task's arguments as JSON.
+    pub payload: Value,
+    /// The routing queue.
+    pub queue: String,
+    /// Higher runs first.
+    pub priority: i32,
+    /// Lifecycle status.
+    pub status: JobStatus,
+    /// Attempts started so far (1 while the first attempt runs).
+    pub attempt: i32,
+    /// Attempts allowed in all (retries + 1).
+    pub max_attempts: i32,
+    /// Not claimable before this time.
+    pub run_at: DateTime<Utc>,
+    /// The current lease while running.
+    pub lease: Option<LeaseInfo>,
+    /// The last attempt's error.
+    pub last_error: Option<String>,
+    /// The handler's output once completed.
+    pub result: Option<Value>,
+    /// The dedupe key, unique among unfinished jobs.
+    pub dedupe_key: Option<String>,
+    /// Per-attempt time limit in milliseconds.
+    pub timeout_ms: Option<i64>,
+    /// When the job was enqueued.
+    pub created_at: DateTime<Utc>,
+    /// When its latest attempt started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it finished.
+    pub completed_at: Option<DateTime<Utc>>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Job {
+    /// True when the job failed an attempt and waits for the next one.
+    pub fn is_retrying(&self) -> bool {
+        self.status == JobStatus::Retrying
+    }
+
+    /// The per-attempt timeout, if any.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout_ms
+            .and_then(|ms| u64::try_from(ms).ok())
+            .map(Duration::from_millis)
+    }
+}
+
+/// A job to insert, already validated. Built by [`crate::Queue::enqueue`] from
+/// [`crate::JobOptions`]; backends receive it through [`crate::Storage::enqueue`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewJob {
+    /// Task name.
+    pub task: String,
+    /// Arguments as JSON.
+    pub payload: Value,
+    /// Routing queue.
+    pub queue: String,
+    /// Higher runs first.
+    pub priority: i32,
+    /// Attempts allowed in all (retries + 1), at least 1.
+    pub max_attempts: i32,
+    /// When the job becomes claimable; `None` with no delay means now.
+    pub run_at: Option<DateTime<Utc>>,
+    /// Delay from the storage clock's now; used when `run_at` is `None`.
+    pub delay: Option<Duration>,
+    /// A key unique among unfinished jobs: enqueueing a second job with the same key
+    /// returns the existing job's id instead.
+    pub dedupe_key: Option<String>,
+    /// Per-attempt time limit in milliseconds.
+    pub timeout_ms: Option<i64>,
+}
+
+impl NewJob {
+    /// A job for `task` with `payload` and default options.
+    pub fn new(task: impl Into<String>, payload: Value) -> Self {
+        NewJob {
+            task: task.into(),
+            payload,
+            queue: crate::options::DEFAULT_QUEUE.to_string(),
+            priority: 0,
+            max_attempts: crate::options::DEFAULT_RETRIES as i32 + 1,
+            run_at: None,
+            delay: None,
+            dedupe_key: None,
+            timeout_ms: None,
+        }
+    }
+
+    /// The run time relative to `now` (the storage clock).
+    pub fn resolve_run_at(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        match (self.run_at, self.delay) {
+            (Some(at), _) => at,
+            (None, Some(d)) => now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX),
+            (None, None) => now,
+        }
+    }
+}
+
+/// What an enqueue did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enqueued {
+    /// The job's id: the new job's, or the existing one's when deduplicated.
+    pub id: JobId,
+    /// False when an unfinished job with the same dedupe key already existed.
+    pub created: bool,
+}
+
+/// A stored outcome of a durable call or step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Hierarchical position, e.g. `2` or `2/0`.
+    pub key: String,
+    /// The called task's (or step's) name, checked on replay.
+    pub name: String,
+    /// The success value, or the terminal error message.
+    pub outcome: CheckpointOutcome,
+}
+
+/// The stored outcome of a checkpointed call: only successes and terminal errors are kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointOutcome {
+    /// The call returned this value.
+    Ok(Value),
+    /// The call failed terminally with this message.
+    Err(String),
+}
+
+/// A fresh fencing token: unique per claim with overwhelming probability, across
+/// processes (it mixes the time, the process id and a counter through SplitMix64).
+pub fn new_lease_token() -> i64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let seed = nanos
+        ^ (u64::from(std::process::id()) << 32)
+        ^ COUNTER
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .rotate_left(17);
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 1) as i64
+}

@@ -1,0 +1,263 @@
+//! Per-job options and their validation.
+
+use crate::error::{Error, Result};
+use crate::job::NewJob;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use std::time::Duration;
+
+/// The queue jobs go to when none is named.
+pub const DEFAULT_QUEUE: &str = "default";
+/// Retries after the first attempt when none are set.
+pub const DEFAULT_RETRIES: u32 = 3;
+/// The largest serialized payload accepted, in bytes. Defaults to 1 MiB.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+/// The most retries one job may ask for.
+pub const MAX_RETRIES: u32 = 10_000;
+
+/// Options for one enqueued job. Setters never fail; [`JobOptions::build`] validates.
+///
+/// ```
+/// use durable_jobs::JobOptions;
+/// use std::time::Duration;
+/// let opts = JobOptions::new().priority(10).retries(5).delay(Duration::from_secs(30)).queue("emails");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobOptions {
+    priority: Option<i32>,
+    retries: Option<u32>,
+    delay: Option<Duration>,
+    at: Option<DateTime<Utc>>,
+    queue: Option<String>,
+    dedupe_key: Option<String>,
+    timeout: Option<Duration>,
+}
+
+impl JobOptions {
+    /// Default options: priority 0, 3 retries, run now, queue `default`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Higher runs first. Defaults to 0.
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// Retries after the first attempt. Defaults to [`DEFAULT_RETRIES`].
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = Some(retries);
+        self
+    }
+
+    /// Runs no earlier than this long after enqueue (by the storage clock).
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// Runs no earlier than this time.
+    pub fn at(mut self, at: DateTime<Utc>) -> Self {
+        self.at = Some(at);
+        self
+    }
+
+    /// The routing queue. Defaults to [`DEFAULT_QUEUE`].
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+
+    /// While an unfinished job holds this key, enqueueing another returns its id.
+    pub fn dedupe_key(mut self, key: impl Into<String>) -> Self {
+        self.dedupe_key = Some(key.into());
+        self
+    }
+
+    /// Each attempt fails (and may retry) once it runs this long.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Validates the options and builds the job to insert.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] for `delay` together with `at`, a zero timeout, more than
+    /// [`MAX_RETRIES`] retries or an empty dedupe key; [`Error::InvalidQueueName`];
+    /// [`Error::PayloadTooLarge`] past [`DEFAULT_MAX_PAYLOAD_BYTES`].
+    pub fn build(&self, task: &str, payload: Value) -> Result<NewJob> {
+        validate_task_name(task)?;
+        if self.delay.is_some() && self.at.is_some() {
+            return Err(Error::InvalidOption {
+                option: "delay",
+                message: "set either `delay` or `at`, not both".into(),
+            });
+        }
+        let retries = self.retries.unwrap_or(DEFAULT_RETRIES);
+        if retries > MAX_RETRIES {
+            return Err(Error::InvalidOption {
+                option: "retries",
+                message: format!("expected at most {MAX_RETRIES}, found {retries}"),
+            });
+        }
+        let timeout_ms = match self.timeout {
+            Some(t) if t.is_zero() => {
+                return Err(Error::InvalidOption {
+                    option: "timeout",
+                    message: "expected a positive duration, found zero".into(),
+                })
+            }
+            Some(t) => Some(i64::try_from(t.as_millis()).unwrap_or(i64::MAX).max(1)),
+            None => None,
+        };
+        if let Some(delay) = self.delay {
+            if chrono::Duration::from_std(delay).is_err() {
+                return Err(Error::InvalidOption {
+                    option: "delay",
+                    message: format!("{delay:?} is out of range"),
+                });
+            }
+        }
+        if let Some(key) = &self.dedupe_key {
+            if key.is_empty() {
+                return Err(Error::InvalidOption {
+                    option: "dedupe_key",
+                    message: "expected a non-empty key".into(),
+                });
+            }
+        }
+        let queue = self.queue.clone().unwrap_or_else(|| DEFAULT_QUEUE.into());
+        validate_queue_name(&queue)?;
+        let size = payload_size(&payload);
+        if size > DEFAULT_MAX_PAYLOAD_BYTES {
+            return Err(Error::PayloadTooLarge {
+                task: task.into(),
+                size,
+                limit: DEFAULT_MAX_PAYLOAD_BYTES,
+            });
+        }
+        Ok(NewJob {
+            task: task.into(),
+            payload,
+            queue,
+            priority: self.priority.unwrap_or(0),
+            max_attempts: i32::try_from(retries).unwrap_or(i32::MAX - 1) + 1,
+            run_at: self.at,
+            delay: self.delay,
+            dedupe_key: self.dedupe_key.clone(),
+            timeout_ms,
+        })
+    }
+}
+
+fn payload_size(payload: &Value) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Counter(0);
+    // Serializing a Value into a counter cannot fail.
+    let _ = serde_json::to_writer(&mut c, payload);
+    c.0
+}
+
+/// Checks a queue name: 1 to 128 characters from `[A-Za-z0-9_.:-]`.
+///
+/// # Errors
+/// [`Error::InvalidQueueName`] otherwise.
+pub fn validate_queue_name(name: &str) -> Result<()> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(Error::InvalidQueueName(name.into()))
+    }
+}
+
+/// Checks a task name: 1 to 128 characters from `[A-Za-z0-9_.:-]`.
+///
+/// # Errors
+/// [`Error::InvalidOption`] otherwise.
+pub fn validate_task_name(name: &str) -> Result<()> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(Error::InvalidOption {
+            option: "task",
+            message: format!(
+                "task name `{name}` must be 1 to 128 characters from A-Z a-z 0-9 _ . : -"
+            ),
+        })
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn defaults_give_four_attempts_on_default_queue() {
+        let job = JobOptions::new().build("t", json!(1)).expect("valid");
+        assert_eq!(job.max_attempts, 4);
+        assert_eq!(job.queue, DEFAULT_QUEUE);
+    }
+
+    #[test]
+    fn invalid_options_are_typed_errors() {
+        let both = JobOptions::new()
+            .delay(Duration::from_secs(1))
+            .at(Utc::now())
+            .build("t", json!(null));
+        assert!(matches!(
+            both,
+            Err(Error::InvalidOption {
+                option: "delay",
+                ..
+            })
+        ));
+        let zero = JobOptions::new()
+            .timeout(Duration::ZERO)
+            .build("t", json!(null));
+        assert!(matches!(
+            zero,
+            Err(Error::InvalidOption {
+                option: "timeout",
+                ..
+            })
+        ));
+        let q = JobOptions::new().queue("bad queue").build("t", json!(null));
+        assert!(matches!(q, Err(Error::InvalidQueueName(_))));
+        let r = JobOptions::new()
+            .retries(MAX_RETRIES + 1)
+            .build("t", json!(null));
+        assert!(matches!(
+            r,
+            Err(Error::InvalidOption {
+                option: "retries",
+                ..
+            })
+        ));
+        let big = json!("x".repeat(DEFAULT_MAX_PAYLOAD_BYTES));
+        assert!(matches!(
+            JobOptions::new().build("t", big),
+            Err(Error::PayloadTooLarge { .. })
+        ));
+        assert!(JobOptions::new().build("", json!(null)).is_err());
+    }
+}

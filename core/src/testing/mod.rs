@@ -1,0 +1,110 @@
+//! Test support (feature `testing`): the storage conformance suite every backend runs,
+//! and helpers for users' own tests.
+
+pub mod conformance;
+
+use crate::storage::DynStorage;
+use async_trait::async_trait;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// What a backend provides to run the conformance suite: a fresh, migrated, isolated
+/// storage per test (its own schema, file or instance) and a way to move its time.
+#[async_trait]
+pub trait ConformanceHarness: Send + Sync + Sized + 'static {
+    /// A fresh storage, migrated, sharing nothing with other tests.
+    async fn setup() -> Self;
+    /// The storage under test.
+    fn storage(&self) -> DynStorage;
+    /// Moves the storage's notion of time forward by `by`, as if that much time passed.
+    async fn advance(&self, by: Duration);
+    /// Removes what `setup` created.
+    async fn teardown(self);
+}
+
+/// Runs one conformance case on a fresh multi-thread runtime: setup, case, teardown.
+/// Teardown runs even when the case fails, and the failure is then re-raised.
+pub fn run_case<H, F>(case: F)
+where
+    H: ConformanceHarness,
+    F: for<'a> FnOnce(&'a H) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("build a tokio runtime for the conformance case");
+    rt.block_on(async move {
+        let h = H::setup().await;
+        let outcome = CatchUnwind(case(&h)).await;
+        h.teardown().await;
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic);
+        }
+    });
+}
+
+/// Polls a future, catching a panic from it (a tiny `catch_unwind` for futures), so the
+/// harness can tear down before the failure is re-raised.
+struct CatchUnwind<F: ?Sized>(Pin<Box<F>>);
+
+impl<F: Future<Output = ()> + ?Sized> Future for CatchUnwind<F> {
+    type Output = std::thread::Result<()>;
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Ready(())) => std::task::Poll::Ready(Ok(())),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(p) => std::task::Poll::Ready(Err(p)),
+        }
+    }
+}
+
+/// Expands to one `#[test]` per conformance case for a [`ConformanceHarness`] type.
+///
+/// ```ignore
+/// durable_jobs::storage_conformance_tests!(MyHarness);
+/// ```
+#[macro_export]
+macro_rules! storage_conformance_tests {
+    ($harness:ty) => {
+        $crate::storage_conformance_tests!(@cases $harness;
+            claims_by_priority_then_run_at_then_id,
+            delayed_job_invisible_until_due,
+            dequeue_filters_queues_and_tasks,
+            concurrent_dequeuers_never_claim_a_job_twice,
+            complete_stores_result,
+            complete_many_fences_each_item,
+            stale_lease_cannot_complete,
+            stale_lease_cannot_fail,
+            stale_lease_cannot_heartbeat,
+            stale_lease_cannot_checkpoint,
+            expired_lease_is_reclaimed,
+            heartbeat_keeps_lease_alive,
+            reclaim_with_attempts_exhausted_fails_job,
+            retry_then_terminal_failure,
+            release_does_not_spend_an_attempt,
+            checkpoints_roundtrip,
+            dedupe_key_returns_existing_unfinished_job,
+            enqueue_many_keeps_order_and_dedupes,
+            list_jobs_filters_and_paginates,
+            counts_per_queue_and_status,
+            cancel_pending_and_running_jobs,
+            get_missing_job_is_none,
+        );
+    };
+    (@cases $harness:ty; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::testing::run_case::<$harness, _>(|h| {
+                    Box::pin($crate::testing::conformance::$case(h))
+                });
+            }
+        )*
+    };
+}

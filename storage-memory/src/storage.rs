@@ -1,0 +1,497 @@
+//! The memory backend's [`Storage`] implementation.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use durable_jobs::job::new_lease_token;
+use durable_jobs::{
+    Capabilities, Checkpoint, ClaimedJob, Clock, Completion, DequeueParams, Enqueued, Error,
+    Failure, Job, JobFilter, JobId, JobStatus, Lease, LeaseInfo, ManualClock, NewJob, QueueCount,
+    Result, Storage, SystemClock,
+};
+use serde_json::Value;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Claim order: priority (higher first), then run_at, then id.
+type ReadyKey = (Reverse<i32>, DateTime<Utc>, JobId);
+
+#[derive(Default)]
+struct State {
+    next_id: JobId,
+    jobs: HashMap<JobId, Job>,
+    /// Claimable (pending or retrying) jobs per queue, in claim order.
+    ready: HashMap<String, BTreeSet<ReadyKey>>,
+    /// Running jobs by lease expiry, for the sweeper.
+    running: BTreeSet<(DateTime<Utc>, JobId)>,
+    /// Dedupe keys of unfinished jobs.
+    dedupe: HashMap<String, JobId>,
+    checkpoints: HashMap<JobId, BTreeMap<String, Checkpoint>>,
+}
+
+/// Jobs held in this process's memory. Cloning shares the same jobs.
+#[derive(Clone)]
+pub struct MemoryStorage {
+    state: Arc<Mutex<State>>,
+    clock: Arc<dyn Clock>,
+    wake: Arc<watch::Sender<u64>>,
+}
+
+impl std::fmt::Debug for MemoryStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStorage").finish_non_exhaustive()
+    }
+}
+
+impl Default for MemoryStorage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStorage {
+    /// Storage on the system clock.
+    pub fn new() -> Self {
+        Self::build(Arc::new(SystemClock))
+    }
+
+    /// Storage on a manual clock: advancing the clock also wakes idle workers.
+    pub fn with_clock(clock: ManualClock) -> Self {
+        let storage = Self::build(Arc::new(clock.clone()));
+        let wake = Arc::downgrade(&storage.wake);
+        clock.on_change(move || {
+            if let Some(w) = wake.upgrade() {
+                w.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        });
+        storage
+    }
+
+    /// Storage on any clock.
+    pub fn with_custom_clock(clock: Arc<dyn Clock>) -> Self {
+        Self::build(clock)
+    }
+
+    fn build(clock: Arc<dyn Clock>) -> Self {
+        let (tx, _) = watch::channel(0);
+        MemoryStorage {
+            state: Arc::new(Mutex::new(State {
+                next_id: 1,
+                ..State::default()
+            })),
+            clock,
+            wake: Arc::new(tx),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every mutation below keeps the state consistent before it can panic, so a
+        // poisoned lock still guards valid data.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake(&self) {
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+impl State {
+    fn insert(&mut self, new: NewJob, now: DateTime<Utc>) -> Enqueued {
+        if let Some(key) = &new.dedupe_key {
+            if let Some(&id) = self.dedupe.get(key) {
+                return Enqueued { id, created: false };
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let run_at = new.resolve_run_at(now);
+        if let Some(key) = &new.dedupe_key {
+            self.dedupe.insert(key.clone(), id);
+        }
+        let job = Job {
+            id,
+            task: new.task,
+            payload: new.payload,
+            queue: new.queue,
+            priority: new.priority,
+            status: JobStatus::Pending,
+            attempt: 0,
+            max_attempts: new.max_attempts,
+            run_at,
+            lease: None,
+            last_error: None,
+            result: None,
+            dedupe_key: new.dedupe_key,
+            timeout_ms: new.timeout_ms,
+            created_at: now,
+            started_at: None,
+            completed_at: None,
+            updated_at: now,
+        };
+        self.make_ready(&job);
+        self.jobs.insert(id, job);
+        Enqueued { id, created: true }
+    }
+
+    fn make_ready(&mut self, job: &Job) {
+        self.ready.entry(job.queue.clone()).or_default().insert((
+            Reverse(job.priority),
+            job.run_at,
+            job.id,
+        ));
+    }
+
+    fn unready(&mut self, job: &Job) {
+        if let Some(set) = self.ready.get_mut(&job.queue) {
+            set.remove(&(Reverse(job.priority), job.run_at, job.id));
+        }
+    }
+
+    /// The job held by `lease`, if the lease is still current.
+    fn leased(&mut self, lease: &Lease) -> Result<&mut Job> {
+        match self.jobs.get_mut(&lease.job_id) {
+            Some(job)
+                if job.status == JobStatus::Running
+                    && job.lease.as_ref().map(|l| l.token) == Some(lease.token) =>
+            {
+                Ok(job)
+            }
+            _ => Err(Error::LeaseLost {
+                job_id: lease.job_id,
+            }),
+        }
+    }
+
+    /// Takes a running job off its lease (status is set by the caller).
+    fn end_lease(&mut self, id: JobId) {
+        if let Some(job) = self.jobs.get_mut(&id) {
+            if let Some(l) = job.lease.take() {
+                self.running.remove(&(l.expires_at, id));
+            }
+        }
+    }
+
+    fn finish(&mut self, id: JobId, status: JobStatus, now: DateTime<Utc>) {
+        self.end_lease(id);
+        if let Some(job) = self.jobs.get_mut(&id) {
+            job.status = status;
+            job.completed_at = Some(now);
+            job.updated_at = now;
+            if let Some(key) = job.dedupe_key.clone() {
+                if self.dedupe.get(&key) == Some(&id) {
+                    self.dedupe.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn requeue(&mut self, id: JobId, status: JobStatus, run_at: DateTime<Utc>, now: DateTime<Utc>) {
+        self.end_lease(id);
+        if let Some(job) = self.jobs.get_mut(&id) {
+            job.status = status;
+            job.run_at = run_at;
+            job.updated_at = now;
+            let job = job.clone();
+            self.make_ready(&job);
+        }
+    }
+}
+
+fn add(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+#[async_trait]
+impl Storage for MemoryStorage {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(false, false, false)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn now(&self) -> Result<DateTime<Utc>> {
+        Ok(self.clock.now())
+    }
+
+    async fn enqueue(&self, job: NewJob) -> Result<Enqueued> {
+        let now = self.clock.now();
+        let out = self.lock().insert(job, now);
+        self.wake();
+        Ok(out)
+    }
+
+    async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        let now = self.clock.now();
+        let out = {
+            let mut st = self.lock();
+            jobs.into_iter().map(|j| st.insert(j, now)).collect()
+        };
+        self.wake();
+        Ok(out)
+    }
+
+    async fn dequeue(&self, params: DequeueParams) -> Result<Vec<ClaimedJob>> {
+        let now = self.clock.now();
+        let expires_at = add(now, params.lease_duration);
+        let mut st = self.lock();
+        let st = &mut *st;
+        // Gather candidates across queues in global claim order.
+        let mut picked: Vec<ReadyKey> = Vec::new();
+        for q in &params.queues {
+            let Some(set) = st.ready.get(q) else { continue };
+            let mut taken = 0;
+            for key in set.iter() {
+                if taken >= params.limit {
+                    break;
+                }
+                if key.1 > now {
+                    continue;
+                }
+                let Some(job) = st.jobs.get(&key.2) else {
+                    continue;
+                };
+                if !params.tasks.is_empty() && !params.tasks.iter().any(|t| *t == job.task) {
+                    continue;
+                }
+                picked.push(*key);
+                taken += 1;
+            }
+        }
+        picked.sort();
+        picked.truncate(params.limit);
+        let token = new_lease_token();
+        let mut out = Vec::with_capacity(picked.len());
+        for key in picked {
+            let Some(job) = st.jobs.get_mut(&key.2) else {
+                continue;
+            };
+            if let Some(set) = st.ready.get_mut(&job.queue) {
+                set.remove(&key);
+            }
+            job.status = JobStatus::Running;
+            job.attempt += 1;
+            job.started_at = Some(now);
+            job.updated_at = now;
+            job.lease = Some(LeaseInfo {
+                holder: params.holder.clone(),
+                token,
+                expires_at,
+            });
+            st.running.insert((expires_at, job.id));
+            out.push(ClaimedJob {
+                lease: Lease {
+                    job_id: job.id,
+                    attempt: job.attempt,
+                    token,
+                    expires_at,
+                },
+                job: job.clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn complete(&self, lease: &Lease, result: Value) -> Result<()> {
+        let now = self.clock.now();
+        let mut st = self.lock();
+        st.leased(lease)?.result = Some(result);
+        st.finish(lease.job_id, JobStatus::Completed, now);
+        Ok(())
+    }
+
+    async fn complete_many(&self, items: Vec<Completion>) -> Result<Vec<Result<()>>> {
+        let now = self.clock.now();
+        let mut st = self.lock();
+        Ok(items
+            .into_iter()
+            .map(|c| {
+                st.leased(&c.lease)?.result = Some(c.result);
+                st.finish(c.lease.job_id, JobStatus::Completed, now);
+                Ok(())
+            })
+            .collect())
+    }
+
+    async fn fail(&self, lease: &Lease, failure: Failure) -> Result<()> {
+        let now = self.clock.now();
+        let retry = {
+            let mut st = self.lock();
+            let job = st.leased(lease)?;
+            job.last_error = Some(failure.error);
+            match failure.retry_in {
+                Some(d) => {
+                    st.requeue(lease.job_id, JobStatus::Retrying, add(now, d), now);
+                    true
+                }
+                None => {
+                    st.finish(lease.job_id, JobStatus::Failed, now);
+                    false
+                }
+            }
+        };
+        if retry {
+            self.wake();
+        }
+        Ok(())
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        let now = self.clock.now();
+        {
+            let mut st = self.lock();
+            let job = st.leased(lease)?;
+            job.attempt -= 1;
+            let status = if job.attempt > 0 {
+                JobStatus::Retrying
+            } else {
+                JobStatus::Pending
+            };
+            st.requeue(lease.job_id, status, now, now);
+        }
+        self.wake();
+        Ok(())
+    }
+
+    async fn heartbeat(&self, lease: &Lease, extend: Duration) -> Result<Lease> {
+        let now = self.clock.now();
+        let expires_at = add(now, extend);
+        let mut st = self.lock();
+        let job = st.leased(lease)?;
+        let old = job.lease.as_ref().map(|l| l.expires_at);
+        if let Some(l) = job.lease.as_mut() {
+            l.expires_at = expires_at;
+        }
+        if let Some(old) = old {
+            st.running.remove(&(old, lease.job_id));
+        }
+        st.running.insert((expires_at, lease.job_id));
+        Ok(Lease {
+            expires_at,
+            ..lease.clone()
+        })
+    }
+
+    async fn reclaim_expired(&self) -> Result<u64> {
+        let now = self.clock.now();
+        let mut n = 0;
+        {
+            let mut st = self.lock();
+            let expired: Vec<JobId> = st
+                .running
+                .iter()
+                .take_while(|(exp, _)| *exp <= now)
+                .map(|(_, id)| *id)
+                .collect();
+            for id in expired {
+                let Some(job) = st.jobs.get_mut(&id) else {
+                    continue;
+                };
+                job.last_error = Some("lease expired: the worker stopped heartbeating".into());
+                if job.attempt < job.max_attempts {
+                    st.requeue(id, JobStatus::Retrying, now, now);
+                } else {
+                    st.finish(id, JobStatus::Failed, now);
+                }
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.wake();
+        }
+        Ok(n)
+    }
+
+    async fn save_checkpoint(&self, lease: &Lease, checkpoint: Checkpoint) -> Result<()> {
+        let mut st = self.lock();
+        st.leased(lease)?;
+        st.checkpoints
+            .entry(lease.job_id)
+            .or_default()
+            .insert(checkpoint.key.clone(), checkpoint);
+        Ok(())
+    }
+
+    async fn checkpoints(&self, job_id: JobId) -> Result<Vec<Checkpoint>> {
+        Ok(self
+            .lock()
+            .checkpoints
+            .get(&job_id)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn delete_checkpoints(&self, job_id: JobId) -> Result<u64> {
+        Ok(self
+            .lock()
+            .checkpoints
+            .remove(&job_id)
+            .map(|m| m.len() as u64)
+            .unwrap_or(0))
+    }
+
+    async fn get_job(&self, job_id: JobId) -> Result<Option<Job>> {
+        Ok(self.lock().jobs.get(&job_id).cloned())
+    }
+
+    async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>> {
+        let st = self.lock();
+        let mut jobs: Vec<&Job> = st
+            .jobs
+            .values()
+            .filter(|j| filter.statuses.is_empty() || filter.statuses.contains(&j.status))
+            .filter(|j| filter.queue.as_ref().is_none_or(|q| *q == j.queue))
+            .filter(|j| filter.task.as_ref().is_none_or(|t| *t == j.task))
+            .filter(|j| filter.after_id.is_none_or(|a| j.id > a))
+            .collect();
+        jobs.sort_by_key(|j| j.id);
+        Ok(jobs
+            .into_iter()
+            .take(filter.limit.unwrap_or(100))
+            .cloned()
+            .collect())
+    }
+
+    async fn counts(&self) -> Result<Vec<QueueCount>> {
+        let st = self.lock();
+        let mut map: BTreeMap<(String, JobStatus), u64> = BTreeMap::new();
+        for j in st.jobs.values() {
+            *map.entry((j.queue.clone(), j.status)).or_default() += 1;
+        }
+        Ok(map
+            .into_iter()
+            .map(|((queue, status), count)| QueueCount {
+                queue,
+                status,
+                count,
+            })
+            .collect())
+    }
+
+    async fn cancel(&self, job_id: JobId) -> Result<bool> {
+        let now = self.clock.now();
+        let mut st = self.lock();
+        let Some(job) = st.jobs.get(&job_id).cloned() else {
+            return Err(Error::JobNotFound(job_id));
+        };
+        if job.status.is_finished() {
+            return Ok(false);
+        }
+        if job.status.is_claimable() {
+            st.unready(&job);
+        }
+        st.finish(job_id, JobStatus::Cancelled, now);
+        Ok(true)
+    }
+
+    fn wakeups(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.wake.subscribe())
+    }
+}
