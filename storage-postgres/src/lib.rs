@@ -1,0 +1,1 @@
+//! postgres storage for durable-jobs (work in progress).

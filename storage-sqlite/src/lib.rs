@@ -1,0 +1,1 @@
+//! sqlite storage for durable-jobs (work in progress).

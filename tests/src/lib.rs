@@ -1,0 +1,1 @@
+//! Shared helpers for durable-jobs' cross-backend and multi-process tests.
