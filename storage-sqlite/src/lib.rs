@@ -1,1 +1,58 @@
-//! sqlite storage for durable-jobs (work in progress).
+//! SQLite storage for [durable-jobs](durable_jobs): jobs in one file, shared safely by
+//! several processes on one machine, with no server to run.
+//!
+//! ```no_run
+//! # async fn demo() -> durable_jobs::Result<()> {
+//! use durable_jobs_sqlite::{SqliteOptions, SqliteStorage};
+//! use std::time::Duration;
+//! let storage = SqliteStorage::open_with(
+//!     "jobs.db",
+//!     SqliteOptions::new().busy_timeout(Duration::from_secs(10)),
+//! ).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! How it works:
+//! - **WAL mode**, so readers never wait for the writer. Connections use
+//!   `synchronous=NORMAL` by default: a commit survives a crash of the process, and the
+//!   file is never corrupted, but the last commits before a power loss or OS crash may be
+//!   rolled back. Choose [`Synchronous::Full`] to fsync every commit.
+//! - **One writer thread** per storage owns the write connection; async calls send it
+//!   commands and await the reply, so SQLite's blocking calls never run on the async
+//!   runtime's threads. It commits queued commands together in one `BEGIN IMMEDIATE`
+//!   transaction (each in its own savepoint), and replies only after `COMMIT`.
+//! - **Reads** (`get_job`, `list_jobs`, `counts`, `checkpoints`) run on a small pool of
+//!   read connections on tokio's blocking threads and go on during writes.
+//! - **Claims** are one `UPDATE ... WHERE id IN (SELECT ... ORDER BY priority DESC,
+//!   run_at, id LIMIT n) RETURNING ...` inside `BEGIN IMMEDIATE`: atomic across
+//!   processes, walking a partial index of claimable jobs.
+//! - **Fencing**: every write for a running attempt checks the job id, status and lease
+//!   token in its `WHERE`; a stale lease changes nothing and returns
+//!   [`durable_jobs::Error::LeaseLost`].
+//! - **Busy database**: SQLite waits up to the busy timeout, then the backend retries
+//!   with backoff for up to [`DEFAULT_BUSY_RETRY_FOR`]; handlers never see `SQLITE_BUSY`.
+//! - **Time** comes from an injectable [`durable_jobs::Clock`] (the system clock by
+//!   default); times are stored as integer microseconds since the Unix epoch. Processes
+//!   sharing one file must share one clock (the machine's).
+//! - **Migrations** are embedded and run on open inside `BEGIN IMMEDIATE`, recorded in
+//!   `durable_jobs_migrations`; a file written by a newer library is refused with
+//!   [`durable_jobs::Error::SchemaTooNew`]. Tables are prefixed `durable_jobs`, so the
+//!   file may be the application's own database.
+//! - **Wake-ups** reach workers of this process at once (enqueue, retry, release,
+//!   reclaim, a manual clock's move); workers in other processes find new jobs by
+//!   polling.
+
+mod error;
+mod migrate;
+mod options;
+mod query;
+mod reader;
+mod storage;
+mod writer;
+
+pub use migrate::SCHEMA_VERSION;
+pub use options::{
+    SqliteOptions, Synchronous, DEFAULT_BUSY_RETRY_FOR, DEFAULT_BUSY_TIMEOUT,
+    DEFAULT_MAX_WRITE_BATCH, DEFAULT_READ_CONNECTIONS, DEFAULT_STATEMENT_CACHE,
+};
+pub use storage::SqliteStorage;

@@ -1,0 +1,404 @@
+//! [`SqliteStorage`]: the [`Storage`] implementation on a SQLite file.
+
+use crate::error::{storage, QResult};
+use crate::migrate;
+use crate::options::SqliteOptions;
+use crate::query::{self, micros};
+use crate::reader::Readers;
+use crate::writer::{Writer, WriterConfig};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use durable_jobs::job::new_lease_token;
+use durable_jobs::{
+    Capabilities, Checkpoint, ClaimedJob, Clock, Completion, DequeueParams, Enqueued, Failure, Job,
+    JobFilter, JobId, Lease, NewJob, QueueCount, Result, Storage,
+};
+use rusqlite::{Connection, OpenFlags};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Jobs in a SQLite file (or in memory), shared safely by several processes on one
+/// machine. Cloning shares the same connections.
+///
+/// Writes of this process go through one writer thread that commits queued writes
+/// together; reads use separate connections and go on during writes (WAL). The file is
+/// created and migrated on open.
+///
+/// # Examples
+/// ```
+/// # async fn demo() -> durable_jobs::Result<()> {
+/// use durable_jobs::{NewJob, Storage};
+/// use durable_jobs_sqlite::SqliteStorage;
+/// let storage = SqliteStorage::open_in_memory().await?;
+/// let e = storage.enqueue(NewJob::new("email", serde_json::json!({"to": "a@b.c"}))).await?;
+/// assert!(e.created);
+/// # Ok(()) }
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct SqliteStorage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: Writer,
+    /// `None` in memory: one connection holds an in-memory database, so reads go
+    /// through the writer too.
+    readers: Option<Arc<Readers>>,
+    clock: Arc<dyn Clock>,
+    wake: Arc<watch::Sender<u64>>,
+    path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for SqliteStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStorage")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sets a connection up: WAL, busy timeout, synchronous, foreign keys, statement cache.
+fn configure(conn: &Connection, opts: &SqliteOptions, file: bool) -> rusqlite::Result<()> {
+    conn.busy_timeout(opts.busy_timeout)?;
+    conn.set_prepared_statement_cache_capacity(opts.statement_cache);
+    if file {
+        // Reading the result forces SQLite to read the header: a file that is not a
+        // database fails here, at open, with SQLITE_NOTADB.
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(%mode, "sqlite did not switch to WAL; reads will wait for writes");
+        }
+    }
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {}; PRAGMA foreign_keys = ON;",
+        opts.synchronous.pragma_value()
+    ))
+}
+
+fn open_file(path: &Path, opts: &SqliteOptions, flags: OpenFlags) -> Result<Connection> {
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| {
+        durable_jobs::Error::Storage(format!("cannot open sqlite file {}: {e}", path.display()))
+    })?;
+    configure(&conn, opts, true).map_err(|e| {
+        let e = storage(e);
+        durable_jobs::Error::Storage(format!("{} ({})", e, path.display()))
+    })?;
+    Ok(conn)
+}
+
+impl SqliteStorage {
+    /// Opens (creating it if missing) and migrates the database file at `path`, with
+    /// default options.
+    ///
+    /// # Errors
+    /// [`durable_jobs::Error::Storage`] when the file cannot be opened or is not a SQLite
+    /// database; [`durable_jobs::Error::SchemaTooNew`] when a newer library wrote it.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, SqliteOptions::new()).await
+    }
+
+    /// Opens and migrates the database file at `path` with `options`.
+    ///
+    /// # Errors
+    /// As [`SqliteStorage::open`], plus [`durable_jobs::Error::InvalidOption`].
+    pub async fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
+        options.validate()?;
+        let path = path.as_ref().to_path_buf();
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let (p, o) = (path.clone(), options.clone());
+        let writer =
+            Writer::start(move || open_file(&p, &o, flags), writer_config(&options)).await?;
+        let readers = (options.read_connections > 0).then(|| {
+            let (p, o) = (path.clone(), options.clone());
+            let read_flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI;
+            Arc::new(Readers::new(
+                options.read_connections,
+                options.busy_retry_for,
+                move || {
+                    let conn = open_file(&p, &o, read_flags)?;
+                    // A reader never writes; make a bug that tries fail loudly.
+                    conn.execute_batch("PRAGMA query_only = ON")
+                        .map_err(storage)?;
+                    Ok(conn)
+                },
+            ))
+        });
+        Self::finish_open(writer, readers, options, Some(path)).await
+    }
+
+    /// Opens a fresh in-memory database (one connection, gone when the storage drops)
+    /// with default options.
+    ///
+    /// # Errors
+    /// [`durable_jobs::Error::Storage`] if SQLite cannot allocate it.
+    pub async fn open_in_memory() -> Result<Self> {
+        Self::open_in_memory_with(SqliteOptions::new()).await
+    }
+
+    /// Opens a fresh in-memory database with `options` (read connections are ignored).
+    ///
+    /// # Errors
+    /// As [`SqliteStorage::open_in_memory`], plus [`durable_jobs::Error::InvalidOption`].
+    pub async fn open_in_memory_with(options: SqliteOptions) -> Result<Self> {
+        options.validate()?;
+        let o = options.clone();
+        let writer = Writer::start(
+            move || {
+                let conn = Connection::open_in_memory().map_err(storage)?;
+                configure(&conn, &o, false).map_err(storage)?;
+                Ok(conn)
+            },
+            writer_config(&options),
+        )
+        .await?;
+        Self::finish_open(writer, None, options, None).await
+    }
+
+    async fn finish_open(
+        writer: Writer,
+        readers: Option<Arc<Readers>>,
+        options: SqliteOptions,
+        path: Option<PathBuf>,
+    ) -> Result<Self> {
+        let (tx, _) = watch::channel(0u64);
+        let wake = Arc::new(tx);
+        if let Some(clock) = &options.manual_clock {
+            let w = Arc::downgrade(&wake);
+            clock.on_change(move || {
+                if let Some(w) = w.upgrade() {
+                    w.send_modify(|n| *n = n.wrapping_add(1));
+                }
+            });
+        }
+        let storage = SqliteStorage {
+            inner: Arc::new(Inner {
+                writer,
+                readers,
+                clock: options.clock,
+                wake,
+                path,
+            }),
+        };
+        storage.migrate().await?;
+        Ok(storage)
+    }
+
+    /// The database file, or `None` in memory.
+    pub fn path(&self) -> Option<&Path> {
+        self.inner.path.as_deref()
+    }
+
+    /// The schema version of the open database (see [`crate::SCHEMA_VERSION`]).
+    ///
+    /// # Errors
+    /// [`durable_jobs::Error::Storage`] when the read fails.
+    pub async fn schema_version(&self) -> Result<i64> {
+        self.read(|c| Ok(migrate::current_version(c)?)).await
+    }
+
+    /// Finishes queued writes and closes every connection (checkpointing the WAL into
+    /// the file). Calls made afterwards, through any clone, fail with
+    /// [`durable_jobs::Error::Shutdown`].
+    pub async fn close(&self) {
+        if let Some(r) = &self.inner.readers {
+            r.close();
+        }
+        self.inner.writer.close().await;
+    }
+
+    /// Runs `f` on a read connection (or the writer in memory).
+    async fn read<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: Fn(&Connection) -> QResult<R> + Send + 'static,
+    {
+        match &self.inner.readers {
+            Some(r) => r.run(f).await,
+            None => self.inner.writer.run(move |c| f(c)).await,
+        }
+    }
+
+    /// Runs `f` in the writer's transaction; resolves once committed.
+    async fn write<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> QResult<R> + Send + 'static,
+    {
+        self.inner.writer.run(f).await
+    }
+
+    fn now_dt(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
+    }
+
+    fn now_us(&self) -> i64 {
+        micros(self.inner.clock.now())
+    }
+
+    fn wake(&self) {
+        self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+fn writer_config(o: &SqliteOptions) -> WriterConfig {
+    WriterConfig {
+        max_batch: o.max_write_batch,
+        busy_retry_for: o.busy_retry_for,
+    }
+}
+
+#[async_trait]
+impl Storage for SqliteStorage {
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let file = self.inner.path.is_some();
+        Capabilities::new(false, file, file)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let now = self.now_us();
+        self.write(move |c| Ok(migrate::migrate(c, now)?)).await
+    }
+
+    async fn now(&self) -> Result<DateTime<Utc>> {
+        Ok(self.now_dt())
+    }
+
+    async fn enqueue(&self, job: NewJob) -> Result<Enqueued> {
+        let now = self.now_dt();
+        let out = self.write(move |c| query::insert_job(c, &job, now)).await?;
+        self.wake();
+        Ok(out)
+    }
+
+    async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = self.now_dt();
+        let out = self
+            .write(move |c| jobs.iter().map(|j| query::insert_job(c, j, now)).collect())
+            .await?;
+        self.wake();
+        Ok(out)
+    }
+
+    async fn dequeue(&self, params: DequeueParams) -> Result<Vec<ClaimedJob>> {
+        let clock = Arc::clone(&self.inner.clock);
+        // The time is read on the writer thread, inside the transaction, so a claim never
+        // uses a time older than a commit that came before it.
+        self.write(move |c| query::dequeue(c, &params, clock.now(), new_lease_token()))
+            .await
+    }
+
+    async fn complete(&self, lease: &Lease, result: Value) -> Result<()> {
+        let now = self.now_us();
+        let c = Completion {
+            lease: lease.clone(),
+            result,
+        };
+        self.write(move |conn| query::complete(conn, &c, now)).await
+    }
+
+    async fn complete_many(&self, items: Vec<Completion>) -> Result<Vec<Result<()>>> {
+        let now = self.now_us();
+        // One transaction for the batch; each item's fence is checked on its own and a
+        // lost lease changes nothing for that item only.
+        self.write(move |conn| {
+            let mut out = Vec::with_capacity(items.len());
+            for c in &items {
+                out.push(match query::complete(conn, c, now) {
+                    Ok(()) => Ok(()),
+                    Err(crate::error::QueryError::Other(e)) if e.is_lease_lost() => Err(e),
+                    Err(e) => return Err(e),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn fail(&self, lease: &Lease, failure: Failure) -> Result<()> {
+        let now = self.now_us();
+        let retry = failure.retry_in.is_some();
+        let lease = lease.clone();
+        self.write(move |c| query::fail(c, &lease, &failure, now))
+            .await?;
+        if retry {
+            self.wake();
+        }
+        Ok(())
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        let now = self.now_us();
+        let lease = lease.clone();
+        self.write(move |c| query::release(c, &lease, now)).await?;
+        self.wake();
+        Ok(())
+    }
+
+    async fn heartbeat(&self, lease: &Lease, extend: Duration) -> Result<Lease> {
+        let now = self.now_us();
+        let lease = lease.clone();
+        self.write(move |c| query::heartbeat(c, &lease, extend, now))
+            .await
+    }
+
+    async fn reclaim_expired(&self) -> Result<u64> {
+        let now = self.now_us();
+        let n = self.write(move |c| query::reclaim_expired(c, now)).await?;
+        if n > 0 {
+            self.wake();
+        }
+        Ok(n)
+    }
+
+    async fn save_checkpoint(&self, lease: &Lease, checkpoint: Checkpoint) -> Result<()> {
+        let lease = lease.clone();
+        self.write(move |c| query::save_checkpoint(c, &lease, &checkpoint))
+            .await
+    }
+
+    async fn checkpoints(&self, job_id: JobId) -> Result<Vec<Checkpoint>> {
+        self.read(move |c| query::checkpoints(c, job_id)).await
+    }
+
+    async fn delete_checkpoints(&self, job_id: JobId) -> Result<u64> {
+        self.write(move |c| query::delete_checkpoints(c, job_id))
+            .await
+    }
+
+    async fn get_job(&self, job_id: JobId) -> Result<Option<Job>> {
+        self.read(move |c| query::get_job(c, job_id)).await
+    }
+
+    async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>> {
+        self.read(move |c| query::list_jobs(c, &filter)).await
+    }
+
+    async fn counts(&self) -> Result<Vec<QueueCount>> {
+        self.read(query::counts).await
+    }
+
+    async fn cancel(&self, job_id: JobId) -> Result<bool> {
+        let now = self.now_us();
+        self.write(move |c| query::cancel(c, job_id, now)).await
+    }
+
+    fn wakeups(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.inner.wake.subscribe())
+    }
+}

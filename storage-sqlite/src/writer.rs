@@ -1,0 +1,264 @@
+//! The writer thread: the one connection that writes, fed by a channel.
+//!
+//! SQLite allows one writer at a time per file, so every write of this process goes
+//! through one dedicated OS thread (never a runtime thread: SQLite calls block). The
+//! thread takes a command, then whatever else is already queued (up to
+//! `max_write_batch`), and runs them all in one `BEGIN IMMEDIATE` transaction, each in
+//! its own savepoint so one command's error undoes only its own changes. Replies are sent
+//! only after `COMMIT` succeeds: an acknowledged write is committed. Coalescing turns
+//! many small writes (claims, completions from many workers) into few commits.
+//!
+//! `SQLITE_BUSY` (another process holds the write lock past the busy timeout) is retried
+//! here with backoff until `busy_retry_for` runs out, so callers never see it.
+
+use crate::error::{is_busy, storage, QResult};
+use durable_jobs::{Error, Result};
+use rusqlite::Connection;
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// One queued write, run inside the writer's transaction.
+trait Command: Send {
+    /// Runs against the connection, inside a transaction, and keeps the outcome.
+    fn run(&mut self, conn: &Connection);
+    /// True when `run` returned an error (its changes must be undone).
+    fn failed(&self) -> bool;
+    /// Sends the outcome: `Ok` once committed, or the reason the transaction failed.
+    fn finish(self: Box<Self>, txn: std::result::Result<(), String>);
+}
+
+struct Cmd<R, F> {
+    f: Option<F>,
+    out: Option<Result<R>>,
+    reply: oneshot::Sender<Result<R>>,
+}
+
+impl<R, F> Command for Cmd<R, F>
+where
+    R: Send,
+    F: FnOnce(&Connection) -> QResult<R> + Send,
+{
+    fn run(&mut self, conn: &Connection) {
+        if let Some(f) = self.f.take() {
+            // A panic here would kill the writer thread and with it every later write;
+            // turn it into this command's error instead.
+            let out = std::panic::catch_unwind(AssertUnwindSafe(|| f(conn).map_err(Error::from)))
+                .unwrap_or_else(|_| {
+                    Err(Error::Storage(
+                        "sqlite writer: a storage command panicked".into(),
+                    ))
+                });
+            self.out = Some(out);
+        }
+    }
+
+    fn failed(&self) -> bool {
+        matches!(self.out, Some(Err(_)))
+    }
+
+    fn finish(self: Box<Self>, txn: std::result::Result<(), String>) {
+        let out = match (self.out, txn) {
+            // A command's own error (say LeaseLost) stands: its savepoint was undone.
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok(v)), Ok(())) => Ok(v),
+            (Some(Ok(_)), Err(e)) | (None, Err(e)) => Err(Error::Storage(e)),
+            (None, Ok(())) => Err(Error::Storage("sqlite writer: command did not run".into())),
+        };
+        // The caller may have stopped waiting (its future was dropped); nothing to do.
+        let _ = self.reply.send(out);
+    }
+}
+
+enum Msg {
+    Run(Box<dyn Command>),
+    Close(oneshot::Sender<()>),
+}
+
+/// Settings the writer thread needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriterConfig {
+    pub max_batch: usize,
+    pub busy_retry_for: Duration,
+}
+
+/// A handle to the writer thread. Dropping every handle stops the thread.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl Writer {
+    /// Starts the thread, opening its connection there with `open`.
+    pub(crate) async fn start(
+        open: impl FnOnce() -> Result<Connection> + Send + 'static,
+        config: WriterConfig,
+    ) -> Result<Writer> {
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
+        std::thread::Builder::new()
+            .name("durable-jobs-sqlite-writer".into())
+            .spawn(move || match open() {
+                Ok(conn) => {
+                    let _ = ready_tx.send(Ok(()));
+                    run_loop(conn, rx, config);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })
+            .map_err(|e| Error::Storage(format!("cannot start the sqlite writer thread: {e}")))?;
+        ready_rx.await.map_err(|_| {
+            Error::Storage("the sqlite writer thread stopped while opening".into())
+        })??;
+        Ok(Writer { tx })
+    }
+
+    /// Runs `f` on the write connection inside a write transaction; resolves after commit.
+    pub(crate) async fn run<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> QResult<R> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Cmd {
+            f: Some(f),
+            out: None,
+            reply,
+        };
+        self.tx
+            .send(Msg::Run(Box::new(cmd)))
+            .map_err(|_| Error::Shutdown)?;
+        rx.await.map_err(|_| Error::Shutdown)?
+    }
+
+    /// Finishes queued writes, closes the connection and stops the thread.
+    pub(crate) async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Close(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+fn run_loop(conn: Connection, rx: mpsc::Receiver<Msg>, config: WriterConfig) {
+    let mut close: Option<oneshot::Sender<()>> = None;
+    while let Ok(first) = rx.recv() {
+        let mut batch: Vec<Box<dyn Command>> = Vec::new();
+        match first {
+            Msg::Run(c) => batch.push(c),
+            Msg::Close(t) => close = Some(t),
+        }
+        while close.is_none() && batch.len() < config.max_batch {
+            match rx.try_recv() {
+                Ok(Msg::Run(c)) => batch.push(c),
+                Ok(Msg::Close(t)) => close = Some(t),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            run_batch(&conn, batch, config.busy_retry_for);
+        }
+        if close.is_some() {
+            break;
+        }
+    }
+    // Closing the last connection checkpoints the WAL into the main file.
+    drop(conn);
+    drop(rx);
+    if let Some(t) = close {
+        let _ = t.send(());
+    }
+}
+
+/// Runs `sql` (BEGIN or COMMIT), retrying while the database is busy.
+pub(crate) fn exec_retrying_busy(conn: &Connection, sql: &str, retry_for: Duration) -> Result<()> {
+    let deadline = Instant::now() + retry_for;
+    let mut backoff = Duration::from_millis(2);
+    loop {
+        match exec(conn, sql) {
+            Ok(()) => return Ok(()),
+            Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                tracing::debug!(%sql, "sqlite busy; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(250));
+            }
+            Err(e) if is_busy(&e) => {
+                return Err(Error::Storage(format!(
+                    "sqlite: the database stayed locked by another connection for over {retry_for:?} ({e})"
+                )))
+            }
+            Err(e) => return Err(storage(e)),
+        }
+    }
+}
+
+fn run_batch(conn: &Connection, mut batch: Vec<Box<dyn Command>>, retry_for: Duration) {
+    let fail_all = |batch: Vec<Box<dyn Command>>, msg: String| {
+        for c in batch {
+            c.finish(Err(msg.clone()));
+        }
+    };
+    if let Err(e) = exec_retrying_busy(conn, "BEGIN IMMEDIATE", retry_for) {
+        return fail_all(batch, e.to_string());
+    }
+    // Savepoints only matter when commands share the transaction.
+    let shared = batch.len() > 1;
+    for cmd in batch.iter_mut() {
+        if shared {
+            if let Err(e) = exec(conn, "SAVEPOINT cmd") {
+                rollback(conn);
+                return fail_all(batch, storage(e).to_string());
+            }
+        }
+        cmd.run(conn);
+        if conn.is_autocommit() {
+            // SQLite rolled the whole transaction back (I/O error, disk full): nothing of
+            // this batch was kept.
+            return fail_all(
+                batch,
+                "sqlite: the transaction was rolled back by an error in the batch".into(),
+            );
+        }
+        if shared {
+            let undo = if cmd.failed() {
+                exec(conn, "ROLLBACK TO cmd")
+            } else {
+                Ok(())
+            };
+            if let Err(e) = undo.and_then(|()| exec(conn, "RELEASE cmd")) {
+                rollback(conn);
+                return fail_all(batch, storage(e).to_string());
+            }
+        }
+    }
+    let single_failed = !shared && batch.iter().all(|c| c.failed());
+    let end = if single_failed {
+        // The only command failed: undo it rather than commit a partial change.
+        rollback(conn);
+        Ok(())
+    } else {
+        exec_retrying_busy(conn, "COMMIT", retry_for).map_err(|e| {
+            rollback(conn);
+            e.to_string()
+        })
+    };
+    for c in batch {
+        c.finish(end.clone());
+    }
+}
+
+fn rollback(conn: &Connection) {
+    if !conn.is_autocommit() {
+        if let Err(e) = exec(conn, "ROLLBACK") {
+            tracing::warn!(error = %e, "sqlite rollback failed");
+        }
+    }
+}
+
+/// Runs one parameterless statement through the statement cache (these run per batch and
+/// per command, so re-parsing them each time would show in throughput).
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}

@@ -1,0 +1,38 @@
+//! The SQLite backend's integration tests (one binary, modules per concern).
+
+mod conformance;
+mod migrate;
+mod storage;
+
+use durable_jobs::ManualClock;
+use durable_jobs_sqlite::{SqliteOptions, SqliteStorage};
+use std::path::PathBuf;
+
+/// A fresh database file in its own temporary directory (removed on drop).
+pub struct TempDb {
+    pub dir: tempfile::TempDir,
+}
+
+impl TempDb {
+    pub fn new() -> Self {
+        TempDb {
+            dir: tempfile::Builder::new()
+                .prefix("durable-jobs-sqlite-")
+                .tempdir()
+                .expect("create a temporary directory"),
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("jobs.db")
+    }
+
+    pub async fn open(&self, clock: &ManualClock) -> SqliteStorage {
+        SqliteStorage::open_with(
+            self.path(),
+            SqliteOptions::new().manual_clock(clock.clone()),
+        )
+        .await
+        .expect("open sqlite storage")
+    }
+}
