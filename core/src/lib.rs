@@ -1,20 +1,38 @@
 //! durable-jobs: background jobs and durable workflows on PostgreSQL, SQLite or memory.
+//!
+//! See the README for a tour; the main types are [`Queue`] (register handlers, enqueue),
+//! [`Worker`] (run jobs), [`JobContext`] and [`call`] (checkpointed calls), and the
+//! [`Storage`] trait that backends implement.
 
 pub mod clock;
 pub mod error;
+pub mod event;
+mod hook;
 pub mod job;
+mod maintenance;
 pub mod options;
+pub mod queue;
+pub mod retry;
 pub mod storage;
+pub mod task;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod worker;
+pub mod workflow;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
+pub use event::{Event, EventStream, EventStreamError};
 pub use job::{
     Checkpoint, CheckpointOutcome, Enqueued, Job, JobId, JobStatus, Lease, LeaseInfo, NewJob,
 };
 pub use options::JobOptions;
+pub use queue::Queue;
+pub use retry::RetryPolicy;
 pub use storage::{
     Capabilities, ClaimedJob, Completion, DequeueParams, DynStorage, Failure, JobFilter,
     QueueCount, Storage,
 };
+pub use task::{NoRetry, RetryAfter, Task, TaskError, TaskErrorKind};
+pub use worker::{QueueConfig, ShutdownHandle, Worker, WorkerOptions, WorkerReport};
+pub use workflow::{call, CheckpointKey, JobContext};

@@ -258,7 +258,7 @@ impl Storage for MemoryStorage {
                 let Some(job) = st.jobs.get(&key.2) else {
                     continue;
                 };
-                if !params.tasks.is_empty() && !params.tasks.iter().any(|t| *t == job.task) {
+                if !params.tasks.is_empty() && !params.tasks.contains(&job.task) {
                     continue;
                 }
                 picked.push(*key);

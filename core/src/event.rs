@@ -1,0 +1,115 @@
+//! The event stream: what workers did, for subscribers that want to watch.
+
+use crate::job::JobId;
+use serde_json::Value;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// How many events a subscriber may fall behind before it misses some. Defaults to 4096.
+pub const DEFAULT_EVENT_CAPACITY: usize = 4096;
+
+/// Something a worker did with a job.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// An attempt started.
+    Started {
+        /// The job.
+        job_id: JobId,
+        /// Its task.
+        task: String,
+        /// The attempt number (1-based).
+        attempt: i32,
+    },
+    /// The job completed; its result is stored.
+    Completed {
+        /// The job.
+        job_id: JobId,
+        /// Its task.
+        task: String,
+        /// The attempt that completed it.
+        attempt: i32,
+        /// The handler's output.
+        result: Value,
+    },
+    /// An attempt failed and the job will run again after `retry_in`.
+    Retrying {
+        /// The job.
+        job_id: JobId,
+        /// Its task.
+        task: String,
+        /// The attempt that failed.
+        attempt: i32,
+        /// Why.
+        error: String,
+        /// The delay before the next attempt.
+        retry_in: Duration,
+    },
+    /// The job failed for good.
+    Failed {
+        /// The job.
+        job_id: JobId,
+        /// Its task.
+        task: String,
+        /// The last attempt.
+        attempt: i32,
+        /// Why.
+        error: String,
+    },
+}
+
+impl Event {
+    /// The job the event is about.
+    pub fn job_id(&self) -> JobId {
+        match self {
+            Event::Started { job_id, .. }
+            | Event::Completed { job_id, .. }
+            | Event::Retrying { job_id, .. }
+            | Event::Failed { job_id, .. } => *job_id,
+        }
+    }
+}
+
+/// Why [`EventStream::recv`] returned no event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EventStreamError {
+    /// The subscriber fell behind and this many events were dropped for it; the next
+    /// `recv` continues with the oldest event still kept.
+    #[error("missed {0} events: the subscriber fell behind")]
+    Missed(u64),
+    /// The queue was dropped; no more events will come.
+    #[error("event stream closed")]
+    Closed,
+}
+
+/// A subscription to a queue's events. A slow subscriber is told how many events it
+/// missed rather than silently losing them.
+#[derive(Debug)]
+pub struct EventStream(pub(crate) broadcast::Receiver<Event>);
+
+impl EventStream {
+    /// The next event.
+    ///
+    /// # Errors
+    /// [`EventStreamError::Missed`] after falling behind, [`EventStreamError::Closed`]
+    /// once the queue is gone.
+    pub async fn recv(&mut self) -> Result<Event, EventStreamError> {
+        self.0.recv().await.map_err(|e| match e {
+            broadcast::error::RecvError::Lagged(n) => EventStreamError::Missed(n),
+            broadcast::error::RecvError::Closed => EventStreamError::Closed,
+        })
+    }
+
+    /// Waits for the first event matching `pred`, skipping others (and missed-event
+    /// notices). Returns `None` once the stream closes.
+    pub async fn wait_for(&mut self, mut pred: impl FnMut(&Event) -> bool) -> Option<Event> {
+        loop {
+            match self.recv().await {
+                Ok(e) if pred(&e) => return Some(e),
+                Ok(_) | Err(EventStreamError::Missed(_)) => {}
+                Err(EventStreamError::Closed) => return None,
+            }
+        }
+    }
+}

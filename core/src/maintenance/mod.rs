@@ -1,0 +1,3 @@
+//! Background services a worker runs beside its queues.
+
+pub(crate) mod lease_sweeper;

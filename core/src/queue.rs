@@ -1,0 +1,342 @@
+//! The queue: where handlers are registered and jobs are enqueued.
+
+use crate::error::{Error, Result};
+use crate::event::{Event, EventStream, DEFAULT_EVENT_CAPACITY};
+use crate::hook::{HookFn, Hooks};
+use crate::job::{Enqueued, Job, JobId, NewJob};
+use crate::options::{validate_task_name, JobOptions};
+use crate::retry::RetryPolicy;
+use crate::storage::DynStorage;
+use crate::task::{HandlerEntry, Task, TaskError};
+use crate::workflow::JobContext;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use tokio::sync::{broadcast, watch};
+
+/// Handlers, hooks and the event stream over one storage. Cloning shares them all.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), durable_jobs::Error> {
+/// use durable_jobs::{JobContext, JobOptions, Queue, TaskError};
+/// use std::sync::Arc;
+/// let queue = Queue::new(Arc::new(durable_jobs_memory::MemoryStorage::new()));
+/// queue.register("greet", |_ctx: JobContext, name: String| async move {
+///     Ok::<_, TaskError>(format!("hello {name}"))
+/// });
+/// let id = queue.enqueue("greet", &"ada", JobOptions::new()).await?;
+/// # let _ = id; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<QueueInner>,
+}
+
+struct QueueInner {
+    storage: DynStorage,
+    handlers: RwLock<HashMap<String, Arc<HandlerEntry>>>,
+    retry_policies: RwLock<HashMap<String, RetryPolicy>>,
+    default_retry: RwLock<RetryPolicy>,
+    hooks: RwLock<Arc<Hooks>>,
+    events: broadcast::Sender<Event>,
+    wake: watch::Sender<u64>,
+    registration_errors: RwLock<Vec<String>>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("storage", &self.inner.storage.name())
+            .field("tasks", &self.task_names())
+            .finish()
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    // Writers only insert whole values, so a poisoned lock still holds consistent data.
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Queue {
+    /// A queue over `storage`, with no handlers yet.
+    pub fn new(storage: DynStorage) -> Self {
+        let (events, _) = broadcast::channel(DEFAULT_EVENT_CAPACITY);
+        let (wake, _) = watch::channel(0);
+        Queue {
+            inner: Arc::new(QueueInner {
+                storage,
+                handlers: RwLock::default(),
+                retry_policies: RwLock::default(),
+                default_retry: RwLock::default(),
+                hooks: RwLock::default(),
+                events,
+                wake,
+                registration_errors: RwLock::default(),
+            }),
+        }
+    }
+
+    /// The storage this queue uses.
+    pub fn storage(&self) -> &DynStorage {
+        &self.inner.storage
+    }
+
+    fn insert_handler(&self, name: &str, entry: Arc<HandlerEntry>) -> &Self {
+        if let Err(e) = validate_task_name(name) {
+            write(&self.inner.registration_errors).push(e.to_string());
+        }
+        write(&self.inner.handlers).insert(name.to_string(), entry);
+        self
+    }
+
+    /// Registers an async handler that takes the job's context and its arguments.
+    /// An invalid name is reported by [`crate::Worker::new`].
+    pub fn register<A, R, F, Fut>(&self, name: &str, handler: F) -> &Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(JobContext, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, TaskError>> + Send + 'static,
+    {
+        self.insert_handler(name, HandlerEntry::new_async(name, handler))
+    }
+
+    /// Registers an async handler that takes only its arguments.
+    pub fn register_fn<A, R, F, Fut>(&self, name: &str, handler: F) -> &Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, TaskError>> + Send + 'static,
+    {
+        self.register(name, move |_ctx: JobContext, args: A| handler(args))
+    }
+
+    /// Registers a synchronous handler; it runs on tokio's blocking pool, so it may block.
+    pub fn register_blocking<A, R, F>(&self, name: &str, handler: F) -> &Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(A) -> Result<R, TaskError> + Send + Sync + 'static,
+    {
+        self.insert_handler(name, HandlerEntry::new_blocking(name, handler))
+    }
+
+    /// Registers a typed [`Task`] under its `NAME`.
+    pub fn register_task<T: Task>(&self) -> &Self {
+        self.register(T::NAME, |ctx: JobContext, task: T| task.run(ctx))
+    }
+
+    /// Sets the retry policy for one task, replacing the default for it.
+    pub fn set_retry_policy(&self, task: &str, policy: RetryPolicy) -> &Self {
+        write(&self.inner.retry_policies).insert(task.to_string(), policy);
+        self
+    }
+
+    /// Sets the retry policy for tasks without their own.
+    pub fn set_default_retry_policy(&self, policy: RetryPolicy) -> &Self {
+        *write(&self.inner.default_retry) = policy;
+        self
+    }
+
+    /// The retry policy that applies to `task`.
+    pub fn retry_policy(&self, task: &str) -> RetryPolicy {
+        read(&self.inner.retry_policies)
+            .get(task)
+            .copied()
+            .unwrap_or_else(|| *read(&self.inner.default_retry))
+    }
+
+    /// The registered task names, sorted.
+    pub fn task_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = read(&self.inner.handlers).keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    pub(crate) fn handler(&self, name: &str) -> Option<Arc<HandlerEntry>> {
+        read(&self.inner.handlers).get(name).cloned()
+    }
+
+    pub(crate) fn registration_errors(&self) -> Vec<String> {
+        read(&self.inner.registration_errors).clone()
+    }
+
+    /// Validates a payload against the registered handler and builds the job.
+    fn build_job(&self, task: &str, payload: Value, options: &JobOptions) -> Result<NewJob> {
+        let handler = self
+            .handler(task)
+            .ok_or_else(|| Error::UnknownTask(task.to_string()))?;
+        handler
+            .check(&payload)
+            .map_err(|message| Error::InvalidPayload {
+                task: task.to_string(),
+                message,
+            })?;
+        options.build(task, payload)
+    }
+
+    /// Enqueues a job for a registered task and returns its id (the existing job's id when
+    /// its dedupe key is taken).
+    ///
+    /// # Errors
+    /// [`Error::UnknownTask`] when no handler has that name (use [`Queue::enqueue_raw`] in
+    /// a process that only produces jobs), [`Error::InvalidPayload`] when the arguments do
+    /// not fit the handler's argument type, option errors from [`JobOptions::build`], and
+    /// storage errors.
+    pub async fn enqueue<A: Serialize + ?Sized>(
+        &self,
+        task: &str,
+        args: &A,
+        options: JobOptions,
+    ) -> Result<JobId> {
+        let payload = to_payload(task, args)?;
+        let job = self.build_job(task, payload, &options)?;
+        Ok(self.enqueue_job(job).await?.id)
+    }
+
+    /// Enqueues many jobs of one task in a single storage call; ids come back in order.
+    ///
+    /// # Errors
+    /// As [`Queue::enqueue`]; nothing is inserted when any item is invalid.
+    pub async fn enqueue_many<A: Serialize>(
+        &self,
+        task: &str,
+        args: impl IntoIterator<Item = A>,
+        options: JobOptions,
+    ) -> Result<Vec<JobId>> {
+        let jobs = args
+            .into_iter()
+            .map(|a| {
+                let payload = to_payload(task, &a)?;
+                self.build_job(task, payload, &options)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let out = self.inner.storage.enqueue_many(jobs).await?;
+        self.wake();
+        Ok(out.into_iter().map(|e| e.id).collect())
+    }
+
+    /// Enqueues a typed [`Task`].
+    ///
+    /// # Errors
+    /// As [`Queue::enqueue`].
+    pub async fn enqueue_task<T: Task>(&self, task: &T, options: JobOptions) -> Result<JobId> {
+        self.enqueue(T::NAME, task, options).await
+    }
+
+    /// Enqueues a job by task name and JSON payload without checking that a handler exists
+    /// here: for processes that only produce jobs for workers elsewhere.
+    ///
+    /// # Errors
+    /// Option errors from [`JobOptions::build`] and storage errors.
+    pub async fn enqueue_raw(
+        &self,
+        task: &str,
+        payload: Value,
+        options: JobOptions,
+    ) -> Result<JobId> {
+        let job = options.build(task, payload)?;
+        Ok(self.enqueue_job(job).await?.id)
+    }
+
+    /// Inserts a prepared job and wakes local workers.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn enqueue_job(&self, job: NewJob) -> Result<Enqueued> {
+        let out = self.inner.storage.enqueue(job).await?;
+        self.wake();
+        Ok(out)
+    }
+
+    /// One job by id.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
+        self.inner.storage.get_job(id).await
+    }
+
+    /// Cancels a job that has not finished; returns false when it already had.
+    ///
+    /// # Errors
+    /// [`Error::JobNotFound`] and storage errors.
+    pub async fn cancel(&self, id: JobId) -> Result<bool> {
+        self.inner.storage.cancel(id).await
+    }
+
+    /// Subscribes to worker events from now on.
+    pub fn events(&self) -> EventStream {
+        EventStream(self.inner.events.subscribe())
+    }
+
+    /// Runs `hook` when an attempt starts.
+    pub fn on_job_start(&self, hook: impl Fn(&Event) + Send + Sync + 'static) -> &Self {
+        self.add_hook(|h| &mut h.on_start, Arc::new(hook))
+    }
+
+    /// Runs `hook` when a job completes.
+    pub fn on_job_complete(&self, hook: impl Fn(&Event) + Send + Sync + 'static) -> &Self {
+        self.add_hook(|h| &mut h.on_complete, Arc::new(hook))
+    }
+
+    /// Runs `hook` when a job fails for good.
+    pub fn on_job_fail(&self, hook: impl Fn(&Event) + Send + Sync + 'static) -> &Self {
+        self.add_hook(|h| &mut h.on_fail, Arc::new(hook))
+    }
+
+    /// Runs `hook` when an attempt fails and the job will retry.
+    pub fn on_retry(&self, hook: impl Fn(&Event) + Send + Sync + 'static) -> &Self {
+        self.add_hook(|h| &mut h.on_retry, Arc::new(hook))
+    }
+
+    fn add_hook(&self, list: fn(&mut Hooks) -> &mut Vec<HookFn>, hook: HookFn) -> &Self {
+        let mut guard = write(&self.inner.hooks);
+        let mut hooks = (**guard).clone();
+        list(&mut hooks).push(hook);
+        *guard = Arc::new(hooks);
+        self
+    }
+
+    /// True when a hook or an event subscriber would see events, so the worker can skip
+    /// building them otherwise.
+    pub(crate) fn observed(&self) -> bool {
+        self.inner.events.receiver_count() > 0 || !read(&self.inner.hooks).is_empty()
+    }
+
+    /// Publishes an event to hooks and subscribers.
+    pub(crate) fn emit(&self, event: Event) {
+        let hooks = read(&self.inner.hooks).clone();
+        if !hooks.is_empty() {
+            hooks.run(&event);
+        }
+        if self.inner.events.receiver_count() > 0 {
+            // No receiver is not an error: events are for whoever listens.
+            let _ = self.inner.events.send(event);
+        }
+    }
+
+    /// Wakes this process's workers.
+    pub(crate) fn wake(&self) {
+        self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub(crate) fn subscribe_wake(&self) -> watch::Receiver<u64> {
+        self.inner.wake.subscribe()
+    }
+}
+
+fn to_payload<A: Serialize + ?Sized>(task: &str, args: &A) -> Result<Value> {
+    serde_json::to_value(args).map_err(|e| Error::InvalidPayload {
+        task: task.to_string(),
+        message: e.to_string(),
+    })
+}

@@ -1,0 +1,157 @@
+//! One queue's loop: claim jobs in batches while slots are free, run them, hand their
+//! outcomes to the completer, and on shutdown return what is still running.
+
+use super::complete::{Finish, RunMeta};
+use super::execute::{classify, execute};
+use super::options::QueueConfig;
+use super::shared::{Shared, NOT_IDLE};
+use crate::storage::DequeueParams;
+use crate::task::TaskError;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::{Id, JoinError, JoinSet};
+
+type Outcome = Result<Value, TaskError>;
+
+struct Running {
+    set: JoinSet<Outcome>,
+    meta: HashMap<Id, RunMeta>,
+}
+
+impl Running {
+    fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    fn finish(
+        &mut self,
+        shared: &Shared,
+        done: Result<(Id, Outcome), JoinError>,
+        out: &mpsc::UnboundedSender<Finish>,
+    ) {
+        let (id, outcome) = match done {
+            Ok((id, o)) => (id, Ok(o)),
+            Err(e) => (e.id(), Err(e)),
+        };
+        let Some(meta) = self.meta.remove(&id) else {
+            return;
+        };
+        shared.leases().remove(&meta.job_id);
+        let finish = classify(shared, meta, outcome);
+        if out.send(finish).is_err() {
+            // The completer only stops after every loop has ended, so this is unreachable
+            // in practice; the lease then expires and the job is reclaimed.
+            tracing::error!("completer gone; outcome left to lease expiry");
+        }
+    }
+}
+
+pub(crate) async fn run_queue(
+    shared: Arc<Shared>,
+    index: usize,
+    cfg: QueueConfig,
+    out: mpsc::UnboundedSender<Finish>,
+) {
+    let mut running = Running {
+        set: JoinSet::new(),
+        meta: HashMap::new(),
+    };
+    let mut wakes = shared.wakes();
+    let mut stop = shared.stopping.subscribe();
+    let batch = cfg.concurrency.min(shared.opts.max_claim_batch);
+    // Refill only once a good share of the batch is free, so a busy queue claims in
+    // batches instead of one job per finished job.
+    let refill_at = (batch / 2).max(1);
+    let mut maybe_more = true;
+    let mut error_backoff = Duration::ZERO;
+    let params = |limit| DequeueParams {
+        queues: vec![cfg.name.clone()],
+        tasks: shared.tasks.clone(),
+        limit,
+        lease_duration: shared.opts.lease_duration,
+        holder: shared.name.clone(),
+    };
+    loop {
+        while let Some(done) = running.set.try_join_next_with_id() {
+            running.finish(&shared, done, &out);
+        }
+        if shared.is_stopping() {
+            break;
+        }
+        let free = cfg.concurrency - running.len();
+        if maybe_more && free > 0 && (free >= refill_at || running.len() == 0) {
+            wakes.mark_seen();
+            let generation = shared.wake_generation();
+            let want = free.min(batch);
+            match shared.queue.storage().dequeue(params(want)).await {
+                Ok(claimed) => {
+                    error_backoff = Duration::ZERO;
+                    maybe_more = claimed.len() == want;
+                    if claimed.is_empty() {
+                        if running.len() == 0 {
+                            shared.idle_at[index].store(generation, Ordering::SeqCst);
+                            shared.progress.notify_waiters();
+                        }
+                    } else {
+                        shared.idle_at[index].store(NOT_IDLE, Ordering::SeqCst);
+                        shared.in_flight.fetch_add(claimed.len(), Ordering::SeqCst);
+                        let mut leases = shared.leases();
+                        for c in claimed {
+                            let meta = RunMeta {
+                                job_id: c.job.id,
+                                task: c.job.task.clone(),
+                                attempt: c.lease.attempt,
+                                max_attempts: c.job.max_attempts,
+                                lease: c.lease.clone(),
+                            };
+                            leases.insert(c.job.id, c.lease.clone());
+                            let handle = running.set.spawn(execute(shared.clone(), c));
+                            running.meta.insert(handle.id(), meta);
+                        }
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    error_backoff = (error_backoff * 2)
+                        .clamp(Duration::from_millis(100), Duration::from_secs(30));
+                    tracing::warn!(queue = %cfg.name, error = %e, retry_in = ?error_backoff, "claim failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(error_backoff) => {}
+                        _ = stop.changed() => {}
+                    }
+                    continue;
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => {}
+            Some(done) = running.set.join_next_with_id(), if running.len() > 0 => {
+                running.finish(&shared, done, &out);
+            }
+            _ = wakes.changed() => maybe_more = true,
+            _ = tokio::time::sleep(shared.opts.poll_interval) => maybe_more = true,
+        }
+    }
+    shut_down(&shared, running, &out).await;
+}
+
+/// Waits for running jobs up to the grace period, then aborts the rest; aborted jobs are
+/// released without spending their attempt.
+async fn shut_down(shared: &Shared, mut running: Running, out: &mpsc::UnboundedSender<Finish>) {
+    let deadline = tokio::time::Instant::now() + shared.opts.shutdown_grace;
+    while running.len() > 0 {
+        tokio::select! {
+            Some(done) = running.set.join_next_with_id() => running.finish(shared, done, out),
+            _ = tokio::time::sleep_until(deadline) => {
+                running.set.abort_all();
+                while let Some(done) = running.set.join_next_with_id().await {
+                    running.finish(shared, done, out);
+                }
+            }
+        }
+    }
+}

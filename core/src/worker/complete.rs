@@ -1,0 +1,201 @@
+//! Writing outcomes: completions in batches, failures and releases one by one, with
+//! storage errors retried so an outage does not drop outcomes.
+
+use super::shared::Shared;
+use crate::event::Event;
+use crate::job::{JobId, Lease};
+use crate::storage::{Completion, Failure};
+use crate::Error;
+use serde_json::Value;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How many times a storage error on an outcome write is retried before the outcome is
+/// left to lease expiry (the job then runs again: at-least-once).
+const WRITE_ATTEMPTS: u32 = 8;
+
+/// What the worker knows about a running attempt.
+#[derive(Debug, Clone)]
+pub(crate) struct RunMeta {
+    pub(crate) job_id: JobId,
+    pub(crate) task: String,
+    pub(crate) attempt: i32,
+    pub(crate) max_attempts: i32,
+    pub(crate) lease: Lease,
+}
+
+/// An attempt's outcome, to be written.
+#[derive(Debug)]
+pub(crate) enum Finish {
+    Complete {
+        meta: RunMeta,
+        result: Value,
+    },
+    Fail {
+        meta: RunMeta,
+        error: String,
+        retry_in: Option<Duration>,
+    },
+    /// Return the job without spending the attempt (shutdown).
+    Release {
+        meta: RunMeta,
+    },
+    /// The lease was lost while running: nothing to write.
+    Lost {
+        meta: RunMeta,
+    },
+}
+
+/// Writes outcomes as they arrive. Completions that queue up while a write is in flight
+/// go out together in the next `complete_many`, so batching adds no waiting.
+pub(crate) async fn run_completer(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Finish>) {
+    let mut buf = Vec::with_capacity(shared.opts.completion_batch);
+    while rx.recv_many(&mut buf, shared.opts.completion_batch).await > 0 {
+        let n = buf.len();
+        let mut completions = Vec::new();
+        let mut woke = false;
+        for finish in buf.drain(..) {
+            match finish {
+                Finish::Complete { meta, result } => completions.push((meta, result)),
+                Finish::Fail {
+                    meta,
+                    error,
+                    retry_in,
+                } => {
+                    woke |= retry_in.is_some();
+                    write_failure(&shared, meta, error, retry_in).await;
+                }
+                Finish::Release { meta } => {
+                    woke = true;
+                    let r = with_retries(|| shared.queue.storage().release(&meta.lease)).await;
+                    count(&shared, r, |c| &c.released, meta.job_id);
+                }
+                Finish::Lost { meta } => {
+                    tracing::warn!(job_id = meta.job_id, "lease lost while the handler ran");
+                    shared.counters.lost.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if !completions.is_empty() {
+            write_completions(&shared, completions).await;
+        }
+        if woke {
+            shared.bump_internal_wake();
+        }
+        shared.in_flight.fetch_sub(n, Ordering::SeqCst);
+        shared.progress.notify_waiters();
+    }
+}
+
+async fn write_completions(shared: &Shared, items: Vec<(RunMeta, Value)>) {
+    let observed = shared.queue.observed();
+    let mut metas = Vec::with_capacity(items.len());
+    let mut batch = Vec::with_capacity(items.len());
+    for (meta, result) in items {
+        let kept = observed.then(|| result.clone());
+        batch.push(Completion {
+            lease: meta.lease.clone(),
+            result,
+        });
+        metas.push((meta, kept));
+    }
+    let results = with_retries(|| shared.queue.storage().complete_many(batch.clone())).await;
+    let results = match results {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, jobs = metas.len(), "could not write completions; the jobs will be reclaimed when their leases expire");
+            return;
+        }
+    };
+    for ((meta, result), r) in metas.into_iter().zip(results) {
+        match r {
+            Ok(()) => {
+                shared.counters.completed.fetch_add(1, Ordering::Relaxed);
+                if let Some(result) = result {
+                    shared.queue.emit(Event::Completed {
+                        job_id: meta.job_id,
+                        task: meta.task,
+                        attempt: meta.attempt,
+                        result,
+                    });
+                }
+            }
+            Err(e) => count::<()>(shared, Err(e), |c| &c.completed, meta.job_id),
+        }
+    }
+}
+
+async fn write_failure(shared: &Shared, meta: RunMeta, error: String, retry_in: Option<Duration>) {
+    let failure = Failure {
+        error: error.clone(),
+        retry_in,
+    };
+    let r = with_retries(|| shared.queue.storage().fail(&meta.lease, failure.clone())).await;
+    let ok = r.is_ok();
+    match retry_in {
+        Some(_) => count(shared, r, |c| &c.retried, meta.job_id),
+        None => count(shared, r, |c| &c.failed, meta.job_id),
+    }
+    if !ok {
+        return;
+    }
+    let event = match retry_in {
+        Some(retry_in) => Event::Retrying {
+            job_id: meta.job_id,
+            task: meta.task,
+            attempt: meta.attempt,
+            error,
+            retry_in,
+        },
+        None => Event::Failed {
+            job_id: meta.job_id,
+            task: meta.task,
+            attempt: meta.attempt,
+            error,
+        },
+    };
+    shared.queue.emit(event);
+}
+
+fn count<T>(
+    shared: &Shared,
+    r: crate::Result<T>,
+    counter: fn(&super::shared::Counters) -> &std::sync::atomic::AtomicU64,
+    job_id: JobId,
+) {
+    match r {
+        Ok(_) => {
+            counter(&shared.counters).fetch_add(1, Ordering::Relaxed);
+        }
+        Err(Error::LeaseLost { .. }) => {
+            tracing::warn!(job_id, "outcome not written: the lease was lost");
+            shared.counters.lost.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            tracing::error!(job_id, error = %e, "outcome not written; the job will be reclaimed when its lease expires");
+        }
+    }
+}
+
+/// Retries a storage write on errors other than a lost lease, with backoff.
+async fn with_retries<T, F, Fut>(mut write: F) -> crate::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = crate::Result<T>>,
+{
+    let mut delay = Duration::from_millis(50);
+    let mut attempt = 1;
+    loop {
+        match write().await {
+            Err(Error::Storage(msg)) if attempt < WRITE_ATTEMPTS => {
+                tracing::warn!(error = %msg, attempt, "storage write failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Running one claimed job and deciding what its outcome means.
+
+use super::complete::{Finish, RunMeta};
+use super::shared::Shared;
+use crate::event::Event;
+use crate::storage::ClaimedJob;
+use crate::task::{panic_message, TaskError, TaskErrorKind};
+use crate::workflow::JobContext;
+use serde_json::Value;
+use std::sync::Arc;
+use tokio::task::JoinError;
+
+/// Runs one attempt: hooks and events, the handler, the job's timeout.
+pub(crate) async fn execute(shared: Arc<Shared>, claimed: ClaimedJob) -> Result<Value, TaskError> {
+    let ClaimedJob { job, lease } = claimed;
+    let queue = shared.queue.clone();
+    if queue.observed() {
+        queue.emit(Event::Started {
+            job_id: job.id,
+            task: job.task.clone(),
+            attempt: lease.attempt,
+        });
+    }
+    let Some(handler) = queue.handler(&job.task) else {
+        return Err(TaskError::from_engine(crate::Error::UnknownTask(job.task)));
+    };
+    let timeout = job.timeout();
+    let payload = job.payload.clone();
+    let ctx = JobContext::new(job, lease, queue, shared.stopping.subscribe());
+    let fut = handler.run(ctx, payload);
+    match timeout {
+        Some(limit) => match tokio::time::timeout(limit, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(TaskError::retry(format!(
+                "attempt timed out after {limit:?}"
+            ))),
+        },
+        None => fut.await,
+    }
+}
+
+/// Turns a finished handler task into the outcome to write.
+pub(crate) fn classify(
+    shared: &Shared,
+    meta: RunMeta,
+    outcome: Result<Result<Value, TaskError>, JoinError>,
+) -> Finish {
+    let err = match outcome {
+        Ok(Ok(result)) => return Finish::Complete { meta, result },
+        Ok(Err(e)) => e,
+        Err(je) if je.is_panic() => TaskError::retry(format!(
+            "handler panicked: {}",
+            panic_message(je.into_panic())
+        )),
+        // Aborted at the end of the shutdown grace period.
+        Err(_) => return Finish::Release { meta },
+    };
+    let attempts_left = meta.attempt < meta.max_attempts;
+    let retry_in = match err.kind() {
+        TaskErrorKind::LeaseLost => return Finish::Lost { meta },
+        TaskErrorKind::Retry if attempts_left => {
+            Some(shared.queue.retry_policy(&meta.task).delay(meta.attempt))
+        }
+        TaskErrorKind::RetryAfter(d) if attempts_left => Some(d),
+        _ => None,
+    };
+    Finish::Fail {
+        meta,
+        error: err.message().to_string(),
+        retry_in,
+    }
+}

@@ -1,0 +1,188 @@
+//! Worker options and their validation.
+
+use crate::error::{Error, Result};
+use crate::options::validate_queue_name;
+use std::time::Duration;
+
+/// Jobs one queue runs at once when no concurrency is given. Defaults to 10.
+pub const DEFAULT_CONCURRENCY: usize = 10;
+/// How often an idle worker looks for due jobs without a wake-up. Defaults to 1 second.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a claim's lease lasts before it must be renewed. Defaults to 30 seconds.
+pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(30);
+/// How long shutdown waits for running jobs before returning them. Defaults to 30 seconds.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How often expired leases are swept. Defaults to 5 seconds.
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// The most completions written in one storage call. Defaults to 1000.
+pub const DEFAULT_COMPLETION_BATCH: usize = 1000;
+/// The most jobs claimed in one storage call. Defaults to 500.
+pub const DEFAULT_MAX_CLAIM_BATCH: usize = 500;
+
+/// One queue a worker serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// The queue's name.
+    pub name: String,
+    /// Jobs it runs at once.
+    pub concurrency: usize,
+}
+
+/// How a [`crate::Worker`] runs. Setters never fail; [`crate::Worker::new`] validates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerOptions {
+    pub(crate) queues: Vec<QueueConfig>,
+    pub(crate) poll_interval: Duration,
+    pub(crate) lease_duration: Duration,
+    pub(crate) heartbeat_interval: Option<Duration>,
+    pub(crate) sweep_interval: Duration,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) completion_batch: usize,
+    pub(crate) max_claim_batch: usize,
+    pub(crate) name: Option<String>,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            queues: Vec::new(),
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            lease_duration: DEFAULT_LEASE_DURATION,
+            heartbeat_interval: None,
+            sweep_interval: DEFAULT_SWEEP_INTERVAL,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            completion_batch: DEFAULT_COMPLETION_BATCH,
+            max_claim_batch: DEFAULT_MAX_CLAIM_BATCH,
+            name: None,
+        }
+    }
+}
+
+impl WorkerOptions {
+    /// Defaults; with no queue added, the worker serves `default` with
+    /// [`DEFAULT_CONCURRENCY`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serves `queue`, running up to `concurrency` of its jobs at once.
+    pub fn queue(mut self, queue: impl Into<String>, concurrency: usize) -> Self {
+        self.queues.push(QueueConfig {
+            name: queue.into(),
+            concurrency,
+        });
+        self
+    }
+
+    /// How often to look for due jobs without a wake-up. Defaults to
+    /// [`DEFAULT_POLL_INTERVAL`].
+    pub fn poll_interval(mut self, every: Duration) -> Self {
+        self.poll_interval = every;
+        self
+    }
+
+    /// The lease each claim takes. Defaults to [`DEFAULT_LEASE_DURATION`].
+    pub fn lease_duration(mut self, lease: Duration) -> Self {
+        self.lease_duration = lease;
+        self
+    }
+
+    /// How often running jobs' leases are renewed. Defaults to a third of the lease.
+    pub fn heartbeat_interval(mut self, every: Duration) -> Self {
+        self.heartbeat_interval = Some(every);
+        self
+    }
+
+    /// How often expired leases are swept. Defaults to [`DEFAULT_SWEEP_INTERVAL`].
+    pub fn sweep_interval(mut self, every: Duration) -> Self {
+        self.sweep_interval = every;
+        self
+    }
+
+    /// How long shutdown waits for running jobs. Defaults to [`DEFAULT_SHUTDOWN_GRACE`].
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// The most completions per storage write. Defaults to [`DEFAULT_COMPLETION_BATCH`].
+    pub fn completion_batch(mut self, n: usize) -> Self {
+        self.completion_batch = n;
+        self
+    }
+
+    /// The most jobs per claim. Defaults to [`DEFAULT_MAX_CLAIM_BATCH`].
+    pub fn max_claim_batch(mut self, n: usize) -> Self {
+        self.max_claim_batch = n;
+        self
+    }
+
+    /// The worker's name, recorded on the jobs it claims. Defaults to `worker-<pid>-<random>`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    pub(crate) fn validate(mut self) -> Result<Self> {
+        if self.queues.is_empty() {
+            self.queues.push(QueueConfig {
+                name: crate::options::DEFAULT_QUEUE.into(),
+                concurrency: DEFAULT_CONCURRENCY,
+            });
+        }
+        for (i, q) in self.queues.iter().enumerate() {
+            validate_queue_name(&q.name)?;
+            if q.concurrency == 0 {
+                return Err(invalid(
+                    "concurrency",
+                    format!(
+                        "queue `{}` needs a concurrency of at least 1, found 0",
+                        q.name
+                    ),
+                ));
+            }
+            if self.queues[..i].iter().any(|p| p.name == q.name) {
+                return Err(invalid(
+                    "queue",
+                    format!("queue `{}` is listed twice", q.name),
+                ));
+            }
+        }
+        let positive = [
+            ("poll_interval", self.poll_interval),
+            ("lease_duration", self.lease_duration),
+            ("sweep_interval", self.sweep_interval),
+        ];
+        for (name, d) in positive {
+            if d.is_zero() {
+                return Err(invalid(
+                    name,
+                    "expected a positive duration, found zero".into(),
+                ));
+            }
+        }
+        if let Some(hb) = self.heartbeat_interval {
+            if hb.is_zero() || hb >= self.lease_duration {
+                return Err(invalid(
+                    "heartbeat_interval",
+                    format!(
+                        "expected more than zero and less than the lease ({:?}), found {hb:?}",
+                        self.lease_duration
+                    ),
+                ));
+            }
+        }
+        if self.completion_batch == 0 || self.max_claim_batch == 0 {
+            return Err(invalid("batch", "batch sizes must be at least 1".into()));
+        }
+        Ok(self)
+    }
+
+    pub(crate) fn heartbeat_every(&self) -> Duration {
+        self.heartbeat_interval.unwrap_or(self.lease_duration / 3)
+    }
+}
+
+fn invalid(option: &'static str, message: String) -> Error {
+    Error::InvalidOption { option, message }
+}

@@ -1,0 +1,178 @@
+//! State shared by one running worker's tasks.
+
+use super::options::WorkerOptions;
+use crate::job::{JobId, Lease};
+use crate::queue::Queue;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use tokio::sync::{watch, Notify};
+
+/// Marks a queue loop that is not idle.
+pub(crate) const NOT_IDLE: u64 = u64::MAX;
+
+/// What one worker run shares between its queue loops, completer and maintenance tasks.
+pub(crate) struct Shared {
+    pub(crate) queue: Queue,
+    pub(crate) opts: WorkerOptions,
+    pub(crate) name: String,
+    pub(crate) tasks: Vec<String>,
+    /// True once the run is stopping; handlers see it as cancellation.
+    pub(crate) stopping: watch::Sender<bool>,
+    /// Bumped by the worker itself when work may have appeared (retries, releases,
+    /// reclaimed leases).
+    pub(crate) internal_wake: watch::Sender<u64>,
+    storage_wake: Option<watch::Receiver<u64>>,
+    queue_wake: watch::Receiver<u64>,
+    /// Leases of running handlers, renewed by the heartbeat task.
+    pub(crate) leases: Mutex<HashMap<JobId, Lease>>,
+    /// Jobs claimed whose outcome is not yet written.
+    pub(crate) in_flight: AtomicUsize,
+    /// Per queue loop: the wake generation at which it last found nothing to claim with
+    /// nothing running, or [`NOT_IDLE`].
+    pub(crate) idle_at: Vec<AtomicU64>,
+    /// Notified when in_flight or idle_at change, for drain's idle check.
+    pub(crate) progress: Notify,
+    pub(crate) counters: Counters,
+}
+
+/// What a run did, counted as outcomes are written.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) completed: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) released: AtomicU64,
+    pub(crate) lost: AtomicU64,
+}
+
+/// What a worker run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerReport {
+    /// Jobs completed.
+    pub completed: u64,
+    /// Jobs failed for good.
+    pub failed: u64,
+    /// Attempts that failed and were scheduled to retry.
+    pub retried: u64,
+    /// Jobs returned unfinished at shutdown, without spending an attempt.
+    pub released: u64,
+    /// Outcomes not written because the lease was lost (reclaimed or cancelled).
+    pub lost: u64,
+}
+
+impl Shared {
+    pub(crate) fn new(queue: Queue, opts: WorkerOptions, name: String) -> Self {
+        let (stopping, _) = watch::channel(false);
+        let (internal_wake, _) = watch::channel(0);
+        let storage_wake = queue.storage().wakeups();
+        let queue_wake = queue.subscribe_wake();
+        let loops = opts.queues.len();
+        Shared {
+            tasks: queue.task_names(),
+            queue,
+            opts,
+            name,
+            stopping,
+            internal_wake,
+            storage_wake,
+            queue_wake,
+            leases: Mutex::new(HashMap::new()),
+            in_flight: AtomicUsize::new(0),
+            idle_at: (0..loops).map(|_| AtomicU64::new(NOT_IDLE)).collect(),
+            progress: Notify::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// The sum of every wake source's version: it changes whenever any of them does, and
+    /// reading it involves no task hop, so drain's idle check cannot miss a wake.
+    pub(crate) fn wake_generation(&self) -> u64 {
+        let s = self.storage_wake.as_ref().map_or(0, |r| *r.borrow());
+        let q = *self.queue_wake.borrow();
+        let i = *self.internal_wake.borrow();
+        s.wrapping_add(q).wrapping_add(i)
+    }
+
+    /// Receivers for every wake source, for one loop to wait on.
+    pub(crate) fn wakes(&self) -> Wakes {
+        Wakes {
+            sources: [
+                self.storage_wake.clone(),
+                Some(self.queue_wake.clone()),
+                Some(self.internal_wake.subscribe()),
+            ],
+        }
+    }
+
+    pub(crate) fn bump_internal_wake(&self) {
+        self.internal_wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    pub(crate) fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Lease>> {
+        // Single inserts and removes; a poisoned map is still consistent.
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn report(&self) -> WorkerReport {
+        let c = &self.counters;
+        WorkerReport {
+            completed: c.completed.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            retried: c.retried.load(Ordering::Relaxed),
+            released: c.released.load(Ordering::Relaxed),
+            lost: c.lost.load(Ordering::Relaxed),
+        }
+    }
+
+    /// True when no outcome is pending and every loop found nothing to claim since the
+    /// last wake.
+    pub(crate) fn is_drained(&self) -> bool {
+        if self.in_flight.load(Ordering::SeqCst) != 0 {
+            return false;
+        }
+        let generation = self.wake_generation();
+        self.idle_at
+            .iter()
+            .all(|g| g.load(Ordering::SeqCst) == generation)
+    }
+}
+
+/// The wake sources one queue loop waits on.
+pub(crate) struct Wakes {
+    sources: [Option<watch::Receiver<u64>>; 3],
+}
+
+impl Wakes {
+    /// Marks every source's current version as seen.
+    pub(crate) fn mark_seen(&mut self) {
+        for rx in self.sources.iter_mut().flatten() {
+            rx.borrow_and_update();
+        }
+    }
+
+    /// Resolves when any source changes after the last `mark_seen`. A source whose
+    /// sender is gone is dropped, so it cannot spin.
+    pub(crate) async fn changed(&mut self) {
+        let [a, b, c] = &mut self.sources;
+        let res = tokio::select! {
+            r = changed(a) => (0, r),
+            r = changed(b) => (1, r),
+            r = changed(c) => (2, r),
+        };
+        if res.1.is_err() {
+            self.sources[res.0] = None;
+        }
+    }
+}
+
+async fn changed(rx: &mut Option<watch::Receiver<u64>>) -> Result<(), watch::error::RecvError> {
+    match rx {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
+    }
+}
