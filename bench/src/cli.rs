@@ -1,0 +1,158 @@
+//! Hand-written argument parsing (no clap: the bench should build fast on 2 cores).
+
+use std::time::Duration;
+
+pub const USAGE: &str = "\
+durable-jobs benchmark: our backends side by side with graphile_worker
+
+USAGE:
+  cargo run --release --manifest-path bench/Cargo.toml -- [OPTIONS]
+
+OPTIONS:
+  --backend LIST        backends to run: postgres,sqlite,memory        [all]
+  --scenario LIST       enqueue,drain,latency,raw                       [all]
+  --systems LIST        on Postgres: ours,graphile                      [both]
+  --jobs N              jobs per enqueue/drain scenario                 [100000]
+  --runs K              repeat every scenario K times, report medians   [1]
+  --concurrency LIST    worker concurrencies for the drain scenario     [10,50,500]
+  --batch N             enqueue_many / add_raw_jobs batch size          [1000]
+  --latency-jobs N      jobs in the latency scenario                    [1000]
+  --latency-rate R      latency-scenario enqueue rate, jobs/s           [200]
+  --latency-concurrency N  our worker's concurrency when idle           [50]
+  --raw-batches LIST    raw SQL yardstick claim/complete batch sizes    [100,1000]
+  --raw-workers LIST    concurrent claim+complete loops in the yardstick [1,4]
+  --pool N              max Postgres connections per system             [20]
+  --database-url URL    server to create bench_<pid>_<n> databases on
+                        [env DATABASE_URL, else postgres://postgres@127.0.0.1:5432/postgres]
+  --timeout SECS        give up on one scenario after this long        [300]
+  -h, --help            this text
+";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub backends: Vec<String>,
+    pub scenarios: Vec<String>,
+    pub systems: Vec<String>,
+    pub jobs: usize,
+    pub runs: usize,
+    pub concurrency: Vec<usize>,
+    pub batch: usize,
+    pub latency_jobs: usize,
+    pub latency_rate: f64,
+    pub latency_concurrency: usize,
+    pub raw_batches: Vec<usize>,
+    pub raw_workers: Vec<usize>,
+    pub pool: u32,
+    pub database_url: String,
+    pub timeout: Duration,
+}
+
+impl Config {
+    pub fn backend(&self, b: &str) -> bool {
+        self.backends.iter().any(|x| x == b)
+    }
+    pub fn scenario(&self, s: &str) -> bool {
+        self.scenarios.iter().any(|x| x == s)
+    }
+    pub fn system(&self, s: &str) -> bool {
+        self.systems.iter().any(|x| x == s)
+    }
+}
+
+fn list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(|x| x.trim().to_ascii_lowercase())
+        .filter(|x| !x.is_empty())
+        .collect()
+}
+
+fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
+    v.parse()
+        .map_err(|_| format!("{flag}: expected a number, got `{v}`"))
+}
+
+fn nums(flag: &str, v: &str) -> Result<Vec<usize>, String> {
+    list(v).iter().map(|x| num(flag, x)).collect()
+}
+
+fn check(flag: &str, got: &[String], allowed: &[&str]) -> Result<(), String> {
+    for g in got {
+        if !allowed.contains(&g.as_str()) {
+            return Err(format!("{flag}: unknown `{g}` (expected one of {allowed:?})"));
+        }
+    }
+    Ok(())
+}
+
+/// Parses the arguments after the program name. `Ok(None)` means help was asked for.
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, String> {
+    let mut c = Config {
+        backends: list("postgres,sqlite,memory"),
+        scenarios: list("enqueue,drain,latency,raw"),
+        systems: list("ours,graphile"),
+        jobs: 100_000,
+        runs: 1,
+        concurrency: vec![10, 50, 500],
+        batch: 1000,
+        latency_jobs: 1000,
+        latency_rate: 200.0,
+        latency_concurrency: 50,
+        raw_batches: vec![100, 1000],
+        raw_workers: vec![1, 4],
+        pool: 20,
+        database_url: std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string()),
+        timeout: Duration::from_secs(300),
+    };
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        // Accept both `--flag value` and `--flag=value`.
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        if flag == "-h" || flag == "--help" {
+            return Ok(None);
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => it
+                .next()
+                .ok_or_else(|| format!("{flag} needs a value (see --help)"))?,
+        };
+        match flag.as_str() {
+            "--backend" | "--backends" => c.backends = list(&value),
+            "--scenario" | "--scenarios" => c.scenarios = list(&value),
+            "--systems" => c.systems = list(&value),
+            "--jobs" => c.jobs = num(&flag, &value)?,
+            "--runs" => c.runs = num(&flag, &value)?,
+            "--concurrency" => c.concurrency = nums(&flag, &value)?,
+            "--batch" => c.batch = num(&flag, &value)?,
+            "--latency-jobs" => c.latency_jobs = num(&flag, &value)?,
+            "--latency-rate" => c.latency_rate = num(&flag, &value)?,
+            "--latency-concurrency" => c.latency_concurrency = num(&flag, &value)?,
+            "--raw-batches" => c.raw_batches = nums(&flag, &value)?,
+            "--raw-workers" => c.raw_workers = nums(&flag, &value)?,
+            "--pool" => c.pool = num(&flag, &value)?,
+            "--database-url" => c.database_url = value,
+            "--timeout" => c.timeout = Duration::from_secs(num(&flag, &value)?),
+            other => return Err(format!("unknown option `{other}` (see --help)")),
+        }
+    }
+    check("--backend", &c.backends, &["postgres", "sqlite", "memory"])?;
+    check("--scenario", &c.scenarios, &["enqueue", "drain", "latency", "raw"])?;
+    check("--systems", &c.systems, &["ours", "graphile"])?;
+    if c.jobs == 0 || c.runs == 0 || c.batch == 0 || c.latency_jobs == 0 || c.raw_workers.contains(&0) {
+        return Err("--jobs, --runs, --batch, --latency-jobs and --raw-workers must be > 0".into());
+    }
+    if c.concurrency.is_empty() || c.concurrency.contains(&0) {
+        return Err("--concurrency needs positive numbers".into());
+    }
+    if c.raw_batches.contains(&0) {
+        return Err("--raw-batches needs positive numbers".into());
+    }
+    if !(c.latency_rate > 0.0) {
+        return Err("--latency-rate must be > 0".into());
+    }
+    Ok(Some(c))
+}

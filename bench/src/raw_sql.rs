@@ -1,0 +1,117 @@
+//! The raw SQL yardstick: what plain claim + complete statements through sqlx reach on
+//! this machine, with no library around them. A ceiling to read our numbers against.
+
+use crate::cli::Config;
+use crate::pgdb::FreshDb;
+use crate::stats::rate;
+use sqlx::PgPool;
+use std::time::Instant;
+
+const SCHEMA_SQL: &[&str] = &[
+    "CREATE TABLE raw_jobs (
+        id bigserial PRIMARY KEY,
+        queue text NOT NULL DEFAULT 'default',
+        task text NOT NULL,
+        payload jsonb NOT NULL,
+        priority int NOT NULL DEFAULT 0,
+        status text NOT NULL DEFAULT 'pending',
+        attempt int NOT NULL DEFAULT 0,
+        run_at timestamptz NOT NULL DEFAULT now(),
+        lease_token bigint,
+        lease_expires_at timestamptz,
+        completed_at timestamptz
+    )",
+    "CREATE INDEX raw_jobs_claim ON raw_jobs (queue, priority DESC, run_at, id)
+        WHERE status = 'pending'",
+];
+
+/// Claims a batch: the same shape a real backend uses (priority, run_at, id order,
+/// SKIP LOCKED, a random fencing token, a lease expiry).
+const CLAIM: &str = "
+    WITH c AS (
+        SELECT id FROM raw_jobs
+        WHERE status = 'pending' AND queue = 'default' AND run_at <= now()
+        ORDER BY priority DESC, run_at, id
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE raw_jobs j
+    SET status = 'running', attempt = j.attempt + 1,
+        lease_token = (random() * 9e18)::bigint,
+        lease_expires_at = now() + interval '30 seconds'
+    FROM c WHERE j.id = c.id
+    RETURNING j.id, j.lease_token, j.payload";
+
+/// Completes a batch, fenced on the lease token.
+const COMPLETE: &str = "
+    UPDATE raw_jobs j
+    SET status = 'completed', completed_at = now(), lease_token = NULL, lease_expires_at = NULL
+    FROM unnest($1::bigint[], $2::bigint[]) AS d(id, token)
+    WHERE j.id = d.id AND j.status = 'running' AND j.lease_token = d.token";
+
+/// Drains `cfg.jobs` pending rows with `loops` concurrent claim+complete loops
+/// of `batch` rows each. Returns jobs/s.
+pub async fn drain(cfg: &Config, batch: usize, loops: usize) -> Result<f64, String> {
+    let db = FreshDb::create(&cfg.database_url).await?;
+    let pool = db.pool(loops as u32 + 1).await?;
+    let result = run(cfg, &pool, batch, loops).await;
+    pool.close().await;
+    db.drop_db().await?;
+    result
+}
+
+async fn run(cfg: &Config, pool: &PgPool, batch: usize, loops: usize) -> Result<f64, String> {
+    let sql = |e: sqlx::Error| format!("raw sql: {e}");
+    for stmt in SCHEMA_SQL {
+        sqlx::query(*stmt).execute(pool).await.map_err(sql)?;
+    }
+    sqlx::query(
+        "INSERT INTO raw_jobs (task, payload)
+         SELECT 'noop', jsonb_build_object('id', i, 'data', 'test_' || i)
+         FROM generate_series(0, $1 - 1) AS i",
+    )
+    .bind(cfg.jobs as i64)
+    .execute(pool)
+    .await
+    .map_err(sql)?;
+    sqlx::query("VACUUM ANALYZE raw_jobs")
+        .execute(pool)
+        .await
+        .map_err(sql)?;
+
+    let t0 = Instant::now();
+    let handles = (0..loops).map(|_| {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let mut done = 0usize;
+            loop {
+                let rows: Vec<(i64, i64, serde_json::Value)> = sqlx::query_as(CLAIM)
+                    .bind(batch as i64)
+                    .fetch_all(&pool)
+                    .await
+                    .map_err(sql)?;
+                if rows.is_empty() {
+                    return Ok::<usize, String>(done);
+                }
+                let (ids, tokens): (Vec<i64>, Vec<i64>) =
+                    rows.iter().map(|(id, tok, _)| (*id, *tok)).unzip();
+                let r = sqlx::query(COMPLETE)
+                    .bind(&ids)
+                    .bind(&tokens)
+                    .execute(&pool)
+                    .await
+                    .map_err(sql)?;
+                done += r.rows_affected() as usize;
+            }
+        })
+    });
+    let mut total = 0;
+    for h in handles.collect::<Vec<_>>() {
+        total += h.await.map_err(|e| format!("raw loop panicked: {e}"))??;
+    }
+    let elapsed = t0.elapsed();
+    if total != cfg.jobs {
+        return Err(format!("raw sql completed {total} of {} jobs", cfg.jobs));
+    }
+    Ok(rate(cfg.jobs, elapsed))
+}

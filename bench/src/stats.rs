@@ -1,0 +1,156 @@
+//! Timing helpers: a countdown the handlers hit, per-job latency probes, percentiles.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// Counts handler runs and wakes the waiter when the expected number is reached, so the
+/// benchmark stops its clock at the moment the last job's handler ran (no polling delay).
+#[derive(Debug)]
+pub struct Countdown {
+    target: usize,
+    done: AtomicUsize,
+    reached: Notify,
+    finished_at: OnceLock<Instant>,
+}
+
+impl Countdown {
+    pub fn new(target: usize) -> Self {
+        Countdown {
+            target,
+            done: AtomicUsize::new(0),
+            reached: Notify::new(),
+            finished_at: OnceLock::new(),
+        }
+    }
+
+    /// Called by a handler each time it runs.
+    pub fn hit(&self) {
+        let n = self.done.fetch_add(1, Ordering::AcqRel) + 1;
+        if n == self.target {
+            let _ = self.finished_at.set(Instant::now());
+            self.reached.notify_one();
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.done.load(Ordering::Acquire)
+    }
+
+    /// Waits until `target` hits, up to `timeout`; returns the instant of the last hit.
+    pub async fn wait(&self, timeout: Duration) -> Result<Instant, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(at) = self.finished_at.get() {
+                return Ok(*at);
+            }
+            // notify_one stores a permit, so a hit between the check and the await is not lost;
+            // the short re-check interval only guards the deadline.
+            let step = tokio::time::timeout(Duration::from_millis(200), self.reached.notified());
+            let _ = step.await;
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "timed out after {:?}: {} of {} jobs ran",
+                    timeout,
+                    self.count(),
+                    self.target
+                ));
+            }
+        }
+    }
+}
+
+/// Enqueue-to-start latency probe: the enqueuer stamps `start(seq)` just before its enqueue
+/// call, the handler stamps `ran(seq)` first thing when it starts.
+#[derive(Debug)]
+pub struct LatencyProbe {
+    starts: Vec<OnceLock<Instant>>,
+    runs: Vec<OnceLock<Instant>>,
+    pub countdown: Countdown,
+}
+
+impl LatencyProbe {
+    pub fn new(n: usize) -> Self {
+        LatencyProbe {
+            starts: (0..n).map(|_| OnceLock::new()).collect(),
+            runs: (0..n).map(|_| OnceLock::new()).collect(),
+            countdown: Countdown::new(n),
+        }
+    }
+
+    pub fn start(&self, seq: usize) {
+        let _ = self.starts[seq].set(Instant::now());
+    }
+
+    /// Records the handler start; a job that runs twice (it should not) counts once.
+    pub fn ran(&self, seq: usize) {
+        if let Some(slot) = self.runs.get(seq) {
+            if slot.set(Instant::now()).is_ok() {
+                self.countdown.hit();
+            }
+        }
+    }
+
+    /// Latencies in milliseconds of every job that both started and ran.
+    pub fn latencies_ms(&self) -> Vec<f64> {
+        self.starts
+            .iter()
+            .zip(&self.runs)
+            .filter_map(|(s, r)| Some(r.get()?.saturating_duration_since(*s.get()?)))
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .collect()
+    }
+}
+
+/// The `p`-th percentile (0..=100) by nearest rank; NaN for no samples.
+pub fn percentile(samples: &[f64], p: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = samples.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+/// The median (average of the middle two for an even count); NaN for no samples.
+pub fn median(samples: &[f64]) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = samples.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let mid = v.len() / 2;
+    if v.len() % 2 == 0 {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    }
+}
+
+/// Jobs per second for `n` jobs over `elapsed`.
+pub fn rate(n: usize, elapsed: Duration) -> f64 {
+    n as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// The payload every benchmark job carries (the same shape graphile_worker's perf test uses).
+pub fn payload(i: usize) -> serde_json::Value {
+    serde_json::json!({ "id": i, "data": format!("test_{i}") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&v, 100.0), 100.0);
+        assert_eq!(percentile(&[3.0], 99.0), 3.0);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}
