@@ -1,1 +1,104 @@
-//! postgres storage for durable-jobs (work in progress).
+//! PostgreSQL storage for durable-jobs.
+//!
+//! Many worker processes on many machines share one schema safely:
+//!
+//! - **Claims**: one statement claims a batch (`FOR UPDATE SKIP LOCKED` over a partial
+//!   index of claimable jobs, in priority, run_at, id order) and leases every claimed job.
+//! - **Fencing**: every lease write (`complete`, `fail`, `release`, `heartbeat`,
+//!   checkpoints) carries `WHERE id = $1 AND status = 'running' AND lease_token = $2`; a
+//!   stale holder gets [`durable_jobs::Error::LeaseLost`] and changes nothing.
+//! - **Time** comes from the database clock (`now()`), never the client's.
+//! - **Wake-ups**: inserting jobs fires one `NOTIFY` per statement; a LISTEN connection
+//!   wakes idle workers in every process ([`durable_jobs::Storage::wakeups`]). Polling
+//!   stays the fallback.
+//! - **Finished jobs stay** queryable (status, result, last error) until you delete them.
+//!
+//! # Connecting and migrating
+//! ```no_run
+//! # async fn example() -> durable_jobs::Result<()> {
+//! use durable_jobs::Storage;
+//! use durable_jobs_postgres::{PostgresOptions, PostgresStorage};
+//! let storage = PostgresStorage::connect_with(
+//!     "postgres://postgres@127.0.0.1:5432/app",
+//!     PostgresOptions::new().schema("durable_jobs").max_connections(10),
+//! )
+//! .await?;
+//! storage.migrate().await?; // safe to run on every start, from every process
+//! # Ok(()) }
+//! ```
+//! Or share the application's pool: `PostgresStorage::from_pool(pool)`.
+//!
+//! Migrations are embedded and versioned in the library's own schema (default
+//! `durable_jobs`, table `<schema>.migrations`; the application's `_sqlx_migrations` is
+//! never touched). Concurrent `migrate()` calls serialize on an advisory lock. A schema
+//! migrated by a newer library version is refused with
+//! [`durable_jobs::Error::SchemaTooNew`].
+//!
+//! # Enqueue in your own transaction
+//! [`PostgresStorage::enqueue_in_tx`] inserts the job with your business write, so the job
+//! exists only if that transaction commits:
+//! ```no_run
+//! # async fn example(storage: durable_jobs_postgres::PostgresStorage) -> Result<(), Box<dyn std::error::Error>> {
+//! let mut tx = storage.pool().begin().await?;
+//! sqlx::query("INSERT INTO orders (id) VALUES (42)").execute(&mut *tx).await?;
+//! storage
+//!     .enqueue_in_tx(&mut tx, durable_jobs::NewJob::new("ship_order", serde_json::json!({"order": 42})))
+//!     .await?;
+//! tx.commit().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # SQL API
+//! Jobs can be added from SQL, functions and triggers (replace `durable_jobs` by your
+//! schema). `add_job` takes graphile-worker's arguments, in the same order:
+//! ```sql
+//! SELECT * FROM durable_jobs.add_job(
+//!     identifier   => 'send_email',              -- task name (required)
+//!     payload      => '{"to": "a@b.c"}'::json,   -- default {}
+//!     queue_name   => 'emails',                  -- default 'default'
+//!     run_at       => now() + interval '5 min',  -- default now()
+//!     max_attempts => 5,                         -- default 4 (3 retries)
+//!     job_key      => 'welcome:a@b.c',           -- dedupe key
+//!     priority     => 10                         -- higher runs first; default 0
+//! );
+//! ```
+//! It returns the job row. Unlike graphile-worker (whose default `job_key_mode` replaces
+//! the existing job), a `job_key` held by an unfinished job returns that job unchanged,
+//! the same dedupe rule as the Rust API.
+//!
+//! A trigger can enqueue one job per changed row. Attach it with a helper:
+//! ```sql
+//! -- payload_mode: 'id' => {"id": ...}, 'row' => the whole row, 'fields' => chosen columns
+//! SELECT durable_jobs.attach_job_trigger('public.users', 'welcome_email');
+//! SELECT durable_jobs.attach_job_trigger('public.orders', 'ship_order',
+//!     payload_mode => 'fields', fields => ARRAY['id', 'customer_id'],
+//!     events => ARRAY['INSERT', 'UPDATE'], trigger_name => 'orders_ship');
+//! ```
+//! or by hand: `CREATE TRIGGER t AFTER INSERT ON users FOR EACH ROW EXECUTE FUNCTION
+//! durable_jobs.job_trigger('welcome_email', 'id');`. Payloads are built with `to_jsonb`,
+//! and the helper quotes every identifier and value with `format('%I' / '%L')`; no SQL is
+//! built from row data.
+//!
+//! # Testing
+//! The `testing` feature adds [`testing`]: it finds a server (or starts a throwaway one)
+//! and gives each test its own schema.
+
+pub mod listen;
+pub mod migrate;
+pub mod options;
+
+mod error;
+mod sql;
+mod storage;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod tx;
+
+pub use migrate::LATEST_VERSION;
+pub use options::{
+    PostgresOptions, DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_SCHEMA,
+    MAX_SCHEMA_LEN,
+};
+/// Re-exported so users name the same sqlx version as this crate.
+pub use sqlx;
+pub use storage::PostgresStorage;

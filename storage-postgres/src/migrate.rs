@@ -1,0 +1,147 @@
+//! Embedded, versioned migrations, applied in the library's own schema.
+//!
+//! Applied versions are recorded in `<schema>.migrations` (never the application's
+//! `_sqlx_migrations`). All pending migrations run in one transaction that first takes a
+//! transaction-scoped advisory lock keyed on the schema, so concurrent `migrate()` calls
+//! from many processes apply each migration exactly once.
+
+use crate::error::db;
+use crate::options::{channel, quote_ident, quote_literal};
+use durable_jobs::{Error, Result};
+use sqlx::{AssertSqlSafe, PgPool};
+
+/// One embedded migration.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// Its version; applied in ascending order.
+    pub version: i64,
+    /// A short name.
+    pub name: &'static str,
+    /// The SQL, with `{schema}`, `{schema_lit}` and `{channel}` placeholders.
+    pub sql: &'static str,
+}
+
+/// Every migration this library knows, in order.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "jobs",
+        sql: include_str!("../migrations/001_jobs.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "sql_api",
+        sql: include_str!("../migrations/002_sql_api.sql"),
+    },
+];
+
+/// The newest schema version this library knows.
+pub const LATEST_VERSION: i64 = 2;
+
+/// A migration's SQL for `schema`.
+pub(crate) fn render(sql: &str, schema: &str) -> String {
+    sql.replace("{schema_lit}", &quote_literal(schema))
+        .replace("{schema}", &quote_ident(schema))
+        .replace("{channel}", &quote_literal(&channel(schema)))
+}
+
+/// Creates or upgrades the schema; see the module docs.
+pub(crate) async fn run(pool: &PgPool, schema: &str) -> Result<()> {
+    let q = quote_ident(schema);
+    let mut tx = pool.begin().await.map_err(db)?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("durable_jobs.migrate:{schema}"))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE SCHEMA IF NOT EXISTS {q};
+         CREATE TABLE IF NOT EXISTS {q}.migrations (
+             version    bigint PRIMARY KEY,
+             name       text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );"
+    )))
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    let current = current_version(&mut tx, schema).await?;
+    if current > LATEST_VERSION {
+        return Err(Error::SchemaTooNew {
+            found: current,
+            supported: LATEST_VERSION,
+        });
+    }
+    for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+        sqlx::raw_sql(AssertSqlSafe(render(m.sql, schema)))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| {
+                Error::Storage(format!(
+                    "migration {} ({}) failed: {}",
+                    m.version,
+                    m.name,
+                    db(e)
+                ))
+            })?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {q}.migrations (version, name) VALUES ($1, $2)"
+        )))
+        .bind(m.version)
+        .bind(m.name)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(())
+}
+
+/// The highest applied version in `schema`, 0 when none.
+async fn current_version(conn: &mut sqlx::PgConnection, schema: &str) -> Result<i64> {
+    let v: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT max(version) FROM {}.migrations",
+        quote_ident(schema)
+    )))
+    .fetch_one(conn)
+    .await
+    .map_err(db)?;
+    Ok(v.unwrap_or(0))
+}
+
+/// The applied schema version, or 0 when the schema or its migrations table is missing.
+pub(crate) async fn version(pool: &PgPool, schema: &str) -> Result<i64> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(format!("{}.migrations", quote_ident(schema)))
+        .fetch_one(pool)
+        .await
+        .map_err(db)?;
+    if !exists {
+        return Ok(0);
+    }
+    let mut conn = pool.acquire().await.map_err(db)?;
+    current_version(&mut conn, schema).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_dense_and_latest_matches() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version, i as i64 + 1, "{}", m.name);
+        }
+        assert_eq!(MIGRATIONS.last().map(|m| m.version), Some(LATEST_VERSION));
+    }
+
+    #[test]
+    fn render_quotes_schema_everywhere() {
+        let sql = render(MIGRATIONS[0].sql, "My_Schema");
+        assert!(sql.contains("CREATE TABLE \"My_Schema\".jobs"));
+        assert!(sql.contains("pg_notify('durable_jobs:My_Schema', '')"));
+        assert!(!sql.contains("{schema"));
+        let sql = render(MIGRATIONS[1].sql, "My_Schema");
+        assert!(!sql.contains("{schema"));
+    }
+}

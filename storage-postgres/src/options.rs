@@ -1,0 +1,207 @@
+//! Options for [`crate::PostgresStorage`]: the schema it lives in and its connection pool.
+
+use durable_jobs::{Error, Result};
+use std::time::Duration;
+
+/// The schema that holds the library's tables when none is set.
+pub const DEFAULT_SCHEMA: &str = "durable_jobs";
+/// Pool connections opened by [`crate::PostgresStorage::connect_with`]. Defaults to 10.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+/// How long a call waits for a free pool connection before it fails. Defaults to 30 s.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest schema name accepted. The NOTIFY channel is `durable_jobs:<schema>` and
+/// PostgreSQL channel names must stay under 64 bytes.
+pub const MAX_SCHEMA_LEN: usize = 48;
+
+/// Options for a [`crate::PostgresStorage`]. Setters never fail; the storage's
+/// constructors validate the options once and return [`Error::InvalidOption`].
+///
+/// ```
+/// use durable_jobs_postgres::PostgresOptions;
+/// let opts = PostgresOptions::new().schema("jobs").max_connections(20);
+/// assert!(opts.validate().is_ok());
+/// assert!(PostgresOptions::new().schema("bad-name; drop").validate().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresOptions {
+    pub(crate) schema: String,
+    pub(crate) max_connections: u32,
+    pub(crate) acquire_timeout: Duration,
+    pub(crate) listen: bool,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PostgresOptions {
+    /// Default options: schema [`DEFAULT_SCHEMA`], [`DEFAULT_MAX_CONNECTIONS`] connections,
+    /// LISTEN/NOTIFY wake-ups on.
+    pub fn new() -> Self {
+        PostgresOptions {
+            schema: DEFAULT_SCHEMA.to_string(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+            listen: true,
+        }
+    }
+
+    /// The schema for the library's tables, functions and migrations table: 1 to
+    /// [`MAX_SCHEMA_LEN`] characters from `A-Z a-z 0-9 _`, not starting with a digit or
+    /// `pg_`. It is always quoted, so case is kept. Defaults to [`DEFAULT_SCHEMA`].
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// The most pool connections [`crate::PostgresStorage::connect_with`] opens (at least
+    /// 1; ignored by `from_pool`, whose pool you sized). Defaults to
+    /// [`DEFAULT_MAX_CONNECTIONS`].
+    pub fn max_connections(mut self, n: u32) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// How long a call waits for a pool connection (ignored by `from_pool`). Defaults to
+    /// [`DEFAULT_ACQUIRE_TIMEOUT`].
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+
+    /// Whether [`durable_jobs::Storage::wakeups`] opens a LISTEN connection so workers
+    /// wake as soon as a job is enqueued by any process. With `false`, workers poll.
+    /// Defaults to `true`.
+    pub fn listen(mut self, listen: bool) -> Self {
+        self.listen = listen;
+        self
+    }
+
+    /// The configured schema name.
+    pub fn schema_name(&self) -> &str {
+        &self.schema
+    }
+
+    /// Checks every option.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] naming the option, what was expected and what was found.
+    pub fn validate(&self) -> Result<()> {
+        validate_schema(&self.schema)?;
+        if self.max_connections == 0 {
+            return Err(Error::InvalidOption {
+                option: "max_connections",
+                message: "expected at least 1 connection, found 0".into(),
+            });
+        }
+        if self.acquire_timeout.is_zero() {
+            return Err(Error::InvalidOption {
+                option: "acquire_timeout",
+                message: "expected a positive duration, found 0".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Checks a schema name. The name is quoted wherever it is used, so this is not what
+/// keeps SQL safe; it keeps names predictable in `psql`, and short enough for the NOTIFY
+/// channel.
+///
+/// # Errors
+/// [`Error::InvalidOption`] for `schema`.
+pub fn validate_schema(schema: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Err(Error::InvalidOption {
+            option: "schema",
+            message: format!(
+                "expected 1 to {MAX_SCHEMA_LEN} characters from A-Z a-z 0-9 _, not starting \
+                 with a digit or `pg_`; found `{schema}` ({why})"
+            ),
+        })
+    };
+    if schema.is_empty() {
+        return bad("empty");
+    }
+    if schema.len() > MAX_SCHEMA_LEN {
+        return bad("too long");
+    }
+    if !schema
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return bad("a character outside the allowed set");
+    }
+    if schema.starts_with(|c: char| c.is_ascii_digit()) {
+        return bad("starts with a digit");
+    }
+    if schema.to_ascii_lowercase().starts_with("pg_") {
+        return bad("`pg_` is reserved by PostgreSQL");
+    }
+    Ok(())
+}
+
+/// `schema` quoted as an SQL identifier.
+pub(crate) fn quote_ident(schema: &str) -> String {
+    format!("\"{}\"", schema.replace('"', "\"\""))
+}
+
+/// `s` quoted as an SQL string literal.
+pub(crate) fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The NOTIFY channel for a schema.
+pub(crate) fn channel(schema: &str) -> String {
+    format!("durable_jobs:{schema}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names() {
+        for ok in ["durable_jobs", "A1", "_x", &"a".repeat(MAX_SCHEMA_LEN)] {
+            assert!(validate_schema(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "1abc",
+            "pg_catalog",
+            "a-b",
+            "a\"b",
+            "a b",
+            "é",
+            &"a".repeat(MAX_SCHEMA_LEN + 1),
+        ] {
+            assert!(
+                matches!(
+                    validate_schema(bad),
+                    Err(Error::InvalidOption {
+                        option: "schema",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn options_validate() {
+        assert!(PostgresOptions::new().validate().is_ok());
+        assert!(PostgresOptions::new()
+            .max_connections(0)
+            .validate()
+            .is_err());
+        assert!(PostgresOptions::new()
+            .acquire_timeout(Duration::ZERO)
+            .validate()
+            .is_err());
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+}

@@ -1,0 +1,264 @@
+//! Every SQL statement the storage runs, as templates rendered once per schema.
+//!
+//! Statements are rendered into `Arc<str>` when the storage is built, so each call reuses
+//! the same string and sqlx's per-connection prepared-statement cache hits every time.
+//! All times come from the database (`now()`), never from the client.
+
+use crate::options::{channel, quote_ident, quote_literal};
+use std::sync::Arc;
+
+/// Unfinished statuses: the set a dedupe key is unique within.
+const UNFINISHED: &str = "('pending', 'retrying', 'running', 'waiting')";
+
+/// One batch claim. The inner SELECT walks the `jobs_claimable` partial index in claim
+/// order and skips rows other claimers hold; the UPDATE leases what it found.
+/// $1 queues, $2 tasks (empty = any), $3 limit, $4 holder, $5 token, $6 lease (µs).
+const CLAIM: &str = "
+WITH c AS (
+    SELECT id FROM {schema}.jobs
+    WHERE status IN ('pending', 'retrying')
+      AND run_at <= now()
+      AND queue = ANY($1::text[])
+      AND (cardinality($2::text[]) = 0 OR task = ANY($2::text[]))
+    ORDER BY priority DESC, run_at, id
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.jobs AS j
+SET status = 'running',
+    attempt = j.attempt + 1,
+    lease_holder = $4,
+    lease_token = $5,
+    lease_expires_at = now() + $6::bigint * interval '1 microsecond',
+    started_at = now(),
+    updated_at = now()
+FROM c
+WHERE j.id = c.id
+RETURNING j.*";
+
+/// Bulk insert in input order with dedupe keys (see `tx.rs` for the contract).
+/// Ids are drawn in input order before the insert so each input row knows its id; a
+/// duplicate key inside the batch maps to its first occurrence; a key held by an
+/// unfinished job maps to that job.
+const ENQUEUE: &str = "
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::int[],
+                         $6::timestamptz[], $7::bigint[], $8::text[], $9::bigint[])
+        WITH ORDINALITY AS t(task, payload, queue, priority, max_attempts,
+                             run_at, delay_us, dedupe_key, timeout_ms, ord)
+),
+ranked AS (
+    SELECT i.*, row_number() OVER (PARTITION BY i.dedupe_key ORDER BY i.ord) AS rn
+    FROM input i
+),
+numbered AS (
+    SELECT nextval({seq}::regclass) AS id, f.*
+    FROM (SELECT * FROM ranked WHERE dedupe_key IS NULL OR rn = 1 ORDER BY ord) f
+),
+ins AS (
+    INSERT INTO {schema}.jobs
+        (id, task, payload, queue, priority, max_attempts, run_at, dedupe_key, timeout_ms)
+    SELECT id, task, payload::jsonb, queue, priority, max_attempts,
+           coalesce(run_at, now() + coalesce(delay_us, 0) * interval '1 microsecond'),
+           dedupe_key, timeout_ms
+    FROM numbered
+    ORDER BY id
+    ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN {unfinished}
+    DO NOTHING
+    RETURNING id
+)
+SELECT coalesce(ins.id, existing.id, first.id) AS id, ins.id IS NOT NULL AS created
+FROM input i
+LEFT JOIN numbered n ON n.ord = i.ord
+LEFT JOIN ins ON ins.id = n.id
+LEFT JOIN {schema}.jobs existing
+       ON existing.dedupe_key = i.dedupe_key AND existing.status IN {unfinished}
+LEFT JOIN (SELECT n2.id, n2.dedupe_key FROM numbered n2 JOIN ins i2 ON i2.id = n2.id) first
+       ON first.dedupe_key = i.dedupe_key
+ORDER BY i.ord";
+
+/// The unfinished jobs holding these dedupe keys (a concurrent enqueue won the race).
+const BY_DEDUPE_KEYS: &str = "
+SELECT dedupe_key, id FROM {schema}.jobs
+WHERE dedupe_key = ANY($1::text[]) AND status IN {unfinished}";
+
+/// Completes many leases at once; returns the ids it completed. Fenced per row.
+/// $1 ids, $2 tokens, $3 results (JSON text).
+const COMPLETE_MANY: &str = "
+UPDATE {schema}.jobs AS j
+SET status = 'completed', result = i.result::jsonb,
+    lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL,
+    completed_at = now(), updated_at = now()
+FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS i(id, token, result)
+WHERE j.id = i.id AND j.status = 'running' AND j.lease_token = i.token
+RETURNING j.id, i.token";
+
+/// One completion. $1 id, $2 token, $3 result.
+const COMPLETE: &str = "
+UPDATE {schema}.jobs
+SET status = 'completed', result = $3::jsonb,
+    lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL,
+    completed_at = now(), updated_at = now()
+WHERE id = $1 AND status = 'running' AND lease_token = $2";
+
+/// A failed attempt that will retry. $1 id, $2 token, $3 error, $4 delay (µs).
+const FAIL_RETRY: &str = "
+UPDATE {schema}.jobs
+SET status = 'retrying', last_error = $3,
+    run_at = now() + $4::bigint * interval '1 microsecond',
+    lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
+WHERE id = $1 AND status = 'running' AND lease_token = $2";
+
+/// A failed attempt that ends the job. $1 id, $2 token, $3 error.
+const FAIL_TERMINAL: &str = "
+UPDATE {schema}.jobs
+SET status = 'failed', last_error = $3,
+    lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL,
+    completed_at = now(), updated_at = now()
+WHERE id = $1 AND status = 'running' AND lease_token = $2";
+
+/// Gives a job back without spending its attempt, and wakes listeners since it is due
+/// at once. $1 id, $2 token.
+const RELEASE: &str = "
+WITH u AS (
+    UPDATE {schema}.jobs
+    SET attempt = attempt - 1,
+        status = CASE WHEN attempt - 1 > 0 THEN 'retrying' ELSE 'pending' END,
+        run_at = now(),
+        lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
+    WHERE id = $1 AND status = 'running' AND lease_token = $2
+    RETURNING id
+)
+SELECT u.id, pg_notify({channel}, '') FROM u";
+
+/// Renews a lease. $1 id, $2 token, $3 extension (µs).
+const HEARTBEAT: &str = "
+UPDATE {schema}.jobs
+SET lease_expires_at = now() + $3::bigint * interval '1 microsecond', updated_at = now()
+WHERE id = $1 AND status = 'running' AND lease_token = $2
+RETURNING lease_expires_at";
+
+/// Returns expired leases' jobs to retrying, or fails them when no attempt is left.
+/// Rows another sweeper holds are skipped rather than waited for.
+const RECLAIM: &str = "
+WITH expired AS (
+    SELECT id FROM {schema}.jobs
+    WHERE status = 'running' AND lease_expires_at <= now()
+    FOR UPDATE SKIP LOCKED
+),
+u AS (
+    UPDATE {schema}.jobs AS j
+    SET status = CASE WHEN j.attempt < j.max_attempts THEN 'retrying' ELSE 'failed' END,
+        run_at = CASE WHEN j.attempt < j.max_attempts THEN now() ELSE j.run_at END,
+        completed_at = CASE WHEN j.attempt < j.max_attempts THEN NULL ELSE now() END,
+        last_error = 'lease expired: the worker stopped heartbeating (crashed, hung or lost its connection)',
+        lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
+    FROM expired
+    WHERE j.id = expired.id
+    RETURNING j.id
+)
+SELECT count(*) AS n, CASE WHEN count(*) > 0 THEN pg_notify({channel}, '')::text END AS notified
+FROM u";
+
+/// Stores a checkpoint if the lease is current; the row lock on the job keeps a
+/// concurrent reclaim from slipping in between the check and the write.
+/// $1 job id, $2 token, $3 key, $4 name, $5 ok (JSON text), $6 err.
+const SAVE_CHECKPOINT: &str = "
+WITH held AS (
+    SELECT id FROM {schema}.jobs
+    WHERE id = $1 AND status = 'running' AND lease_token = $2
+    FOR SHARE
+)
+INSERT INTO {schema}.checkpoints (job_id, key, name, ok, err)
+SELECT held.id, $3, $4, $5::jsonb, $6 FROM held
+ON CONFLICT (job_id, key) DO UPDATE
+SET name = excluded.name, ok = excluded.ok, err = excluded.err";
+
+const CHECKPOINTS: &str = "
+SELECT key, name, ok, err FROM {schema}.checkpoints WHERE job_id = $1 ORDER BY key";
+
+const DELETE_CHECKPOINTS: &str = "DELETE FROM {schema}.checkpoints WHERE job_id = $1";
+
+const GET_JOB: &str = "SELECT * FROM {schema}.jobs WHERE id = $1";
+
+/// $1 statuses (empty = any), $2 queue, $3 task, $4 after id, $5 limit.
+const LIST_JOBS: &str = "
+SELECT * FROM {schema}.jobs
+WHERE (cardinality($1::text[]) = 0 OR status = ANY($1::text[]))
+  AND ($2::text IS NULL OR queue = $2)
+  AND ($3::text IS NULL OR task = $3)
+  AND ($4::bigint IS NULL OR id > $4)
+ORDER BY id
+LIMIT $5";
+
+const COUNTS: &str = "
+SELECT queue, status, count(*) AS n FROM {schema}.jobs GROUP BY queue, status";
+
+/// Cancels an unfinished job. $1 id.
+const CANCEL: &str = "
+UPDATE {schema}.jobs
+SET status = 'cancelled',
+    lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL,
+    completed_at = now(), updated_at = now()
+WHERE id = $1 AND status IN {unfinished}";
+
+const JOB_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM {schema}.jobs WHERE id = $1)";
+
+/// The statements for one schema.
+#[derive(Debug, Clone)]
+pub(crate) struct Sql {
+    pub claim: Arc<str>,
+    pub enqueue: Arc<str>,
+    pub by_dedupe_keys: Arc<str>,
+    pub complete: Arc<str>,
+    pub complete_many: Arc<str>,
+    pub fail_retry: Arc<str>,
+    pub fail_terminal: Arc<str>,
+    pub release: Arc<str>,
+    pub heartbeat: Arc<str>,
+    pub reclaim: Arc<str>,
+    pub save_checkpoint: Arc<str>,
+    pub checkpoints: Arc<str>,
+    pub delete_checkpoints: Arc<str>,
+    pub get_job: Arc<str>,
+    pub list_jobs: Arc<str>,
+    pub counts: Arc<str>,
+    pub cancel: Arc<str>,
+    pub job_exists: Arc<str>,
+}
+
+impl Sql {
+    /// Renders every statement for `schema` (already validated).
+    pub fn new(schema: &str) -> Self {
+        let q = quote_ident(schema);
+        let seq = quote_literal(&format!("{q}.jobs_id_seq"));
+        let chan = quote_literal(&channel(schema));
+        let r = |t: &str| -> Arc<str> {
+            t.replace("{schema}", &q)
+                .replace("{seq}", &seq)
+                .replace("{channel}", &chan)
+                .replace("{unfinished}", UNFINISHED)
+                .into()
+        };
+        Sql {
+            claim: r(CLAIM),
+            enqueue: r(ENQUEUE),
+            by_dedupe_keys: r(BY_DEDUPE_KEYS),
+            complete: r(COMPLETE),
+            complete_many: r(COMPLETE_MANY),
+            fail_retry: r(FAIL_RETRY),
+            fail_terminal: r(FAIL_TERMINAL),
+            release: r(RELEASE),
+            heartbeat: r(HEARTBEAT),
+            reclaim: r(RECLAIM),
+            save_checkpoint: r(SAVE_CHECKPOINT),
+            checkpoints: r(CHECKPOINTS),
+            delete_checkpoints: r(DELETE_CHECKPOINTS),
+            get_job: r(GET_JOB),
+            list_jobs: r(LIST_JOBS),
+            counts: r(COUNTS),
+            cancel: r(CANCEL),
+            job_exists: r(JOB_EXISTS),
+        }
+    }
+}

@@ -1,0 +1,556 @@
+//! [`PostgresStorage`]: the [`Storage`] implementation on PostgreSQL.
+
+use crate::error::db;
+use crate::listen::{self, ListenerTask};
+use crate::migrate;
+use crate::options::{channel, PostgresOptions};
+use crate::sql::Sql;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use durable_jobs::job::new_lease_token;
+use durable_jobs::{
+    Capabilities, Checkpoint, CheckpointOutcome, ClaimedJob, Completion, DequeueParams, Enqueued,
+    Error, Failure, Job, JobFilter, JobId, JobStatus, Lease, LeaseInfo, NewJob, QueueCount, Result,
+    Storage,
+};
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, PgPool, Row};
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Jobs stored in PostgreSQL. Cloning is cheap and shares the pool.
+///
+/// Many processes on many machines may share one schema: claims use
+/// `FOR UPDATE SKIP LOCKED`, every lease write is fenced by the lease token, and all
+/// times come from the database clock.
+///
+/// # Examples
+/// ```no_run
+/// # async fn example() -> durable_jobs::Result<()> {
+/// use durable_jobs::{NewJob, Storage};
+/// use durable_jobs_postgres::{PostgresOptions, PostgresStorage};
+/// let storage = PostgresStorage::connect_with(
+///     "postgres://postgres@127.0.0.1:5432/app",
+///     PostgresOptions::new().schema("jobs"),
+/// )
+/// .await?;
+/// storage.migrate().await?;
+/// let id = storage.enqueue(NewJob::new("send_email", serde_json::json!({"to": "a@b.c"}))).await?.id;
+/// # let _ = id; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PostgresStorage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    options: PostgresOptions,
+    sql: Sql,
+    wake: Arc<watch::Sender<u64>>,
+    listener: Mutex<Option<ListenerTask>>,
+}
+
+impl std::fmt::Debug for PostgresStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStorage")
+            .field("schema", &self.inner.options.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStorage {
+    /// Connects to `url` (`postgres://user:pass@host:port/db`) with default options.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] for a malformed URL, [`Error::Storage`] when the server
+    /// cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, PostgresOptions::new()).await
+    }
+
+    /// Connects to `url` with `options`, opening a pool of `options.max_connections`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] for invalid options or a malformed URL,
+    /// [`Error::Storage`] when the server cannot be reached.
+    pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self> {
+        options.validate()?;
+        let connect = PgConnectOptions::from_str(url).map_err(|e| Error::InvalidOption {
+            option: "url",
+            message: format!(
+                "expected postgres://user@host:port/database, found an invalid URL: {e}"
+            ),
+        })?;
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect)
+            .await
+            .map_err(|e| {
+                Error::Storage(format!(
+                    "could not connect to PostgreSQL: {} (is the server running and the URL right?)",
+                    db(e)
+                ))
+            })?;
+        Ok(Self::build(pool, options))
+    }
+
+    /// Uses an existing pool with default options (schema [`crate::DEFAULT_SCHEMA`]).
+    ///
+    /// # Errors
+    /// None today with default options; kept fallible like [`Self::from_pool_with`].
+    pub fn from_pool(pool: PgPool) -> Result<Self> {
+        Self::from_pool_with(pool, PostgresOptions::new())
+    }
+
+    /// Uses an existing pool (shared with the application) with `options`; the pool
+    /// options in `options` are ignored.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] for invalid options (e.g. the schema name).
+    pub fn from_pool_with(pool: PgPool, options: PostgresOptions) -> Result<Self> {
+        options.validate()?;
+        Ok(Self::build(pool, options))
+    }
+
+    fn build(pool: PgPool, options: PostgresOptions) -> Self {
+        let (wake, _) = watch::channel(0);
+        PostgresStorage {
+            inner: Arc::new(Inner {
+                sql: Sql::new(&options.schema),
+                pool,
+                options,
+                wake: Arc::new(wake),
+                listener: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The schema holding the library's tables.
+    pub fn schema(&self) -> &str {
+        &self.inner.options.schema
+    }
+
+    /// The options this storage was built with.
+    pub fn options(&self) -> &PostgresOptions {
+        &self.inner.options
+    }
+
+    /// The NOTIFY channel enqueues signal on (`durable_jobs:<schema>`).
+    pub fn channel(&self) -> String {
+        channel(self.schema())
+    }
+
+    /// The schema version applied in the database (0 before the first migration).
+    ///
+    /// # Errors
+    /// [`Error::Storage`] when the database cannot be queried.
+    pub async fn schema_version(&self) -> Result<i64> {
+        migrate::version(self.pool(), self.schema()).await
+    }
+
+    pub(crate) fn sql(&self) -> &Sql {
+        &self.inner.sql
+    }
+
+    /// Wakes this process's idle workers now (other processes hear the NOTIFY).
+    pub(crate) fn wake_local(&self) {
+        listen::bump(&self.inner.wake);
+    }
+
+    async fn fenced(&self, sql: &Arc<str>, lease: &Lease) -> Result<()> {
+        let done = sqlx::query(AssertSqlSafe(sql.clone()))
+            .bind(lease.job_id)
+            .bind(lease.token)
+            .execute(self.pool())
+            .await
+            .map_err(db)?
+            .rows_affected();
+        lease_held(done, lease)
+    }
+}
+
+fn lease_held(rows: u64, lease: &Lease) -> Result<()> {
+    if rows == 0 {
+        Err(Error::LeaseLost {
+            job_id: lease.job_id,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// A duration in whole microseconds, saturating (PostgreSQL intervals are µs).
+pub(crate) fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Decodes a `jobs` row.
+pub(crate) fn job_from_row(row: &PgRow) -> Result<Job> {
+    let status: String = row.try_get("status").map_err(db)?;
+    let status = JobStatus::from_str(&status)?;
+    let holder: Option<String> = row.try_get("lease_holder").map_err(db)?;
+    let token: Option<i64> = row.try_get("lease_token").map_err(db)?;
+    let expires_at: Option<DateTime<Utc>> = row.try_get("lease_expires_at").map_err(db)?;
+    let lease = match (status, holder, token, expires_at) {
+        (JobStatus::Running, Some(holder), Some(token), Some(expires_at)) => Some(LeaseInfo {
+            holder,
+            token,
+            expires_at,
+        }),
+        _ => None,
+    };
+    Ok(Job {
+        id: row.try_get("id").map_err(db)?,
+        task: row.try_get("task").map_err(db)?,
+        payload: row.try_get("payload").map_err(db)?,
+        queue: row.try_get("queue").map_err(db)?,
+        priority: row.try_get("priority").map_err(db)?,
+        status,
+        attempt: row.try_get("attempt").map_err(db)?,
+        max_attempts: row.try_get("max_attempts").map_err(db)?,
+        run_at: row.try_get("run_at").map_err(db)?,
+        lease,
+        last_error: row.try_get("last_error").map_err(db)?,
+        result: row.try_get("result").map_err(db)?,
+        dedupe_key: row.try_get("dedupe_key").map_err(db)?,
+        timeout_ms: row.try_get("timeout_ms").map_err(db)?,
+        created_at: row.try_get("created_at").map_err(db)?,
+        started_at: row.try_get("started_at").map_err(db)?,
+        completed_at: row.try_get("completed_at").map_err(db)?,
+        updated_at: row.try_get("updated_at").map_err(db)?,
+    })
+}
+
+#[async_trait]
+impl Storage for PostgresStorage {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(self.inner.options.listen, true, true)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        migrate::run(self.pool(), self.schema()).await
+    }
+
+    async fn now(&self) -> Result<DateTime<Utc>> {
+        sqlx::query_scalar("SELECT now()")
+            .fetch_one(self.pool())
+            .await
+            .map_err(db)
+    }
+
+    async fn enqueue(&self, job: NewJob) -> Result<Enqueued> {
+        let mut out = self.enqueue_many(vec![job]).await?;
+        out.pop()
+            .ok_or_else(|| Error::Storage("enqueue returned no row".into()))
+    }
+
+    async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.pool().acquire().await.map_err(db)?;
+        let out = crate::tx::insert_jobs(&mut conn, self.sql(), jobs).await?;
+        // Autocommitted: this process's workers may look now; others get the NOTIFY.
+        self.wake_local();
+        Ok(out)
+    }
+
+    async fn dequeue(&self, params: DequeueParams) -> Result<Vec<ClaimedJob>> {
+        if params.limit == 0 || params.queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let token = new_lease_token();
+        let rows = sqlx::query(AssertSqlSafe(self.sql().claim.clone()))
+            .bind(&params.queues)
+            .bind(&params.tasks)
+            .bind(i64::try_from(params.limit).unwrap_or(i64::MAX))
+            .bind(&params.holder)
+            .bind(token)
+            .bind(micros(params.lease_duration))
+            .fetch_all(self.pool())
+            .await
+            .map_err(db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let job = job_from_row(row)?;
+            let expires_at = job.lease.as_ref().map(|l| l.expires_at).ok_or_else(|| {
+                Error::Storage(format!("claimed job {} came back without a lease", job.id))
+            })?;
+            out.push(ClaimedJob {
+                lease: Lease {
+                    job_id: job.id,
+                    attempt: job.attempt,
+                    token,
+                    expires_at,
+                },
+                job,
+            });
+        }
+        // UPDATE ... RETURNING has no order; hand jobs out in claim order.
+        out.sort_by(|a, b| {
+            (std::cmp::Reverse(a.job.priority), a.job.run_at, a.job.id).cmp(&(
+                std::cmp::Reverse(b.job.priority),
+                b.job.run_at,
+                b.job.id,
+            ))
+        });
+        Ok(out)
+    }
+
+    async fn complete(&self, lease: &Lease, result: Value) -> Result<()> {
+        let done = sqlx::query(AssertSqlSafe(self.sql().complete.clone()))
+            .bind(lease.job_id)
+            .bind(lease.token)
+            .bind(serde_json::to_string(&result)?)
+            .execute(self.pool())
+            .await
+            .map_err(db)?
+            .rows_affected();
+        lease_held(done, lease)
+    }
+
+    async fn complete_many(&self, items: Vec<Completion>) -> Result<Vec<Result<()>>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids = Vec::with_capacity(items.len());
+        let mut tokens = Vec::with_capacity(items.len());
+        let mut results = Vec::with_capacity(items.len());
+        for c in &items {
+            ids.push(c.lease.job_id);
+            tokens.push(c.lease.token);
+            results.push(serde_json::to_string(&c.result)?);
+        }
+        let rows = sqlx::query(AssertSqlSafe(self.sql().complete_many.clone()))
+            .bind(&ids)
+            .bind(&tokens)
+            .bind(&results)
+            .fetch_all(self.pool())
+            .await
+            .map_err(db)?;
+        let mut done = HashSet::with_capacity(rows.len());
+        for row in &rows {
+            let id: i64 = row.try_get("id").map_err(db)?;
+            let token: i64 = row.try_get("token").map_err(db)?;
+            done.insert((id, token));
+        }
+        Ok(items
+            .iter()
+            .map(|c| {
+                // Each (id, token) pair completes once: a duplicate in the batch is lost.
+                if done.remove(&(c.lease.job_id, c.lease.token)) {
+                    Ok(())
+                } else {
+                    Err(Error::LeaseLost {
+                        job_id: c.lease.job_id,
+                    })
+                }
+            })
+            .collect())
+    }
+
+    async fn fail(&self, lease: &Lease, failure: Failure) -> Result<()> {
+        let q = match failure.retry_in {
+            Some(delay) => sqlx::query(AssertSqlSafe(self.sql().fail_retry.clone()))
+                .bind(lease.job_id)
+                .bind(lease.token)
+                .bind(failure.error)
+                .bind(micros(delay)),
+            None => sqlx::query(AssertSqlSafe(self.sql().fail_terminal.clone()))
+                .bind(lease.job_id)
+                .bind(lease.token)
+                .bind(failure.error),
+        };
+        let done = q.execute(self.pool()).await.map_err(db)?.rows_affected();
+        lease_held(done, lease)
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        self.fenced(&self.sql().release.clone(), lease).await?;
+        self.wake_local();
+        Ok(())
+    }
+
+    async fn heartbeat(&self, lease: &Lease, extend: Duration) -> Result<Lease> {
+        let expires_at: Option<DateTime<Utc>> =
+            sqlx::query_scalar(AssertSqlSafe(self.sql().heartbeat.clone()))
+                .bind(lease.job_id)
+                .bind(lease.token)
+                .bind(micros(extend))
+                .fetch_optional(self.pool())
+                .await
+                .map_err(db)?;
+        match expires_at {
+            Some(expires_at) => Ok(Lease {
+                expires_at,
+                ..lease.clone()
+            }),
+            None => Err(Error::LeaseLost {
+                job_id: lease.job_id,
+            }),
+        }
+    }
+
+    async fn reclaim_expired(&self) -> Result<u64> {
+        let row = sqlx::query(AssertSqlSafe(self.sql().reclaim.clone()))
+            .fetch_one(self.pool())
+            .await
+            .map_err(db)?;
+        let n: i64 = row.try_get("n").map_err(db)?;
+        if n > 0 {
+            self.wake_local();
+        }
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn save_checkpoint(&self, lease: &Lease, checkpoint: Checkpoint) -> Result<()> {
+        let (ok, err) = match checkpoint.outcome {
+            CheckpointOutcome::Ok(v) => (Some(serde_json::to_string(&v)?), None),
+            CheckpointOutcome::Err(e) => (None, Some(e)),
+        };
+        let done = sqlx::query(AssertSqlSafe(self.sql().save_checkpoint.clone()))
+            .bind(lease.job_id)
+            .bind(lease.token)
+            .bind(checkpoint.key)
+            .bind(checkpoint.name)
+            .bind(ok)
+            .bind(err)
+            .execute(self.pool())
+            .await
+            .map_err(db)?
+            .rows_affected();
+        lease_held(done, lease)
+    }
+
+    async fn checkpoints(&self, job_id: JobId) -> Result<Vec<Checkpoint>> {
+        let rows = sqlx::query(AssertSqlSafe(self.sql().checkpoints.clone()))
+            .bind(job_id)
+            .fetch_all(self.pool())
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                let ok: Option<Value> = row.try_get("ok").map_err(db)?;
+                let err: Option<String> = row.try_get("err").map_err(db)?;
+                Ok(Checkpoint {
+                    key: row.try_get("key").map_err(db)?,
+                    name: row.try_get("name").map_err(db)?,
+                    outcome: match err {
+                        Some(e) => CheckpointOutcome::Err(e),
+                        None => CheckpointOutcome::Ok(ok.unwrap_or(Value::Null)),
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_checkpoints(&self, job_id: JobId) -> Result<u64> {
+        Ok(
+            sqlx::query(AssertSqlSafe(self.sql().delete_checkpoints.clone()))
+                .bind(job_id)
+                .execute(self.pool())
+                .await
+                .map_err(db)?
+                .rows_affected(),
+        )
+    }
+
+    async fn get_job(&self, job_id: JobId) -> Result<Option<Job>> {
+        let row = sqlx::query(AssertSqlSafe(self.sql().get_job.clone()))
+            .bind(job_id)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(db)?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>> {
+        let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+        let limit = i64::try_from(filter.limit.unwrap_or(100)).unwrap_or(i64::MAX);
+        let rows = sqlx::query(AssertSqlSafe(self.sql().list_jobs.clone()))
+            .bind(&statuses)
+            .bind(filter.queue)
+            .bind(filter.task)
+            .bind(filter.after_id)
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await
+            .map_err(db)?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn counts(&self) -> Result<Vec<QueueCount>> {
+        let rows = sqlx::query(AssertSqlSafe(self.sql().counts.clone()))
+            .fetch_all(self.pool())
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                let status: String = row.try_get("status").map_err(db)?;
+                let n: i64 = row.try_get("n").map_err(db)?;
+                Ok(QueueCount {
+                    queue: row.try_get("queue").map_err(db)?,
+                    status: JobStatus::from_str(&status)?,
+                    count: u64::try_from(n).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    async fn cancel(&self, job_id: JobId) -> Result<bool> {
+        let done = sqlx::query(AssertSqlSafe(self.sql().cancel.clone()))
+            .bind(job_id)
+            .execute(self.pool())
+            .await
+            .map_err(db)?
+            .rows_affected();
+        if done > 0 {
+            return Ok(true);
+        }
+        let exists: bool = sqlx::query_scalar(AssertSqlSafe(self.sql().job_exists.clone()))
+            .bind(job_id)
+            .fetch_one(self.pool())
+            .await
+            .map_err(db)?;
+        if exists {
+            Ok(false)
+        } else {
+            Err(Error::JobNotFound(job_id))
+        }
+    }
+
+    fn wakeups(&self) -> Option<watch::Receiver<u64>> {
+        if self.inner.options.listen {
+            // The listener starts with the first subscriber, so storages that never run
+            // a worker hold no LISTEN connection.
+            let mut slot = self
+                .inner
+                .listener
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if slot.is_none() {
+                *slot = listen::spawn(
+                    &self.pool().connect_options(),
+                    self.channel(),
+                    self.inner.wake.clone(),
+                );
+            }
+        }
+        Some(self.inner.wake.subscribe())
+    }
+}

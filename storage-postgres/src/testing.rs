@@ -1,0 +1,284 @@
+//! Test support (feature `testing`): finds a PostgreSQL server by itself and gives each
+//! test its own schema, dropped in teardown.
+//!
+//! The server is, in order: `DATABASE_URL` if set; else `postgres://postgres@127.0.0.1:5432/postgres`
+//! if something listens there; else a throwaway cluster started with `initdb`/`pg_ctl`
+//! in a temporary directory on a free port, stopped (and deleted) when the test process
+//! exits, even by SIGKILL. With none of these, setup fails with a message naming what to
+//! install; tests never skip.
+//!
+//! ```no_run
+//! # async fn example() -> durable_jobs::Result<()> {
+//! use durable_jobs::Storage;
+//! let t = durable_jobs_postgres::testing::TestSchema::new().await?;
+//! t.storage().enqueue(durable_jobs::NewJob::new("t", serde_json::json!(1))).await?;
+//! t.drop_schema().await?;
+//! # Ok(()) }
+//! ```
+
+use crate::error::db;
+use crate::options::quote_ident;
+use crate::storage::micros;
+use crate::{PostgresOptions, PostgresStorage};
+use async_trait::async_trait;
+use durable_jobs::testing::ConformanceHarness;
+use durable_jobs::{DynStorage, Error, Result, Storage};
+use sqlx::AssertSqlSafe;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// The URL tried when `DATABASE_URL` is unset.
+pub const LOCAL_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// The PostgreSQL server for tests (see the module docs), found once per process.
+///
+/// # Errors
+/// [`Error::Storage`] naming what to install or set when no server can be found or
+/// started.
+pub fn server_url() -> Result<String> {
+    static URL: OnceLock<std::result::Result<String, String>> = OnceLock::new();
+    URL.get_or_init(find_server).clone().map_err(Error::Storage)
+}
+
+fn find_server() -> std::result::Result<String, String> {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        if !url.is_empty() {
+            return Ok(url);
+        }
+    }
+    let local: SocketAddr = ([127, 0, 0, 1], 5432).into();
+    if TcpStream::connect_timeout(&local, Duration::from_millis(500)).is_ok() {
+        return Ok(LOCAL_URL.to_string());
+    }
+    start_throwaway_cluster().map_err(|e| {
+        format!(
+            "no PostgreSQL server for tests: DATABASE_URL is unset, nothing listens on \
+             127.0.0.1:5432, and a throwaway cluster could not be started ({e}). Install \
+             the PostgreSQL server binaries (Debian: `apt-get install postgresql`, which \
+             provides initdb and pg_ctl; put them on PATH) or set DATABASE_URL."
+        )
+    })
+}
+
+/// Runs `cmd` with its program resolved; as root, through `runuser -u postgres` since
+/// PostgreSQL refuses to run as root.
+fn pg_command(program: &str, as_root: bool) -> Command {
+    if as_root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", program]);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn run(mut cmd: Command, what: &str) -> std::result::Result<(), String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{what}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn start_throwaway_cluster() -> std::result::Result<String, String> {
+    let as_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free port: {e}"))?
+        .port();
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("durable-jobs-pg-{}-{}", std::process::id(), port));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let data = dir.join("data");
+    if as_root {
+        run(
+            {
+                let mut c = Command::new("chown");
+                c.arg("postgres").arg(&dir);
+                c
+            },
+            "chown the cluster directory to postgres",
+        )?;
+    }
+    let mut initdb = pg_command("initdb", as_root);
+    initdb
+        .arg("-D")
+        .arg(&data)
+        .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"]);
+    run(initdb, "initdb")?;
+    let mut start = pg_command("pg_ctl", as_root);
+    start
+        .arg("-D")
+        .arg(&data)
+        .arg("-l")
+        .arg(dir.join("log"))
+        .arg("-o")
+        .arg(format!(
+            "-p {port} -h 127.0.0.1 -k {} -c fsync=off -c max_connections=200",
+            dir.display()
+        ))
+        .args(["-w", "start"]);
+    run(start, "pg_ctl start")?;
+    // A watchdog outlives this process: once it is gone (even by SIGKILL), it stops the
+    // cluster and removes its files.
+    let stop = if as_root {
+        "runuser -u postgres -- pg_ctl"
+    } else {
+        "pg_ctl"
+    };
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop} -D '{data}' -m immediate stop; rm -rf '{dir}'",
+        pid = std::process::id(),
+        data = data.display(),
+        dir = dir.display(),
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("start the cluster watchdog: {e}"))?;
+    Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+}
+
+/// A schema name unique across processes and runs: `<prefix>_<pid>_<n>_<nanos>`.
+pub fn unique_schema(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A migrated storage in a fresh schema of its own.
+#[derive(Debug)]
+pub struct TestSchema {
+    storage: PostgresStorage,
+    url: String,
+}
+
+impl TestSchema {
+    /// A fresh, migrated schema with a small pool.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] when no server is found or migrating fails.
+    pub async fn new() -> Result<Self> {
+        Self::with_options(PostgresOptions::new().max_connections(4)).await
+    }
+
+    /// A fresh, migrated schema; `options`' schema name is replaced by a unique one.
+    ///
+    /// # Errors
+    /// As [`Self::new`].
+    pub async fn with_options(options: PostgresOptions) -> Result<Self> {
+        let url = server_url()?;
+        let storage =
+            PostgresStorage::connect_with(&url, options.schema(unique_schema("dj_test"))).await?;
+        storage.migrate().await?;
+        Ok(TestSchema { storage, url })
+    }
+
+    /// The storage under test.
+    pub fn storage(&self) -> &PostgresStorage {
+        &self.storage
+    }
+
+    /// The schema's name.
+    pub fn schema(&self) -> &str {
+        self.storage.schema()
+    }
+
+    /// The server's URL (to open more storages or pools on the same schema).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Moves this schema's time forward by `by`: every stored timestamp moves back by
+    /// `by`, which to the backend (reading `now()`) is the same as the clock moving on.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] when the update fails.
+    pub async fn advance(&self, by: Duration) -> Result<()> {
+        let q = quote_ident(self.schema());
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {q}.jobs SET
+                 run_at = run_at - d, lease_expires_at = lease_expires_at - d,
+                 created_at = created_at - d, started_at = started_at - d,
+                 completed_at = completed_at - d, updated_at = updated_at - d
+             FROM (SELECT $1::bigint * interval '1 microsecond' AS d) AS shift"
+        )))
+        .bind(micros(by))
+        .execute(self.storage.pool())
+        .await
+        .map_err(db)?;
+        // Jobs may have become due: wake this process's workers like a clock change.
+        self.storage.wake_local();
+        Ok(())
+    }
+
+    /// Drops the schema and everything in it, and closes the pool.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] when the drop fails.
+    pub async fn drop_schema(self) -> Result<()> {
+        let q = quote_ident(self.schema());
+        let res = sqlx::query(AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {q} CASCADE")))
+            .execute(self.storage.pool())
+            .await
+            .map_err(db);
+        self.storage.pool().close().await;
+        res.map(|_| ())
+    }
+}
+
+/// The [`ConformanceHarness`] for PostgreSQL: a fresh schema per test.
+#[derive(Debug)]
+pub struct PostgresHarness(pub TestSchema);
+
+#[async_trait]
+impl ConformanceHarness for PostgresHarness {
+    async fn setup() -> Self {
+        match TestSchema::new().await {
+            Ok(t) => PostgresHarness(t),
+            Err(e) => panic!("postgres conformance setup: {e}"),
+        }
+    }
+
+    fn storage(&self) -> DynStorage {
+        Arc::new(self.0.storage().clone())
+    }
+
+    async fn advance(&self, by: Duration) {
+        if let Err(e) = self.0.advance(by).await {
+            panic!("postgres conformance advance: {e}");
+        }
+    }
+
+    async fn teardown(self) {
+        if let Err(e) = self.0.drop_schema().await {
+            panic!("postgres conformance teardown: {e}");
+        }
+    }
+}
