@@ -10,10 +10,12 @@ use std::path::PathBuf;
 
 /// A fresh database file in its own temporary directory (removed on drop).
 pub struct TempDb {
+    /// The directory holding the file and its WAL; removed on drop.
     pub dir: tempfile::TempDir,
 }
 
 impl TempDb {
+    /// A new, empty directory.
     pub fn new() -> Self {
         TempDb {
             dir: tempfile::Builder::new()
@@ -23,10 +25,12 @@ impl TempDb {
         }
     }
 
+    /// The database file's path (not created until opened).
     pub fn path(&self) -> PathBuf {
         self.dir.path().join("jobs.db")
     }
 
+    /// Opens the file as a storage on `clock`.
     pub async fn open(&self, clock: &ManualClock) -> SqliteStorage {
         SqliteStorage::open_with(
             self.path(),

@@ -1,1 +1,171 @@
-//! wip
+//! Schema migrations: upgrading old files, refusing newer ones, rejecting non-databases.
+
+use crate::TempDb;
+use durable_jobs::{DequeueParams, Error, JobStatus, ManualClock, NewJob, Storage};
+use durable_jobs_sqlite::{SqliteStorage, SCHEMA_VERSION};
+use rusqlite::Connection;
+use serde_json::json;
+use std::time::Duration;
+
+fn migration_rows(path: &std::path::Path) -> Vec<(i64, String)> {
+    let conn = Connection::open(path).expect("open raw connection");
+    let mut stmt = conn
+        .prepare("SELECT version, name FROM durable_jobs_migrations ORDER BY version")
+        .expect("prepare");
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+#[tokio::test]
+async fn fresh_file_records_every_migration_once() {
+    let db = TempDb::new();
+    let clock = ManualClock::new();
+    let s = db.open(&clock).await;
+    assert_eq!(s.schema_version().await.expect("version"), SCHEMA_VERSION);
+    s.migrate().await.expect("migrating again is a no-op");
+    s.close().await;
+    let reopened = db.open(&clock).await;
+    reopened.close().await;
+    let rows = migration_rows(&db.path());
+    assert_eq!(
+        rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+        (1..=SCHEMA_VERSION).collect::<Vec<_>>()
+    );
+}
+
+/// A file left at version 1 (jobs only, as an older release wrote it) is upgraded on
+/// open, keeping its jobs, which then run through the features the upgrade added.
+#[tokio::test]
+async fn version_one_file_is_upgraded_on_open() {
+    let db = TempDb::new();
+    {
+        let conn = Connection::open(db.path()).expect("create the old file");
+        conn.execute_batch(include_str!("../../migrations/0001_jobs.sql"))
+            .expect("apply version 1");
+        conn.execute_batch(
+            "CREATE TABLE durable_jobs_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL);
+             INSERT INTO durable_jobs_migrations VALUES (1, 'jobs', 0);
+             INSERT INTO durable_jobs (task, payload, queue, priority, status, max_attempts, run_at, created_at, updated_at)
+             VALUES ('t', '{\"old\":true}', 'default', 0, 'pending', 4, 0, 0, 0);",
+        )
+        .expect("seed a version 1 job");
+    }
+    let clock = ManualClock::new();
+    let s = db.open(&clock).await;
+    assert_eq!(s.schema_version().await.expect("version"), SCHEMA_VERSION);
+    let claimed = s
+        .dequeue(DequeueParams {
+            queues: vec!["default".into()],
+            tasks: vec!["t".into()],
+            limit: 10,
+            lease_duration: Duration::from_secs(30),
+            holder: "test".into(),
+        })
+        .await
+        .expect("claim the old job");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].job.payload, json!({"old": true}));
+    // Checkpoints arrived with version 2.
+    s.save_checkpoint(
+        &claimed[0].lease,
+        durable_jobs::Checkpoint {
+            key: "0".into(),
+            name: "step".into(),
+            outcome: durable_jobs::CheckpointOutcome::Ok(json!(1)),
+        },
+    )
+    .await
+    .expect("checkpoint on the upgraded file");
+    s.complete(&claimed[0].lease, json!("done"))
+        .await
+        .expect("complete");
+    let job = s
+        .get_job(claimed[0].job.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(job.status, JobStatus::Completed);
+    s.close().await;
+    assert_eq!(migration_rows(&db.path()).len() as i64, SCHEMA_VERSION);
+}
+
+#[tokio::test]
+async fn newer_schema_is_refused() {
+    let db = TempDb::new();
+    let clock = ManualClock::new();
+    let s = db.open(&clock).await;
+    s.enqueue(NewJob::new("t", json!(1)))
+        .await
+        .expect("enqueue");
+    s.close().await;
+    {
+        let conn = Connection::open(db.path()).expect("open raw");
+        conn.execute(
+            "INSERT INTO durable_jobs_migrations VALUES (?1, 'from the future', 0)",
+            [SCHEMA_VERSION + 1],
+        )
+        .expect("pretend a newer library migrated");
+    }
+    match durable_jobs_sqlite::SqliteStorage::open(db.path()).await {
+        Err(Error::SchemaTooNew { found, supported }) => {
+            assert_eq!(found, SCHEMA_VERSION + 1);
+            assert_eq!(supported, SCHEMA_VERSION);
+        }
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+    // Refusing changed nothing: the newer version is still recorded.
+    assert_eq!(
+        migration_rows(&db.path()).last().map(|r| r.0),
+        Some(SCHEMA_VERSION + 1)
+    );
+}
+
+#[tokio::test]
+async fn garbage_file_is_a_typed_error() {
+    let db = TempDb::new();
+    // Deterministic garbage, long enough to cover SQLite's 100-byte header.
+    let garbage: Vec<u8> = (0..8192u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(db.path(), &garbage).expect("write garbage");
+    match SqliteStorage::open(db.path()).await {
+        Err(Error::Storage(msg)) => {
+            assert!(msg.contains("not a SQLite database"), "message: {msg}");
+            assert!(msg.contains("jobs.db"), "message names the file: {msg}");
+        }
+        other => panic!("expected a storage error, got {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read(db.path()).expect("read back"),
+        garbage,
+        "the file was not modified"
+    );
+}
+
+#[tokio::test]
+async fn missing_directory_is_a_typed_error() {
+    let db = TempDb::new();
+    let path = db.dir.path().join("no-such-dir").join("jobs.db");
+    match SqliteStorage::open(&path).await {
+        Err(Error::Storage(msg)) => assert!(msg.contains("no-such-dir"), "message: {msg}"),
+        other => panic!("expected a storage error, got {other:?}"),
+    }
+}
+
+/// Two storages opening one new file at the same time: both succeed and every migration
+/// is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_opens_migrate_once() {
+    let db = TempDb::new();
+    let (a, b, c) = tokio::join!(
+        SqliteStorage::open(db.path()),
+        SqliteStorage::open(db.path()),
+        SqliteStorage::open(db.path()),
+    );
+    for s in [a, b, c] {
+        s.expect("open").close().await;
+    }
+    assert_eq!(migration_rows(&db.path()).len() as i64, SCHEMA_VERSION);
+}

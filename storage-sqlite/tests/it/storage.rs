@@ -1,1 +1,282 @@
-//! wip
+//! Behaviour specific to the SQLite backend: durability across reopen, reads during a
+//! held write lock, busy retries, coalesced writes, several storages on one file.
+
+use crate::TempDb;
+use durable_jobs::{ClaimedJob, DequeueParams, Error, JobStatus, ManualClock, NewJob, Storage};
+use durable_jobs_sqlite::{SqliteOptions, SqliteStorage};
+use rusqlite::Connection;
+use serde_json::json;
+use std::collections::HashSet;
+use std::time::Duration;
+
+fn params(limit: usize) -> DequeueParams {
+    DequeueParams {
+        queues: vec!["default".into()],
+        tasks: vec!["t".into()],
+        limit,
+        lease_duration: Duration::from_secs(30),
+        holder: "test".into(),
+    }
+}
+
+fn jobs(n: usize) -> Vec<NewJob> {
+    (0..n).map(|i| NewJob::new("t", json!(i))).collect()
+}
+
+#[tokio::test]
+async fn jobs_survive_close_and_reopen() {
+    let db = TempDb::new();
+    let clock = ManualClock::new();
+    let s = db.open(&clock).await;
+    let ids = s.enqueue_many(jobs(3)).await.expect("enqueue");
+    let c = s.dequeue(params(1)).await.expect("claim");
+    s.complete(&c[0].lease, json!({"r": 1}))
+        .await
+        .expect("complete");
+    s.close().await;
+    assert!(matches!(s.get_job(ids[0].id).await, Err(Error::Shutdown)));
+    assert!(matches!(
+        s.enqueue(NewJob::new("t", json!(0))).await,
+        Err(Error::Shutdown)
+    ));
+
+    let s = db.open(&clock).await;
+    let done = s.get_job(ids[0].id).await.expect("get").expect("exists");
+    assert_eq!(done.status, JobStatus::Completed);
+    assert_eq!(done.result, Some(json!({"r": 1})));
+    assert_eq!(s.dequeue(params(10)).await.expect("claim").len(), 2);
+    s.close().await;
+}
+
+/// Holds the file's write lock from a raw connection, as another process would.
+fn lock_writes(path: &std::path::Path) -> Connection {
+    let conn = Connection::open(path).expect("open raw");
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    conn
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_on_while_another_connection_holds_the_write_lock() {
+    let db = TempDb::new();
+    let clock = ManualClock::new();
+    let s = db.open(&clock).await;
+    let id = s
+        .enqueue(NewJob::new("t", json!("x")))
+        .await
+        .expect("enqueue")
+        .id;
+    let lock = lock_writes(&db.path());
+    let job = s
+        .get_job(id)
+        .await
+        .expect("read during the lock")
+        .expect("exists");
+    assert_eq!(job.status, JobStatus::Pending);
+    assert_eq!(s.counts().await.expect("counts").len(), 1);
+    lock.execute_batch("ROLLBACK").expect("release");
+    s.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_database_is_retried_not_surfaced() {
+    let db = TempDb::new();
+    let clock = ManualClock::new();
+    // A tiny busy timeout makes SQLite return SQLITE_BUSY almost at once, so the
+    // backend's own retry loop is what carries the write through.
+    let s = SqliteStorage::open_with(
+        db.path(),
+        SqliteOptions::new()
+            .manual_clock(clock.clone())
+            .busy_timeout(Duration::from_millis(5)),
+    )
+    .await
+    .expect("open");
+    let lock = lock_writes(&db.path());
+    let s2 = s.clone();
+    let mut write = tokio::spawn(async move { s2.enqueue(NewJob::new("t", json!(1))).await });
+    // The write cannot finish while the lock is held.
+    assert!(tokio::time::timeout(Duration::from_millis(300), &mut write)
+        .await
+        .is_err());
+    lock.execute_batch("COMMIT").expect("release the lock");
+    let e = write
+        .await
+        .expect("task")
+        .expect("the write went through after the lock");
+    assert!(e.created);
+    s.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_past_the_retry_limit_is_a_typed_error() {
+    let db = TempDb::new();
+    let s = SqliteStorage::open_with(
+        db.path(),
+        SqliteOptions::new()
+            .busy_timeout(Duration::from_millis(5))
+            .busy_retry_for(Duration::from_millis(50)),
+    )
+    .await
+    .expect("open");
+    let lock = lock_writes(&db.path());
+    match s.enqueue(NewJob::new("t", json!(1))).await {
+        Err(Error::Storage(msg)) => assert!(msg.contains("locked"), "message: {msg}"),
+        other => panic!("expected a storage error, got {other:?}"),
+    }
+    lock.execute_batch("ROLLBACK").expect("release");
+    // The storage recovers once the lock is gone.
+    s.enqueue(NewJob::new("t", json!(2)))
+        .await
+        .expect("enqueue after the lock");
+    s.close().await;
+}
+
+/// Many concurrent writes, coalesced by the writer into shared transactions: a stale
+/// lease among them fails alone and the others commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_writes_keep_their_own_outcomes() {
+    let db = TempDb::new();
+    let clock = ManualClock::new();
+    let s = db.open(&clock).await;
+    s.enqueue_many(jobs(200)).await.expect("enqueue");
+    let claimed: Vec<ClaimedJob> = s.dequeue(params(200)).await.expect("claim");
+    assert_eq!(claimed.len(), 200);
+    // Cancel every third job: its lease is no longer current.
+    for c in claimed.iter().step_by(3) {
+        assert!(s.cancel(c.job.id).await.expect("cancel"));
+    }
+    let mut tasks = Vec::new();
+    for (i, c) in claimed.iter().enumerate() {
+        let s = s.clone();
+        let lease = c.lease.clone();
+        tasks.push(tokio::spawn(async move {
+            (i, s.complete(&lease, json!(i)).await)
+        }));
+    }
+    for t in tasks {
+        let (i, r) = t.await.expect("task");
+        if i % 3 == 0 {
+            assert!(matches!(r, Err(Error::LeaseLost { .. })), "item {i}: {r:?}");
+        } else {
+            r.unwrap_or_else(|e| panic!("item {i}: {e}"));
+        }
+    }
+    for (i, c) in claimed.iter().enumerate() {
+        let j = s.get_job(c.job.id).await.expect("get").expect("exists");
+        if i % 3 == 0 {
+            assert_eq!(j.status, JobStatus::Cancelled);
+            assert_eq!(j.result, None);
+        } else {
+            assert_eq!(j.status, JobStatus::Completed);
+            assert_eq!(j.result, Some(json!(i)));
+        }
+    }
+    s.close().await;
+}
+
+/// Two storages on one file (two write connections competing for the lock, as two
+/// processes do) never claim a job twice and claim them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_storages_on_one_file_never_claim_a_job_twice() {
+    let db = TempDb::new();
+    let clock = ManualClock::new();
+    let a = db.open(&clock).await;
+    let b = db.open(&clock).await;
+    let n = 2000;
+    a.enqueue_many(jobs(n)).await.expect("enqueue");
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = s.dequeue(params(25)).await.expect("dequeue");
+                if got.is_empty() {
+                    break;
+                }
+                for c in &got {
+                    mine.push(c.job.id);
+                }
+                let done = s
+                    .complete_many(
+                        got.into_iter()
+                            .map(|c| durable_jobs::Completion {
+                                lease: c.lease,
+                                result: json!(null),
+                            })
+                            .collect(),
+                    )
+                    .await
+                    .expect("complete_many");
+                assert!(done.iter().all(|r| r.is_ok()));
+            }
+            mine
+        }));
+    }
+    let mut seen = HashSet::new();
+    for t in tasks {
+        for id in t.await.expect("task") {
+            assert!(seen.insert(id), "job {id} claimed twice");
+        }
+    }
+    assert_eq!(seen.len(), n);
+    let counts = b.counts().await.expect("counts");
+    assert_eq!(counts.len(), 1);
+    assert_eq!(
+        (counts[0].status, counts[0].count),
+        (JobStatus::Completed, n as u64)
+    );
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn wakeups_fire_on_enqueue_and_clock_moves() {
+    let db = TempDb::new();
+    let clock = ManualClock::new();
+    let s = db.open(&clock).await;
+    let mut rx = s.wakeups().expect("sqlite has local wakeups");
+    rx.borrow_and_update();
+    s.enqueue(NewJob::new("t", json!(1)))
+        .await
+        .expect("enqueue");
+    tokio::time::timeout(Duration::from_secs(5), rx.changed())
+        .await
+        .expect("woken by enqueue")
+        .expect("sender alive");
+    clock.advance(Duration::from_secs(1));
+    tokio::time::timeout(Duration::from_secs(5), rx.changed())
+        .await
+        .expect("woken by the clock")
+        .expect("sender alive");
+    s.close().await;
+}
+
+#[tokio::test]
+async fn in_memory_databases_are_separate_and_not_durable() {
+    let a = SqliteStorage::open_in_memory().await.expect("open a");
+    let b = SqliteStorage::open_in_memory().await.expect("open b");
+    a.enqueue(NewJob::new("t", json!(1)))
+        .await
+        .expect("enqueue");
+    assert_eq!(a.counts().await.expect("counts").len(), 1);
+    assert!(b.counts().await.expect("counts").is_empty());
+    let caps = a.capabilities();
+    assert!(!caps.durable && !caps.multi_process);
+    assert!(a.path().is_none());
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn invalid_options_are_refused_at_open() {
+    let r = SqliteStorage::open_in_memory_with(SqliteOptions::new().max_write_batch(0)).await;
+    assert!(matches!(
+        r,
+        Err(Error::InvalidOption {
+            option: "max_write_batch",
+            ..
+        })
+    ));
+}
