@@ -1,0 +1,167 @@
+//! Retries: backoff with jitter, NoRetry, RetryAfter, exhaustion, per-task policy.
+
+use super::{setup, status, worker};
+use durable_jobs::{Event, JobOptions, JobStatus, NoRetry, RetryAfter, RetryPolicy, TaskError};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[tokio::test]
+async fn retries_back_off_exponentially_then_fail_for_good() {
+    let (queue, clock) = setup();
+    queue.set_default_retry_policy(
+        RetryPolicy::exponential(Duration::from_secs(10), Duration::from_secs(3600))
+            .with_jitter(0.0),
+    );
+    queue.register_fn("flaky", |_: ()| async {
+        Err::<(), _>(TaskError::retry("still broken"))
+    });
+    let id = queue
+        .enqueue("flaky", &(), JobOptions::new().retries(3))
+        .await
+        .expect("enqueue");
+    let mut events = queue.events();
+    let w = worker(&queue, 1);
+    let mut delays = Vec::new();
+    for _ in 0..3 {
+        assert_eq!(w.drain().await.expect("drain").retried, 1);
+        match events
+            .wait_for(|e| matches!(e, Event::Retrying { .. }))
+            .await
+        {
+            Some(Event::Retrying { retry_in, .. }) => delays.push(retry_in.as_secs()),
+            other => panic!("expected a retry event, got {other:?}"),
+        }
+        assert_eq!(status(&queue, id).await, JobStatus::Retrying);
+        // Not yet due one second before the delay ends.
+        clock.advance(Duration::from_secs(delays[delays.len() - 1] - 1));
+        assert_eq!(w.drain().await.expect("drain").retried, 0);
+        clock.advance(Duration::from_secs(1));
+    }
+    assert_eq!(delays, vec![10, 20, 40]);
+    assert_eq!(w.drain().await.expect("drain").failed, 1);
+    let job = queue.get_job(id).await.expect("get").expect("exists");
+    assert_eq!((job.status, job.attempt), (JobStatus::Failed, 4));
+    assert_eq!(job.last_error.as_deref(), Some("still broken"));
+}
+
+#[tokio::test]
+async fn default_backoff_has_jitter_within_bounds() {
+    let (queue, _clock) = setup();
+    queue.register_fn("flaky", |_: ()| async {
+        Err::<(), _>(TaskError::retry("no"))
+    });
+    let mut events = queue.events();
+    for _ in 0..20 {
+        queue
+            .enqueue("flaky", &(), JobOptions::new())
+            .await
+            .expect("enqueue");
+    }
+    assert_eq!(worker(&queue, 20).drain().await.expect("drain").retried, 20);
+    let mut delays = Vec::new();
+    while delays.len() < 20 {
+        if let Some(Event::Retrying { retry_in, .. }) = events
+            .wait_for(|e| matches!(e, Event::Retrying { .. }))
+            .await
+        {
+            delays.push(retry_in);
+        }
+    }
+    assert!(
+        delays
+            .iter()
+            .all(|d| *d >= Duration::from_millis(750) && *d <= Duration::from_millis(1250)),
+        "{delays:?}"
+    );
+    assert!(
+        delays.iter().any(|d| *d != delays[0]),
+        "jitter spreads retries"
+    );
+}
+
+#[tokio::test]
+async fn no_retry_fails_at_once() {
+    let (queue, _clock) = setup();
+    queue.register_fn("fatal", |_: ()| async {
+        Err::<(), TaskError>(NoRetry("card declined").into())
+    });
+    let id = queue
+        .enqueue("fatal", &(), JobOptions::new().retries(10))
+        .await
+        .expect("enqueue");
+    assert_eq!(worker(&queue, 1).drain().await.expect("drain").failed, 1);
+    let job = queue.get_job(id).await.expect("get").expect("exists");
+    assert_eq!((job.status, job.attempt), (JobStatus::Failed, 1));
+    assert_eq!(job.last_error.as_deref(), Some("card declined"));
+}
+
+#[tokio::test]
+async fn retry_after_sets_the_delay() {
+    let (queue, clock) = setup();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    queue.register_fn("limited", move |_: ()| {
+        let c = c.clone();
+        async move {
+            if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Err::<(), TaskError>(
+                    RetryAfter(Duration::from_secs(90), "rate limited").into(),
+                );
+            }
+            Ok(())
+        }
+    });
+    let id = queue
+        .enqueue("limited", &(), JobOptions::new())
+        .await
+        .expect("enqueue");
+    let w = worker(&queue, 1);
+    w.drain().await.expect("drain");
+    clock.advance(Duration::from_secs(89));
+    assert_eq!(w.drain().await.expect("drain").completed, 0);
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(w.drain().await.expect("drain").completed, 1);
+    assert_eq!(status(&queue, id).await, JobStatus::Completed);
+}
+
+#[tokio::test]
+async fn a_per_task_policy_replaces_the_default() {
+    let (queue, clock) = setup();
+    queue.register_fn("quick", |_: ()| async {
+        Err::<(), _>(TaskError::retry("x"))
+    });
+    queue.set_retry_policy(
+        "quick",
+        RetryPolicy::exponential(Duration::from_secs(2), Duration::from_secs(2)).with_jitter(0.0),
+    );
+    let id = queue
+        .enqueue("quick", &(), JobOptions::new().retries(1))
+        .await
+        .expect("enqueue");
+    let w = worker(&queue, 1);
+    w.drain().await.expect("drain");
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(w.drain().await.expect("drain").failed, 1);
+    assert_eq!(status(&queue, id).await, JobStatus::Failed);
+}
+
+#[tokio::test]
+async fn std_errors_convert_with_question_mark_and_retry() {
+    let (queue, _clock) = setup();
+    queue.register_fn("parse", |s: String| async move {
+        let n: i64 = s.parse()?;
+        Ok::<_, TaskError>(n)
+    });
+    let id = queue
+        .enqueue("parse", &"not a number", JobOptions::new())
+        .await
+        .expect("enqueue");
+    assert_eq!(worker(&queue, 1).drain().await.expect("drain").retried, 1);
+    let job = queue.get_job(id).await.expect("get").expect("exists");
+    assert!(job
+        .last_error
+        .as_deref()
+        .unwrap_or("")
+        .contains("invalid digit"));
+}

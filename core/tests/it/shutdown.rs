@@ -1,0 +1,87 @@
+//! Graceful shutdown.
+
+use super::setup;
+use durable_jobs::{Event, JobContext, JobOptions, JobStatus, TaskError, Worker, WorkerOptions};
+use std::time::Duration;
+
+#[tokio::test]
+async fn shutdown_returns_unfinished_jobs_without_spending_an_attempt() {
+    let (queue, _clock) = setup();
+    queue.register_fn("stuck", |_: ()| async {
+        std::future::pending::<()>().await;
+        Ok::<_, TaskError>(())
+    });
+    let mut events = queue.events();
+    let ids = queue
+        .enqueue_many("stuck", [(), ()], JobOptions::new())
+        .await
+        .expect("enqueue");
+    let w = Worker::new(
+        queue.clone(),
+        WorkerOptions::new()
+            .queue("default", 2)
+            .shutdown_grace(Duration::from_millis(50)),
+    )
+    .expect("options");
+    let stop = w.shutdown_handle();
+    let run = tokio::spawn(async move { w.run().await });
+    for _ in 0..2 {
+        events
+            .wait_for(|e| matches!(e, Event::Started { .. }))
+            .await
+            .expect("started");
+    }
+    stop.shutdown();
+    let report = run.await.expect("join").expect("run");
+    assert_eq!(report.released, 2);
+    for id in ids {
+        let job = queue.get_job(id).await.expect("get").expect("exists");
+        assert_eq!((job.status, job.attempt), (JobStatus::Pending, 0));
+        assert!(job.lease.is_none());
+    }
+}
+
+#[tokio::test]
+async fn a_handler_sees_cancellation_and_can_finish_within_the_grace_period() {
+    let (queue, _clock) = setup();
+    queue.register("polite", |ctx: JobContext, _: ()| async move {
+        ctx.cancelled().await;
+        assert!(ctx.is_cancelled());
+        Ok::<_, TaskError>("wrapped up")
+    });
+    let mut events = queue.events();
+    let id = queue
+        .enqueue("polite", &(), JobOptions::new())
+        .await
+        .expect("enqueue");
+    let w = Worker::new(
+        queue.clone(),
+        WorkerOptions::new().shutdown_grace(Duration::from_secs(60)),
+    )
+    .expect("options");
+    let report = w
+        .run_until(async {
+            events
+                .wait_for(|e| matches!(e, Event::Started { .. }))
+                .await;
+        })
+        .await
+        .expect("run");
+    assert_eq!(report.completed, 1);
+    let job = queue.get_job(id).await.expect("get").expect("exists");
+    assert_eq!(job.result, Some(serde_json::json!("wrapped up")));
+}
+
+#[tokio::test]
+async fn a_stopped_worker_claims_nothing_more() {
+    let (queue, _clock) = setup();
+    queue.register_fn("t", |_: ()| async { Ok::<_, TaskError>(()) });
+    let w = Worker::new(queue.clone(), WorkerOptions::new()).expect("options");
+    let report = w.run_until(async {}).await.expect("run");
+    let id = queue
+        .enqueue("t", &(), JobOptions::new())
+        .await
+        .expect("enqueue");
+    assert_eq!(report.completed, 0);
+    assert_eq!(super::status(&queue, id).await, JobStatus::Pending);
+}
