@@ -1,8 +1,4 @@
-//! durable-jobs: background jobs and durable workflows on PostgreSQL, SQLite or memory.
-//!
-//! See the README for a tour; the main types are [`Queue`] (register handlers, enqueue),
-//! [`Worker`] (run jobs), [`JobContext`] and [`call`] (checkpointed calls), and the
-//! [`Storage`] trait that backends implement.
+#![doc = include_str!("../../README.md")]
 
 pub mod clock;
 pub mod error;
