@@ -481,7 +481,10 @@ mod tests {
             );
             // With one queue the index already yields claim order, so LIMIT stops early.
             if queues == 1 {
-                assert!(!plan.contains("TEMP B-TREE"), "sorts for one queue:\n{plan}");
+                assert!(
+                    !plan.contains("TEMP B-TREE"),
+                    "sorts for one queue:\n{plan}"
+                );
             }
         }
     }
