@@ -84,6 +84,22 @@ pub enum Error {
     /// JSON (de)serialization failed outside a payload.
     #[error("serialization error: {0}")]
     Serialization(#[from] serde_json::Error),
+    /// The backend does not implement this operation (see [`crate::Storage::capabilities`]).
+    #[error("the {backend} backend does not support {operation}")]
+    Unsupported {
+        /// The backend's name.
+        backend: &'static str,
+        /// The operation.
+        operation: &'static str,
+    },
+    /// A signal was sent to a job that has already finished.
+    #[error("job {job_id} has finished ({status}); it can no longer receive signals")]
+    JobFinished {
+        /// The job.
+        job_id: JobId,
+        /// Its final status.
+        status: String,
+    },
     /// The worker or queue was shut down.
     #[error("shut down")]
     Shutdown,

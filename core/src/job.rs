@@ -190,6 +190,17 @@ pub struct NewJob {
     pub dedupe_key: Option<String>,
     /// Per-attempt time limit in milliseconds.
     pub timeout_ms: Option<i64>,
+    /// The parent job, for a child spawned by a workflow or a member of a bundle. A child's
+    /// final write (completed, failed, cancelled) wakes its parent in the same
+    /// transaction.
+    #[serde(default)]
+    pub parent_id: Option<JobId>,
+}
+
+/// The run_at of a job suspended with no timer: it waits for a signal or its children.
+pub fn far_future() -> DateTime<Utc> {
+    // 9999-12-31T00:00:00Z fits every backend's timestamp type.
+    DateTime::from_timestamp(253_402_214_400, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 impl NewJob {
@@ -205,6 +216,7 @@ impl NewJob {
             delay: None,
             dedupe_key: None,
             timeout_ms: None,
+            parent_id: None,
         }
     }
 

@@ -148,6 +148,7 @@ impl JobOptions {
             delay: self.delay,
             dedupe_key: self.dedupe_key.clone(),
             timeout_ms,
+            parent_id: None,
         })
     }
 }

@@ -65,6 +65,8 @@ pub struct JobFilter {
     pub queue: Option<String>,
     /// Only this task.
     pub task: Option<String>,
+    /// Only children of this job.
+    pub parent_id: Option<JobId>,
     /// Only jobs with an id greater than this (keyset pagination).
     pub after_id: Option<JobId>,
     /// At most this many jobs; `None` means a backend default of 100.
@@ -92,6 +94,8 @@ pub struct Capabilities {
     pub multi_process: bool,
     /// Keeps jobs across restarts.
     pub durable: bool,
+    /// Implements the workflow calls: suspend, children, signals, delete.
+    pub workflows: bool,
 }
 
 impl Capabilities {
@@ -101,7 +105,14 @@ impl Capabilities {
             cross_process_wakeup,
             multi_process,
             durable,
+            workflows: false,
         }
+    }
+
+    /// The same capabilities, with workflow support as given.
+    pub fn with_workflows(mut self, workflows: bool) -> Self {
+        self.workflows = workflows;
+        self
     }
 }
 
@@ -111,6 +122,18 @@ impl Capabilities {
 /// while that lease is the job's current one (same job, status running, same token);
 /// otherwise it returns [`crate::Error::LeaseLost`] and changes nothing. Times come from
 /// the backend's clock ([`Storage::now`]).
+///
+/// # Workflows
+/// Backends whose [`Capabilities::workflows`] is true also implement the calls after
+/// [`Storage::wakeups`] and these rules on the calls before them:
+/// - `waiting` jobs are claimable once their run_at is due, like pending ones.
+/// - Waking a job: a waiting or pending job's run_at becomes now; a running job gets a
+///   wake request, which its next [`Storage::suspend`] honours by making it due at once.
+/// - A child's final write (complete, terminal fail, cancel, failure on reclaim) wakes
+///   its parent in the same transaction.
+/// - [`Storage::cancel`] cancels the job's unfinished descendants too.
+/// - [`Storage::reclaim_expired`] also wakes waiting parents one of whose children
+///   finished after the parent last changed (healing a parent a crash left waiting).
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
     /// A short name for logs (`memory`, `postgres`, `sqlite`).
@@ -192,6 +215,76 @@ pub trait Storage: Send + Sync + 'static {
     /// polls; `None` means polling only.
     fn wakeups(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
+    }
+
+    /// Suspends a running job to `waiting` without spending its attempt: it becomes due at
+    /// `wake_at` (`None`: only when woken). A pending wake request makes it due at once.
+    /// Fenced.
+    async fn suspend(&self, lease: &Lease, wake_at: Option<DateTime<Utc>>) -> Result<()> {
+        let _ = (lease, wake_at);
+        Err(self.unsupported("suspend"))
+    }
+
+    /// In one transaction, fenced by the parent's lease: inserts `jobs` as children of the
+    /// leased job (their `parent_id` is set to it) and stores a checkpoint at `key` named
+    /// `name` whose value is the array of the children's ids. Returns the ids in order.
+    async fn spawn_children(
+        &self,
+        lease: &Lease,
+        key: &str,
+        name: &str,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<JobId>> {
+        let _ = (lease, key, name, jobs);
+        Err(self.unsupported("spawn_children"))
+    }
+
+    /// Stores a signal for a job durably and wakes the job.
+    ///
+    /// # Errors
+    /// [`crate::Error::JobNotFound`]; [`crate::Error::JobFinished`] for a finished job.
+    async fn send_signal(&self, job_id: JobId, name: &str, payload: Value) -> Result<()> {
+        let _ = (job_id, name, payload);
+        Err(self.unsupported("send_signal"))
+    }
+
+    /// In one transaction, fenced: consumes up to `limit` of the leased job's oldest
+    /// signals named `name` (in the order they were sent) and, if any were taken, stores a
+    /// checkpoint at `key` named `signal:<name>` whose value is the array of their
+    /// payloads. Returns the payloads (empty when none were waiting).
+    async fn take_signals(
+        &self,
+        lease: &Lease,
+        name: &str,
+        limit: usize,
+        key: &str,
+    ) -> Result<Vec<Value>> {
+        let _ = (lease, name, limit, key);
+        Err(self.unsupported("take_signals"))
+    }
+
+    /// The oldest unconsumed signal named `name` for a job, without consuming it.
+    async fn peek_signal(&self, job_id: JobId, name: &str) -> Result<Option<Value>> {
+        let _ = (job_id, name);
+        Err(self.unsupported("peek_signal"))
+    }
+
+    /// Deletes a job that is not running, with its checkpoints and signals. Returns false
+    /// when no such job exists.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidState`] for a running job.
+    async fn delete_job(&self, job_id: JobId) -> Result<bool> {
+        let _ = job_id;
+        Err(self.unsupported("delete_job"))
+    }
+
+    /// The error for an operation this backend does not implement.
+    fn unsupported(&self, operation: &'static str) -> crate::Error {
+        crate::Error::Unsupported {
+            backend: self.name(),
+            operation,
+        }
     }
 }
 
