@@ -18,7 +18,7 @@ struct Sqlite {
 impl ConformanceHarness for Sqlite {
     async fn setup() -> Self {
         let clock = ManualClock::new();
-        let db = TempDb::new();
+        let db = TempDb::fresh();
         Sqlite {
             storage: db.open(&clock).await,
             clock,

@@ -16,7 +16,7 @@ pub struct TempDb {
 
 impl TempDb {
     /// A new, empty directory.
-    pub fn new() -> Self {
+    pub fn fresh() -> Self {
         TempDb {
             dir: tempfile::Builder::new()
                 .prefix("durable-jobs-sqlite-")

@@ -20,7 +20,7 @@ fn migration_rows(path: &std::path::Path) -> Vec<(i64, String)> {
 
 #[tokio::test]
 async fn fresh_file_records_every_migration_once() {
-    let db = TempDb::new();
+    let db = TempDb::fresh();
     let clock = ManualClock::new();
     let s = db.open(&clock).await;
     assert_eq!(s.schema_version().await.expect("version"), SCHEMA_VERSION);
@@ -39,7 +39,7 @@ async fn fresh_file_records_every_migration_once() {
 /// open, keeping its jobs, which then run through the features the upgrade added.
 #[tokio::test]
 async fn version_one_file_is_upgraded_on_open() {
-    let db = TempDb::new();
+    let db = TempDb::fresh();
     {
         let conn = Connection::open(db.path()).expect("create the old file");
         conn.execute_batch(include_str!("../../migrations/0001_jobs.sql"))
@@ -93,7 +93,7 @@ async fn version_one_file_is_upgraded_on_open() {
 
 #[tokio::test]
 async fn newer_schema_is_refused() {
-    let db = TempDb::new();
+    let db = TempDb::fresh();
     let clock = ManualClock::new();
     let s = db.open(&clock).await;
     s.enqueue(NewJob::new("t", json!(1)))
@@ -124,7 +124,7 @@ async fn newer_schema_is_refused() {
 
 #[tokio::test]
 async fn garbage_file_is_a_typed_error() {
-    let db = TempDb::new();
+    let db = TempDb::fresh();
     // Deterministic garbage, long enough to cover SQLite's 100-byte header.
     let garbage: Vec<u8> = (0..8192u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -146,7 +146,7 @@ async fn garbage_file_is_a_typed_error() {
 
 #[tokio::test]
 async fn missing_directory_is_a_typed_error() {
-    let db = TempDb::new();
+    let db = TempDb::fresh();
     let path = db.dir.path().join("no-such-dir").join("jobs.db");
     match SqliteStorage::open(&path).await {
         Err(Error::Storage(msg)) => assert!(msg.contains("no-such-dir"), "message: {msg}"),
@@ -158,7 +158,7 @@ async fn missing_directory_is_a_typed_error() {
 /// is applied once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_opens_migrate_once() {
-    let db = TempDb::new();
+    let db = TempDb::fresh();
     let (a, b, c) = tokio::join!(
         SqliteStorage::open(db.path()),
         SqliteStorage::open(db.path()),

@@ -25,7 +25,7 @@ fn jobs(n: usize) -> Vec<NewJob> {
 
 #[tokio::test]
 async fn jobs_survive_close_and_reopen() {
-    let db = TempDb::new();
+    let db = TempDb::fresh();
     let clock = ManualClock::new();
     let s = db.open(&clock).await;
     let ids = s.enqueue_many(jobs(3)).await.expect("enqueue");
@@ -58,7 +58,7 @@ fn lock_writes(path: &std::path::Path) -> Connection {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_go_on_while_another_connection_holds_the_write_lock() {
-    let db = TempDb::new();
+    let db = TempDb::fresh();
     let clock = ManualClock::new();
     let s = db.open(&clock).await;
     let id = s
@@ -80,7 +80,7 @@ async fn reads_go_on_while_another_connection_holds_the_write_lock() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_database_is_retried_not_surfaced() {
-    let db = TempDb::new();
+    let db = TempDb::fresh();
     let clock = ManualClock::new();
     // A tiny busy timeout makes SQLite return SQLITE_BUSY almost at once, so the
     // backend's own retry loop is what carries the write through.
@@ -110,7 +110,7 @@ async fn busy_database_is_retried_not_surfaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_past_the_retry_limit_is_a_typed_error() {
-    let db = TempDb::new();
+    let db = TempDb::fresh();
     let s = SqliteStorage::open_with(
         db.path(),
         SqliteOptions::new()
@@ -136,7 +136,7 @@ async fn busy_past_the_retry_limit_is_a_typed_error() {
 /// lease among them fails alone and the others commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coalesced_writes_keep_their_own_outcomes() {
-    let db = TempDb::new();
+    let db = TempDb::fresh();
     let clock = ManualClock::new();
     let s = db.open(&clock).await;
     s.enqueue_many(jobs(200)).await.expect("enqueue");
@@ -179,7 +179,7 @@ async fn coalesced_writes_keep_their_own_outcomes() {
 /// processes do) never claim a job twice and claim them all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_storages_on_one_file_never_claim_a_job_twice() {
-    let db = TempDb::new();
+    let db = TempDb::fresh();
     let clock = ManualClock::new();
     let a = db.open(&clock).await;
     let b = db.open(&clock).await;
@@ -233,7 +233,7 @@ async fn two_storages_on_one_file_never_claim_a_job_twice() {
 
 #[tokio::test]
 async fn wakeups_fire_on_enqueue_and_clock_moves() {
-    let db = TempDb::new();
+    let db = TempDb::fresh();
     let clock = ManualClock::new();
     let s = db.open(&clock).await;
     let mut rx = s.wakeups().expect("sqlite has local wakeups");
