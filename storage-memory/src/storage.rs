@@ -2,15 +2,15 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use durable_jobs::job::new_lease_token;
+use durable_jobs::job::{far_future, new_lease_token};
 use durable_jobs::{
-    Capabilities, Checkpoint, ClaimedJob, Clock, Completion, DequeueParams, Enqueued, Error,
-    Failure, Job, JobFilter, JobId, JobStatus, Lease, LeaseInfo, ManualClock, NewJob, QueueCount,
-    Result, Storage, SystemClock,
+    Capabilities, Checkpoint, CheckpointOutcome, ClaimedJob, Clock, Completion, DequeueParams,
+    Enqueued, Error, Failure, Job, JobFilter, JobId, JobStatus, Lease, LeaseInfo, ManualClock,
+    NewJob, QueueCount, Result, Storage, SystemClock,
 };
 use serde_json::Value;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -29,6 +29,12 @@ struct State {
     /// Dedupe keys of unfinished jobs.
     dedupe: HashMap<String, JobId>,
     checkpoints: HashMap<JobId, BTreeMap<String, Checkpoint>>,
+    parents: HashMap<JobId, JobId>,
+    children: HashMap<JobId, Vec<JobId>>,
+    /// Running jobs woken while running: their next suspend is due at once.
+    wake_requested: HashSet<JobId>,
+    /// Unconsumed signals per job and name, oldest first.
+    signals: HashMap<(JobId, String), VecDeque<Value>>,
 }
 
 /// Jobs held in this process's memory. Cloning shares the same jobs.
@@ -110,6 +116,10 @@ impl State {
         if let Some(key) = &new.dedupe_key {
             self.dedupe.insert(key.clone(), id);
         }
+        if let Some(parent) = new.parent_id {
+            self.parents.insert(id, parent);
+            self.children.entry(parent).or_default().push(id);
+        }
         let job = Job {
             id,
             task: new.task,
@@ -174,6 +184,9 @@ impl State {
     }
 
     fn finish(&mut self, id: JobId, status: JobStatus, now: DateTime<Utc>) {
+        if let Some(&parent) = self.parents.get(&id) {
+            self.wake_job(parent, now);
+        }
         self.end_lease(id);
         if let Some(job) = self.jobs.get_mut(&id) {
             job.status = status;
@@ -199,6 +212,43 @@ impl State {
     }
 }
 
+impl State {
+    /// Wakes a job: due now if waiting or pending, a wake request if running.
+    fn wake_job(&mut self, id: JobId, now: DateTime<Utc>) {
+        let Some(job) = self.jobs.get(&id).cloned() else {
+            return;
+        };
+        match job.status {
+            JobStatus::Waiting | JobStatus::Pending if job.run_at > now => {
+                self.unready(&job);
+                if let Some(j) = self.jobs.get_mut(&id) {
+                    j.run_at = now;
+                    j.updated_at = now;
+                    let j = j.clone();
+                    self.make_ready(&j);
+                }
+            }
+            JobStatus::Running => {
+                self.wake_requested.insert(id);
+            }
+            _ => {}
+        }
+    }
+
+    /// The job and all its descendants, parents before children.
+    fn subtree(&self, root: JobId) -> Vec<JobId> {
+        let mut out = vec![root];
+        let mut i = 0;
+        while i < out.len() {
+            if let Some(kids) = self.children.get(&out[i]) {
+                out.extend(kids.iter().copied());
+            }
+            i += 1;
+        }
+        out
+    }
+}
+
 fn add(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
@@ -210,7 +260,7 @@ impl Storage for MemoryStorage {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(false, false, false)
+        Capabilities::new(false, false, false).with_workflows(true)
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -276,6 +326,7 @@ impl Storage for MemoryStorage {
             if let Some(set) = st.ready.get_mut(&job.queue) {
                 set.remove(&key);
             }
+            st.wake_requested.remove(&job.id);
             job.status = JobStatus::Running;
             job.attempt += 1;
             job.started_at = Some(now);
@@ -450,6 +501,11 @@ impl Storage for MemoryStorage {
             .filter(|j| filter.queue.as_ref().is_none_or(|q| *q == j.queue))
             .filter(|j| filter.task.as_ref().is_none_or(|t| *t == j.task))
             .filter(|j| filter.after_id.is_none_or(|a| j.id > a))
+            .filter(|j| {
+                filter
+                    .parent_id
+                    .is_none_or(|p| st.parents.get(&j.id) == Some(&p))
+            })
             .collect();
         jobs.sort_by_key(|j| j.id);
         Ok(jobs
@@ -484,14 +540,163 @@ impl Storage for MemoryStorage {
         if job.status.is_finished() {
             return Ok(false);
         }
-        if job.status.is_claimable() {
-            st.unready(&job);
+        for id in st.subtree(job_id) {
+            let Some(j) = st.jobs.get(&id).cloned() else {
+                continue;
+            };
+            if j.status.is_finished() {
+                continue;
+            }
+            if j.status.is_claimable() || j.status == JobStatus::Waiting {
+                st.unready(&j);
+            }
+            st.finish(id, JobStatus::Cancelled, now);
         }
-        st.finish(job_id, JobStatus::Cancelled, now);
         Ok(true)
     }
 
     fn wakeups(&self) -> Option<watch::Receiver<u64>> {
         Some(self.wake.subscribe())
+    }
+
+    async fn suspend(&self, lease: &Lease, wake_at: Option<DateTime<Utc>>) -> Result<()> {
+        let now = self.clock.now();
+        {
+            let mut st = self.lock();
+            let job = st.leased(lease)?;
+            job.attempt -= 1;
+            let woken = st.wake_requested.remove(&lease.job_id);
+            let at = if woken {
+                now
+            } else {
+                wake_at.unwrap_or_else(far_future)
+            };
+            st.requeue(lease.job_id, JobStatus::Waiting, at, now);
+        }
+        self.wake();
+        Ok(())
+    }
+
+    async fn spawn_children(
+        &self,
+        lease: &Lease,
+        key: &str,
+        name: &str,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<JobId>> {
+        let now = self.clock.now();
+        let ids = {
+            let mut st = self.lock();
+            st.leased(lease)?;
+            let ids: Vec<JobId> = jobs
+                .into_iter()
+                .map(|mut j| {
+                    j.parent_id = Some(lease.job_id);
+                    st.insert(j, now).id
+                })
+                .collect();
+            st.checkpoints.entry(lease.job_id).or_default().insert(
+                key.to_string(),
+                Checkpoint {
+                    key: key.to_string(),
+                    name: name.to_string(),
+                    outcome: CheckpointOutcome::Ok(serde_json::json!(ids)),
+                },
+            );
+            ids
+        };
+        self.wake();
+        Ok(ids)
+    }
+
+    async fn send_signal(&self, job_id: JobId, name: &str, payload: Value) -> Result<()> {
+        let now = self.clock.now();
+        {
+            let mut st = self.lock();
+            let Some(job) = st.jobs.get(&job_id) else {
+                return Err(Error::JobNotFound(job_id));
+            };
+            if job.status.is_finished() {
+                return Err(Error::JobFinished {
+                    job_id,
+                    status: job.status.to_string(),
+                });
+            }
+            st.signals
+                .entry((job_id, name.to_string()))
+                .or_default()
+                .push_back(payload);
+            st.wake_job(job_id, now);
+        }
+        self.wake();
+        Ok(())
+    }
+
+    async fn take_signals(
+        &self,
+        lease: &Lease,
+        name: &str,
+        limit: usize,
+        key: &str,
+    ) -> Result<Vec<Value>> {
+        let mut st = self.lock();
+        st.leased(lease)?;
+        let taken: Vec<Value> = match st.signals.get_mut(&(lease.job_id, name.to_string())) {
+            Some(q) => {
+                let n = limit.min(q.len());
+                q.drain(..n).collect()
+            }
+            None => Vec::new(),
+        };
+        if !taken.is_empty() {
+            st.checkpoints.entry(lease.job_id).or_default().insert(
+                key.to_string(),
+                Checkpoint {
+                    key: key.to_string(),
+                    name: format!("signal:{name}"),
+                    outcome: CheckpointOutcome::Ok(Value::Array(taken.clone())),
+                },
+            );
+        }
+        Ok(taken)
+    }
+
+    async fn peek_signal(&self, job_id: JobId, name: &str) -> Result<Option<Value>> {
+        Ok(self
+            .lock()
+            .signals
+            .get(&(job_id, name.to_string()))
+            .and_then(|q| q.front().cloned()))
+    }
+
+    async fn delete_job(&self, job_id: JobId) -> Result<bool> {
+        let mut st = self.lock();
+        let Some(job) = st.jobs.get(&job_id).cloned() else {
+            return Ok(false);
+        };
+        if job.status == JobStatus::Running {
+            return Err(Error::InvalidState {
+                job_id,
+                status: job.status.to_string(),
+                operation: "delete",
+            });
+        }
+        if job.status.is_claimable() || job.status == JobStatus::Waiting {
+            st.unready(&job);
+        }
+        if let Some(key) = &job.dedupe_key {
+            if st.dedupe.get(key) == Some(&job_id) {
+                st.dedupe.remove(key);
+            }
+        }
+        st.jobs.remove(&job_id);
+        st.checkpoints.remove(&job_id);
+        st.signals.retain(|(id, _), _| *id != job_id);
+        if let Some(parent) = st.parents.remove(&job_id) {
+            if let Some(kids) = st.children.get_mut(&parent) {
+                kids.retain(|k| *k != job_id);
+            }
+        }
+        Ok(true)
     }
 }

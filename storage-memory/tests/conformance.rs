@@ -31,3 +31,4 @@ impl ConformanceHarness for Memory {
 }
 
 durable_jobs::storage_conformance_tests!(Memory);
+durable_jobs::storage_workflow_conformance_tests!(Memory);

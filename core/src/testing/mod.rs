@@ -2,6 +2,7 @@
 //! and helpers for users' own tests.
 
 pub mod conformance;
+pub mod workflow_conformance;
 
 use crate::storage::DynStorage;
 use async_trait::async_trait;
@@ -103,6 +104,37 @@ macro_rules! storage_conformance_tests {
             fn $case() {
                 $crate::testing::run_case::<$harness, _>(|h| {
                     Box::pin($crate::testing::conformance::$case(h))
+                });
+            }
+        )*
+    };
+}
+
+/// Expands to one `#[test]` per workflow conformance case (suspend, children, signals,
+/// subtree cancellation, deletion) for a [`ConformanceHarness`] whose storage reports
+/// [`crate::Capabilities::workflows`].
+#[macro_export]
+macro_rules! storage_workflow_conformance_tests {
+    ($harness:ty) => {
+        $crate::storage_workflow_conformance_tests!(@cases $harness;
+            suspended_job_wakes_at_its_time,
+            suspended_job_without_timer_waits_for_a_signal,
+            wake_while_running_is_not_lost,
+            signals_are_consumed_once_in_order,
+            stale_lease_cannot_suspend_spawn_or_take,
+            signal_to_finished_or_missing_job_is_refused,
+            spawn_children_writes_children_and_checkpoint,
+            child_final_write_wakes_waiting_parent,
+            cancel_cascades_to_descendants,
+            delete_job_removes_job_and_checkpoints,
+        );
+    };
+    (@cases $harness:ty; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::testing::run_case::<$harness, _>(|h| {
+                    Box::pin($crate::testing::workflow_conformance::$case(h))
                 });
             }
         )*
