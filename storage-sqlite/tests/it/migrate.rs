@@ -169,3 +169,58 @@ async fn concurrent_opens_migrate_once() {
     }
     assert_eq!(migration_rows(&db.path()).len() as i64, SCHEMA_VERSION);
 }
+
+/// A real database whose pages were overwritten (header intact) reports corruption as a
+/// typed storage error wherever SQLite meets it, never a panic.
+#[tokio::test]
+async fn corrupted_pages_are_a_typed_error() {
+    let db = TempDb::fresh();
+    let clock = ManualClock::new();
+    let s = db.open(&clock).await;
+    s.enqueue_many(
+        (0..2000)
+            .map(|i| NewJob::new("t", json!({ "i": i, "pad": "x".repeat(100) })))
+            .collect(),
+    )
+    .await
+    .expect("enqueue");
+    s.close().await;
+    let mut bytes = std::fs::read(db.path()).expect("read file");
+    assert!(bytes.len() > 16 * 4096, "file has many pages");
+    // Keep the header page, scribble over everything after it.
+    for (i, b) in bytes.iter_mut().enumerate().skip(4096) {
+        *b = (i.wrapping_mul(2_654_435_761) >> 7) as u8;
+    }
+    std::fs::write(db.path(), &bytes).expect("write corrupted file");
+
+    let mut errors = Vec::new();
+    match SqliteStorage::open(db.path()).await {
+        Err(e) => errors.push(e),
+        Ok(s) => {
+            let filter = durable_jobs::JobFilter {
+                limit: Some(10_000),
+                ..Default::default()
+            };
+            if let Err(e) = s.list_jobs(filter).await {
+                errors.push(e);
+            }
+            if let Err(e) = s.counts().await {
+                errors.push(e);
+            }
+            s.close().await;
+        }
+    }
+    assert!(
+        !errors.is_empty(),
+        "a corrupted file read back without error"
+    );
+    for e in errors {
+        match e {
+            Error::Storage(msg) => assert!(
+                msg.contains("is corrupt") && msg.contains("restore it from a backup"),
+                "message: {msg}"
+            ),
+            other => panic!("expected a storage error, got {other:?}"),
+        }
+    }
+}
