@@ -85,25 +85,33 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
     let block = args.mode == "block";
     let marker = args.marker.clone();
-    queue.register("record", move |ctx: JobContext, _args: serde_json::Value| {
-        let log = Arc::clone(&log);
-        let marker = marker.clone();
-        async move {
-            if block {
-                if let Some(m) = &marker {
-                    std::fs::write(m, ctx.job_id().to_string())
-                        .map_err(|e| TaskError::retry(format!("marker: {e}")))?;
+    queue.register(
+        "record",
+        move |ctx: JobContext, _args: serde_json::Value| {
+            let log = Arc::clone(&log);
+            let marker = marker.clone();
+            async move {
+                if block {
+                    if let Some(m) = &marker {
+                        std::fs::write(m, ctx.job_id().to_string())
+                            .map_err(|e| TaskError::retry(format!("marker: {e}")))?;
+                    }
+                    std::future::pending::<()>().await;
                 }
-                std::future::pending::<()>().await;
+                let line = format!(
+                    "{} {} {}\n",
+                    ctx.job_id(),
+                    ctx.attempt(),
+                    std::process::id()
+                );
+                // One write call on an O_APPEND file: lines of several processes stay whole.
+                (&*log)
+                    .write_all(line.as_bytes())
+                    .map_err(|e| TaskError::retry(format!("log: {e}")))?;
+                Ok::<_, TaskError>(())
             }
-            let line = format!("{} {} {}\n", ctx.job_id(), ctx.attempt(), std::process::id());
-            // One write call on an O_APPEND file: lines of several processes stay whole.
-            (&*log)
-                .write_all(line.as_bytes())
-                .map_err(|e| TaskError::retry(format!("log: {e}")))?;
-            Ok::<_, TaskError>(())
-        }
-    });
+        },
+    );
     let options = WorkerOptions::new()
         .queue("default", args.concurrency)
         .lease_duration(args.lease)
