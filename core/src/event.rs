@@ -45,6 +45,19 @@ pub enum Event {
         /// The delay before the next attempt.
         retry_in: Duration,
     },
+    /// Every job of a bundle finished.
+    BundleFinished {
+        /// The bundle.
+        bundle_id: JobId,
+        /// True when every member completed.
+        succeeded: bool,
+        /// Members completed.
+        completed: usize,
+        /// Members failed.
+        failed: usize,
+        /// Members cancelled.
+        cancelled: usize,
+    },
     /// The job failed for good.
     Failed {
         /// The job.
@@ -66,6 +79,7 @@ impl Event {
             | Event::Completed { job_id, .. }
             | Event::Retrying { job_id, .. }
             | Event::Failed { job_id, .. } => *job_id,
+            Event::BundleFinished { bundle_id, .. } => *bundle_id,
         }
     }
 }

@@ -14,6 +14,7 @@ pub(crate) struct Hooks {
     pub(crate) on_complete: Vec<HookFn>,
     pub(crate) on_fail: Vec<HookFn>,
     pub(crate) on_retry: Vec<HookFn>,
+    pub(crate) on_bundle_done: Vec<HookFn>,
 }
 
 impl Hooks {
@@ -25,6 +26,7 @@ impl Hooks {
             Event::Completed { .. } => &self.on_complete,
             Event::Failed { .. } => &self.on_fail,
             Event::Retrying { .. } => &self.on_retry,
+            Event::BundleFinished { .. } => &self.on_bundle_done,
         };
         for hook in list {
             if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(event))) {
@@ -42,5 +44,6 @@ impl Hooks {
             && self.on_complete.is_empty()
             && self.on_fail.is_empty()
             && self.on_retry.is_empty()
+            && self.on_bundle_done.is_empty()
     }
 }

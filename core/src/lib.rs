@@ -1,5 +1,6 @@
 #![doc = include_str!("../../README.md")]
 
+pub mod bundle;
 pub mod clock;
 pub mod error;
 pub mod event;
@@ -16,6 +17,7 @@ pub mod testing;
 pub mod worker;
 pub mod workflow;
 
+pub use bundle::{BundleItem, BundleOptions, BundleStatus, BUNDLE_TASK};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
 pub use event::{Event, EventStream, EventStreamError};
@@ -31,4 +33,4 @@ pub use storage::{
 };
 pub use task::{NoRetry, RetryAfter, Task, TaskError, TaskErrorKind};
 pub use worker::{QueueConfig, ShutdownHandle, Worker, WorkerOptions, WorkerReport};
-pub use workflow::{call, CheckpointKey, JobContext};
+pub use workflow::{call, CheckpointKey, ChildResult, FanOut, JobContext};

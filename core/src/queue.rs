@@ -69,7 +69,7 @@ impl Queue {
     pub fn new(storage: DynStorage) -> Self {
         let (events, _) = broadcast::channel(DEFAULT_EVENT_CAPACITY);
         let (wake, _) = watch::channel(0);
-        Queue {
+        let queue = Queue {
             inner: Arc::new(QueueInner {
                 storage,
                 handlers: RwLock::default(),
@@ -80,7 +80,9 @@ impl Queue {
                 wake,
                 registration_errors: RwLock::default(),
             }),
-        }
+        };
+        queue.register_builtins();
+        queue
     }
 
     /// The storage this queue uses.
@@ -170,7 +172,12 @@ impl Queue {
     }
 
     /// Validates a payload against the registered handler and builds the job.
-    fn build_job(&self, task: &str, payload: Value, options: &JobOptions) -> Result<NewJob> {
+    pub(crate) fn build_job(
+        &self,
+        task: &str,
+        payload: Value,
+        options: &JobOptions,
+    ) -> Result<NewJob> {
         let handler = self
             .handler(task)
             .ok_or_else(|| Error::UnknownTask(task.to_string()))?;
@@ -273,6 +280,34 @@ impl Queue {
         self.inner.storage.cancel(id).await
     }
 
+    /// Sends a signal to a job: stored durably, and the job is woken if it waits. A
+    /// workflow receives it with [`JobContext::wait_for_signal`].
+    ///
+    /// # Errors
+    /// [`Error::JobNotFound`], [`Error::JobFinished`], payload serialization and storage
+    /// errors.
+    pub async fn signal<P: Serialize + ?Sized>(
+        &self,
+        job_id: JobId,
+        name: &str,
+        payload: &P,
+    ) -> Result<()> {
+        let payload = serde_json::to_value(payload)?;
+        self.inner
+            .storage
+            .send_signal(job_id, name, payload)
+            .await?;
+        self.wake();
+        Ok(())
+    }
+
+    /// True when a handler other than the built-in ones is registered.
+    pub(crate) fn has_user_handlers(&self) -> bool {
+        read(&self.inner.handlers)
+            .keys()
+            .any(|t| t != crate::bundle::BUNDLE_TASK)
+    }
+
     /// Subscribes to worker events from now on.
     pub fn events(&self) -> EventStream {
         EventStream(self.inner.events.subscribe())
@@ -296,6 +331,10 @@ impl Queue {
     /// Runs `hook` when an attempt fails and the job will retry.
     pub fn on_retry(&self, hook: impl Fn(&Event) + Send + Sync + 'static) -> &Self {
         self.add_hook(|h| &mut h.on_retry, Arc::new(hook))
+    }
+
+    pub(crate) fn add_bundle_hook(&self, hook: impl Fn(&Event) + Send + Sync + 'static) -> &Self {
+        self.add_hook(|h| &mut h.on_bundle_done, Arc::new(hook))
     }
 
     fn add_hook(&self, list: fn(&mut Hooks) -> &mut Vec<HookFn>, hook: HookFn) -> &Self {

@@ -26,6 +26,10 @@ pub enum TaskErrorKind {
     /// A replay met a different call than its checkpoint recorded: fail the job now,
     /// without recording a checkpoint.
     NonDeterminism,
+    /// The workflow waits (a sleep, a signal, children): the job suspends to `waiting`
+    /// and frees its worker slot until the time given, or until it is woken. Propagate it
+    /// with `?`; it is not a failure.
+    Suspend(Option<chrono::DateTime<chrono::Utc>>),
 }
 
 /// The error a handler returns. Any `std::error::Error` converts into a retryable
@@ -76,6 +80,20 @@ impl TaskError {
     /// The message stored as the job's `last_error`.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// The error that suspends a workflow until `wake_at` or until it is woken.
+    pub fn suspend(wake_at: Option<chrono::DateTime<chrono::Utc>>) -> Self {
+        let message = match wake_at {
+            Some(t) => format!("suspended until {t}"),
+            None => "suspended until woken".to_string(),
+        };
+        Self::new(TaskErrorKind::Suspend(wake_at), message)
+    }
+
+    /// True when this is a suspension rather than a failure.
+    pub fn is_suspend(&self) -> bool {
+        matches!(self.kind, TaskErrorKind::Suspend(_))
     }
 
     /// True when another attempt may follow.

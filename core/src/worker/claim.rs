@@ -108,8 +108,9 @@ pub(crate) async fn run_queue(
                                 max_attempts: c.job.max_attempts,
                                 lease: c.lease.clone(),
                             };
-                            leases.insert(c.job.id, c.lease.clone());
-                            let handle = running.set.spawn(execute(shared.clone(), c));
+                            let (lost_tx, lost_rx) = tokio::sync::watch::channel(false);
+                            leases.insert(c.job.id, (c.lease.clone(), lost_tx));
+                            let handle = running.set.spawn(execute(shared.clone(), c, lost_rx));
                             running.meta.insert(handle.id(), meta);
                         }
                     }

@@ -38,6 +38,11 @@ pub(crate) enum Finish {
         error: String,
         retry_in: Option<Duration>,
     },
+    /// A workflow waits: suspend the job until `wake_at` or until woken.
+    Suspend {
+        meta: RunMeta,
+        wake_at: Option<chrono::DateTime<chrono::Utc>>,
+    },
     /// Return the job without spending the attempt (shutdown).
     Release {
         meta: RunMeta,
@@ -71,6 +76,12 @@ pub(crate) async fn run_completer(shared: Arc<Shared>, mut rx: mpsc::UnboundedRe
                     woke = true;
                     let r = with_retries(|| shared.queue.storage().release(&meta.lease)).await;
                     count(&shared, r, |c| &c.released, meta.job_id);
+                }
+                Finish::Suspend { meta, wake_at } => {
+                    woke = true;
+                    let r =
+                        with_retries(|| shared.queue.storage().suspend(&meta.lease, wake_at)).await;
+                    count(&shared, r, |c| &c.suspended, meta.job_id);
                 }
                 Finish::Lost { meta } => {
                     tracing::warn!(job_id = meta.job_id, "lease lost while the handler ran");

@@ -11,7 +11,11 @@ use std::sync::Arc;
 use tokio::task::JoinError;
 
 /// Runs one attempt: hooks and events, the handler, the job's timeout.
-pub(crate) async fn execute(shared: Arc<Shared>, claimed: ClaimedJob) -> Result<Value, TaskError> {
+pub(crate) async fn execute(
+    shared: Arc<Shared>,
+    claimed: ClaimedJob,
+    lost: tokio::sync::watch::Receiver<bool>,
+) -> Result<Value, TaskError> {
     let ClaimedJob { job, lease } = claimed;
     let queue = shared.queue.clone();
     if queue.observed() {
@@ -26,9 +30,9 @@ pub(crate) async fn execute(shared: Arc<Shared>, claimed: ClaimedJob) -> Result<
     };
     let timeout = job.timeout();
     let payload = job.payload.clone();
-    let ctx = JobContext::new(job, lease, queue, shared.stopping.subscribe());
-    let fut = handler.run(ctx, payload);
-    match timeout {
+    let ctx = JobContext::new(job, lease, queue, shared.stopping.subscribe(), lost);
+    let fut = handler.run(ctx.clone(), payload);
+    let result = match timeout {
         Some(limit) => match tokio::time::timeout(limit, fut).await {
             Ok(r) => r,
             Err(_) => Err(TaskError::retry(format!(
@@ -36,6 +40,13 @@ pub(crate) async fn execute(shared: Arc<Shared>, claimed: ClaimedJob) -> Result<
             ))),
         },
         None => fut.await,
+    };
+    // A workflow primitive that asked to suspend wins over what the handler made of its
+    // error, unless the lease is gone.
+    match (ctx.suspend_request(), &result) {
+        (Some(_), Err(e)) if e.kind() == TaskErrorKind::LeaseLost => result,
+        (Some(wake_at), _) => Err(TaskError::suspend(wake_at)),
+        (None, _) => result,
     }
 }
 
@@ -58,6 +69,7 @@ pub(crate) fn classify(
     let attempts_left = meta.attempt < meta.max_attempts;
     let retry_in = match err.kind() {
         TaskErrorKind::LeaseLost => return Finish::Lost { meta },
+        TaskErrorKind::Suspend(wake_at) => return Finish::Suspend { meta, wake_at },
         TaskErrorKind::Retry if attempts_left => {
             Some(shared.queue.retry_policy(&meta.task).delay(meta.attempt))
         }

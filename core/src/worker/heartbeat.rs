@@ -13,7 +13,7 @@ pub(crate) async fn run_heartbeats(shared: Arc<Shared>) {
             _ = tokio::time::sleep(every) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let leases: Vec<_> = shared.leases().values().cloned().collect();
+        let leases: Vec<_> = shared.leases().values().map(|(l, _)| l.clone()).collect();
         for lease in leases {
             match shared
                 .queue
@@ -24,7 +24,10 @@ pub(crate) async fn run_heartbeats(shared: Arc<Shared>) {
                 Ok(_) => {}
                 Err(crate::Error::LeaseLost { job_id }) => {
                     tracing::warn!(job_id, "lease lost: the job was reclaimed or cancelled");
-                    shared.leases().remove(&job_id);
+                    if let Some((_, lost)) = shared.leases().remove(&job_id) {
+                        // The handler sees this through `JobContext::cancelled`.
+                        lost.send_replace(true);
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(job_id = lease.job_id, error = %e, "heartbeat failed; will retry")

@@ -79,7 +79,7 @@ impl Worker {
                 message: e,
             });
         }
-        if queue.task_names().is_empty() {
+        if !queue.has_user_handlers() {
             return Err(Error::InvalidOption {
                 option: "task",
                 message:

@@ -24,8 +24,9 @@ pub(crate) struct Shared {
     pub(crate) internal_wake: watch::Sender<u64>,
     storage_wake: Option<watch::Receiver<u64>>,
     queue_wake: watch::Receiver<u64>,
-    /// Leases of running handlers, renewed by the heartbeat task.
-    pub(crate) leases: Mutex<HashMap<JobId, Lease>>,
+    /// Leases of running handlers, renewed by the heartbeat task, with the signal that
+    /// tells a handler its lease was lost.
+    pub(crate) leases: Mutex<HashMap<JobId, (Lease, watch::Sender<bool>)>>,
     /// Jobs claimed whose outcome is not yet written.
     pub(crate) in_flight: AtomicUsize,
     /// Per queue loop: the wake generation at which it last found nothing to claim with
@@ -43,6 +44,7 @@ pub(crate) struct Counters {
     pub(crate) failed: AtomicU64,
     pub(crate) retried: AtomicU64,
     pub(crate) released: AtomicU64,
+    pub(crate) suspended: AtomicU64,
     pub(crate) lost: AtomicU64,
 }
 
@@ -57,6 +59,8 @@ pub struct WorkerReport {
     pub retried: u64,
     /// Jobs returned unfinished at shutdown, without spending an attempt.
     pub released: u64,
+    /// Workflow runs that suspended to wait (sleep, signal, children).
+    pub suspended: u64,
     /// Outcomes not written because the lease was lost (reclaimed or cancelled).
     pub lost: u64,
 }
@@ -113,7 +117,9 @@ impl Shared {
         *self.stopping.borrow()
     }
 
-    pub(crate) fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Lease>> {
+    pub(crate) fn leases(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<JobId, (Lease, watch::Sender<bool>)>> {
         // Single inserts and removes; a poisoned map is still consistent.
         self.leases.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -125,6 +131,7 @@ impl Shared {
             failed: c.failed.load(Ordering::Relaxed),
             retried: c.retried.load(Ordering::Relaxed),
             released: c.released.load(Ordering::Relaxed),
+            suspended: c.suspended.load(Ordering::Relaxed),
             lost: c.lost.load(Ordering::Relaxed),
         }
     }

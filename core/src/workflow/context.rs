@@ -5,6 +5,7 @@ use super::key::CheckpointKey;
 use crate::error::Result;
 use crate::job::{Checkpoint, Job, JobId, Lease};
 use crate::queue::Queue;
+use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,7 +25,12 @@ struct Shared {
     queue: Queue,
     /// Loaded on the first durable call, so plain jobs never read checkpoints.
     checkpoints: OnceCell<Mutex<HashMap<String, Checkpoint>>>,
+    /// True once the worker shuts down.
     cancel: watch::Receiver<bool>,
+    /// True once this job's lease is lost (cancelled or reclaimed).
+    lost: watch::Receiver<bool>,
+    /// Set when a workflow primitive asked to suspend, with its wake time.
+    suspend: Mutex<Option<Option<DateTime<Utc>>>>,
 }
 
 impl std::fmt::Debug for JobContext {
@@ -38,7 +44,13 @@ impl std::fmt::Debug for JobContext {
 }
 
 impl JobContext {
-    pub(crate) fn new(job: Job, lease: Lease, queue: Queue, cancel: watch::Receiver<bool>) -> Self {
+    pub(crate) fn new(
+        job: Job,
+        lease: Lease,
+        queue: Queue,
+        cancel: watch::Receiver<bool>,
+        lost: watch::Receiver<bool>,
+    ) -> Self {
         JobContext {
             shared: Arc::new(Shared {
                 job,
@@ -46,6 +58,8 @@ impl JobContext {
                 queue,
                 checkpoints: OnceCell::new(),
                 cancel,
+                lost,
+                suspend: Mutex::new(None),
             }),
             scope: CheckpointKey::root(),
             next_call: Arc::new(AtomicU32::new(0)),
@@ -82,16 +96,65 @@ impl JobContext {
         &self.scope
     }
 
-    /// True once the worker is shutting down: finish quickly or return.
+    /// True once the worker is shutting down, or the job was cancelled or reclaimed
+    /// (its lease is lost): finish quickly or return.
     pub fn is_cancelled(&self) -> bool {
-        *self.shared.cancel.borrow()
+        *self.shared.cancel.borrow() || *self.shared.lost.borrow()
     }
 
-    /// Resolves when the worker starts shutting down.
+    /// Resolves when the worker starts shutting down or the job is cancelled.
     pub async fn cancelled(&self) {
-        let mut rx = self.shared.cancel.clone();
+        let mut stop = self.shared.cancel.clone();
+        let mut lost = self.shared.lost.clone();
         // An error means the worker is gone, which is cancellation too.
-        let _ = rx.wait_for(|c| *c).await;
+        tokio::select! {
+            _ = stop.wait_for(|c| *c) => {}
+            _ = lost.wait_for(|c| *c) => {}
+        }
+    }
+
+    /// The storage clock's now.
+    pub(crate) async fn now(&self) -> Result<DateTime<Utc>> {
+        self.shared.queue.storage().now().await
+    }
+
+    /// Asks the worker to suspend the job when the handler returns, and gives the error
+    /// that makes it return.
+    pub(crate) fn suspend_until(&self, wake_at: Option<DateTime<Utc>>) -> crate::TaskError {
+        let mut s = self
+            .shared
+            .suspend
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // The earliest wake wins when several primitives wait at once.
+        let merged = match (*s, wake_at) {
+            (Some(Some(a)), Some(b)) => Some(a.min(b)),
+            (Some(Some(a)), None) => Some(a),
+            (_, w) => w,
+        };
+        *s = Some(merged);
+        crate::TaskError::suspend(merged)
+    }
+
+    /// The suspension a primitive asked for, if any.
+    pub(crate) fn suspend_request(&self) -> Option<Option<DateTime<Utc>>> {
+        *self
+            .shared
+            .suspend
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The key the next call in this scope will take, without taking it.
+    pub(crate) fn peek_next_key(&self) -> CheckpointKey {
+        self.scope.child(self.next_call.load(Ordering::SeqCst))
+    }
+
+    /// Remembers a checkpoint that storage wrote as part of another operation.
+    pub(crate) async fn remember(&self, checkpoint: Checkpoint) -> Result<()> {
+        let map = self.loaded().await?;
+        lock(map).insert(checkpoint.key.clone(), checkpoint);
+        Ok(())
     }
 
     /// Reserves the next position in this scope. Positions are taken when a call is

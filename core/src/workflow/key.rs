@@ -24,6 +24,11 @@ impl CheckpointKey {
         }
     }
 
+    /// A key as stored (for keys beside the positional ones, such as deadlines).
+    pub(crate) fn from_stored(key: String) -> Self {
+        CheckpointKey(key)
+    }
+
     /// The key as stored.
     pub fn as_str(&self) -> &str {
         &self.0
