@@ -39,8 +39,9 @@
 //!   [`durable_jobs::Error::SchemaTooNew`]. Tables are prefixed `durable_jobs`, so the
 //!   file may be the application's own database.
 //! - **Wake-ups** reach workers of this process at once (enqueue, retry, release,
-//!   reclaim, a manual clock's move); workers in other processes find new jobs by
-//!   polling.
+//!   reclaim, a manual clock's move). Commits from other processes are noticed within
+//!   [`DEFAULT_WATCH_INTERVAL`] by a thread reading `PRAGMA data_version` (no table
+//!   access, no lock), so workers there claim new jobs without waiting for their poll.
 
 mod error;
 mod migrate;
@@ -48,11 +49,13 @@ mod options;
 mod query;
 mod reader;
 mod storage;
+mod watch;
 mod writer;
 
 pub use migrate::SCHEMA_VERSION;
 pub use options::{
     SqliteOptions, Synchronous, DEFAULT_BUSY_RETRY_FOR, DEFAULT_BUSY_TIMEOUT,
     DEFAULT_MAX_WRITE_BATCH, DEFAULT_READ_CONNECTIONS, DEFAULT_STATEMENT_CACHE,
+    DEFAULT_WATCH_INTERVAL,
 };
 pub use storage::SqliteStorage;

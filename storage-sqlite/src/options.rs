@@ -17,6 +17,9 @@ pub const DEFAULT_READ_CONNECTIONS: usize = 4;
 pub const DEFAULT_MAX_WRITE_BATCH: usize = 128;
 /// Prepared statements cached per connection. Defaults to 64.
 pub const DEFAULT_STATEMENT_CACHE: usize = 64;
+/// How often a file-backed storage checks whether another process committed to the file,
+/// to wake its workers. Defaults to 50 milliseconds.
+pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_millis(50);
 
 /// SQLite's `synchronous` setting for the file's connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -55,6 +58,7 @@ pub struct SqliteOptions {
     pub(crate) read_connections: usize,
     pub(crate) max_write_batch: usize,
     pub(crate) statement_cache: usize,
+    pub(crate) watch_interval: Option<Duration>,
     pub(crate) synchronous: Synchronous,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) manual_clock: Option<ManualClock>,
@@ -68,6 +72,7 @@ impl std::fmt::Debug for SqliteOptions {
             .field("read_connections", &self.read_connections)
             .field("max_write_batch", &self.max_write_batch)
             .field("statement_cache", &self.statement_cache)
+            .field("watch_interval", &self.watch_interval)
             .field("synchronous", &self.synchronous)
             .field("manual_clock", &self.manual_clock.is_some())
             .finish_non_exhaustive()
@@ -89,6 +94,7 @@ impl SqliteOptions {
             read_connections: DEFAULT_READ_CONNECTIONS,
             max_write_batch: DEFAULT_MAX_WRITE_BATCH,
             statement_cache: DEFAULT_STATEMENT_CACHE,
+            watch_interval: Some(DEFAULT_WATCH_INTERVAL),
             synchronous: Synchronous::default(),
             clock: Arc::new(SystemClock),
             manual_clock: None,
@@ -130,6 +136,14 @@ impl SqliteOptions {
         self
     }
 
+    /// How often to check for commits by other processes (a cheap `PRAGMA data_version`
+    /// read) and wake this process's workers; `None` leaves them to their poll interval.
+    /// Ignored in memory. Defaults to [`DEFAULT_WATCH_INTERVAL`].
+    pub fn watch_interval(mut self, every: Option<Duration>) -> Self {
+        self.watch_interval = every;
+        self
+    }
+
     /// The `synchronous` pragma. Defaults to [`Synchronous::Normal`].
     pub fn synchronous(mut self, synchronous: Synchronous) -> Self {
         self.synchronous = synchronous;
@@ -157,6 +171,12 @@ impl SqliteOptions {
             return Err(Error::InvalidOption {
                 option: "max_write_batch",
                 message: "expected at least 1, found 0".into(),
+            });
+        }
+        if self.watch_interval.is_some_and(|d| d.is_zero()) {
+            return Err(Error::InvalidOption {
+                option: "watch_interval",
+                message: "expected a positive interval or None, found zero".into(),
             });
         }
         Ok(())

@@ -5,6 +5,7 @@ use crate::migrate;
 use crate::options::SqliteOptions;
 use crate::query::{self, micros};
 use crate::reader::Readers;
+use crate::watch::Watcher;
 use crate::writer::{Writer, WriterConfig};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -50,6 +51,8 @@ struct Inner {
     readers: Option<Arc<Readers>>,
     clock: Arc<dyn Clock>,
     wake: Arc<watch::Sender<u64>>,
+    /// Notices other processes' commits; `None` in memory or when switched off.
+    watcher: Option<Watcher>,
     path: Option<PathBuf>,
 }
 
@@ -90,6 +93,11 @@ fn open_file(path: &Path, opts: &SqliteOptions, flags: OpenFlags) -> Result<Conn
     Ok(conn)
 }
 
+/// Flags for connections that only read: the file must exist already.
+fn read_flags() -> OpenFlags {
+    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI
+}
+
 impl SqliteStorage {
     /// Opens (creating it if missing) and migrates the database file at `path`, with
     /// default options.
@@ -117,14 +125,11 @@ impl SqliteStorage {
             Writer::start(move || open_file(&p, &o, flags), writer_config(&options)).await?;
         let readers = (options.read_connections > 0).then(|| {
             let (p, o) = (path.clone(), options.clone());
-            let read_flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                | OpenFlags::SQLITE_OPEN_URI;
             Arc::new(Readers::new(
                 options.read_connections,
                 options.busy_retry_for,
                 move || {
-                    let conn = open_file(&p, &o, read_flags)?;
+                    let conn = open_file(&p, &o, read_flags())?;
                     // A reader never writes; make a bug that tries fail loudly.
                     conn.execute_batch("PRAGMA query_only = ON")
                         .map_err(storage)?;
@@ -179,12 +184,21 @@ impl SqliteStorage {
                 }
             });
         }
+        let watcher = match (&path, options.watch_interval) {
+            (Some(p), Some(every)) => {
+                let (p, o) = (p.clone(), options.clone());
+                let open = move || open_file(&p, &o, read_flags());
+                Some(Watcher::start(open, every, Arc::downgrade(&wake))?)
+            }
+            _ => None,
+        };
         let storage = SqliteStorage {
             inner: Arc::new(Inner {
                 writer,
                 readers,
                 clock: options.clock,
                 wake,
+                watcher,
                 path,
             }),
         };
@@ -209,6 +223,9 @@ impl SqliteStorage {
     /// the file). Calls made afterwards, through any clone, fail with
     /// [`durable_jobs::Error::Shutdown`].
     pub async fn close(&self) {
+        if let Some(w) = &self.inner.watcher {
+            w.close().await;
+        }
         if let Some(r) = &self.inner.readers {
             r.close();
         }
@@ -264,7 +281,7 @@ impl Storage for SqliteStorage {
 
     fn capabilities(&self) -> Capabilities {
         let file = self.inner.path.is_some();
-        Capabilities::new(false, file, file)
+        Capabilities::new(self.inner.watcher.is_some(), file, file)
     }
 
     async fn migrate(&self) -> Result<()> {

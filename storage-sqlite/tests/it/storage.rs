@@ -280,3 +280,32 @@ async fn invalid_options_are_refused_at_open() {
         })
     ));
 }
+
+/// A commit through another connection to the file (as another process makes) wakes this
+/// storage's workers, without any write on this side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_from_another_connection_wake_workers() {
+    let db = TempDb::fresh();
+    let clock = ManualClock::new();
+    let other = db.open(&clock).await;
+    let s = db.open(&clock).await;
+    assert!(s.capabilities().cross_process_wakeup);
+    let mut rx = s.wakeups().expect("wakeups");
+    rx.borrow_and_update();
+    other
+        .enqueue(NewJob::new("t", json!(1)))
+        .await
+        .expect("enqueue elsewhere");
+    tokio::time::timeout(Duration::from_secs(10), rx.changed())
+        .await
+        .expect("woken by the other connection's commit")
+        .expect("sender alive");
+    s.close().await;
+    other.close().await;
+
+    let quiet = SqliteStorage::open_with(db.path(), SqliteOptions::new().watch_interval(None))
+        .await
+        .expect("open without a watcher");
+    assert!(!quiet.capabilities().cross_process_wakeup);
+    quiet.close().await;
+}
