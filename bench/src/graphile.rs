@@ -185,6 +185,10 @@ pub async fn latency(cfg: &Config) -> Result<Vec<f64>, String> {
                 .add_raw_job(Ping::IDENTIFIER, Ping { seq }, JobSpec::default())
                 .await
                 .map_err(err("add_raw_job"))?;
+            if seq == 0 {
+                // The worker is up (and listening) once the first warm-up job ran.
+                probe.wait_ran(0, cfg.timeout).await?;
+            }
         }
         probe.countdown.wait(cfg.timeout).await?;
         Ok::<_, String>(probe.latencies_ms().split_off(warmup))

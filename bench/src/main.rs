@@ -3,11 +3,13 @@
 
 mod cli;
 mod graphile;
+mod ours;
 mod pgdb;
 mod raw_sql;
 mod report;
 mod stats;
 
+use ours::Backend;
 use report::{Results, Side, Target};
 use stats::percentile;
 use std::future::Future;
@@ -70,7 +72,13 @@ async fn main() {
     for run in 1..=cfg.runs {
         eprintln!("run {run}/{}", cfg.runs);
         if cfg.backend("postgres") {
-            postgres(&cfg, &mut res, &mut errors).await;
+            postgres(&cfg, &mut res, &mut errors, run).await;
+        }
+        if cfg.backend("sqlite") {
+            local(&cfg, &mut res, &mut errors, Backend::Sqlite).await;
+        }
+        if cfg.backend("memory") {
+            local(&cfg, &mut res, &mut errors, Backend::Memory).await;
         }
     }
     res.print(cfg.runs);
@@ -84,32 +92,54 @@ async fn main() {
     }
 }
 
-async fn postgres(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>) {
+/// Runs ours then theirs, or theirs then ours on even runs, so neither side always goes
+/// first into a warm (or a tired) server.
+async fn pair(
+    res: &mut Results,
+    errors: &mut Vec<String>,
+    run: usize,
+    sec: &str,
+    row: &str,
+    unit: &str,
+    ours: Option<std::pin::Pin<Box<dyn Future<Output = Result<f64, String>> + '_>>>,
+    theirs: Option<std::pin::Pin<Box<dyn Future<Output = Result<f64, String>> + '_>>>,
+) {
+    let mut sides = vec![];
+    if let Some(f) = ours {
+        sides.push((Side::Ours, "durable-jobs", f));
+    }
+    if let Some(f) = theirs {
+        sides.push((Side::Theirs, "graphile_worker", f));
+    }
+    if run % 2 == 0 {
+        sides.reverse();
+    }
+    for (side, name, f) in sides {
+        if let Some(v) = measure(errors, &format!("{name} {row}"), f).await {
+            show(v, unit);
+            res.add(sec, row, side, v);
+        }
+    }
+}
+
+async fn postgres(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>, run: usize) {
     let sec = "postgres";
     let n = cfg.jobs;
-    let theirs = cfg.system("graphile");
+    let (we, they) = (cfg.system("ours"), cfg.system("graphile"));
     if cfg.scenario("enqueue") {
         let row = format!("bulk enqueue {n} jobs, batches of {}", cfg.batch);
         res.row(sec, &row, "jobs/s", true, Some(Target::RatioAtLeast(3.0)));
-        if theirs {
-            let what = format!("graphile_worker {row}");
-            if let Some(v) = measure(errors, &what, graphile::enqueue(cfg)).await {
-                show(v, "jobs/s");
-                res.add(sec, &row, Side::Theirs, v);
-            }
-        }
+        let o = we.then(|| Box::pin(ours::enqueue(cfg, Backend::Postgres)) as _);
+        let t = they.then(|| Box::pin(graphile::enqueue(cfg)) as _);
+        pair(res, errors, run, sec, &row, "jobs/s", o, t).await;
     }
     if cfg.scenario("drain") {
         for &c in &cfg.concurrency {
             let row = format!("drain {n} no-op jobs, concurrency {c}");
             res.row(sec, &row, "jobs/s", true, Some(Target::RatioAtLeast(1.2)));
-            if theirs {
-                let what = format!("graphile_worker {row}");
-                if let Some(v) = measure(errors, &what, graphile::drain(cfg, c)).await {
-                    show(v, "jobs/s");
-                    res.add(sec, &row, Side::Theirs, v);
-                }
-            }
+            let o = we.then(|| Box::pin(ours::drain(cfg, Backend::Postgres, c)) as _);
+            let t = they.then(|| Box::pin(graphile::drain(cfg, c)) as _);
+            pair(res, errors, run, sec, &row, "jobs/s", o, t).await;
         }
     }
     if cfg.scenario("latency") {
@@ -117,13 +147,29 @@ async fn postgres(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>
         let p99 = format!("idle enqueue->start latency p99 ({}/s)", cfg.latency_rate);
         res.row(sec, &p50, "ms", false, Some(Target::AtMost(2.0)));
         res.row(sec, &p99, "ms", false, Some(Target::AtMost(10.0)));
-        if theirs {
-            let what = "graphile_worker idle latency";
-            if let Some(lat) = measure(errors, what, graphile::latency(cfg)).await {
+        let mut sides: Vec<(Side, &str)> = vec![];
+        if we {
+            sides.push((Side::Ours, "durable-jobs"));
+        }
+        if they {
+            sides.push((Side::Theirs, "graphile_worker"));
+        }
+        if run % 2 == 0 {
+            sides.reverse();
+        }
+        for (side, name) in sides {
+            let f = async {
+                match side {
+                    Side::Ours => ours::latency(cfg).await,
+                    Side::Theirs => graphile::latency(cfg).await,
+                }
+            };
+            if let Some(lat) = measure(errors, &format!("{name} idle latency"), f).await {
                 let (a, b) = (percentile(&lat, 50.0), percentile(&lat, 99.0));
-                eprintln!("p50 {a:.2} ms, p99 {b:.2} ms, max {:.2} ms", percentile(&lat, 100.0));
-                res.add(sec, &p50, Side::Theirs, a);
-                res.add(sec, &p99, Side::Theirs, b);
+                let max = percentile(&lat, 100.0);
+                eprintln!("p50 {a:.2} ms, p99 {b:.2} ms, max {max:.2} ms");
+                res.add(sec, &p50, side, a);
+                res.add(sec, &p99, side, b);
             }
         }
     }
@@ -139,6 +185,34 @@ async fn postgres(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>
                     show(v, "jobs/s");
                     res.add(sec, &row, Side::Ours, v);
                 }
+            }
+        }
+    }
+}
+
+/// The in-process backends: ours only (graphile_worker has no such backend).
+async fn local(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>, b: Backend) {
+    let sec = match b {
+        Backend::Sqlite => "sqlite (temp file)",
+        _ => "memory",
+    };
+    let n = cfg.jobs;
+    if cfg.scenario("enqueue") {
+        let row = format!("bulk enqueue {n} jobs, batches of {}", cfg.batch);
+        res.row(sec, &row, "jobs/s", true, None);
+        if let Some(v) = measure(errors, &format!("{sec} {row}"), ours::enqueue(cfg, b)).await {
+            show(v, "jobs/s");
+            res.add(sec, &row, Side::Ours, v);
+        }
+    }
+    if cfg.scenario("drain") {
+        for &c in &cfg.concurrency {
+            let row = format!("drain {n} no-op jobs, concurrency {c}");
+            res.row(sec, &row, "jobs/s", true, None);
+            if let Some(v) = measure(errors, &format!("{sec} {row}"), ours::drain(cfg, b, c)).await
+            {
+                show(v, "jobs/s");
+                res.add(sec, &row, Side::Ours, v);
             }
         }
     }

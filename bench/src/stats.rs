@@ -92,6 +92,18 @@ impl LatencyProbe {
         }
     }
 
+    /// Waits (polling every millisecond, up to `timeout`) until job `seq` has run.
+    pub async fn wait_ran(&self, seq: usize, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        while self.runs[seq].get().is_none() {
+            if Instant::now() > deadline {
+                return Err(format!("job {seq} did not run within {timeout:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(())
+    }
+
     /// Latencies in milliseconds of every job that both started and ran.
     pub fn latencies_ms(&self) -> Vec<f64> {
         self.starts

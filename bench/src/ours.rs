@@ -1,0 +1,248 @@
+//! Our side: durable-jobs' Queue and Worker on the memory, SQLite and Postgres backends.
+
+use crate::cli::Config;
+use crate::pgdb::FreshDb;
+use crate::stats::{payload, rate, Countdown, LatencyProbe};
+use durable_jobs::{
+    DynStorage, JobContext, JobOptions, JobStatus, Queue, TaskError, Worker, WorkerOptions,
+};
+use durable_jobs_memory::MemoryStorage;
+use durable_jobs_postgres::{PostgresOptions, PostgresStorage};
+use durable_jobs_sqlite::SqliteStorage;
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Which backend a scenario runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Memory,
+    Sqlite,
+    Postgres,
+}
+
+/// The args of the no-op job; deserialised like graphile's payload struct, for parity.
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct Noop {
+    id: usize,
+    data: String,
+}
+
+#[derive(Deserialize)]
+struct Ping {
+    seq: usize,
+}
+
+fn err(ctx: &str) -> impl Fn(durable_jobs::Error) -> String + '_ {
+    move |e| format!("durable-jobs {ctx}: {e}")
+}
+
+/// A backend instance on fresh storage, and what to clean up afterwards.
+struct Fresh {
+    storage: DynStorage,
+    pg: Option<FreshDb>,
+    file: Option<PathBuf>,
+}
+
+static FILE_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+impl Fresh {
+    async fn new(cfg: &Config, backend: Backend) -> Result<Fresh, String> {
+        let fresh = match backend {
+            Backend::Memory => Fresh {
+                storage: Arc::new(MemoryStorage::new()),
+                pg: None,
+                file: None,
+            },
+            Backend::Sqlite => {
+                let path = std::env::temp_dir().join(format!(
+                    "durable-jobs-bench-{}-{}.db",
+                    std::process::id(),
+                    FILE_SEQ.fetch_add(1, Ordering::Relaxed)
+                ));
+                let s = SqliteStorage::open(&path).await.map_err(err("open sqlite"))?;
+                Fresh {
+                    storage: Arc::new(s),
+                    pg: None,
+                    file: Some(path),
+                }
+            }
+            Backend::Postgres => {
+                let db = FreshDb::create(&cfg.database_url).await?;
+                let s = pg_storage(cfg, &db.url).await?;
+                Fresh {
+                    storage: Arc::new(s),
+                    pg: Some(db),
+                    file: None,
+                }
+            }
+        };
+        fresh.storage.migrate().await.map_err(err("migrate"))?;
+        Ok(fresh)
+    }
+
+    async fn cleanup(self) -> Result<(), String> {
+        drop(self.storage);
+        if let Some(db) = self.pg {
+            db.drop_db().await?;
+        }
+        if let Some(path) = self.file {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = path.clone().into_os_string();
+                p.push(suffix);
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn pg_storage(cfg: &Config, url: &str) -> Result<PostgresStorage, String> {
+    PostgresStorage::connect_with(url, PostgresOptions::new().max_connections(cfg.pool))
+        .await
+        .map_err(err("connect"))
+}
+
+fn noop_queue(storage: DynStorage, countdown: Arc<Countdown>) -> Queue {
+    let queue = Queue::new(storage);
+    queue.register("noop", move |_ctx: JobContext, _args: Noop| {
+        let c = countdown.clone();
+        async move {
+            c.hit();
+            Ok::<_, TaskError>(())
+        }
+    });
+    queue
+}
+
+/// Bulk enqueue: `cfg.jobs` jobs through `Queue::enqueue_many` in batches of `cfg.batch`,
+/// one client. Payloads are built before the clock starts. Returns jobs/s.
+pub async fn enqueue(cfg: &Config, backend: Backend) -> Result<f64, String> {
+    let fresh = Fresh::new(cfg, backend).await?;
+    let queue = noop_queue(fresh.storage.clone(), Arc::new(Countdown::new(0)));
+    let batches: Vec<Vec<serde_json::Value>> = (0..cfg.jobs)
+        .step_by(cfg.batch)
+        .map(|s| (s..(s + cfg.batch).min(cfg.jobs)).map(payload).collect())
+        .collect();
+    let t0 = Instant::now();
+    for b in batches {
+        queue
+            .enqueue_many("noop", b, JobOptions::new())
+            .await
+            .map_err(err("enqueue_many"))?;
+    }
+    let elapsed = t0.elapsed();
+    let stored = count(&fresh.storage, JobStatus::Pending).await?;
+    drop(queue);
+    fresh.cleanup().await?;
+    if stored != cfg.jobs as u64 {
+        return Err(format!("durable-jobs stored {stored} of {} jobs", cfg.jobs));
+    }
+    Ok(rate(cfg.jobs, elapsed))
+}
+
+async fn count(storage: &DynStorage, status: JobStatus) -> Result<u64, String> {
+    Ok(storage
+        .counts()
+        .await
+        .map_err(err("counts"))?
+        .iter()
+        .filter(|c| c.status == status)
+        .map(|c| c.count)
+        .sum())
+}
+
+/// Drain: `cfg.jobs` no-op jobs inserted beforehand; the clock runs from the worker's
+/// start until the last handler ran. The worker then shuts down gracefully and every job
+/// must be completed in storage. Returns jobs/s.
+pub async fn drain(cfg: &Config, backend: Backend, concurrency: usize) -> Result<f64, String> {
+    let fresh = Fresh::new(cfg, backend).await?;
+    let countdown = Arc::new(Countdown::new(cfg.jobs));
+    let queue = noop_queue(fresh.storage.clone(), countdown.clone());
+    for s in (0..cfg.jobs).step_by(10_000) {
+        let chunk: Vec<_> = (s..(s + 10_000).min(cfg.jobs)).map(payload).collect();
+        queue
+            .enqueue_many("noop", chunk, JobOptions::new())
+            .await
+            .map_err(err("enqueue_many"))?;
+    }
+    let worker = Worker::new(
+        queue.clone(),
+        WorkerOptions::new().queue("default", concurrency),
+    )
+    .map_err(err("worker"))?;
+    let t0 = Instant::now();
+    let mut waited = Err(String::new());
+    let report = worker
+        .run_until(async { waited = countdown.wait(cfg.timeout).await })
+        .await
+        .map_err(err("worker run"));
+    let done = waited?;
+    report?;
+    let completed = count(&fresh.storage, JobStatus::Completed).await?;
+    drop((worker, queue));
+    fresh.cleanup().await?;
+    if completed != cfg.jobs as u64 {
+        return Err(format!(
+            "durable-jobs completed {completed} of {} jobs in storage after shutdown",
+            cfg.jobs
+        ));
+    }
+    Ok(rate(cfg.jobs, done - t0))
+}
+
+/// Idle latency on Postgres: a separate producer (its own pool, its own Queue) enqueues
+/// one job at a time at `cfg.latency_rate`, so the worker learns of it only through the
+/// database (LISTEN/NOTIFY), not an in-process wake. Returns the latencies in ms.
+pub async fn latency(cfg: &Config) -> Result<Vec<f64>, String> {
+    let fresh = Fresh::new(cfg, Backend::Postgres).await?;
+    let url = fresh.pg.as_ref().map(|d| d.url.clone()).unwrap_or_default();
+    let warmup = 20;
+    let probe = Arc::new(LatencyProbe::new(warmup + cfg.latency_jobs));
+    let queue = Queue::new(fresh.storage.clone());
+    let p = probe.clone();
+    queue.register("ping", move |_ctx: JobContext, args: Ping| {
+        let p = p.clone();
+        async move {
+            p.ran(args.seq);
+            Ok::<_, TaskError>(())
+        }
+    });
+    let producer = Queue::new(Arc::new(pg_storage(cfg, &url).await?));
+    let worker = Worker::new(
+        queue.clone(),
+        WorkerOptions::new().queue("default", cfg.latency_concurrency),
+    )
+    .map_err(err("worker"))?;
+    let produce = async {
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / cfg.latency_rate));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for seq in 0..warmup + cfg.latency_jobs {
+            tick.tick().await;
+            probe.start(seq);
+            producer
+                .enqueue_raw("ping", serde_json::json!({ "seq": seq }), JobOptions::new())
+                .await
+                .map_err(err("enqueue"))?;
+            if seq == 0 {
+                // The worker is up (and listening) once the first warm-up job ran.
+                probe.wait_ran(0, cfg.timeout).await?;
+            }
+        }
+        probe.countdown.wait(cfg.timeout).await?;
+        Ok::<_, String>(())
+    };
+    let mut produced = Ok(());
+    let report = worker
+        .run_until(async { produced = produce.await })
+        .await
+        .map_err(err("worker run"));
+    produced?;
+    report?;
+    drop((worker, queue, producer));
+    fresh.cleanup().await?;
+    Ok(probe.latencies_ms().split_off(warmup))
+}
