@@ -32,3 +32,4 @@ impl ConformanceHarness for Memory {
 
 durable_jobs::storage_conformance_tests!(Memory);
 durable_jobs::storage_workflow_conformance_tests!(Memory);
+durable_jobs::engine_conformance_tests!(Memory);

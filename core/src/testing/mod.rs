@@ -2,6 +2,7 @@
 //! and helpers for users' own tests.
 
 pub mod conformance;
+pub mod engine;
 pub mod workflow_conformance;
 
 use crate::storage::DynStorage;
@@ -135,6 +136,39 @@ macro_rules! storage_workflow_conformance_tests {
             fn $case() {
                 $crate::testing::run_case::<$harness, _>(|h| {
                     Box::pin($crate::testing::workflow_conformance::$case(h))
+                });
+            }
+        )*
+    };
+}
+
+/// Expands to one `#[test]` per engine conformance case: the workflow primitives
+/// (steps, calls, sleep, signals, children, bundles, cancellation, versioning) driven
+/// through a real queue and worker on the harness's storage.
+#[macro_export]
+macro_rules! engine_conformance_tests {
+    ($harness:ty) => {
+        $crate::engine_conformance_tests!(@cases $harness;
+            step_runs_once_across_retries,
+            retried_workflow_runs_only_unfinished_calls,
+            sleep_frees_the_slot_and_resumes_on_time,
+            signals_wake_waiting_jobs_in_order,
+            signal_timeout_gives_up_at_a_fixed_deadline,
+            peek_and_drain_signals,
+            fan_out_collects_results_in_order,
+            fan_out_fail_fast_cancels_the_rest,
+            fan_out_threshold,
+            bundles_report_when_done,
+            cancel_reaches_children_and_running_handlers,
+            versioning_keeps_old_runs_on_their_branch,
+        );
+    };
+    (@cases $harness:ty; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::testing::run_case::<$harness, _>(|h| {
+                    Box::pin($crate::testing::engine::$case(h))
                 });
             }
         )*

@@ -90,6 +90,8 @@ pub(crate) async fn run_completer(shared: Arc<Shared>, mut rx: mpsc::UnboundedRe
             }
         }
         if !completions.is_empty() {
+            // A completed child may have woken its parent: look again.
+            woke = true;
             write_completions(&shared, completions).await;
         }
         if woke {

@@ -1,0 +1,565 @@
+//! Engine conformance: the workflow primitives driven through a real [`Queue`] and
+//! [`Worker`] on each backend. The [`crate::engine_conformance_tests`] macro turns them
+//! into one test each.
+
+use super::ConformanceHarness;
+use crate::{
+    call, BundleItem, BundleOptions, Event, FanOut, JobContext, JobId, JobOptions, JobStatus,
+    Queue, RetryPolicy, TaskError, Worker, WorkerOptions,
+};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Counts side effects per name, to prove what ran how often.
+#[derive(Clone, Default)]
+struct Runs(Arc<Mutex<HashMap<String, u32>>>);
+
+impl Runs {
+    fn hit(&self, name: &str) -> u32 {
+        let mut m = self.0.lock().expect("runs lock");
+        let n = m.entry(name.into()).or_default();
+        *n += 1;
+        *n
+    }
+    fn get(&self, name: &str) -> u32 {
+        self.0
+            .lock()
+            .expect("runs lock")
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+fn queue<H: ConformanceHarness>(h: &H) -> Queue {
+    let q = Queue::new(h.storage());
+    // Retries come at once, so a test needs no clock to see them.
+    q.set_default_retry_policy(RetryPolicy::exponential(Duration::ZERO, Duration::ZERO));
+    q
+}
+
+fn worker(q: &Queue, concurrency: usize) -> Worker {
+    Worker::new(
+        q.clone(),
+        WorkerOptions::new().queue("default", concurrency),
+    )
+    .expect("worker options")
+}
+
+async fn job(q: &Queue, id: JobId) -> crate::Job {
+    q.get_job(id).await.expect("get_job").expect("job exists")
+}
+
+/// A step runs once; a retry returns its stored result.
+pub async fn step_runs_once_across_retries<H: ConformanceHarness>(h: &H) {
+    let q = queue(h);
+    let runs = Runs::default();
+    let r = runs.clone();
+    q.register("flow", move |ctx: JobContext, _: ()| {
+        let r = r.clone();
+        async move {
+            let r2 = r.clone();
+            let charged: String = ctx
+                .step("charge", move |_ctx| async move {
+                    r2.hit("charge");
+                    Ok::<_, TaskError>("ch_123".to_string())
+                })
+                .await?;
+            if r.hit("after") == 1 {
+                return Err(TaskError::retry("crash after the step"));
+            }
+            Ok::<_, TaskError>(charged)
+        }
+    });
+    let id = q
+        .enqueue("flow", &(), JobOptions::new())
+        .await
+        .expect("enqueue");
+    let report = worker(&q, 1).drain().await.expect("drain");
+    assert_eq!((report.retried, report.completed), (1, 1));
+    assert_eq!(runs.get("charge"), 1);
+    assert_eq!(job(&q, id).await.result, Some(json!("ch_123")));
+}
+
+/// Three calls, a failure after the second: the retry runs only the third.
+pub async fn retried_workflow_runs_only_unfinished_calls<H: ConformanceHarness>(h: &H) {
+    let q = queue(h);
+    let runs = Runs::default();
+    for name in ["one", "two", "three"] {
+        let r = runs.clone();
+        q.register(name, move |_ctx: JobContext, n: i64| {
+            let r = r.clone();
+            async move {
+                r.hit(name);
+                Ok::<_, TaskError>(n + 1)
+            }
+        });
+    }
+    let failed = Arc::new(AtomicBool::new(false));
+    let f = failed.clone();
+    q.register("flow", move |ctx: JobContext, n: i64| {
+        let f = f.clone();
+        async move {
+            let a: i64 = call(&ctx, "one", &n).await?;
+            let b: i64 = call(&ctx, "two", &a).await?;
+            if !f.swap(true, Ordering::SeqCst) {
+                return Err(TaskError::retry("crash"));
+            }
+            let inner = ctx.clone();
+            // A nested scope: a step that makes its own call.
+            let c: i64 = ctx
+                .step("wrap", move |sctx| async move {
+                    let _ = inner;
+                    call::<i64, _>(&sctx, "three", &b).await
+                })
+                .await?;
+            Ok::<_, TaskError>(c)
+        }
+    });
+    let id = q
+        .enqueue("flow", &0, JobOptions::new())
+        .await
+        .expect("enqueue");
+    worker(&q, 1).drain().await.expect("drain");
+    assert_eq!(
+        (runs.get("one"), runs.get("two"), runs.get("three")),
+        (1, 1, 1)
+    );
+    assert_eq!(job(&q, id).await.result, Some(json!(3)));
+    let keys: Vec<String> = q
+        .storage()
+        .checkpoints(id)
+        .await
+        .expect("cps")
+        .into_iter()
+        .map(|c| c.key)
+        .collect();
+    assert!(
+        keys.contains(&"2/0".to_string()),
+        "nested key recorded: {keys:?}"
+    );
+}
+
+/// A sleeping job waits without a slot and resumes at its time, on a new worker.
+pub async fn sleep_frees_the_slot_and_resumes_on_time<H: ConformanceHarness>(h: &H) {
+    let q = queue(h);
+    let runs = Runs::default();
+    let r = runs.clone();
+    q.register("sleeper", move |ctx: JobContext, _: ()| {
+        let r = r.clone();
+        async move {
+            r.hit("before");
+            ctx.sleep(Duration::from_secs(2)).await?;
+            r.hit("after");
+            Ok::<_, TaskError>("woke")
+        }
+    });
+    q.register("other", |_ctx: JobContext, _: ()| async {
+        Ok::<_, TaskError>(())
+    });
+    let id = q
+        .enqueue("sleeper", &(), JobOptions::new().priority(10))
+        .await
+        .expect("enqueue");
+    let other = q
+        .enqueue("other", &(), JobOptions::new())
+        .await
+        .expect("enqueue");
+    // One slot: the other job can only run because the sleeper gave its slot back.
+    let report = worker(&q, 1).drain().await.expect("drain");
+    assert_eq!((report.suspended, report.completed), (1, 1));
+    assert_eq!(job(&q, other).await.status, JobStatus::Completed);
+    let j = job(&q, id).await;
+    assert_eq!((j.status, j.attempt), (JobStatus::Waiting, 0));
+    h.advance(Duration::from_millis(1500)).await;
+    assert_eq!(
+        worker(&q, 1).drain().await.expect("drain").completed,
+        0,
+        "not yet"
+    );
+    h.advance(Duration::from_millis(600)).await;
+    // A brand-new worker (as after a restart of every worker) resumes it.
+    let mut done = worker(&q, 1).drain().await.expect("drain").completed;
+    for _ in 0..50 {
+        if done > 0 {
+            break;
+        }
+        h.advance(Duration::from_millis(100)).await;
+        done = worker(&q, 1).drain().await.expect("drain").completed;
+    }
+    assert_eq!(done, 1);
+    assert_eq!((runs.get("before"), runs.get("after")), (2, 1));
+    assert_eq!(job(&q, id).await.result, Some(json!("woke")));
+}
+
+/// A waiting job holds no slot, a signal wakes it, and signals arrive once, in order.
+pub async fn signals_wake_waiting_jobs_in_order<H: ConformanceHarness>(h: &H) {
+    let q = queue(h);
+    q.register("shipper", |ctx: JobContext, _: ()| async move {
+        let first: String = ctx.wait_for_signal("ship").await?;
+        let second: String = ctx.wait_for_signal("ship").await?;
+        Ok::<_, TaskError>(vec![first, second])
+    });
+    let id = q
+        .enqueue("shipper", &(), JobOptions::new())
+        .await
+        .expect("enqueue");
+    let w = worker(&q, 1);
+    assert_eq!(w.drain().await.expect("drain").suspended, 1);
+    assert_eq!(job(&q, id).await.status, JobStatus::Waiting);
+    q.signal(id, "ship", &"box-1").await.expect("signal");
+    q.signal(id, "ship", &"box-2").await.expect("signal");
+    let r = w.drain().await.expect("drain");
+    assert_eq!(r.completed, 1);
+    assert_eq!(job(&q, id).await.result, Some(json!(["box-1", "box-2"])));
+    assert!(matches!(
+        q.signal(id, "ship", &"late").await,
+        Err(crate::Error::JobFinished { .. })
+    ));
+}
+
+/// A signal wait with a timeout gives up at a deadline fixed on its first run.
+pub async fn signal_timeout_gives_up_at_a_fixed_deadline<H: ConformanceHarness>(h: &H) {
+    let q = queue(h);
+    q.register("waiter", |ctx: JobContext, _: ()| async move {
+        let got: Option<i32> = ctx
+            .wait_for_signal_timeout("approve", Duration::from_secs(2))
+            .await?;
+        Ok::<_, TaskError>(got)
+    });
+    let id = q
+        .enqueue("waiter", &(), JobOptions::new())
+        .await
+        .expect("enqueue");
+    let w = worker(&q, 1);
+    w.drain().await.expect("drain");
+    // A wake-up that brings no signal (another name) must not extend the deadline.
+    q.signal(id, "unrelated", &1).await.expect("signal");
+    w.drain().await.expect("drain");
+    assert_eq!(job(&q, id).await.status, JobStatus::Waiting);
+    h.advance(Duration::from_millis(2100)).await;
+    let mut done = w.drain().await.expect("drain").completed;
+    for _ in 0..50 {
+        if done > 0 {
+            break;
+        }
+        h.advance(Duration::from_millis(100)).await;
+        done = w.drain().await.expect("drain").completed;
+    }
+    assert_eq!(done, 1);
+    assert_eq!(job(&q, id).await.result, Some(json!(null)));
+    // Before the deadline a signal is returned.
+    let id2 = q
+        .enqueue("waiter", &(), JobOptions::new())
+        .await
+        .expect("enqueue");
+    w.drain().await.expect("drain");
+    q.signal(id2, "approve", &7).await.expect("signal");
+    w.drain().await.expect("drain");
+    assert_eq!(job(&q, id2).await.result, Some(json!(7)));
+}
+
+/// Peek looks without consuming; drain consumes what is there, checkpointed.
+pub async fn peek_and_drain_signals<H: ConformanceHarness>(h: &H) {
+    let q = queue(h);
+    q.register("collector", |ctx: JobContext, _: ()| async move {
+        let peeked: Option<i32> = ctx.peek_signal("n").await?;
+        let all: Vec<i32> = ctx.drain_signals("n").await?;
+        let none: Vec<i32> = ctx.drain_signals("n").await?;
+        Ok::<_, TaskError>((peeked, all, none))
+    });
+    let id = q
+        .enqueue(
+            "collector",
+            &(),
+            JobOptions::new().delay(Duration::from_secs(3600)),
+        )
+        .await
+        .expect("enqueue");
+    for n in [1, 2, 3] {
+        q.signal(id, "n", &n).await.expect("signal");
+    }
+    worker(&q, 1).drain().await.expect("drain");
+    assert_eq!(job(&q, id).await.result, Some(json!([1, [1, 2, 3], []])));
+}
+
+fn register_children(q: &Queue, runs: &Runs) {
+    let r = runs.clone();
+    q.register("square", move |_ctx: JobContext, n: i64| {
+        let r = r.clone();
+        async move {
+            r.hit("square");
+            if n < 0 {
+                return Err(crate::NoRetry(format!("negative: {n}")).into());
+            }
+            Ok::<_, TaskError>(n * n)
+        }
+    });
+}
+
+/// Fan-out waits without a slot and fans in typed results in order.
+pub async fn fan_out_collects_results_in_order<H: ConformanceHarness>(h: &H) {
+    let q = queue(h);
+    let runs = Runs::default();
+    register_children(&q, &runs);
+    q.register("parent", |ctx: JobContext, items: Vec<i64>| async move {
+        let all = ctx
+            .fan_out::<i64, _>("square", items, JobOptions::new(), FanOut::CollectAll)
+            .await?;
+        let one: i64 = ctx.join("square", &9, JobOptions::new()).await?;
+        Ok::<_, TaskError>((all, one))
+    });
+    let id = q
+        .enqueue("parent", &vec![3, -1, 2], JobOptions::new())
+        .await
+        .expect("enqueue");
+    // One slot: the children can only run because the parent gave its slot back.
+    let report = worker(&q, 1).drain().await.expect("drain");
+    assert!(report.suspended >= 1);
+    assert_eq!(job(&q, id).await.status, JobStatus::Completed);
+    assert_eq!(
+        job(&q, id).await.result,
+        Some(json!([[{"Ok": 9}, {"Err": "negative: -1"}, {"Ok": 4}], 81]))
+    );
+    assert_eq!(runs.get("square"), 4, "no child ran twice");
+}
+
+/// Fail-fast fails the parent on the first failed child and cancels the rest.
+pub async fn fan_out_fail_fast_cancels_the_rest<H: ConformanceHarness>(h: &H) {
+    let q = queue(h);
+    let runs = Runs::default();
+    register_children(&q, &runs);
+    q.register("parent", |ctx: JobContext, items: Vec<i64>| async move {
+        let out = ctx
+            .fan_out::<i64, _>("square", items, JobOptions::new(), FanOut::FailFast)
+            .await?;
+        Ok::<_, TaskError>(out.len())
+    });
+    // The failing child runs first (higher id order with equal priority: it is first).
+    let id = q
+        .enqueue("parent", &vec![-5, 1, 2], JobOptions::new())
+        .await
+        .expect("enqueue");
+    worker(&q, 1).drain().await.expect("drain");
+    let j = job(&q, id).await;
+    assert_eq!(j.status, JobStatus::Failed);
+    assert!(j.last_error.unwrap_or_default().contains("negative: -5"));
+}
+
+/// A threshold succeeds once enough children completed.
+pub async fn fan_out_threshold<H: ConformanceHarness>(h: &H) {
+    let q = queue(h);
+    let runs = Runs::default();
+    register_children(&q, &runs);
+    q.register(
+        "parent",
+        |ctx: JobContext, (items, need): (Vec<i64>, usize)| async move {
+            let out = ctx
+                .fan_out::<i64, _>("square", items, JobOptions::new(), FanOut::Threshold(need))
+                .await?;
+            Ok::<_, TaskError>(out.iter().filter(|r| r.is_ok()).count())
+        },
+    );
+    let ok = q
+        .enqueue("parent", &(vec![1, -1, 2], 2), JobOptions::new())
+        .await
+        .expect("enqueue");
+    let impossible = q
+        .enqueue("parent", &(vec![-1, -2, 3], 2), JobOptions::new())
+        .await
+        .expect("enqueue");
+    worker(&q, 2).drain().await.expect("drain");
+    assert_eq!(job(&q, ok).await.result, Some(json!(2)));
+    assert_eq!(job(&q, impossible).await.status, JobStatus::Failed);
+}
+
+/// A bundle tracks its jobs as one unit, reports once, and can delete them on success.
+pub async fn bundles_report_when_done<H: ConformanceHarness>(h: &H) {
+    let q = queue(h);
+    let runs = Runs::default();
+    register_children(&q, &runs);
+    let finished = Arc::new(Mutex::new(Vec::new()));
+    let f = finished.clone();
+    q.on_bundle_done(move |e| f.lock().expect("lock").push(e.clone()));
+    let good = q
+        .enqueue_bundle(
+            vec![
+                BundleItem::new("square", &2, JobOptions::new()),
+                BundleItem::new("square", &3, JobOptions::new()),
+            ],
+            BundleOptions::new().delete_on_success(true),
+        )
+        .await
+        .expect("bundle");
+    let bad = q
+        .enqueue_bundle(
+            vec![
+                BundleItem::new("square", &4, JobOptions::new()),
+                BundleItem::new("square", &-4, JobOptions::new()),
+            ],
+            BundleOptions::new(),
+        )
+        .await
+        .expect("bundle");
+    let before = q.bundle_status(bad).await.expect("status");
+    assert_eq!((before.total, before.unfinished), (2, 2));
+    worker(&q, 2).drain().await.expect("drain");
+    let good_status = q.bundle_status(good).await.expect("status");
+    assert_eq!(good_status.status, JobStatus::Completed);
+    assert_eq!(good_status.total, 0, "members deleted on success");
+    let bad_status = q.bundle_status(bad).await.expect("status");
+    assert_eq!(bad_status.status, JobStatus::Failed);
+    assert_eq!((bad_status.completed, bad_status.failed), (1, 1));
+    let mut got: Vec<(JobId, bool)> = finished
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|e| match e {
+            Event::BundleFinished {
+                bundle_id,
+                succeeded,
+                ..
+            } => (*bundle_id, *succeeded),
+            other => panic!("unexpected event {other:?}"),
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, vec![(good, true), (bad, false)]);
+}
+
+/// Cancelling a parent cancels its children, and a running handler sees it.
+pub async fn cancel_reaches_children_and_running_handlers<H: ConformanceHarness>(h: &H) {
+    let q = queue(h);
+    q.register("child", |_ctx: JobContext, _: ()| async {
+        Ok::<_, TaskError>(())
+    });
+    q.register("parent", |ctx: JobContext, _: ()| async move {
+        ctx.fan_out::<(), _>(
+            "child",
+            vec![(), ()],
+            JobOptions::new().delay(Duration::from_secs(3600)),
+            FanOut::CollectAll,
+        )
+        .await?;
+        Ok::<_, TaskError>(())
+    });
+    let parent = q
+        .enqueue("parent", &(), JobOptions::new())
+        .await
+        .expect("enqueue");
+    worker(&q, 1).drain().await.expect("drain");
+    assert_eq!(job(&q, parent).await.status, JobStatus::Waiting);
+    assert!(q.cancel(parent).await.expect("cancel"));
+    let kids = q
+        .storage()
+        .list_jobs(crate::JobFilter {
+            parent_id: Some(parent),
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(kids.len(), 2);
+    assert!(kids.iter().all(|k| k.status == JobStatus::Cancelled));
+
+    // A running handler learns of its cancellation through the context, while the
+    // worker keeps running (so it is not the shutdown it sees).
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let (saw_tx, saw_rx) = tokio::sync::oneshot::channel::<()>();
+    let chans = Arc::new(Mutex::new(Some((started_tx, saw_tx))));
+    q.register("long", move |ctx: JobContext, _: ()| {
+        let chans = chans.clone();
+        async move {
+            let Some((started, saw)) = chans.lock().expect("lock").take() else {
+                return Ok::<_, TaskError>("second run");
+            };
+            let _ = started.send(());
+            ctx.cancelled().await;
+            let _ = saw.send(());
+            Ok::<_, TaskError>("saw cancellation")
+        }
+    });
+    let id = q
+        .enqueue("long", &(), JobOptions::new())
+        .await
+        .expect("enqueue");
+    let w = Worker::new(
+        q.clone(),
+        WorkerOptions::new().heartbeat_interval(Duration::from_millis(20)),
+    )
+    .expect("options");
+    let qc = q.clone();
+    let report = w
+        .run_until(async move {
+            started_rx.await.expect("handler started");
+            qc.cancel(id).await.expect("cancel running");
+            tokio::time::timeout(Duration::from_secs(20), saw_rx)
+                .await
+                .expect("the handler saw its cancellation while the worker ran")
+                .expect("handler reported");
+        })
+        .await
+        .expect("run");
+    assert_eq!(job(&q, id).await.status, JobStatus::Cancelled);
+    assert_eq!(
+        (report.completed, report.lost),
+        (0, 1),
+        "the late completion was fenced"
+    );
+}
+
+/// An old run keeps the old branch; a new run takes the new one.
+pub async fn versioning_keeps_old_runs_on_their_branch<H: ConformanceHarness>(h: &H) {
+    let q = queue(h);
+    let runs = Runs::default();
+    let r = runs.clone();
+    q.register("step", move |_ctx: JobContext, name: String| {
+        let r = r.clone();
+        async move {
+            r.hit(&name);
+            Ok::<_, TaskError>(name)
+        }
+    });
+    let new_code = Arc::new(AtomicBool::new(false));
+    let nc = new_code.clone();
+    q.register("flow", move |ctx: JobContext, _: ()| {
+        let nc = nc.clone();
+        async move {
+            let mut out: Vec<String> = Vec::new();
+            if nc.load(Ordering::SeqCst) {
+                let v = ctx.version("add-audit", 1, 2).await?;
+                out.push(call(&ctx, "step", &"a").await?);
+                if v >= 2 {
+                    out.push(call(&ctx, "step", &"audit").await?);
+                }
+            } else {
+                out.push(call(&ctx, "step", &"a").await?);
+            }
+            ctx.sleep(Duration::from_secs(3600)).await?;
+            Ok::<_, TaskError>(out)
+        }
+    });
+    // An old run starts on the old code and sleeps.
+    let old = q
+        .enqueue("flow", &(), JobOptions::new())
+        .await
+        .expect("enqueue");
+    worker(&q, 1).drain().await.expect("drain");
+    // The code changes; a new run starts.
+    new_code.store(true, Ordering::SeqCst);
+    let new = q
+        .enqueue("flow", &(), JobOptions::new())
+        .await
+        .expect("enqueue");
+    worker(&q, 1).drain().await.expect("drain");
+    assert_eq!(runs.get("audit"), 1, "only the new run audits");
+    // The old run replays under the new code and keeps its branch (no audit, same keys).
+    q.signal(old, "nudge", &()).await.expect("wake");
+    worker(&q, 1).drain().await.expect("drain");
+    assert_eq!(runs.get("audit"), 1);
+    assert_eq!(runs.get("a"), 2);
+    assert_eq!(job(&q, old).await.status, JobStatus::Waiting);
+    assert_eq!(job(&q, new).await.status, JobStatus::Waiting);
+}
