@@ -10,20 +10,39 @@ use std::sync::Arc;
 /// Unfinished statuses: the set a dedupe key is unique within.
 const UNFINISHED: &str = "('pending', 'retrying', 'running', 'waiting')";
 
-/// One batch claim. The inner SELECT walks the `jobs_claimable` partial index in claim
-/// order and skips rows other claimers hold; the UPDATE leases what it found.
-/// $1 queues, $2 tasks (empty = any), $3 limit, $4 holder, $5 token, $6 lease (µs).
+/// One batch claim from a single queue (what workers ask for). The inner SELECT walks
+/// the `jobs_claimable` partial index in claim order and skips rows other claimers hold;
+/// the UPDATE leases what it found.
+/// $1 queue, $2 tasks (empty = any), $3 limit, $4 holder, $5 token, $6 lease (µs).
 const CLAIM: &str = "
 WITH c AS (
     SELECT id FROM {schema}.jobs
     WHERE status IN ('pending', 'retrying')
+      AND queue = $1
       AND run_at <= now()
-      AND queue = ANY($1::text[])
       AND (cardinality($2::text[]) = 0 OR task = ANY($2::text[]))
     ORDER BY priority DESC, run_at, id
     LIMIT $3
     FOR UPDATE SKIP LOCKED
 )
+{lease}";
+
+/// The same claim across several queues ($1 is then an array of queue names).
+const CLAIM_QUEUES: &str = "
+WITH c AS (
+    SELECT id FROM {schema}.jobs
+    WHERE status IN ('pending', 'retrying')
+      AND queue = ANY($1::text[])
+      AND run_at <= now()
+      AND (cardinality($2::text[]) = 0 OR task = ANY($2::text[]))
+    ORDER BY priority DESC, run_at, id
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+{lease}";
+
+/// The UPDATE both claims share.
+const LEASE: &str = "
 UPDATE {schema}.jobs AS j
 SET status = 'running',
     attempt = j.attempt + 1,
@@ -71,8 +90,12 @@ SELECT coalesce(ins.id, existing.id, first.id) AS id, ins.id IS NOT NULL AS crea
 FROM input i
 LEFT JOIN numbered n ON n.ord = i.ord
 LEFT JOIN ins ON ins.id = n.id
-LEFT JOIN {schema}.jobs existing
-       ON existing.dedupe_key = i.dedupe_key AND existing.status IN {unfinished}
+LEFT JOIN LATERAL (
+    -- LIMIT keeps this a per-row lookup in the dedupe index, whatever the statistics.
+    SELECT e.id FROM {schema}.jobs e
+    WHERE e.dedupe_key = i.dedupe_key AND e.status IN {unfinished}
+    LIMIT 1
+) existing ON i.dedupe_key IS NOT NULL
 LEFT JOIN (SELECT n2.id, n2.dedupe_key FROM numbered n2 JOIN ins i2 ON i2.id = n2.id) first
        ON first.dedupe_key = i.dedupe_key
 ORDER BY i.ord";
@@ -82,16 +105,22 @@ const BY_DEDUPE_KEYS: &str = "
 SELECT dedupe_key, id FROM {schema}.jobs
 WHERE dedupe_key = ANY($1::text[]) AND status IN {unfinished}";
 
-/// Completes many leases at once; returns the ids it completed. Fenced per row.
-/// $1 ids, $2 tokens, $3 results (JSON text).
+/// Completes many leases at once; returns the (id, token) pairs it completed. Fenced
+/// per row. The jobs are found by `id = ANY($1)` (a primary-key lookup) and each row's
+/// token and result are picked from the arrays by position: with no join there is no
+/// plan in which the planner, misled by missing statistics, rescans the input once per
+/// row. `array_position` is linear, which costs microseconds at completion-batch sizes.
+/// $1 ids, $2 tokens, $3 results (JSON text), all the same length.
 const COMPLETE_MANY: &str = "
 UPDATE {schema}.jobs AS j
-SET status = 'completed', result = i.result::jsonb,
+SET status = 'completed',
+    result = ($3::text[])[array_position($1::bigint[], j.id)]::jsonb,
     lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL,
     completed_at = now(), updated_at = now()
-FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS i(id, token, result)
-WHERE j.id = i.id AND j.status = 'running' AND j.lease_token = i.token
-RETURNING j.id, i.token";
+WHERE j.id = ANY($1::bigint[])
+  AND j.status = 'running'
+  AND j.lease_token = ($2::bigint[])[array_position($1::bigint[], j.id)]
+RETURNING j.id, ($2::bigint[])[array_position($1::bigint[], j.id)] AS token";
 
 /// One completion. $1 id, $2 token, $3 result.
 const COMPLETE: &str = "
@@ -208,6 +237,7 @@ const JOB_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM {schema}.jobs WHERE id = 
 #[derive(Debug, Clone)]
 pub(crate) struct Sql {
     pub claim: Arc<str>,
+    pub claim_queues: Arc<str>,
     pub enqueue: Arc<str>,
     pub by_dedupe_keys: Arc<str>,
     pub complete: Arc<str>,
@@ -241,7 +271,8 @@ impl Sql {
                 .into()
         };
         Sql {
-            claim: r(CLAIM),
+            claim: r(&CLAIM.replace("{lease}", LEASE)),
+            claim_queues: r(&CLAIM_QUEUES.replace("{lease}", LEASE)),
             enqueue: r(ENQUEUE),
             by_dedupe_keys: r(BY_DEDUPE_KEYS),
             complete: r(COMPLETE),

@@ -275,8 +275,12 @@ impl Storage for PostgresStorage {
             return Ok(Vec::new());
         }
         let token = new_lease_token();
-        let rows = sqlx::query(AssertSqlSafe(self.sql().claim.clone()))
-            .bind(&params.queues)
+        // Workers claim per queue; that form lets the index give claim order directly.
+        let query = match params.queues.as_slice() {
+            [queue] => sqlx::query(AssertSqlSafe(self.sql().claim.clone())).bind(queue),
+            queues => sqlx::query(AssertSqlSafe(self.sql().claim_queues.clone())).bind(queues),
+        };
+        let rows = query
             .bind(&params.tasks)
             .bind(i64::try_from(params.limit).unwrap_or(i64::MAX))
             .bind(&params.holder)
@@ -352,7 +356,8 @@ impl Storage for PostgresStorage {
         Ok(items
             .iter()
             .map(|c| {
-                // Each (id, token) pair completes once: a duplicate in the batch is lost.
+                // Each (id, token) pair completes once. An id repeated in one batch is
+                // matched by its first occurrence only; the others report LeaseLost.
                 if done.remove(&(c.lease.job_id, c.lease.token)) {
                     Ok(())
                 } else {

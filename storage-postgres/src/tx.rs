@@ -47,6 +47,9 @@ impl PostgresStorage {
     }
 }
 
+/// Batches up to this size reuse the prepared (possibly generic) plan.
+const SMALL_BATCH: usize = 16;
+
 /// Inserts `jobs` in one statement, in order; a dedupe key held by an unfinished job, or
 /// by an earlier job of the same batch, yields that job's id with `created: false`.
 pub(crate) async fn insert_jobs(
@@ -78,7 +81,13 @@ pub(crate) async fn insert_jobs(
         dedupe_key.push(j.dedupe_key);
         timeout_ms.push(j.timeout_ms);
     }
+    // A prepared statement switches to a generic plan after a few runs, and a generic
+    // plan assumes every unnest yields 10 rows: for a 10,000-job batch it picks nested
+    // loops and turns quadratic (seconds instead of milliseconds). Large batches are
+    // therefore planned with their actual arrays each time; small ones, where any plan
+    // is fast, keep the cached statement.
     let rows = sqlx::query(AssertSqlSafe(sql.enqueue.clone()))
+        .persistent(n <= SMALL_BATCH)
         .bind(&task)
         .bind(&payload)
         .bind(&queue)
