@@ -116,7 +116,9 @@ impl TaskError {
             | E::PayloadTooLarge { .. }
             | E::InvalidOption { .. }
             | E::InvalidQueueName(_)
-            | E::Serialization(_) => TaskErrorKind::NoRetry,
+            | E::Serialization(_)
+            | E::Unsupported { .. }
+            | E::JobFinished { .. } => TaskErrorKind::NoRetry,
             _ => TaskErrorKind::Retry,
         };
         TaskError::new(kind, err)
