@@ -24,6 +24,7 @@ OPTIONS:
   --pool N              max Postgres connections per system             [20]
   --database-url URL    server to create bench_<pid>_<n> databases on
                         [env DATABASE_URL, else postgres://postgres@127.0.0.1:5432/postgres]
+  --profile             time every storage call of our scenarios, print a breakdown
   --timeout SECS        give up on one scenario after this long        [300]
   -h, --help            this text
 ";
@@ -45,6 +46,7 @@ pub struct Config {
     pub pool: u32,
     pub database_url: String,
     pub timeout: Duration,
+    pub profile: bool,
 }
 
 impl Config {
@@ -78,7 +80,9 @@ fn nums(flag: &str, v: &str) -> Result<Vec<usize>, String> {
 fn check(flag: &str, got: &[String], allowed: &[&str]) -> Result<(), String> {
     for g in got {
         if !allowed.contains(&g.as_str()) {
-            return Err(format!("{flag}: unknown `{g}` (expected one of {allowed:?})"));
+            return Err(format!(
+                "{flag}: unknown `{g}` (expected one of {allowed:?})"
+            ));
         }
     }
     Ok(())
@@ -103,6 +107,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
         database_url: std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string()),
         timeout: Duration::from_secs(300),
+        profile: false,
     };
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -113,6 +118,10 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
         };
         if flag == "-h" || flag == "--help" {
             return Ok(None);
+        }
+        if flag == "--profile" {
+            c.profile = true;
+            continue;
         }
         let value = match inline {
             Some(v) => v,
@@ -140,9 +149,18 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
         }
     }
     check("--backend", &c.backends, &["postgres", "sqlite", "memory"])?;
-    check("--scenario", &c.scenarios, &["enqueue", "drain", "latency", "raw"])?;
+    check(
+        "--scenario",
+        &c.scenarios,
+        &["enqueue", "drain", "latency", "raw"],
+    )?;
     check("--systems", &c.systems, &["ours", "graphile"])?;
-    if c.jobs == 0 || c.runs == 0 || c.batch == 0 || c.latency_jobs == 0 || c.raw_workers.contains(&0) {
+    if c.jobs == 0
+        || c.runs == 0
+        || c.batch == 0
+        || c.latency_jobs == 0
+        || c.raw_workers.contains(&0)
+    {
         return Err("--jobs, --runs, --batch, --latency-jobs and --raw-workers must be > 0".into());
     }
     if c.concurrency.is_empty() || c.concurrency.contains(&0) {

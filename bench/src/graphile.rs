@@ -112,7 +112,10 @@ pub async fn enqueue(cfg: &Config) -> Result<f64, String> {
     let stored = count_jobs(&pool).await?;
     teardown(db, pool).await?;
     if stored != cfg.jobs as i64 {
-        return Err(format!("graphile_worker stored {stored} of {} jobs", cfg.jobs));
+        return Err(format!(
+            "graphile_worker stored {stored} of {} jobs",
+            cfg.jobs
+        ));
     }
     Ok(rate(cfg.jobs, elapsed))
 }
@@ -190,7 +193,7 @@ pub async fn latency(cfg: &Config) -> Result<Vec<f64>, String> {
                 probe.wait_ran(0, cfg.timeout).await?;
             }
         }
-        probe.countdown.wait(cfg.timeout).await?;
+        probe.finish(cfg.timeout).await;
         Ok::<_, String>(probe.latencies_ms().split_off(warmup))
     }
     .await;

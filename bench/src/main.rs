@@ -5,6 +5,7 @@ mod cli;
 mod graphile;
 mod ours;
 mod pgdb;
+mod profile;
 mod raw_sql;
 mod report;
 mod stats;
@@ -67,6 +68,11 @@ async fn main() {
         cfg.latency_rate,
         cfg.pool
     );
+    println!(
+        "machine: {} cores, load average at start {}",
+        cores(),
+        loadavg()
+    );
     let mut res = Results::default();
     let mut errors = vec![];
     for run in 1..=cfg.runs {
@@ -82,6 +88,10 @@ async fn main() {
         }
     }
     res.print(cfg.runs);
+    println!(
+        "load average at end {} (other processes on this machine skew every figure)",
+        loadavg()
+    );
     if !errors.is_empty() {
         println!();
         println!("{} scenario(s) failed:", errors.len());
@@ -120,6 +130,16 @@ async fn pair(
             res.add(sec, row, side, v);
         }
     }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
 }
 
 async fn postgres(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>, run: usize) {

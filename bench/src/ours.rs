@@ -2,6 +2,7 @@
 
 use crate::cli::Config;
 use crate::pgdb::FreshDb;
+use crate::profile::Timed;
 use crate::stats::{payload, rate, Countdown, LatencyProbe};
 use durable_jobs::{
     DynStorage, JobContext, JobOptions, JobStatus, Queue, TaskError, Worker, WorkerOptions,
@@ -43,6 +44,7 @@ fn err(ctx: &str) -> impl Fn(durable_jobs::Error) -> String + '_ {
 /// A backend instance on fresh storage, and what to clean up afterwards.
 struct Fresh {
     storage: DynStorage,
+    timed: Option<Arc<Timed>>,
     pg: Option<FreshDb>,
     file: Option<PathBuf>,
 }
@@ -51,9 +53,10 @@ static FILE_SEQ: AtomicUsize = AtomicUsize::new(0);
 
 impl Fresh {
     async fn new(cfg: &Config, backend: Backend) -> Result<Fresh, String> {
-        let fresh = match backend {
+        let mut fresh = match backend {
             Backend::Memory => Fresh {
                 storage: Arc::new(MemoryStorage::new()),
+                timed: None,
                 pg: None,
                 file: None,
             },
@@ -63,9 +66,12 @@ impl Fresh {
                     std::process::id(),
                     FILE_SEQ.fetch_add(1, Ordering::Relaxed)
                 ));
-                let s = SqliteStorage::open(&path).await.map_err(err("open sqlite"))?;
+                let s = SqliteStorage::open(&path)
+                    .await
+                    .map_err(err("open sqlite"))?;
                 Fresh {
                     storage: Arc::new(s),
+                    timed: None,
                     pg: None,
                     file: Some(path),
                 }
@@ -75,16 +81,30 @@ impl Fresh {
                 let s = pg_storage(cfg, &db.url).await?;
                 Fresh {
                     storage: Arc::new(s),
+                    timed: None,
                     pg: Some(db),
                     file: None,
                 }
             }
         };
         fresh.storage.migrate().await.map_err(err("migrate"))?;
+        if cfg.profile {
+            let timed = Arc::new(Timed::new(fresh.storage.clone()));
+            fresh.storage = timed.clone();
+            fresh.timed = Some(timed);
+        }
         Ok(fresh)
     }
 
+    /// Prints the `--profile` breakdown, if profiling.
+    fn profile(&self, label: &str) {
+        if let Some(t) = &self.timed {
+            t.print(label);
+        }
+    }
+
     async fn cleanup(self) -> Result<(), String> {
+        drop(self.timed);
         drop(self.storage);
         if let Some(db) = self.pg {
             db.drop_db().await?;
@@ -136,6 +156,7 @@ pub async fn enqueue(cfg: &Config, backend: Backend) -> Result<f64, String> {
     }
     let elapsed = t0.elapsed();
     let stored = count(&fresh.storage, JobStatus::Pending).await?;
+    fresh.profile("bulk enqueue");
     drop(queue);
     fresh.cleanup().await?;
     if stored != cfg.jobs as u64 {
@@ -183,6 +204,9 @@ pub async fn drain(cfg: &Config, backend: Backend, concurrency: usize) -> Result
     let done = waited?;
     report?;
     let completed = count(&fresh.storage, JobStatus::Completed).await?;
+    fresh.profile(&format!(
+        "drain, concurrency {concurrency} (includes the untimed setup enqueue)"
+    ));
     drop((worker, queue));
     fresh.cleanup().await?;
     if completed != cfg.jobs as u64 {
@@ -232,7 +256,7 @@ pub async fn latency(cfg: &Config) -> Result<Vec<f64>, String> {
                 probe.wait_ran(0, cfg.timeout).await?;
             }
         }
-        probe.countdown.wait(cfg.timeout).await?;
+        probe.finish(cfg.timeout).await;
         Ok::<_, String>(())
     };
     let mut produced = Ok(());
@@ -242,6 +266,7 @@ pub async fn latency(cfg: &Config) -> Result<Vec<f64>, String> {
         .map_err(err("worker run"));
     produced?;
     report?;
+    fresh.profile("idle latency (worker side)");
     drop((worker, queue, producer));
     fresh.cleanup().await?;
     Ok(probe.latencies_ms().split_off(warmup))

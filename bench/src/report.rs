@@ -103,7 +103,11 @@ impl Results {
                 None => "-".to_string(),
                 Some(Target::RatioAtLeast(x)) => {
                     let ok = !r.ours.is_empty() && !r.theirs.is_empty() && o / t >= x;
-                    verdict(format!(">= {x}x"), ok, r.ours.is_empty() || r.theirs.is_empty())
+                    verdict(
+                        format!(">= {x}x"),
+                        ok,
+                        r.ours.is_empty() || r.theirs.is_empty(),
+                    )
                 }
                 Some(Target::AtMost(x)) => {
                     verdict(format!("<= {x} {}", r.unit), o <= x, r.ours.is_empty())
@@ -112,7 +116,11 @@ impl Results {
             let unit = format!(
                 "{} ({})",
                 r.unit,
-                if r.higher_is_better { "higher better" } else { "lower better" }
+                if r.higher_is_better {
+                    "higher better"
+                } else {
+                    "lower better"
+                }
             );
             lines.push([
                 r.scenario.clone(),
@@ -132,8 +140,18 @@ impl Results {
         let fmt = |cols: [&str; 6]| {
             format!(
                 "| {:<w0$} | {:<w1$} | {:>w2$} | {:>w3$} | {:>w4$} | {:<w5$} |",
-                cols[0], cols[1], cols[2], cols[3], cols[4], cols[5],
-                w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4], w5 = w[5]
+                cols[0],
+                cols[1],
+                cols[2],
+                cols[3],
+                cols[4],
+                cols[5],
+                w0 = w[0],
+                w1 = w[1],
+                w2 = w[2],
+                w3 = w[3],
+                w4 = w[4],
+                w5 = w[5]
             )
         };
         let rule = format!(
