@@ -1,1 +1,3 @@
 //! Shared helpers for durable-jobs' cross-backend and multi-process tests.
+
+pub mod pg;
