@@ -50,6 +50,7 @@ mod query;
 mod reader;
 mod storage;
 mod watch;
+mod workflow;
 mod writer;
 
 pub use migrate::SCHEMA_VERSION;

@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 /// The newest schema version this library knows. A file at a higher version is refused
 /// with [`Error::SchemaTooNew`].
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 struct Migration {
     version: i64,
@@ -29,6 +29,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 2,
         name: "checkpoints",
         sql: include_str!("../migrations/0002_checkpoints.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "workflows",
+        sql: include_str!("../migrations/0003_workflows.sql"),
     },
 ];
 

@@ -18,21 +18,22 @@ const JOB_COLUMNS: &str = "id, task, payload, queue, priority, status, attempt, 
      run_at, lease_holder, lease_token, lease_expires_at, last_error, result, dedupe_key, \
      timeout_ms, created_at, started_at, completed_at, updated_at";
 
-const UNFINISHED: &str = "('pending', 'retrying', 'running', 'waiting')";
+pub(crate) const UNFINISHED: &str = "('pending', 'retrying', 'running', 'waiting')";
 
 const INSERT_JOB: &str = "INSERT INTO durable_jobs (task, payload, queue, priority, status, \
-     max_attempts, run_at, dedupe_key, timeout_ms, created_at, updated_at) \
-     VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?9, ?9)";
+     max_attempts, run_at, dedupe_key, timeout_ms, created_at, updated_at, parent_id) \
+     VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?9, ?9, ?10)";
 
 const FIND_DEDUPE: &str = "SELECT id FROM durable_jobs WHERE dedupe_key = ?1 \
      AND status IN ('pending', 'retrying', 'running', 'waiting')";
 
 /// The fence every lease-holding write carries: same job, running, same token.
-const FENCE: &str = "id = ?1 AND status = 'running' AND lease_token = ?2";
+pub(crate) const FENCE: &str = "id = ?1 AND status = 'running' AND lease_token = ?2";
 
 const COMPLETE: &str = "UPDATE durable_jobs SET status = 'completed', result = ?3, \
      completed_at = ?4, updated_at = ?4, lease_holder = NULL, lease_token = NULL, \
-     lease_expires_at = NULL WHERE id = ?1 AND status = 'running' AND lease_token = ?2";
+     lease_expires_at = NULL WHERE id = ?1 AND status = 'running' AND lease_token = ?2 \
+     RETURNING parent_id";
 
 const FAIL_RETRY: &str = "UPDATE durable_jobs SET status = 'retrying', last_error = ?3, \
      run_at = ?5, updated_at = ?4, lease_holder = NULL, lease_token = NULL, \
@@ -40,7 +41,8 @@ const FAIL_RETRY: &str = "UPDATE durable_jobs SET status = 'retrying', last_erro
 
 const FAIL_TERMINAL: &str = "UPDATE durable_jobs SET status = 'failed', last_error = ?3, \
      completed_at = ?4, updated_at = ?4, lease_holder = NULL, lease_token = NULL, \
-     lease_expires_at = NULL WHERE id = ?1 AND status = 'running' AND lease_token = ?2";
+     lease_expires_at = NULL WHERE id = ?1 AND status = 'running' AND lease_token = ?2 \
+     RETURNING parent_id";
 
 const RELEASE: &str = "UPDATE durable_jobs SET attempt = attempt - 1, \
      status = CASE WHEN attempt - 1 > 0 THEN 'retrying' ELSE 'pending' END, \
@@ -56,7 +58,8 @@ const RECLAIM: &str = "UPDATE durable_jobs SET \
      completed_at = CASE WHEN attempt < max_attempts THEN NULL ELSE ?1 END, \
      last_error = 'lease expired: the worker stopped heartbeating', \
      updated_at = ?1, lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL \
-     WHERE status = 'running' AND lease_expires_at <= ?1";
+     WHERE status = 'running' AND lease_expires_at <= ?1 \
+     RETURNING status, parent_id";
 
 const SAVE_CHECKPOINT: &str = "INSERT OR REPLACE INTO durable_jobs_checkpoints \
      (job_id, key, name, ok, value) VALUES (?1, ?2, ?3, ?4, ?5)";
@@ -157,6 +160,7 @@ pub(crate) fn insert_job(conn: &Connection, job: &NewJob, now: DateTime<Utc>) ->
         job.dedupe_key,
         job.timeout_ms,
         now_us,
+        job.parent_id,
     ])?;
     Ok(Enqueued {
         id: conn.last_insert_rowid(),
@@ -183,9 +187,9 @@ fn claim_sql(queues: usize, tasks: usize) -> String {
     format!(
         "UPDATE durable_jobs SET status = 'running', attempt = attempt + 1, \
          lease_holder = ?1, lease_token = ?2, lease_expires_at = ?3, started_at = ?4, \
-         updated_at = ?4 \
+         updated_at = ?4, wake_requested = 0 \
          WHERE id IN (SELECT id FROM durable_jobs \
-           WHERE status IN ('pending', 'retrying') AND queue IN ({queues}){task_filter} \
+           WHERE status IN ('pending', 'retrying', 'waiting') AND queue IN ({queues}){task_filter} \
            AND run_at <= ?4 ORDER BY priority DESC, run_at, id LIMIT ?5) \
          RETURNING {JOB_COLUMNS}",
         queues = list(6, queues),
@@ -240,41 +244,60 @@ pub(crate) fn dequeue(
     Ok(out)
 }
 
-/// Completes one leased job. Fenced.
-pub(crate) fn complete(conn: &Connection, c: &Completion, now: i64) -> QResult<()> {
-    let n = conn.prepare_cached(COMPLETE)?.execute(params![
-        c.lease.job_id,
-        c.lease.token,
-        json_text(&c.result)?,
-        now
-    ])?;
-    if n == 0 {
-        return lease_lost(&c.lease);
+/// Completes one leased job and wakes its parent. Fenced. True when a parent was woken.
+pub(crate) fn complete(conn: &Connection, c: &Completion, now: i64) -> QResult<bool> {
+    let parent: Option<Option<JobId>> = conn
+        .prepare_cached(COMPLETE)?
+        .query_row(
+            params![c.lease.job_id, c.lease.token, json_text(&c.result)?, now],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match parent {
+        None => lease_lost(&c.lease).map(|()| false),
+        Some(parent) => wake_parent(conn, parent, now),
     }
-    Ok(())
 }
 
-/// Records a failed attempt. Fenced.
-pub(crate) fn fail(conn: &Connection, lease: &Lease, f: &Failure, now: i64) -> QResult<()> {
-    let n = match f.retry_in {
-        Some(d) => conn.prepare_cached(FAIL_RETRY)?.execute(params![
-            lease.job_id,
-            lease.token,
-            f.error,
-            now,
-            after(now, d)
-        ])?,
-        None => conn.prepare_cached(FAIL_TERMINAL)?.execute(params![
-            lease.job_id,
-            lease.token,
-            f.error,
-            now
-        ])?,
-    };
-    if n == 0 {
-        return lease_lost(lease);
+/// A finished child's parent is woken in the child's transaction, so no crash can leave
+/// the parent waiting for a child that is done.
+fn wake_parent(conn: &Connection, parent: Option<JobId>, now: i64) -> QResult<bool> {
+    match parent {
+        Some(p) => crate::workflow::wake_job(conn, p, now),
+        None => Ok(false),
     }
-    Ok(())
+}
+
+/// Records a failed attempt; a terminal failure wakes the parent. Fenced. True when a
+/// parent was woken.
+pub(crate) fn fail(conn: &Connection, lease: &Lease, f: &Failure, now: i64) -> QResult<bool> {
+    match f.retry_in {
+        Some(d) => {
+            let n = conn.prepare_cached(FAIL_RETRY)?.execute(params![
+                lease.job_id,
+                lease.token,
+                f.error,
+                now,
+                after(now, d)
+            ])?;
+            if n == 0 {
+                return lease_lost(lease).map(|()| false);
+            }
+            Ok(false)
+        }
+        None => {
+            let parent: Option<Option<JobId>> = conn
+                .prepare_cached(FAIL_TERMINAL)?
+                .query_row(params![lease.job_id, lease.token, f.error, now], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            match parent {
+                None => lease_lost(lease).map(|()| false),
+                Some(parent) => wake_parent(conn, parent, now),
+            }
+        }
+    }
 }
 
 /// Returns a running job unspent. Fenced.
@@ -311,9 +334,28 @@ pub(crate) fn heartbeat(
     })
 }
 
-/// Returns expired leases' jobs to retrying, or fails them when out of attempts.
+/// Returns expired leases' jobs to retrying, or fails them when out of attempts (waking
+/// their parents), then heals waiting parents a crash may have left asleep. Returns how
+/// many jobs it touched.
 pub(crate) fn reclaim_expired(conn: &Connection, now: i64) -> QResult<u64> {
-    Ok(conn.prepare_cached(RECLAIM)?.execute([now])? as u64)
+    let mut failed_parents = Vec::new();
+    let mut n = 0u64;
+    {
+        let mut stmt = conn.prepare_cached(RECLAIM)?;
+        let mut rows = stmt.query([now])?;
+        while let Some(row) = rows.next()? {
+            n += 1;
+            let status: String = row.get(0)?;
+            let parent: Option<JobId> = row.get(1)?;
+            if let (Some(p), "failed") = (parent, status.as_str()) {
+                failed_parents.push(p);
+            }
+        }
+    }
+    for p in failed_parents {
+        crate::workflow::wake_job(conn, p, now)?;
+    }
+    Ok(n + crate::workflow::heal_waiting_parents(conn, now)?)
 }
 
 /// Stores a checkpoint. Fenced.
@@ -398,6 +440,10 @@ pub(crate) fn list_jobs(conn: &Connection, f: &JobFilter) -> QResult<Vec<Job>> {
         sql.push_str(" AND task = ?");
         args.push(SqlValue::Text(t.clone()));
     }
+    if let Some(p) = f.parent_id {
+        sql.push_str(" AND parent_id = ?");
+        args.push(SqlValue::Integer(p));
+    }
     if let Some(a) = f.after_id {
         sql.push_str(" AND id > ?");
         args.push(SqlValue::Integer(a));
@@ -432,27 +478,6 @@ pub(crate) fn counts(conn: &Connection) -> QResult<Vec<QueueCount>> {
         });
     }
     Ok(out)
-}
-
-/// Cancels an unfinished job; false when it had already finished.
-pub(crate) fn cancel(conn: &Connection, job_id: JobId, now: i64) -> QResult<bool> {
-    let status: Option<String> = conn
-        .prepare_cached("SELECT status FROM durable_jobs WHERE id = ?1")?
-        .query_row([job_id], |r| r.get(0))
-        .optional()?;
-    let Some(status) = status else {
-        return Err(Error::JobNotFound(job_id).into());
-    };
-    if status.parse::<JobStatus>()?.is_finished() {
-        return Ok(false);
-    }
-    conn.prepare_cached(&format!(
-        "UPDATE durable_jobs SET status = 'cancelled', completed_at = ?2, updated_at = ?2, \
-         lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL \
-         WHERE id = ?1 AND status IN {UNFINISHED}"
-    ))?
-    .execute(params![job_id, now])?;
-    Ok(true)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use crate::options::SqliteOptions;
 use crate::query::{self, micros};
 use crate::reader::Readers;
 use crate::watch::Watcher;
+use crate::workflow;
 use crate::writer::{Writer, WriterConfig};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -188,7 +189,7 @@ impl SqliteStorage {
             (Some(p), Some(every)) => {
                 let (p, o) = (p.clone(), options.clone());
                 let open = move || open_file(&p, &o, read_flags());
-                Some(Watcher::start(open, every, Arc::downgrade(&wake))?)
+                Some(Watcher::start(open, every, Arc::downgrade(&wake)).await?)
             }
             _ => None,
         };
@@ -281,7 +282,7 @@ impl Storage for SqliteStorage {
 
     fn capabilities(&self) -> Capabilities {
         let file = self.inner.path.is_some();
-        Capabilities::new(self.inner.watcher.is_some(), file, file)
+        Capabilities::new(self.inner.watcher.is_some(), file, file).with_workflows(true)
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -326,34 +327,50 @@ impl Storage for SqliteStorage {
             lease: lease.clone(),
             result,
         };
-        self.write(move |conn| query::complete(conn, &c, now)).await
+        if self
+            .write(move |conn| query::complete(conn, &c, now))
+            .await?
+        {
+            self.wake();
+        }
+        Ok(())
     }
 
     async fn complete_many(&self, items: Vec<Completion>) -> Result<Vec<Result<()>>> {
         let now = self.now_us();
         // One transaction for the batch; each item's fence is checked on its own and a
         // lost lease changes nothing for that item only.
-        self.write(move |conn| {
-            let mut out = Vec::with_capacity(items.len());
-            for c in &items {
-                out.push(match query::complete(conn, c, now) {
-                    Ok(()) => Ok(()),
-                    Err(crate::error::QueryError::Other(e)) if e.is_lease_lost() => Err(e),
-                    Err(e) => return Err(e),
-                });
-            }
-            Ok(out)
-        })
-        .await
+        let (out, woke) = self
+            .write(move |conn| {
+                let mut out = Vec::with_capacity(items.len());
+                let mut woke = false;
+                for c in &items {
+                    out.push(match query::complete(conn, c, now) {
+                        Ok(w) => {
+                            woke |= w;
+                            Ok(())
+                        }
+                        Err(crate::error::QueryError::Other(e)) if e.is_lease_lost() => Err(e),
+                        Err(e) => return Err(e),
+                    });
+                }
+                Ok((out, woke))
+            })
+            .await?;
+        if woke {
+            self.wake();
+        }
+        Ok(out)
     }
 
     async fn fail(&self, lease: &Lease, failure: Failure) -> Result<()> {
         let now = self.now_us();
         let retry = failure.retry_in.is_some();
         let lease = lease.clone();
-        self.write(move |c| query::fail(c, &lease, &failure, now))
+        let woke = self
+            .write(move |c| query::fail(c, &lease, &failure, now))
             .await?;
-        if retry {
+        if retry || woke {
             self.wake();
         }
         Ok(())
@@ -412,10 +429,78 @@ impl Storage for SqliteStorage {
 
     async fn cancel(&self, job_id: JobId) -> Result<bool> {
         let now = self.now_us();
-        self.write(move |c| query::cancel(c, job_id, now)).await
+        let cancelled = self
+            .write(move |c| workflow::cancel(c, job_id, now))
+            .await?;
+        if cancelled {
+            // The cancelled job's parent may have been woken.
+            self.wake();
+        }
+        Ok(cancelled)
     }
 
     fn wakeups(&self) -> Option<watch::Receiver<u64>> {
         Some(self.inner.wake.subscribe())
+    }
+
+    async fn suspend(&self, lease: &Lease, wake_at: Option<DateTime<Utc>>) -> Result<()> {
+        let now = self.now_us();
+        let lease = lease.clone();
+        let at = wake_at.map(micros);
+        self.write(move |c| workflow::suspend(c, &lease, at, now))
+            .await?;
+        // It may be due already (a wake request, or a wake time in the past).
+        self.wake();
+        Ok(())
+    }
+
+    async fn spawn_children(
+        &self,
+        lease: &Lease,
+        key: &str,
+        name: &str,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<JobId>> {
+        let now = self.now_dt();
+        let (lease, key, name) = (lease.clone(), key.to_string(), name.to_string());
+        let ids = self
+            .write(move |c| workflow::spawn_children(c, &lease, &key, &name, jobs, now))
+            .await?;
+        self.wake();
+        Ok(ids)
+    }
+
+    async fn send_signal(&self, job_id: JobId, name: &str, payload: Value) -> Result<()> {
+        let now = self.now_us();
+        let name = name.to_string();
+        if self
+            .write(move |c| workflow::send_signal(c, job_id, &name, &payload, now))
+            .await?
+        {
+            self.wake();
+        }
+        Ok(())
+    }
+
+    async fn take_signals(
+        &self,
+        lease: &Lease,
+        name: &str,
+        limit: usize,
+        key: &str,
+    ) -> Result<Vec<Value>> {
+        let (lease, name, key) = (lease.clone(), name.to_string(), key.to_string());
+        self.write(move |c| workflow::take_signals(c, &lease, &name, limit, &key))
+            .await
+    }
+
+    async fn peek_signal(&self, job_id: JobId, name: &str) -> Result<Option<Value>> {
+        let name = name.to_string();
+        self.read(move |c| workflow::peek_signal(c, job_id, &name))
+            .await
+    }
+
+    async fn delete_job(&self, job_id: JobId) -> Result<bool> {
+        self.write(move |c| workflow::delete_job(c, job_id)).await
     }
 }

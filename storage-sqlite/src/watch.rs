@@ -26,14 +26,18 @@ pub(crate) struct Watcher {
 
 impl Watcher {
     /// Starts a thread that opens its own read connection with `open` (off the async
-    /// runtime) and checks it every `every`.
-    pub(crate) fn start(
+    /// runtime) and checks it every `every`. Resolves once the thread has read its first
+    /// `data_version`: a commit made after this returns is always noticed (before, a
+    /// commit racing the thread's start could be taken for the baseline and its wake
+    /// lost).
+    pub(crate) async fn start(
         open: impl FnOnce() -> Result<Connection> + Send + 'static,
         every: Duration,
         wake: Weak<watch::Sender<u64>>,
     ) -> Result<Watcher> {
         let (stop, stop_rx) = mpsc::channel::<()>();
         let (stopped_tx, stopped) = oneshot::channel();
+        let (ready_tx, ready_rx) = oneshot::channel::<()>();
         std::thread::Builder::new()
             .name("durable-jobs-sqlite-watch".into())
             .spawn(move || {
@@ -42,7 +46,10 @@ impl Watcher {
                     Ok((c, v))
                 });
                 let (conn, mut last) = match opened {
-                    Ok(x) => x,
+                    Ok(x) => {
+                        let _ = ready_tx.send(());
+                        x
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "sqlite watch thread could not start; workers fall back to polling");
                         return;
@@ -69,6 +76,9 @@ impl Watcher {
             .map_err(|e| {
                 durable_jobs::Error::Storage(format!("cannot start the sqlite watch thread: {e}"))
             })?;
+        // A thread that could not open its connection drops `ready_tx` (and has logged
+        // why); the storage still works, by polling.
+        let _ = ready_rx.await;
         Ok(Watcher {
             stop: Mutex::new(Some(stop)),
             stopped: Mutex::new(Some(stopped)),

@@ -1,4 +1,5 @@
-//! The shared storage conformance suite on a fresh SQLite file per test.
+//! The shared storage, workflow and engine conformance suites on a fresh SQLite file per
+//! test, and on an in-memory database.
 
 use crate::TempDb;
 use async_trait::async_trait;
@@ -41,6 +42,8 @@ impl ConformanceHarness for Sqlite {
 }
 
 durable_jobs::storage_conformance_tests!(Sqlite);
+durable_jobs::storage_workflow_conformance_tests!(Sqlite);
+durable_jobs::engine_conformance_tests!(Sqlite);
 
 /// The same suite on an in-memory database (one shared connection, reads through the
 /// writer thread).
@@ -78,4 +81,6 @@ mod in_memory {
     }
 
     durable_jobs::storage_conformance_tests!(SqliteMemory);
+    durable_jobs::storage_workflow_conformance_tests!(SqliteMemory);
+    durable_jobs::engine_conformance_tests!(SqliteMemory);
 }
