@@ -93,6 +93,7 @@ mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod tx;
+mod workflow;
 
 pub use migrate::LATEST_VERSION;
 pub use options::{

@@ -33,10 +33,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "sql_api",
         sql: include_str!("../migrations/002_sql_api.sql"),
     },
+    Migration {
+        version: 3,
+        name: "workflows",
+        sql: include_str!("../migrations/003_workflows.sql"),
+    },
 ];
 
 /// The newest schema version this library knows.
-pub const LATEST_VERSION: i64 = 2;
+pub const LATEST_VERSION: i64 = 3;
 
 /// A migration's SQL for `schema`.
 pub(crate) fn render(sql: &str, schema: &str) -> String {

@@ -28,6 +28,8 @@ pub struct PostgresOptions {
     pub(crate) max_connections: u32,
     pub(crate) acquire_timeout: Duration,
     pub(crate) listen: bool,
+    #[cfg(feature = "testing")]
+    pub(crate) test_clock: bool,
 }
 
 impl Default for PostgresOptions {
@@ -45,7 +47,19 @@ impl PostgresOptions {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
             listen: true,
+            #[cfg(feature = "testing")]
+            test_clock: false,
         }
+    }
+
+    /// Reads time as `now()` plus an offset that tests move forward
+    /// ([`crate::testing::TestSchema::advance`]) instead of sleeping. The offset lives
+    /// in the schema's `test_clock` table, which the test harness creates. Feature
+    /// `testing` only; production SQL always reads `now()`. Defaults to `false`.
+    #[cfg(feature = "testing")]
+    pub fn test_clock(mut self, on: bool) -> Self {
+        self.test_clock = on;
+        self
     }
 
     /// The schema for the library's tables, functions and migrations table: 1 to
@@ -77,6 +91,16 @@ impl PostgresOptions {
     pub fn listen(mut self, listen: bool) -> Self {
         self.listen = listen;
         self
+    }
+
+    #[cfg(feature = "testing")]
+    pub(crate) fn uses_test_clock(&self) -> bool {
+        self.test_clock
+    }
+
+    #[cfg(not(feature = "testing"))]
+    pub(crate) fn uses_test_clock(&self) -> bool {
+        false
     }
 
     /// The configured schema name.

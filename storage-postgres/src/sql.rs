@@ -17,9 +17,9 @@ const UNFINISHED: &str = "('pending', 'retrying', 'running', 'waiting')";
 const CLAIM: &str = "
 WITH c AS (
     SELECT id FROM {schema}.jobs
-    WHERE status IN ('pending', 'retrying')
+    WHERE status IN ('pending', 'retrying', 'waiting')
       AND queue = $1
-      AND run_at <= now()
+      AND run_at <= {now}
       AND (cardinality($2::text[]) = 0 OR task = ANY($2::text[]))
     ORDER BY priority DESC, run_at, id
     LIMIT $3
@@ -31,9 +31,9 @@ WITH c AS (
 const CLAIM_QUEUES: &str = "
 WITH c AS (
     SELECT id FROM {schema}.jobs
-    WHERE status IN ('pending', 'retrying')
+    WHERE status IN ('pending', 'retrying', 'waiting')
       AND queue = ANY($1::text[])
-      AND run_at <= now()
+      AND run_at <= {now}
       AND (cardinality($2::text[]) = 0 OR task = ANY($2::text[]))
     ORDER BY priority DESC, run_at, id
     LIMIT $3
@@ -48,9 +48,10 @@ SET status = 'running',
     attempt = j.attempt + 1,
     lease_holder = $4,
     lease_token = $5,
-    lease_expires_at = now() + $6::bigint * interval '1 microsecond',
-    started_at = now(),
-    updated_at = now()
+    lease_expires_at = {now} + $6::bigint * interval '1 microsecond',
+    wake_requested = false,
+    started_at = {now},
+    updated_at = {now}
 FROM c
 WHERE j.id = c.id
 RETURNING j.*";
@@ -62,9 +63,9 @@ RETURNING j.*";
 const ENQUEUE: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::int[],
-                         $6::timestamptz[], $7::bigint[], $8::text[], $9::bigint[])
+                         $6::timestamptz[], $7::bigint[], $8::text[], $9::bigint[], $10::bigint[])
         WITH ORDINALITY AS t(task, payload, queue, priority, max_attempts,
-                             run_at, delay_us, dedupe_key, timeout_ms, ord)
+                             run_at, delay_us, dedupe_key, timeout_ms, parent_id, ord)
 ),
 ranked AS (
     SELECT i.*, row_number() OVER (PARTITION BY i.dedupe_key ORDER BY i.ord) AS rn
@@ -76,10 +77,11 @@ numbered AS (
 ),
 ins AS (
     INSERT INTO {schema}.jobs
-        (id, task, payload, queue, priority, max_attempts, run_at, dedupe_key, timeout_ms)
+        (id, task, payload, queue, priority, max_attempts, run_at, dedupe_key, timeout_ms,
+         parent_id)
     SELECT id, task, payload::jsonb, queue, priority, max_attempts,
-           coalesce(run_at, now() + coalesce(delay_us, 0) * interval '1 microsecond'),
-           dedupe_key, timeout_ms
+           coalesce(run_at, {now} + coalesce(delay_us, 0) * interval '1 microsecond'),
+           dedupe_key, timeout_ms, parent_id
     FROM numbered
     ORDER BY id
     ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN {unfinished}
@@ -116,7 +118,7 @@ UPDATE {schema}.jobs AS j
 SET status = 'completed',
     result = ($3::text[])[array_position($1::bigint[], j.id)]::jsonb,
     lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL,
-    completed_at = now(), updated_at = now()
+    completed_at = {now}, updated_at = {now}
 WHERE j.id = ANY($1::bigint[])
   AND j.status = 'running'
   AND j.lease_token = ($2::bigint[])[array_position($1::bigint[], j.id)]
@@ -127,15 +129,15 @@ const COMPLETE: &str = "
 UPDATE {schema}.jobs
 SET status = 'completed', result = $3::jsonb,
     lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL,
-    completed_at = now(), updated_at = now()
+    completed_at = {now}, updated_at = {now}
 WHERE id = $1 AND status = 'running' AND lease_token = $2";
 
 /// A failed attempt that will retry. $1 id, $2 token, $3 error, $4 delay (µs).
 const FAIL_RETRY: &str = "
 UPDATE {schema}.jobs
 SET status = 'retrying', last_error = $3,
-    run_at = now() + $4::bigint * interval '1 microsecond',
-    lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
+    run_at = {now} + $4::bigint * interval '1 microsecond',
+    lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = {now}
 WHERE id = $1 AND status = 'running' AND lease_token = $2";
 
 /// A failed attempt that ends the job. $1 id, $2 token, $3 error.
@@ -143,7 +145,7 @@ const FAIL_TERMINAL: &str = "
 UPDATE {schema}.jobs
 SET status = 'failed', last_error = $3,
     lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL,
-    completed_at = now(), updated_at = now()
+    completed_at = {now}, updated_at = {now}
 WHERE id = $1 AND status = 'running' AND lease_token = $2";
 
 /// Gives a job back without spending its attempt, and wakes listeners since it is due
@@ -153,8 +155,8 @@ WITH u AS (
     UPDATE {schema}.jobs
     SET attempt = attempt - 1,
         status = CASE WHEN attempt - 1 > 0 THEN 'retrying' ELSE 'pending' END,
-        run_at = now(),
-        lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
+        run_at = {now},
+        lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = {now}
     WHERE id = $1 AND status = 'running' AND lease_token = $2
     RETURNING id
 )
@@ -163,7 +165,7 @@ SELECT u.id, pg_notify({channel}, '') FROM u";
 /// Renews a lease. $1 id, $2 token, $3 extension (µs).
 const HEARTBEAT: &str = "
 UPDATE {schema}.jobs
-SET lease_expires_at = now() + $3::bigint * interval '1 microsecond', updated_at = now()
+SET lease_expires_at = {now} + $3::bigint * interval '1 microsecond', updated_at = {now}
 WHERE id = $1 AND status = 'running' AND lease_token = $2
 RETURNING lease_expires_at";
 
@@ -172,16 +174,16 @@ RETURNING lease_expires_at";
 const RECLAIM: &str = "
 WITH expired AS (
     SELECT id FROM {schema}.jobs
-    WHERE status = 'running' AND lease_expires_at <= now()
+    WHERE status = 'running' AND lease_expires_at <= {now}
     FOR UPDATE SKIP LOCKED
 ),
 u AS (
     UPDATE {schema}.jobs AS j
     SET status = CASE WHEN j.attempt < j.max_attempts THEN 'retrying' ELSE 'failed' END,
-        run_at = CASE WHEN j.attempt < j.max_attempts THEN now() ELSE j.run_at END,
-        completed_at = CASE WHEN j.attempt < j.max_attempts THEN NULL ELSE now() END,
+        run_at = CASE WHEN j.attempt < j.max_attempts THEN {now} ELSE j.run_at END,
+        completed_at = CASE WHEN j.attempt < j.max_attempts THEN NULL ELSE {now} END,
         last_error = 'lease expired: the worker stopped heartbeating (crashed, hung or lost its connection)',
-        lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
+        lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = {now}
     FROM expired
     WHERE j.id = expired.id
     RETURNING j.id
@@ -208,28 +210,39 @@ SELECT key, name, ok, err FROM {schema}.checkpoints WHERE job_id = $1 ORDER BY k
 
 const DELETE_CHECKPOINTS: &str = "DELETE FROM {schema}.checkpoints WHERE job_id = $1";
 
+const NOW: &str = "SELECT {now}";
+
 const GET_JOB: &str = "SELECT * FROM {schema}.jobs WHERE id = $1";
 
-/// $1 statuses (empty = any), $2 queue, $3 task, $4 after id, $5 limit.
+/// $1 statuses (empty = any), $2 queue, $3 task, $4 after id, $5 limit, $6 parent.
 const LIST_JOBS: &str = "
 SELECT * FROM {schema}.jobs
 WHERE (cardinality($1::text[]) = 0 OR status = ANY($1::text[]))
   AND ($2::text IS NULL OR queue = $2)
   AND ($3::text IS NULL OR task = $3)
   AND ($4::bigint IS NULL OR id > $4)
+  AND ($6::bigint IS NULL OR parent_id = $6)
 ORDER BY id
 LIMIT $5";
 
 const COUNTS: &str = "
 SELECT queue, status, count(*) AS n FROM {schema}.jobs GROUP BY queue, status";
 
-/// Cancels an unfinished job. $1 id.
+/// Cancels an unfinished job and every unfinished descendant (children spawned by
+/// workflows); running members lose their lease. Returns the ids it cancelled. $1 id.
 const CANCEL: &str = "
-UPDATE {schema}.jobs
+WITH RECURSIVE tree AS (
+    SELECT id FROM {schema}.jobs WHERE id = $1 AND status IN {unfinished}
+    UNION ALL
+    SELECT c.id FROM {schema}.jobs c JOIN tree t ON c.parent_id = t.id
+)
+UPDATE {schema}.jobs AS j
 SET status = 'cancelled',
     lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL,
-    completed_at = now(), updated_at = now()
-WHERE id = $1 AND status IN {unfinished}";
+    completed_at = {now}, updated_at = {now}
+FROM tree
+WHERE j.id = tree.id AND j.status IN {unfinished}
+RETURNING j.id";
 
 const JOB_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM {schema}.jobs WHERE id = $1)";
 
@@ -250,6 +263,7 @@ pub(crate) struct Sql {
     pub save_checkpoint: Arc<str>,
     pub checkpoints: Arc<str>,
     pub delete_checkpoints: Arc<str>,
+    pub now: Arc<str>,
     pub get_job: Arc<str>,
     pub list_jobs: Arc<str>,
     pub counts: Arc<str>,
@@ -257,19 +271,32 @@ pub(crate) struct Sql {
     pub job_exists: Arc<str>,
 }
 
+/// The storage's clock in SQL: the database's `now()`, or, for tests (feature `testing`),
+/// `now()` plus the schema's test-clock offset.
+pub(crate) fn now_expr(schema: &str, test_clock: bool) -> String {
+    if test_clock {
+        format!("{}.test_now()", quote_ident(schema))
+    } else {
+        "now()".to_string()
+    }
+}
+
+/// Renders a statement template for `schema` (already validated); `{now}` becomes `now`.
+pub(crate) fn render(template: &str, schema: &str, now: &str) -> Arc<str> {
+    let q = quote_ident(schema);
+    template
+        .replace("{now}", now)
+        .replace("{schema}", &q)
+        .replace("{seq}", &quote_literal(&format!("{q}.jobs_id_seq")))
+        .replace("{channel}", &quote_literal(&channel(schema)))
+        .replace("{unfinished}", UNFINISHED)
+        .into()
+}
+
 impl Sql {
-    /// Renders every statement for `schema` (already validated).
-    pub fn new(schema: &str) -> Self {
-        let q = quote_ident(schema);
-        let seq = quote_literal(&format!("{q}.jobs_id_seq"));
-        let chan = quote_literal(&channel(schema));
-        let r = |t: &str| -> Arc<str> {
-            t.replace("{schema}", &q)
-                .replace("{seq}", &seq)
-                .replace("{channel}", &chan)
-                .replace("{unfinished}", UNFINISHED)
-                .into()
-        };
+    /// Renders every statement for `schema` (already validated) with `now` as the clock.
+    pub fn new(schema: &str, now: &str) -> Self {
+        let r = |t: &str| render(t, schema, now);
         Sql {
             claim: r(&CLAIM.replace("{lease}", LEASE)),
             claim_queues: r(&CLAIM_QUEUES.replace("{lease}", LEASE)),
@@ -285,6 +312,7 @@ impl Sql {
             save_checkpoint: r(SAVE_CHECKPOINT),
             checkpoints: r(CHECKPOINTS),
             delete_checkpoints: r(DELETE_CHECKPOINTS),
+            now: r(NOW),
             get_job: r(GET_JOB),
             list_jobs: r(LIST_JOBS),
             counts: r(COUNTS),

@@ -5,6 +5,7 @@ use crate::listen::{self, ListenerTask};
 use crate::migrate;
 use crate::options::{channel, PostgresOptions};
 use crate::sql::Sql;
+use crate::workflow::WorkflowSql;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use durable_jobs::job::new_lease_token;
@@ -51,6 +52,7 @@ struct Inner {
     pool: PgPool,
     options: PostgresOptions,
     sql: Sql,
+    wf: WorkflowSql,
     wake: Arc<watch::Sender<u64>>,
     listener: Mutex<Option<ListenerTask>>,
 }
@@ -120,9 +122,11 @@ impl PostgresStorage {
 
     fn build(pool: PgPool, options: PostgresOptions) -> Self {
         let (wake, _) = watch::channel(0);
+        let now = crate::sql::now_expr(&options.schema, options.uses_test_clock());
         PostgresStorage {
             inner: Arc::new(Inner {
-                sql: Sql::new(&options.schema),
+                sql: Sql::new(&options.schema, &now),
+                wf: WorkflowSql::new(&options.schema, &now),
                 pool,
                 options,
                 wake: Arc::new(wake),
@@ -161,6 +165,10 @@ impl PostgresStorage {
 
     pub(crate) fn sql(&self) -> &Sql {
         &self.inner.sql
+    }
+
+    pub(crate) fn wf(&self) -> &WorkflowSql {
+        &self.inner.wf
     }
 
     /// Wakes this process's idle workers now (other processes hear the NOTIFY).
@@ -239,7 +247,7 @@ impl Storage for PostgresStorage {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(self.inner.options.listen, true, true)
+        Capabilities::new(self.inner.options.listen, true, true).with_workflows(true)
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -247,7 +255,7 @@ impl Storage for PostgresStorage {
     }
 
     async fn now(&self) -> Result<DateTime<Utc>> {
-        sqlx::query_scalar("SELECT now()")
+        sqlx::query_scalar(AssertSqlSafe(self.sql().now.clone()))
             .fetch_one(self.pool())
             .await
             .map_err(db)
@@ -493,6 +501,7 @@ impl Storage for PostgresStorage {
             .bind(filter.task)
             .bind(filter.after_id)
             .bind(limit)
+            .bind(filter.parent_id)
             .fetch_all(self.pool())
             .await
             .map_err(db)?;
@@ -518,13 +527,12 @@ impl Storage for PostgresStorage {
     }
 
     async fn cancel(&self, job_id: JobId) -> Result<bool> {
-        let done = sqlx::query(AssertSqlSafe(self.sql().cancel.clone()))
+        let cancelled: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(self.sql().cancel.clone()))
             .bind(job_id)
-            .execute(self.pool())
+            .fetch_all(self.pool())
             .await
-            .map_err(db)?
-            .rows_affected();
-        if done > 0 {
+            .map_err(db)?;
+        if cancelled.contains(&job_id) {
             return Ok(true);
         }
         let exists: bool = sqlx::query_scalar(AssertSqlSafe(self.sql().job_exists.clone()))
@@ -537,6 +545,42 @@ impl Storage for PostgresStorage {
         } else {
             Err(Error::JobNotFound(job_id))
         }
+    }
+
+    async fn suspend(&self, lease: &Lease, wake_at: Option<DateTime<Utc>>) -> Result<()> {
+        self.suspend_job(lease, wake_at).await
+    }
+
+    async fn spawn_children(
+        &self,
+        lease: &Lease,
+        key: &str,
+        name: &str,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<JobId>> {
+        self.spawn_child_jobs(lease, key, name, jobs).await
+    }
+
+    async fn send_signal(&self, job_id: JobId, name: &str, payload: Value) -> Result<()> {
+        self.signal_job(job_id, name, payload).await
+    }
+
+    async fn take_signals(
+        &self,
+        lease: &Lease,
+        name: &str,
+        limit: usize,
+        key: &str,
+    ) -> Result<Vec<Value>> {
+        self.take_job_signals(lease, name, limit, key).await
+    }
+
+    async fn peek_signal(&self, job_id: JobId, name: &str) -> Result<Option<Value>> {
+        self.peek_job_signal(job_id, name).await
+    }
+
+    async fn delete_job(&self, job_id: JobId) -> Result<bool> {
+        self.delete_one_job(job_id).await
     }
 
     fn wakeups(&self) -> Option<watch::Receiver<u64>> {

@@ -5,7 +5,7 @@
 //! if something listens there; else a throwaway cluster started with `initdb`/`pg_ctl`
 //! in a temporary directory on a free port, stopped (and deleted) when the test process
 //! exits, even by SIGKILL. With none of these, setup fails with a message naming what to
-//! install; tests never skip.
+//! install; tests never skip. `DURABLE_JOBS_PG_THROWAWAY=1` forces the throwaway cluster.
 //!
 //! ```no_run
 //! # async fn example() -> durable_jobs::Result<()> {
@@ -44,7 +44,16 @@ pub fn server_url() -> Result<String> {
     URL.get_or_init(find_server).clone().map_err(Error::Storage)
 }
 
+/// Set to `1` to skip `DATABASE_URL` and 127.0.0.1:5432 and always start a throwaway
+/// cluster (how the fallback itself is tested).
+pub const THROWAWAY_ENV: &str = "DURABLE_JOBS_PG_THROWAWAY";
+
 fn find_server() -> std::result::Result<String, String> {
+    if std::env::var(THROWAWAY_ENV).is_ok_and(|v| v == "1") {
+        return start_throwaway_cluster().map_err(|e| {
+            format!("{THROWAWAY_ENV}=1 but no throwaway cluster could be started: {e}")
+        });
+    }
     if let Ok(url) = std::env::var("DATABASE_URL") {
         if !url.is_empty() {
             return Ok(url);
@@ -188,15 +197,29 @@ impl TestSchema {
         Self::with_options(PostgresOptions::new().max_connections(4)).await
     }
 
-    /// A fresh, migrated schema; `options`' schema name is replaced by a unique one.
+    /// A fresh, migrated schema; `options`' schema name is replaced by a unique one, and
+    /// the storage runs on the schema's test clock (see [`Self::advance`]).
     ///
     /// # Errors
     /// As [`Self::new`].
     pub async fn with_options(options: PostgresOptions) -> Result<Self> {
         let url = server_url()?;
-        let storage =
-            PostgresStorage::connect_with(&url, options.schema(unique_schema("dj_test"))).await?;
+        let storage = PostgresStorage::connect_with(
+            &url,
+            options.schema(unique_schema("dj_test")).test_clock(true),
+        )
+        .await?;
         storage.migrate().await?;
+        let q = quote_ident(storage.schema());
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "CREATE TABLE {q}.test_clock (offset_us bigint NOT NULL);
+             INSERT INTO {q}.test_clock VALUES (0);
+             CREATE FUNCTION {q}.test_now() RETURNS timestamptz LANGUAGE sql STABLE AS
+                 $$ SELECT now() + (SELECT offset_us FROM {q}.test_clock) * interval '1 microsecond' $$;"
+        )))
+        .execute(storage.pool())
+        .await
+        .map_err(db)?;
         Ok(TestSchema { storage, url })
     }
 
@@ -215,19 +238,17 @@ impl TestSchema {
         &self.url
     }
 
-    /// Moves this schema's time forward by `by`: every stored timestamp moves back by
-    /// `by`, which to the backend (reading `now()`) is the same as the clock moving on.
+    /// Moves this schema's time forward by `by`: the storage reads time as `now()` plus
+    /// the schema's test-clock offset, and this adds `by` to the offset. (Shifting stored
+    /// timestamps instead would miss deadlines the engine keeps inside checkpoints, such
+    /// as a durable sleep's wake time.)
     ///
     /// # Errors
     /// [`Error::Storage`] when the update fails.
     pub async fn advance(&self, by: Duration) -> Result<()> {
         let q = quote_ident(self.schema());
         sqlx::query(AssertSqlSafe(format!(
-            "UPDATE {q}.jobs SET
-                 run_at = run_at - d, lease_expires_at = lease_expires_at - d,
-                 created_at = created_at - d, started_at = started_at - d,
-                 completed_at = completed_at - d, updated_at = updated_at - d
-             FROM (SELECT $1::bigint * interval '1 microsecond' AS d) AS shift"
+            "UPDATE {q}.test_clock SET offset_us = offset_us + $1"
         )))
         .bind(micros(by))
         .execute(self.storage.pool())

@@ -70,6 +70,7 @@ pub(crate) async fn insert_jobs(
     let mut delay_us = Vec::with_capacity(n);
     let mut dedupe_key = Vec::with_capacity(n);
     let mut timeout_ms = Vec::with_capacity(n);
+    let mut parent_id = Vec::with_capacity(n);
     for j in jobs {
         payload.push(serde_json::to_string(&j.payload)?);
         task.push(j.task);
@@ -80,6 +81,7 @@ pub(crate) async fn insert_jobs(
         delay_us.push(j.delay.map(micros));
         dedupe_key.push(j.dedupe_key);
         timeout_ms.push(j.timeout_ms);
+        parent_id.push(j.parent_id);
     }
     // A prepared statement switches to a generic plan after a few runs, and a generic
     // plan assumes every unnest yields 10 rows: for a 10,000-job batch it picks nested
@@ -97,6 +99,7 @@ pub(crate) async fn insert_jobs(
         .bind(&delay_us)
         .bind(&dedupe_key)
         .bind(&timeout_ms)
+        .bind(&parent_id)
         .fetch_all(&mut *conn)
         .await
         .map_err(db)?;

@@ -6,6 +6,7 @@ mod enqueue;
 mod listen;
 mod migrate;
 mod sql_api;
+mod workflow;
 
 use durable_jobs_postgres::testing::TestSchema;
 use std::future::Future;

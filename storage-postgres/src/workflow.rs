@@ -1,0 +1,269 @@
+//! Workflow storage: suspend and wake, children, durable signals, subtree cancel and
+//! deletion (the [`durable_jobs::Storage`] workflow calls).
+//!
+//! A waiting job sits in the claim index with its wake time as `run_at` (far in the
+//! future when it waits only for a signal or its children). Anything that wakes it moves
+//! `run_at` to now, or, while it runs, sets `wake_requested` so its next suspend is due
+//! at once. A child's final write wakes its parent through a trigger, in the child's
+//! transaction.
+
+use crate::error::db;
+use crate::sql::render;
+use crate::storage::PostgresStorage;
+use chrono::{DateTime, Utc};
+use durable_jobs::job::far_future;
+use durable_jobs::{Error, JobId, Lease, NewJob, Result};
+use serde_json::Value;
+use sqlx::{AssertSqlSafe, Row};
+use std::sync::Arc;
+
+/// Suspends a running job. $1 id, $2 token, $3 wake time.
+const SUSPEND: &str = "
+WITH u AS (
+    UPDATE {schema}.jobs
+    SET status = 'waiting',
+        attempt = attempt - 1,
+        run_at = CASE WHEN wake_requested THEN {now} ELSE $3 END,
+        wake_requested = false,
+        lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = {now}
+    WHERE id = $1 AND status = 'running' AND lease_token = $2
+    RETURNING run_at <= {now} AS due
+)
+SELECT due, CASE WHEN due THEN pg_notify({channel}, '')::text END AS notified FROM u";
+
+/// Holds the lease for the rest of the transaction. $1 id, $2 token.
+const HOLD: &str = "
+SELECT id FROM {schema}.jobs WHERE id = $1 AND status = 'running' AND lease_token = $2
+FOR SHARE";
+
+/// Stores a checkpoint (the lease is already held). $1 job, $2 key, $3 name, $4 value.
+const PUT_CHECKPOINT: &str = "
+INSERT INTO {schema}.checkpoints (job_id, key, name, ok) VALUES ($1, $2, $3, $4::jsonb)
+ON CONFLICT (job_id, key) DO UPDATE SET name = excluded.name, ok = excluded.ok, err = NULL";
+
+/// $1 job, $2 name, $3 payload (JSON text).
+const SEND_SIGNAL: &str = "SELECT {schema}.send_signal($1, $2, $3::jsonb) AS status";
+
+/// Consumes up to $4 of the leased job's oldest signals named $3 and checkpoints them
+/// at $5, fenced. $1 id, $2 token.
+const TAKE_SIGNALS: &str = "
+WITH held AS (
+    SELECT id FROM {schema}.jobs WHERE id = $1 AND status = 'running' AND lease_token = $2
+    FOR SHARE
+),
+taken AS (
+    DELETE FROM {schema}.signals AS s
+    WHERE s.id IN (
+        SELECT s2.id FROM {schema}.signals AS s2 JOIN held ON s2.job_id = held.id
+        WHERE s2.name = $3
+        ORDER BY s2.id
+        LIMIT $4
+        FOR UPDATE OF s2
+    )
+    RETURNING s.id, s.payload
+),
+cp AS (
+    INSERT INTO {schema}.checkpoints (job_id, key, name, ok)
+    SELECT $1, $5, 'signal:' || $3, jsonb_agg(payload ORDER BY id) FROM taken
+    HAVING count(*) > 0
+    ON CONFLICT (job_id, key) DO UPDATE SET name = excluded.name, ok = excluded.ok, err = NULL
+)
+SELECT EXISTS (SELECT 1 FROM held) AS held,
+       coalesce((SELECT jsonb_agg(payload ORDER BY id) FROM taken), '[]'::jsonb) AS payloads";
+
+/// $1 job, $2 name.
+const PEEK_SIGNAL: &str = "
+SELECT payload FROM {schema}.signals WHERE job_id = $1 AND name = $2 ORDER BY id LIMIT 1";
+
+/// Deletes a job that is not running (checkpoints and signals cascade). $1 id.
+const DELETE_JOB: &str = "DELETE FROM {schema}.jobs WHERE id = $1 AND status <> 'running'";
+
+const JOB_STATUS: &str = "SELECT status FROM {schema}.jobs WHERE id = $1";
+
+/// The workflow statements for one schema.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkflowSql {
+    suspend: Arc<str>,
+    hold: Arc<str>,
+    put_checkpoint: Arc<str>,
+    send_signal: Arc<str>,
+    take_signals: Arc<str>,
+    peek_signal: Arc<str>,
+    delete_job: Arc<str>,
+    job_status: Arc<str>,
+}
+
+impl WorkflowSql {
+    pub fn new(schema: &str, now: &str) -> Self {
+        let r = |t: &str| render(t, schema, now);
+        WorkflowSql {
+            suspend: r(SUSPEND),
+            hold: r(HOLD),
+            put_checkpoint: r(PUT_CHECKPOINT),
+            send_signal: r(SEND_SIGNAL),
+            take_signals: r(TAKE_SIGNALS),
+            peek_signal: r(PEEK_SIGNAL),
+            delete_job: r(DELETE_JOB),
+            job_status: r(JOB_STATUS),
+        }
+    }
+}
+
+fn lease_lost(lease: &Lease) -> Error {
+    Error::LeaseLost {
+        job_id: lease.job_id,
+    }
+}
+
+impl PostgresStorage {
+    pub(crate) async fn suspend_job(
+        &self,
+        lease: &Lease,
+        wake_at: Option<DateTime<Utc>>,
+    ) -> Result<()> {
+        let due: Option<bool> = sqlx::query_scalar(AssertSqlSafe(self.wf().suspend.clone()))
+            .bind(lease.job_id)
+            .bind(lease.token)
+            .bind(wake_at.unwrap_or_else(far_future))
+            .fetch_optional(self.pool())
+            .await
+            .map_err(db)?;
+        match due {
+            None => Err(lease_lost(lease)),
+            Some(due) => {
+                if due {
+                    self.wake_local();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) async fn spawn_child_jobs(
+        &self,
+        lease: &Lease,
+        key: &str,
+        name: &str,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<JobId>> {
+        let mut tx = self.pool().begin().await.map_err(db)?;
+        // The share lock keeps a reclaim or cancel from ending the lease before commit.
+        let held = sqlx::query(AssertSqlSafe(self.wf().hold.clone()))
+            .bind(lease.job_id)
+            .bind(lease.token)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        if held.is_none() {
+            return Err(lease_lost(lease));
+        }
+        let jobs = jobs
+            .into_iter()
+            .map(|mut j| {
+                j.parent_id = Some(lease.job_id);
+                j
+            })
+            .collect();
+        let ids: Vec<JobId> = crate::tx::insert_jobs(&mut tx, self.sql(), jobs)
+            .await?
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        sqlx::query(AssertSqlSafe(self.wf().put_checkpoint.clone()))
+            .bind(lease.job_id)
+            .bind(key)
+            .bind(name)
+            .bind(serde_json::to_string(&ids)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        self.wake_local();
+        Ok(ids)
+    }
+
+    pub(crate) async fn signal_job(&self, job_id: JobId, name: &str, payload: Value) -> Result<()> {
+        let status: Option<String> =
+            sqlx::query_scalar(AssertSqlSafe(self.wf().send_signal.clone()))
+                .bind(job_id)
+                .bind(name)
+                .bind(serde_json::to_string(&payload)?)
+                .fetch_one(self.pool())
+                .await
+                .map_err(db)?;
+        match status.as_deref() {
+            None => Err(Error::JobNotFound(job_id)),
+            Some(s @ ("completed" | "failed" | "cancelled")) => Err(Error::JobFinished {
+                job_id,
+                status: s.to_string(),
+            }),
+            Some(_) => {
+                self.wake_local();
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) async fn take_job_signals(
+        &self,
+        lease: &Lease,
+        name: &str,
+        limit: usize,
+        key: &str,
+    ) -> Result<Vec<Value>> {
+        let row = sqlx::query(AssertSqlSafe(self.wf().take_signals.clone()))
+            .bind(lease.job_id)
+            .bind(lease.token)
+            .bind(name)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(key)
+            .fetch_one(self.pool())
+            .await
+            .map_err(db)?;
+        let held: bool = row.try_get("held").map_err(db)?;
+        if !held {
+            return Err(lease_lost(lease));
+        }
+        match row.try_get::<Value, _>("payloads").map_err(db)? {
+            Value::Array(v) => Ok(v),
+            other => Err(Error::Storage(format!(
+                "take_signals returned {other} instead of an array"
+            ))),
+        }
+    }
+
+    pub(crate) async fn peek_job_signal(&self, job_id: JobId, name: &str) -> Result<Option<Value>> {
+        sqlx::query_scalar(AssertSqlSafe(self.wf().peek_signal.clone()))
+            .bind(job_id)
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(db)
+    }
+
+    pub(crate) async fn delete_one_job(&self, job_id: JobId) -> Result<bool> {
+        let deleted = sqlx::query(AssertSqlSafe(self.wf().delete_job.clone()))
+            .bind(job_id)
+            .execute(self.pool())
+            .await
+            .map_err(db)?
+            .rows_affected();
+        if deleted > 0 {
+            return Ok(true);
+        }
+        let status: Option<String> =
+            sqlx::query_scalar(AssertSqlSafe(self.wf().job_status.clone()))
+                .bind(job_id)
+                .fetch_optional(self.pool())
+                .await
+                .map_err(db)?;
+        match status {
+            None => Ok(false),
+            Some(status) => Err(Error::InvalidState {
+                job_id,
+                status,
+                operation: "delete",
+            }),
+        }
+    }
+}
