@@ -195,6 +195,44 @@ pub struct NewJob {
     /// transaction.
     #[serde(default)]
     pub parent_id: Option<JobId>,
+    /// What a second enqueue with the same `dedupe_key` does.
+    #[serde(default)]
+    pub key_mode: KeyMode,
+    /// At most one job per serial key runs at a time, across all workers.
+    #[serde(default)]
+    pub serial_key: Option<String>,
+    /// Flags a worker can refuse (see `WorkerOptions::forbid_flags`).
+    #[serde(default)]
+    pub flags: Vec<String>,
+    /// Labels to find the job by in listings.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// What enqueueing a job whose key an unfinished job already holds does (the key is
+/// [`NewJob::dedupe_key`]), as graphile-worker's `job_key_mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyMode {
+    /// Keep the existing job unchanged and return its id.
+    #[default]
+    Dedupe,
+    /// Debounce: replace the waiting job's payload, run_at and options. A job whose
+    /// holder is running gives up its key, and a new job is created.
+    Replace,
+    /// Throttle: like `Replace`, but the existing run_at stays.
+    PreserveRunAt,
+}
+
+impl KeyMode {
+    /// The mode's stable name, as stored in SQL backends.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyMode::Dedupe => "dedupe",
+            KeyMode::Replace => "replace",
+            KeyMode::PreserveRunAt => "preserve_run_at",
+        }
+    }
 }
 
 /// The run_at of a job suspended with no timer: it waits for a signal or its children.
@@ -217,6 +255,10 @@ impl NewJob {
             dedupe_key: None,
             timeout_ms: None,
             parent_id: None,
+            key_mode: KeyMode::Dedupe,
+            serial_key: None,
+            flags: Vec::new(),
+            tags: Vec::new(),
         }
     }
 

@@ -1,7 +1,7 @@
 //! Per-job options and their validation.
 
 use crate::error::{Error, Result};
-use crate::job::NewJob;
+use crate::job::{KeyMode, NewJob};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::time::Duration;
@@ -22,7 +22,8 @@ pub const MAX_RETRIES: u32 = 10_000;
 /// use std::time::Duration;
 /// let opts = JobOptions::new().priority(10).retries(5).delay(Duration::from_secs(30)).queue("emails");
 /// ```
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct JobOptions {
     priority: Option<i32>,
     retries: Option<u32>,
@@ -30,7 +31,11 @@ pub struct JobOptions {
     at: Option<DateTime<Utc>>,
     queue: Option<String>,
     dedupe_key: Option<String>,
+    key_mode: KeyMode,
     timeout: Option<Duration>,
+    serial_key: Option<String>,
+    flags: Vec<String>,
+    tags: Vec<String>,
 }
 
 impl JobOptions {
@@ -72,6 +77,34 @@ impl JobOptions {
     /// While an unfinished job holds this key, enqueueing another returns its id.
     pub fn dedupe_key(mut self, key: impl Into<String>) -> Self {
         self.dedupe_key = Some(key.into());
+        self
+    }
+
+    /// A job key with a mode: [`KeyMode::Dedupe`] keeps an existing unfinished job,
+    /// [`KeyMode::Replace`] debounces (replaces its payload and run_at),
+    /// [`KeyMode::PreserveRunAt`] throttles (replaces its payload, keeps its run_at).
+    pub fn job_key(mut self, key: impl Into<String>, mode: KeyMode) -> Self {
+        self.dedupe_key = Some(key.into());
+        self.key_mode = mode;
+        self
+    }
+
+    /// Runs at most one job with this key at a time, across all workers (graphile's named
+    /// queues). Jobs of one key run one after another in claim order.
+    pub fn serial_key(mut self, key: impl Into<String>) -> Self {
+        self.serial_key = Some(key.into());
+        self
+    }
+
+    /// Adds a flag; workers started with `forbid_flags` containing it will not claim the job.
+    pub fn flag(mut self, flag: impl Into<String>) -> Self {
+        self.flags.push(flag.into());
+        self
+    }
+
+    /// Adds a tag to find the job by in listings.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.tags.push(tag.into());
         self
     }
 
@@ -128,6 +161,20 @@ impl JobOptions {
                 });
             }
         }
+        if self.serial_key.as_deref() == Some("") {
+            return Err(Error::InvalidOption {
+                option: "serial_key",
+                message: "expected a non-empty key".into(),
+            });
+        }
+        for (option, list) in [("flag", &self.flags), ("tag", &self.tags)] {
+            if let Some(bad) = list.iter().find(|f| f.is_empty() || f.len() > 128) {
+                return Err(Error::InvalidOption {
+                    option,
+                    message: format!("`{bad}` must be 1 to 128 characters"),
+                });
+            }
+        }
         let queue = self.queue.clone().unwrap_or_else(|| DEFAULT_QUEUE.into());
         validate_queue_name(&queue)?;
         let size = payload_size(&payload);
@@ -149,6 +196,10 @@ impl JobOptions {
             dedupe_key: self.dedupe_key.clone(),
             timeout_ms,
             parent_id: None,
+            key_mode: self.key_mode,
+            serial_key: self.serial_key.clone(),
+            flags: self.flags.clone(),
+            tags: self.tags.clone(),
         })
     }
 }

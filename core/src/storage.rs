@@ -26,6 +26,8 @@ pub struct DequeueParams {
     pub lease_duration: Duration,
     /// The claiming worker's name, recorded on the job for operators.
     pub holder: String,
+    /// Jobs carrying any of these flags are not claimed.
+    pub forbidden_flags: Vec<String>,
 }
 
 /// A claimed job with the lease that fences its writes.
@@ -67,6 +69,12 @@ pub struct JobFilter {
     pub task: Option<String>,
     /// Only children of this job.
     pub parent_id: Option<JobId>,
+    /// Only jobs carrying this tag.
+    pub tag: Option<String>,
+    /// Only jobs created at or after this time.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Only jobs created before this time.
+    pub created_before: Option<DateTime<Utc>>,
     /// Only jobs with an id greater than this (keyset pagination).
     pub after_id: Option<JobId>,
     /// At most this many jobs; `None` means a backend default of 100.
@@ -96,6 +104,9 @@ pub struct Capabilities {
     pub durable: bool,
     /// Implements the workflow calls: suspend, children, signals, delete.
     pub workflows: bool,
+    /// Implements schedules, job-key modes, serial keys, flags, tags and the management
+    /// calls.
+    pub operations: bool,
 }
 
 impl Capabilities {
@@ -106,7 +117,14 @@ impl Capabilities {
             multi_process,
             durable,
             workflows: false,
+            operations: false,
         }
+    }
+
+    /// The same capabilities, with operations support as given.
+    pub fn with_operations(mut self, operations: bool) -> Self {
+        self.operations = operations;
+        self
     }
 
     /// The same capabilities, with workflow support as given.
@@ -279,6 +297,90 @@ pub trait Storage: Send + Sync + 'static {
         Err(self.unsupported("delete_job"))
     }
 
+    /// Inserts a schedule named `name` with its cursor at `now`, or, when it exists,
+    /// replaces its definition and keeps its cursor and paused state.
+    async fn upsert_schedule(
+        &self,
+        name: &str,
+        definition: Value,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let _ = (name, definition, now);
+        Err(self.unsupported("schedules"))
+    }
+
+    /// Every schedule, by name.
+    async fn schedules(&self) -> Result<Vec<crate::schedule::ScheduleRecord>> {
+        Err(self.unsupported("schedules"))
+    }
+
+    /// Pauses or resumes a schedule; false when none has this name.
+    async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<bool> {
+        let _ = (name, paused);
+        Err(self.unsupported("schedules"))
+    }
+
+    /// Removes a schedule; false when none has this name.
+    async fn delete_schedule(&self, name: &str) -> Result<bool> {
+        let _ = name;
+        Err(self.unsupported("schedules"))
+    }
+
+    /// In one transaction: if the schedule's cursor is still `from`, moves it to `to`,
+    /// inserts `jobs`, records the last job's id, and returns the new ids; otherwise
+    /// (another scheduler moved it first, or the schedule is gone) changes nothing and
+    /// returns `None`.
+    async fn advance_schedule(
+        &self,
+        name: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        jobs: Vec<NewJob>,
+    ) -> Result<Option<Vec<JobId>>> {
+        let _ = (name, from, to, jobs);
+        Err(self.unsupported("schedules"))
+    }
+
+    /// Requeues failed or cancelled jobs to run now with a fresh attempt count; their
+    /// checkpoints are deleted unless `keep_checkpoints` (then a workflow resumes where it
+    /// stopped). Returns how many were requeued.
+    async fn retry_jobs(&self, ids: &[JobId], keep_checkpoints: bool) -> Result<u64> {
+        let _ = (ids, keep_checkpoints);
+        Err(self.unsupported("retry_jobs"))
+    }
+
+    /// Moves a pending, retrying or waiting job's run_at; false for other jobs.
+    async fn reschedule_job(&self, job_id: JobId, run_at: DateTime<Utc>) -> Result<bool> {
+        let _ = (job_id, run_at);
+        Err(self.unsupported("reschedule_job"))
+    }
+
+    /// Completes or permanently fails unfinished jobs that are not running (running ones
+    /// are left alone, as graphile-worker does). Returns how many changed. A child's parent
+    /// is woken as for any final write.
+    async fn finish_jobs(&self, ids: &[JobId], outcome: ManualOutcome) -> Result<u64> {
+        let _ = (ids, outcome);
+        Err(self.unsupported("finish_jobs"))
+    }
+
+    /// Deletes finished jobs (completed, failed, cancelled) that finished before
+    /// `older_than`, with their checkpoints and signals. Returns how many.
+    async fn purge_finished(&self, older_than: DateTime<Utc>) -> Result<u64> {
+        let _ = older_than;
+        Err(self.unsupported("purge_finished"))
+    }
+
+    /// Pauses or resumes a queue: nothing is claimed from a paused queue.
+    async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        let _ = (queue, paused);
+        Err(self.unsupported("pause_queue"))
+    }
+
+    /// The paused queues, sorted.
+    async fn paused_queues(&self) -> Result<Vec<String>> {
+        Err(self.unsupported("pause_queue"))
+    }
+
     /// The error for an operation this backend does not implement.
     fn unsupported(&self, operation: &'static str) -> crate::Error {
         crate::Error::Unsupported {
@@ -286,6 +388,15 @@ pub trait Storage: Send + Sync + 'static {
             operation,
         }
     }
+}
+
+/// How [`Storage::finish_jobs`] ends jobs by hand.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ManualOutcome {
+    /// Mark completed with this result.
+    Complete(Value),
+    /// Mark failed for good with this error.
+    Fail(String),
 }
 
 /// A shared storage handle.

@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use durable_jobs::job::{far_future, new_lease_token};
 use durable_jobs::{
     Capabilities, Checkpoint, CheckpointOutcome, ClaimedJob, Clock, Completion, DequeueParams,
-    Enqueued, Error, Failure, Job, JobFilter, JobId, JobStatus, Lease, LeaseInfo, ManualClock,
-    NewJob, QueueCount, Result, Storage, SystemClock,
+    Enqueued, Error, Failure, Job, JobFilter, JobId, JobStatus, KeyMode, Lease, LeaseInfo,
+    ManualClock, ManualOutcome, NewJob, QueueCount, Result, ScheduleRecord, Storage, SystemClock,
 };
 use serde_json::Value;
 use std::cmp::Reverse;
@@ -35,6 +35,19 @@ struct State {
     wake_requested: HashSet<JobId>,
     /// Unconsumed signals per job and name, oldest first.
     signals: HashMap<(JobId, String), VecDeque<Value>>,
+    /// Serial key, flags and tags per job.
+    extras: HashMap<JobId, Extras>,
+    /// The running job of each serial key.
+    serial_running: HashMap<String, JobId>,
+    schedules: BTreeMap<String, ScheduleRecord>,
+    paused_queues: BTreeSet<String>,
+}
+
+#[derive(Default, Clone)]
+struct Extras {
+    serial_key: Option<String>,
+    flags: Vec<String>,
+    tags: Vec<String>,
 }
 
 /// Jobs held in this process's memory. Cloning shares the same jobs.
@@ -104,10 +117,17 @@ impl MemoryStorage {
 }
 
 impl State {
-    fn insert(&mut self, new: NewJob, now: DateTime<Utc>) -> Enqueued {
-        if let Some(key) = &new.dedupe_key {
-            if let Some(&id) = self.dedupe.get(key) {
-                return Enqueued { id, created: false };
+    fn insert(&mut self, mut new: NewJob, now: DateTime<Utc>) -> Enqueued {
+        if let Some(key) = new.dedupe_key.clone() {
+            if let Some(&id) = self.dedupe.get(&key) {
+                match new.key_mode {
+                    KeyMode::Dedupe => return Enqueued { id, created: false },
+                    KeyMode::Replace | KeyMode::PreserveRunAt => {
+                        if let Some(out) = self.replace_keyed(id, &mut new, now) {
+                            return out;
+                        }
+                    }
+                }
             }
         }
         let id = self.next_id;
@@ -120,6 +140,14 @@ impl State {
             self.parents.insert(id, parent);
             self.children.entry(parent).or_default().push(id);
         }
+        self.extras.insert(
+            id,
+            Extras {
+                serial_key: new.serial_key.clone(),
+                flags: new.flags.clone(),
+                tags: new.tags.clone(),
+            },
+        );
         let job = Job {
             id,
             task: new.task,
@@ -143,6 +171,56 @@ impl State {
         self.make_ready(&job);
         self.jobs.insert(id, job);
         Enqueued { id, created: true }
+    }
+
+    /// Job-key replace: a holder still waiting to run takes the new payload (and run_at
+    /// unless preserved) and keeps its id; a holder already running (or suspended
+    /// mid-workflow) gives up its key and `None` tells the caller to insert a new job.
+    fn replace_keyed(
+        &mut self,
+        id: JobId,
+        new: &mut NewJob,
+        now: DateTime<Utc>,
+    ) -> Option<Enqueued> {
+        let job = self.jobs.get(&id)?.clone();
+        if !job.status.is_claimable() {
+            if let Some(k) = &job.dedupe_key {
+                self.dedupe.remove(k);
+            }
+            if let Some(j) = self.jobs.get_mut(&id) {
+                j.dedupe_key = None;
+            }
+            return None;
+        }
+        self.unready(&job);
+        let run_at = match new.key_mode {
+            KeyMode::PreserveRunAt => job.run_at,
+            _ => new.resolve_run_at(now),
+        };
+        if let Some(j) = self.jobs.get_mut(&id) {
+            j.task = new.task.clone();
+            j.payload = std::mem::take(&mut new.payload);
+            j.queue = new.queue.clone();
+            j.priority = new.priority;
+            j.max_attempts = new.max_attempts;
+            j.timeout_ms = new.timeout_ms;
+            j.run_at = run_at;
+            j.attempt = 0;
+            j.status = JobStatus::Pending;
+            j.last_error = None;
+            j.updated_at = now;
+        }
+        self.extras.insert(
+            id,
+            Extras {
+                serial_key: new.serial_key.clone(),
+                flags: new.flags.clone(),
+                tags: new.tags.clone(),
+            },
+        );
+        let job = self.jobs.get(&id)?.clone();
+        self.make_ready(&job);
+        Some(Enqueued { id, created: false })
     }
 
     fn make_ready(&mut self, job: &Job) {
@@ -181,6 +259,11 @@ impl State {
                 self.running.remove(&(l.expires_at, id));
             }
         }
+        if let Some(key) = self.extras.get(&id).and_then(|e| e.serial_key.clone()) {
+            if self.serial_running.get(&key) == Some(&id) {
+                self.serial_running.remove(&key);
+            }
+        }
     }
 
     fn finish(&mut self, id: JobId, status: JobStatus, now: DateTime<Utc>) {
@@ -213,6 +296,28 @@ impl State {
 }
 
 impl State {
+    /// Removes a job that is not running, with everything attached to it.
+    fn remove_job(&mut self, job: &Job) {
+        let job_id = job.id;
+        if job.status.is_claimable() || job.status == JobStatus::Waiting {
+            self.unready(job);
+        }
+        if let Some(key) = &job.dedupe_key {
+            if self.dedupe.get(key) == Some(&job_id) {
+                self.dedupe.remove(key);
+            }
+        }
+        self.jobs.remove(&job_id);
+        self.checkpoints.remove(&job_id);
+        self.extras.remove(&job_id);
+        self.signals.retain(|(id, _), _| *id != job_id);
+        if let Some(parent) = self.parents.remove(&job_id) {
+            if let Some(kids) = self.children.get_mut(&parent) {
+                kids.retain(|k| *k != job_id);
+            }
+        }
+    }
+
     /// Wakes a job: due now if waiting or pending, a wake request if running.
     fn wake_job(&mut self, id: JobId, now: DateTime<Utc>) {
         let Some(job) = self.jobs.get(&id).cloned() else {
@@ -260,7 +365,9 @@ impl Storage for MemoryStorage {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(false, false, false).with_workflows(true)
+        Capabilities::new(false, false, false)
+            .with_workflows(true)
+            .with_operations(true)
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -296,6 +403,9 @@ impl Storage for MemoryStorage {
         // Gather candidates across queues in global claim order.
         let mut picked: Vec<ReadyKey> = Vec::new();
         for q in &params.queues {
+            if st.paused_queues.contains(q) {
+                continue;
+            }
             let Some(set) = st.ready.get(q) else { continue };
             let mut taken = 0;
             for key in set.iter() {
@@ -311,11 +421,25 @@ impl Storage for MemoryStorage {
                 if !params.tasks.is_empty() && !params.tasks.contains(&job.task) {
                     continue;
                 }
+                if let Some(e) = st.extras.get(&key.2) {
+                    if e.flags.iter().any(|f| params.forbidden_flags.contains(f)) {
+                        continue;
+                    }
+                }
                 picked.push(*key);
                 taken += 1;
             }
         }
         picked.sort();
+        // At most one job per serial key runs: skip keys running now, and take only the
+        // first job of each key in this batch.
+        let mut batch_keys = HashSet::new();
+        picked.retain(
+            |key| match st.extras.get(&key.2).and_then(|e| e.serial_key.as_ref()) {
+                Some(k) => !st.serial_running.contains_key(k) && batch_keys.insert(k.clone()),
+                None => true,
+            },
+        );
         picked.truncate(params.limit);
         let token = new_lease_token();
         let mut out = Vec::with_capacity(picked.len());
@@ -337,6 +461,9 @@ impl Storage for MemoryStorage {
                 expires_at,
             });
             st.running.insert((expires_at, job.id));
+            if let Some(k) = st.extras.get(&job.id).and_then(|e| e.serial_key.clone()) {
+                st.serial_running.insert(k, job.id);
+            }
             out.push(ClaimedJob {
                 lease: Lease {
                     job_id: job.id,
@@ -506,6 +633,14 @@ impl Storage for MemoryStorage {
                     .parent_id
                     .is_none_or(|p| st.parents.get(&j.id) == Some(&p))
             })
+            .filter(|j| {
+                filter
+                    .tag
+                    .as_ref()
+                    .is_none_or(|t| st.extras.get(&j.id).is_some_and(|e| e.tags.contains(t)))
+            })
+            .filter(|j| filter.created_after.is_none_or(|t| j.created_at >= t))
+            .filter(|j| filter.created_before.is_none_or(|t| j.created_at < t))
             .collect();
         jobs.sort_by_key(|j| j.id);
         Ok(jobs
@@ -681,22 +816,196 @@ impl Storage for MemoryStorage {
                 operation: "delete",
             });
         }
-        if job.status.is_claimable() || job.status == JobStatus::Waiting {
-            st.unready(&job);
-        }
-        if let Some(key) = &job.dedupe_key {
-            if st.dedupe.get(key) == Some(&job_id) {
-                st.dedupe.remove(key);
-            }
-        }
-        st.jobs.remove(&job_id);
-        st.checkpoints.remove(&job_id);
-        st.signals.retain(|(id, _), _| *id != job_id);
-        if let Some(parent) = st.parents.remove(&job_id) {
-            if let Some(kids) = st.children.get_mut(&parent) {
-                kids.retain(|k| *k != job_id);
-            }
-        }
+        st.remove_job(&job);
         Ok(true)
+    }
+
+    async fn upsert_schedule(
+        &self,
+        name: &str,
+        definition: Value,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut st = self.lock();
+        st.schedules
+            .entry(name.to_string())
+            .and_modify(|r| r.definition = definition.clone())
+            .or_insert_with(|| ScheduleRecord {
+                name: name.to_string(),
+                definition,
+                paused: false,
+                cursor: now,
+                last_job_id: None,
+            });
+        Ok(())
+    }
+
+    async fn schedules(&self) -> Result<Vec<ScheduleRecord>> {
+        Ok(self.lock().schedules.values().cloned().collect())
+    }
+
+    async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<bool> {
+        Ok(match self.lock().schedules.get_mut(name) {
+            Some(r) => {
+                r.paused = paused;
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<bool> {
+        Ok(self.lock().schedules.remove(name).is_some())
+    }
+
+    async fn advance_schedule(
+        &self,
+        name: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        jobs: Vec<NewJob>,
+    ) -> Result<Option<Vec<JobId>>> {
+        let now = self.clock.now();
+        let ids = {
+            let mut st = self.lock();
+            match st.schedules.get(name) {
+                Some(r) if r.cursor == from => {}
+                _ => return Ok(None),
+            }
+            let ids: Vec<JobId> = jobs.into_iter().map(|j| st.insert(j, now).id).collect();
+            if let Some(r) = st.schedules.get_mut(name) {
+                r.cursor = to;
+                if let Some(&last) = ids.last() {
+                    r.last_job_id = Some(last);
+                }
+            }
+            ids
+        };
+        if !ids.is_empty() {
+            self.wake();
+        }
+        Ok(Some(ids))
+    }
+
+    async fn retry_jobs(&self, ids: &[JobId], keep_checkpoints: bool) -> Result<u64> {
+        let now = self.clock.now();
+        let mut n = 0;
+        {
+            let mut st = self.lock();
+            for &id in ids {
+                let Some(job) = st.jobs.get(&id).cloned() else {
+                    continue;
+                };
+                if !matches!(job.status, JobStatus::Failed | JobStatus::Cancelled) {
+                    continue;
+                }
+                if !keep_checkpoints {
+                    st.checkpoints.remove(&id);
+                }
+                // The key comes back only if no other unfinished job took it meanwhile.
+                let key_free = job
+                    .dedupe_key
+                    .as_ref()
+                    .is_some_and(|k| !st.dedupe.contains_key(k));
+                if let Some(j) = st.jobs.get_mut(&id) {
+                    j.attempt = 0;
+                    j.completed_at = None;
+                    j.result = None;
+                    if !key_free {
+                        j.dedupe_key = None;
+                    }
+                }
+                if key_free {
+                    if let Some(k) = job.dedupe_key.clone() {
+                        st.dedupe.insert(k, id);
+                    }
+                }
+                st.requeue(id, JobStatus::Pending, now, now);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.wake();
+        }
+        Ok(n)
+    }
+
+    async fn reschedule_job(&self, job_id: JobId, run_at: DateTime<Utc>) -> Result<bool> {
+        let now = self.clock.now();
+        let mut st = self.lock();
+        let Some(job) = st.jobs.get(&job_id).cloned() else {
+            return Err(Error::JobNotFound(job_id));
+        };
+        if !(job.status.is_claimable() || job.status == JobStatus::Waiting) {
+            return Ok(false);
+        }
+        st.unready(&job);
+        st.requeue(job_id, job.status, run_at, now);
+        Ok(true)
+    }
+
+    async fn finish_jobs(&self, ids: &[JobId], outcome: ManualOutcome) -> Result<u64> {
+        let now = self.clock.now();
+        let mut st = self.lock();
+        let mut n = 0;
+        for &id in ids {
+            let Some(job) = st.jobs.get(&id).cloned() else {
+                continue;
+            };
+            if job.status.is_finished() || job.status == JobStatus::Running {
+                continue;
+            }
+            st.unready(&job);
+            let status = match &outcome {
+                ManualOutcome::Complete(v) => {
+                    if let Some(j) = st.jobs.get_mut(&id) {
+                        j.result = Some(v.clone());
+                    }
+                    JobStatus::Completed
+                }
+                ManualOutcome::Fail(e) => {
+                    if let Some(j) = st.jobs.get_mut(&id) {
+                        j.last_error = Some(e.clone());
+                    }
+                    JobStatus::Failed
+                }
+            };
+            st.finish(id, status, now);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    async fn purge_finished(&self, older_than: DateTime<Utc>) -> Result<u64> {
+        let mut st = self.lock();
+        let doomed: Vec<Job> = st
+            .jobs
+            .values()
+            .filter(|j| j.status.is_finished() && j.completed_at.is_some_and(|t| t < older_than))
+            .cloned()
+            .collect();
+        for j in &doomed {
+            st.remove_job(j);
+        }
+        Ok(doomed.len() as u64)
+    }
+
+    async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        {
+            let mut st = self.lock();
+            if paused {
+                st.paused_queues.insert(queue.to_string());
+            } else {
+                st.paused_queues.remove(queue);
+            }
+        }
+        if !paused {
+            self.wake();
+        }
+        Ok(())
+    }
+
+    async fn paused_queues(&self) -> Result<Vec<String>> {
+        Ok(self.lock().paused_queues.iter().cloned().collect())
     }
 }

@@ -33,3 +33,4 @@ impl ConformanceHarness for Memory {
 durable_jobs::storage_conformance_tests!(Memory);
 durable_jobs::storage_workflow_conformance_tests!(Memory);
 durable_jobs::engine_conformance_tests!(Memory);
+durable_jobs::storage_operations_conformance_tests!(Memory);

@@ -1,3 +1,4 @@
 //! Background services a worker runs beside its queues.
 
 pub(crate) mod lease_sweeper;
+pub(crate) mod scheduler;

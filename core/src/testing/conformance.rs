@@ -18,6 +18,7 @@ fn params(limit: usize) -> DequeueParams {
         limit,
         lease_duration: LEASE,
         holder: "conformance".into(),
+        forbidden_flags: Vec::new(),
     }
 }
 

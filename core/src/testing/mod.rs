@@ -3,6 +3,7 @@
 
 pub mod conformance;
 pub mod engine;
+pub mod operations_conformance;
 pub mod workflow_conformance;
 
 use crate::storage::DynStorage;
@@ -169,6 +170,41 @@ macro_rules! engine_conformance_tests {
             fn $case() {
                 $crate::testing::run_case::<$harness, _>(|h| {
                     Box::pin($crate::testing::engine::$case(h))
+                });
+            }
+        )*
+    };
+}
+
+/// Expands to one `#[test]` per operations conformance case (job-key modes, serial keys,
+/// flags, paused queues, schedules, management calls) for a [`ConformanceHarness`]
+/// whose storage reports [`crate::Capabilities::operations`].
+#[macro_export]
+macro_rules! storage_operations_conformance_tests {
+    ($harness:ty) => {
+        $crate::storage_operations_conformance_tests!(@cases $harness;
+            job_key_replace_updates_the_waiting_job,
+            job_key_preserve_run_at_keeps_the_time,
+            job_key_with_a_running_holder,
+            concurrent_enqueues_with_one_key_make_one_job,
+            serial_key_runs_one_job_at_a_time,
+            forbidden_flags_are_not_claimed,
+            paused_queue_is_not_claimed,
+            schedules_are_stored_paused_and_removed,
+            advance_schedule_is_compare_and_set,
+            retry_jobs_requeues_failed_jobs,
+            reschedule_moves_a_waiting_job,
+            finish_jobs_by_hand,
+            purge_finished_removes_old_jobs,
+            list_filters_by_tag_and_time,
+        );
+    };
+    (@cases $harness:ty; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::testing::run_case::<$harness, _>(|h| {
+                    Box::pin($crate::testing::operations_conformance::$case(h))
                 });
             }
         )*

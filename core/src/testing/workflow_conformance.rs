@@ -16,6 +16,7 @@ fn params(limit: usize) -> DequeueParams {
         limit,
         lease_duration: Duration::from_secs(30),
         holder: "conformance".into(),
+        forbidden_flags: Vec::new(),
     }
 }
 

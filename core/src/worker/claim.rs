@@ -74,6 +74,7 @@ pub(crate) async fn run_queue(
         limit,
         lease_duration: shared.opts.lease_duration,
         holder: shared.name.clone(),
+        forbidden_flags: shared.opts.forbidden_flags.clone(),
     };
     loop {
         while let Some(done) = running.set.try_join_next_with_id() {

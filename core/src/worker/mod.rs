@@ -9,13 +9,13 @@ pub(crate) mod shared;
 
 pub use options::{
     QueueConfig, WorkerOptions, DEFAULT_COMPLETION_BATCH, DEFAULT_CONCURRENCY,
-    DEFAULT_LEASE_DURATION, DEFAULT_MAX_CLAIM_BATCH, DEFAULT_POLL_INTERVAL, DEFAULT_SHUTDOWN_GRACE,
-    DEFAULT_SWEEP_INTERVAL,
+    DEFAULT_LEASE_DURATION, DEFAULT_MAX_CLAIM_BATCH, DEFAULT_POLL_INTERVAL,
+    DEFAULT_SCHEDULER_INTERVAL, DEFAULT_SHUTDOWN_GRACE, DEFAULT_SWEEP_INTERVAL,
 };
 pub use shared::WorkerReport;
 
 use crate::error::{Error, Result};
-use crate::maintenance::lease_sweeper;
+use crate::maintenance::{lease_sweeper, scheduler};
 use crate::queue::Queue;
 use shared::Shared;
 use std::future::Future;
@@ -153,6 +153,9 @@ impl Worker {
     pub async fn drain(&self) -> Result<WorkerReport> {
         let shared = self.start();
         lease_sweeper::sweep_once(&shared).await;
+        if self.opts.scheduler {
+            scheduler::pass(&shared).await;
+        }
         let handles = self.spawn_tasks(&shared);
         let mut shutdown = self.shutdown.subscribe();
         loop {
@@ -194,6 +197,10 @@ impl Worker {
             completer: tokio::spawn(complete::run_completer(shared.clone(), rx)),
             heartbeat: tokio::spawn(heartbeat::run_heartbeats(shared.clone())),
             sweeper: tokio::spawn(lease_sweeper::run_sweeper(shared.clone())),
+            scheduler: self
+                .opts
+                .scheduler
+                .then(|| tokio::spawn(scheduler::run_scheduler(shared.clone()))),
         }
     }
 
@@ -211,7 +218,10 @@ impl Worker {
         }
         // A finished run leaves the handle ready for the next one.
         self.shutdown.send_replace(false);
-        for t in [tasks.heartbeat, tasks.sweeper] {
+        for t in [tasks.heartbeat, tasks.sweeper]
+            .into_iter()
+            .chain(tasks.scheduler)
+        {
             let _ = t.await;
         }
         shared.report()
@@ -223,6 +233,7 @@ struct Tasks {
     completer: tokio::task::JoinHandle<()>,
     heartbeat: tokio::task::JoinHandle<()>,
     sweeper: tokio::task::JoinHandle<()>,
+    scheduler: Option<tokio::task::JoinHandle<()>>,
 }
 
 async fn shutdown_signal() {

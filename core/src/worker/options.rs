@@ -16,6 +16,8 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// The most completions written in one storage call. Defaults to 1000.
 pub const DEFAULT_COMPLETION_BATCH: usize = 1000;
+/// How often the scheduler looks for due schedule ticks. Defaults to 1 second.
+pub const DEFAULT_SCHEDULER_INTERVAL: Duration = Duration::from_secs(1);
 /// The most jobs claimed in one storage call. Defaults to 500.
 pub const DEFAULT_MAX_CLAIM_BATCH: usize = 500;
 
@@ -40,6 +42,9 @@ pub struct WorkerOptions {
     pub(crate) completion_batch: usize,
     pub(crate) max_claim_batch: usize,
     pub(crate) name: Option<String>,
+    pub(crate) forbidden_flags: Vec<String>,
+    pub(crate) scheduler: bool,
+    pub(crate) scheduler_interval: Duration,
 }
 
 impl Default for WorkerOptions {
@@ -54,6 +59,9 @@ impl Default for WorkerOptions {
             completion_batch: DEFAULT_COMPLETION_BATCH,
             max_claim_batch: DEFAULT_MAX_CLAIM_BATCH,
             name: None,
+            forbidden_flags: Vec::new(),
+            scheduler: true,
+            scheduler_interval: DEFAULT_SCHEDULER_INTERVAL,
         }
     }
 }
@@ -123,6 +131,31 @@ impl WorkerOptions {
         self
     }
 
+    /// Refuses jobs carrying any of these flags.
+    pub fn forbid_flags<I, S>(mut self, flags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.forbidden_flags
+            .extend(flags.into_iter().map(Into::into));
+        self
+    }
+
+    /// Runs the scheduler in this worker. Defaults to true; any number of workers may run
+    /// it, each tick is enqueued once.
+    pub fn scheduler(mut self, on: bool) -> Self {
+        self.scheduler = on;
+        self
+    }
+
+    /// How often the scheduler looks for due ticks. Defaults to
+    /// [`DEFAULT_SCHEDULER_INTERVAL`].
+    pub fn scheduler_interval(mut self, every: Duration) -> Self {
+        self.scheduler_interval = every;
+        self
+    }
+
     pub(crate) fn validate(mut self) -> Result<Self> {
         if self.queues.is_empty() {
             self.queues.push(QueueConfig {
@@ -152,6 +185,7 @@ impl WorkerOptions {
             ("poll_interval", self.poll_interval),
             ("lease_duration", self.lease_duration),
             ("sweep_interval", self.sweep_interval),
+            ("scheduler_interval", self.scheduler_interval),
         ];
         for (name, d) in positive {
             if d.is_zero() {

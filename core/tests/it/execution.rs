@@ -278,6 +278,7 @@ async fn a_dead_workers_job_is_reclaimed_and_its_lease_fenced() {
             limit: 1,
             lease_duration: Duration::from_secs(30),
             holder: "dead".into(),
+            forbidden_flags: Vec::new(),
         })
         .await
         .expect("claim")

@@ -62,6 +62,7 @@ async fn version_one_file_is_upgraded_on_open() {
             limit: 10,
             lease_duration: Duration::from_secs(30),
             holder: "test".into(),
+            forbidden_flags: Vec::new(),
         })
         .await
         .expect("claim the old job");

@@ -1,0 +1,139 @@
+//! Operations on a queue's jobs: inspect, retry, cancel, reschedule, finish by hand,
+//! purge, pause.
+
+use crate::error::Result;
+use crate::job::{Checkpoint, Job, JobId};
+use crate::queue::Queue;
+use crate::storage::{JobFilter, ManualOutcome, QueueCount};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::time::Duration;
+
+/// A job with its checkpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobDetails {
+    /// The job.
+    pub job: Job,
+    /// Its checkpoints, in key order.
+    pub checkpoints: Vec<Checkpoint>,
+}
+
+impl Queue {
+    /// A job with its checkpoints.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn job_details(&self, id: JobId) -> Result<Option<JobDetails>> {
+        let Some(job) = self.storage().get_job(id).await? else {
+            return Ok(None);
+        };
+        let checkpoints = self.storage().checkpoints(id).await?;
+        Ok(Some(JobDetails { job, checkpoints }))
+    }
+
+    /// Jobs matching `filter` (status, queue, task, tag, parent, created time), by
+    /// ascending id; page with `after_id` and `limit`.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>> {
+        self.storage().list_jobs(filter).await
+    }
+
+    /// Job counts per queue and status.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn counts(&self) -> Result<Vec<QueueCount>> {
+        self.storage().counts().await
+    }
+
+    /// Requeues failed or cancelled jobs with a fresh attempt count. With
+    /// `keep_checkpoints`, a workflow resumes after its finished steps; without, it starts
+    /// from scratch. Returns how many were requeued.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn retry_jobs(&self, ids: &[JobId], keep_checkpoints: bool) -> Result<u64> {
+        let n = self.storage().retry_jobs(ids, keep_checkpoints).await?;
+        if n > 0 {
+            self.wake();
+        }
+        Ok(n)
+    }
+
+    /// Moves a job that has not started (pending, retrying or waiting) to run at `run_at`.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn reschedule(&self, id: JobId, run_at: DateTime<Utc>) -> Result<bool> {
+        let moved = self.storage().reschedule_job(id, run_at).await?;
+        self.wake();
+        Ok(moved)
+    }
+
+    /// Marks unfinished jobs that are not running as completed with `result`.
+    ///
+    /// # Errors
+    /// Serialization and storage errors.
+    pub async fn complete_jobs<R: Serialize + ?Sized>(
+        &self,
+        ids: &[JobId],
+        result: &R,
+    ) -> Result<u64> {
+        let result = serde_json::to_value(result)?;
+        self.storage()
+            .finish_jobs(ids, ManualOutcome::Complete(result))
+            .await
+    }
+
+    /// Marks unfinished jobs that are not running as failed for good with `reason`.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn fail_jobs(&self, ids: &[JobId], reason: &str) -> Result<u64> {
+        self.storage()
+            .finish_jobs(ids, ManualOutcome::Fail(reason.to_string()))
+            .await
+    }
+
+    /// Deletes jobs that finished longer than `retention` ago (by the storage clock), with
+    /// their checkpoints. Returns how many.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn purge_finished(&self, retention: Duration) -> Result<u64> {
+        let now = self.storage().now().await?;
+        let older_than =
+            now - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+        self.storage().purge_finished(older_than).await
+    }
+
+    /// Stops workers claiming from `queue` until it is resumed. Running jobs go on.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidQueueName`] and storage errors.
+    pub async fn pause_queue(&self, queue: &str) -> Result<()> {
+        crate::options::validate_queue_name(queue)?;
+        self.storage().set_queue_paused(queue, true).await
+    }
+
+    /// Resumes a paused queue.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidQueueName`] and storage errors.
+    pub async fn resume_queue(&self, queue: &str) -> Result<()> {
+        crate::options::validate_queue_name(queue)?;
+        self.storage().set_queue_paused(queue, false).await?;
+        self.wake();
+        Ok(())
+    }
+
+    /// The paused queues.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn paused_queues(&self) -> Result<Vec<String>> {
+        self.storage().paused_queues().await
+    }
+}
