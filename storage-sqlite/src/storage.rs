@@ -446,7 +446,9 @@ impl Storage for SqliteStorage {
     async fn suspend(&self, lease: &Lease, wake_at: Option<DateTime<Utc>>) -> Result<()> {
         let now = self.now_us();
         let lease = lease.clone();
-        let at = wake_at.map(micros);
+        // Rounded up: times are stored in whole microseconds, and a job must never become
+        // due before its wake time (it would find itself early and suspend again).
+        let at = wake_at.map(workflow::micros_ceil);
         self.write(move |c| workflow::suspend(c, &lease, at, now))
             .await?;
         // It may be due already (a wake request, or a wake time in the past).

@@ -94,6 +94,16 @@ fn put_checkpoint(
     Ok(())
 }
 
+/// A time in whole microseconds, rounded up.
+pub(crate) fn micros_ceil(t: chrono::DateTime<chrono::Utc>) -> i64 {
+    let us = query::micros(t);
+    if t.timestamp_subsec_nanos() % 1000 == 0 {
+        us
+    } else {
+        us.saturating_add(1)
+    }
+}
+
 /// Wakes one job (see [`WAKE`]). True when something changed.
 pub(crate) fn wake_job(conn: &Connection, job_id: JobId, now: i64) -> QResult<bool> {
     Ok(conn.prepare_cached(WAKE)?.execute(params![job_id, now])? > 0)

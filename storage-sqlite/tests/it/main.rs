@@ -3,6 +3,7 @@
 mod conformance;
 mod migrate;
 mod storage;
+mod workflow;
 
 use durable_jobs::ManualClock;
 use durable_jobs_sqlite::{SqliteOptions, SqliteStorage};
