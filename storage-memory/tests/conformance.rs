@@ -34,3 +34,4 @@ durable_jobs::storage_conformance_tests!(Memory);
 durable_jobs::storage_workflow_conformance_tests!(Memory);
 durable_jobs::engine_conformance_tests!(Memory);
 durable_jobs::storage_operations_conformance_tests!(Memory);
+durable_jobs::engine_operations_conformance_tests!(Memory);

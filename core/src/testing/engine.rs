@@ -563,3 +563,246 @@ pub async fn versioning_keeps_old_runs_on_their_branch<H: ConformanceHarness>(h:
     assert_eq!(job(&q, old).await.status, JobStatus::Waiting);
     assert_eq!(job(&q, new).await.status, JobStatus::Waiting);
 }
+
+/// Three schedulers racing over the same storage enqueue each tick exactly once.
+pub async fn racing_schedulers_enqueue_each_tick_once<H: ConformanceHarness>(h: &H) {
+    let queues: Vec<Queue> = (0..3).map(|_| queue(h)).collect();
+    for q in &queues {
+        q.register("tick", |_ctx: JobContext, _: ()| async {
+            Ok::<_, TaskError>(())
+        });
+    }
+    queues[0]
+        .add_schedule(
+            "every10",
+            crate::Schedule::every(Duration::from_secs(10)).task("tick", &()),
+        )
+        .await
+        .expect("add schedule");
+    let base = queues[0].storage().now().await.expect("now");
+    let mut total = 0;
+    for k in 1..=5 {
+        let now = base + chrono::Duration::seconds(10 * k);
+        let passes = queues.iter().map(|q| {
+            let q = q.clone();
+            tokio::spawn(async move { q.run_schedules(now).await })
+        });
+        let mut this_tick = 0;
+        for p in passes.collect::<Vec<_>>() {
+            this_tick += p.await.expect("task").expect("pass").enqueued.len();
+        }
+        assert_eq!(this_tick, 1, "tick {k} enqueued {this_tick} times");
+        total += this_tick;
+    }
+    let jobs = queues[0]
+        .storage()
+        .list_jobs(crate::JobFilter::default())
+        .await
+        .expect("list");
+    assert_eq!((total, jobs.len()), (5, 5));
+}
+
+/// Missed ticks follow the catch-up rule: skip, one, or backfill within a window.
+pub async fn missed_ticks_follow_the_catch_up_rule<H: ConformanceHarness>(h: &H) {
+    let q = queue(h);
+    q.register("tick", |_ctx: JobContext, _: ()| async {
+        Ok::<_, TaskError>(())
+    });
+    let every = |c| {
+        crate::Schedule::every(Duration::from_secs(60))
+            .task("tick", &())
+            .catch_up(c)
+    };
+    q.add_schedule("skip", every(crate::CatchUp::Skip))
+        .await
+        .expect("add");
+    q.add_schedule("one", every(crate::CatchUp::One))
+        .await
+        .expect("add");
+    q.add_schedule(
+        "backfill",
+        every(crate::CatchUp::Backfill { window_secs: 300 }),
+    )
+    .await
+    .expect("add");
+    let base = q.storage().now().await.expect("now");
+    // Ten minutes of downtime, then a pass half a minute after a tick.
+    let r = q
+        .run_schedules(base + chrono::Duration::seconds(630))
+        .await
+        .expect("pass");
+    let count = |name: &str| r.enqueued.iter().filter(|(n, _)| n == name).count();
+    assert_eq!(
+        count("skip"),
+        1,
+        "the tick 30s ago is within the grace; the rest are skipped"
+    );
+    assert_eq!(count("one"), 1);
+    assert!(
+        (5..=6).contains(&count("backfill")),
+        "ticks in the last 5 minutes: {}",
+        count("backfill")
+    );
+    // Nothing more until the next tick.
+    let again = q
+        .run_schedules(base + chrono::Duration::seconds(635))
+        .await
+        .expect("pass");
+    assert!(again.enqueued.is_empty());
+    let next = q
+        .run_schedules(base + chrono::Duration::seconds(700))
+        .await
+        .expect("pass");
+    assert_eq!(next.enqueued.len(), 3);
+}
+
+/// No-overlap skips ticks while the previous run is unfinished; pause and resume work at
+/// run time; bad schedules are refused when added.
+pub async fn schedules_no_overlap_pause_and_validation<H: ConformanceHarness>(h: &H) {
+    let q = queue(h);
+    q.register("tick", |_ctx: JobContext, _: ()| async {
+        Ok::<_, TaskError>(())
+    });
+    let bad = q
+        .add_schedule(
+            "bad",
+            crate::Schedule::cron("every tuesday").task("tick", &()),
+        )
+        .await;
+    assert!(
+        matches!(bad, Err(crate::Error::InvalidOption { .. })),
+        "{bad:?}"
+    );
+    let unknown = q
+        .add_schedule(
+            "u",
+            crate::Schedule::every(Duration::from_secs(1)).task("nope", &()),
+        )
+        .await;
+    assert!(matches!(unknown, Err(crate::Error::UnknownTask(_))));
+    q.add_schedule(
+        "solo",
+        crate::Schedule::every(Duration::from_secs(60))
+            .task("tick", &())
+            .no_overlap(true),
+    )
+    .await
+    .expect("add");
+    let base = q.storage().now().await.expect("now");
+    let at = |s: i64| base + chrono::Duration::seconds(s);
+    assert_eq!(
+        q.run_schedules(at(61)).await.expect("pass").enqueued.len(),
+        1
+    );
+    // The first run has not finished: the next tick is skipped.
+    let r = q.run_schedules(at(121)).await.expect("pass");
+    assert_eq!((r.enqueued.len(), r.skipped), (0, 1));
+    worker(&q, 1).drain().await.expect("drain");
+    assert_eq!(
+        q.run_schedules(at(181)).await.expect("pass").enqueued.len(),
+        1
+    );
+    assert!(q.pause_schedule("solo").await.expect("pause"));
+    worker(&q, 1).drain().await.expect("drain");
+    assert!(q
+        .run_schedules(at(241))
+        .await
+        .expect("pass")
+        .enqueued
+        .is_empty());
+    assert!(q.resume_schedule("solo").await.expect("resume"));
+    assert_eq!(
+        q.run_schedules(at(245)).await.expect("pass").enqueued.len(),
+        1
+    );
+    let info = q.schedules().await.expect("list");
+    assert_eq!(info.len(), 1);
+    assert!(info[0].next_tick.is_some_and(|t| t > at(245)));
+    assert!(q.remove_schedule("solo").await.expect("remove"));
+    assert!(q
+        .run_schedules(at(400))
+        .await
+        .expect("pass")
+        .enqueued
+        .is_empty());
+}
+
+/// Jobs sharing a serial key never run at the same time, even on many slots.
+pub async fn serial_keys_run_one_at_a_time_through_the_worker<H: ConformanceHarness>(h: &H) {
+    let q = queue(h);
+    let running = Arc::new(Mutex::new(HashMap::<String, u32>::new()));
+    let overlap = Arc::new(AtomicBool::new(false));
+    let (r, o) = (running.clone(), overlap.clone());
+    q.register("pay", move |_ctx: JobContext, account: String| {
+        let (r, o) = (r.clone(), o.clone());
+        async move {
+            {
+                let mut m = r.lock().expect("lock");
+                let n = m.entry(account.clone()).or_default();
+                *n += 1;
+                if *n > 1 {
+                    o.store(true, Ordering::SeqCst);
+                }
+            }
+            for _ in 0..5 {
+                tokio::task::yield_now().await;
+            }
+            *r.lock().expect("lock").entry(account).or_default() -= 1;
+            Ok::<_, TaskError>(())
+        }
+    });
+    for i in 0..12 {
+        let account = format!("acct-{}", i % 2);
+        q.enqueue(
+            "pay",
+            &account,
+            JobOptions::new().serial_key(account.clone()),
+        )
+        .await
+        .expect("enqueue");
+    }
+    let report = worker(&q, 8).drain().await.expect("drain");
+    assert_eq!(report.completed, 12);
+    assert!(
+        !overlap.load(Ordering::SeqCst),
+        "two jobs of one serial key overlapped"
+    );
+}
+
+/// A failed workflow retried by hand keeping its checkpoints resumes after its finished
+/// steps; retried from scratch it starts over.
+pub async fn retry_by_hand_keeps_or_drops_checkpoints<H: ConformanceHarness>(h: &H) {
+    let q = queue(h);
+    let runs = Runs::default();
+    let r = runs.clone();
+    q.register("flow", move |ctx: JobContext, _: ()| {
+        let r = r.clone();
+        async move {
+            let r1 = r.clone();
+            ctx.step("first", move |_| async move {
+                Ok::<_, TaskError>(r1.hit("first"))
+            })
+            .await?;
+            if r.hit("gate") == 1 {
+                return Err(crate::NoRetry("needs a human").into());
+            }
+            Ok::<_, TaskError>("done")
+        }
+    });
+    let id = q
+        .enqueue("flow", &(), JobOptions::new())
+        .await
+        .expect("enqueue");
+    worker(&q, 1).drain().await.expect("drain");
+    assert_eq!(job(&q, id).await.status, JobStatus::Failed);
+    assert_eq!(q.retry_jobs(&[id], true).await.expect("retry"), 1);
+    worker(&q, 1).drain().await.expect("drain");
+    assert_eq!(job(&q, id).await.status, JobStatus::Completed);
+    assert_eq!(
+        runs.get("first"),
+        1,
+        "kept checkpoints: the step did not run again"
+    );
+    let details = q.job_details(id).await.expect("details").expect("exists");
+    assert_eq!(details.checkpoints.len(), 1);
+}

@@ -210,3 +210,20 @@ macro_rules! storage_operations_conformance_tests {
         )*
     };
 }
+
+/// Expands to one `#[test]` per engine operations case: schedules racing across
+/// schedulers, catch-up, no-overlap, pause and validation; serial keys through a worker;
+/// retrying a failed workflow by hand. For storages reporting
+/// [`crate::Capabilities::operations`].
+#[macro_export]
+macro_rules! engine_operations_conformance_tests {
+    ($harness:ty) => {
+        $crate::engine_conformance_tests!(@cases $harness;
+            racing_schedulers_enqueue_each_tick_once,
+            missed_ticks_follow_the_catch_up_rule,
+            schedules_no_overlap_pause_and_validation,
+            serial_keys_run_one_at_a_time_through_the_worker,
+            retry_by_hand_keeps_or_drops_checkpoints,
+        );
+    };
+}
