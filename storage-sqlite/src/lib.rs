@@ -38,6 +38,11 @@
 //!   `durable_jobs_migrations`; a file written by a newer library is refused with
 //!   [`durable_jobs::Error::SchemaTooNew`]. Tables are prefixed `durable_jobs`, so the
 //!   file may be the application's own database.
+//! - **Workflows** ([`durable_jobs::Capabilities::workflows`]): waiting jobs sit in the
+//!   claim index and are claimed when due; spawning children with their checkpoint,
+//!   taking signals with theirs, and a child's final write with its parent's wake-up each
+//!   commit in one transaction; cancelling a job cancels its unfinished subtree (a
+//!   recursive CTE). Signals live in `durable_jobs_signals`, consumed in send order.
 //! - **Wake-ups** reach workers of this process at once (enqueue, retry, release,
 //!   reclaim, a manual clock's move). Commits from other processes are noticed within
 //!   [`DEFAULT_WATCH_INTERVAL`] by a thread reading `PRAGMA data_version` (no table

@@ -335,9 +335,10 @@ pub(crate) fn heartbeat(
 }
 
 /// Returns expired leases' jobs to retrying, or fails them when out of attempts (waking
-/// their parents), then heals waiting parents a crash may have left asleep. Returns how
-/// many jobs it touched.
-pub(crate) fn reclaim_expired(conn: &Connection, now: i64) -> QResult<u64> {
+/// their parents), then heals one window of waiting parents (from id `heal_after`; see
+/// [`crate::workflow::heal_waiting_parents`]). Returns how many jobs it touched and where
+/// the next heal window starts.
+pub(crate) fn reclaim_expired(conn: &Connection, now: i64, heal_after: i64) -> QResult<(u64, i64)> {
     let mut failed_parents = Vec::new();
     let mut n = 0u64;
     {
@@ -355,7 +356,8 @@ pub(crate) fn reclaim_expired(conn: &Connection, now: i64) -> QResult<u64> {
     for p in failed_parents {
         crate::workflow::wake_job(conn, p, now)?;
     }
-    Ok(n + crate::workflow::heal_waiting_parents(conn, now)?)
+    let (healed, next) = crate::workflow::heal_waiting_parents(conn, now, heal_after)?;
+    Ok((n + healed, next))
 }
 
 /// Stores a checkpoint. Fenced.

@@ -18,6 +18,7 @@ use durable_jobs::{
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -55,6 +56,8 @@ struct Inner {
     /// Notices other processes' commits; `None` in memory or when switched off.
     watcher: Option<Watcher>,
     path: Option<PathBuf>,
+    /// Where the lease sweep's next window of waiting parents to heal starts (a job id).
+    heal_cursor: AtomicI64,
 }
 
 impl std::fmt::Debug for SqliteStorage {
@@ -201,6 +204,7 @@ impl SqliteStorage {
                 wake,
                 watcher,
                 path,
+                heal_cursor: AtomicI64::new(0),
             }),
         };
         storage.migrate().await?;
@@ -393,7 +397,11 @@ impl Storage for SqliteStorage {
 
     async fn reclaim_expired(&self) -> Result<u64> {
         let now = self.now_us();
-        let n = self.write(move |c| query::reclaim_expired(c, now)).await?;
+        let after = self.inner.heal_cursor.load(Ordering::Relaxed);
+        let (n, next) = self
+            .write(move |c| query::reclaim_expired(c, now, after))
+            .await?;
+        self.inner.heal_cursor.store(next, Ordering::Relaxed);
         if n > 0 {
             self.wake();
         }

@@ -29,13 +29,24 @@ const SUSPEND: &str = "UPDATE durable_jobs SET status = 'waiting', attempt = att
      WHERE id = ?1 AND status = 'running' AND lease_token = ?2";
 
 /// Waiting parents not yet due, one of whose children finished after the parent last
-/// changed: the child's own transaction woke it, unless that parent was written by an
-/// older library or by hand. Cheap: it walks only waiting jobs (a partial index) and
-/// their children (the parent index).
+/// changed. On SQLite the child's own transaction wakes its parent, so this only meets
+/// states written by hand or by another tool; it is a safety net, and must stay cheap:
+/// each sweep looks at one window of waiting jobs (`id > ?2`, at most `?3` of them, via
+/// the partial index of waiting jobs) and probes their children through the parent
+/// index, so its cost does not grow with the number of sleeping workflows.
 const HEAL: &str = "UPDATE durable_jobs AS p SET run_at = ?1, updated_at = ?1 \
-     WHERE p.status = 'waiting' AND p.run_at > ?1 AND EXISTS (\
+     WHERE p.id IN (SELECT id FROM durable_jobs WHERE status = 'waiting' AND id > ?2 \
+       ORDER BY id LIMIT ?3) \
+     AND p.run_at > ?1 AND EXISTS (\
        SELECT 1 FROM durable_jobs c WHERE c.parent_id = p.id \
        AND c.status IN ('completed', 'failed', 'cancelled') AND c.completed_at > p.updated_at)";
+
+/// The last id of the window [`HEAL`] looked at (NULL when it was empty).
+const HEAL_WINDOW_END: &str = "SELECT max(id) FROM (SELECT id FROM durable_jobs \
+     WHERE status = 'waiting' AND id > ?1 ORDER BY id LIMIT ?2)";
+
+/// How many waiting jobs one sweep examines for healing.
+pub(crate) const HEAL_WINDOW: i64 = 1000;
 
 /// The job and all its descendants. UNION (not UNION ALL) stops on a cycle, which a
 /// hand-edited file could contain.
@@ -109,10 +120,17 @@ pub(crate) fn wake_job(conn: &Connection, job_id: JobId, now: i64) -> QResult<bo
     Ok(conn.prepare_cached(WAKE)?.execute(params![job_id, now])? > 0)
 }
 
-/// Makes waiting parents with a child finished since they last changed due now; returns
-/// how many.
-pub(crate) fn heal_waiting_parents(conn: &Connection, now: i64) -> QResult<u64> {
-    Ok(conn.prepare_cached(HEAL)?.execute([now])? as u64)
+/// Makes waiting parents with a child finished since they last changed due now, looking
+/// at the window of waiting jobs after id `after`; returns how many it woke and where the
+/// next window starts (0, to wrap around, after the last one).
+pub(crate) fn heal_waiting_parents(conn: &Connection, now: i64, after: i64) -> QResult<(u64, i64)> {
+    let end: Option<i64> = conn
+        .prepare_cached(HEAL_WINDOW_END)?
+        .query_row(params![after, HEAL_WINDOW], |r| r.get(0))?;
+    let healed = conn
+        .prepare_cached(HEAL)?
+        .execute(params![now, after, HEAL_WINDOW])? as u64;
+    Ok((healed, end.unwrap_or(0)))
 }
 
 /// Suspends a leased job until `wake_at` (`None`: until woken). Fenced.
@@ -299,5 +317,7 @@ mod tests {
         let heal = plan(HEAL);
         assert!(heal.contains("durable_jobs_waiting"), "{heal}");
         assert!(heal.contains("durable_jobs_parent"), "{heal}");
+        let window = plan(HEAL_WINDOW_END);
+        assert!(window.contains("durable_jobs_waiting"), "{window}");
     }
 }

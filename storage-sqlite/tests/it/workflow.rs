@@ -76,6 +76,69 @@ async fn reclaim_heals_a_parent_left_waiting_after_its_child_finished() {
     s.close().await;
 }
 
+/// The heal looks at one window of waiting jobs per sweep, so its cost stays flat with
+/// many sleeping workflows; successive sweeps reach a stuck parent behind a full window.
+#[tokio::test]
+async fn healing_walks_waiting_jobs_one_window_per_sweep() {
+    let db = TempDb::fresh();
+    let clock = ManualClock::new();
+    let s = db.open(&clock).await;
+    let now = micros(s.now().await.expect("now"));
+    let far = micros(durable_jobs::job::far_future());
+    let (stuck, kid) = {
+        let conn = raw(&db);
+        conn.execute_batch("BEGIN").expect("begin");
+        // 1500 sleeping workflows without children, ahead of the stuck parent.
+        for _ in 0..1500 {
+            conn.execute(
+                "INSERT INTO durable_jobs (task, payload, queue, priority, status, max_attempts, \
+                 run_at, created_at, updated_at) VALUES ('t', '0', 'default', 0, 'waiting', 1, ?1, ?2, ?2)",
+                rusqlite::params![far, now],
+            )
+            .expect("insert a sleeper");
+        }
+        conn.execute(
+            "INSERT INTO durable_jobs (task, payload, queue, priority, status, max_attempts, \
+             run_at, created_at, updated_at) VALUES ('t', '0', 'default', 0, 'waiting', 1, ?1, ?2, ?2)",
+            rusqlite::params![far, now],
+        )
+        .expect("insert the stuck parent");
+        let stuck = conn.last_insert_rowid();
+        conn.execute(
+            "INSERT INTO durable_jobs (task, payload, queue, priority, status, max_attempts, \
+             run_at, created_at, updated_at, completed_at, parent_id) \
+             VALUES ('t', '0', 'default', 0, 'completed', 1, ?1, ?1, ?2, ?2, ?3)",
+            rusqlite::params![now, now + 1_000_000, stuck],
+        )
+        .expect("insert its finished child");
+        let kid = conn.last_insert_rowid();
+        conn.execute_batch("COMMIT").expect("commit");
+        (stuck, kid)
+    };
+    clock.advance(std::time::Duration::from_secs(5));
+    assert_eq!(
+        s.reclaim_expired().await.expect("sweep 1"),
+        0,
+        "first window: sleepers only"
+    );
+    assert_eq!(
+        s.reclaim_expired().await.expect("sweep 2"),
+        1,
+        "second window holds the parent"
+    );
+    let p = s.get_job(stuck).await.expect("get").expect("exists");
+    assert_eq!(micros(p.run_at), micros(s.now().await.expect("now")));
+    assert_eq!(
+        s.get_job(kid).await.expect("get").expect("exists").status,
+        JobStatus::Completed
+    );
+    // The next sweeps wrap around and find nothing more to heal.
+    for _ in 0..3 {
+        assert_eq!(s.reclaim_expired().await.expect("sweep"), 0);
+    }
+    s.close().await;
+}
+
 /// A child whose lease expires on its last attempt is failed by the sweep, and that
 /// same write wakes its waiting parent.
 #[tokio::test]
