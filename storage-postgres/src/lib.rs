@@ -12,6 +12,10 @@
 //!   wakes idle workers in every process ([`durable_jobs::Storage::wakeups`]). Polling
 //!   stays the fallback.
 //! - **Finished jobs stay** queryable (status, result, last error) until you delete them.
+//! - **Workflows**: suspended jobs wait as `waiting` rows with their wake time as
+//!   `run_at`; signals are rows consumed exactly once with their checkpoint; a child's
+//!   final write wakes its parent in the same transaction (a trigger); cancelling a job
+//!   cancels its unfinished descendants.
 //!
 //! # Connecting and migrating
 //! ```no_run
@@ -79,9 +83,16 @@
 //! and the helper quotes every identifier and value with `format('%I' / '%L')`; no SQL is
 //! built from row data.
 //!
+//! Signals can be sent from SQL too; it returns the job's status (NULL when there is no
+//! such job; a finished job gets no signal):
+//! ```sql
+//! SELECT durable_jobs.send_signal(42, 'shipped', '{"tracking": "XY123"}'::jsonb);
+//! ```
+//!
 //! # Testing
-//! The `testing` feature adds [`testing`]: it finds a server (or starts a throwaway one)
-//! and gives each test its own schema.
+//! The `testing` feature adds the `testing` module: it finds a server (or starts a throwaway one)
+//! and gives each test its own schema, on a test clock that tests move forward instead of
+//! sleeping.
 
 pub mod listen;
 pub mod migrate;
