@@ -10,10 +10,11 @@
 //! ```
 
 use durable_jobs::{
-    DynStorage, JobContext, JobStatus, NewJob, Queue, TaskError, Worker, WorkerOptions,
+    DynStorage, JobContext, JobStatus, NewJob, Queue, Storage, TaskError, Worker, WorkerOptions,
 };
-use durable_jobs_postgres::testing::TestSchema;
-use durable_jobs_postgres::PostgresOptions;
+use durable_jobs_postgres::sqlx::{self, AssertSqlSafe};
+use durable_jobs_postgres::testing::{server_url, unique_schema};
+use durable_jobs_postgres::{PostgresOptions, PostgresStorage};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,8 +30,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let jobs = arg(1, 100_000);
     let concurrency = arg(2, 200);
     let pool = arg(3, 10) as u32;
-    let t = TestSchema::with_options(PostgresOptions::new().max_connections(pool)).await?;
-    let storage: DynStorage = Arc::new(t.storage().clone());
+    // A fresh schema on the production code path (database clock, no test clock).
+    let pg = PostgresStorage::connect_with(
+        &server_url()?,
+        PostgresOptions::new()
+            .schema(unique_schema("dj_drain"))
+            .max_connections(pool),
+    )
+    .await?;
+    pg.migrate().await?;
+    let storage: DynStorage = Arc::new(pg.clone());
 
     let started = Instant::now();
     for chunk in (0..jobs).collect::<Vec<_>>().chunks(10_000) {
@@ -69,7 +78,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         report.failed,
         report.lost,
     );
-    t.drop_schema().await?;
+    sqlx::query(AssertSqlSafe(format!(
+        "DROP SCHEMA \"{}\" CASCADE",
+        pg.schema()
+    )))
+    .execute(pg.pool())
+    .await?;
     if completed != jobs as u64 || report.completed != jobs as u64 {
         return Err(format!(
             "expected {jobs} completed jobs, found {completed} in storage, {} in the report",
