@@ -625,35 +625,36 @@ pub async fn missed_ticks_follow_the_catch_up_rule<H: ConformanceHarness>(h: &H)
     )
     .await
     .expect("add");
-    let base = q.storage().now().await.expect("now");
-    // Ten minutes of downtime, then a pass half a minute after a tick.
-    let r = q
-        .run_schedules(base + chrono::Duration::seconds(630))
-        .await
-        .expect("pass");
+    // Ticks fall on whole minutes: A is the first one after the schedules' cursor.
+    let now = q.storage().now().await.expect("now");
+    let a = chrono::DateTime::from_timestamp((now.timestamp() / 60 + 1) * 60, 0).expect("time");
+    let at = |s: i64| a + chrono::Duration::seconds(s);
+    // Ten missed ticks (A .. A+540), then a pass 30 seconds after the last one.
+    let r = q.run_schedules(at(570)).await.expect("pass");
     let count = |name: &str| r.enqueued.iter().filter(|(n, _)| n == name).count();
     assert_eq!(
         count("skip"),
         1,
-        "the tick 30s ago is within the grace; the rest are skipped"
+        "only the tick 30s ago is within the grace"
     );
     assert_eq!(count("one"), 1);
-    assert!(
-        (5..=6).contains(&count("backfill")),
-        "ticks in the last 5 minutes: {}",
-        count("backfill")
+    assert_eq!(count("backfill"), 5, "ticks in the last 5 minutes");
+    assert_eq!(
+        r.skipped,
+        9 + 9 + 0,
+        "skip and one passed over nine ticks each"
     );
-    // Nothing more until the next tick.
-    let again = q
-        .run_schedules(base + chrono::Duration::seconds(635))
+    // Nothing more until the next tick, then one each.
+    assert!(q
+        .run_schedules(at(575))
         .await
-        .expect("pass");
-    assert!(again.enqueued.is_empty());
-    let next = q
-        .run_schedules(base + chrono::Duration::seconds(700))
-        .await
-        .expect("pass");
-    assert_eq!(next.enqueued.len(), 3);
+        .expect("pass")
+        .enqueued
+        .is_empty());
+    assert_eq!(
+        q.run_schedules(at(610)).await.expect("pass").enqueued.len(),
+        3
+    );
 }
 
 /// No-overlap skips ticks while the previous run is unfinished; pause and resume work at
