@@ -75,7 +75,7 @@ impl<F: Future<Output = ()> + ?Sized> Future for CatchUnwind<F> {
 #[macro_export]
 macro_rules! storage_conformance_tests {
     ($harness:ty) => {
-        $crate::storage_conformance_tests!(@cases $harness;
+        $crate::__conformance_cases!(conformance, $harness;
             claims_by_priority_then_run_at_then_id,
             delayed_job_invisible_until_due,
             dequeue_filters_queues_and_tasks,
@@ -100,16 +100,6 @@ macro_rules! storage_conformance_tests {
             get_missing_job_is_none,
         );
     };
-    (@cases $harness:ty; $($case:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $case() {
-                $crate::testing::run_case::<$harness, _>(|h| {
-                    Box::pin($crate::testing::conformance::$case(h))
-                });
-            }
-        )*
-    };
 }
 
 /// Expands to one `#[test]` per workflow conformance case (suspend, children, signals,
@@ -118,7 +108,7 @@ macro_rules! storage_conformance_tests {
 #[macro_export]
 macro_rules! storage_workflow_conformance_tests {
     ($harness:ty) => {
-        $crate::storage_workflow_conformance_tests!(@cases $harness;
+        $crate::__conformance_cases!(workflow_conformance, $harness;
             suspended_job_wakes_at_its_time,
             suspended_job_without_timer_waits_for_a_signal,
             wake_while_running_is_not_lost,
@@ -131,16 +121,6 @@ macro_rules! storage_workflow_conformance_tests {
             delete_job_removes_job_and_checkpoints,
         );
     };
-    (@cases $harness:ty; $($case:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $case() {
-                $crate::testing::run_case::<$harness, _>(|h| {
-                    Box::pin($crate::testing::workflow_conformance::$case(h))
-                });
-            }
-        )*
-    };
 }
 
 /// Expands to one `#[test]` per engine conformance case: the workflow primitives
@@ -149,7 +129,7 @@ macro_rules! storage_workflow_conformance_tests {
 #[macro_export]
 macro_rules! engine_conformance_tests {
     ($harness:ty) => {
-        $crate::engine_conformance_tests!(@cases $harness;
+        $crate::__conformance_cases!(engine, $harness;
             step_runs_once_across_retries,
             retried_workflow_runs_only_unfinished_calls,
             sleep_frees_the_slot_and_resumes_on_time,
@@ -164,16 +144,6 @@ macro_rules! engine_conformance_tests {
             versioning_keeps_old_runs_on_their_branch,
         );
     };
-    (@cases $harness:ty; $($case:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $case() {
-                $crate::testing::run_case::<$harness, _>(|h| {
-                    Box::pin($crate::testing::engine::$case(h))
-                });
-            }
-        )*
-    };
 }
 
 /// Expands to one `#[test]` per operations conformance case (job-key modes, serial keys,
@@ -182,7 +152,7 @@ macro_rules! engine_conformance_tests {
 #[macro_export]
 macro_rules! storage_operations_conformance_tests {
     ($harness:ty) => {
-        $crate::storage_operations_conformance_tests!(@cases $harness;
+        $crate::__conformance_cases!(operations_conformance, $harness;
             job_key_replace_updates_the_waiting_job,
             job_key_preserve_run_at_keeps_the_time,
             job_key_with_a_running_holder,
@@ -199,16 +169,6 @@ macro_rules! storage_operations_conformance_tests {
             list_filters_by_tag_and_time,
         );
     };
-    (@cases $harness:ty; $($case:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $case() {
-                $crate::testing::run_case::<$harness, _>(|h| {
-                    Box::pin($crate::testing::operations_conformance::$case(h))
-                });
-            }
-        )*
-    };
 }
 
 /// Expands to one `#[test]` per engine operations case: schedules racing across
@@ -218,12 +178,29 @@ macro_rules! storage_operations_conformance_tests {
 #[macro_export]
 macro_rules! engine_operations_conformance_tests {
     ($harness:ty) => {
-        $crate::engine_conformance_tests!(@cases $harness;
+        $crate::__conformance_cases!(engine, $harness;
             racing_schedulers_enqueue_each_tick_once,
             missed_ticks_follow_the_catch_up_rule,
             schedules_no_overlap_pause_and_validation,
             serial_keys_run_one_at_a_time_through_the_worker,
             retry_by_hand_keeps_or_drops_checkpoints,
         );
+    };
+}
+
+/// Expands each named case of a conformance module into a `#[test]` that runs it on a
+/// fresh harness. Used by the public conformance macros.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_cases {
+    ($module:ident, $harness:ty; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::testing::run_case::<$harness, _>(|h| {
+                    Box::pin($crate::testing::$module::$case(h))
+                });
+            }
+        )*
     };
 }

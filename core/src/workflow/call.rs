@@ -1,11 +1,13 @@
 //! Durable calls: run a registered handler inline and checkpoint its outcome.
 
 use super::context::JobContext;
+use super::key::CheckpointKey;
 use crate::job::{Checkpoint, CheckpointOutcome};
 use crate::task::{Task, TaskError, TaskErrorKind};
 use crate::Error;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::Value;
 use std::future::Future;
 
 /// Runs the handler registered as `name` inline, inside `ctx`'s job, and checkpoints its
@@ -41,48 +43,67 @@ where
     });
     async move {
         let args = args?;
-        let stored = ctx.checkpoint(&key).await.map_err(TaskError::from_engine)?;
-        let outcome = match stored {
-            Some(cp) if cp.name != name => {
-                return Err(TaskError::from_engine(Error::NonDeterminism {
-                    job_id: ctx.job_id(),
-                    key: key.to_string(),
-                    recorded: cp.name,
-                    found: name,
-                }));
-            }
-            Some(cp) => cp.outcome,
-            None => {
-                let handler = ctx
-                    .queue()
-                    .handler(&name)
-                    .ok_or_else(|| TaskError::from_engine(Error::UnknownTask(name.clone())))?;
-                let child = ctx.nested(key.clone());
-                let outcome = match handler.run(child, args).await {
-                    Ok(v) => CheckpointOutcome::Ok(v),
-                    Err(e) if e.kind() == TaskErrorKind::NoRetry => {
-                        CheckpointOutcome::Err(e.message().to_string())
-                    }
-                    Err(e) => return Err(e),
-                };
-                ctx.save_checkpoint(Checkpoint {
-                    key: key.to_string(),
-                    name: name.clone(),
-                    outcome: outcome.clone(),
-                })
-                .await
-                .map_err(TaskError::from_engine)?;
-                outcome
-            }
-        };
-        match outcome {
-            CheckpointOutcome::Ok(v) => serde_json::from_value(v).map_err(|e| {
-                TaskError::no_retry(format!(
-                    "the result of call `{name}` at checkpoint `{key}` does not fit the expected type: {e}"
-                ))
-            }),
-            CheckpointOutcome::Err(msg) => Err(TaskError::no_retry(msg)),
+        let task = name.clone();
+        checkpointed(&ctx, key, &name, move |child: JobContext| async move {
+            let handler = child
+                .queue()
+                .handler(&task)
+                .ok_or_else(|| TaskError::from_engine(Error::UnknownTask(task.clone())))?;
+            handler.run(child, args).await
+        })
+        .await
+    }
+}
+
+/// Runs `run` once in the nested scope `key` and checkpoints its outcome under `name`;
+/// on replay returns the recorded outcome without running. Shared by calls and steps.
+pub(crate) async fn checkpointed<T, F, Fut>(
+    ctx: &JobContext,
+    key: CheckpointKey,
+    name: &str,
+    run: F,
+) -> Result<T, TaskError>
+where
+    T: DeserializeOwned,
+    F: FnOnce(JobContext) -> Fut,
+    Fut: Future<Output = Result<Value, TaskError>>,
+{
+    let outcome = match ctx.recorded(&key, name).await? {
+        Some(outcome) => outcome,
+        None => {
+            let outcome = match run(ctx.nested(key.clone())).await {
+                Ok(v) => CheckpointOutcome::Ok(v),
+                Err(e) if e.kind() == TaskErrorKind::NoRetry => {
+                    CheckpointOutcome::Err(e.message().to_string())
+                }
+                Err(e) => return Err(e),
+            };
+            ctx.save_checkpoint(Checkpoint {
+                key: key.to_string(),
+                name: name.to_string(),
+                outcome: outcome.clone(),
+            })
+            .await
+            .map_err(TaskError::from_engine)?;
+            outcome
         }
+    };
+    decode(name, key.as_str(), outcome)
+}
+
+/// Turns a stored outcome into the typed result.
+pub(crate) fn decode<T: DeserializeOwned>(
+    name: &str,
+    key: &str,
+    outcome: CheckpointOutcome,
+) -> Result<T, TaskError> {
+    match outcome {
+        CheckpointOutcome::Ok(v) => serde_json::from_value(v).map_err(|e| {
+            TaskError::no_retry(format!(
+                "the result of `{name}` at checkpoint `{key}` does not fit the expected type: {e}"
+            ))
+        }),
+        CheckpointOutcome::Err(msg) => Err(TaskError::no_retry(msg)),
     }
 }
 

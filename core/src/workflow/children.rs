@@ -121,16 +121,8 @@ impl JobContext {
     ) -> Result<Vec<JobId>, TaskError> {
         let engine = TaskError::from_engine;
         let name = format!("spawn:{task}");
-        if let Some(cp) = self.checkpoint(key).await.map_err(engine)? {
-            if cp.name != name {
-                return Err(engine(Error::NonDeterminism {
-                    job_id: self.job_id(),
-                    key: key.to_string(),
-                    recorded: cp.name,
-                    found: name,
-                }));
-            }
-            return match cp.outcome {
+        if let Some(outcome) = self.recorded(key, &name).await? {
+            return match outcome {
                 CheckpointOutcome::Ok(v) => serde_json::from_value(v).map_err(|e| {
                     TaskError::no_retry(format!("stored child ids at `{key}` are unreadable: {e}"))
                 }),
@@ -177,16 +169,8 @@ impl JobContext {
     ) -> Result<Vec<ChildResult<Value>>, TaskError> {
         let engine = TaskError::from_engine;
         let name = format!("join:{task}");
-        if let Some(cp) = self.checkpoint(key).await.map_err(engine)? {
-            if cp.name != name {
-                return Err(engine(Error::NonDeterminism {
-                    job_id: self.job_id(),
-                    key: key.to_string(),
-                    recorded: cp.name,
-                    found: name,
-                }));
-            }
-            return match cp.outcome {
+        if let Some(outcome) = self.recorded(key, &name).await? {
+            return match outcome {
                 CheckpointOutcome::Ok(v) => serde_json::from_value::<Vec<StoredChild>>(v)
                     .map(|list| list.into_iter().map(StoredChild::into_result).collect())
                     .map_err(|e| {

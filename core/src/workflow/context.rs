@@ -179,6 +179,32 @@ impl JobContext {
         Ok(lock(map).get(key.as_str()).cloned())
     }
 
+    /// The outcome recorded at `key` on an earlier run, checking that it was recorded by
+    /// the same call: a different name means the code changed under a running workflow,
+    /// which is a non-determinism error, never a silently wrong result.
+    pub(crate) async fn recorded(
+        &self,
+        key: &CheckpointKey,
+        name: &str,
+    ) -> std::result::Result<Option<crate::CheckpointOutcome>, crate::TaskError> {
+        let stored = self
+            .checkpoint(key)
+            .await
+            .map_err(crate::TaskError::from_engine)?;
+        match stored {
+            Some(cp) if cp.name != name => Err(crate::TaskError::from_engine(
+                crate::Error::NonDeterminism {
+                    job_id: self.job_id(),
+                    key: key.to_string(),
+                    recorded: cp.name,
+                    found: name.to_string(),
+                },
+            )),
+            Some(cp) => Ok(Some(cp.outcome)),
+            None => Ok(None),
+        }
+    }
+
     /// Stores a checkpoint, fenced by the lease, and remembers it for this attempt.
     pub(crate) async fn save_checkpoint(&self, checkpoint: Checkpoint) -> Result<()> {
         let map = self.loaded().await?;

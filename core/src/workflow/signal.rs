@@ -4,7 +4,6 @@ use super::context::JobContext;
 use super::key::CheckpointKey;
 use crate::job::{Checkpoint, CheckpointOutcome};
 use crate::task::TaskError;
-use crate::Error;
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -143,18 +142,10 @@ impl JobContext {
         key: &CheckpointKey,
         name: &str,
     ) -> Result<Option<Vec<Value>>, TaskError> {
-        let Some(cp) = self.checkpoint(key).await.map_err(TaskError::from_engine)? else {
+        let Some(outcome) = self.recorded(key, &signal_name(name)).await? else {
             return Ok(None);
         };
-        if cp.name != signal_name(name) {
-            return Err(TaskError::from_engine(Error::NonDeterminism {
-                job_id: self.job_id(),
-                key: key.to_string(),
-                recorded: cp.name,
-                found: signal_name(name),
-            }));
-        }
-        match cp.outcome {
+        match outcome {
             CheckpointOutcome::Ok(Value::Array(values)) => Ok(Some(values)),
             other => Err(TaskError::no_retry(format!(
                 "checkpoint `{key}` for signal `{name}` holds {other:?}, not a list of payloads"

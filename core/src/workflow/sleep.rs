@@ -3,7 +3,6 @@
 use super::context::JobContext;
 use crate::job::{Checkpoint, CheckpointOutcome};
 use crate::task::TaskError;
-use crate::Error;
 use chrono::{DateTime, Utc};
 use std::future::Future;
 use std::time::Duration;
@@ -50,23 +49,11 @@ impl JobContext {
         let ctx = self.clone();
         async move {
             let engine = TaskError::from_engine;
-            let wake_at: DateTime<Utc> = match ctx.checkpoint(&key).await.map_err(engine)? {
-                Some(cp) if cp.name != SLEEP => {
-                    return Err(engine(Error::NonDeterminism {
-                        job_id: ctx.job_id(),
-                        key: key.to_string(),
-                        recorded: cp.name,
-                        found: SLEEP.into(),
-                    }))
-                }
-                Some(cp) => match cp.outcome {
-                    CheckpointOutcome::Ok(v) => serde_json::from_value(v).map_err(|e| {
-                        TaskError::no_retry(format!(
-                            "stored wake time at `{key}` is unreadable: {e}"
-                        ))
-                    })?,
-                    CheckpointOutcome::Err(e) => return Err(TaskError::no_retry(e)),
-                },
+            let wake_at: DateTime<Utc> = match ctx.recorded(&key, SLEEP).await? {
+                Some(CheckpointOutcome::Ok(v)) => serde_json::from_value(v).map_err(|e| {
+                    TaskError::no_retry(format!("stored wake time at `{key}` is unreadable: {e}"))
+                })?,
+                Some(CheckpointOutcome::Err(e)) => return Err(TaskError::no_retry(e)),
                 None => {
                     let at = match wake {
                         Wake::At(at) => at,

@@ -1,9 +1,8 @@
 //! Steps: any closure, run once and checkpointed like a call.
 
+use super::call::checkpointed;
 use super::context::JobContext;
-use crate::job::{Checkpoint, CheckpointOutcome};
-use crate::task::{TaskError, TaskErrorKind};
-use crate::Error;
+use crate::task::TaskError;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
@@ -31,52 +30,16 @@ impl JobContext {
         let ctx = self.clone();
         let name = name.to_string();
         async move {
-            if let Some(cp) = ctx.checkpoint(&key).await.map_err(TaskError::from_engine)? {
-                if cp.name != name {
-                    return Err(TaskError::from_engine(Error::NonDeterminism {
-                        job_id: ctx.job_id(),
-                        key: key.to_string(),
-                        recorded: cp.name,
-                        found: name,
-                    }));
-                }
-                return decode(&name, &key.to_string(), cp.outcome);
-            }
-            let outcome = match f(ctx.nested(key.clone())).await {
-                Ok(v) => CheckpointOutcome::Ok(serde_json::to_value(&v).map_err(|e| {
+            let label = name.clone();
+            checkpointed(&ctx, key, &name, move |child| async move {
+                let value = f(child).await?;
+                serde_json::to_value(&value).map_err(|e| {
                     TaskError::no_retry(format!(
-                        "the result of step `{name}` does not serialize: {e}"
+                        "the result of step `{label}` does not serialize: {e}"
                     ))
-                })?),
-                Err(e) if e.kind() == TaskErrorKind::NoRetry => {
-                    CheckpointOutcome::Err(e.message().to_string())
-                }
-                Err(e) => return Err(e),
-            };
-            ctx.save_checkpoint(Checkpoint {
-                key: key.to_string(),
-                name: name.clone(),
-                outcome: outcome.clone(),
+                })
             })
             .await
-            .map_err(TaskError::from_engine)?;
-            decode(&name, &key.to_string(), outcome)
         }
-    }
-}
-
-/// Turns a stored outcome into the step's typed result.
-pub(crate) fn decode<T: DeserializeOwned>(
-    name: &str,
-    key: &str,
-    outcome: CheckpointOutcome,
-) -> Result<T, TaskError> {
-    match outcome {
-        CheckpointOutcome::Ok(v) => serde_json::from_value(v).map_err(|e| {
-            TaskError::no_retry(format!(
-                "the result of `{name}` at checkpoint `{key}` does not fit the expected type: {e}"
-            ))
-        }),
-        CheckpointOutcome::Err(msg) => Err(TaskError::no_retry(msg)),
     }
 }
