@@ -49,7 +49,9 @@
 //!   access, no lock), so workers there claim new jobs without waiting for their poll.
 
 mod error;
+mod filter;
 mod migrate;
+mod operations;
 mod options;
 mod query;
 mod reader;

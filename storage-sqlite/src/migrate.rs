@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 /// The newest schema version this library knows. A file at a higher version is refused
 /// with [`Error::SchemaTooNew`].
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 struct Migration {
     version: i64,
@@ -34,6 +34,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 3,
         name: "workflows",
         sql: include_str!("../migrations/0003_workflows.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "operations",
+        sql: include_str!("../migrations/0004_operations.sql"),
     },
 ];
 

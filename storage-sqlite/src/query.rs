@@ -6,7 +6,7 @@ use crate::error::{bad_json, QResult};
 use chrono::{DateTime, Utc};
 use durable_jobs::{
     Checkpoint, CheckpointOutcome, ClaimedJob, Completion, DequeueParams, Enqueued, Error, Failure,
-    Job, JobFilter, JobId, JobStatus, Lease, LeaseInfo, NewJob, QueueCount,
+    Job, JobId, JobStatus, KeyMode, Lease, LeaseInfo, NewJob,
 };
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
@@ -14,18 +14,32 @@ use serde_json::Value;
 use std::time::Duration;
 
 /// Every job column, in the order [`job_from_row`] reads them.
-const JOB_COLUMNS: &str = "id, task, payload, queue, priority, status, attempt, max_attempts, \
+pub(crate) const JOB_COLUMNS: &str =
+    "id, task, payload, queue, priority, status, attempt, max_attempts, \
      run_at, lease_holder, lease_token, lease_expires_at, last_error, result, dedupe_key, \
      timeout_ms, created_at, started_at, completed_at, updated_at";
 
 pub(crate) const UNFINISHED: &str = "('pending', 'retrying', 'running', 'waiting')";
 
 const INSERT_JOB: &str = "INSERT INTO durable_jobs (task, payload, queue, priority, status, \
-     max_attempts, run_at, dedupe_key, timeout_ms, created_at, updated_at, parent_id) \
-     VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?9, ?9, ?10)";
+     max_attempts, run_at, dedupe_key, timeout_ms, created_at, updated_at, parent_id, \
+     serial_key, flags) \
+     VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12)";
 
-const FIND_DEDUPE: &str = "SELECT id FROM durable_jobs WHERE dedupe_key = ?1 \
+const FIND_KEY_HOLDER: &str = "SELECT id, status FROM durable_jobs WHERE dedupe_key = ?1 \
      AND status IN ('pending', 'retrying', 'running', 'waiting')";
+
+/// Job-key replace on a holder still waiting to run: it takes the new job's fields (run_at
+/// only when `?10` is not NULL), starts over at attempt 0, and keeps its id.
+const REPLACE_HOLDER: &str = "UPDATE durable_jobs SET task = ?2, payload = ?3, queue = ?4, \
+     priority = ?5, max_attempts = ?6, timeout_ms = ?7, serial_key = ?8, flags = ?9, \
+     run_at = coalesce(?10, run_at), attempt = 0, status = 'pending', last_error = NULL, \
+     updated_at = ?11 WHERE id = ?1";
+
+/// A running or suspended holder gives its key up to the job being enqueued.
+const DROP_KEY: &str = "UPDATE durable_jobs SET dedupe_key = NULL WHERE id = ?1";
+
+const INSERT_TAG: &str = "INSERT OR IGNORE INTO durable_jobs_tags (job_id, tag) VALUES (?1, ?2)";
 
 /// The fence every lease-holding write carries: same job, running, same token.
 pub(crate) const FENCE: &str = "id = ?1 AND status = 'running' AND lease_token = ?2";
@@ -69,7 +83,7 @@ pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
-fn time(column: &str, us: i64) -> QResult<DateTime<Utc>> {
+pub(crate) fn time(column: &str, us: i64) -> QResult<DateTime<Utc>> {
     DateTime::from_timestamp_micros(us).ok_or_else(|| {
         Error::Storage(format!(
             "sqlite: column `{column}` holds an out-of-range time {us}"
@@ -94,7 +108,7 @@ fn parse_json(column: &str, text: &str) -> QResult<Value> {
     Ok(serde_json::from_str(text).map_err(|e| bad_json(column, e))?)
 }
 
-fn job_from_row(row: &Row<'_>) -> QResult<Job> {
+pub(crate) fn job_from_row(row: &Row<'_>) -> QResult<Job> {
     let payload: String = row.get(2)?;
     let status: String = row.get(5)?;
     let holder: Option<String> = row.get(9)?;
@@ -138,18 +152,66 @@ fn lease_lost(lease: &Lease) -> QResult<()> {
     .into())
 }
 
-/// Inserts one job (or finds the unfinished job holding its dedupe key).
+/// Flags as stored: a JSON array, or NULL when there are none (the claim's flag check
+/// skips NULL at the cost of one column read).
+fn flags_text(flags: &[String]) -> QResult<Option<String>> {
+    if flags.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(serde_json::to_string(flags).map_err(Error::from)?))
+}
+
+fn insert_tags(conn: &Connection, id: JobId, tags: &[String]) -> QResult<()> {
+    for tag in tags {
+        conn.prepare_cached(INSERT_TAG)?.execute(params![id, tag])?;
+    }
+    Ok(())
+}
+
+/// Inserts one job, honouring its key mode when an unfinished job holds its dedupe key:
+/// `Dedupe` returns the holder; `Replace` / `PreserveRunAt` update a holder that is still
+/// pending or retrying in place, and take the key from a running or waiting holder for a
+/// new job (as graphile-worker's `job_key_mode`).
 pub(crate) fn insert_job(conn: &Connection, job: &NewJob, now: DateTime<Utc>) -> QResult<Enqueued> {
+    let now_us = micros(now);
     if let Some(key) = &job.dedupe_key {
-        let existing: Option<JobId> = conn
-            .prepare_cached(FIND_DEDUPE)?
-            .query_row([key], |r| r.get(0))
+        let holder: Option<(JobId, String)> = conn
+            .prepare_cached(FIND_KEY_HOLDER)?
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
-        if let Some(id) = existing {
-            return Ok(Enqueued { id, created: false });
+        if let Some((id, status)) = holder {
+            let claimable = status.parse::<JobStatus>()?.is_claimable();
+            match job.key_mode {
+                KeyMode::Dedupe => return Ok(Enqueued { id, created: false }),
+                KeyMode::Replace | KeyMode::PreserveRunAt if claimable => {
+                    let run_at = match job.key_mode {
+                        KeyMode::PreserveRunAt => None,
+                        _ => Some(micros(job.resolve_run_at(now))),
+                    };
+                    conn.prepare_cached(REPLACE_HOLDER)?.execute(params![
+                        id,
+                        job.task,
+                        json_text(&job.payload)?,
+                        job.queue,
+                        job.priority,
+                        job.max_attempts,
+                        job.timeout_ms,
+                        job.serial_key,
+                        flags_text(&job.flags)?,
+                        run_at,
+                        now_us,
+                    ])?;
+                    conn.prepare_cached("DELETE FROM durable_jobs_tags WHERE job_id = ?1")?
+                        .execute([id])?;
+                    insert_tags(conn, id, &job.tags)?;
+                    return Ok(Enqueued { id, created: false });
+                }
+                KeyMode::Replace | KeyMode::PreserveRunAt => {
+                    conn.prepare_cached(DROP_KEY)?.execute([id])?;
+                }
+            }
         }
     }
-    let now_us = micros(now);
     conn.prepare_cached(INSERT_JOB)?.execute(params![
         job.task,
         json_text(&job.payload)?,
@@ -161,39 +223,96 @@ pub(crate) fn insert_job(conn: &Connection, job: &NewJob, now: DateTime<Utc>) ->
         job.timeout_ms,
         now_us,
         job.parent_id,
+        job.serial_key,
+        flags_text(&job.flags)?,
     ])?;
-    Ok(Enqueued {
-        id: conn.last_insert_rowid(),
-        created: true,
-    })
+    let id = conn.last_insert_rowid();
+    insert_tags(conn, id, &job.tags)?;
+    Ok(Enqueued { id, created: true })
 }
 
-/// The claim statement for this many queues and task names. One statement: the
-/// sub-select picks due, claimable jobs in claim order through the partial claim index,
-/// and the UPDATE flips them to running in the same step, inside the writer's
-/// `BEGIN IMMEDIATE` transaction, so no other connection can claim them in between.
-fn claim_sql(queues: usize, tasks: usize) -> String {
-    let list = |start: usize, n: usize| {
-        (start..start + n)
-            .map(|i| format!("?{i}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let task_filter = if tasks == 0 {
-        String::new()
-    } else {
-        format!(" AND task IN ({})", list(6 + queues, tasks))
-    };
+/// The shape of one claim statement: how many queues, task names and forbidden flags it
+/// binds (statements are cached per shape).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClaimShape {
+    pub queues: usize,
+    pub tasks: usize,
+    pub flags: usize,
+}
+
+/// `?start, ?start+1, ...` for `n` parameters.
+fn marks(start: usize, n: usize) -> String {
+    (start..start + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The terms a job must meet to be claimed, on the table aliased `t` (before serial keys):
+/// claimable, due, in a claimed queue, of a handled task, and carrying no forbidden flag.
+/// The status term matches the claim index's WHERE word for word, so the index applies.
+fn claimable_terms(t: &str, shape: ClaimShape) -> String {
+    let mut sql = format!(
+        "{t}.status IN ('pending', 'retrying', 'waiting') AND {t}.queue IN ({}) \
+         AND {t}.run_at <= ?4",
+        marks(6, shape.queues)
+    );
+    if shape.tasks > 0 {
+        sql.push_str(&format!(
+            " AND {t}.task IN ({})",
+            marks(6 + shape.queues, shape.tasks)
+        ));
+    }
+    if shape.flags > 0 {
+        // Unflagged jobs (NULL) pass on one column read; only flagged ones parse JSON.
+        sql.push_str(&format!(
+            " AND ({t}.flags IS NULL OR NOT EXISTS (SELECT 1 FROM json_each({t}.flags) \
+             WHERE value IN ({})))",
+            marks(6 + shape.queues + shape.tasks, shape.flags)
+        ));
+    }
+    sql
+}
+
+/// The claim statement for one shape. One statement: the sub-select picks due, claimable
+/// jobs in claim order through the partial claim index, and the UPDATE flips them to
+/// running in the same step, inside the writer's `BEGIN IMMEDIATE` transaction, so no
+/// other connection can claim them in between.
+///
+/// Serial keys: a keyed job qualifies only when no job of its key is running (the small
+/// index of running keys) and it is the first claimable job of its key in claim order
+/// (the index of claimable keyed jobs), so a batch never takes two jobs of one key and
+/// each key runs in order. Unkeyed jobs pass on `serial_key IS NULL`.
+pub(crate) fn claim_sql(shape: ClaimShape) -> String {
     format!(
         "UPDATE durable_jobs SET status = 'running', attempt = attempt + 1, \
          lease_holder = ?1, lease_token = ?2, lease_expires_at = ?3, started_at = ?4, \
          updated_at = ?4, wake_requested = 0 \
-         WHERE id IN (SELECT id FROM durable_jobs \
-           WHERE status IN ('pending', 'retrying', 'waiting') AND queue IN ({queues}){task_filter} \
-           AND run_at <= ?4 ORDER BY priority DESC, run_at, id LIMIT ?5) \
+         WHERE id IN (SELECT j.id FROM durable_jobs j WHERE {outer} \
+           AND (j.serial_key IS NULL OR (\
+             NOT EXISTS (SELECT 1 FROM durable_jobs r \
+               WHERE r.serial_key = j.serial_key AND r.status = 'running') \
+             AND j.id = (SELECT k.id FROM durable_jobs k \
+               WHERE k.serial_key = j.serial_key AND {inner} \
+               ORDER BY k.priority DESC, k.run_at, k.id LIMIT 1))) \
+           ORDER BY j.priority DESC, j.run_at, j.id LIMIT ?5) \
          RETURNING {JOB_COLUMNS}",
-        queues = list(6, queues),
+        outer = claimable_terms("j", shape),
+        inner = claimable_terms("k", shape),
     )
+}
+
+/// The paused queues among `queues`, read inside the claim's transaction.
+fn unpaused(conn: &Connection, queues: &[String]) -> QResult<Vec<String>> {
+    let mut stmt = conn.prepare_cached("SELECT queue FROM durable_jobs_paused_queues")?;
+    let paused = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<Result<std::collections::HashSet<_>, _>>()?;
+    Ok(queues
+        .iter()
+        .filter(|q| !paused.contains(*q))
+        .cloned()
+        .collect())
 }
 
 /// Claims up to `limit` due jobs; see [`durable_jobs::Storage::dequeue`].
@@ -206,6 +325,10 @@ pub(crate) fn dequeue(
     if p.queues.is_empty() || p.limit == 0 {
         return Ok(Vec::new());
     }
+    let queues = unpaused(conn, &p.queues)?;
+    if queues.is_empty() {
+        return Ok(Vec::new());
+    }
     let now_us = micros(now);
     let expires = after(now_us, p.lease_duration);
     let expires_at = time("lease_expires_at", expires)?;
@@ -216,9 +339,15 @@ pub(crate) fn dequeue(
         SqlValue::Integer(now_us),
         SqlValue::Integer(i64::try_from(p.limit).unwrap_or(i64::MAX)),
     ];
-    args.extend(p.queues.iter().map(|q| SqlValue::Text(q.clone())));
+    args.extend(queues.iter().map(|q| SqlValue::Text(q.clone())));
     args.extend(p.tasks.iter().map(|t| SqlValue::Text(t.clone())));
-    let mut stmt = conn.prepare_cached(&claim_sql(p.queues.len(), p.tasks.len()))?;
+    args.extend(p.forbidden_flags.iter().map(|f| SqlValue::Text(f.clone())));
+    let shape = ClaimShape {
+        queues: queues.len(),
+        tasks: p.tasks.len(),
+        flags: p.forbidden_flags.len(),
+    };
+    let mut stmt = conn.prepare_cached(&claim_sql(shape))?;
     let mut rows = stmt.query(params_from_iter(args))?;
     let mut out = Vec::with_capacity(p.limit.min(1024));
     while let Some(row) = rows.next()? {
@@ -425,63 +554,6 @@ pub(crate) fn get_job(conn: &Connection, job_id: JobId) -> QResult<Option<Job>> 
     }
 }
 
-/// Jobs matching a filter, by ascending id.
-pub(crate) fn list_jobs(conn: &Connection, f: &JobFilter) -> QResult<Vec<Job>> {
-    let mut sql = format!("SELECT {JOB_COLUMNS} FROM durable_jobs WHERE 1 = 1");
-    let mut args: Vec<SqlValue> = Vec::new();
-    if !f.statuses.is_empty() {
-        let marks = vec!["?"; f.statuses.len()].join(", ");
-        sql.push_str(&format!(" AND status IN ({marks})"));
-        args.extend(f.statuses.iter().map(|s| SqlValue::Text(s.as_str().into())));
-    }
-    if let Some(q) = &f.queue {
-        sql.push_str(" AND queue = ?");
-        args.push(SqlValue::Text(q.clone()));
-    }
-    if let Some(t) = &f.task {
-        sql.push_str(" AND task = ?");
-        args.push(SqlValue::Text(t.clone()));
-    }
-    if let Some(p) = f.parent_id {
-        sql.push_str(" AND parent_id = ?");
-        args.push(SqlValue::Integer(p));
-    }
-    if let Some(a) = f.after_id {
-        sql.push_str(" AND id > ?");
-        args.push(SqlValue::Integer(a));
-    }
-    sql.push_str(" ORDER BY id LIMIT ?");
-    args.push(SqlValue::Integer(
-        i64::try_from(f.limit.unwrap_or(100)).unwrap_or(i64::MAX),
-    ));
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query(params_from_iter(args))?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        out.push(job_from_row(row)?);
-    }
-    Ok(out)
-}
-
-/// Jobs per queue and status.
-pub(crate) fn counts(conn: &Connection) -> QResult<Vec<QueueCount>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT queue, status, count(*) FROM durable_jobs GROUP BY queue, status ORDER BY queue, status",
-    )?;
-    let mut rows = stmt.query([])?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        let status: String = row.get(1)?;
-        let count: i64 = row.get(2)?;
-        out.push(QueueCount {
-            queue: row.get(0)?,
-            status: status.parse()?,
-            count: u64::try_from(count).unwrap_or(0),
-        });
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,8 +563,13 @@ mod tests {
     fn claim_walks_the_partial_claim_index() {
         let conn = Connection::open_in_memory().expect("open");
         crate::migrate::migrate(&conn, 0).expect("migrate");
-        for (queues, tasks) in [(1, 1), (1, 0), (3, 2)] {
-            let sql = format!("EXPLAIN QUERY PLAN {}", claim_sql(queues, tasks));
+        for (queues, tasks, flags) in [(1, 1, 0), (1, 0, 0), (3, 2, 0), (1, 1, 2)] {
+            let shape = ClaimShape {
+                queues,
+                tasks,
+                flags,
+            };
+            let sql = format!("EXPLAIN QUERY PLAN {}", claim_sql(shape));
             let mut stmt = conn.prepare(&sql).expect("prepare");
             let n = stmt.parameter_count();
             let args: Vec<SqlValue> = (0..n).map(|_| SqlValue::Integer(0)).collect();
@@ -502,14 +579,26 @@ mod tests {
                 .collect::<Result<_, _>>()
                 .expect("rows");
             let plan = plan.join("\n");
+            let shape = format!("{queues} queues, {tasks} tasks, {flags} flags");
             assert!(
                 plan.contains("USING INDEX durable_jobs_claim"),
-                "{queues} queues, {tasks} tasks:\n{plan}"
+                "{shape}:\n{plan}"
             );
+            // Serial keys are checked through their own small indexes, never a scan.
+            assert!(
+                plan.contains("durable_jobs_serial_running"),
+                "{shape}:\n{plan}"
+            );
+            assert!(
+                plan.contains("durable_jobs_serial_claim"),
+                "{shape}:\n{plan}"
+            );
+            assert!(!plan.contains("SCAN durable_jobs"), "{shape}:\n{plan}");
             // With one queue the index already yields claim order, so LIMIT stops early.
             if queues == 1 {
+                let outer = plan.split("CORRELATED").next().unwrap_or_default();
                 assert!(
-                    !plan.contains("TEMP B-TREE"),
+                    !outer.contains("TEMP B-TREE"),
                     "sorts for one queue:\n{plan}"
                 );
             }

@@ -1,7 +1,9 @@
 //! [`SqliteStorage`]: the [`Storage`] implementation on a SQLite file.
 
 use crate::error::{storage, QResult};
+use crate::filter;
 use crate::migrate;
+use crate::operations;
 use crate::options::SqliteOptions;
 use crate::query::{self, micros};
 use crate::reader::Readers;
@@ -13,7 +15,7 @@ use chrono::{DateTime, Utc};
 use durable_jobs::job::new_lease_token;
 use durable_jobs::{
     Capabilities, Checkpoint, ClaimedJob, Clock, Completion, DequeueParams, Enqueued, Failure, Job,
-    JobFilter, JobId, Lease, NewJob, QueueCount, Result, Storage,
+    JobFilter, JobId, Lease, ManualOutcome, NewJob, QueueCount, Result, ScheduleRecord, Storage,
 };
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
@@ -286,7 +288,9 @@ impl Storage for SqliteStorage {
 
     fn capabilities(&self) -> Capabilities {
         let file = self.inner.path.is_some();
-        Capabilities::new(self.inner.watcher.is_some(), file, file).with_workflows(true)
+        Capabilities::new(self.inner.watcher.is_some(), file, file)
+            .with_workflows(true)
+            .with_operations(true)
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -428,11 +432,11 @@ impl Storage for SqliteStorage {
     }
 
     async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>> {
-        self.read(move |c| query::list_jobs(c, &filter)).await
+        self.read(move |c| filter::list_jobs(c, &filter)).await
     }
 
     async fn counts(&self) -> Result<Vec<QueueCount>> {
-        self.read(query::counts).await
+        self.read(filter::counts).await
     }
 
     async fn cancel(&self, job_id: JobId) -> Result<bool> {
@@ -512,5 +516,103 @@ impl Storage for SqliteStorage {
 
     async fn delete_job(&self, job_id: JobId) -> Result<bool> {
         self.write(move |c| workflow::delete_job(c, job_id)).await
+    }
+    async fn upsert_schedule(
+        &self,
+        name: &str,
+        definition: Value,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let name = name.to_string();
+        self.write(move |c| operations::upsert_schedule(c, &name, &definition, now))
+            .await
+    }
+
+    async fn schedules(&self) -> Result<Vec<ScheduleRecord>> {
+        self.read(operations::schedules).await
+    }
+
+    async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<bool> {
+        let (name, now) = (name.to_string(), self.now_us());
+        self.write(move |c| operations::set_schedule_paused(c, &name, paused, now))
+            .await
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<bool> {
+        let name = name.to_string();
+        self.write(move |c| operations::delete_schedule(c, &name))
+            .await
+    }
+
+    async fn advance_schedule(
+        &self,
+        name: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        jobs: Vec<NewJob>,
+    ) -> Result<Option<Vec<JobId>>> {
+        let (name, now) = (name.to_string(), self.now_dt());
+        let out = self
+            .write(move |c| operations::advance_schedule(c, &name, from, to, &jobs, now))
+            .await?;
+        if out.as_ref().is_some_and(|ids| !ids.is_empty()) {
+            self.wake();
+        }
+        Ok(out)
+    }
+
+    async fn retry_jobs(&self, ids: &[JobId], keep_checkpoints: bool) -> Result<u64> {
+        let (ids, now) = (ids.to_vec(), self.now_us());
+        let n = self
+            .write(move |c| operations::retry_jobs(c, &ids, keep_checkpoints, now))
+            .await?;
+        if n > 0 {
+            self.wake();
+        }
+        Ok(n)
+    }
+
+    async fn reschedule_job(&self, job_id: JobId, run_at: DateTime<Utc>) -> Result<bool> {
+        let now = self.now_us();
+        // Rounded up, as for wake times: the job never becomes due before `run_at`.
+        let at = workflow::micros_ceil(run_at);
+        let moved = self
+            .write(move |c| operations::reschedule_job(c, job_id, at, now))
+            .await?;
+        if moved {
+            self.wake();
+        }
+        Ok(moved)
+    }
+
+    async fn finish_jobs(&self, ids: &[JobId], outcome: ManualOutcome) -> Result<u64> {
+        let (ids, now) = (ids.to_vec(), self.now_us());
+        let (n, woke) = self
+            .write(move |c| operations::finish_jobs(c, &ids, &outcome, now))
+            .await?;
+        if woke {
+            self.wake();
+        }
+        Ok(n)
+    }
+
+    async fn purge_finished(&self, older_than: DateTime<Utc>) -> Result<u64> {
+        let cutoff = query::micros(older_than);
+        self.write(move |c| operations::purge_finished(c, cutoff))
+            .await
+    }
+
+    async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        let (queue, now) = (queue.to_string(), self.now_us());
+        self.write(move |c| operations::set_queue_paused(c, &queue, paused, now))
+            .await?;
+        if !paused {
+            self.wake();
+        }
+        Ok(())
+    }
+
+    async fn paused_queues(&self) -> Result<Vec<String>> {
+        self.read(operations::paused_queues).await
     }
 }

@@ -1,4 +1,4 @@
-//! The shared storage, workflow and engine conformance suites on a fresh SQLite file per
+//! The shared storage, workflow, engine and operations conformance suites on a fresh SQLite file per
 //! test, and on an in-memory database.
 
 use crate::TempDb;
@@ -44,6 +44,8 @@ impl ConformanceHarness for Sqlite {
 durable_jobs::storage_conformance_tests!(Sqlite);
 durable_jobs::storage_workflow_conformance_tests!(Sqlite);
 durable_jobs::engine_conformance_tests!(Sqlite);
+durable_jobs::storage_operations_conformance_tests!(Sqlite);
+durable_jobs::engine_operations_conformance_tests!(Sqlite);
 
 /// The same suite on an in-memory database (one shared connection, reads through the
 /// writer thread).
@@ -83,4 +85,6 @@ mod in_memory {
     durable_jobs::storage_conformance_tests!(SqliteMemory);
     durable_jobs::storage_workflow_conformance_tests!(SqliteMemory);
     durable_jobs::engine_conformance_tests!(SqliteMemory);
+    durable_jobs::storage_operations_conformance_tests!(SqliteMemory);
+    durable_jobs::engine_operations_conformance_tests!(SqliteMemory);
 }
