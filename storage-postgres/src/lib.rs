@@ -99,6 +99,7 @@ pub mod migrate;
 pub mod options;
 
 mod error;
+mod operations;
 mod sql;
 mod storage;
 #[cfg(feature = "testing")]

@@ -38,20 +38,26 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "workflows",
         sql: include_str!("../migrations/003_workflows.sql"),
     },
+    Migration {
+        version: 4,
+        name: "operations",
+        sql: include_str!("../migrations/004_operations.sql"),
+    },
 ];
 
 /// The newest schema version this library knows.
-pub const LATEST_VERSION: i64 = 3;
+pub const LATEST_VERSION: i64 = 4;
 
-/// A migration's SQL for `schema`.
-pub(crate) fn render(sql: &str, schema: &str) -> String {
+/// A migration's SQL for `schema` (validate the name first), as [`run`] executes it: for
+/// review, or to apply by hand in a controlled rollout.
+pub fn render(sql: &str, schema: &str) -> String {
     sql.replace("{schema_lit}", &quote_literal(schema))
         .replace("{schema}", &quote_ident(schema))
         .replace("{channel}", &quote_literal(&channel(schema)))
 }
 
 /// Creates or upgrades the schema; see the module docs.
-pub(crate) async fn run(pool: &PgPool, schema: &str) -> Result<()> {
+pub async fn run(pool: &PgPool, schema: &str) -> Result<()> {
     let q = quote_ident(schema);
     let mut tx = pool.begin().await.map_err(db)?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")

@@ -10,17 +10,24 @@ use std::sync::Arc;
 /// Unfinished statuses: the set a dedupe key is unique within.
 const UNFINISHED: &str = "('pending', 'retrying', 'running', 'waiting')";
 
-/// One batch claim from a single queue (what workers ask for). The inner SELECT walks
-/// the `jobs_claimable` partial index in claim order and skips rows other claimers hold;
-/// the UPDATE leases what it found.
-/// $1 queue, $2 tasks (empty = any), $3 limit, $4 holder, $5 token, $6 lease (µs).
+/// One batch claim from a single queue (what workers ask for). The first CTE walks the
+/// `jobs_claimable` partial index in claim order, skipping rows other claimers hold,
+/// jobs carrying a forbidden flag, a paused queue, and serial keys already running; the
+/// serial-key CTEs let at most one job per key through (see `serial_slots`); the UPDATE
+/// leases what remains.
+/// $1 queue, $2 tasks (empty = any), $3 limit, $4 holder, $5 token, $6 lease (µs),
+/// $7 forbidden flags.
 const CLAIM: &str = "
-WITH c AS (
-    SELECT id FROM {schema}.jobs
+WITH cand AS (
+    SELECT id, serial_key, priority, run_at FROM {schema}.jobs
     WHERE status IN ('pending', 'retrying', 'waiting')
       AND queue = $1
       AND run_at <= {now}
       AND (cardinality($2::text[]) = 0 OR task = ANY($2::text[]))
+      AND NOT (flags && $7::text[])
+      AND NOT EXISTS (SELECT 1 FROM {schema}.paused_queues p WHERE p.queue = $1)
+      AND (serial_key IS NULL OR NOT EXISTS (
+          SELECT 1 FROM {schema}.serial_slots s WHERE s.serial_key = jobs.serial_key))
     ORDER BY priority DESC, run_at, id
     LIMIT $3
     FOR UPDATE SKIP LOCKED
@@ -29,20 +36,41 @@ WITH c AS (
 
 /// The same claim across several queues ($1 is then an array of queue names).
 const CLAIM_QUEUES: &str = "
-WITH c AS (
-    SELECT id FROM {schema}.jobs
+WITH cand AS (
+    SELECT id, serial_key, priority, run_at FROM {schema}.jobs
     WHERE status IN ('pending', 'retrying', 'waiting')
       AND queue = ANY($1::text[])
       AND run_at <= {now}
       AND (cardinality($2::text[]) = 0 OR task = ANY($2::text[]))
+      AND NOT (flags && $7::text[])
+      AND NOT EXISTS (SELECT 1 FROM {schema}.paused_queues p WHERE p.queue = jobs.queue)
+      AND (serial_key IS NULL OR NOT EXISTS (
+          SELECT 1 FROM {schema}.serial_slots s WHERE s.serial_key = jobs.serial_key))
     ORDER BY priority DESC, run_at, id
     LIMIT $3
     FOR UPDATE SKIP LOCKED
 )
 {lease}";
 
-/// The UPDATE both claims share.
-const LEASE: &str = "
+/// What both claims share: one job per serial key takes its key's slot, then the
+/// UPDATE leases the claimed jobs.
+const LEASE: &str = ",
+firsts AS (
+    SELECT DISTINCT ON (serial_key) id, serial_key FROM cand
+    WHERE serial_key IS NOT NULL
+    ORDER BY serial_key, priority DESC, run_at, id
+),
+slots AS (
+    INSERT INTO {schema}.serial_slots (serial_key, job_id)
+    SELECT serial_key, id FROM firsts
+    ON CONFLICT (serial_key) DO NOTHING
+    RETURNING job_id
+),
+c AS (
+    SELECT id FROM cand WHERE serial_key IS NULL
+    UNION ALL
+    SELECT job_id FROM slots
+)
 UPDATE {schema}.jobs AS j
 SET status = 'running',
     attempt = j.attempt + 1,
@@ -63,9 +91,11 @@ RETURNING j.*";
 const ENQUEUE: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::int[],
-                         $6::timestamptz[], $7::bigint[], $8::text[], $9::bigint[], $10::bigint[])
+                         $6::timestamptz[], $7::bigint[], $8::text[], $9::bigint[], $10::bigint[],
+                         $11::text[], $12::text[], $13::text[])
         WITH ORDINALITY AS t(task, payload, queue, priority, max_attempts,
-                             run_at, delay_us, dedupe_key, timeout_ms, parent_id, ord)
+                             run_at, delay_us, dedupe_key, timeout_ms, parent_id,
+                             serial_key, flags_json, tags_json, ord)
 ),
 ranked AS (
     SELECT i.*, row_number() OVER (PARTITION BY i.dedupe_key ORDER BY i.ord) AS rn
@@ -78,10 +108,15 @@ numbered AS (
 ins AS (
     INSERT INTO {schema}.jobs
         (id, task, payload, queue, priority, max_attempts, run_at, dedupe_key, timeout_ms,
-         parent_id)
+         parent_id, serial_key, flags, tags, created_at, updated_at)
     SELECT id, task, payload::jsonb, queue, priority, max_attempts,
            coalesce(run_at, {now} + coalesce(delay_us, 0) * interval '1 microsecond'),
-           dedupe_key, timeout_ms, parent_id
+           dedupe_key, timeout_ms, parent_id, serial_key,
+           CASE WHEN flags_json IS NULL THEN '{}'::text[]
+                ELSE ARRAY(SELECT jsonb_array_elements_text(flags_json::jsonb)) END,
+           CASE WHEN tags_json IS NULL THEN '{}'::text[]
+                ELSE ARRAY(SELECT jsonb_array_elements_text(tags_json::jsonb)) END,
+           {now}, {now}
     FROM numbered
     ORDER BY id
     ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN {unfinished}
@@ -101,6 +136,31 @@ LEFT JOIN LATERAL (
 LEFT JOIN (SELECT n2.id, n2.dedupe_key FROM numbered n2 JOIN ins i2 ON i2.id = n2.id) first
        ON first.dedupe_key = i.dedupe_key
 ORDER BY i.ord";
+
+/// One replace-mode keyed job (see `tx::replace_one`). $1 task, $2 payload, $3 queue,
+/// $4 priority, $5 max attempts, $6 run_at, $7 delay (µs), $8 key, $9 timeout,
+/// $10 parent, $11 serial key, $12 flags, $13 tags, $14 keep the holder's run_at.
+const REPLACE_KEYED: &str = "
+INSERT INTO {schema}.jobs AS j
+    (task, payload, queue, priority, max_attempts, run_at, dedupe_key, timeout_ms,
+     parent_id, serial_key, flags, tags, created_at, updated_at)
+VALUES ($1, $2::jsonb, $3, $4, $5,
+        coalesce($6, {now} + coalesce($7, 0) * interval '1 microsecond'),
+        $8, $9, $10, $11, $12, $13, {now}, {now})
+ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN {unfinished}
+DO UPDATE SET task = excluded.task, payload = excluded.payload, queue = excluded.queue,
+    priority = excluded.priority, max_attempts = excluded.max_attempts,
+    timeout_ms = excluded.timeout_ms, serial_key = excluded.serial_key,
+    flags = excluded.flags, tags = excluded.tags,
+    run_at = CASE WHEN $14 THEN j.run_at ELSE excluded.run_at END,
+    attempt = 0, status = 'pending', last_error = NULL, updated_at = {now}
+WHERE j.status IN ('pending', 'retrying')
+RETURNING j.id, (j.xmax = 0) AS created";
+
+/// A running or suspended holder gives up its key to a replacing enqueue. $1 key.
+const RELEASE_KEY: &str = "
+UPDATE {schema}.jobs SET dedupe_key = NULL, updated_at = {now}
+WHERE dedupe_key = $1 AND status IN ('running', 'waiting')";
 
 /// The unfinished jobs holding these dedupe keys (a concurrent enqueue won the race).
 const BY_DEDUPE_KEYS: &str = "
@@ -214,7 +274,8 @@ const NOW: &str = "SELECT {now}";
 
 const GET_JOB: &str = "SELECT * FROM {schema}.jobs WHERE id = $1";
 
-/// $1 statuses (empty = any), $2 queue, $3 task, $4 after id, $5 limit, $6 parent.
+/// $1 statuses (empty = any), $2 queue, $3 task, $4 after id, $5 limit, $6 parent,
+/// $7 tag, $8 created at or after, $9 created before.
 const LIST_JOBS: &str = "
 SELECT * FROM {schema}.jobs
 WHERE (cardinality($1::text[]) = 0 OR status = ANY($1::text[]))
@@ -222,6 +283,9 @@ WHERE (cardinality($1::text[]) = 0 OR status = ANY($1::text[]))
   AND ($3::text IS NULL OR task = $3)
   AND ($4::bigint IS NULL OR id > $4)
   AND ($6::bigint IS NULL OR parent_id = $6)
+  AND ($7::text IS NULL OR tags @> ARRAY[$7::text])
+  AND ($8::timestamptz IS NULL OR created_at >= $8)
+  AND ($9::timestamptz IS NULL OR created_at < $9)
 ORDER BY id
 LIMIT $5";
 
@@ -253,6 +317,8 @@ pub(crate) struct Sql {
     pub claim_queues: Arc<str>,
     pub enqueue: Arc<str>,
     pub by_dedupe_keys: Arc<str>,
+    pub replace_keyed: Arc<str>,
+    pub release_key: Arc<str>,
     pub complete: Arc<str>,
     pub complete_many: Arc<str>,
     pub fail_retry: Arc<str>,
@@ -298,10 +364,12 @@ impl Sql {
     pub fn new(schema: &str, now: &str) -> Self {
         let r = |t: &str| render(t, schema, now);
         Sql {
-            claim: r(&CLAIM.replace("{lease}", LEASE)),
-            claim_queues: r(&CLAIM_QUEUES.replace("{lease}", LEASE)),
+            claim: r(&CLAIM.replace("\n{lease}", LEASE)),
+            claim_queues: r(&CLAIM_QUEUES.replace("\n{lease}", LEASE)),
             enqueue: r(ENQUEUE),
             by_dedupe_keys: r(BY_DEDUPE_KEYS),
+            replace_keyed: r(REPLACE_KEYED),
+            release_key: r(RELEASE_KEY),
             complete: r(COMPLETE),
             complete_many: r(COMPLETE_MANY),
             fail_retry: r(FAIL_RETRY),

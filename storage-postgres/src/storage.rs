@@ -3,12 +3,15 @@
 use crate::error::db;
 use crate::listen::{self, ListenerTask};
 use crate::migrate;
+use crate::operations::OperationsSql;
 use crate::options::{channel, PostgresOptions};
 use crate::sql::Sql;
 use crate::workflow::WorkflowSql;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use durable_jobs::job::new_lease_token;
+use durable_jobs::schedule::ScheduleRecord;
+use durable_jobs::storage::ManualOutcome;
 use durable_jobs::{
     Capabilities, Checkpoint, CheckpointOutcome, ClaimedJob, Completion, DequeueParams, Enqueued,
     Error, Failure, Job, JobFilter, JobId, JobStatus, Lease, LeaseInfo, NewJob, QueueCount, Result,
@@ -53,6 +56,7 @@ struct Inner {
     options: PostgresOptions,
     sql: Sql,
     wf: WorkflowSql,
+    ops: OperationsSql,
     wake: Arc<watch::Sender<u64>>,
     listener: Mutex<Option<ListenerTask>>,
 }
@@ -127,6 +131,7 @@ impl PostgresStorage {
             inner: Arc::new(Inner {
                 sql: Sql::new(&options.schema, &now),
                 wf: WorkflowSql::new(&options.schema, &now),
+                ops: OperationsSql::new(&options.schema, &now),
                 pool,
                 options,
                 wake: Arc::new(wake),
@@ -169,6 +174,10 @@ impl PostgresStorage {
 
     pub(crate) fn wf(&self) -> &WorkflowSql {
         &self.inner.wf
+    }
+
+    pub(crate) fn ops(&self) -> &OperationsSql {
+        &self.inner.ops
     }
 
     /// Wakes this process's idle workers now (other processes hear the NOTIFY).
@@ -247,7 +256,9 @@ impl Storage for PostgresStorage {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(self.inner.options.listen, true, true).with_workflows(true)
+        Capabilities::new(self.inner.options.listen, true, true)
+            .with_workflows(true)
+            .with_operations(true)
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -271,8 +282,16 @@ impl Storage for PostgresStorage {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.pool().acquire().await.map_err(db)?;
-        let out = crate::tx::insert_jobs(&mut conn, self.sql(), jobs).await?;
+        let out = if jobs.iter().any(crate::tx::replaces) {
+            // Several statements: one transaction keeps the batch all-or-nothing.
+            let mut tx = self.pool().begin().await.map_err(db)?;
+            let out = crate::tx::insert_jobs(&mut tx, self.sql(), jobs).await?;
+            tx.commit().await.map_err(db)?;
+            out
+        } else {
+            let mut conn = self.pool().acquire().await.map_err(db)?;
+            crate::tx::insert_jobs(&mut conn, self.sql(), jobs).await?
+        };
         // Autocommitted: this process's workers may look now; others get the NOTIFY.
         self.wake_local();
         Ok(out)
@@ -294,6 +313,7 @@ impl Storage for PostgresStorage {
             .bind(&params.holder)
             .bind(token)
             .bind(micros(params.lease_duration))
+            .bind(&params.forbidden_flags)
             .fetch_all(self.pool())
             .await
             .map_err(db)?;
@@ -502,6 +522,9 @@ impl Storage for PostgresStorage {
             .bind(filter.after_id)
             .bind(limit)
             .bind(filter.parent_id)
+            .bind(filter.tag)
+            .bind(filter.created_after)
+            .bind(filter.created_before)
             .fetch_all(self.pool())
             .await
             .map_err(db)?;
@@ -581,6 +604,61 @@ impl Storage for PostgresStorage {
 
     async fn delete_job(&self, job_id: JobId) -> Result<bool> {
         self.delete_one_job(job_id).await
+    }
+
+    async fn upsert_schedule(
+        &self,
+        name: &str,
+        definition: Value,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.upsert_schedule_row(name, definition, now).await
+    }
+
+    async fn schedules(&self) -> Result<Vec<ScheduleRecord>> {
+        self.schedule_rows().await
+    }
+
+    async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<bool> {
+        self.pause_schedule_row(name, paused).await
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<bool> {
+        self.delete_schedule_row(name).await
+    }
+
+    async fn advance_schedule(
+        &self,
+        name: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        jobs: Vec<NewJob>,
+    ) -> Result<Option<Vec<JobId>>> {
+        self.advance_schedule_row(name, from, to, jobs).await
+    }
+
+    async fn retry_jobs(&self, ids: &[JobId], keep_checkpoints: bool) -> Result<u64> {
+        self.retry_job_rows(ids, keep_checkpoints).await
+    }
+
+    async fn reschedule_job(&self, job_id: JobId, run_at: DateTime<Utc>) -> Result<bool> {
+        self.reschedule_row(job_id, run_at).await
+    }
+
+    async fn finish_jobs(&self, ids: &[JobId], outcome: ManualOutcome) -> Result<u64> {
+        self.finish_job_rows(ids, outcome).await
+    }
+
+    async fn purge_finished(&self, older_than: DateTime<Utc>) -> Result<u64> {
+        self.purge_rows(older_than).await
+    }
+
+    async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        self.pause_queue_row(queue, paused).await
+    }
+
+    async fn paused_queues(&self) -> Result<Vec<String>> {
+        self.paused_queue_rows().await
     }
 
     fn wakeups(&self) -> Option<watch::Receiver<u64>> {

@@ -15,6 +15,7 @@
 use crate::error::db;
 use crate::sql::Sql;
 use crate::storage::{micros, PostgresStorage};
+use durable_jobs::job::KeyMode;
 use durable_jobs::{Enqueued, Error, NewJob, Result};
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 use std::collections::HashMap;
@@ -50,9 +51,54 @@ impl PostgresStorage {
 /// Batches up to this size reuse the prepared (possibly generic) plan.
 const SMALL_BATCH: usize = 16;
 
-/// Inserts `jobs` in one statement, in order; a dedupe key held by an unfinished job, or
-/// by an earlier job of the same batch, yields that job's id with `created: false`.
+/// True when `job` replaces an unfinished holder of its key (debounce or throttle)
+/// rather than deduplicating to it; such jobs are written one statement each.
+pub(crate) fn replaces(job: &NewJob) -> bool {
+    job.dedupe_key.is_some() && job.key_mode != KeyMode::Dedupe
+}
+
+/// Inserts `jobs` in order. Jobs that deduplicate (the usual case) go in as few bulk
+/// statements as possible; a replace-mode keyed job is written by itself, so each job
+/// sees the effect of the ones before it, as sequential enqueues would. A duplicate key
+/// inside a bulk statement maps to its first occurrence; a key held by an unfinished job
+/// maps to that job.
 pub(crate) async fn insert_jobs(
+    conn: &mut PgConnection,
+    sql: &Sql,
+    jobs: Vec<NewJob>,
+) -> Result<Vec<Enqueued>> {
+    if !jobs.iter().any(replaces) {
+        return insert_bulk(conn, sql, jobs).await;
+    }
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut run = Vec::new();
+    for job in jobs {
+        if replaces(&job) {
+            if !run.is_empty() {
+                out.extend(insert_bulk(conn, sql, std::mem::take(&mut run)).await?);
+            }
+            out.push(replace_one(conn, sql, job).await?);
+        } else {
+            run.push(job);
+        }
+    }
+    if !run.is_empty() {
+        out.extend(insert_bulk(conn, sql, run).await?);
+    }
+    Ok(out)
+}
+
+/// A JSON array of strings for the bulk statement, or NULL for none (the common case).
+fn json_list(items: &[String]) -> Result<Option<String>> {
+    if items.is_empty() {
+        Ok(None)
+    } else {
+        Ok(Some(serde_json::to_string(items)?))
+    }
+}
+
+/// Inserts `jobs` in one statement, in order (see [`insert_jobs`]).
+async fn insert_bulk(
     conn: &mut PgConnection,
     sql: &Sql,
     jobs: Vec<NewJob>,
@@ -71,7 +117,13 @@ pub(crate) async fn insert_jobs(
     let mut dedupe_key = Vec::with_capacity(n);
     let mut timeout_ms = Vec::with_capacity(n);
     let mut parent_id = Vec::with_capacity(n);
+    let mut serial_key = Vec::with_capacity(n);
+    let mut flags = Vec::with_capacity(n);
+    let mut tags = Vec::with_capacity(n);
     for j in jobs {
+        flags.push(json_list(&j.flags)?);
+        tags.push(json_list(&j.tags)?);
+        serial_key.push(j.serial_key);
         payload.push(serde_json::to_string(&j.payload)?);
         task.push(j.task);
         queue.push(j.queue);
@@ -100,6 +152,9 @@ pub(crate) async fn insert_jobs(
         .bind(&dedupe_key)
         .bind(&timeout_ms)
         .bind(&parent_id)
+        .bind(&serial_key)
+        .bind(&flags)
+        .bind(&tags)
         .fetch_all(&mut *conn)
         .await
         .map_err(db)?;
@@ -156,4 +211,48 @@ pub(crate) async fn insert_jobs(
             created,
         })
         .collect())
+}
+
+/// Writes one replace-mode keyed job: a claimable holder of the key takes the new
+/// payload and options (and run_at, unless preserved) and keeps its id; a holder that
+/// runs or waits mid-workflow gives up its key and a new job is created.
+async fn replace_one(conn: &mut PgConnection, sql: &Sql, job: NewJob) -> Result<Enqueued> {
+    let payload = serde_json::to_string(&job.payload)?;
+    // Twice at most: a holder that is not claimable gives up its key, then the insert
+    // meets no conflict (or a claimable job that a racing enqueue just created).
+    for _ in 0..3 {
+        let row = sqlx::query(AssertSqlSafe(sql.replace_keyed.clone()))
+            .bind(&job.task)
+            .bind(&payload)
+            .bind(&job.queue)
+            .bind(job.priority)
+            .bind(job.max_attempts)
+            .bind(job.run_at)
+            .bind(job.delay.map(micros))
+            .bind(&job.dedupe_key)
+            .bind(job.timeout_ms)
+            .bind(job.parent_id)
+            .bind(&job.serial_key)
+            .bind(&job.flags)
+            .bind(&job.tags)
+            .bind(job.key_mode == KeyMode::PreserveRunAt)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db)?;
+        if let Some(row) = row {
+            return Ok(Enqueued {
+                id: row.try_get("id").map_err(db)?,
+                created: row.try_get("created").map_err(db)?,
+            });
+        }
+        sqlx::query(AssertSqlSafe(sql.release_key.clone()))
+            .bind(&job.dedupe_key)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+    }
+    Err(Error::Storage(format!(
+        "job key `{}` kept changing hands during a replace; enqueue again",
+        job.dedupe_key.as_deref().unwrap_or_default()
+    )))
 }

@@ -5,6 +5,7 @@ mod conformance;
 mod enqueue;
 mod listen;
 mod migrate;
+mod operations;
 mod sql_api;
 mod workflow;
 

@@ -168,3 +168,66 @@ async fn an_unreachable_server_is_a_storage_error() {
         Err(Error::InvalidOption { option: "url", .. })
     ));
 }
+
+#[tokio::test]
+async fn upgrading_a_version_2_schema_keeps_its_jobs() {
+    use durable_jobs_postgres::migrate::{render, MIGRATIONS};
+    let url = server_url().expect("server");
+    let name = unique_schema("dj_upgrade");
+    let s = PostgresStorage::connect_with(
+        &url,
+        PostgresOptions::new().schema(&name).max_connections(2),
+    )
+    .await
+    .expect("connect");
+    // A schema as version 2 of the library left it.
+    let mut sql = format!(
+        "CREATE SCHEMA \"{name}\";
+         CREATE TABLE \"{name}\".migrations (version bigint PRIMARY KEY, name text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now());"
+    );
+    for m in &MIGRATIONS[..2] {
+        sql.push_str(&render(m.sql, &name));
+        sql.push_str(&format!(
+            "\nINSERT INTO \"{name}\".migrations (version, name) VALUES ({}, '{}');\n",
+            m.version, m.name
+        ));
+    }
+    sqlx::raw_sql(AssertSqlSafe(sql))
+        .execute(s.pool())
+        .await
+        .expect("version 2 schema");
+    let old: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT id FROM \"{name}\".add_job('t', '{{\"old\": true}}')"
+    )))
+    .fetch_one(s.pool())
+    .await
+    .expect("job under version 2");
+    assert_eq!(s.schema_version().await.expect("version"), 2);
+
+    s.migrate().await.expect("upgrade");
+    assert_eq!(s.schema_version().await.expect("version"), LATEST_VERSION);
+    let claimed = s
+        .dequeue(durable_jobs::DequeueParams {
+            queues: vec!["default".into()],
+            tasks: vec![],
+            limit: 10,
+            lease_duration: std::time::Duration::from_secs(30),
+            holder: "upgrade-test".into(),
+            forbidden_flags: Vec::new(),
+        })
+        .await
+        .expect("dequeue after upgrade");
+    assert_eq!(
+        claimed.iter().map(|c| c.job.id).collect::<Vec<_>>(),
+        vec![old]
+    );
+    assert_eq!(claimed[0].job.payload, serde_json::json!({"old": true}));
+    s.complete(&claimed[0].lease, serde_json::json!("done"))
+        .await
+        .expect("complete");
+    sqlx::query(AssertSqlSafe(format!("DROP SCHEMA \"{name}\" CASCADE")))
+        .execute(s.pool())
+        .await
+        .expect("drop");
+}

@@ -206,3 +206,69 @@ async fn trigger_helpers_reject_bad_arguments() {
     assert!(err.to_string().contains("no column named nope"), "{err}");
     t.drop_schema().await.expect("drop");
 }
+
+#[tokio::test]
+async fn send_signal_from_sql_wakes_a_waiting_job() {
+    use durable_jobs::{DequeueParams, Storage as _};
+    use std::time::Duration;
+    let t = schema().await;
+    let s = t.storage();
+    let id = s
+        .enqueue(durable_jobs::NewJob::new("wf", json!(1)))
+        .await
+        .expect("enqueue")
+        .id;
+    let params = || DequeueParams {
+        queues: vec!["default".into()],
+        tasks: vec![],
+        limit: 10,
+        lease_duration: Duration::from_secs(30),
+        holder: "sql-signal".into(),
+        forbidden_flags: Vec::new(),
+    };
+    let c = s.dequeue(params()).await.expect("dequeue").remove(0);
+    s.suspend(&c.lease, None).await.expect("suspend");
+    assert!(
+        s.dequeue(params()).await.expect("dequeue").is_empty(),
+        "waits for a signal"
+    );
+    let signal = |job: i64| {
+        sqlx::query_scalar::<_, Option<String>>(AssertSqlSafe(q(
+            t.schema(),
+            "SELECT {s}.send_signal($1, 'go', '{\"n\": 1}'::jsonb)",
+        )))
+        .bind(job)
+        .fetch_one(s.pool())
+    };
+    assert_eq!(
+        signal(id).await.expect("signal").as_deref(),
+        Some("waiting")
+    );
+    let again = s.dequeue(params()).await.expect("dequeue");
+    assert_eq!(again.iter().map(|c| c.job.id).collect::<Vec<_>>(), vec![id]);
+    assert_eq!(
+        s.peek_signal(id, "go").await.expect("peek"),
+        Some(json!({"n": 1}))
+    );
+    s.complete(&again[0].lease, json!(null))
+        .await
+        .expect("complete");
+    // A finished job gets no signal; a missing one is NULL.
+    assert_eq!(
+        signal(id).await.expect("signal").as_deref(),
+        Some("completed")
+    );
+    assert_eq!(signal(987_654_321).await.expect("signal"), None);
+    let stored: i64 = sqlx::query_scalar(AssertSqlSafe(q(
+        t.schema(),
+        "SELECT count(*) FROM {s}.signals",
+    )))
+    .fetch_one(s.pool())
+    .await
+    .expect("count");
+    assert_eq!(
+        stored, 1,
+        "only the signal sent while the job was unfinished"
+    );
+    t.drop_schema().await.expect("drop");
+}

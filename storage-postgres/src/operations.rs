@@ -1,0 +1,334 @@
+//! The operations calls: schedules, paused queues, and the management calls (retry,
+//! reschedule, finish by hand, purge). Job-key modes, serial keys and flags live in the
+//! enqueue and claim statements (`sql.rs`, `tx.rs`).
+
+use crate::error::db;
+use crate::sql::render;
+use crate::storage::PostgresStorage;
+use chrono::{DateTime, Utc};
+use durable_jobs::schedule::ScheduleRecord;
+use durable_jobs::storage::ManualOutcome;
+use durable_jobs::{Error, JobId, NewJob, Result};
+use serde_json::Value;
+use sqlx::{AssertSqlSafe, Row};
+use std::sync::Arc;
+
+/// $1 name, $2 definition, $3 cursor for a new schedule.
+const UPSERT_SCHEDULE: &str = "
+INSERT INTO {schema}.schedules (name, definition, cursor) VALUES ($1, $2::jsonb, $3)
+ON CONFLICT (name) DO UPDATE SET definition = excluded.definition";
+
+const SCHEDULES: &str = "
+SELECT name, definition, paused, cursor, last_job_id FROM {schema}.schedules ORDER BY name";
+
+const PAUSE_SCHEDULE: &str = "UPDATE {schema}.schedules SET paused = $2 WHERE name = $1";
+
+const DELETE_SCHEDULE: &str = "DELETE FROM {schema}.schedules WHERE name = $1";
+
+/// Compare-and-set of the cursor; racing schedulers queue on the row lock and the
+/// losers find the cursor moved. $1 name, $2 from, $3 to.
+const MOVE_CURSOR: &str = "
+UPDATE {schema}.schedules SET cursor = $3 WHERE name = $1 AND cursor = $2 RETURNING name";
+
+const SET_LAST_JOB: &str = "UPDATE {schema}.schedules SET last_job_id = $2 WHERE name = $1";
+
+/// Requeues one failed or cancelled job from scratch; its key comes back only if no
+/// other unfinished job took it meanwhile. $1 id.
+const RETRY_JOB: &str = "
+UPDATE {schema}.jobs AS j
+SET status = 'pending', attempt = 0, run_at = {now}, completed_at = NULL, result = NULL,
+    dedupe_key = CASE WHEN EXISTS (
+        SELECT 1 FROM {schema}.jobs o
+        WHERE o.dedupe_key = j.dedupe_key AND o.status IN {unfinished}) THEN NULL
+        ELSE j.dedupe_key END,
+    wake_requested = false, updated_at = {now}
+WHERE j.id = $1 AND j.status IN ('failed', 'cancelled')";
+
+/// $1 id, $2 new run_at.
+const RESCHEDULE: &str = "
+UPDATE {schema}.jobs SET run_at = $2, updated_at = {now}
+WHERE id = $1 AND status IN ('pending', 'retrying', 'waiting')";
+
+/// $1 ids, $2 result (JSON text) or NULL, $3 error or NULL.
+const FINISH_JOBS: &str = "
+UPDATE {schema}.jobs
+SET status = CASE WHEN $3::text IS NULL THEN 'completed' ELSE 'failed' END,
+    result = CASE WHEN $3::text IS NULL THEN $2::jsonb ELSE result END,
+    last_error = coalesce($3, last_error),
+    completed_at = {now}, updated_at = {now}
+WHERE id = ANY($1::bigint[]) AND status IN ('pending', 'retrying', 'waiting')";
+
+/// $1 cut-off.
+const PURGE: &str = "
+DELETE FROM {schema}.jobs
+WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at < $1";
+
+const PAUSE_QUEUE: &str =
+    "INSERT INTO {schema}.paused_queues (queue) VALUES ($1) ON CONFLICT DO NOTHING";
+
+/// Resuming wakes workers of every process. $1 queue.
+const RESUME_QUEUE: &str = "
+WITH d AS (DELETE FROM {schema}.paused_queues WHERE queue = $1 RETURNING queue)
+SELECT pg_notify({channel}, '')::text FROM d";
+
+const PAUSED_QUEUES: &str = "SELECT queue FROM {schema}.paused_queues ORDER BY queue";
+
+/// The operations statements for one schema.
+#[derive(Debug, Clone)]
+pub(crate) struct OperationsSql {
+    upsert_schedule: Arc<str>,
+    schedules: Arc<str>,
+    pause_schedule: Arc<str>,
+    delete_schedule: Arc<str>,
+    move_cursor: Arc<str>,
+    set_last_job: Arc<str>,
+    retry_job: Arc<str>,
+    reschedule: Arc<str>,
+    finish_jobs: Arc<str>,
+    purge: Arc<str>,
+    pause_queue: Arc<str>,
+    resume_queue: Arc<str>,
+    paused_queues: Arc<str>,
+}
+
+impl OperationsSql {
+    pub fn new(schema: &str, now: &str) -> Self {
+        let r = |t: &str| render(t, schema, now);
+        OperationsSql {
+            upsert_schedule: r(UPSERT_SCHEDULE),
+            schedules: r(SCHEDULES),
+            pause_schedule: r(PAUSE_SCHEDULE),
+            delete_schedule: r(DELETE_SCHEDULE),
+            move_cursor: r(MOVE_CURSOR),
+            set_last_job: r(SET_LAST_JOB),
+            retry_job: r(RETRY_JOB),
+            reschedule: r(RESCHEDULE),
+            finish_jobs: r(FINISH_JOBS),
+            purge: r(PURGE),
+            pause_queue: r(PAUSE_QUEUE),
+            resume_queue: r(RESUME_QUEUE),
+            paused_queues: r(PAUSED_QUEUES),
+        }
+    }
+}
+
+impl PostgresStorage {
+    pub(crate) async fn upsert_schedule_row(
+        &self,
+        name: &str,
+        definition: Value,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(AssertSqlSafe(self.ops().upsert_schedule.clone()))
+            .bind(name)
+            .bind(serde_json::to_string(&definition)?)
+            .bind(now)
+            .execute(self.pool())
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    pub(crate) async fn schedule_rows(&self) -> Result<Vec<ScheduleRecord>> {
+        let rows = sqlx::query(AssertSqlSafe(self.ops().schedules.clone()))
+            .fetch_all(self.pool())
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(ScheduleRecord {
+                    name: r.try_get("name").map_err(db)?,
+                    definition: r.try_get("definition").map_err(db)?,
+                    paused: r.try_get("paused").map_err(db)?,
+                    cursor: r.try_get("cursor").map_err(db)?,
+                    last_job_id: r.try_get("last_job_id").map_err(db)?,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn pause_schedule_row(&self, name: &str, paused: bool) -> Result<bool> {
+        Ok(
+            sqlx::query(AssertSqlSafe(self.ops().pause_schedule.clone()))
+                .bind(name)
+                .bind(paused)
+                .execute(self.pool())
+                .await
+                .map_err(db)?
+                .rows_affected()
+                > 0,
+        )
+    }
+
+    pub(crate) async fn delete_schedule_row(&self, name: &str) -> Result<bool> {
+        Ok(
+            sqlx::query(AssertSqlSafe(self.ops().delete_schedule.clone()))
+                .bind(name)
+                .execute(self.pool())
+                .await
+                .map_err(db)?
+                .rows_affected()
+                > 0,
+        )
+    }
+
+    pub(crate) async fn advance_schedule_row(
+        &self,
+        name: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        jobs: Vec<NewJob>,
+    ) -> Result<Option<Vec<JobId>>> {
+        let mut tx = self.pool().begin().await.map_err(db)?;
+        let moved = sqlx::query(AssertSqlSafe(self.ops().move_cursor.clone()))
+            .bind(name)
+            .bind(from)
+            .bind(to)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        if moved.is_none() {
+            return Ok(None);
+        }
+        let ids: Vec<JobId> = crate::tx::insert_jobs(&mut tx, self.sql(), jobs)
+            .await?
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        if let Some(last) = ids.last() {
+            sqlx::query(AssertSqlSafe(self.ops().set_last_job.clone()))
+                .bind(name)
+                .bind(last)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        if !ids.is_empty() {
+            self.wake_local();
+        }
+        Ok(Some(ids))
+    }
+
+    pub(crate) async fn retry_job_rows(
+        &self,
+        ids: &[JobId],
+        keep_checkpoints: bool,
+    ) -> Result<u64> {
+        let mut n = 0;
+        let mut tx = self.pool().begin().await.map_err(db)?;
+        // One job per statement: two retried jobs with one key must not both take it.
+        for &id in ids {
+            let done = sqlx::query(AssertSqlSafe(self.ops().retry_job.clone()))
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?
+                .rows_affected();
+            if done > 0 && !keep_checkpoints {
+                sqlx::query(AssertSqlSafe(self.sql().delete_checkpoints.clone()))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+            }
+            n += done;
+        }
+        tx.commit().await.map_err(db)?;
+        if n > 0 {
+            self.notify_all().await?;
+        }
+        Ok(n)
+    }
+
+    pub(crate) async fn reschedule_row(
+        &self,
+        job_id: JobId,
+        run_at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(AssertSqlSafe(self.ops().reschedule.clone()))
+            .bind(job_id)
+            .bind(run_at)
+            .execute(self.pool())
+            .await
+            .map_err(db)?
+            .rows_affected();
+        if done > 0 {
+            self.notify_all().await?;
+            return Ok(true);
+        }
+        let exists: bool = sqlx::query_scalar(AssertSqlSafe(self.sql().job_exists.clone()))
+            .bind(job_id)
+            .fetch_one(self.pool())
+            .await
+            .map_err(db)?;
+        if exists {
+            Ok(false)
+        } else {
+            Err(Error::JobNotFound(job_id))
+        }
+    }
+
+    pub(crate) async fn finish_job_rows(
+        &self,
+        ids: &[JobId],
+        outcome: ManualOutcome,
+    ) -> Result<u64> {
+        let (result, error) = match outcome {
+            ManualOutcome::Complete(v) => (Some(serde_json::to_string(&v)?), None),
+            ManualOutcome::Fail(e) => (None, Some(e)),
+        };
+        Ok(sqlx::query(AssertSqlSafe(self.ops().finish_jobs.clone()))
+            .bind(ids)
+            .bind(result)
+            .bind(error)
+            .execute(self.pool())
+            .await
+            .map_err(db)?
+            .rows_affected())
+    }
+
+    pub(crate) async fn purge_rows(&self, older_than: DateTime<Utc>) -> Result<u64> {
+        Ok(sqlx::query(AssertSqlSafe(self.ops().purge.clone()))
+            .bind(older_than)
+            .execute(self.pool())
+            .await
+            .map_err(db)?
+            .rows_affected())
+    }
+
+    pub(crate) async fn pause_queue_row(&self, queue: &str, paused: bool) -> Result<()> {
+        let sql = if paused {
+            &self.ops().pause_queue
+        } else {
+            &self.ops().resume_queue
+        };
+        sqlx::query(AssertSqlSafe(sql.clone()))
+            .bind(queue)
+            .execute(self.pool())
+            .await
+            .map_err(db)?;
+        if !paused {
+            self.wake_local();
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn paused_queue_rows(&self) -> Result<Vec<String>> {
+        sqlx::query_scalar(AssertSqlSafe(self.ops().paused_queues.clone()))
+            .fetch_all(self.pool())
+            .await
+            .map_err(db)
+    }
+
+    /// Wakes workers in every process (after a change that made jobs due).
+    async fn notify_all(&self) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(self.channel())
+            .execute(self.pool())
+            .await
+            .map_err(db)?;
+        self.wake_local();
+        Ok(())
+    }
+}
