@@ -2,6 +2,7 @@
 
 mod conformance;
 mod migrate;
+mod operations;
 mod storage;
 mod workflow;
 

@@ -225,3 +225,71 @@ async fn corrupted_pages_are_a_typed_error() {
         }
     }
 }
+
+/// A file at version 3 (workflows, before operations) upgrades to version 4: its jobs
+/// carry no serial key, flags or tags, are claimed past forbidden flags, and a job-key
+/// replace updates an old pending holder in place; schedules and paused queues work.
+#[tokio::test]
+async fn version_three_file_gains_operations_on_upgrade() {
+    let db = TempDb::fresh();
+    {
+        let conn = Connection::open(db.path()).expect("create the old file");
+        for sql in [
+            include_str!("../../migrations/0001_jobs.sql"),
+            include_str!("../../migrations/0002_checkpoints.sql"),
+            include_str!("../../migrations/0003_workflows.sql"),
+        ] {
+            conn.execute_batch(sql).expect("apply an old migration");
+        }
+        conn.execute_batch(
+            "CREATE TABLE durable_jobs_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL);
+             INSERT INTO durable_jobs_migrations VALUES (1, 'jobs', 0), (2, 'checkpoints', 0), (3, 'workflows', 0);
+             INSERT INTO durable_jobs (task, payload, queue, priority, status, max_attempts, run_at, created_at, updated_at)
+             VALUES ('t', '{\"old\":1}', 'default', 0, 'pending', 4, 0, 0, 0);
+             INSERT INTO durable_jobs (task, payload, queue, priority, status, max_attempts, run_at, dedupe_key, created_at, updated_at)
+             VALUES ('t', '{\"old\":2}', 'default', 0, 'pending', 4, 0, 'k', 0, 0);",
+        )
+        .expect("seed version 3 jobs");
+    }
+    let clock = ManualClock::new();
+    let s = db.open(&clock).await;
+    assert_eq!(s.schema_version().await.expect("version"), SCHEMA_VERSION);
+    let mut replace = NewJob::new("t", json!({"new": 2}));
+    replace.dedupe_key = Some("k".into());
+    replace.key_mode = durable_jobs::KeyMode::Replace;
+    replace.tags = vec!["upgraded".into()];
+    let replaced = s.enqueue(replace).await.expect("replace the old holder");
+    assert!(!replaced.created, "the old pending holder kept its id");
+    let tagged = s
+        .list_jobs(durable_jobs::JobFilter {
+            tag: Some("upgraded".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("list by tag");
+    assert_eq!(tagged.len(), 1);
+    assert_eq!(
+        (tagged[0].id, &tagged[0].payload),
+        (replaced.id, &json!({"new": 2}))
+    );
+    s.set_queue_paused("default", true).await.expect("pause");
+    let params = DequeueParams {
+        queues: vec!["default".into()],
+        tasks: vec!["t".into()],
+        limit: 10,
+        lease_duration: Duration::from_secs(30),
+        holder: "test".into(),
+        forbidden_flags: vec!["gpu".into()],
+    };
+    assert!(s.dequeue(params.clone()).await.expect("paused").is_empty());
+    s.set_queue_paused("default", false).await.expect("resume");
+    let claimed = s.dequeue(params).await.expect("claim the old jobs");
+    assert_eq!(claimed.len(), 2, "old jobs have no flags and no serial key");
+    let now = s.now().await.expect("now");
+    s.upsert_schedule("nightly", json!({}), now)
+        .await
+        .expect("schedule on the upgraded file");
+    assert_eq!(s.schedules().await.expect("schedules")[0].cursor, now);
+    s.close().await;
+    assert_eq!(migration_rows(&db.path()).len() as i64, SCHEMA_VERSION);
+}
