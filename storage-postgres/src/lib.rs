@@ -16,6 +16,11 @@
 //!   `run_at`; signals are rows consumed exactly once with their checkpoint; a child's
 //!   final write wakes its parent in the same transaction (a trigger); cancelling a job
 //!   cancels its unfinished descendants.
+//! - **Operations**: job-key modes (dedupe, replace, preserve_run_at) through
+//!   `INSERT ... ON CONFLICT`; serial keys through a `serial_slots` row per running key
+//!   (taken inside the claim, freed by a trigger when the job stops running); flags,
+//!   tags, paused queues, schedules (the cursor moves by compare-and-set) and the
+//!   management calls.
 //!
 //! # Connecting and migrating
 //! ```no_run
