@@ -7,10 +7,10 @@ ALTER TABLE durable_jobs ADD COLUMN serial_key TEXT;
 -- claim pays for the check only on flagged jobs (json_each over the array).
 ALTER TABLE durable_jobs ADD COLUMN flags TEXT;
 
--- The running job of each serial key: a claim skips keys found here. Small (running
--- jobs only).
+-- The running job of each serial key: a claim skips keys found here. Only running jobs
+-- with a key enter it, so claiming and completing unkeyed jobs never writes to it.
 CREATE INDEX durable_jobs_serial_running ON durable_jobs (serial_key)
-    WHERE status = 'running';
+    WHERE serial_key IS NOT NULL AND status = 'running';
 
 -- Claimable jobs with a serial key, in claim order per key: a claim takes only the
 -- first of each key. Jobs without a key never enter it, so unkeyed jobs pay nothing.
