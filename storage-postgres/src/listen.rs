@@ -24,6 +24,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub(crate) struct ListenerTask(tokio::task::JoinHandle<()>);
 
+impl ListenerTask {
+    /// True once the task ended (its runtime shut down); the storage then starts another.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+}
+
 impl Drop for ListenerTask {
     fn drop(&mut self) {
         self.0.abort();

@@ -670,7 +670,8 @@ impl Storage for PostgresStorage {
                 .listener
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            if slot.is_none() {
+            // (Re)start it when missing, or when it died with the runtime it ran on.
+            if slot.as_ref().is_none_or(|t| t.is_finished()) {
                 *slot = listen::spawn(
                     &self.pool().connect_options(),
                     self.channel(),
