@@ -21,7 +21,7 @@
 //!   commands and await the reply, so SQLite's blocking calls never run on the async
 //!   runtime's threads. It commits queued commands together in one `BEGIN IMMEDIATE`
 //!   transaction (each in its own savepoint), and replies only after `COMMIT`.
-//! - **Reads** (`get_job`, `list_jobs`, `counts`, `checkpoints`) run on a small pool of
+//! - **Reads** (`get_job`, `list_jobs`, `counts`, `checkpoints`, `schedules`) run on a small pool of
 //!   read connections on tokio's blocking threads and go on during writes.
 //! - **Claims** are one `UPDATE ... WHERE id IN (SELECT ... ORDER BY priority DESC,
 //!   run_at, id LIMIT n) RETURNING ...` inside `BEGIN IMMEDIATE`: atomic across
@@ -43,6 +43,15 @@
 //!   taking signals with theirs, and a child's final write with its parent's wake-up each
 //!   commit in one transaction; cancelling a job cancels its unfinished subtree (a
 //!   recursive CTE). Signals live in `durable_jobs_signals`, consumed in send order.
+//! - **Operations** ([`durable_jobs::Capabilities::operations`]): job-key modes
+//!   (dedupe, replace, preserve run_at) resolve inside the enqueue's transaction; serial
+//!   keys, forbidden flags and paused queues are enforced by the claim itself (one
+//!   statement: a keyed job is claimed only when no job of its key runs and it is its
+//!   key's first claimable job, through two small partial indexes that unkeyed jobs never
+//!   enter). Flags are a JSON array column (NULL when none), tags a side table indexed by
+//!   tag, schedules a table whose cursor is advanced by compare-and-set in the same
+//!   transaction as the tick's jobs. Listings and counts are built with `sea-query`, every
+//!   filter value bound.
 //! - **Wake-ups** reach workers of this process at once (enqueue, retry, release,
 //!   reclaim, a manual clock's move). Commits from other processes are noticed within
 //!   [`DEFAULT_WATCH_INTERVAL`] by a thread reading `PRAGMA data_version` (no table
