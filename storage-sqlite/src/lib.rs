@@ -57,6 +57,7 @@
 //!   [`DEFAULT_WATCH_INTERVAL`] by a thread reading `PRAGMA data_version` (no table
 //!   access, no lock), so workers there claim new jobs without waiting for their poll.
 
+mod enqueue;
 mod error;
 mod filter;
 mod migrate;

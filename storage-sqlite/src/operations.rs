@@ -144,7 +144,7 @@ pub(crate) fn advance_schedule(
     }
     let ids = jobs
         .iter()
-        .map(|j| query::insert_job(conn, j, now).map(|e| e.id))
+        .map(|j| crate::enqueue::insert_job(conn, j, now).map(|e| e.id))
         .collect::<QResult<Vec<_>>>()?;
     if let Some(last) = ids.last() {
         conn.prepare_cached("UPDATE durable_jobs_schedules SET last_job_id = ?2 WHERE name = ?1")?

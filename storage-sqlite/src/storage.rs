@@ -304,7 +304,9 @@ impl Storage for SqliteStorage {
 
     async fn enqueue(&self, job: NewJob) -> Result<Enqueued> {
         let now = self.now_dt();
-        let out = self.write(move |c| query::insert_job(c, &job, now)).await?;
+        let out = self
+            .write(move |c| crate::enqueue::insert_job(c, &job, now))
+            .await?;
         self.wake();
         Ok(out)
     }
@@ -315,7 +317,11 @@ impl Storage for SqliteStorage {
         }
         let now = self.now_dt();
         let out = self
-            .write(move |c| jobs.iter().map(|j| query::insert_job(c, j, now)).collect())
+            .write(move |c| {
+                jobs.iter()
+                    .map(|j| crate::enqueue::insert_job(c, j, now))
+                    .collect()
+            })
             .await?;
         self.wake();
         Ok(out)

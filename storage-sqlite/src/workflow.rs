@@ -163,7 +163,7 @@ pub(crate) fn spawn_children(
     let mut ids = Vec::with_capacity(jobs.len());
     for mut job in jobs {
         job.parent_id = Some(lease.job_id);
-        ids.push(query::insert_job(conn, &job, now)?.id);
+        ids.push(crate::enqueue::insert_job(conn, &job, now)?.id);
     }
     put_checkpoint(conn, lease.job_id, key, name, &serde_json::json!(ids))?;
     Ok(ids)

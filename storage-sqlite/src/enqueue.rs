@@ -1,0 +1,108 @@
+//! Inserting jobs: the insert itself, tags, and the job-key modes (what an enqueue does
+//! when an unfinished job already holds its key). Runs on the writer's connection inside
+//! its transaction, so resolving the key and inserting are one atomic step.
+
+use crate::error::QResult;
+use crate::query::{json_text, micros};
+use chrono::{DateTime, Utc};
+use durable_jobs::{Enqueued, Error, JobId, JobStatus, KeyMode, NewJob};
+use rusqlite::{params, Connection, OptionalExtension};
+
+const INSERT_JOB: &str = "INSERT INTO durable_jobs (task, payload, queue, priority, status, \
+     max_attempts, run_at, dedupe_key, timeout_ms, created_at, updated_at, parent_id, \
+     serial_key, flags) \
+     VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12)";
+
+const FIND_KEY_HOLDER: &str = "SELECT id, status FROM durable_jobs WHERE dedupe_key = ?1 \
+     AND status IN ('pending', 'retrying', 'running', 'waiting')";
+
+/// Job-key replace on a holder still waiting to run: it takes the new job's fields (run_at
+/// only when `?10` is not NULL), starts over at attempt 0, and keeps its id.
+const REPLACE_HOLDER: &str = "UPDATE durable_jobs SET task = ?2, payload = ?3, queue = ?4, \
+     priority = ?5, max_attempts = ?6, timeout_ms = ?7, serial_key = ?8, flags = ?9, \
+     run_at = coalesce(?10, run_at), attempt = 0, status = 'pending', last_error = NULL, \
+     updated_at = ?11 WHERE id = ?1";
+
+/// A running or suspended holder gives its key up to the job being enqueued.
+const DROP_KEY: &str = "UPDATE durable_jobs SET dedupe_key = NULL WHERE id = ?1";
+
+const INSERT_TAG: &str = "INSERT OR IGNORE INTO durable_jobs_tags (job_id, tag) VALUES (?1, ?2)";
+
+/// Flags as stored: a JSON array, or NULL when there are none (the claim's flag check
+/// skips NULL at the cost of one column read).
+fn flags_text(flags: &[String]) -> QResult<Option<String>> {
+    if flags.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(serde_json::to_string(flags).map_err(Error::from)?))
+}
+
+fn insert_tags(conn: &Connection, id: JobId, tags: &[String]) -> QResult<()> {
+    for tag in tags {
+        conn.prepare_cached(INSERT_TAG)?.execute(params![id, tag])?;
+    }
+    Ok(())
+}
+
+/// Inserts one job, honouring its key mode when an unfinished job holds its dedupe key:
+/// `Dedupe` returns the holder; `Replace` / `PreserveRunAt` update a holder that is still
+/// pending or retrying in place, and take the key from a running or waiting holder for a
+/// new job (as graphile-worker's `job_key_mode`).
+pub(crate) fn insert_job(conn: &Connection, job: &NewJob, now: DateTime<Utc>) -> QResult<Enqueued> {
+    let now_us = micros(now);
+    if let Some(key) = &job.dedupe_key {
+        let holder: Option<(JobId, String)> = conn
+            .prepare_cached(FIND_KEY_HOLDER)?
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((id, status)) = holder {
+            let claimable = status.parse::<JobStatus>()?.is_claimable();
+            match job.key_mode {
+                KeyMode::Dedupe => return Ok(Enqueued { id, created: false }),
+                KeyMode::Replace | KeyMode::PreserveRunAt if claimable => {
+                    let run_at = match job.key_mode {
+                        KeyMode::PreserveRunAt => None,
+                        _ => Some(micros(job.resolve_run_at(now))),
+                    };
+                    conn.prepare_cached(REPLACE_HOLDER)?.execute(params![
+                        id,
+                        job.task,
+                        json_text(&job.payload)?,
+                        job.queue,
+                        job.priority,
+                        job.max_attempts,
+                        job.timeout_ms,
+                        job.serial_key,
+                        flags_text(&job.flags)?,
+                        run_at,
+                        now_us,
+                    ])?;
+                    conn.prepare_cached("DELETE FROM durable_jobs_tags WHERE job_id = ?1")?
+                        .execute([id])?;
+                    insert_tags(conn, id, &job.tags)?;
+                    return Ok(Enqueued { id, created: false });
+                }
+                KeyMode::Replace | KeyMode::PreserveRunAt => {
+                    conn.prepare_cached(DROP_KEY)?.execute([id])?;
+                }
+            }
+        }
+    }
+    conn.prepare_cached(INSERT_JOB)?.execute(params![
+        job.task,
+        json_text(&job.payload)?,
+        job.queue,
+        job.priority,
+        job.max_attempts,
+        micros(job.resolve_run_at(now)),
+        job.dedupe_key,
+        job.timeout_ms,
+        now_us,
+        job.parent_id,
+        job.serial_key,
+        flags_text(&job.flags)?,
+    ])?;
+    let id = conn.last_insert_rowid();
+    insert_tags(conn, id, &job.tags)?;
+    Ok(Enqueued { id, created: true })
+}
