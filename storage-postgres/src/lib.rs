@@ -12,6 +12,8 @@
 //!   wakes idle workers in every process ([`durable_jobs::Storage::wakeups`]). Polling
 //!   stays the fallback.
 //! - **Finished jobs stay** queryable (status, result, last error) until you delete them.
+//!   Listings (`list_jobs`, `counts`) are built with sea-query, the builder the SQLite
+//!   backend uses too, with every filter value bound; a tag filter uses the GIN tag index.
 //! - **Workflows**: suspended jobs wait as `waiting` rows with their wake time as
 //!   `run_at`; signals are rows consumed exactly once with their checkpoint; a child's
 //!   final write wakes its parent in the same transaction (a trigger); cancelling a job
@@ -104,6 +106,7 @@ pub mod migrate;
 pub mod options;
 
 mod error;
+mod filter;
 mod operations;
 mod sql;
 mod storage;

@@ -274,24 +274,6 @@ const NOW: &str = "SELECT {now}";
 
 const GET_JOB: &str = "SELECT * FROM {schema}.jobs WHERE id = $1";
 
-/// $1 statuses (empty = any), $2 queue, $3 task, $4 after id, $5 limit, $6 parent,
-/// $7 tag, $8 created at or after, $9 created before.
-const LIST_JOBS: &str = "
-SELECT * FROM {schema}.jobs
-WHERE (cardinality($1::text[]) = 0 OR status = ANY($1::text[]))
-  AND ($2::text IS NULL OR queue = $2)
-  AND ($3::text IS NULL OR task = $3)
-  AND ($4::bigint IS NULL OR id > $4)
-  AND ($6::bigint IS NULL OR parent_id = $6)
-  AND ($7::text IS NULL OR tags @> ARRAY[$7::text])
-  AND ($8::timestamptz IS NULL OR created_at >= $8)
-  AND ($9::timestamptz IS NULL OR created_at < $9)
-ORDER BY id
-LIMIT $5";
-
-const COUNTS: &str = "
-SELECT queue, status, count(*) AS n FROM {schema}.jobs GROUP BY queue, status";
-
 /// Cancels an unfinished job and every unfinished descendant (children spawned by
 /// workflows); running members lose their lease. Returns the ids it cancelled. $1 id.
 const CANCEL: &str = "
@@ -331,8 +313,6 @@ pub(crate) struct Sql {
     pub delete_checkpoints: Arc<str>,
     pub now: Arc<str>,
     pub get_job: Arc<str>,
-    pub list_jobs: Arc<str>,
-    pub counts: Arc<str>,
     pub cancel: Arc<str>,
     pub job_exists: Arc<str>,
 }
@@ -382,8 +362,6 @@ impl Sql {
             delete_checkpoints: r(DELETE_CHECKPOINTS),
             now: r(NOW),
             get_job: r(GET_JOB),
-            list_jobs: r(LIST_JOBS),
-            counts: r(COUNTS),
             cancel: r(CANCEL),
             job_exists: r(JOB_EXISTS),
         }

@@ -513,40 +513,11 @@ impl Storage for PostgresStorage {
     }
 
     async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>> {
-        let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
-        let limit = i64::try_from(filter.limit.unwrap_or(100)).unwrap_or(i64::MAX);
-        let rows = sqlx::query(AssertSqlSafe(self.sql().list_jobs.clone()))
-            .bind(&statuses)
-            .bind(filter.queue)
-            .bind(filter.task)
-            .bind(filter.after_id)
-            .bind(limit)
-            .bind(filter.parent_id)
-            .bind(filter.tag)
-            .bind(filter.created_after)
-            .bind(filter.created_before)
-            .fetch_all(self.pool())
-            .await
-            .map_err(db)?;
-        rows.iter().map(job_from_row).collect()
+        crate::filter::list_jobs(self.pool(), self.schema(), &filter).await
     }
 
     async fn counts(&self) -> Result<Vec<QueueCount>> {
-        let rows = sqlx::query(AssertSqlSafe(self.sql().counts.clone()))
-            .fetch_all(self.pool())
-            .await
-            .map_err(db)?;
-        rows.iter()
-            .map(|row| {
-                let status: String = row.try_get("status").map_err(db)?;
-                let n: i64 = row.try_get("n").map_err(db)?;
-                Ok(QueueCount {
-                    queue: row.try_get("queue").map_err(db)?,
-                    status: JobStatus::from_str(&status)?,
-                    count: u64::try_from(n).unwrap_or(0),
-                })
-            })
-            .collect()
+        crate::filter::counts(self.pool(), self.schema()).await
     }
 
     async fn cancel(&self, job_id: JobId) -> Result<bool> {
