@@ -4,7 +4,7 @@
 
 use crate::cli::Config;
 use crate::pgdb::FreshDb;
-use crate::stats::{payload, rate, Countdown, LatencyProbe};
+use crate::stats::{payload, rate, Countdown, LatencyProbe, LATENCY_WAIT};
 use graphile_worker::{
     IntoTaskHandlerResult, JobSpec, LocalQueueConfig, RawJobSpec, TaskHandler, WorkerContext,
     WorkerOptions, WorkerShutdownConfig, WorkerUtils,
@@ -193,7 +193,7 @@ pub async fn latency(cfg: &Config) -> Result<Vec<f64>, String> {
                 probe.wait_ran(0, cfg.timeout).await?;
             }
         }
-        probe.finish(cfg.timeout).await;
+        probe.finish(cfg.timeout.min(LATENCY_WAIT)).await;
         Ok::<_, String>(probe.latencies_ms().split_off(warmup))
     }
     .await;

@@ -3,7 +3,7 @@
 use crate::cli::Config;
 use crate::pgdb::FreshDb;
 use crate::profile::Timed;
-use crate::stats::{payload, rate, Countdown, LatencyProbe};
+use crate::stats::{payload, rate, Countdown, LatencyProbe, LATENCY_WAIT};
 use durable_jobs::{
     DynStorage, JobContext, JobOptions, JobStatus, Queue, TaskError, Worker, WorkerOptions,
 };
@@ -256,7 +256,7 @@ pub async fn latency(cfg: &Config) -> Result<Vec<f64>, String> {
                 probe.wait_ran(0, cfg.timeout).await?;
             }
         }
-        probe.finish(cfg.timeout).await;
+        probe.finish(cfg.timeout.min(LATENCY_WAIT)).await;
         Ok::<_, String>(())
     };
     let mut produced = Ok(());

@@ -5,6 +5,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
+/// How long the latency scenario waits for stragglers after its last enqueue; a job not
+/// run by then counts as infinitely late.
+pub const LATENCY_WAIT: Duration = Duration::from_secs(60);
+
 /// Counts handler runs and wakes the waiter when the expected number is reached, so the
 /// benchmark stops its clock at the moment the last job's handler ran (no polling delay).
 #[derive(Debug)]
