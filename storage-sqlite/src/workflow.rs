@@ -108,7 +108,7 @@ fn put_checkpoint(
 /// A time in whole microseconds, rounded up.
 pub(crate) fn micros_ceil(t: chrono::DateTime<chrono::Utc>) -> i64 {
     let us = query::micros(t);
-    if t.timestamp_subsec_nanos() % 1000 == 0 {
+    if t.timestamp_subsec_nanos().is_multiple_of(1000) {
         us
     } else {
         us.saturating_add(1)
