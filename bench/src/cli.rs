@@ -19,7 +19,7 @@ OPTIONS:
   --latency-jobs N      jobs in the latency scenario                    [1000]
   --latency-rate R      latency-scenario enqueue rate, jobs/s           [200]
   --latency-concurrency N  our worker's concurrency when idle           [50]
-  --raw-batches LIST    raw SQL yardstick claim/complete batch sizes    [100,1000]
+  --raw-batches LIST    raw SQL yardstick claim/complete batch sizes    [100,250,1000]
   --raw-workers LIST    concurrent claim+complete loops in the yardstick [1,4]
   --pool N              max Postgres connections per system             [20]
   --database-url URL    server to create bench_<pid>_<n> databases on
@@ -101,7 +101,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
         latency_jobs: 1000,
         latency_rate: 200.0,
         latency_concurrency: 50,
-        raw_batches: vec![100, 1000],
+        raw_batches: vec![100, 250, 1000],
         raw_workers: vec![1, 4],
         pool: 20,
         database_url: std::env::var("DATABASE_URL")

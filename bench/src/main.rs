@@ -198,12 +198,20 @@ async fn postgres(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>
         let sec = "postgres raw SQL yardstick";
         for &b in &cfg.raw_batches {
             for &l in &cfg.raw_workers {
-                let row = format!("claim+complete {n} rows, batches of {b}, {l} loop(s)");
-                res.row(sec, &row, "jobs/s", true, None);
-                let what = format!("raw SQL {row}");
-                if let Some(v) = measure(errors, &what, raw_sql::drain(cfg, b, l)).await {
-                    show(v, "jobs/s");
-                    res.add(sec, &row, Side::Ours, v);
+                for fused in [false, true] {
+                    let shape = if fused {
+                        "complete+claim fused in 1 statement"
+                    } else {
+                        "claim, then complete"
+                    };
+                    let row = format!("{shape}, {n} rows, batches of {b}, {l} loop(s)");
+                    res.row(sec, &row, "jobs/s", true, None);
+                    let what = format!("raw SQL {row}");
+                    if let Some(v) = measure(errors, &what, raw_sql::drain(cfg, b, l, fused)).await
+                    {
+                        show(v, "jobs/s");
+                        res.add(sec, &row, Side::Ours, v);
+                    }
                 }
             }
         }

@@ -49,19 +49,54 @@ const COMPLETE: &str = "
     FROM unnest($1::bigint[], $2::bigint[]) AS d(id, token)
     WHERE j.id = d.id AND j.status = 'running' AND j.lease_token = d.token";
 
+/// Completes the previous batch and claims the next in one statement: one round trip and
+/// one commit per batch instead of two. $1 limit, $2 ids and $3 tokens to complete.
+/// The last row carries the completed count (id -1).
+const FUSED: &str = "
+    WITH done AS (
+        UPDATE raw_jobs j
+        SET status = 'completed', completed_at = now(), lease_token = NULL, lease_expires_at = NULL
+        FROM unnest($2::bigint[], $3::bigint[]) AS d(id, token)
+        WHERE j.id = d.id AND j.status = 'running' AND j.lease_token = d.token
+        RETURNING j.id
+    ),
+    c AS (
+        SELECT id FROM raw_jobs
+        WHERE status = 'pending' AND queue = 'default' AND run_at <= now()
+        ORDER BY priority DESC, run_at, id
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED
+    ),
+    claimed AS (
+        UPDATE raw_jobs j
+        SET status = 'running', attempt = j.attempt + 1,
+            lease_token = (random() * 9e18)::bigint,
+            lease_expires_at = now() + interval '30 seconds'
+        FROM c WHERE j.id = c.id
+        RETURNING j.id, j.lease_token, j.payload
+    )
+    SELECT id, lease_token, payload FROM claimed
+    UNION ALL
+    SELECT -1, count(*), NULL FROM done";
+
 /// Drains `cfg.jobs` pending rows with `loops` concurrent claim+complete loops
 /// of `batch` rows each. Returns jobs/s.
-pub async fn drain(cfg: &Config, batch: usize, loops: usize) -> Result<f64, String> {
+pub async fn drain(cfg: &Config, batch: usize, loops: usize, fused: bool) -> Result<f64, String> {
     let db = FreshDb::create(&cfg.database_url).await?;
     let pool = db.pool(loops as u32 + 1).await?;
-    let result = run(cfg, &pool, batch, loops).await;
+    let result = run(cfg, &pool, batch, loops, fused).await;
     pool.close().await;
     db.drop_db().await?;
     result
 }
 
-async fn run(cfg: &Config, pool: &PgPool, batch: usize, loops: usize) -> Result<f64, String> {
-    let sql = |e: sqlx::Error| format!("raw sql: {e}");
+async fn run(
+    cfg: &Config,
+    pool: &PgPool,
+    batch: usize,
+    loops: usize,
+    fused: bool,
+) -> Result<f64, String> {
     for stmt in SCHEMA_SQL {
         sqlx::query(*stmt).execute(pool).await.map_err(sql)?;
     }
@@ -83,25 +118,10 @@ async fn run(cfg: &Config, pool: &PgPool, batch: usize, loops: usize) -> Result<
     let handles = (0..loops).map(|_| {
         let pool = pool.clone();
         tokio::spawn(async move {
-            let mut done = 0usize;
-            loop {
-                let rows: Vec<(i64, i64, serde_json::Value)> = sqlx::query_as(CLAIM)
-                    .bind(batch as i64)
-                    .fetch_all(&pool)
-                    .await
-                    .map_err(sql)?;
-                if rows.is_empty() {
-                    return Ok::<usize, String>(done);
-                }
-                let (ids, tokens): (Vec<i64>, Vec<i64>) =
-                    rows.iter().map(|(id, tok, _)| (*id, *tok)).unzip();
-                let r = sqlx::query(COMPLETE)
-                    .bind(&ids)
-                    .bind(&tokens)
-                    .execute(&pool)
-                    .await
-                    .map_err(sql)?;
-                done += r.rows_affected() as usize;
+            if fused {
+                fused_loop(&pool, batch).await
+            } else {
+                split_loop(&pool, batch).await
             }
         })
     });
@@ -114,4 +134,60 @@ async fn run(cfg: &Config, pool: &PgPool, batch: usize, loops: usize) -> Result<
         return Err(format!("raw sql completed {total} of {} jobs", cfg.jobs));
     }
     Ok(rate(cfg.jobs, elapsed))
+}
+
+fn sql(e: sqlx::Error) -> String {
+    format!("raw sql: {e}")
+}
+
+/// Claim, then complete: two statements, two commits per batch.
+async fn split_loop(pool: &PgPool, batch: usize) -> Result<usize, String> {
+    let mut done = 0usize;
+    loop {
+        let rows: Vec<(i64, i64, serde_json::Value)> = sqlx::query_as(CLAIM)
+            .bind(batch as i64)
+            .fetch_all(pool)
+            .await
+            .map_err(sql)?;
+        if rows.is_empty() {
+            return Ok(done);
+        }
+        let (ids, tokens): (Vec<i64>, Vec<i64>) =
+            rows.iter().map(|(id, tok, _)| (*id, *tok)).unzip();
+        let r = sqlx::query(COMPLETE)
+            .bind(&ids)
+            .bind(&tokens)
+            .execute(pool)
+            .await
+            .map_err(sql)?;
+        done += r.rows_affected() as usize;
+    }
+}
+
+/// Each statement completes the previous batch and claims the next.
+async fn fused_loop(pool: &PgPool, batch: usize) -> Result<usize, String> {
+    let mut done = 0usize;
+    let (mut ids, mut tokens): (Vec<i64>, Vec<i64>) = (vec![], vec![]);
+    loop {
+        let rows: Vec<(i64, i64, Option<serde_json::Value>)> = sqlx::query_as(FUSED)
+            .bind(batch as i64)
+            .bind(&ids)
+            .bind(&tokens)
+            .fetch_all(pool)
+            .await
+            .map_err(sql)?;
+        ids.clear();
+        tokens.clear();
+        for (id, tok, _) in rows {
+            if id == -1 {
+                done += tok as usize;
+            } else {
+                ids.push(id);
+                tokens.push(tok);
+            }
+        }
+        if ids.is_empty() {
+            return Ok(done);
+        }
+    }
 }
