@@ -196,6 +196,15 @@ async fn postgres(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>
     if cfg.scenario("raw") {
         // No library at all: its figure sits in the first column.
         let sec = "postgres raw SQL yardstick";
+        let row = format!(
+            "plain INSERT .. FROM unnest, {n} rows, batches of {}",
+            cfg.batch
+        );
+        res.row(sec, &row, "jobs/s", true, None);
+        if let Some(v) = measure(errors, &format!("raw SQL {row}"), raw_sql::enqueue(cfg)).await {
+            show(v, "jobs/s");
+            res.add(sec, &row, Side::Ours, v);
+        }
         for &b in &cfg.raw_batches {
             for &l in &cfg.raw_workers {
                 for fused in [false, true] {
