@@ -123,6 +123,28 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
             c.profile = true;
             continue;
         }
+        const TAKES_VALUE: &[&str] = &[
+            "--backend",
+            "--backends",
+            "--scenario",
+            "--scenarios",
+            "--systems",
+            "--jobs",
+            "--runs",
+            "--concurrency",
+            "--batch",
+            "--latency-jobs",
+            "--latency-rate",
+            "--latency-concurrency",
+            "--raw-batches",
+            "--raw-workers",
+            "--pool",
+            "--database-url",
+            "--timeout",
+        ];
+        if !TAKES_VALUE.contains(&flag.as_str()) {
+            return Err(format!("unknown option `{flag}` (see --help)"));
+        }
         let value = match inline {
             Some(v) => v,
             None => it
@@ -169,7 +191,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
     if c.raw_batches.contains(&0) {
         return Err("--raw-batches needs positive numbers".into());
     }
-    if !(c.latency_rate > 0.0) {
+    if c.latency_rate.is_nan() || c.latency_rate <= 0.0 {
         return Err("--latency-rate must be > 0".into());
     }
     Ok(Some(c))

@@ -14,6 +14,7 @@ use ours::Backend;
 use report::{Results, Side, Target};
 use stats::percentile;
 use std::future::Future;
+use std::pin::Pin;
 
 /// Runs one measurement, printing it as it lands; a failure is printed and recorded, and
 /// the benchmark goes on with the next scenario.
@@ -102,18 +103,20 @@ async fn main() {
     }
 }
 
+/// One side's measurement, not yet started.
+type Measurement<'a> = Option<Pin<Box<dyn Future<Output = Result<f64, String>> + 'a>>>;
+
 /// Runs ours then theirs, or theirs then ours on even runs, so neither side always goes
-/// first into a warm (or a tired) server.
+/// first into a warm (or a tired) server. `at` is (section, row, unit).
 async fn pair(
     res: &mut Results,
     errors: &mut Vec<String>,
     run: usize,
-    sec: &str,
-    row: &str,
-    unit: &str,
-    ours: Option<std::pin::Pin<Box<dyn Future<Output = Result<f64, String>> + '_>>>,
-    theirs: Option<std::pin::Pin<Box<dyn Future<Output = Result<f64, String>> + '_>>>,
+    at: (&str, &str, &str),
+    ours: Measurement<'_>,
+    theirs: Measurement<'_>,
 ) {
+    let (sec, row, unit) = at;
     let mut sides = vec![];
     if let Some(f) = ours {
         sides.push((Side::Ours, "durable-jobs", f));
@@ -121,7 +124,7 @@ async fn pair(
     if let Some(f) = theirs {
         sides.push((Side::Theirs, "graphile_worker", f));
     }
-    if run % 2 == 0 {
+    if run.is_multiple_of(2) {
         sides.reverse();
     }
     for (side, name, f) in sides {
@@ -151,7 +154,7 @@ async fn postgres(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>
         res.row(sec, &row, "jobs/s", true, Some(Target::RatioAtLeast(3.0)));
         let o = we.then(|| Box::pin(ours::enqueue(cfg, Backend::Postgres)) as _);
         let t = they.then(|| Box::pin(graphile::enqueue(cfg)) as _);
-        pair(res, errors, run, sec, &row, "jobs/s", o, t).await;
+        pair(res, errors, run, (sec, &row, "jobs/s"), o, t).await;
     }
     if cfg.scenario("drain") {
         for &c in &cfg.concurrency {
@@ -159,7 +162,7 @@ async fn postgres(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>
             res.row(sec, &row, "jobs/s", true, Some(Target::RatioAtLeast(1.2)));
             let o = we.then(|| Box::pin(ours::drain(cfg, Backend::Postgres, c)) as _);
             let t = they.then(|| Box::pin(graphile::drain(cfg, c)) as _);
-            pair(res, errors, run, sec, &row, "jobs/s", o, t).await;
+            pair(res, errors, run, (sec, &row, "jobs/s"), o, t).await;
         }
     }
     if cfg.scenario("latency") {
@@ -174,7 +177,7 @@ async fn postgres(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>
         if they {
             sides.push((Side::Theirs, "graphile_worker"));
         }
-        if run % 2 == 0 {
+        if run.is_multiple_of(2) {
             sides.reverse();
         }
         for (side, name) in sides {
