@@ -5,14 +5,14 @@ use super::complete::{Finish, RunMeta};
 use super::execute::{classify, execute};
 use super::options::QueueConfig;
 use super::shared::{Shared, NOT_IDLE};
-use crate::storage::DequeueParams;
+use crate::storage::{ClaimedJob, DequeueParams};
 use crate::task::TaskError;
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::{Id, JoinError, JoinSet};
 
 type Outcome = Result<Value, TaskError>;
@@ -25,6 +25,13 @@ struct Running {
 impl Running {
     fn len(&self) -> usize {
         self.set.len()
+    }
+
+    /// Starts a claimed job's handler.
+    fn start(&mut self, shared: &Arc<Shared>, c: ClaimedJob, lost: watch::Receiver<bool>) {
+        let meta = RunMeta::of(&c);
+        let handle = self.set.spawn(execute(shared.clone(), c, lost));
+        self.meta.insert(handle.id(), meta);
     }
 
     fn finish(
@@ -62,7 +69,10 @@ pub(crate) async fn run_queue(
     };
     let mut wakes = shared.wakes();
     let mut stop = shared.stopping.subscribe();
-    let batch = cfg.concurrency.min(shared.opts.max_claim_batch);
+    // Jobs held at once: running plus prefetched into the local buffer.
+    let capacity = cfg.concurrency + shared.opts.prefetch;
+    let mut buffer: VecDeque<(ClaimedJob, watch::Receiver<bool>)> = VecDeque::new();
+    let batch = capacity.min(shared.opts.max_claim_batch);
     // Refill only once a good share of the batch is free, so a busy queue claims in
     // batches instead of one job per finished job.
     let refill_at = (batch / 2).max(1);
@@ -83,8 +93,15 @@ pub(crate) async fn run_queue(
         if shared.is_stopping() {
             break;
         }
-        let free = cfg.concurrency - running.len();
-        if maybe_more && free > 0 && (free >= refill_at || running.len() == 0) {
+        while running.len() < cfg.concurrency {
+            let Some((c, lost)) = buffer.pop_front() else {
+                break;
+            };
+            running.start(&shared, c, lost);
+        }
+        let held = running.len() + buffer.len();
+        let free = capacity - held;
+        if maybe_more && free > 0 && (free >= refill_at || held == 0) {
             wakes.mark_seen();
             let generation = shared.wake_generation();
             let want = free.min(batch);
@@ -93,26 +110,19 @@ pub(crate) async fn run_queue(
                     error_backoff = Duration::ZERO;
                     maybe_more = claimed.len() == want;
                     if claimed.is_empty() {
-                        if running.len() == 0 {
+                        if held == 0 {
                             shared.idle_at[index].store(generation, Ordering::SeqCst);
                             shared.progress.notify_waiters();
                         }
                     } else {
                         shared.idle_at[index].store(NOT_IDLE, Ordering::SeqCst);
                         shared.in_flight.fetch_add(claimed.len(), Ordering::SeqCst);
+                        // Leases are renewed from the claim on, buffered or running.
                         let mut leases = shared.leases();
                         for c in claimed {
-                            let meta = RunMeta {
-                                job_id: c.job.id,
-                                task: c.job.task.clone(),
-                                attempt: c.lease.attempt,
-                                max_attempts: c.job.max_attempts,
-                                lease: c.lease.clone(),
-                            };
-                            let (lost_tx, lost_rx) = tokio::sync::watch::channel(false);
+                            let (lost_tx, lost_rx) = watch::channel(false);
                             leases.insert(c.job.id, (c.lease.clone(), lost_tx));
-                            let handle = running.set.spawn(execute(shared.clone(), c, lost_rx));
-                            running.meta.insert(handle.id(), meta);
+                            buffer.push_back((c, lost_rx));
                         }
                     }
                     continue;
@@ -136,6 +146,14 @@ pub(crate) async fn run_queue(
             }
             _ = wakes.changed() => maybe_more = true,
             _ = tokio::time::sleep(shared.opts.poll_interval) => maybe_more = true,
+        }
+    }
+    // Prefetched jobs never started: give them back at once, attempt unspent.
+    for (c, _) in buffer {
+        shared.leases().remove(&c.job.id);
+        let meta = RunMeta::of(&c);
+        if out.send(Finish::Release { meta }).is_err() {
+            tracing::error!("completer gone; prefetched job left to lease expiry");
         }
     }
     shut_down(&shared, running, &out).await;

@@ -26,6 +26,19 @@ pub(crate) struct RunMeta {
     pub(crate) lease: Lease,
 }
 
+impl RunMeta {
+    /// What the worker keeps about a claimed job while it runs.
+    pub(crate) fn of(c: &crate::storage::ClaimedJob) -> Self {
+        RunMeta {
+            job_id: c.job.id,
+            task: c.job.task.clone(),
+            attempt: c.lease.attempt,
+            max_attempts: c.job.max_attempts,
+            lease: c.lease.clone(),
+        }
+    }
+}
+
 /// An attempt's outcome, to be written.
 #[derive(Debug)]
 pub(crate) enum Finish {
@@ -53,53 +66,74 @@ pub(crate) enum Finish {
     },
 }
 
-/// Writes outcomes as they arrive. Completions that queue up while a write is in flight
-/// go out together in the next `complete_many`, so batching adds no waiting.
+/// Writes outcomes as they arrive, with up to `completion_writers` writes in flight.
+/// Outcomes that queue up while the writers are busy go out together in the next batch,
+/// so batching adds no waiting. Each job's outcome is in exactly one batch, so writes of
+/// different batches never race on one job.
 pub(crate) async fn run_completer(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Finish>) {
-    let mut buf = Vec::with_capacity(shared.opts.completion_batch);
-    while rx.recv_many(&mut buf, shared.opts.completion_batch).await > 0 {
-        let n = buf.len();
-        let mut completions = Vec::new();
-        let mut woke = false;
-        for finish in buf.drain(..) {
-            match finish {
-                Finish::Complete { meta, result } => completions.push((meta, result)),
-                Finish::Fail {
-                    meta,
-                    error,
-                    retry_in,
-                } => {
-                    woke |= retry_in.is_some();
-                    write_failure(&shared, meta, error, retry_in).await;
-                }
-                Finish::Release { meta } => {
-                    woke = true;
-                    let r = with_retries(|| shared.queue.storage().release(&meta.lease)).await;
-                    count(&shared, r, |c| &c.released, meta.job_id);
-                }
-                Finish::Suspend { meta, wake_at } => {
-                    woke = true;
-                    let r =
-                        with_retries(|| shared.queue.storage().suspend(&meta.lease, wake_at)).await;
-                    count(&shared, r, |c| &c.suspended, meta.job_id);
-                }
-                Finish::Lost { meta } => {
-                    tracing::warn!(job_id = meta.job_id, "lease lost while the handler ran");
-                    shared.counters.lost.fetch_add(1, Ordering::Relaxed);
-                }
+    let writers = Arc::new(tokio::sync::Semaphore::new(shared.opts.completion_writers));
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        // Take a writer first, so outcomes accumulate into a batch while all are busy.
+        let Ok(permit) = writers.clone().acquire_owned().await else {
+            break;
+        };
+        let mut buf = Vec::with_capacity(shared.opts.completion_batch);
+        if rx.recv_many(&mut buf, shared.opts.completion_batch).await == 0 {
+            break;
+        }
+        let shared = shared.clone();
+        tasks.spawn(async move {
+            write_batch(&shared, buf).await;
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Writes one batch of outcomes, then accounts for them.
+async fn write_batch(shared: &Shared, mut buf: Vec<Finish>) {
+    let n = buf.len();
+    let mut completions = Vec::new();
+    let mut woke = false;
+    for finish in buf.drain(..) {
+        match finish {
+            Finish::Complete { meta, result } => completions.push((meta, result)),
+            Finish::Fail {
+                meta,
+                error,
+                retry_in,
+            } => {
+                woke |= retry_in.is_some();
+                write_failure(shared, meta, error, retry_in).await;
+            }
+            Finish::Release { meta } => {
+                woke = true;
+                let r = with_retries(|| shared.queue.storage().release(&meta.lease)).await;
+                count(shared, r, |c| &c.released, meta.job_id);
+            }
+            Finish::Suspend { meta, wake_at } => {
+                woke = true;
+                let r = with_retries(|| shared.queue.storage().suspend(&meta.lease, wake_at)).await;
+                count(shared, r, |c| &c.suspended, meta.job_id);
+            }
+            Finish::Lost { meta } => {
+                tracing::warn!(job_id = meta.job_id, "lease lost while the handler ran");
+                shared.counters.lost.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if !completions.is_empty() {
-            // A completed child may have woken its parent: look again.
-            woke = true;
-            write_completions(&shared, completions).await;
-        }
-        if woke {
-            shared.bump_internal_wake();
-        }
-        shared.in_flight.fetch_sub(n, Ordering::SeqCst);
-        shared.progress.notify_waiters();
     }
+    if !completions.is_empty() {
+        // A completed child may have woken its parent: look again.
+        woke = true;
+        write_completions(shared, completions).await;
+    }
+    if woke {
+        shared.bump_internal_wake();
+    }
+    shared.in_flight.fetch_sub(n, Ordering::SeqCst);
+    shared.progress.notify_waiters();
 }
 
 async fn write_completions(shared: &Shared, items: Vec<(RunMeta, Value)>) {

@@ -14,8 +14,12 @@ pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(30);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// How often expired leases are swept. Defaults to 5 seconds.
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
-/// The most completions written in one storage call. Defaults to 1000.
-pub const DEFAULT_COMPLETION_BATCH: usize = 1000;
+/// The most completions written in one storage call. Defaults to 250: on PostgreSQL,
+/// batches of a few hundred rows written by a few connections at once beat one large
+/// batch, which serializes on row locks and index pages.
+pub const DEFAULT_COMPLETION_BATCH: usize = 250;
+/// How many outcome writes may be in flight at once. Defaults to 4.
+pub const DEFAULT_COMPLETION_WRITERS: usize = 4;
 /// How often the scheduler looks for due schedule ticks. Defaults to 1 second.
 pub const DEFAULT_SCHEDULER_INTERVAL: Duration = Duration::from_secs(1);
 /// The most jobs claimed in one storage call. Defaults to 500.
@@ -40,6 +44,8 @@ pub struct WorkerOptions {
     pub(crate) sweep_interval: Duration,
     pub(crate) shutdown_grace: Duration,
     pub(crate) completion_batch: usize,
+    pub(crate) completion_writers: usize,
+    pub(crate) prefetch: usize,
     pub(crate) max_claim_batch: usize,
     pub(crate) name: Option<String>,
     pub(crate) forbidden_flags: Vec<String>,
@@ -57,6 +63,8 @@ impl Default for WorkerOptions {
             sweep_interval: DEFAULT_SWEEP_INTERVAL,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             completion_batch: DEFAULT_COMPLETION_BATCH,
+            completion_writers: DEFAULT_COMPLETION_WRITERS,
+            prefetch: 0,
             max_claim_batch: DEFAULT_MAX_CLAIM_BATCH,
             name: None,
             forbidden_flags: Vec::new(),
@@ -116,6 +124,21 @@ impl WorkerOptions {
     /// The most completions per storage write. Defaults to [`DEFAULT_COMPLETION_BATCH`].
     pub fn completion_batch(mut self, n: usize) -> Self {
         self.completion_batch = n;
+        self
+    }
+
+    /// How many outcome writes may run at once. Defaults to [`DEFAULT_COMPLETION_WRITERS`].
+    pub fn completion_writers(mut self, n: usize) -> Self {
+        self.completion_writers = n;
+        self
+    }
+
+    /// Claims up to this many jobs ahead of free slots into a local queue per routing
+    /// queue (graphile-worker's local queue), so short jobs do not wait for a claim round
+    /// trip each. Prefetched jobs are leased (and renewed) like running ones, and released
+    /// unspent at shutdown; other workers cannot take them meanwhile. Defaults to 0.
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = n;
         self
     }
 
@@ -206,7 +229,7 @@ impl WorkerOptions {
                 ));
             }
         }
-        if self.completion_batch == 0 || self.max_claim_batch == 0 {
+        if self.completion_batch == 0 || self.max_claim_batch == 0 || self.completion_writers == 0 {
             return Err(invalid("batch", "batch sizes must be at least 1".into()));
         }
         Ok(self)

@@ -85,3 +85,51 @@ async fn a_stopped_worker_claims_nothing_more() {
     assert_eq!(report.completed, 0);
     assert_eq!(super::status(&queue, id).await, JobStatus::Pending);
 }
+
+#[tokio::test]
+async fn prefetched_jobs_run_and_are_released_unspent_at_shutdown() {
+    let (queue, _clock) = setup();
+    queue.register_fn("quick", |n: u32| async move { Ok::<_, TaskError>(n) });
+    queue
+        .enqueue_many("quick", 0..50u32, JobOptions::new())
+        .await
+        .expect("enqueue");
+    let w = Worker::new(
+        queue.clone(),
+        WorkerOptions::new().queue("default", 2).prefetch(20),
+    )
+    .expect("options");
+    assert_eq!(w.drain().await.expect("drain").completed, 50);
+
+    queue.register_fn("stuck", |_: ()| async {
+        std::future::pending::<()>().await;
+        Ok::<_, TaskError>(())
+    });
+    let mut events = queue.events();
+    let ids = queue
+        .enqueue_many("stuck", std::iter::repeat_n((), 8), JobOptions::new())
+        .await
+        .expect("enqueue");
+    let w = Worker::new(
+        queue.clone(),
+        WorkerOptions::new()
+            .queue("default", 1)
+            .prefetch(5)
+            .shutdown_grace(Duration::from_millis(20)),
+    )
+    .expect("options");
+    let report = w
+        .run_until(async {
+            events
+                .wait_for(|e| matches!(e, Event::Started { .. }))
+                .await;
+        })
+        .await
+        .expect("run");
+    // One running and five prefetched were claimed; all six come back unspent.
+    assert_eq!(report.released, 6);
+    for id in ids {
+        let job = queue.get_job(id).await.expect("get").expect("exists");
+        assert_eq!((job.status, job.attempt), (JobStatus::Pending, 0));
+    }
+}
