@@ -25,6 +25,8 @@ OPTIONS:
   --database-url URL    server to create bench_<pid>_<n> databases on
                         [env DATABASE_URL, else postgres://postgres@127.0.0.1:5432/postgres]
   --profile             time every storage call of our scenarios, print a breakdown
+  --experiment LIST     try a change on our side, see bench/README.md:
+                        unnest-complete (Postgres), prefetch=N
   --timeout SECS        give up on one scenario after this long        [300]
   -h, --help            this text
 ";
@@ -47,6 +49,10 @@ pub struct Config {
     pub database_url: String,
     pub timeout: Duration,
     pub profile: bool,
+    /// `--experiment unnest-complete`.
+    pub exp_unnest_complete: bool,
+    /// `--experiment prefetch=N` (0: off).
+    pub exp_prefetch: usize,
 }
 
 impl Config {
@@ -56,6 +62,18 @@ impl Config {
     pub fn scenario(&self, s: &str) -> bool {
         self.scenarios.iter().any(|x| x == s)
     }
+    /// A label for the experiments in force, empty when none.
+    pub fn experiments(&self) -> String {
+        let mut e = vec![];
+        if self.exp_unnest_complete {
+            e.push("unnest-complete".to_string());
+        }
+        if self.exp_prefetch > 0 {
+            e.push(format!("prefetch={}", self.exp_prefetch));
+        }
+        e.join(", ")
+    }
+
     pub fn system(&self, s: &str) -> bool {
         self.systems.iter().any(|x| x == s)
     }
@@ -108,6 +126,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string()),
         timeout: Duration::from_secs(300),
         profile: false,
+        exp_unnest_complete: false,
+        exp_prefetch: 0,
     };
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -141,6 +161,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
             "--pool",
             "--database-url",
             "--timeout",
+            "--experiment",
         ];
         if !TAKES_VALUE.contains(&flag.as_str()) {
             return Err(format!("unknown option `{flag}` (see --help)"));
@@ -167,6 +188,19 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
             "--pool" => c.pool = num(&flag, &value)?,
             "--database-url" => c.database_url = value,
             "--timeout" => c.timeout = Duration::from_secs(num(&flag, &value)?),
+            "--experiment" => {
+                for e in list(&value) {
+                    match e.split_once('=') {
+                        None if e == "unnest-complete" => c.exp_unnest_complete = true,
+                        Some(("prefetch", n)) => c.exp_prefetch = num(&flag, n)?,
+                        _ => {
+                            return Err(format!(
+                            "--experiment: unknown `{e}` (expected unnest-complete or prefetch=N)"
+                        ))
+                        }
+                    }
+                }
+            }
             other => return Err(format!("unknown option `{other}` (see --help)")),
         }
     }
@@ -195,4 +229,68 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
         return Err("--latency-rate must be > 0".into());
     }
     Ok(Some(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn every_documented_flag_parses() {
+        let c = parse(args(&[
+            "--backend",
+            "memory",
+            "--scenario",
+            "drain",
+            "--systems",
+            "ours",
+            "--jobs",
+            "5",
+            "--runs",
+            "2",
+            "--concurrency",
+            "1,2",
+            "--batch",
+            "3",
+            "--latency-jobs",
+            "4",
+            "--latency-rate",
+            "9.5",
+            "--latency-concurrency",
+            "6",
+            "--raw-batches",
+            "7",
+            "--raw-workers",
+            "8",
+            "--pool",
+            "9",
+            "--database-url",
+            "postgres://x@y/z",
+            "--timeout",
+            "10",
+            "--profile",
+            "--experiment",
+            "unnest-complete,prefetch=11",
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!((c.jobs, c.runs, c.batch, c.exp_prefetch), (5, 2, 3, 11));
+        assert!(c.profile && c.exp_unnest_complete);
+        assert_eq!(c.concurrency, vec![1, 2]);
+        // Every option the help text lists is one the parser knows.
+        let options = USAGE.split("OPTIONS:").nth(1).unwrap_or_default();
+        for word in options.split_whitespace().filter(|w| w.starts_with("--")) {
+            let known = parse(args(&[word, "1"]));
+            assert!(
+                !matches!(&known, Err(e) if e.contains(&format!("unknown option `{word}`"))),
+                "{word} is documented but not parsed"
+            );
+        }
+        assert!(parse(args(&["--bogus"])).is_err());
+        assert!(parse(args(&["--help"])).unwrap().is_none());
+    }
 }

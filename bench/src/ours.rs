@@ -53,6 +53,7 @@ static FILE_SEQ: AtomicUsize = AtomicUsize::new(0);
 
 impl Fresh {
     async fn new(cfg: &Config, backend: Backend) -> Result<Fresh, String> {
+        let mut pg = None;
         let mut fresh = match backend {
             Backend::Memory => Fresh {
                 storage: Arc::new(MemoryStorage::new()),
@@ -79,6 +80,7 @@ impl Fresh {
             Backend::Postgres => {
                 let db = FreshDb::create(&cfg.database_url).await?;
                 let s = pg_storage(cfg, &db.url).await?;
+                pg = Some((s.pool().clone(), s.schema().to_string()));
                 Fresh {
                     storage: Arc::new(s),
                     timed: None,
@@ -88,8 +90,12 @@ impl Fresh {
             }
         };
         fresh.storage.migrate().await.map_err(err("migrate"))?;
-        if cfg.profile {
-            let timed = Arc::new(Timed::new(fresh.storage.clone()));
+        if cfg.profile || !cfg.experiments().is_empty() {
+            let mut timed = Timed::new(fresh.storage.clone()).with_prefetch(cfg.exp_prefetch);
+            if let (true, Some((pool, schema))) = (cfg.exp_unnest_complete, pg) {
+                timed = timed.with_unnest_complete(pool, &schema);
+            }
+            let timed = Arc::new(timed);
             fresh.storage = timed.clone();
             fresh.timed = Some(timed);
         }
@@ -97,8 +103,8 @@ impl Fresh {
     }
 
     /// Prints the `--profile` breakdown, if profiling.
-    fn profile(&self, label: &str) {
-        if let Some(t) = &self.timed {
+    fn profile(&self, cfg: &Config, label: &str) {
+        if let (true, Some(t)) = (cfg.profile, &self.timed) {
             t.print(label);
         }
     }
@@ -156,7 +162,7 @@ pub async fn enqueue(cfg: &Config, backend: Backend) -> Result<f64, String> {
     }
     let elapsed = t0.elapsed();
     let stored = count(&fresh.storage, JobStatus::Pending).await?;
-    fresh.profile("bulk enqueue");
+    fresh.profile(cfg, "bulk enqueue");
     drop(queue);
     fresh.cleanup().await?;
     if stored != cfg.jobs as u64 {
@@ -204,9 +210,10 @@ pub async fn drain(cfg: &Config, backend: Backend, concurrency: usize) -> Result
     let done = waited?;
     report?;
     let completed = count(&fresh.storage, JobStatus::Completed).await?;
-    fresh.profile(&format!(
-        "drain, concurrency {concurrency} (includes the untimed setup enqueue)"
-    ));
+    fresh.profile(
+        cfg,
+        &format!("drain, concurrency {concurrency} (includes the untimed setup enqueue)"),
+    );
     drop((worker, queue));
     fresh.cleanup().await?;
     if completed != cfg.jobs as u64 {
@@ -266,7 +273,7 @@ pub async fn latency(cfg: &Config) -> Result<Vec<f64>, String> {
         .map_err(err("worker run"));
     produced?;
     report?;
-    fresh.profile("idle latency (worker side)");
+    fresh.profile(cfg, "idle latency (worker side)");
     drop((worker, queue, producer));
     fresh.cleanup().await?;
     Ok(probe.latencies_ms().split_off(warmup))
