@@ -74,6 +74,12 @@ async fn main() {
         cores(),
         loadavg()
     );
+    if !cfg.experiments().is_empty() {
+        println!(
+            "EXPERIMENTS on our side: {} (not what the library does today; see README)",
+            cfg.experiments()
+        );
+    }
     let mut res = Results::default();
     let mut errors = vec![];
     for run in 1..=cfg.runs {
