@@ -24,6 +24,7 @@ OPTIONS:
   --pool N              max Postgres connections per system             [20]
   --database-url URL    server to create bench_<pid>_<n> databases on
                         [env DATABASE_URL, else postgres://postgres@127.0.0.1:5432/postgres]
+  --prefetch N          our WorkerOptions::prefetch (its local queue)        [0, the default]
   --profile             time every storage call of our scenarios, print a breakdown
   --experiment LIST     try a change on our side, see bench/README.md:
                         unnest-complete (Postgres), prefetch=N
@@ -49,6 +50,8 @@ pub struct Config {
     pub database_url: String,
     pub timeout: Duration,
     pub profile: bool,
+    /// Our `WorkerOptions::prefetch`.
+    pub prefetch: usize,
     /// `--experiment unnest-complete`.
     pub exp_unnest_complete: bool,
     /// `--experiment prefetch=N` (0: off).
@@ -126,6 +129,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string()),
         timeout: Duration::from_secs(300),
         profile: false,
+        prefetch: 0,
         exp_unnest_complete: false,
         exp_prefetch: 0,
     };
@@ -162,6 +166,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
             "--database-url",
             "--timeout",
             "--experiment",
+            "--prefetch",
         ];
         if !TAKES_VALUE.contains(&flag.as_str()) {
             return Err(format!("unknown option `{flag}` (see --help)"));
@@ -186,6 +191,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
             "--raw-batches" => c.raw_batches = nums(&flag, &value)?,
             "--raw-workers" => c.raw_workers = nums(&flag, &value)?,
             "--pool" => c.pool = num(&flag, &value)?,
+            "--prefetch" => c.prefetch = num(&flag, &value)?,
             "--database-url" => c.database_url = value,
             "--timeout" => c.timeout = Duration::from_secs(num(&flag, &value)?),
             "--experiment" => {

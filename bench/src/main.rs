@@ -69,6 +69,12 @@ async fn main() {
         cfg.latency_rate,
         cfg.pool
     );
+    if cfg.prefetch > 0 {
+        println!(
+            "our workers run with WorkerOptions::prefetch({})",
+            cfg.prefetch
+        );
+    }
     println!(
         "machine: {} cores, load average at start {}",
         cores(),

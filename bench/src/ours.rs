@@ -198,7 +198,9 @@ pub async fn drain(cfg: &Config, backend: Backend, concurrency: usize) -> Result
     }
     let worker = Worker::new(
         queue.clone(),
-        WorkerOptions::new().queue("default", concurrency),
+        WorkerOptions::new()
+            .queue("default", concurrency)
+            .prefetch(cfg.prefetch),
     )
     .map_err(err("worker"))?;
     let t0 = Instant::now();
