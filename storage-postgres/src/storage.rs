@@ -360,18 +360,29 @@ impl Storage for PostgresStorage {
         if items.is_empty() {
             return Ok(Vec::new());
         }
+        // Only the first item of an id goes in (a JSON object holds one entry per key);
+        // later items of that id then find their pair missing and report LeaseLost.
         let mut ids = Vec::with_capacity(items.len());
-        let mut tokens = Vec::with_capacity(items.len());
-        let mut results = Vec::with_capacity(items.len());
+        let mut seen = HashSet::with_capacity(items.len());
+        let mut map = String::with_capacity(items.len() * 48);
+        map.push('{');
         for c in &items {
+            if !seen.insert(c.lease.job_id) {
+                continue;
+            }
+            if !ids.is_empty() {
+                map.push(',');
+            }
             ids.push(c.lease.job_id);
-            tokens.push(c.lease.token);
-            results.push(serde_json::to_string(&c.result)?);
+            // Integers need no escaping; the result is serialized JSON.
+            map.push_str(&format!("\"{}\":[{},", c.lease.job_id, c.lease.token));
+            map.push_str(&serde_json::to_string(&c.result)?);
+            map.push(']');
         }
+        map.push('}');
         let rows = sqlx::query(AssertSqlSafe(self.sql().complete_many.clone()))
             .bind(&ids)
-            .bind(&tokens)
-            .bind(&results)
+            .bind(&map)
             .fetch_all(self.pool())
             .await
             .map_err(db)?;

@@ -97,6 +97,12 @@ fn json_list(items: &[String]) -> Result<Option<String>> {
     }
 }
 
+/// True when `job` can take the plain insert: no dedupe key (nothing to look up or
+/// conflict with) and no flags or tags (no per-row array to unpack).
+fn is_plain(job: &NewJob) -> bool {
+    job.dedupe_key.is_none() && job.flags.is_empty() && job.tags.is_empty()
+}
+
 /// Inserts `jobs` in one statement, in order (see [`insert_jobs`]).
 async fn insert_bulk(
     conn: &mut PgConnection,
@@ -105,6 +111,9 @@ async fn insert_bulk(
 ) -> Result<Vec<Enqueued>> {
     if jobs.is_empty() {
         return Ok(Vec::new());
+    }
+    if jobs.iter().all(is_plain) {
+        return insert_plain(conn, sql, jobs).await;
     }
     let n = jobs.len();
     let mut task = Vec::with_capacity(n);
@@ -210,6 +219,63 @@ async fn insert_bulk(
             id: id.unwrap_or_default(),
             created,
         })
+        .collect())
+}
+
+/// Inserts plain jobs (see [`is_plain`]) with the lean statement; every job is created.
+async fn insert_plain(
+    conn: &mut PgConnection,
+    sql: &Sql,
+    jobs: Vec<NewJob>,
+) -> Result<Vec<Enqueued>> {
+    let n = jobs.len();
+    let mut task = Vec::with_capacity(n);
+    let mut payload = Vec::with_capacity(n);
+    let mut queue = Vec::with_capacity(n);
+    let mut priority = Vec::with_capacity(n);
+    let mut max_attempts = Vec::with_capacity(n);
+    let mut run_at = Vec::with_capacity(n);
+    let mut delay_us = Vec::with_capacity(n);
+    let mut timeout_ms = Vec::with_capacity(n);
+    let mut parent_id = Vec::with_capacity(n);
+    let mut serial_key = Vec::with_capacity(n);
+    for j in jobs {
+        payload.push(serde_json::to_string(&j.payload)?);
+        task.push(j.task);
+        queue.push(j.queue);
+        priority.push(j.priority);
+        max_attempts.push(j.max_attempts);
+        run_at.push(j.run_at);
+        delay_us.push(j.delay.map(micros));
+        timeout_ms.push(j.timeout_ms);
+        parent_id.push(j.parent_id);
+        serial_key.push(j.serial_key);
+    }
+    let mut ids: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(sql.enqueue_plain.clone()))
+        .bind(&task)
+        .bind(&payload)
+        .bind(&queue)
+        .bind(&priority)
+        .bind(&max_attempts)
+        .bind(&run_at)
+        .bind(&delay_us)
+        .bind(&timeout_ms)
+        .bind(&parent_id)
+        .bind(&serial_key)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?;
+    if ids.len() != n {
+        return Err(Error::Storage(format!(
+            "enqueue of {n} jobs returned {} ids",
+            ids.len()
+        )));
+    }
+    // Ids were drawn in input order; RETURNING promises no order, so restore it.
+    ids.sort_unstable();
+    Ok(ids
+        .into_iter()
+        .map(|id| Enqueued { id, created: true })
         .collect())
 }
 

@@ -1,0 +1,150 @@
+//! The hot paths' lean statements: plain bulk enqueue and batch completion.
+
+use crate::schema;
+use chrono::{Duration as ChronoDuration, Utc};
+use durable_jobs::{Completion, DequeueParams, Error, JobStatus, NewJob, Storage};
+use serde_json::json;
+use std::time::Duration;
+
+fn params(limit: usize) -> DequeueParams {
+    DequeueParams {
+        queues: vec!["default".into()],
+        tasks: Vec::new(),
+        limit,
+        lease_duration: Duration::from_secs(60),
+        holder: "hot_paths".into(),
+        forbidden_flags: Vec::new(),
+    }
+}
+
+/// A plain batch (no keys, flags or tags) takes the lean insert: every job is created,
+/// ids follow input order, and every column a plain job may set is stored.
+#[tokio::test]
+async fn plain_bulk_enqueue_keeps_input_order_and_every_column() {
+    let t = schema().await;
+    let s = t.storage();
+    let parent = s
+        .enqueue(NewJob::new("p", json!("parent")))
+        .await
+        .expect("parent")
+        .id;
+    let at = Utc::now() + ChronoDuration::hours(3);
+    let jobs: Vec<NewJob> = (0..3_000)
+        .map(|i| {
+            let mut j = NewJob::new(format!("t{}", i % 3), json!({ "i": i, "s": "é\"\\" }));
+            match i % 5 {
+                0 => j.queue = "other".into(),
+                1 => j.priority = 7,
+                2 => j.run_at = Some(at),
+                3 => j.delay = Some(Duration::from_secs(3_600)),
+                _ => {
+                    j.parent_id = Some(parent);
+                    j.serial_key = Some(format!("sk-{}", i % 4));
+                    j.timeout_ms = Some(1_234);
+                    j.max_attempts = 9;
+                }
+            }
+            j
+        })
+        .collect();
+    let before = s.now().await.expect("now");
+    let out = s.enqueue_many(jobs).await.expect("enqueue_many");
+    assert_eq!(out.len(), 3_000);
+    assert!(out.iter().all(|e| e.created));
+    assert!(
+        out.windows(2).all(|w| w[0].id < w[1].id),
+        "ids follow input order"
+    );
+    for (i, e) in out.iter().enumerate().step_by(7) {
+        let j = s.get_job(e.id).await.expect("get").expect("stored");
+        assert_eq!(j.payload, json!({ "i": i, "s": "é\"\\" }), "job {i}");
+        assert_eq!(j.task, format!("t{}", i % 3));
+        assert_eq!(j.status, JobStatus::Pending);
+        assert_eq!(j.queue, if i % 5 == 0 { "other" } else { "default" });
+        assert_eq!(j.priority, if i % 5 == 1 { 7 } else { 0 });
+        match i % 5 {
+            2 => assert_eq!(j.run_at.timestamp_micros(), at.timestamp_micros()),
+            3 => assert!(j.run_at >= before + ChronoDuration::seconds(3_600)),
+            _ => assert!(j.run_at < before + ChronoDuration::seconds(60)),
+        }
+        let odd = i % 5 == 4;
+        assert_eq!(j.timeout_ms, odd.then_some(1_234));
+        assert_eq!(
+            j.max_attempts,
+            if odd {
+                9
+            } else {
+                NewJob::new("x", json!(0)).max_attempts
+            }
+        );
+    }
+    // Parent and serial key reach their columns (the Job type does not carry them).
+    let (children, keyed): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FILTER (WHERE parent_id = $1), count(serial_key) FROM \"{}\".jobs",
+        t.schema()
+    )))
+    .bind(parent)
+    .fetch_one(s.pool())
+    .await
+    .expect("columns");
+    assert_eq!((children, keyed), (600, 600));
+    t.drop_schema().await.expect("drop");
+}
+
+/// A large batch completes every held lease and fences the rest: a cancelled job, a
+/// stale token, and a second item for an id already in the batch all report LeaseLost.
+#[tokio::test]
+async fn complete_many_large_batch_fences_each_item() {
+    let t = schema().await;
+    let s = t.storage();
+    let jobs: Vec<NewJob> = (0..1_200).map(|i| NewJob::new("t", json!(i))).collect();
+    s.enqueue_many(jobs).await.expect("enqueue");
+    let claimed = s.dequeue(params(1_200)).await.expect("dequeue");
+    assert_eq!(claimed.len(), 1_200);
+    assert!(s.cancel(claimed[5].job.id).await.expect("cancel"));
+    let mut items: Vec<Completion> = claimed
+        .iter()
+        .map(|c| Completion {
+            lease: c.lease.clone(),
+            result: json!({ "done": c.job.id, "q": "\"" }),
+        })
+        .collect();
+    let mut stale = claimed[9].lease.clone();
+    stale.token = stale.token.wrapping_add(1);
+    // A stale token first: the id's first item is the one tried, so the real lease that
+    // follows in the same batch is refused too and the job stays running.
+    items.insert(
+        9,
+        Completion {
+            lease: stale,
+            result: json!("stale"),
+        },
+    );
+    items.push(Completion {
+        lease: claimed[0].lease.clone(),
+        result: json!("again"),
+    });
+    let out = s.complete_many(items).await.expect("complete_many");
+    assert_eq!(out.len(), 1_202);
+    let lost: Vec<usize> = out
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| matches!(r, Err(Error::LeaseLost { .. })))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(lost, vec![5, 9, 10, 1_201]);
+    assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 1_198);
+    for (i, c) in claimed.iter().enumerate() {
+        let j = s.get_job(c.job.id).await.expect("get").expect("job");
+        match i {
+            5 => assert_eq!(j.status, JobStatus::Cancelled),
+            9 => assert_eq!(j.status, JobStatus::Running),
+            _ => {
+                assert_eq!(j.status, JobStatus::Completed, "job {i}");
+                assert_eq!(j.result, Some(json!({ "done": c.job.id, "q": "\"" })));
+                assert!(j.lease.is_none());
+            }
+        }
+    }
+    t.drop_schema().await.expect("drop");
+}
