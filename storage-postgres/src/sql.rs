@@ -202,7 +202,8 @@ WHERE dedupe_key = ANY($1::text[]) AND status IN {unfinished}";
 ///   join with `unnest` can be planned as a nested loop that rescans the input per row;
 ///   both are O(n²) per batch (20 ms for 1,000 items).
 ///
-/// `$1` ids, `$2` a JSON object `{"<id>": [token, result]}` with one entry per id.
+/// `$1` ids, `$2` a JSON object `{"<id>": [token, result]}` with one entry per id, bound
+/// as jsonb (a text parameter would be parsed again for each row).
 const COMPLETE_MANY: &str = "
 UPDATE {schema}.jobs AS j
 SET status = 'completed',
@@ -451,7 +452,7 @@ mod plan_tests {
         );
         let stmt = render(COMPLETE_MANY, t.schema(), "now()");
         sqlx::raw_sql(AssertSqlSafe(format!(
-            "PREPARE cm(bigint[], text) AS {stmt}"
+            "PREPARE cm(bigint[], jsonb) AS {stmt}"
         )))
         .execute(&mut *conn)
         .await
