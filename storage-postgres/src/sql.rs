@@ -188,8 +188,8 @@ const BY_DEDUPE_KEYS: &str = "
 SELECT dedupe_key, id FROM {schema}.jobs
 WHERE dedupe_key = ANY($1::text[]) AND status IN {unfinished}";
 
-/// Completes many leases at once; returns the (id, token) pairs it completed. Fenced
-/// per row: a row is completed only when it runs under the token paired with its id.
+/// Completes many leases at once; returns the ids it completed. Fenced per row: a row is
+/// completed only when it runs under the token paired with its id.
 ///
 /// The shape is chosen so that no statistics can lead the planner astray:
 /// - `j.id = ANY($1)` is the only index condition on offer, so the rows are found by
@@ -214,7 +214,7 @@ WHERE j.id = ANY($1::bigint[])
   AND CASE WHEN j.status = 'running'
            THEN j.lease_token = ($2::jsonb -> j.id::text ->> 0)::bigint
            ELSE false END
-RETURNING j.id, ($2::jsonb -> j.id::text ->> 0)::bigint AS token";
+RETURNING j.id";
 
 /// One completion. $1 id, $2 token, $3 result.
 const COMPLETE: &str = "

@@ -382,16 +382,15 @@ impl Storage for PostgresStorage {
             .map_err(db)?;
         let mut done = HashSet::with_capacity(rows.len());
         for row in &rows {
-            let id: i64 = row.try_get("id").map_err(db)?;
-            let token: i64 = row.try_get("token").map_err(db)?;
-            done.insert((id, token));
+            done.insert(row.try_get::<i64, _>("id").map_err(db)?);
         }
+        // A completed id was completed under its first item's token (the only one sent):
+        // that item succeeded. Every other item of the id, and every item of an id not
+        // completed, lost its lease.
         Ok(leases
             .iter()
             .map(|lease| {
-                // Each (id, token) pair completes once. An id repeated in one batch is
-                // matched by its first occurrence only; the others report LeaseLost.
-                if done.remove(&(lease.job_id, lease.token)) {
+                if done.remove(&lease.job_id) {
                     Ok(())
                 } else {
                     Err(Error::LeaseLost {
