@@ -7,6 +7,10 @@
 //! - **Fencing**: every lease write (`complete`, `fail`, `release`, `heartbeat`,
 //!   checkpoints) carries `WHERE id = $1 AND status = 'running' AND lease_token = $2`; a
 //!   stale holder gets [`durable_jobs::Error::LeaseLost`] and changes nothing.
+//! - **Bulk writes**: a batch of plain jobs (no job key, flags or tags) is one
+//!   `INSERT ... SELECT FROM unnest(...)`; keyed batches take a longer statement that
+//!   resolves keys in order. `complete_many` completes a batch in one statement, each row
+//!   fenced by its own token, planned by primary key whatever the statistics say.
 //! - **Time** comes from the database clock (`now()`), never the client's.
 //! - **Wake-ups**: inserting jobs fires one `NOTIFY` per statement; a LISTEN connection
 //!   wakes idle workers in every process ([`durable_jobs::Storage::wakeups`]). Polling
