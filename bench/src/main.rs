@@ -208,6 +208,25 @@ async fn postgres(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>
             }
         }
     }
+    if cfg.scenario("steps") {
+        for jobs in [1usize, 8] {
+            let row = format!(
+                "checkpointed steps, {jobs} job(s) x {} steps",
+                (n / 20).max(1)
+            );
+            res.row(sec, &row, "steps/s", true, None);
+            if let Some(v) = measure(
+                errors,
+                &format!("{sec} {row}"),
+                ours::steps(cfg, Backend::Postgres, jobs),
+            )
+            .await
+            {
+                show(v, "steps/s");
+                res.add(sec, &row, Side::Ours, v);
+            }
+        }
+    }
     if cfg.scenario("raw") {
         // No library at all: its figure sits in the first column.
         let sec = "postgres raw SQL yardstick";
@@ -264,6 +283,21 @@ async fn local(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>, b
             if let Some(v) = measure(errors, &format!("{sec} {row}"), ours::drain(cfg, b, c)).await
             {
                 show(v, "jobs/s");
+                res.add(sec, &row, Side::Ours, v);
+            }
+        }
+    }
+    if cfg.scenario("steps") {
+        for jobs in [1usize, 8] {
+            let row = format!(
+                "checkpointed steps, {jobs} job(s) x {} steps",
+                (n / 20).max(1)
+            );
+            res.row(sec, &row, "steps/s", true, None);
+            if let Some(v) =
+                measure(errors, &format!("{sec} {row}"), ours::steps(cfg, b, jobs)).await
+            {
+                show(v, "steps/s");
                 res.add(sec, &row, Side::Ours, v);
             }
         }

@@ -280,3 +280,42 @@ pub async fn latency(cfg: &Config) -> Result<Vec<f64>, String> {
     fresh.cleanup().await?;
     Ok(probe.latencies_ms().split_off(warmup))
 }
+
+/// Checkpointed steps per second: `jobs` jobs each run `steps` no-op `ctx.step` calls.
+pub async fn steps(cfg: &Config, backend: Backend, jobs: usize) -> Result<f64, String> {
+    let steps = (cfg.jobs / 20).max(1);
+    let fresh = Fresh::new(cfg, backend).await?;
+    let queue = Queue::new(fresh.storage.clone());
+    queue.register("steps", |ctx: JobContext, n: usize| async move {
+        for i in 0..n {
+            let got: usize = ctx
+                .step(
+                    &format!("s{i}"),
+                    move |_| async move { Ok::<_, TaskError>(i) },
+                )
+                .await?;
+            if got != i {
+                return Err(TaskError::no_retry(format!("step {i} returned {got}")));
+            }
+        }
+        Ok::<_, TaskError>(n)
+    });
+    queue
+        .enqueue_many("steps", std::iter::repeat_n(steps, jobs), JobOptions::new())
+        .await
+        .map_err(err("enqueue"))?;
+    let worker = Worker::new(queue.clone(), WorkerOptions::new().queue("default", jobs))
+        .map_err(err("worker"))?;
+    let t0 = Instant::now();
+    let report = worker.drain().await.map_err(err("drain"))?;
+    let secs = t0.elapsed().as_secs_f64();
+    fresh.profile(cfg, &format!("steps, {jobs} job(s)"));
+    fresh.cleanup().await?;
+    if report.completed != jobs as u64 {
+        return Err(format!(
+            "{} of {jobs} step jobs completed: {report:?}",
+            report.completed
+        ));
+    }
+    Ok((steps * jobs) as f64 / secs)
+}
