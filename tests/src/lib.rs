@@ -1,3 +1,4 @@
 //! Shared helpers for durable-jobs' cross-backend and multi-process tests.
 
+pub mod crash;
 pub mod pg;

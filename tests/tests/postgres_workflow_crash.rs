@@ -8,10 +8,13 @@
 use durable_jobs::{CheckpointOutcome, JobId, JobStatus, NewJob, Storage};
 use durable_jobs_postgres::testing::TestSchema;
 use durable_jobs_postgres::PostgresStorage;
+use durable_jobs_tests::crash::{
+    assert_success, executions, kill, seed, verify_workflows, wait_with_deadline, Rng,
+};
 use serde_json::json;
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const LEASE_MS: &str = "2000";
@@ -62,98 +65,6 @@ fn spawn_worker(env: &Env, mode: &str, step_ms: u64) -> Child {
         .expect("spawn pg_workflow_worker")
 }
 
-/// SIGKILLs a worker and reaps it. A worker that already exited on its own is a failure
-/// (`run` mode never exits by itself).
-fn kill(mut child: Child) {
-    if let Some(status) = child.try_wait().expect("poll child") {
-        let out = child.wait_with_output().expect("collect output");
-        panic!(
-            "worker exited by itself ({status}); stderr:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    child.kill().expect("SIGKILL the worker");
-    child.wait().expect("reap the worker");
-}
-
-/// Waits for a child to exit, killing it if it outlives the deadline.
-fn wait_with_deadline(mut child: Child, limit: Duration) -> Output {
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait().expect("poll child") {
-            Some(_) => return child.wait_with_output().expect("collect output"),
-            None if Instant::now() > deadline => {
-                let _ = child.kill();
-                let out = child.wait_with_output().expect("collect output");
-                panic!(
-                    "worker still running after {limit:?}; stderr:\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            None => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
-fn assert_success(out: &Output) {
-    assert!(
-        out.status.success(),
-        "worker failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// One logged step execution.
-#[derive(Debug, Clone, PartialEq)]
-struct Execution {
-    job: JobId,
-    step: String,
-    pid: u32,
-    /// The step's checkpoint already existed when it started.
-    checkpointed: bool,
-}
-
-fn executions(log: &Path) -> Vec<Execution> {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.lines()
-        .map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            assert_eq!(f.len(), 4, "malformed log line `{l}`");
-            Execution {
-                job: f[0].parse().expect("job id"),
-                step: f[1].to_string(),
-                pid: f[2].parse().expect("pid"),
-                checkpointed: f[3] == "1",
-            }
-        })
-        .collect()
-}
-
-/// A small seeded generator (SplitMix64), so a failing kill schedule can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % n
-    }
-}
-
-fn seed() -> u64 {
-    match std::env::var("PG_CRASH_SEED") {
-        Ok(s) => s.parse().expect("PG_CRASH_SEED is a number"),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1),
-    }
-}
-
 async fn unfinished(storage: &PostgresStorage) -> u64 {
     storage
         .counts()
@@ -174,7 +85,7 @@ async fn killed_workers_never_rerun_checkpointed_steps() {
     const JOBS: i64 = 30;
     const KILLS: usize = 25;
     const STEP_MS: u64 = 100;
-    let seed = seed();
+    let seed = seed("PG_CRASH_SEED");
     println!("PG_CRASH_SEED={seed}");
     let mut rng = Rng(seed);
     let env = Env::new().await;
@@ -219,78 +130,8 @@ async fn killed_workers_never_rerun_checkpointed_steps() {
             .expect("wait for the final worker");
     assert_success(&out);
 
-    // Every workflow completed with the right result and all five checkpoints.
-    for (n, id) in ids.iter().enumerate() {
-        let job = storage.get_job(*id).await.expect("get").expect("exists");
-        assert_eq!(job.status, JobStatus::Completed, "job {id}: {job:?}");
-        let n = n as i64;
-        let want: Vec<i64> = (0..5).map(|k| 10 * n + k).collect();
-        assert_eq!(job.result, Some(json!(want)), "job {id}");
-        let cps = storage.checkpoints(*id).await.expect("checkpoints");
-        let got: Vec<(String, String, CheckpointOutcome)> = cps
-            .into_iter()
-            .map(|c| (c.key, c.name, c.outcome))
-            .collect();
-        let expected: Vec<(String, String, CheckpointOutcome)> = (0..5)
-            .map(|k| {
-                (
-                    k.to_string(),
-                    format!("s{k}"),
-                    CheckpointOutcome::Ok(json!(10 * n + k)),
-                )
-            })
-            .collect();
-        assert_eq!(got, expected, "job {id} checkpoints");
-    }
-
     let runs = executions(&env.log());
-    // No step ran while its checkpoint existed.
-    let stale: Vec<&Execution> = runs.iter().filter(|e| e.checkpointed).collect();
-    assert!(
-        stale.is_empty(),
-        "steps ran after their checkpoint: {stale:?}"
-    );
-    // Per job, steps ran in order: a step never ran again after a later step started.
-    let mut per_step: BTreeMap<(JobId, String), Vec<&Execution>> = BTreeMap::new();
-    let mut last_step: HashMap<JobId, String> = HashMap::new();
-    for e in &runs {
-        if let Some(prev) = last_step.get(&e.job) {
-            assert!(
-                e.step >= *prev,
-                "job {}: step {} ran after step {prev}",
-                e.job,
-                e.step
-            );
-        }
-        last_step.insert(e.job, e.step.clone());
-        per_step.entry((e.job, e.step.clone())).or_default().push(e);
-    }
-    // Every step ran; every execution but a step's last was cut off by a kill, and a
-    // killed process cut off at most one step per job and at most `CONCURRENCY` in all.
-    let mut duplicates = 0;
-    let mut cut_per_pid: HashMap<u32, Vec<JobId>> = HashMap::new();
-    for id in &ids {
-        for k in 0..5 {
-            let execs = per_step
-                .get(&(*id, format!("s{k}")))
-                .unwrap_or_else(|| panic!("job {id} step s{k} never ran"));
-            for cut in &execs[..execs.len() - 1] {
-                assert!(
-                    killed.contains(&cut.pid),
-                    "job {id} step s{k} ran again although pid {} was not killed: {execs:?}",
-                    cut.pid
-                );
-                cut_per_pid.entry(cut.pid).or_default().push(*id);
-                duplicates += 1;
-            }
-        }
-    }
-    for (pid, jobs) in &cut_per_pid {
-        let distinct: HashSet<&JobId> = jobs.iter().collect();
-        assert_eq!(distinct.len(), jobs.len(), "pid {pid} cut one job twice");
-        assert!(jobs.len() <= CONCURRENCY, "pid {pid} cut {jobs:?}");
-    }
-    assert!(duplicates <= KILLS * CONCURRENCY);
+    let duplicates = verify_workflows(storage, &ids, &runs, &killed, CONCURRENCY).await;
     println!(
         "kills={KILLS} (with work left: {kills_with_work_left}) executions={} \
          (before the final worker: {before_final}) duplicates={duplicates} \
