@@ -78,6 +78,10 @@ pub(crate) async fn run_queue(
     let refill_at = (batch / 2).max(1);
     let mut maybe_more = true;
     let mut error_backoff = Duration::ZERO;
+    // Claims run as tasks, up to `claims_in_flight` at once, so one claim's round trip
+    // does not stall the next while slots are free.
+    let mut claims: JoinSet<ClaimOutcome> = JoinSet::new();
+    let mut claiming = 0;
     let params = |limit| DequeueParams {
         queues: vec![cfg.name.clone()],
         tasks: shared.tasks.clone(),
@@ -90,6 +94,19 @@ pub(crate) async fn run_queue(
         while let Some(done) = running.set.try_join_next_with_id() {
             running.finish(&shared, done, &out);
         }
+        while let Some(done) = claims.try_join_next() {
+            handle_claim(
+                &shared,
+                index,
+                done,
+                &mut claiming,
+                &mut maybe_more,
+                &mut error_backoff,
+                &mut buffer,
+                &running,
+                &claims,
+            );
+        }
         if shared.is_stopping() {
             break;
         }
@@ -99,54 +116,59 @@ pub(crate) async fn run_queue(
             };
             running.start(&shared, c, lost);
         }
-        let held = running.len() + buffer.len();
+        let held = running.len() + buffer.len() + claiming;
         let free = capacity - held;
-        if maybe_more && free > 0 && (free >= refill_at || held == 0) {
+        if maybe_more
+            && error_backoff.is_zero()
+            && claims.len() < shared.opts.claims_in_flight
+            && free > 0
+            && (free >= refill_at || held == 0)
+        {
             wakes.mark_seen();
             let generation = shared.wake_generation();
+            shared.idle_at[index].store(NOT_IDLE, Ordering::SeqCst);
             let want = free.min(batch);
-            match shared.queue.storage().dequeue(params(want)).await {
-                Ok(claimed) => {
-                    error_backoff = Duration::ZERO;
-                    maybe_more = claimed.len() == want;
-                    if claimed.is_empty() {
-                        if held == 0 {
-                            shared.idle_at[index].store(generation, Ordering::SeqCst);
-                            shared.progress.notify_waiters();
-                        }
-                    } else {
-                        shared.idle_at[index].store(NOT_IDLE, Ordering::SeqCst);
-                        shared.in_flight.fetch_add(claimed.len(), Ordering::SeqCst);
-                        // Leases are renewed from the claim on, buffered or running.
-                        let mut leases = shared.leases();
-                        for c in claimed {
-                            let (lost_tx, lost_rx) = watch::channel(false);
-                            leases.insert(c.job.id, (c.lease.clone(), lost_tx));
-                            buffer.push_back((c, lost_rx));
-                        }
-                    }
-                    continue;
+            claiming += want;
+            let storage = shared.queue.storage().clone();
+            let p = params(want);
+            claims.spawn(async move {
+                ClaimOutcome {
+                    generation,
+                    want,
+                    result: storage.dequeue(p).await,
                 }
-                Err(e) => {
-                    error_backoff = (error_backoff * 2)
-                        .clamp(Duration::from_millis(100), Duration::from_secs(30));
-                    tracing::warn!(queue = %cfg.name, error = %e, retry_in = ?error_backoff, "claim failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(error_backoff) => {}
-                        _ = stop.changed() => {}
-                    }
-                    continue;
-                }
-            }
+            });
+            continue;
         }
+        let backoff = error_backoff;
         tokio::select! {
             _ = stop.changed() => {}
+            Some(done) = claims.join_next(), if !claims.is_empty() => {
+                handle_claim(&shared, index, done, &mut claiming, &mut maybe_more, &mut error_backoff, &mut buffer, &running, &claims);
+            }
             Some(done) = running.set.join_next_with_id(), if running.len() > 0 => {
                 running.finish(&shared, done, &out);
             }
-            _ = wakes.changed() => maybe_more = true,
-            _ = tokio::time::sleep(shared.opts.poll_interval) => maybe_more = true,
+            _ = wakes.changed(), if backoff.is_zero() => maybe_more = true,
+            _ = tokio::time::sleep(if backoff.is_zero() { shared.opts.poll_interval } else { backoff }) => {
+                maybe_more = true;
+                error_backoff = Duration::ZERO;
+            }
         }
+    }
+    // Claims still in flight may have leased jobs: take them into the buffer to release.
+    while let Some(done) = claims.join_next().await {
+        handle_claim(
+            &shared,
+            index,
+            done,
+            &mut claiming,
+            &mut maybe_more,
+            &mut error_backoff,
+            &mut buffer,
+            &running,
+            &claims,
+        );
     }
     // Prefetched jobs never started: give them back at once, attempt unspent.
     for (c, _) in buffer {
@@ -172,6 +194,68 @@ async fn shut_down(shared: &Shared, mut running: Running, out: &mpsc::UnboundedS
                     running.finish(shared, done, out);
                 }
             }
+        }
+    }
+}
+
+/// A finished claim task.
+struct ClaimOutcome {
+    /// The wake generation seen just before the claim.
+    generation: u64,
+    /// How many jobs it asked for.
+    want: usize,
+    result: crate::Result<Vec<ClaimedJob>>,
+}
+
+/// Takes a finished claim's jobs into the buffer, or notes that the queue looked empty
+/// (idle, when nothing else is held or being claimed) or that the claim failed.
+#[allow(clippy::too_many_arguments)]
+fn handle_claim(
+    shared: &Shared,
+    index: usize,
+    done: Result<ClaimOutcome, JoinError>,
+    claiming: &mut usize,
+    maybe_more: &mut bool,
+    error_backoff: &mut Duration,
+    buffer: &mut VecDeque<(ClaimedJob, watch::Receiver<bool>)>,
+    running: &Running,
+    claims: &JoinSet<ClaimOutcome>,
+) {
+    let outcome = match done {
+        Ok(o) => o,
+        Err(e) => {
+            // A claim task only ends abnormally if it panicked inside storage; what it
+            // may have leased is reclaimed when the lease expires.
+            tracing::error!(error = %e, "claim task ended abnormally");
+            *error_backoff = Duration::from_millis(100);
+            return;
+        }
+    };
+    *claiming -= outcome.want;
+    match outcome.result {
+        Ok(claimed) => {
+            *error_backoff = Duration::ZERO;
+            *maybe_more = claimed.len() == outcome.want;
+            if claimed.is_empty() {
+                if running.len() == 0 && buffer.is_empty() && claims.is_empty() {
+                    shared.idle_at[index].store(outcome.generation, Ordering::SeqCst);
+                    shared.progress.notify_waiters();
+                }
+                return;
+            }
+            shared.in_flight.fetch_add(claimed.len(), Ordering::SeqCst);
+            // Leases are renewed from the claim on, buffered or running.
+            let mut leases = shared.leases();
+            for c in claimed {
+                let (lost_tx, lost_rx) = watch::channel(false);
+                leases.insert(c.job.id, (c.lease.clone(), lost_tx));
+                buffer.push_back((c, lost_rx));
+            }
+        }
+        Err(e) => {
+            *error_backoff =
+                (*error_backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
+            tracing::warn!(error = %e, retry_in = ?error_backoff, "claim failed; retrying");
         }
     }
 }

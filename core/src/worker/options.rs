@@ -18,6 +18,8 @@ pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// batches of a few hundred rows written by a few connections at once beat one large
 /// batch, which serializes on row locks and index pages.
 pub const DEFAULT_COMPLETION_BATCH: usize = 250;
+/// How many claims one routing queue may have in flight at once. Defaults to 2.
+pub const DEFAULT_CLAIMS_IN_FLIGHT: usize = 2;
 /// How many outcome writes may be in flight at once. Defaults to 4.
 pub const DEFAULT_COMPLETION_WRITERS: usize = 4;
 /// How often the scheduler looks for due schedule ticks. Defaults to 1 second.
@@ -46,6 +48,7 @@ pub struct WorkerOptions {
     pub(crate) completion_batch: usize,
     pub(crate) completion_writers: usize,
     pub(crate) prefetch: usize,
+    pub(crate) claims_in_flight: usize,
     pub(crate) max_claim_batch: usize,
     pub(crate) name: Option<String>,
     pub(crate) forbidden_flags: Vec<String>,
@@ -65,6 +68,7 @@ impl Default for WorkerOptions {
             completion_batch: DEFAULT_COMPLETION_BATCH,
             completion_writers: DEFAULT_COMPLETION_WRITERS,
             prefetch: 0,
+            claims_in_flight: DEFAULT_CLAIMS_IN_FLIGHT,
             max_claim_batch: DEFAULT_MAX_CLAIM_BATCH,
             name: None,
             forbidden_flags: Vec::new(),
@@ -139,6 +143,13 @@ impl WorkerOptions {
     /// unspent at shutdown; other workers cannot take them meanwhile. Defaults to 0.
     pub fn prefetch(mut self, n: usize) -> Self {
         self.prefetch = n;
+        self
+    }
+
+    /// How many claims one routing queue may have in flight at once. Defaults to
+    /// [`DEFAULT_CLAIMS_IN_FLIGHT`].
+    pub fn claims_in_flight(mut self, n: usize) -> Self {
+        self.claims_in_flight = n;
         self
     }
 
@@ -229,7 +240,11 @@ impl WorkerOptions {
                 ));
             }
         }
-        if self.completion_batch == 0 || self.max_claim_batch == 0 || self.completion_writers == 0 {
+        if self.completion_batch == 0
+            || self.max_claim_batch == 0
+            || self.completion_writers == 0
+            || self.claims_in_flight == 0
+        {
             return Err(invalid("batch", "batch sizes must be at least 1".into()));
         }
         Ok(self)
