@@ -2,3 +2,4 @@
 
 pub mod crash;
 pub mod pg;
+pub mod workflow_worker;
