@@ -73,20 +73,6 @@ async fn a_handler_sees_cancellation_and_can_finish_within_the_grace_period() {
 }
 
 #[tokio::test]
-async fn a_stopped_worker_claims_nothing_more() {
-    let (queue, _clock) = setup();
-    queue.register_fn("t", |_: ()| async { Ok::<_, TaskError>(()) });
-    let w = Worker::new(queue.clone(), WorkerOptions::new()).expect("options");
-    let report = w.run_until(async {}).await.expect("run");
-    let id = queue
-        .enqueue("t", &(), JobOptions::new())
-        .await
-        .expect("enqueue");
-    assert_eq!(report.completed, 0);
-    assert_eq!(super::status(&queue, id).await, JobStatus::Pending);
-}
-
-#[tokio::test]
 async fn prefetched_jobs_run_and_are_released_unspent_at_shutdown() {
     let (queue, _clock) = setup();
     queue.register_fn("quick", |n: u32| async move { Ok::<_, TaskError>(n) });
