@@ -25,6 +25,9 @@ OPTIONS:
   --database-url URL    server to create bench_<pid>_<n> databases on
                         [env DATABASE_URL, else postgres://postgres@127.0.0.1:5432/postgres]
   --prefetch N          our WorkerOptions::prefetch (its local queue)        [0, the default]
+  --worker LIST         more of our WorkerOptions for drains, key=value:
+                        claim-batch, claims-in-flight, completion-batch,
+                        completion-writers                          [library defaults]
   --profile             time every storage call of our scenarios, print a breakdown
   --experiment LIST     try a change on our side, see bench/README.md:
                         unnest-complete (Postgres), prefetch=N
@@ -52,6 +55,14 @@ pub struct Config {
     pub profile: bool,
     /// Our `WorkerOptions::prefetch`.
     pub prefetch: usize,
+    /// `--worker key=value,...`: WorkerOptions tuning (None: library default).
+    pub claim_batch: Option<usize>,
+    /// See `claim_batch`.
+    pub claims_in_flight: Option<usize>,
+    /// See `claim_batch`.
+    pub completion_batch: Option<usize>,
+    /// See `claim_batch`.
+    pub completion_writers: Option<usize>,
     /// `--experiment unnest-complete`.
     pub exp_unnest_complete: bool,
     /// `--experiment prefetch=N` (0: off).
@@ -130,6 +141,10 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
         timeout: Duration::from_secs(300),
         profile: false,
         prefetch: 0,
+        claim_batch: None,
+        claims_in_flight: None,
+        completion_batch: None,
+        completion_writers: None,
         exp_unnest_complete: false,
         exp_prefetch: 0,
     };
@@ -167,6 +182,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
             "--timeout",
             "--experiment",
             "--prefetch",
+            "--worker",
         ];
         if !TAKES_VALUE.contains(&flag.as_str()) {
             return Err(format!("unknown option `{flag}` (see --help)"));
@@ -192,6 +208,21 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
             "--raw-workers" => c.raw_workers = nums(&flag, &value)?,
             "--pool" => c.pool = num(&flag, &value)?,
             "--prefetch" => c.prefetch = num(&flag, &value)?,
+            "--worker" => {
+                for kv in list(&value) {
+                    let (k, v) = kv
+                        .split_once('=')
+                        .ok_or_else(|| format!("--worker: expected key=value, found `{kv}`"))?;
+                    let n = Some(num(&flag, v)?);
+                    match k {
+                        "claim-batch" => c.claim_batch = n,
+                        "claims-in-flight" => c.claims_in_flight = n,
+                        "completion-batch" => c.completion_batch = n,
+                        "completion-writers" => c.completion_writers = n,
+                        _ => return Err(format!("--worker: unknown key `{k}` (see --help)")),
+                    }
+                }
+            }
             "--database-url" => c.database_url = value,
             "--timeout" => c.timeout = Duration::from_secs(num(&flag, &value)?),
             "--experiment" => {

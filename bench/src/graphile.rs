@@ -4,7 +4,7 @@
 
 use crate::cli::Config;
 use crate::pgdb::FreshDb;
-use crate::stats::{payload, rate, Countdown, LatencyProbe, LATENCY_WAIT};
+use crate::stats::{payload, rate, Countdown, CpuMeter, LatencyProbe, LATENCY_WAIT};
 use graphile_worker::{
     IntoTaskHandlerResult, JobSpec, LocalQueueConfig, RawJobSpec, TaskHandler, WorkerContext,
     WorkerOptions, WorkerShutdownConfig, WorkerUtils,
@@ -147,8 +147,10 @@ pub async fn drain(cfg: &Config, concurrency: usize) -> Result<f64, String> {
     let worker = Arc::new(worker);
     let w = worker.clone();
     let t0 = Instant::now();
+    let cpu = CpuMeter::start();
     let handle = tokio::spawn(async move { w.run().await });
     let waited = countdown.wait(cfg.timeout).await;
+    cpu.report(cfg.jobs);
     worker.request_shutdown();
     let run = handle.await;
     let done = waited?;

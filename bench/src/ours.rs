@@ -3,7 +3,7 @@
 use crate::cli::Config;
 use crate::pgdb::FreshDb;
 use crate::profile::Timed;
-use crate::stats::{payload, rate, Countdown, LatencyProbe, LATENCY_WAIT};
+use crate::stats::{payload, rate, Countdown, CpuMeter, LatencyProbe, LATENCY_WAIT};
 use durable_jobs::{
     DynStorage, JobContext, JobOptions, JobStatus, Queue, TaskError, Worker, WorkerOptions,
 };
@@ -196,17 +196,16 @@ pub async fn drain(cfg: &Config, backend: Backend, concurrency: usize) -> Result
             .await
             .map_err(err("enqueue_many"))?;
     }
-    let worker = Worker::new(
-        queue.clone(),
-        WorkerOptions::new()
-            .queue("default", concurrency)
-            .prefetch(cfg.prefetch),
-    )
-    .map_err(err("worker"))?;
+    let worker =
+        Worker::new(queue.clone(), drain_options(cfg, concurrency)).map_err(err("worker"))?;
     let t0 = Instant::now();
+    let cpu = CpuMeter::start();
     let mut waited = Err(String::new());
     let report = worker
-        .run_until(async { waited = countdown.wait(cfg.timeout).await })
+        .run_until(async {
+            waited = countdown.wait(cfg.timeout).await;
+            cpu.report(cfg.jobs);
+        })
         .await
         .map_err(err("worker run"));
     let done = waited?;
@@ -225,6 +224,27 @@ pub async fn drain(cfg: &Config, backend: Backend, concurrency: usize) -> Result
         ));
     }
     Ok(rate(cfg.jobs, done - t0))
+}
+
+/// The drain worker's options: one queue at `concurrency`, plus `--prefetch` and
+/// `--worker` tuning where given.
+fn drain_options(cfg: &Config, concurrency: usize) -> WorkerOptions {
+    let mut o = WorkerOptions::new()
+        .queue("default", concurrency)
+        .prefetch(cfg.prefetch);
+    if let Some(n) = cfg.claim_batch {
+        o = o.max_claim_batch(n);
+    }
+    if let Some(n) = cfg.claims_in_flight {
+        o = o.claims_in_flight(n);
+    }
+    if let Some(n) = cfg.completion_batch {
+        o = o.completion_batch(n);
+    }
+    if let Some(n) = cfg.completion_writers {
+        o = o.completion_writers(n);
+    }
+    o
 }
 
 /// Idle latency on Postgres: a separate producer (its own pool, its own Queue) enqueues

@@ -165,6 +165,47 @@ pub fn rate(n: usize, elapsed: Duration) -> f64 {
     n as f64 / elapsed.as_secs_f64().max(1e-9)
 }
 
+/// Machine-wide busy CPU time over a measured span (every process: the database, this
+/// one, anything else running), read from `/proc/stat`. CPU per job is steadier than
+/// jobs/s on a shared machine: when the CPU is saturated, throughput is cores divided by
+/// it, so it compares two systems' costs even when their runs met different load.
+pub struct CpuMeter {
+    start: Option<u64>,
+}
+
+impl CpuMeter {
+    /// Starts measuring now.
+    pub fn start() -> Self {
+        CpuMeter {
+            start: busy_ticks(),
+        }
+    }
+
+    /// Prints busy CPU per job since `start` on stderr (between a scenario's `...` and
+    /// its figure), or nothing where `/proc/stat` cannot be read.
+    pub fn report(&self, jobs: usize) {
+        if let (Some(a), Some(b)) = (self.start, busy_ticks()) {
+            // /proc/stat counts in USER_HZ, which Linux fixes at 100 per second.
+            let us = b.saturating_sub(a) as f64 * 10_000.0 / jobs.max(1) as f64;
+            eprint!("[busy CPU {us:.0} us/job] ");
+        }
+    }
+}
+
+/// user + nice + system + irq + softirq + steal ticks of all CPUs (idle and iowait left
+/// out).
+fn busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    Some([0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum())
+}
+
 /// The payload every benchmark job carries (the same shape graphile_worker's perf test uses).
 pub fn payload(i: usize) -> serde_json::Value {
     serde_json::json!({ "id": i, "data": format!("test_{i}") })
