@@ -171,6 +171,7 @@ pub fn rate(n: usize, elapsed: Duration) -> f64 {
 /// it, so it compares two systems' costs even when their runs met different load.
 pub struct CpuMeter {
     start: Option<u64>,
+    own: Option<u64>,
 }
 
 impl CpuMeter {
@@ -178,6 +179,7 @@ impl CpuMeter {
     pub fn start() -> Self {
         CpuMeter {
             start: busy_ticks(),
+            own: own_ticks(),
         }
     }
 
@@ -187,9 +189,22 @@ impl CpuMeter {
         if let (Some(a), Some(b)) = (self.start, busy_ticks()) {
             // /proc/stat counts in USER_HZ, which Linux fixes at 100 per second.
             let us = b.saturating_sub(a) as f64 * 10_000.0 / jobs.max(1) as f64;
-            eprint!("[busy CPU {us:.0} us/job] ");
+            let own = match (self.own, own_ticks()) {
+                (Some(a), Some(b)) => b.saturating_sub(a) as f64 * 10_000.0 / jobs.max(1) as f64,
+                _ => f64::NAN,
+            };
+            eprint!("[busy CPU {us:.0} us/job, {own:.0} of it in this process] ");
         }
     }
+}
+
+/// This process's user + system ticks (the client side of both systems runs here).
+fn own_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are 14th and 15th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
 /// user + nice + system + irq + softirq + steal ticks of all CPUs (idle and iowait left
