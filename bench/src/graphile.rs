@@ -105,10 +105,12 @@ pub async fn enqueue(cfg: &Config) -> Result<f64, String> {
         .map(|s| specs(s..(s + cfg.batch).min(cfg.jobs)))
         .collect();
     let t0 = Instant::now();
+    let cpu = CpuMeter::start();
     for b in &batches {
         utils.add_raw_jobs(b).await.map_err(err("add_raw_jobs"))?;
     }
     let elapsed = t0.elapsed();
+    cpu.report(cfg.jobs);
     let stored = count_jobs(&pool).await?;
     teardown(db, pool).await?;
     if stored != cfg.jobs as i64 {

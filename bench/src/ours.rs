@@ -154,6 +154,7 @@ pub async fn enqueue(cfg: &Config, backend: Backend) -> Result<f64, String> {
         .map(|s| (s..(s + cfg.batch).min(cfg.jobs)).map(payload).collect())
         .collect();
     let t0 = Instant::now();
+    let cpu = CpuMeter::start();
     for b in batches {
         queue
             .enqueue_many("noop", b, JobOptions::new())
@@ -161,6 +162,7 @@ pub async fn enqueue(cfg: &Config, backend: Backend) -> Result<f64, String> {
             .map_err(err("enqueue_many"))?;
     }
     let elapsed = t0.elapsed();
+    cpu.report(cfg.jobs);
     let stored = count(&fresh.storage, JobStatus::Pending).await?;
     fresh.profile(cfg, "bulk enqueue");
     drop(queue);

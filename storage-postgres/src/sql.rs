@@ -158,6 +158,21 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::int[], $6::timest
          parent_id, serial_key)
 RETURNING id";
 
+/// Bulk insert of plain jobs that differ only in their payload (what `enqueue_many` with
+/// one set of options sends): every other column is bound once as a scalar, so the
+/// server unpacks one array instead of ten and the client encodes one.
+/// $1 payloads, $2 task, $3 queue, $4 priority, $5 max attempts, $6 run_at, $7 delay (µs),
+/// $8 timeout, $9 parent, $10 serial key.
+const ENQUEUE_UNIFORM: &str = "
+INSERT INTO {schema}.jobs
+    (task, payload, queue, priority, max_attempts, run_at, timeout_ms, parent_id, serial_key,
+     created_at, updated_at)
+SELECT $2, p::jsonb, $3, $4, $5,
+       coalesce($6::timestamptz, {now} + coalesce($7::bigint, 0) * interval '1 microsecond'),
+       $8::bigint, $9::bigint, $10::text, {now}, {now}
+FROM unnest($1::text[]) AS t(p)
+RETURNING id";
+
 /// One replace-mode keyed job (see `tx::replace_one`). $1 task, $2 payload, $3 queue,
 /// $4 priority, $5 max attempts, $6 run_at, $7 delay (µs), $8 key, $9 timeout,
 /// $10 parent, $11 serial key, $12 flags, $13 tags, $14 keep the holder's run_at.
@@ -331,6 +346,7 @@ pub(crate) struct Sql {
     pub claim_queues: Arc<str>,
     pub enqueue: Arc<str>,
     pub enqueue_plain: Arc<str>,
+    pub enqueue_uniform: Arc<str>,
     pub by_dedupe_keys: Arc<str>,
     pub replace_keyed: Arc<str>,
     pub release_key: Arc<str>,
@@ -381,6 +397,7 @@ impl Sql {
             claim_queues: r(&CLAIM_QUEUES.replace("\n{lease}", LEASE)),
             enqueue: r(ENQUEUE),
             enqueue_plain: r(ENQUEUE_PLAIN),
+            enqueue_uniform: r(ENQUEUE_UNIFORM),
             by_dedupe_keys: r(BY_DEDUPE_KEYS),
             replace_keyed: r(REPLACE_KEYED),
             release_key: r(RELEASE_KEY),

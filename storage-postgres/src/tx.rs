@@ -229,6 +229,11 @@ async fn insert_plain(
     jobs: Vec<NewJob>,
 ) -> Result<Vec<Enqueued>> {
     let n = jobs.len();
+    if let Some(first) = jobs.first() {
+        if jobs.iter().all(|j| same_columns(first, j)) {
+            return insert_uniform(conn, sql, jobs).await;
+        }
+    }
     let mut task = Vec::with_capacity(n);
     let mut payload = Vec::with_capacity(n);
     let mut queue = Vec::with_capacity(n);
@@ -251,7 +256,7 @@ async fn insert_plain(
         parent_id.push(j.parent_id);
         serial_key.push(j.serial_key);
     }
-    let mut ids: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(sql.enqueue_plain.clone()))
+    let ids: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(sql.enqueue_plain.clone()))
         .bind(&task)
         .bind(&payload)
         .bind(&queue)
@@ -265,6 +270,56 @@ async fn insert_plain(
         .fetch_all(&mut *conn)
         .await
         .map_err(db)?;
+    plain_ids(n, ids)
+}
+
+/// True when two plain jobs would store the same values in every column but the
+/// payload, so a batch of them can bind those columns once.
+fn same_columns(a: &NewJob, b: &NewJob) -> bool {
+    a.task == b.task
+        && a.queue == b.queue
+        && a.priority == b.priority
+        && a.max_attempts == b.max_attempts
+        && a.run_at == b.run_at
+        && a.delay == b.delay
+        && a.timeout_ms == b.timeout_ms
+        && a.parent_id == b.parent_id
+        && a.serial_key == b.serial_key
+}
+
+/// Inserts plain jobs that differ only in their payload (see [`same_columns`]).
+async fn insert_uniform(
+    conn: &mut PgConnection,
+    sql: &Sql,
+    jobs: Vec<NewJob>,
+) -> Result<Vec<Enqueued>> {
+    let n = jobs.len();
+    let payload = jobs
+        .iter()
+        .map(|j| serde_json::to_string(&j.payload))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let Some(first) = jobs.into_iter().next() else {
+        return Ok(Vec::new());
+    };
+    let ids: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(sql.enqueue_uniform.clone()))
+        .bind(&payload)
+        .bind(&first.task)
+        .bind(&first.queue)
+        .bind(first.priority)
+        .bind(first.max_attempts)
+        .bind(first.run_at)
+        .bind(first.delay.map(micros))
+        .bind(first.timeout_ms)
+        .bind(first.parent_id)
+        .bind(&first.serial_key)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?;
+    plain_ids(n, ids)
+}
+
+/// The result of a plain insert of `n` jobs: every one created, in input order.
+fn plain_ids(n: usize, mut ids: Vec<i64>) -> Result<Vec<Enqueued>> {
     if ids.len() != n {
         return Err(Error::Storage(format!(
             "enqueue of {n} jobs returned {} ids",

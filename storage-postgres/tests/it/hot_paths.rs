@@ -17,6 +17,75 @@ fn params(limit: usize) -> DequeueParams {
     }
 }
 
+/// A plain batch whose jobs differ only in their payload (what `enqueue_many` with one
+/// set of options sends) binds the shared columns once: every job still gets them all,
+/// in input order, including a delay computed from the database clock.
+#[tokio::test]
+async fn uniform_bulk_enqueue_stores_the_shared_columns_on_every_job() {
+    let t = schema().await;
+    let s = t.storage();
+    let parent = s
+        .enqueue(NewJob::new("p", json!("parent")))
+        .await
+        .expect("parent")
+        .id;
+    let template = |i: usize| {
+        let mut j = NewJob::new("uniform", json!({ "i": i, "s": "é\"\\" }));
+        j.queue = "other".into();
+        j.priority = -3;
+        j.delay = Some(Duration::from_secs(600));
+        j.parent_id = Some(parent);
+        j.serial_key = Some("sk".into());
+        j.timeout_ms = Some(4_321);
+        j.max_attempts = 2;
+        j
+    };
+    let before = s.now().await.expect("now");
+    let out = s
+        .enqueue_many((0..2_500).map(template).collect())
+        .await
+        .expect("enqueue_many");
+    assert_eq!(out.len(), 2_500);
+    assert!(out.iter().all(|e| e.created));
+    assert!(out.windows(2).all(|w| w[0].id < w[1].id), "input order");
+    for (i, e) in out.iter().enumerate().step_by(11) {
+        let j = s.get_job(e.id).await.expect("get").expect("stored");
+        assert_eq!(j.payload, json!({ "i": i, "s": "é\"\\" }), "job {i}");
+        assert_eq!(j.task, "uniform");
+        assert_eq!(j.queue, "other");
+        assert_eq!(j.priority, -3);
+        assert!(j.run_at >= before + ChronoDuration::seconds(600));
+        assert!(j.run_at < before + ChronoDuration::seconds(660));
+        assert_eq!(j.timeout_ms, Some(4_321));
+        assert_eq!(j.max_attempts, 2);
+        assert_eq!(j.status, JobStatus::Pending);
+    }
+    // Parent and serial key reach their columns (the Job type does not carry them).
+    let (children, keyed): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FILTER (WHERE parent_id = $1), count(*) FILTER (WHERE serial_key = 'sk') FROM \"{}\".jobs",
+        t.schema()
+    )))
+    .bind(parent)
+    .fetch_one(s.pool())
+    .await
+    .expect("columns");
+    assert_eq!((children, keyed), (2_500, 2_500));
+    // A fixed run_at shared by the batch is stored as given.
+    let at = Utc::now() + ChronoDuration::hours(5);
+    let fixed: Vec<NewJob> = (0..3)
+        .map(|i| {
+            let mut j = NewJob::new("uniform", json!(i));
+            j.run_at = Some(at);
+            j
+        })
+        .collect();
+    for e in s.enqueue_many(fixed).await.expect("fixed") {
+        let j = s.get_job(e.id).await.expect("get").expect("stored");
+        assert_eq!(j.run_at.timestamp_micros(), at.timestamp_micros());
+    }
+    t.drop_schema().await.expect("drop");
+}
+
 /// A plain batch (no keys, flags or tags) takes the lean insert: every job is created,
 /// ids follow input order, and every column a plain job may set is stored.
 #[tokio::test]
