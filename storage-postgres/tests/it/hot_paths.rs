@@ -3,6 +3,8 @@
 use crate::schema;
 use chrono::{Duration as ChronoDuration, Utc};
 use durable_jobs::{Completion, DequeueParams, Error, JobStatus, NewJob, Storage};
+use durable_jobs_postgres::testing::TestSchema;
+use durable_jobs_postgres::PostgresOptions;
 use serde_json::json;
 use std::time::Duration;
 
@@ -215,5 +217,30 @@ async fn complete_many_large_batch_fences_each_item() {
             }
         }
     }
+    t.drop_schema().await.expect("drop");
+}
+
+/// A claim commits without waiting for the WAL flush for its own transaction only: the
+/// pooled connection it ran on is back on the server's setting for the next statement,
+/// so the application's writes on a shared pool keep their durability.
+#[tokio::test]
+async fn claim_relaxes_synchronous_commit_for_its_own_transaction_only() {
+    let t = TestSchema::with_options(PostgresOptions::new().max_connections(1))
+        .await
+        .expect("schema");
+    let s = t.storage();
+    let show = || async {
+        sqlx::query_scalar::<_, String>("SHOW synchronous_commit")
+            .fetch_one(s.pool())
+            .await
+            .expect("show")
+    };
+    let server = show().await;
+    s.enqueue_many((0..3).map(|i| NewJob::new("t", json!(i))).collect())
+        .await
+        .expect("enqueue");
+    assert_eq!(s.dequeue(params(10)).await.expect("claim").len(), 3);
+    // One connection in the pool: this runs where the claim ran.
+    assert_eq!(show().await, server);
     t.drop_schema().await.expect("drop");
 }
