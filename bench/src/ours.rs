@@ -228,8 +228,8 @@ pub async fn drain(cfg: &Config, backend: Backend, concurrency: usize) -> Result
     Ok(rate(cfg.jobs, done - t0))
 }
 
-/// The drain worker's options: one queue at `concurrency`, plus `--prefetch` and
-/// `--worker` tuning where given.
+/// Our worker's options in the drain and latency scenarios: one queue at `concurrency`,
+/// plus `--prefetch` and `--worker` tuning where given.
 fn drain_options(cfg: &Config, concurrency: usize) -> WorkerOptions {
     let mut o = WorkerOptions::new()
         .queue("default", concurrency)
@@ -267,11 +267,10 @@ pub async fn latency(cfg: &Config) -> Result<Vec<f64>, String> {
         }
     });
     let producer = Queue::new(Arc::new(pg_storage(cfg, &url).await?));
-    let worker = Worker::new(
-        queue.clone(),
-        WorkerOptions::new().queue("default", cfg.latency_concurrency),
-    )
-    .map_err(err("worker"))?;
+    // The drain's tuning too (`--prefetch`, `--worker`), so latency is measured in the
+    // configuration the drain figures come from.
+    let worker = Worker::new(queue.clone(), drain_options(cfg, cfg.latency_concurrency))
+        .map_err(err("worker"))?;
     let produce = async {
         let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / cfg.latency_rate));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
