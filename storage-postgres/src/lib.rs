@@ -8,9 +8,15 @@
 //!   checkpoints) carries `WHERE id = $1 AND status = 'running' AND lease_token = $2`; a
 //!   stale holder gets [`durable_jobs::Error::LeaseLost`] and changes nothing.
 //! - **Bulk writes**: a batch of plain jobs (no job key, flags or tags) is one
-//!   `INSERT ... SELECT FROM unnest(...)`; keyed batches take a longer statement that
-//!   resolves keys in order. `complete_many` completes a batch in one statement, each row
-//!   fenced by its own token, planned by primary key whatever the statistics say.
+//!   `INSERT ... SELECT FROM unnest(...)`, unpacking a single payload array when the jobs
+//!   differ only in payload; keyed batches take a longer statement that resolves keys in
+//!   order. `complete_many` completes a batch in one statement, each row fenced by its own
+//!   token, planned by primary key whatever the statistics say.
+//! - **Commits**: a claim commits without waiting for its WAL flush (`synchronous_commit`
+//!   off for that one transaction). A claim lost in a server crash leaves its jobs as an
+//!   expired lease would (they run again; the lost lease's holder gets `LeaseLost`).
+//!   Enqueues, completions, failures and checkpoints wait for the flush as usual, and a
+//!   durable completion or checkpoint implies a durable claim (WAL is flushed in order).
 //! - **Time** comes from the database clock (`now()`), never the client's.
 //! - **Wake-ups**: inserting jobs fires one `NOTIFY` per statement; a LISTEN connection
 //!   wakes idle workers in every process ([`durable_jobs::Storage::wakeups`]). Polling
