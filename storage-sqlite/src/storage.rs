@@ -1,6 +1,6 @@
 //! [`SqliteStorage`]: the [`Storage`] implementation on a SQLite file.
 
-use crate::error::{storage, QResult};
+use crate::error::{is_busy, storage, QResult};
 use crate::filter;
 use crate::migrate;
 use crate::operations;
@@ -22,7 +22,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// Jobs in a SQLite file (or in memory), shared safely by several processes on one
@@ -92,11 +92,28 @@ fn open_file(path: &Path, opts: &SqliteOptions, flags: OpenFlags) -> Result<Conn
     let conn = Connection::open_with_flags(path, flags).map_err(|e| {
         durable_jobs::Error::Storage(format!("cannot open sqlite file {}: {e}", path.display()))
     })?;
-    configure(&conn, opts, true).map_err(|e| {
-        let e = storage(e);
-        durable_jobs::Error::Storage(format!("{} ({})", e, path.display()))
-    })?;
-    Ok(conn)
+    // While another connection (in this process or another) switches a new file to WAL,
+    // SQLite can report the lock as busy at once instead of waiting out the busy
+    // timeout; retry that like every other busy write, up to `busy_retry_for`.
+    let deadline = Instant::now() + opts.busy_retry_for;
+    let mut backoff = Duration::from_millis(1);
+    loop {
+        match configure(&conn, opts, true) {
+            Ok(()) => return Ok(conn),
+            Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(50));
+            }
+            Err(e) => {
+                let e = storage(e);
+                return Err(durable_jobs::Error::Storage(format!(
+                    "{} ({})",
+                    e,
+                    path.display()
+                )));
+            }
+        }
+    }
 }
 
 /// Flags for connections that only read: the file must exist already.
