@@ -433,7 +433,7 @@ impl Sql {
 
 #[cfg(all(test, feature = "testing"))]
 mod plan_tests {
-    use super::{render, COMPLETE_MANY};
+    use super::{render, CLAIM, CLAIM_QUEUES, COMPLETE_MANY, LEASE};
     use crate::options::quote_literal;
     use crate::testing::TestSchema;
     use durable_jobs::{DequeueParams, NewJob, Storage};
@@ -514,6 +514,51 @@ mod plan_tests {
             assert!(!plan.contains("Seq Scan"), "{mode}: {plan}");
         }
         drop(conn);
+        t.drop_schema().await.expect("drop");
+    }
+
+    /// Both claim statements turn `synchronous_commit` off for the transaction they run
+    /// in (the library runs them autocommitted, so that is the claim's own commit). Run
+    /// here inside an explicit transaction, where the setting can be read back before
+    /// the transaction ends.
+    #[tokio::test]
+    async fn claims_commit_without_waiting_for_the_flush() {
+        let t = TestSchema::new().await.expect("schema");
+        let s = t.storage();
+        s.enqueue_many(
+            (0..4)
+                .map(|i| NewJob::new("t", serde_json::json!(i)))
+                .collect(),
+        )
+        .await
+        .expect("enqueue");
+        for (name, template) in [("CLAIM", CLAIM), ("CLAIM_QUEUES", CLAIM_QUEUES)] {
+            let stmt = render(&template.replace("\n{lease}", LEASE), t.schema(), "now()");
+            let mut tx = s.pool().begin().await.expect("begin");
+            let q = sqlx::query(AssertSqlSafe(stmt.to_string()));
+            let q = if name == "CLAIM" {
+                q.bind("default")
+            } else {
+                q.bind(vec!["default".to_string()])
+            };
+            let claimed = q
+                .bind(Vec::<String>::new())
+                .bind(2_i64)
+                .bind("plan")
+                .bind(7_i64)
+                .bind(60_000_000_i64)
+                .bind(Vec::<String>::new())
+                .fetch_all(&mut *tx)
+                .await
+                .expect("claim");
+            assert_eq!(claimed.len(), 2, "{name}");
+            let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+                .fetch_one(&mut *tx)
+                .await
+                .expect("show");
+            assert_eq!(setting, "off", "{name}");
+            tx.rollback().await.expect("rollback");
+        }
         t.drop_schema().await.expect("drop");
     }
 }

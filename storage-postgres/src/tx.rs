@@ -377,3 +377,41 @@ async fn replace_one(conn: &mut PgConnection, sql: &Sql, job: NewJob) -> Result<
         job.dedupe_key.as_deref().unwrap_or_default()
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::same_columns;
+    use durable_jobs::NewJob;
+    use serde_json::json;
+    use std::time::Duration;
+
+    /// One way a job can differ from another, named for the failure message.
+    type Change = (&'static str, fn(&mut NewJob));
+
+    /// A batch takes the one-array insert only when every column but the payload agrees;
+    /// any other difference keeps it on the per-row arrays.
+    #[test]
+    fn uniform_batches_differ_only_in_payload() {
+        let base = NewJob::new("t", json!(1));
+        assert!(same_columns(
+            &base,
+            &NewJob::new("t", json!({ "other": 2 }))
+        ));
+        let changes: Vec<Change> = vec![
+            ("task", |j| j.task = "u".into()),
+            ("queue", |j| j.queue = "q".into()),
+            ("priority", |j| j.priority = 5),
+            ("max_attempts", |j| j.max_attempts = 9),
+            ("run_at", |j| j.run_at = Some(chrono::Utc::now())),
+            ("delay", |j| j.delay = Some(Duration::from_secs(1))),
+            ("timeout", |j| j.timeout_ms = Some(10)),
+            ("parent", |j| j.parent_id = Some(3)),
+            ("serial key", |j| j.serial_key = Some("k".into())),
+        ];
+        for (what, change) in changes {
+            let mut other = NewJob::new("t", json!(1));
+            change(&mut other);
+            assert!(!same_columns(&base, &other), "{what} differs");
+        }
+    }
+}

@@ -19,6 +19,18 @@ fn params(limit: usize) -> DequeueParams {
     }
 }
 
+/// How many stored jobs have `parent` as their parent, and how many carry a serial key.
+async fn children_and_keyed(t: &TestSchema, parent: i64) -> (i64, i64) {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FILTER (WHERE parent_id = $1), count(serial_key) FROM \"{}\".jobs",
+        t.schema()
+    )))
+    .bind(parent)
+    .fetch_one(t.storage().pool())
+    .await
+    .expect("columns")
+}
+
 /// A plain batch whose jobs differ only in their payload (what `enqueue_many` with one
 /// set of options sends) binds the shared columns once: every job still gets them all,
 /// in input order, including a delay computed from the database clock.
@@ -63,15 +75,7 @@ async fn uniform_bulk_enqueue_stores_the_shared_columns_on_every_job() {
         assert_eq!(j.status, JobStatus::Pending);
     }
     // Parent and serial key reach their columns (the Job type does not carry them).
-    let (children, keyed): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FILTER (WHERE parent_id = $1), count(*) FILTER (WHERE serial_key = 'sk') FROM \"{}\".jobs",
-        t.schema()
-    )))
-    .bind(parent)
-    .fetch_one(s.pool())
-    .await
-    .expect("columns");
-    assert_eq!((children, keyed), (2_500, 2_500));
+    assert_eq!(children_and_keyed(&t, parent).await, (2_500, 2_500));
     // A fixed run_at shared by the batch is stored as given.
     let at = Utc::now() + ChronoDuration::hours(5);
     let fixed: Vec<NewJob> = (0..3)
@@ -150,15 +154,7 @@ async fn plain_bulk_enqueue_keeps_input_order_and_every_column() {
         );
     }
     // Parent and serial key reach their columns (the Job type does not carry them).
-    let (children, keyed): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FILTER (WHERE parent_id = $1), count(serial_key) FROM \"{}\".jobs",
-        t.schema()
-    )))
-    .bind(parent)
-    .fetch_one(s.pool())
-    .await
-    .expect("columns");
-    assert_eq!((children, keyed), (600, 600));
+    assert_eq!(children_and_keyed(&t, parent).await, (600, 600));
     t.drop_schema().await.expect("drop");
 }
 
