@@ -153,6 +153,7 @@ pub async fn drain(cfg: &Config, concurrency: usize) -> Result<f64, String> {
     let handle = tokio::spawn(async move { w.run().await });
     let waited = countdown.wait(cfg.timeout).await;
     cpu.report(cfg.jobs);
+    countdown.report_start(t0);
     worker.request_shutdown();
     let run = handle.await;
     let done = waited?;

@@ -207,6 +207,7 @@ pub async fn drain(cfg: &Config, backend: Backend, concurrency: usize) -> Result
         .run_until(async {
             waited = countdown.wait(cfg.timeout).await;
             cpu.report(cfg.jobs);
+            countdown.report_start(t0);
         })
         .await
         .map_err(err("worker run"));

@@ -17,6 +17,7 @@ pub struct Countdown {
     done: AtomicUsize,
     reached: Notify,
     finished_at: OnceLock<Instant>,
+    first_at: OnceLock<Instant>,
 }
 
 impl Countdown {
@@ -26,15 +27,35 @@ impl Countdown {
             done: AtomicUsize::new(0),
             reached: Notify::new(),
             finished_at: OnceLock::new(),
+            first_at: OnceLock::new(),
         }
     }
 
     /// Called by a handler each time it runs.
     pub fn hit(&self) {
         let n = self.done.fetch_add(1, Ordering::AcqRel) + 1;
+        if n == 1 {
+            let _ = self.first_at.set(Instant::now());
+        }
         if n == self.target {
             let _ = self.finished_at.set(Instant::now());
             self.reached.notify_one();
+        }
+    }
+
+    /// When the first handler ran, if one has.
+    pub fn first_at(&self) -> Option<Instant> {
+        self.first_at.get().copied()
+    }
+
+    /// Prints how long after `t0` the first handler ran: the worker's start-up cost, which
+    /// is inside every drain figure.
+    pub fn report_start(&self, t0: Instant) {
+        if let Some(first) = self.first_at() {
+            eprint!(
+                "[first job after {:.1} ms] ",
+                (first - t0).as_secs_f64() * 1e3
+            );
         }
     }
 

@@ -35,7 +35,8 @@ fn table(schema: &str, name: &str) -> TableRef {
 /// The `SELECT` for a filter, by ascending id.
 pub(crate) fn list_query(schema: &str, f: &JobFilter) -> SelectStatement {
     let mut q = Query::select();
-    q.column(Asterisk).from(table(schema, "jobs"));
+    q.columns(crate::sql::JOB_COLUMNS)
+        .from(table(schema, "jobs"));
     if !f.statuses.is_empty() {
         q.and_where(Expr::col("status").is_in(f.statuses.iter().map(|s| s.as_str())));
     }
@@ -240,7 +241,12 @@ mod tests {
             list_query("durable_jobs", &JobFilter::default()).build(PostgresQueryBuilder);
         assert_eq!(
             sql,
-            r#"SELECT * FROM "durable_jobs"."jobs" ORDER BY "id" ASC LIMIT $1"#
+            format!(
+                "SELECT {} FROM \"durable_jobs\".\"jobs\" ORDER BY \"id\" ASC LIMIT $1",
+                crate::sql::JOB_COLUMNS
+                    .map(|c| format!("\"{c}\""))
+                    .join(", ")
+            )
         );
         assert_eq!(bind(values).expect("bind"), vec![Bind::Int8(Some(100))]);
     }

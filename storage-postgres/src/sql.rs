@@ -7,6 +7,48 @@
 use crate::options::{channel, quote_ident, quote_literal};
 use std::sync::Arc;
 
+/// The columns a [`durable_jobs::Job`] is read from, in the order `job_from_row` decodes
+/// them by position. Every statement that returns jobs selects exactly these, so rows
+/// are decoded without a by-name lookup per column, and a claim does not send the columns
+/// no `Job` holds (parent, wake request, serial key, flags, tags).
+pub(crate) const JOB_COLUMNS: [&str; 20] = [
+    "id",
+    "task",
+    "payload",
+    "queue",
+    "priority",
+    "status",
+    "attempt",
+    "max_attempts",
+    "run_at",
+    "lease_holder",
+    "lease_token",
+    "lease_expires_at",
+    "last_error",
+    "result",
+    "dedupe_key",
+    "timeout_ms",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "updated_at",
+];
+
+/// [`JOB_COLUMNS`] as a select list, each qualified with `alias.` when one is given.
+fn job_columns(alias: &str) -> String {
+    JOB_COLUMNS
+        .iter()
+        .map(|c| {
+            if alias.is_empty() {
+                (*c).to_string()
+            } else {
+                format!("{alias}.{c}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Unfinished statuses: the set a dedupe key is unique within.
 const UNFINISHED: &str = "('pending', 'retrying', 'running', 'waiting')";
 
@@ -94,7 +136,7 @@ SET status = 'running',
     updated_at = {now}
 FROM c
 WHERE j.id = c.id
-RETURNING j.*";
+RETURNING {job_columns_j}";
 
 /// Bulk insert in input order with dedupe keys (see `tx.rs` for the contract).
 /// Ids are drawn in input order before the insert so each input row knows its id; a
@@ -331,7 +373,7 @@ const DELETE_CHECKPOINTS: &str = "DELETE FROM {schema}.checkpoints WHERE job_id 
 
 const NOW: &str = "SELECT {now}";
 
-const GET_JOB: &str = "SELECT * FROM {schema}.jobs WHERE id = $1";
+const GET_JOB: &str = "SELECT {job_columns} FROM {schema}.jobs WHERE id = $1";
 
 /// Cancels an unfinished job and every unfinished descendant (children spawned by
 /// workflows); running members lose their lease. Returns the ids it cancelled. $1 id.
@@ -397,6 +439,8 @@ pub(crate) fn render(template: &str, schema: &str, now: &str) -> Arc<str> {
         .replace("{seq}", &quote_literal(&format!("{q}.jobs_id_seq")))
         .replace("{channel}", &quote_literal(&channel(schema)))
         .replace("{unfinished}", UNFINISHED)
+        .replace("{job_columns_j}", &job_columns("j"))
+        .replace("{job_columns}", &job_columns(""))
         .into()
 }
 

@@ -212,13 +212,14 @@ pub(crate) fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-/// Decodes a `jobs` row.
+/// Decodes a job from a row holding `sql::JOB_COLUMNS` in that order.
 pub(crate) fn job_from_row(row: &PgRow) -> Result<Job> {
-    let status: String = row.try_get("status").map_err(db)?;
+    // Positions follow `sql::JOB_COLUMNS`, which every job-returning statement selects.
+    let status: String = row.try_get(5).map_err(db)?;
     let status = JobStatus::from_str(&status)?;
-    let holder: Option<String> = row.try_get("lease_holder").map_err(db)?;
-    let token: Option<i64> = row.try_get("lease_token").map_err(db)?;
-    let expires_at: Option<DateTime<Utc>> = row.try_get("lease_expires_at").map_err(db)?;
+    let holder: Option<String> = row.try_get(9).map_err(db)?;
+    let token: Option<i64> = row.try_get(10).map_err(db)?;
+    let expires_at: Option<DateTime<Utc>> = row.try_get(11).map_err(db)?;
     let lease = match (status, holder, token, expires_at) {
         (JobStatus::Running, Some(holder), Some(token), Some(expires_at)) => Some(LeaseInfo {
             holder,
@@ -228,24 +229,24 @@ pub(crate) fn job_from_row(row: &PgRow) -> Result<Job> {
         _ => None,
     };
     Ok(Job {
-        id: row.try_get("id").map_err(db)?,
-        task: row.try_get("task").map_err(db)?,
-        payload: row.try_get("payload").map_err(db)?,
-        queue: row.try_get("queue").map_err(db)?,
-        priority: row.try_get("priority").map_err(db)?,
+        id: row.try_get(0).map_err(db)?,
+        task: row.try_get(1).map_err(db)?,
+        payload: row.try_get(2).map_err(db)?,
+        queue: row.try_get(3).map_err(db)?,
+        priority: row.try_get(4).map_err(db)?,
         status,
-        attempt: row.try_get("attempt").map_err(db)?,
-        max_attempts: row.try_get("max_attempts").map_err(db)?,
-        run_at: row.try_get("run_at").map_err(db)?,
+        attempt: row.try_get(6).map_err(db)?,
+        max_attempts: row.try_get(7).map_err(db)?,
+        run_at: row.try_get(8).map_err(db)?,
         lease,
-        last_error: row.try_get("last_error").map_err(db)?,
-        result: row.try_get("result").map_err(db)?,
-        dedupe_key: row.try_get("dedupe_key").map_err(db)?,
-        timeout_ms: row.try_get("timeout_ms").map_err(db)?,
-        created_at: row.try_get("created_at").map_err(db)?,
-        started_at: row.try_get("started_at").map_err(db)?,
-        completed_at: row.try_get("completed_at").map_err(db)?,
-        updated_at: row.try_get("updated_at").map_err(db)?,
+        last_error: row.try_get(12).map_err(db)?,
+        result: row.try_get(13).map_err(db)?,
+        dedupe_key: row.try_get(14).map_err(db)?,
+        timeout_ms: row.try_get(15).map_err(db)?,
+        created_at: row.try_get(16).map_err(db)?,
+        started_at: row.try_get(17).map_err(db)?,
+        completed_at: row.try_get(18).map_err(db)?,
+        updated_at: row.try_get(19).map_err(db)?,
     })
 }
 
