@@ -34,6 +34,26 @@ pub(crate) const JOB_COLUMNS: [&str; 20] = [
     "updated_at",
 ];
 
+/// The position of `name` in [`JOB_COLUMNS`], for decoding by position; used in const
+/// context, so a name that is not in the list fails the build instead of a decode.
+pub(crate) const fn job_column(name: &str) -> usize {
+    let mut i = 0;
+    while i < JOB_COLUMNS.len() {
+        let (a, b) = (JOB_COLUMNS[i].as_bytes(), name.as_bytes());
+        if a.len() == b.len() {
+            let mut k = 0;
+            while k < a.len() && a[k] == b[k] {
+                k += 1;
+            }
+            if k == a.len() {
+                return i;
+            }
+        }
+        i += 1;
+    }
+    panic!("not one of JOB_COLUMNS")
+}
+
 /// [`JOB_COLUMNS`] as a select list, each qualified with `alias.` when one is given.
 fn job_columns(alias: &str) -> String {
     JOB_COLUMNS

@@ -214,12 +214,19 @@ pub(crate) fn micros(d: Duration) -> i64 {
 
 /// Decodes a job from a row holding `sql::JOB_COLUMNS` in that order.
 pub(crate) fn job_from_row(row: &PgRow) -> Result<Job> {
-    // Positions follow `sql::JOB_COLUMNS`, which every job-returning statement selects.
-    let status: String = row.try_get(5).map_err(db)?;
+    // By position (no per-column name lookup); each position is computed at build time
+    // from the column list every job-returning statement selects.
+    macro_rules! col {
+        ($name:literal) => {
+            row.try_get(const { crate::sql::job_column($name) })
+                .map_err(db)?
+        };
+    }
+    let status: String = col!("status");
     let status = JobStatus::from_str(&status)?;
-    let holder: Option<String> = row.try_get(9).map_err(db)?;
-    let token: Option<i64> = row.try_get(10).map_err(db)?;
-    let expires_at: Option<DateTime<Utc>> = row.try_get(11).map_err(db)?;
+    let holder: Option<String> = col!("lease_holder");
+    let token: Option<i64> = col!("lease_token");
+    let expires_at: Option<DateTime<Utc>> = col!("lease_expires_at");
     let lease = match (status, holder, token, expires_at) {
         (JobStatus::Running, Some(holder), Some(token), Some(expires_at)) => Some(LeaseInfo {
             holder,
@@ -229,24 +236,24 @@ pub(crate) fn job_from_row(row: &PgRow) -> Result<Job> {
         _ => None,
     };
     Ok(Job {
-        id: row.try_get(0).map_err(db)?,
-        task: row.try_get(1).map_err(db)?,
-        payload: row.try_get(2).map_err(db)?,
-        queue: row.try_get(3).map_err(db)?,
-        priority: row.try_get(4).map_err(db)?,
+        id: col!("id"),
+        task: col!("task"),
+        payload: col!("payload"),
+        queue: col!("queue"),
+        priority: col!("priority"),
         status,
-        attempt: row.try_get(6).map_err(db)?,
-        max_attempts: row.try_get(7).map_err(db)?,
-        run_at: row.try_get(8).map_err(db)?,
+        attempt: col!("attempt"),
+        max_attempts: col!("max_attempts"),
+        run_at: col!("run_at"),
         lease,
-        last_error: row.try_get(12).map_err(db)?,
-        result: row.try_get(13).map_err(db)?,
-        dedupe_key: row.try_get(14).map_err(db)?,
-        timeout_ms: row.try_get(15).map_err(db)?,
-        created_at: row.try_get(16).map_err(db)?,
-        started_at: row.try_get(17).map_err(db)?,
-        completed_at: row.try_get(18).map_err(db)?,
-        updated_at: row.try_get(19).map_err(db)?,
+        last_error: col!("last_error"),
+        result: col!("result"),
+        dedupe_key: col!("dedupe_key"),
+        timeout_ms: col!("timeout_ms"),
+        created_at: col!("created_at"),
+        started_at: col!("started_at"),
+        completed_at: col!("completed_at"),
+        updated_at: col!("updated_at"),
     })
 }
 
