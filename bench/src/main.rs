@@ -209,23 +209,7 @@ async fn postgres(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>
         }
     }
     if cfg.scenario("steps") {
-        for jobs in [1usize, 8] {
-            let row = format!(
-                "checkpointed steps, {jobs} job(s) x {} steps",
-                (n / 20).max(1)
-            );
-            res.row(sec, &row, "steps/s", true, None);
-            if let Some(v) = measure(
-                errors,
-                &format!("{sec} {row}"),
-                ours::steps(cfg, Backend::Postgres, jobs),
-            )
-            .await
-            {
-                show(v, "steps/s");
-                res.add(sec, &row, Side::Ours, v);
-            }
-        }
+        steps(cfg, res, errors, sec, Backend::Postgres).await;
     }
     if cfg.scenario("raw") {
         // No library at all: its figure sits in the first column.
@@ -234,11 +218,15 @@ async fn postgres(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>
             "plain INSERT .. FROM unnest, {n} rows, batches of {}",
             cfg.batch
         );
-        res.row(sec, &row, "jobs/s", true, None);
-        if let Some(v) = measure(errors, &format!("raw SQL {row}"), raw_sql::enqueue(cfg)).await {
-            show(v, "jobs/s");
-            res.add(sec, &row, Side::Ours, v);
-        }
+        let what = format!("raw SQL {row}");
+        ours_only(
+            res,
+            errors,
+            &what,
+            (sec, &row, "jobs/s"),
+            raw_sql::enqueue(cfg),
+        )
+        .await;
         for &b in &cfg.raw_batches {
             for &l in &cfg.raw_workers {
                 for fused in [false, true] {
@@ -248,16 +236,55 @@ async fn postgres(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>
                         "claim, then complete"
                     };
                     let row = format!("{shape}, {n} rows, batches of {b}, {l} loop(s)");
-                    res.row(sec, &row, "jobs/s", true, None);
                     let what = format!("raw SQL {row}");
-                    if let Some(v) = measure(errors, &what, raw_sql::drain(cfg, b, l, fused)).await
-                    {
-                        show(v, "jobs/s");
-                        res.add(sec, &row, Side::Ours, v);
-                    }
+                    let f = raw_sql::drain(cfg, b, l, fused);
+                    ours_only(res, errors, &what, (sec, &row, "jobs/s"), f).await;
                 }
             }
         }
+    }
+}
+
+/// A figure only durable-jobs has (no graphile_worker side): adds its row to section
+/// `at.0` with unit `at.2`, measures it and records it.
+async fn ours_only<F>(
+    res: &mut Results,
+    errors: &mut Vec<String>,
+    what: &str,
+    (sec, row, unit): (&str, &str, &'static str),
+    f: F,
+) where
+    F: Future<Output = Result<f64, String>>,
+{
+    res.row(sec, row, unit, true, None);
+    if let Some(v) = measure(errors, what, f).await {
+        show(v, unit);
+        res.add(sec, row, Side::Ours, v);
+    }
+}
+
+/// The checkpointed-steps scenario on backend `b`, for 1 and 8 concurrent jobs.
+async fn steps(
+    cfg: &cli::Config,
+    res: &mut Results,
+    errors: &mut Vec<String>,
+    sec: &str,
+    b: Backend,
+) {
+    for jobs in [1usize, 8] {
+        let row = format!(
+            "checkpointed steps, {jobs} job(s) x {} steps",
+            (cfg.jobs / 20).max(1)
+        );
+        let what = format!("{sec} {row}");
+        ours_only(
+            res,
+            errors,
+            &what,
+            (sec, &row, "steps/s"),
+            ours::steps(cfg, b, jobs),
+        )
+        .await;
     }
 }
 
@@ -270,36 +297,31 @@ async fn local(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>, b
     let n = cfg.jobs;
     if cfg.scenario("enqueue") {
         let row = format!("bulk enqueue {n} jobs, batches of {}", cfg.batch);
-        res.row(sec, &row, "jobs/s", true, None);
-        if let Some(v) = measure(errors, &format!("{sec} {row}"), ours::enqueue(cfg, b)).await {
-            show(v, "jobs/s");
-            res.add(sec, &row, Side::Ours, v);
-        }
+        let what = format!("{sec} {row}");
+        ours_only(
+            res,
+            errors,
+            &what,
+            (sec, &row, "jobs/s"),
+            ours::enqueue(cfg, b),
+        )
+        .await;
     }
     if cfg.scenario("drain") {
         for &c in &cfg.concurrency {
             let row = format!("drain {n} no-op jobs, concurrency {c}");
-            res.row(sec, &row, "jobs/s", true, None);
-            if let Some(v) = measure(errors, &format!("{sec} {row}"), ours::drain(cfg, b, c)).await
-            {
-                show(v, "jobs/s");
-                res.add(sec, &row, Side::Ours, v);
-            }
+            let what = format!("{sec} {row}");
+            ours_only(
+                res,
+                errors,
+                &what,
+                (sec, &row, "jobs/s"),
+                ours::drain(cfg, b, c),
+            )
+            .await;
         }
     }
     if cfg.scenario("steps") {
-        for jobs in [1usize, 8] {
-            let row = format!(
-                "checkpointed steps, {jobs} job(s) x {} steps",
-                (n / 20).max(1)
-            );
-            res.row(sec, &row, "steps/s", true, None);
-            if let Some(v) =
-                measure(errors, &format!("{sec} {row}"), ours::steps(cfg, b, jobs)).await
-            {
-                show(v, "steps/s");
-                res.add(sec, &row, Side::Ours, v);
-            }
-        }
+        steps(cfg, res, errors, sec, b).await;
     }
 }
