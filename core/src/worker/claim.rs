@@ -71,17 +71,19 @@ pub(crate) async fn run_queue(
     let mut stop = shared.stopping.subscribe();
     // Jobs held at once: running plus prefetched into the local buffer.
     let capacity = cfg.concurrency + shared.opts.prefetch;
-    let mut buffer: VecDeque<(ClaimedJob, watch::Receiver<bool>)> = VecDeque::new();
+    let mut st = ClaimState {
+        buffer: VecDeque::new(),
+        maybe_more: true,
+        error_backoff: Duration::ZERO,
+        claiming: 0,
+    };
     let batch = capacity.min(shared.opts.max_claim_batch);
     // Refill only once a good share of the batch is free, so a busy queue claims in
     // batches instead of one job per finished job.
     let refill_at = (batch / 2).max(1);
-    let mut maybe_more = true;
-    let mut error_backoff = Duration::ZERO;
     // Claims run as tasks, up to `claims_in_flight` at once, so one claim's round trip
     // does not stall the next while slots are free.
     let mut claims: JoinSet<ClaimOutcome> = JoinSet::new();
-    let mut claiming = 0;
     let params = |limit| DequeueParams {
         queues: vec![cfg.name.clone()],
         tasks: shared.tasks.clone(),
@@ -95,31 +97,21 @@ pub(crate) async fn run_queue(
             running.finish(&shared, done, &out);
         }
         while let Some(done) = claims.try_join_next() {
-            handle_claim(
-                &shared,
-                index,
-                done,
-                &mut claiming,
-                &mut maybe_more,
-                &mut error_backoff,
-                &mut buffer,
-                &running,
-                &claims,
-            );
+            st.take(&shared, index, done, &running, &claims);
         }
         if shared.is_stopping() {
             break;
         }
         while running.len() < cfg.concurrency {
-            let Some((c, lost)) = buffer.pop_front() else {
+            let Some((c, lost)) = st.buffer.pop_front() else {
                 break;
             };
             running.start(&shared, c, lost);
         }
-        let held = running.len() + buffer.len() + claiming;
+        let held = running.len() + st.buffer.len() + st.claiming;
         let free = capacity - held;
-        if maybe_more
-            && error_backoff.is_zero()
+        if st.maybe_more
+            && st.error_backoff.is_zero()
             && claims.len() < shared.opts.claims_in_flight
             && free > 0
             && (free >= refill_at || held == 0)
@@ -128,7 +120,7 @@ pub(crate) async fn run_queue(
             let generation = shared.wake_generation();
             shared.idle_at[index].store(NOT_IDLE, Ordering::SeqCst);
             let want = free.min(batch);
-            claiming += want;
+            st.claiming += want;
             let storage = shared.queue.storage().clone();
             let p = params(want);
             claims.spawn(async move {
@@ -140,38 +132,28 @@ pub(crate) async fn run_queue(
             });
             continue;
         }
-        let backoff = error_backoff;
+        let backoff = st.error_backoff;
         tokio::select! {
             _ = stop.changed() => {}
             Some(done) = claims.join_next(), if !claims.is_empty() => {
-                handle_claim(&shared, index, done, &mut claiming, &mut maybe_more, &mut error_backoff, &mut buffer, &running, &claims);
+                st.take(&shared, index, done, &running, &claims);
             }
             Some(done) = running.set.join_next_with_id(), if running.len() > 0 => {
                 running.finish(&shared, done, &out);
             }
-            _ = wakes.changed(), if backoff.is_zero() => maybe_more = true,
+            _ = wakes.changed(), if backoff.is_zero() => st.maybe_more = true,
             _ = tokio::time::sleep(if backoff.is_zero() { shared.opts.poll_interval } else { backoff }) => {
-                maybe_more = true;
-                error_backoff = Duration::ZERO;
+                st.maybe_more = true;
+                st.error_backoff = Duration::ZERO;
             }
         }
     }
     // Claims still in flight may have leased jobs: take them into the buffer to release.
     while let Some(done) = claims.join_next().await {
-        handle_claim(
-            &shared,
-            index,
-            done,
-            &mut claiming,
-            &mut maybe_more,
-            &mut error_backoff,
-            &mut buffer,
-            &running,
-            &claims,
-        );
+        st.take(&shared, index, done, &running, &claims);
     }
     // Prefetched jobs never started: give them back at once, attempt unspent.
-    for (c, _) in buffer {
+    for (c, _) in st.buffer {
         shared.leases().remove(&c.job.id);
         let meta = RunMeta::of(&c);
         if out.send(Finish::Release { meta }).is_err() {
@@ -207,55 +189,65 @@ struct ClaimOutcome {
     result: crate::Result<Vec<ClaimedJob>>,
 }
 
-/// Takes a finished claim's jobs into the buffer, or notes that the queue looked empty
-/// (idle, when nothing else is held or being claimed) or that the claim failed.
-#[allow(clippy::too_many_arguments)]
-fn handle_claim(
-    shared: &Shared,
-    index: usize,
-    done: Result<ClaimOutcome, JoinError>,
-    claiming: &mut usize,
-    maybe_more: &mut bool,
-    error_backoff: &mut Duration,
-    buffer: &mut VecDeque<(ClaimedJob, watch::Receiver<bool>)>,
-    running: &Running,
-    claims: &JoinSet<ClaimOutcome>,
-) {
-    let outcome = match done {
-        Ok(o) => o,
-        Err(e) => {
-            // A claim task only ends abnormally if it panicked inside storage; what it
-            // may have leased is reclaimed when the lease expires.
-            tracing::error!(error = %e, "claim task ended abnormally");
-            *error_backoff = Duration::from_millis(100);
-            return;
-        }
-    };
-    *claiming -= outcome.want;
-    match outcome.result {
-        Ok(claimed) => {
-            *error_backoff = Duration::ZERO;
-            *maybe_more = claimed.len() == outcome.want;
-            if claimed.is_empty() {
-                if running.len() == 0 && buffer.is_empty() && claims.is_empty() {
-                    shared.idle_at[index].store(outcome.generation, Ordering::SeqCst);
-                    shared.progress.notify_waiters();
-                }
+/// One queue loop's claim-side state.
+struct ClaimState {
+    /// Claimed jobs not started yet (the prefetch buffer), with their lease-lost signals.
+    buffer: VecDeque<(ClaimedJob, watch::Receiver<bool>)>,
+    /// False once a claim came back short: the queue looked drained until a wake-up.
+    maybe_more: bool,
+    /// How long to wait before the next claim after a failed one (zero: no failure).
+    error_backoff: Duration,
+    /// Jobs asked for by claims still in flight.
+    claiming: usize,
+}
+
+impl ClaimState {
+    /// Takes a finished claim's jobs into the buffer, or notes that the queue looked empty
+    /// (idle, when nothing else is held or being claimed) or that the claim failed.
+    fn take(
+        &mut self,
+        shared: &Shared,
+        index: usize,
+        done: Result<ClaimOutcome, JoinError>,
+        running: &Running,
+        claims: &JoinSet<ClaimOutcome>,
+    ) {
+        let outcome = match done {
+            Ok(o) => o,
+            Err(e) => {
+                // A claim task only ends abnormally if it panicked inside storage; what it
+                // may have leased is reclaimed when the lease expires.
+                tracing::error!(error = %e, "claim task ended abnormally");
+                self.error_backoff = Duration::from_millis(100);
                 return;
             }
-            shared.in_flight.fetch_add(claimed.len(), Ordering::SeqCst);
-            // Leases are renewed from the claim on, buffered or running.
-            let mut leases = shared.leases();
-            for c in claimed {
-                let (lost_tx, lost_rx) = watch::channel(false);
-                leases.insert(c.job.id, (c.lease.clone(), lost_tx));
-                buffer.push_back((c, lost_rx));
+        };
+        self.claiming -= outcome.want;
+        match outcome.result {
+            Ok(claimed) => {
+                self.error_backoff = Duration::ZERO;
+                self.maybe_more = claimed.len() == outcome.want;
+                if claimed.is_empty() {
+                    if running.len() == 0 && self.buffer.is_empty() && claims.is_empty() {
+                        shared.idle_at[index].store(outcome.generation, Ordering::SeqCst);
+                        shared.progress.notify_waiters();
+                    }
+                    return;
+                }
+                shared.in_flight.fetch_add(claimed.len(), Ordering::SeqCst);
+                // Leases are renewed from the claim on, buffered or running.
+                let mut leases = shared.leases();
+                for c in claimed {
+                    let (lost_tx, lost_rx) = watch::channel(false);
+                    leases.insert(c.job.id, (c.lease.clone(), lost_tx));
+                    self.buffer.push_back((c, lost_rx));
+                }
             }
-        }
-        Err(e) => {
-            *error_backoff =
-                (*error_backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
-            tracing::warn!(error = %e, retry_in = ?error_backoff, "claim failed; retrying");
+            Err(e) => {
+                self.error_backoff = (self.error_backoff * 2)
+                    .clamp(Duration::from_millis(100), Duration::from_secs(30));
+                tracing::warn!(error = %e, retry_in = ?self.error_backoff, "claim failed; retrying");
+            }
         }
     }
 }
