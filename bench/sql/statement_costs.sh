@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Server-side cost per job of claiming and completing, with no client and no concurrency:
 # durable-jobs' own statements on its real schema (migrations rendered from
-# storage-postgres/migrations), graphile_worker's claim and delete on a copy of its jobs
+# storage-postgres/migrations), the same pattern on the raw yardstick's bare table,
+# graphile_worker's claim and delete on a copy of its jobs
 # table, and two storage designs sketched for a later attempt (costs/move.sql,
 # costs/split.sql). Each variant fills its table with 100,000 jobs and runs ROUNDS
 # claims of 1000 jobs, each followed by that batch's completion, committing after each
@@ -11,13 +12,13 @@
 #   bash bench/sql/statement_costs.sh [URL] [VARIANT ...]
 #
 # URL defaults to DATABASE_URL, else postgres://postgres@127.0.0.1:5432/postgres;
-# VARIANT is any of current graphile move split (all by default). Each variant runs in a
+# VARIANT is any of current bare graphile move split (all by default). Each variant runs in a
 # database of its own, dj_statement_costs_<pid>, dropped when it ends.
 set -euo pipefail
 url=${1:-${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}}
 shift || true
 variants=("$@")
-[ ${#variants[@]} -gt 0 ] || variants=(current graphile move split)
+[ ${#variants[@]} -gt 0 ] || variants=(current bare graphile move split)
 rounds=${ROUNDS:-100}
 here=$(cd "$(dirname "$0")" && pwd)
 migrations="$here/../../storage-postgres/migrations"

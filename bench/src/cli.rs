@@ -30,7 +30,7 @@ OPTIONS:
                         completion-writers                          [library defaults]
   --profile             time every storage call of our scenarios, print a breakdown
   --experiment LIST     try a change on our side, see bench/README.md:
-                        unnest-complete (Postgres), prefetch=N
+                        prefetch=N
   --timeout SECS        give up on one scenario after this long        [300]
   -h, --help            this text
 ";
@@ -63,8 +63,6 @@ pub struct Config {
     pub completion_batch: Option<usize>,
     /// See `claim_batch`.
     pub completion_writers: Option<usize>,
-    /// `--experiment unnest-complete`.
-    pub exp_unnest_complete: bool,
     /// `--experiment prefetch=N` (0: off).
     pub exp_prefetch: usize,
 }
@@ -79,9 +77,6 @@ impl Config {
     /// A label for the experiments in force, empty when none.
     pub fn experiments(&self) -> String {
         let mut e = vec![];
-        if self.exp_unnest_complete {
-            e.push("unnest-complete".to_string());
-        }
         if self.exp_prefetch > 0 {
             e.push(format!("prefetch={}", self.exp_prefetch));
         }
@@ -145,7 +140,6 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
         claims_in_flight: None,
         completion_batch: None,
         completion_writers: None,
-        exp_unnest_complete: false,
         exp_prefetch: 0,
     };
     let mut it = args.into_iter();
@@ -228,12 +222,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
             "--experiment" => {
                 for e in list(&value) {
                     match e.split_once('=') {
-                        None if e == "unnest-complete" => c.exp_unnest_complete = true,
                         Some(("prefetch", n)) => c.exp_prefetch = num(&flag, n)?,
                         _ => {
                             return Err(format!(
-                            "--experiment: unknown `{e}` (expected unnest-complete or prefetch=N)"
-                        ))
+                                "--experiment: unknown `{e}` (expected prefetch=N)"
+                            ))
                         }
                     }
                 }
@@ -311,12 +304,12 @@ mod tests {
             "10",
             "--profile",
             "--experiment",
-            "unnest-complete,prefetch=11",
+            "prefetch=11",
         ]))
         .unwrap()
         .unwrap();
         assert_eq!((c.jobs, c.runs, c.batch, c.exp_prefetch), (5, 2, 3, 11));
-        assert!(c.profile && c.exp_unnest_complete);
+        assert!(c.profile);
         assert_eq!(c.concurrency, vec![1, 2]);
         // Every option the help text lists is one the parser knows.
         let options = USAGE.split("OPTIONS:").nth(1).unwrap_or_default();

@@ -229,15 +229,21 @@ async fn postgres(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>
         .await;
         for &b in &cfg.raw_batches {
             for &l in &cfg.raw_workers {
-                for fused in [false, true] {
+                let shapes = [
+                    (false, raw_sql::Finish::Update),
+                    (true, raw_sql::Finish::Update),
+                    (false, raw_sql::Finish::Move),
+                    (false, raw_sql::Finish::Delete),
+                ];
+                for (fused, finish) in shapes {
                     let shape = if fused {
-                        "complete+claim fused in 1 statement"
+                        "complete+claim fused in 1 statement".to_string()
                     } else {
-                        "claim, then complete"
+                        format!("claim, then complete: {}", finish.label())
                     };
                     let row = format!("{shape}, {n} rows, batches of {b}, {l} loop(s)");
                     let what = format!("raw SQL {row}");
-                    let f = raw_sql::drain(cfg, b, l, fused);
+                    let f = raw_sql::drain(cfg, b, l, fused, finish);
                     ours_only(res, errors, &what, (sec, &row, "jobs/s"), f).await;
                 }
             }

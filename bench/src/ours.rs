@@ -53,7 +53,6 @@ static FILE_SEQ: AtomicUsize = AtomicUsize::new(0);
 
 impl Fresh {
     async fn new(cfg: &Config, backend: Backend) -> Result<Fresh, String> {
-        let mut pg = None;
         let mut fresh = match backend {
             Backend::Memory => Fresh {
                 storage: Arc::new(MemoryStorage::new()),
@@ -80,7 +79,6 @@ impl Fresh {
             Backend::Postgres => {
                 let db = FreshDb::create(&cfg.database_url).await?;
                 let s = pg_storage(cfg, &db.url).await?;
-                pg = Some((s.pool().clone(), s.schema().to_string()));
                 Fresh {
                     storage: Arc::new(s),
                     timed: None,
@@ -91,11 +89,7 @@ impl Fresh {
         };
         fresh.storage.migrate().await.map_err(err("migrate"))?;
         if cfg.profile || !cfg.experiments().is_empty() {
-            let mut timed = Timed::new(fresh.storage.clone()).with_prefetch(cfg.exp_prefetch);
-            if let (true, Some((pool, schema))) = (cfg.exp_unnest_complete, pg) {
-                timed = timed.with_unnest_complete(pool, &schema);
-            }
-            let timed = Arc::new(timed);
+            let timed = Arc::new(Timed::new(fresh.storage.clone()).with_prefetch(cfg.exp_prefetch));
             fresh.storage = timed.clone();
             fresh.timed = Some(timed);
         }

@@ -5,8 +5,6 @@
 //!
 //! `--experiment` tries a change to the storage or engine without touching their code,
 //! to measure what it would gain before anyone writes it for real:
-//! - `unnest-complete` (Postgres): `complete_many` as one `UPDATE ... FROM unnest(...)`
-//!   join instead of the backend's `array_position` lookups.
 //! - `prefetch=N`: every database claim asks for at least N jobs and keeps the surplus in
 //!   a local buffer that later claims are served from (graphile_worker's "local queue").
 //!   Benchmark-only: buffered jobs hold their lease while they wait and are not released
@@ -19,8 +17,7 @@ use durable_jobs::storage::{
 };
 use durable_jobs::{Checkpoint, DynStorage, Enqueued, Job, JobId, Lease, NewJob, Result};
 use serde_json::Value;
-use sqlx::{AssertSqlSafe, PgPool, Row};
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -38,22 +35,10 @@ pub struct Timed {
     inner: DynStorage,
     stats: Mutex<BTreeMap<&'static str, Stat>>,
     created: Instant,
-    /// `unnest-complete`: the pool and the rendered statement.
-    unnest_complete: Option<(PgPool, String)>,
     /// `prefetch=N`: the least a database claim asks for (0: off), and the surplus.
     prefetch: usize,
     buffer: Mutex<VecDeque<ClaimedJob>>,
 }
-
-/// `complete_many` as a join on the input arrays: linear in the batch size.
-const UNNEST_COMPLETE: &str = "
-UPDATE {schema}.jobs AS j
-SET status = 'completed', result = d.result::jsonb,
-    lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL,
-    completed_at = now(), updated_at = now()
-FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS d(id, token, result)
-WHERE j.id = d.id AND j.status = 'running' AND j.lease_token = d.token
-RETURNING j.id, d.token";
 
 impl Timed {
     pub fn new(inner: DynStorage) -> Self {
@@ -61,65 +46,15 @@ impl Timed {
             inner,
             stats: Mutex::new(BTreeMap::new()),
             created: Instant::now(),
-            unnest_complete: None,
             prefetch: 0,
             buffer: Mutex::new(VecDeque::new()),
         }
-    }
-
-    /// Turns on the `unnest-complete` experiment for a Postgres storage in `schema`.
-    pub fn with_unnest_complete(mut self, pool: PgPool, schema: &str) -> Self {
-        let quoted = format!("\"{}\"", schema.replace('"', "\"\""));
-        self.unnest_complete = Some((pool, UNNEST_COMPLETE.replace("{schema}", &quoted)));
-        self
     }
 
     /// Turns on the `prefetch=N` experiment.
     pub fn with_prefetch(mut self, n: usize) -> Self {
         self.prefetch = n;
         self
-    }
-
-    async fn complete_unnest(
-        &self,
-        pool: &PgPool,
-        sql: &str,
-        items: Vec<Completion>,
-    ) -> Result<Vec<Result<()>>> {
-        let mut ids = Vec::with_capacity(items.len());
-        let mut tokens = Vec::with_capacity(items.len());
-        let mut results = Vec::with_capacity(items.len());
-        for c in &items {
-            ids.push(c.lease.job_id);
-            tokens.push(c.lease.token);
-            results.push(c.result.to_string());
-        }
-        let storage = |e: sqlx::Error| durable_jobs::Error::Storage(e.to_string());
-        let rows = sqlx::query(AssertSqlSafe(sql.to_string()))
-            .bind(&ids)
-            .bind(&tokens)
-            .bind(&results)
-            .fetch_all(pool)
-            .await
-            .map_err(storage)?;
-        let mut done = HashSet::with_capacity(rows.len());
-        for row in &rows {
-            let id: i64 = row.try_get(0).map_err(storage)?;
-            let token: i64 = row.try_get(1).map_err(storage)?;
-            done.insert((id, token));
-        }
-        Ok(items
-            .iter()
-            .map(|c| {
-                if done.remove(&(c.lease.job_id, c.lease.token)) {
-                    Ok(())
-                } else {
-                    Err(durable_jobs::Error::LeaseLost {
-                        job_id: c.lease.job_id,
-                    })
-                }
-            })
-            .collect())
     }
 
     fn take_buffered(&self, limit: usize) -> Vec<ClaimedJob> {
@@ -237,15 +172,6 @@ impl Storage for Timed {
             .await
     }
     async fn complete_many(&self, items: Vec<Completion>) -> Result<Vec<Result<()>>> {
-        if let Some((pool, sql)) = &self.unnest_complete {
-            return self
-                .time(
-                    "complete_many",
-                    Vec::len,
-                    self.complete_unnest(pool, sql, items),
-                )
-                .await;
-        }
         self.time("complete_many", Vec::len, self.inner.complete_many(items))
             .await
     }

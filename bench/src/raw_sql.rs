@@ -23,7 +23,39 @@ const SCHEMA_SQL: &[&str] = &[
     )",
     "CREATE INDEX raw_jobs_claim ON raw_jobs (queue, priority DESC, run_at, id)
         WHERE status = 'pending'",
+    // Where the move pattern keeps finished rows.
+    "CREATE TABLE raw_done (LIKE raw_jobs INCLUDING DEFAULTS, PRIMARY KEY (id))",
 ];
+
+/// How a batch's completion is written: the three patterns a queue can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// The row stays, rewritten as completed (what durable-jobs does).
+    Update,
+    /// The row moves to `raw_done`: a delete from the live table and an insert.
+    Move,
+    /// The row is deleted and nothing is kept (what graphile_worker does).
+    Delete,
+}
+
+impl Finish {
+    /// The label used in the report.
+    pub fn label(self) -> &'static str {
+        match self {
+            Finish::Update => "update (row kept)",
+            Finish::Move => "move to a done table (row kept)",
+            Finish::Delete => "delete (row gone)",
+        }
+    }
+
+    fn sql(self) -> &'static str {
+        match self {
+            Finish::Update => COMPLETE,
+            Finish::Move => MOVE,
+            Finish::Delete => DELETE,
+        }
+    }
+}
 
 /// Claims a batch: the same shape a real backend uses (priority, run_at, id order,
 /// SKIP LOCKED, a random fencing token, a lease expiry).
@@ -47,6 +79,24 @@ const COMPLETE: &str = "
     UPDATE raw_jobs j
     SET status = 'completed', completed_at = now(), lease_token = NULL, lease_expires_at = NULL
     FROM unnest($1::bigint[], $2::bigint[]) AS d(id, token)
+    WHERE j.id = d.id AND j.status = 'running' AND j.lease_token = d.token";
+
+/// Completes a batch by moving its rows to `raw_done`, fenced on the lease token.
+const MOVE: &str = "
+    WITH d AS (
+        DELETE FROM raw_jobs j
+        USING unnest($1::bigint[], $2::bigint[]) AS d(id, token)
+        WHERE j.id = d.id AND j.status = 'running' AND j.lease_token = d.token
+        RETURNING j.id, j.queue, j.task, j.payload, j.priority, j.attempt, j.run_at
+    )
+    INSERT INTO raw_done (id, queue, task, payload, priority, status, attempt, run_at,
+        completed_at)
+    SELECT id, queue, task, payload, priority, 'completed', attempt, run_at, now() FROM d";
+
+/// Completes a batch by deleting its rows, fenced on the lease token.
+const DELETE: &str = "
+    DELETE FROM raw_jobs j
+    USING unnest($1::bigint[], $2::bigint[]) AS d(id, token)
     WHERE j.id = d.id AND j.status = 'running' AND j.lease_token = d.token";
 
 /// Completes the previous batch and claims the next in one statement: one round trip and
@@ -80,11 +130,18 @@ const FUSED: &str = "
     SELECT -1, count(*), NULL FROM done";
 
 /// Drains `cfg.jobs` pending rows with `loops` concurrent claim+complete loops
-/// of `batch` rows each. Returns jobs/s.
-pub async fn drain(cfg: &Config, batch: usize, loops: usize, fused: bool) -> Result<f64, String> {
+/// of `batch` rows each, completing with `finish` (the fused loop always updates).
+/// Returns jobs/s.
+pub async fn drain(
+    cfg: &Config,
+    batch: usize,
+    loops: usize,
+    fused: bool,
+    finish: Finish,
+) -> Result<f64, String> {
     let db = FreshDb::create(&cfg.database_url).await?;
     let pool = db.pool(loops as u32 + 1).await?;
-    let result = run(cfg, &pool, batch, loops, fused).await;
+    let result = run(cfg, &pool, batch, loops, fused, finish).await;
     pool.close().await;
     db.drop_db().await?;
     result
@@ -96,6 +153,7 @@ async fn run(
     batch: usize,
     loops: usize,
     fused: bool,
+    finish: Finish,
 ) -> Result<f64, String> {
     for stmt in SCHEMA_SQL {
         sqlx::query(*stmt).execute(pool).await.map_err(sql)?;
@@ -121,7 +179,7 @@ async fn run(
             if fused {
                 fused_loop(&pool, batch).await
             } else {
-                split_loop(&pool, batch).await
+                split_loop(&pool, batch, finish).await
             }
         })
     });
@@ -141,7 +199,7 @@ fn sql(e: sqlx::Error) -> String {
 }
 
 /// Claim, then complete: two statements, two commits per batch.
-async fn split_loop(pool: &PgPool, batch: usize) -> Result<usize, String> {
+async fn split_loop(pool: &PgPool, batch: usize, finish: Finish) -> Result<usize, String> {
     let mut done = 0usize;
     loop {
         let rows: Vec<(i64, i64, serde_json::Value)> = sqlx::query_as(CLAIM)
@@ -154,7 +212,7 @@ async fn split_loop(pool: &PgPool, batch: usize) -> Result<usize, String> {
         }
         let (ids, tokens): (Vec<i64>, Vec<i64>) =
             rows.iter().map(|(id, tok, _)| (*id, *tok)).unzip();
-        let r = sqlx::query(COMPLETE)
+        let r = sqlx::query(finish.sql())
             .bind(&ids)
             .bind(&tokens)
             .execute(pool)

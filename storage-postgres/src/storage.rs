@@ -368,23 +368,25 @@ impl Storage for PostgresStorage {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        // Only the first item of an id goes in (a JSON object holds one entry per key);
-        // later items of that id then find their pair missing and report LeaseLost.
+        // Only the first item of an id goes in (a row is completed once); later items of
+        // that id then find their id already taken and report LeaseLost.
+        let mut sent = HashSet::with_capacity(items.len());
         let mut ids = Vec::with_capacity(items.len());
-        let mut map = serde_json::Map::with_capacity(items.len());
+        let mut tokens = Vec::with_capacity(items.len());
+        let mut results = Vec::with_capacity(items.len());
         let mut leases = Vec::with_capacity(items.len());
         for c in items {
-            if let serde_json::map::Entry::Vacant(e) = map.entry(c.lease.job_id.to_string()) {
+            if sent.insert(c.lease.job_id) {
                 ids.push(c.lease.job_id);
-                e.insert(Value::Array(vec![c.lease.token.into(), c.result]));
+                tokens.push(c.lease.token);
+                results.push(sqlx::types::Json(c.result));
             }
             leases.push(c.lease);
         }
-        // Bound as jsonb, not text: a text parameter would be cast (parsed) again for
-        // every row, which is O(n²) per batch.
         let rows = sqlx::query(AssertSqlSafe(self.sql().complete_many.clone()))
             .bind(&ids)
-            .bind(sqlx::types::Json(Value::Object(map)))
+            .bind(&tokens)
+            .bind(&results)
             .fetch_all(self.pool())
             .await
             .map_err(db)?;

@@ -6,21 +6,22 @@ ALTER TABLE dj.checkpoints DROP CONSTRAINT checkpoints_job_id_fkey;
 ALTER TABLE dj.signals DROP CONSTRAINT signals_job_id_fkey;
 CREATE TABLE dj.jobs_done (LIKE dj.jobs INCLUDING DEFAULTS, PRIMARY KEY (id));
 \ir dj_claim.sql
-\ir dj_complete_map.sql
+\ir dj_completion_arrays.sql
 CREATE FUNCTION complete_batch(ids bigint[]) RETURNS void LANGUAGE plpgsql AS $$
-DECLARE m jsonb := completion_map(ids);
+DECLARE tokens bigint[] := completion_tokens(ids);
+        results jsonb[] := completion_results(ids);
 BEGIN
     WITH d AS (
         DELETE FROM dj.jobs AS j
-        WHERE j.id = ANY(ids)
-          AND CASE WHEN j.status = 'running' THEN j.lease_token = (m -> j.id::text ->> 0)::bigint
-                   ELSE false END
-        RETURNING j.*)
+        USING unnest(ids, tokens, results) AS r(id, token, result)
+        WHERE j.id = ANY(ids) AND j.id = r.id
+          AND CASE WHEN j.status = 'running' THEN j.lease_token = r.token ELSE false END
+        RETURNING j.*, r.result AS new_result)
     INSERT INTO dj.jobs_done (id, task, payload, queue, priority, status, attempt, max_attempts,
         run_at, last_error, result, dedupe_key, timeout_ms, created_at, started_at, completed_at,
         updated_at, parent_id, serial_key, flags, tags)
     SELECT id, task, payload, queue, priority, 'completed', attempt, max_attempts,
-        run_at, last_error, m -> d.id::text -> 1, dedupe_key, timeout_ms, created_at, started_at,
+        run_at, last_error, new_result, dedupe_key, timeout_ms, created_at, started_at,
         now(), now(), parent_id, serial_key, flags, tags
     FROM d;
 END $$;
