@@ -767,6 +767,135 @@ pub async fn serial_keys_run_one_at_a_time_through_the_worker<H: ConformanceHarn
     );
 }
 
+/// A handler reaches its outcome whether it finishes on its first poll (the queue loop
+/// starts it in place) or waits (it goes on as a task of its own, woken through its own
+/// waker), and a panic fails the attempt on either path.
+pub async fn handlers_finish_whether_or_not_they_wait<H: ConformanceHarness>(h: &H) {
+    let q = queue(h);
+    q.register("now", |_ctx: JobContext, n: i64| async move {
+        Ok::<_, TaskError>(n + 1)
+    });
+    // yield_now is Pending on its first poll, whatever the waker.
+    q.register("yield", |_ctx: JobContext, n: i64| async move {
+        tokio::task::yield_now().await;
+        Ok::<_, TaskError>(n + 2)
+    });
+    // Waits for the test to open a gate once the handler says it is waiting.
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let (waiting_tx, mut waiting_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let g = gate.clone();
+    q.register("gate", move |_ctx: JobContext, n: i64| {
+        let (g, waiting) = (g.clone(), waiting_tx.clone());
+        async move {
+            let opened = g.notified();
+            tokio::pin!(opened);
+            opened.as_mut().enable();
+            let _ = waiting.send(());
+            opened.await;
+            Ok::<_, TaskError>(n + 3)
+        }
+    });
+    q.register("early_panic", |_ctx: JobContext, _: ()| async move {
+        if true {
+            panic!("early kaboom");
+        }
+        Ok::<_, TaskError>(())
+    });
+    q.register("late_panic", |_ctx: JobContext, _: ()| async move {
+        tokio::task::yield_now().await;
+        if true {
+            panic!("late kaboom");
+        }
+        Ok::<_, TaskError>(())
+    });
+    let once = || JobOptions::new().retries(0);
+    let mut ids = Vec::new();
+    for task in ["now", "yield", "gate"] {
+        ids.push(q.enqueue(task, &10, once()).await.expect("enqueue"));
+    }
+    let early = q
+        .enqueue("early_panic", &(), once())
+        .await
+        .expect("enqueue");
+    let late = q.enqueue("late_panic", &(), once()).await.expect("enqueue");
+    let opener = tokio::spawn(async move {
+        if waiting_rx.recv().await.is_some() {
+            // notify_one keeps a permit if the waiter is not registered yet: no lost wake.
+            gate.notify_one();
+        }
+    });
+    // No polling to fall back on: every outcome, a failure for good included, must wake
+    // the queue loop to look again, or the drain would never see the queue idle.
+    let w = Worker::new(
+        q.clone(),
+        WorkerOptions::new()
+            .queue("default", 8)
+            .poll_interval(Duration::from_secs(3600)),
+    )
+    .expect("worker options");
+    let report = tokio::time::timeout(Duration::from_secs(60), w.drain())
+        .await
+        .expect("the drain waited for a poll: an outcome did not wake the queue loop")
+        .expect("drain");
+    opener.await.expect("opener");
+    assert_eq!((report.completed, report.failed), (3, 2));
+    for (id, want) in ids.into_iter().zip([11, 12, 13]) {
+        let j = job(&q, id).await;
+        assert_eq!(j.status, JobStatus::Completed);
+        assert_eq!(j.result, Some(json!(want)));
+    }
+    for (id, message) in [(early, "early kaboom"), (late, "late kaboom")] {
+        let j = job(&q, id).await;
+        assert_eq!(j.status, JobStatus::Failed);
+        let error = j.last_error.unwrap_or_default();
+        assert!(
+            error.contains("handler panicked") && error.contains(message),
+            "{error}"
+        );
+    }
+}
+
+/// A handler whose first poll runs long (here 5 ms of blocking work) stalls its queue
+/// loop once: every later handler of that loop starts as a task of its own, so it runs on
+/// a task other than the one the first, quick handler ran on.
+pub async fn a_slow_first_poll_moves_later_handlers_to_tasks<H: ConformanceHarness>(h: &H) {
+    let q = queue(h);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    q.register("rec", move |_ctx: JobContext, n: i32| {
+        let s = s.clone();
+        async move {
+            s.lock().expect("lock").push((n, tokio::task::try_id()));
+            if n == 2 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok::<_, TaskError>(())
+        }
+    });
+    // Priorities fix the order: 1 (quick), 2 (slow), 3 and 4 (quick).
+    for (n, priority) in [(1, 4), (2, 3), (3, 2), (4, 1)] {
+        q.enqueue("rec", &n, JobOptions::new().priority(priority))
+            .await
+            .expect("enqueue");
+    }
+    assert_eq!(worker(&q, 1).drain().await.expect("drain").completed, 4);
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(
+        seen.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    // Job 1 ran either in place on the loop or (on a machine so loaded that its quick
+    // poll took over the limit) as a task; either way jobs 3 and 4 are tasks of their own.
+    let first = seen[0].1;
+    for (n, task) in &seen[2..] {
+        assert!(
+            task.is_some() && *task != first,
+            "job {n} ran on {task:?} like job 1"
+        );
+    }
+    assert_ne!(seen[2].1, seen[3].1);
+}
+
 /// A failed workflow retried by hand keeping its checkpoints resumes after its finished
 /// steps; retried from scratch it starts over.
 pub async fn retry_by_hand_keeps_or_drops_checkpoints<H: ConformanceHarness>(h: &H) {

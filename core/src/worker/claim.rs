@@ -2,16 +2,20 @@
 //! outcomes to the completer, and on shutdown return what is still running.
 
 use super::complete::{Finish, RunMeta};
-use super::execute::{classify, execute};
+use super::execute::{classify, execute, Ended};
 use super::options::QueueConfig;
 use super::shared::{Shared, NOT_IDLE};
 use crate::storage::{ClaimedJob, DequeueParams};
-use crate::task::TaskError;
+use crate::task::{panic_message, TaskError};
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{Id, JoinError, JoinSet};
 
@@ -20,17 +24,52 @@ type Outcome = Result<Value, TaskError>;
 struct Running {
     set: JoinSet<Outcome>,
     meta: HashMap<Id, RunMeta>,
+    /// False once a handler's first poll ran long: from then on every handler of this
+    /// loop starts as a task of its own, so a slow start cannot stall the loop again.
+    inline: bool,
 }
+
+/// A first poll longer than this turns inline starts off for the loop.
+const SLOW_FIRST_POLL: Duration = Duration::from_millis(1);
 
 impl Running {
     fn len(&self) -> usize {
         self.set.len()
     }
 
-    /// Starts a claimed job's handler.
-    fn start(&mut self, shared: &Arc<Shared>, c: ClaimedJob, lost: watch::Receiver<bool>) {
+    /// Starts a claimed job's handler. Its first poll runs right here: a handler that
+    /// finishes without waiting (the common short job) then costs no task, no wake-up
+    /// and no hop between threads, and its outcome goes straight to the completer. One
+    /// that waits continues as a task of its own, polled again from there (with its own
+    /// waker: the first poll's waker does nothing).
+    fn start(
+        &mut self,
+        shared: &Arc<Shared>,
+        c: ClaimedJob,
+        lost: watch::Receiver<bool>,
+        out: &mpsc::UnboundedSender<Finish>,
+    ) {
         let meta = RunMeta::of(&c);
-        let handle = self.set.spawn(execute(shared.clone(), c, lost));
+        let mut fut: Pin<Box<dyn Future<Output = Outcome> + Send>> =
+            Box::pin(execute(shared.clone(), c, lost));
+        if self.inline {
+            let t0 = Instant::now();
+            let mut cx = Context::from_waker(Waker::noop());
+            let first = catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)));
+            if t0.elapsed() > SLOW_FIRST_POLL {
+                self.inline = false;
+            }
+            match first {
+                Ok(Poll::Ready(outcome)) => {
+                    return settle(shared, meta, Ended::Returned(outcome), out);
+                }
+                Err(panic) => {
+                    return settle(shared, meta, Ended::Panicked(panic_message(panic)), out);
+                }
+                Ok(Poll::Pending) => {}
+            }
+        }
+        let handle = self.set.spawn(fut);
         self.meta.insert(handle.id(), meta);
     }
 
@@ -40,20 +79,26 @@ impl Running {
         done: Result<(Id, Outcome), JoinError>,
         out: &mpsc::UnboundedSender<Finish>,
     ) {
-        let (id, outcome) = match done {
-            Ok((id, o)) => (id, Ok(o)),
-            Err(e) => (e.id(), Err(e)),
+        let (id, ended) = match done {
+            Ok((id, o)) => (id, Ended::Returned(o)),
+            Err(e) if e.is_panic() => (e.id(), Ended::Panicked(panic_message(e.into_panic()))),
+            Err(e) => (e.id(), Ended::Aborted),
         };
         let Some(meta) = self.meta.remove(&id) else {
             return;
         };
-        shared.leases().remove(&meta.job_id);
-        let finish = classify(shared, meta, outcome);
-        if out.send(finish).is_err() {
-            // The completer only stops after every loop has ended, so this is unreachable
-            // in practice; the lease then expires and the job is reclaimed.
-            tracing::error!("completer gone; outcome left to lease expiry");
-        }
+        settle(shared, meta, ended, out);
+    }
+}
+
+/// Hands a finished attempt's outcome to the completer.
+fn settle(shared: &Shared, meta: RunMeta, ended: Ended, out: &mpsc::UnboundedSender<Finish>) {
+    shared.leases().remove(&meta.job_id);
+    let finish = classify(shared, meta, ended);
+    if out.send(finish).is_err() {
+        // The completer only stops after every loop has ended, so this is unreachable
+        // in practice; the lease then expires and the job is reclaimed.
+        tracing::error!("completer gone; outcome left to lease expiry");
     }
 }
 
@@ -66,6 +111,7 @@ pub(crate) async fn run_queue(
     let mut running = Running {
         set: JoinSet::new(),
         meta: HashMap::new(),
+        inline: true,
     };
     let mut wakes = shared.wakes();
     let mut stop = shared.stopping.subscribe();
@@ -106,7 +152,7 @@ pub(crate) async fn run_queue(
             let Some((c, lost)) = st.buffer.pop_front() else {
                 break;
             };
-            running.start(&shared, c, lost);
+            running.start(&shared, c, lost, &out);
         }
         let held = running.len() + st.buffer.len() + st.claiming;
         let free = capacity - held;
@@ -226,7 +272,11 @@ impl ClaimState {
         match outcome.result {
             Ok(claimed) => {
                 self.error_backoff = Duration::ZERO;
-                self.maybe_more = claimed.len() == outcome.want;
+                // A short claim means the queue looked drained, unless a wake came after
+                // the claim began: the loop may have consumed that wake while the claim
+                // was in flight, and the work it announced may postdate the claim.
+                self.maybe_more =
+                    claimed.len() == outcome.want || shared.wake_generation() != outcome.generation;
                 if claimed.is_empty() {
                     if running.len() == 0 && self.buffer.is_empty() && claims.is_empty() {
                         shared.idle_at[index].store(outcome.generation, Ordering::SeqCst);

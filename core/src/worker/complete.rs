@@ -105,7 +105,8 @@ async fn write_batch(shared: &Shared, mut buf: Vec<Finish>) {
                 error,
                 retry_in,
             } => {
-                woke |= retry_in.is_some();
+                // A retry is work again, and a failure for good may have woken a parent.
+                woke = true;
                 write_failure(shared, meta, error, retry_in).await;
             }
             Finish::Release { meta } => {

@@ -4,11 +4,10 @@ use super::complete::{Finish, RunMeta};
 use super::shared::Shared;
 use crate::event::Event;
 use crate::storage::ClaimedJob;
-use crate::task::{panic_message, TaskError, TaskErrorKind};
+use crate::task::{TaskError, TaskErrorKind};
 use crate::workflow::JobContext;
 use serde_json::Value;
 use std::sync::Arc;
-use tokio::task::JoinError;
 
 /// Runs one attempt: hooks and events, the handler, the job's timeout.
 pub(crate) async fn execute(
@@ -50,21 +49,23 @@ pub(crate) async fn execute(
     }
 }
 
-/// Turns a finished handler task into the outcome to write.
-pub(crate) fn classify(
-    shared: &Shared,
-    meta: RunMeta,
-    outcome: Result<Result<Value, TaskError>, JoinError>,
-) -> Finish {
-    let err = match outcome {
-        Ok(Ok(result)) => return Finish::Complete { meta, result },
-        Ok(Err(e)) => e,
-        Err(je) if je.is_panic() => TaskError::retry(format!(
-            "handler panicked: {}",
-            panic_message(je.into_panic())
-        )),
-        // Aborted at the end of the shutdown grace period.
-        Err(_) => return Finish::Release { meta },
+/// How one attempt's handler ended.
+pub(crate) enum Ended {
+    /// It returned.
+    Returned(Result<Value, TaskError>),
+    /// It panicked, with this message.
+    Panicked(String),
+    /// It was aborted at the end of the shutdown grace period.
+    Aborted,
+}
+
+/// Turns a finished handler into the outcome to write.
+pub(crate) fn classify(shared: &Shared, meta: RunMeta, ended: Ended) -> Finish {
+    let err = match ended {
+        Ended::Returned(Ok(result)) => return Finish::Complete { meta, result },
+        Ended::Returned(Err(e)) => e,
+        Ended::Panicked(message) => TaskError::retry(format!("handler panicked: {message}")),
+        Ended::Aborted => return Finish::Release { meta },
     };
     let attempts_left = meta.attempt < meta.max_attempts;
     let retry_in = match err.kind() {
