@@ -188,7 +188,9 @@ pub trait Task: Serialize + DeserializeOwned + Send + 'static {
 /// A boxed handler future.
 pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<Value, TaskError>> + Send>>;
 
-type HandlerFn = dyn Fn(JobContext, Value) -> HandlerFuture + Send + Sync;
+/// Decodes its arguments from the borrowed payload before it returns the future, so the
+/// worker need not copy a claimed job's payload for the handler.
+type HandlerFn = dyn Fn(JobContext, &Value) -> HandlerFuture + Send + Sync;
 
 /// A registered handler with its argument check.
 pub(crate) struct HandlerEntry {
@@ -197,7 +199,7 @@ pub(crate) struct HandlerEntry {
 }
 
 impl HandlerEntry {
-    pub(crate) fn run(&self, ctx: JobContext, payload: Value) -> HandlerFuture {
+    pub(crate) fn run(&self, ctx: JobContext, payload: &Value) -> HandlerFuture {
         (self.run)(ctx, payload)
     }
 
@@ -215,14 +217,16 @@ impl HandlerEntry {
     {
         let name: Arc<str> = name.into();
         Arc::new(HandlerEntry {
-            run: Box::new(move |ctx, payload| match decode::<A>(&name, payload) {
-                Ok(args) => {
-                    let fut = f(ctx, args);
-                    let name = name.clone();
-                    Box::pin(async move { encode(&name, fut.await?) })
-                }
-                Err(e) => Box::pin(std::future::ready(Err(e))),
-            }),
+            run: Box::new(
+                move |ctx, payload: &Value| match decode::<A>(&name, payload) {
+                    Ok(args) => {
+                        let fut = f(ctx, args);
+                        let name = name.clone();
+                        Box::pin(async move { encode(&name, fut.await?) })
+                    }
+                    Err(e) => Box::pin(std::future::ready(Err(e))),
+                },
+            ),
             check: check::<A>,
         })
     }
@@ -255,8 +259,8 @@ fn check<A: DeserializeOwned>(payload: &Value) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-fn decode<A: DeserializeOwned>(task: &str, payload: Value) -> Result<A, TaskError> {
-    serde_json::from_value(payload).map_err(|e| {
+fn decode<A: DeserializeOwned>(task: &str, payload: &Value) -> Result<A, TaskError> {
+    A::deserialize(payload).map_err(|e| {
         TaskError::no_retry(crate::Error::InvalidPayload {
             task: task.into(),
             message: e.to_string(),

@@ -143,7 +143,7 @@ macro_rules! engine_conformance_tests {
             cancel_reaches_children_and_running_handlers,
             versioning_keeps_old_runs_on_their_branch,
             handlers_finish_whether_or_not_they_wait,
-            a_slow_first_poll_moves_later_handlers_to_tasks,
+            slow_first_polls_move_later_handlers_to_tasks,
         );
     };
 }

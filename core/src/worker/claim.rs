@@ -24,13 +24,20 @@ type Outcome = Result<Value, TaskError>;
 struct Running {
     set: JoinSet<Outcome>,
     meta: HashMap<Id, RunMeta>,
-    /// False once a handler's first poll ran long: from then on every handler of this
-    /// loop starts as a task of its own, so a slow start cannot stall the loop again.
+    /// False once handlers' first polls ran long [`SLOW_STARTS_IN_A_ROW`] times in a row:
+    /// from then on every handler of this loop starts as a task of its own, so slow
+    /// starts cannot stall the loop again.
     inline: bool,
+    /// Slow first polls in a row so far.
+    slow_starts: u32,
 }
 
-/// A first poll longer than this turns inline starts off for the loop.
+/// A first poll longer than this counts as slow.
 const SLOW_FIRST_POLL: Duration = Duration::from_millis(1);
+/// Slow first polls in a row that turn inline starts off. More than one, because on a
+/// busy machine the thread can be preempted during any quick poll and make it look slow;
+/// a handler that really computes before its first wait is slow every time.
+const SLOW_STARTS_IN_A_ROW: u32 = 3;
 
 impl Running {
     fn len(&self) -> usize {
@@ -57,7 +64,10 @@ impl Running {
             let mut cx = Context::from_waker(Waker::noop());
             let first = catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)));
             if t0.elapsed() > SLOW_FIRST_POLL {
-                self.inline = false;
+                self.slow_starts += 1;
+                self.inline = self.slow_starts < SLOW_STARTS_IN_A_ROW;
+            } else {
+                self.slow_starts = 0;
             }
             match first {
                 Ok(Poll::Ready(outcome)) => {
@@ -112,6 +122,7 @@ pub(crate) async fn run_queue(
         set: JoinSet::new(),
         meta: HashMap::new(),
         inline: true,
+        slow_starts: 0,
     };
     let mut wakes = shared.wakes();
     let mut stop = shared.stopping.subscribe();

@@ -28,9 +28,8 @@ pub(crate) async fn execute(
         return Err(TaskError::from_engine(crate::Error::UnknownTask(job.task)));
     };
     let timeout = job.timeout();
-    let payload = job.payload.clone();
     let ctx = JobContext::new(job, lease, queue, shared.stopping.subscribe(), lost);
-    let fut = handler.run(ctx.clone(), payload);
+    let fut = handler.run(ctx.clone(), &ctx.job().payload);
     let result = match timeout {
         Some(limit) => match tokio::time::timeout(limit, fut).await {
             Ok(r) => r,

@@ -49,7 +49,7 @@ where
                 .queue()
                 .handler(&task)
                 .ok_or_else(|| TaskError::from_engine(Error::UnknownTask(task.clone())))?;
-            handler.run(child, args).await
+            handler.run(child, &args).await
         })
         .await
     }
