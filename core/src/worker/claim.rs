@@ -159,12 +159,6 @@ pub(crate) async fn run_queue(
         if shared.is_stopping() {
             break;
         }
-        while running.len() < cfg.concurrency {
-            let Some((c, lost)) = st.buffer.pop_front() else {
-                break;
-            };
-            running.start(&shared, c, lost, &out);
-        }
         let held = running.len() + st.buffer.len() + st.claiming;
         let free = capacity - held;
         if st.maybe_more
@@ -187,6 +181,23 @@ pub(crate) async fn run_queue(
                     result: storage.dequeue(p).await,
                 }
             });
+            // Let the claim task send its query now: handlers started in place below
+            // would otherwise keep this thread (and the task, queued behind the loop)
+            // busy until the loop next waits, leaving the server idle meanwhile.
+            tokio::task::yield_now().await;
+            continue;
+        }
+        // Claims go out first (above), then the buffered jobs start; those that finish in
+        // place free their slots at once, so look at claiming again before waiting.
+        let mut started = false;
+        while running.len() < cfg.concurrency {
+            let Some((c, lost)) = st.buffer.pop_front() else {
+                break;
+            };
+            running.start(&shared, c, lost, &out);
+            started = true;
+        }
+        if started {
             continue;
         }
         let backoff = st.error_backoff;
