@@ -229,21 +229,10 @@ async fn postgres(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>
         .await;
         for &b in &cfg.raw_batches {
             for &l in &cfg.raw_workers {
-                let shapes = [
-                    (false, raw_sql::Finish::Update),
-                    (true, raw_sql::Finish::Update),
-                    (false, raw_sql::Finish::Move),
-                    (false, raw_sql::Finish::Delete),
-                ];
-                for (fused, finish) in shapes {
-                    let shape = if fused {
-                        "complete+claim fused in 1 statement".to_string()
-                    } else {
-                        format!("claim, then complete: {}", finish.label())
-                    };
-                    let row = format!("{shape}, {n} rows, batches of {b}, {l} loop(s)");
+                for shape in raw_sql::Shape::ALL {
+                    let row = format!("{}, {n} rows, batches of {b}, {l} loop(s)", shape.label());
                     let what = format!("raw SQL {row}");
-                    let f = raw_sql::drain(cfg, b, l, fused, finish);
+                    let f = raw_sql::drain(cfg, b, l, shape);
                     ours_only(res, errors, &what, (sec, &row, "jobs/s"), f).await;
                 }
             }

@@ -38,9 +38,35 @@ pub enum Finish {
     Delete,
 }
 
-impl Finish {
+/// How a yardstick loop claims and completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Claim, then complete in a second statement, in the given way.
+    Then(Finish),
+    /// One statement completes the previous batch (by update) and claims the next.
+    Fused,
+}
+
+impl Shape {
+    /// Every shape the yardstick measures, in report order.
+    pub const ALL: [Shape; 4] = [
+        Shape::Then(Finish::Update),
+        Shape::Fused,
+        Shape::Then(Finish::Move),
+        Shape::Then(Finish::Delete),
+    ];
+
     /// The label used in the report.
-    pub fn label(self) -> &'static str {
+    pub fn label(self) -> String {
+        match self {
+            Shape::Then(finish) => format!("claim, then complete: {}", finish.label()),
+            Shape::Fused => "complete+claim fused in 1 statement".to_string(),
+        }
+    }
+}
+
+impl Finish {
+    fn label(self) -> &'static str {
         match self {
             Finish::Update => "update (row kept)",
             Finish::Move => "move to a done table (row kept)",
@@ -130,18 +156,11 @@ const FUSED: &str = "
     SELECT -1, count(*), NULL FROM done";
 
 /// Drains `cfg.jobs` pending rows with `loops` concurrent claim+complete loops
-/// of `batch` rows each, completing with `finish` (the fused loop always updates).
-/// Returns jobs/s.
-pub async fn drain(
-    cfg: &Config,
-    batch: usize,
-    loops: usize,
-    fused: bool,
-    finish: Finish,
-) -> Result<f64, String> {
+/// of `batch` rows each, in `shape`. Returns jobs/s.
+pub async fn drain(cfg: &Config, batch: usize, loops: usize, shape: Shape) -> Result<f64, String> {
     let db = FreshDb::create(&cfg.database_url).await?;
     let pool = db.pool(loops as u32 + 1).await?;
-    let result = run(cfg, &pool, batch, loops, fused, finish).await;
+    let result = run(cfg, &pool, batch, loops, shape).await;
     pool.close().await;
     db.drop_db().await?;
     result
@@ -152,8 +171,7 @@ async fn run(
     pool: &PgPool,
     batch: usize,
     loops: usize,
-    fused: bool,
-    finish: Finish,
+    shape: Shape,
 ) -> Result<f64, String> {
     for stmt in SCHEMA_SQL {
         sqlx::query(*stmt).execute(pool).await.map_err(sql)?;
@@ -176,10 +194,9 @@ async fn run(
     let handles = (0..loops).map(|_| {
         let pool = pool.clone();
         tokio::spawn(async move {
-            if fused {
-                fused_loop(&pool, batch).await
-            } else {
-                split_loop(&pool, batch, finish).await
+            match shape {
+                Shape::Fused => fused_loop(&pool, batch).await,
+                Shape::Then(finish) => split_loop(&pool, batch, finish).await,
             }
         })
     });
