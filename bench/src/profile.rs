@@ -186,6 +186,18 @@ impl Storage for Timed {
         self.time("heartbeat", one, self.inner.heartbeat(lease, extend))
             .await
     }
+    async fn heartbeat_many(
+        &self,
+        leases: &[Lease],
+        extend: Duration,
+    ) -> Result<Vec<Result<Lease>>> {
+        self.time(
+            "heartbeat_many",
+            Vec::len,
+            self.inner.heartbeat_many(leases, extend),
+        )
+        .await
+    }
     async fn reclaim_expired(&self) -> Result<u64> {
         self.time(
             "reclaim_expired",

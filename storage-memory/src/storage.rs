@@ -252,6 +252,23 @@ impl State {
         }
     }
 
+    /// Moves a current lease's expiry to `expires_at`. Fenced.
+    fn renew(&mut self, lease: &Lease, expires_at: DateTime<Utc>) -> Result<Lease> {
+        let job = self.leased(lease)?;
+        let old = job.lease.as_ref().map(|l| l.expires_at);
+        if let Some(l) = job.lease.as_mut() {
+            l.expires_at = expires_at;
+        }
+        if let Some(old) = old {
+            self.running.remove(&(old, lease.job_id));
+        }
+        self.running.insert((expires_at, lease.job_id));
+        Ok(Lease {
+            expires_at,
+            ..lease.clone()
+        })
+    }
+
     /// Takes a running job off its lease (status is set by the caller).
     fn end_lease(&mut self, id: JobId) {
         if let Some(job) = self.jobs.get_mut(&id) {
@@ -539,22 +556,18 @@ impl Storage for MemoryStorage {
     }
 
     async fn heartbeat(&self, lease: &Lease, extend: Duration) -> Result<Lease> {
-        let now = self.clock.now();
-        let expires_at = add(now, extend);
+        let expires_at = add(self.clock.now(), extend);
+        self.lock().renew(lease, expires_at)
+    }
+
+    async fn heartbeat_many(
+        &self,
+        leases: &[Lease],
+        extend: Duration,
+    ) -> Result<Vec<Result<Lease>>> {
+        let expires_at = add(self.clock.now(), extend);
         let mut st = self.lock();
-        let job = st.leased(lease)?;
-        let old = job.lease.as_ref().map(|l| l.expires_at);
-        if let Some(l) = job.lease.as_mut() {
-            l.expires_at = expires_at;
-        }
-        if let Some(old) = old {
-            st.running.remove(&(old, lease.job_id));
-        }
-        st.running.insert((expires_at, lease.job_id));
-        Ok(Lease {
-            expires_at,
-            ..lease.clone()
-        })
+        Ok(leases.iter().map(|l| st.renew(l, expires_at)).collect())
     }
 
     async fn reclaim_expired(&self) -> Result<u64> {

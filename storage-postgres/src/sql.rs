@@ -352,6 +352,18 @@ SET lease_expires_at = {now} + $3::bigint * interval '1 microsecond', updated_at
 WHERE id = $1 AND status = 'running' AND lease_token = $2
 RETURNING lease_expires_at";
 
+/// Renews many leases in one statement, fenced per row like `COMPLETE_MANY` and planned
+/// the same way (rows by primary key, tokens paired by a hash join; see the plan tests).
+/// Returns each renewed row's id, token and new expiry. $1 ids, $2 their tokens, in the
+/// same order, $3 extension (µs).
+const HEARTBEAT_MANY: &str = "
+UPDATE {schema}.jobs AS j
+SET lease_expires_at = {now} + $3::bigint * interval '1 microsecond', updated_at = {now}
+FROM unnest($1::bigint[], $2::bigint[]) AS d(id, token)
+WHERE j.id = ANY($1::bigint[]) AND j.id = d.id
+  AND CASE WHEN j.status = 'running' THEN j.lease_token = d.token ELSE false END
+RETURNING j.id, j.lease_token, j.lease_expires_at";
+
 /// Returns expired leases' jobs to retrying, or fails them when no attempt is left.
 /// Rows another sweeper holds are skipped rather than waited for.
 const RECLAIM: &str = "
@@ -432,6 +444,7 @@ pub(crate) struct Sql {
     pub fail_terminal: Arc<str>,
     pub release: Arc<str>,
     pub heartbeat: Arc<str>,
+    pub heartbeat_many: Arc<str>,
     pub reclaim: Arc<str>,
     pub save_checkpoint: Arc<str>,
     pub checkpoints: Arc<str>,
@@ -485,6 +498,7 @@ impl Sql {
             fail_terminal: r(FAIL_TERMINAL),
             release: r(RELEASE),
             heartbeat: r(HEARTBEAT),
+            heartbeat_many: r(HEARTBEAT_MANY),
             reclaim: r(RECLAIM),
             save_checkpoint: r(SAVE_CHECKPOINT),
             checkpoints: r(CHECKPOINTS),
@@ -499,21 +513,21 @@ impl Sql {
 
 #[cfg(all(test, feature = "testing"))]
 mod plan_tests {
-    use super::{render, CLAIM, CLAIM_QUEUES, COMPLETE_MANY, LEASE};
+    use super::{render, CLAIM, CLAIM_QUEUES, COMPLETE_MANY, HEARTBEAT_MANY, LEASE};
     use crate::options::quote_literal;
     use crate::testing::TestSchema;
     use durable_jobs::{DequeueParams, NewJob, Storage};
     use sqlx::{AssertSqlSafe, Row};
     use std::time::Duration;
 
-    /// The batch completion finds its rows by primary key even when the statistics say
-    /// (as they do right after a bulk enqueue is analyzed) that no job runs: with a plain
-    /// `status = 'running'` the planner would scan the `jobs_running_lease` partial index,
-    /// every running job, instead. It pairs each row with its token by a hash join, not a
-    /// nested loop over the unnested arrays. Checked for the generic plan a prepared
-    /// statement settles on and for a custom plan.
+    /// The batch completion and the batch heartbeat find their rows by primary key even
+    /// when the statistics say (as they do right after a bulk enqueue is analyzed) that no
+    /// job runs: with a plain `status = 'running'` the planner would scan the
+    /// `jobs_running_lease` partial index, every running job, instead. Each pairs its rows
+    /// with their tokens by a hash join, not a nested loop over the unnested arrays.
+    /// Checked for the generic plan a prepared statement settles on and for a custom plan.
     #[tokio::test]
-    async fn complete_many_is_planned_by_primary_key_with_stale_statistics() {
+    async fn batch_writes_are_planned_by_primary_key_with_stale_statistics() {
         let t = TestSchema::new().await.expect("schema");
         let s = t.storage();
         let jobs: Vec<NewJob> = (0..20_000)
@@ -540,46 +554,67 @@ mod plan_tests {
         let ids: Vec<String> = claimed.iter().map(|c| c.job.id.to_string()).collect();
         let tokens: Vec<String> = claimed.iter().map(|c| c.lease.token.to_string()).collect();
         let results = vec!["null"; claimed.len()];
-        let stmt = render(COMPLETE_MANY, t.schema(), "now()");
-        sqlx::raw_sql(AssertSqlSafe(format!(
-            "PREPARE cm(bigint[], bigint[], jsonb[]) AS {stmt}"
-        )))
-        .execute(&mut *conn)
-        .await
-        .expect("prepare");
-        for mode in ["force_generic_plan", "force_custom_plan"] {
-            sqlx::raw_sql(AssertSqlSafe(format!("SET plan_cache_mode = {mode}")))
+        let ids = quote_literal(&format!("{{{}}}", ids.join(",")));
+        let tokens = quote_literal(&format!("{{{}}}", tokens.join(",")));
+        let results = quote_literal(&format!("{{{}}}", results.join(",")));
+        // (name, statement, parameter types, arguments as literals: EXECUTE takes no bind
+        // parameters). EXPLAIN runs neither, so both see the same running batch.
+        let statements = [
+            (
+                "complete_many",
+                COMPLETE_MANY,
+                "bigint[], bigint[], jsonb[]",
+                format!("{ids}::bigint[], {tokens}::bigint[], {results}::jsonb[]"),
+            ),
+            (
+                "heartbeat_many",
+                HEARTBEAT_MANY,
+                "bigint[], bigint[], bigint",
+                format!("{ids}::bigint[], {tokens}::bigint[], 60000000"),
+            ),
+        ];
+        for (name, template, types, args) in statements {
+            let stmt = render(template, t.schema(), "now()");
+            sqlx::raw_sql(AssertSqlSafe(format!("PREPARE {name}({types}) AS {stmt}")))
                 .execute(&mut *conn)
                 .await
-                .expect("set");
-            // EXECUTE takes no bind parameters; the arguments go in as literals.
-            let plan: Vec<String> = sqlx::query(AssertSqlSafe(format!(
-                "EXPLAIN EXECUTE cm({}::bigint[], {}::bigint[], {}::jsonb[])",
-                quote_literal(&format!("{{{}}}", ids.join(","))),
-                quote_literal(&format!("{{{}}}", tokens.join(","))),
-                quote_literal(&format!("{{{}}}", results.join(",")))
-            )))
-            .fetch_all(&mut *conn)
-            .await
-            .expect("explain")
-            .iter()
-            .map(|r| r.get::<String, _>(0))
-            .collect();
-            // Node lines only: the conditions repeat the (long) arguments.
-            let plan: Vec<&String> = plan
-                .iter()
-                .filter(|l| l.trim_start().starts_with("->") || l.starts_with("Update"))
-                .collect();
-            let plan = format!("{plan:?}");
-            assert!(plan.contains("jobs_pkey"), "{mode}: {plan}");
-            assert!(!plan.contains("jobs_running_lease"), "{mode}: {plan}");
-            assert!(!plan.contains("Seq Scan"), "{mode}: {plan}");
-            // A nested loop would rescan one side per row of the other: O(n²).
-            assert!(plan.contains("Hash Join"), "{mode}: {plan}");
-            assert!(!plan.contains("Nested Loop"), "{mode}: {plan}");
+                .expect("prepare");
+            for mode in ["force_generic_plan", "force_custom_plan"] {
+                assert_batch_plan(&mut conn, name, mode, &args).await;
+            }
         }
         drop(conn);
         t.drop_schema().await.expect("drop");
+    }
+
+    /// Explains the prepared statement `name` under plan cache `mode` and asserts the
+    /// batch shape: primary key, hash join, no nested loop, no scan of running leases.
+    async fn assert_batch_plan(conn: &mut sqlx::PgConnection, name: &str, mode: &str, args: &str) {
+        let what = format!("{name}, {mode}");
+        sqlx::raw_sql(AssertSqlSafe(format!("SET plan_cache_mode = {mode}")))
+            .execute(&mut *conn)
+            .await
+            .expect("set");
+        let plan: Vec<String> =
+            sqlx::query(AssertSqlSafe(format!("EXPLAIN EXECUTE {name}({args})")))
+                .fetch_all(&mut *conn)
+                .await
+                .expect("explain")
+                .iter()
+                .map(|r| r.get::<String, _>(0))
+                .collect();
+        // Node lines only: the conditions repeat the (long) arguments.
+        let plan: Vec<&String> = plan
+            .iter()
+            .filter(|l| l.trim_start().starts_with("->") || l.starts_with("Update"))
+            .collect();
+        let plan = format!("{plan:?}");
+        assert!(plan.contains("jobs_pkey"), "{what}: {plan}");
+        assert!(!plan.contains("jobs_running_lease"), "{what}: {plan}");
+        assert!(!plan.contains("Seq Scan"), "{what}: {plan}");
+        // A nested loop would rescan one side per row of the other: O(n²).
+        assert!(plan.contains("Hash Join"), "{what}: {plan}");
+        assert!(!plan.contains("Nested Loop"), "{what}: {plan}");
     }
 
     /// Both claim statements turn `synchronous_commit` off for the transaction they run

@@ -20,7 +20,7 @@ use durable_jobs::{
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, PgPool, Row};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -451,6 +451,45 @@ impl Storage for PostgresStorage {
                 job_id: lease.job_id,
             }),
         }
+    }
+
+    async fn heartbeat_many(
+        &self,
+        leases: &[Lease],
+        extend: Duration,
+    ) -> Result<Vec<Result<Lease>>> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = leases.iter().map(|l| l.job_id).collect();
+        let tokens: Vec<i64> = leases.iter().map(|l| l.token).collect();
+        let rows = sqlx::query(AssertSqlSafe(self.sql().heartbeat_many.clone()))
+            .bind(&ids)
+            .bind(&tokens)
+            .bind(micros(extend))
+            .fetch_all(self.pool())
+            .await
+            .map_err(db)?;
+        // Each renewed row, with the token it runs under (a heartbeat leaves it as is).
+        let mut renewed = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let id: i64 = row.try_get(0).map_err(db)?;
+            let token: i64 = row.try_get(1).map_err(db)?;
+            let expires_at: DateTime<Utc> = row.try_get(2).map_err(db)?;
+            renewed.insert(id, (token, expires_at));
+        }
+        Ok(leases
+            .iter()
+            .map(|lease| match renewed.get(&lease.job_id) {
+                Some(&(token, expires_at)) if token == lease.token => Ok(Lease {
+                    expires_at,
+                    ..lease.clone()
+                }),
+                _ => Err(Error::LeaseLost {
+                    job_id: lease.job_id,
+                }),
+            })
+            .collect())
     }
 
     async fn reclaim_expired(&self) -> Result<u64> {

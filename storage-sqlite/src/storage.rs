@@ -422,6 +422,29 @@ impl Storage for SqliteStorage {
             .await
     }
 
+    async fn heartbeat_many(
+        &self,
+        leases: &[Lease],
+        extend: Duration,
+    ) -> Result<Vec<Result<Lease>>> {
+        let now = self.now_us();
+        let leases = leases.to_vec();
+        // One transaction (one commit) for the whole set; a lease no longer held fails
+        // its own item only.
+        self.write(move |conn| {
+            let mut out = Vec::with_capacity(leases.len());
+            for lease in &leases {
+                out.push(match query::heartbeat(conn, lease, extend, now) {
+                    Ok(renewed) => Ok(renewed),
+                    Err(crate::error::QueryError::Other(e)) if e.is_lease_lost() => Err(e),
+                    Err(e) => return Err(e),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn reclaim_expired(&self) -> Result<u64> {
         let now = self.now_us();
         let after = self.inner.heal_cursor.load(Ordering::Relaxed);

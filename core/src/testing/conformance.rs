@@ -301,6 +301,83 @@ pub async fn heartbeat_keeps_lease_alive<H: ConformanceHarness>(h: &H) {
         .expect("complete after renewal");
 }
 
+/// Renewing many leases in one call renews each lease still held and reports every
+/// other one lost, item by item and in order, without touching its job: a completed job,
+/// a cancelled one, a reclaimed job's old lease (its new lease, in the same call, is
+/// renewed), and a job that does not exist. The renewed leases outlive their first
+/// expiry.
+pub async fn heartbeat_many_renews_each_held_lease<H: ConformanceHarness>(h: &H) {
+    let (s, old, new) = reclaimed(h).await;
+    for i in 0..3 {
+        enqueue(&s, job(json!(i))).await;
+    }
+    let mut claimed = s.dequeue(params(3)).await.expect("dequeue");
+    assert_eq!(claimed.len(), 3);
+    let cancelled = claimed.pop().expect("third");
+    let done = claimed.pop().expect("second");
+    let kept = claimed.pop().expect("first");
+    s.complete(&done.lease, json!("done"))
+        .await
+        .expect("complete");
+    assert!(s.cancel(cancelled.job.id).await.expect("cancel"));
+    h.advance(Duration::from_secs(20)).await;
+    let ghost = crate::job::Lease {
+        job_id: 1 << 40,
+        ..kept.lease.clone()
+    };
+    let batch = [
+        kept.lease.clone(),
+        old.lease.clone(),
+        done.lease.clone(),
+        new.lease.clone(),
+        cancelled.lease.clone(),
+        ghost,
+    ];
+    let mut out = s
+        .heartbeat_many(&batch, LEASE)
+        .await
+        .expect("heartbeat_many")
+        .into_iter();
+    assert_eq!(out.len(), batch.len(), "one result per lease");
+    let kept_renewed = out.next().expect("1").expect("a held lease renews");
+    assert_lease_lost(out.next().expect("2"));
+    assert_lease_lost(out.next().expect("3"));
+    let new_renewed = out.next().expect("4").expect("the current lease renews");
+    assert_lease_lost(out.next().expect("5"));
+    assert_lease_lost(out.next().expect("6"));
+    for (renewed, before) in [(&kept_renewed, &kept.lease), (&new_renewed, &new.lease)] {
+        assert_eq!(
+            (renewed.job_id, renewed.token),
+            (before.job_id, before.token)
+        );
+        assert!(
+            renewed.expires_at > before.expires_at,
+            "{renewed:?} vs {before:?}"
+        );
+    }
+    let stored = s.get_job(kept.job.id).await.expect("get").expect("exists");
+    assert_eq!(
+        stored.lease.map(|l| l.expires_at),
+        Some(kept_renewed.expires_at)
+    );
+    assert_eq!(status(&s, done.job.id).await, JobStatus::Completed);
+    assert_eq!(status(&s, cancelled.job.id).await, JobStatus::Cancelled);
+    // Both renewed leases are now past their first expiry, not their renewed one.
+    h.advance(Duration::from_secs(20)).await;
+    assert_eq!(s.reclaim_expired().await.expect("reclaim"), 0);
+    s.complete(&kept_renewed, json!(1))
+        .await
+        .expect("complete after renewal");
+    s.complete(&new_renewed, json!(2))
+        .await
+        .expect("complete after renewal");
+    assert!(s
+        .heartbeat_many(&[], LEASE)
+        .await
+        .expect("empty batch")
+        .is_empty());
+}
+
 /// An expired lease on the last allowed attempt fails the job.
 pub async fn reclaim_with_attempts_exhausted_fails_job<H: ConformanceHarness>(h: &H) {
     let s = h.storage();

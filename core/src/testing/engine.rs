@@ -902,6 +902,107 @@ pub async fn slow_first_polls_move_later_handlers_to_tasks<H: ConformanceHarness
     assert_ne!(seen[5].1, seen[6].1);
 }
 
+/// Waits until every job in `ids` holds a lease that `ready` accepts, and returns each
+/// job's lease expiry. Gives up after 30 s.
+async fn leases_when(
+    q: &Queue,
+    ids: &[JobId],
+    ready: impl Fn(JobId, chrono::DateTime<chrono::Utc>) -> bool,
+) -> HashMap<JobId, chrono::DateTime<chrono::Utc>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut seen = HashMap::new();
+        for &id in ids {
+            if let Some(lease) = job(q, id).await.lease {
+                if ready(id, lease.expires_at) {
+                    seen.insert(id, lease.expires_at);
+                }
+            }
+        }
+        if seen.len() == ids.len() {
+            return seen;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {} jobs reached the expected lease: {seen:?}",
+            seen.len(),
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A worker renews the lease of every job it holds, those waiting in its local queue as
+/// well as the running ones: with the clock moved past their first expiry none is
+/// reclaimed, and each completes on its first attempt.
+pub async fn heartbeats_renew_running_and_buffered_leases<H: ConformanceHarness>(h: &H) {
+    let q = queue(h);
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel::<i32>();
+    q.register("hold", move |_ctx: JobContext, n: i32| {
+        let mut release = release_rx.clone();
+        let started = started_tx.clone();
+        async move {
+            let _ = started.send(n);
+            let _ = release.wait_for(|r| *r).await;
+            Ok::<_, TaskError>(n)
+        }
+    });
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        ids.push(
+            q.enqueue("hold", &n, JobOptions::new())
+                .await
+                .expect("enqueue"),
+        );
+    }
+    let lease = Duration::from_secs(30);
+    let w = Worker::new(
+        q.clone(),
+        WorkerOptions::new()
+            .queue("default", 2)
+            .prefetch(2)
+            .lease_duration(lease)
+            .heartbeat_interval(Duration::from_millis(10)),
+    )
+    .expect("options");
+    let report = w
+        .run_until(async {
+            for _ in 0..2 {
+                started_rx.recv().await.expect("a handler started");
+            }
+            // Two run; the other two wait in the local queue, leased as well.
+            let first = leases_when(&q, &ids, |_, _| true).await;
+            h.advance(lease * 2 / 3).await;
+            leases_when(&q, &ids, |id, expires| {
+                first.get(&id).is_some_and(|&was| expires > was + lease / 3)
+            })
+            .await;
+            // Past every first expiry, short of the renewed ones.
+            h.advance(lease * 2 / 3).await;
+            assert_eq!(
+                q.storage().reclaim_expired().await.expect("reclaim"),
+                0,
+                "a held lease ran out"
+            );
+            release_tx.send_replace(true);
+            for _ in 2..4 {
+                started_rx.recv().await.expect("a buffered job started");
+            }
+            for &id in &ids {
+                while job(&q, id).await.status != JobStatus::Completed {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+        .await
+        .expect("run");
+    assert_eq!((report.completed, report.lost), (4, 0));
+    for &id in &ids {
+        assert_eq!(job(&q, id).await.attempt, 1, "job {id} ran more than once");
+    }
+}
+
 /// A failed workflow retried by hand keeping its checkpoints resumes after its finished
 /// steps; retried from scratch it starts over.
 pub async fn retry_by_hand_keeps_or_drops_checkpoints<H: ConformanceHarness>(h: &H) {

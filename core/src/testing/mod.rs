@@ -88,6 +88,7 @@ macro_rules! storage_conformance_tests {
             stale_lease_cannot_checkpoint,
             expired_lease_is_reclaimed,
             heartbeat_keeps_lease_alive,
+            heartbeat_many_renews_each_held_lease,
             reclaim_with_attempts_exhausted_fails_job,
             retry_then_terminal_failure,
             release_does_not_spend_an_attempt,
@@ -144,6 +145,7 @@ macro_rules! engine_conformance_tests {
             versioning_keeps_old_runs_on_their_branch,
             handlers_finish_whether_or_not_they_wait,
             slow_first_polls_move_later_handlers_to_tasks,
+            heartbeats_renew_running_and_buffered_leases,
         );
     };
 }

@@ -1,10 +1,16 @@
-//! Renewing the leases of running handlers.
+//! Renewing the leases of running and buffered jobs.
 
 use super::shared::Shared;
 use std::sync::Arc;
 
-/// Renews every running attempt's lease each heartbeat interval. A lease found lost is
-/// dropped from the set; its handler's later writes are refused by storage anyway.
+/// The most leases renewed by one storage call; a worker holding more renews them in
+/// several calls, so one statement's arguments stay bounded.
+const HEARTBEAT_BATCH: usize = 1000;
+
+/// Renews every held lease (running or buffered) each heartbeat interval, in batches of
+/// [`HEARTBEAT_BATCH`] through [`crate::Storage::heartbeat_many`]. A lease found lost is
+/// dropped from the set and its handler told; its later writes are refused by storage
+/// anyway.
 pub(crate) async fn run_heartbeats(shared: Arc<Shared>) {
     let every = shared.opts.heartbeat_every();
     let mut stop = shared.stopping.subscribe();
@@ -14,23 +20,40 @@ pub(crate) async fn run_heartbeats(shared: Arc<Shared>) {
             _ = stop.wait_for(|s| *s) => return,
         }
         let leases: Vec<_> = shared.leases().values().map(|(l, _)| l.clone()).collect();
-        for lease in leases {
-            match shared
+        for batch in leases.chunks(HEARTBEAT_BATCH) {
+            let results = match shared
                 .queue
                 .storage()
-                .heartbeat(&lease, shared.opts.lease_duration)
+                .heartbeat_many(batch, shared.opts.lease_duration)
                 .await
             {
-                Ok(_) => {}
-                Err(crate::Error::LeaseLost { job_id }) => {
-                    tracing::warn!(job_id, "lease lost: the job was reclaimed or cancelled");
-                    if let Some((_, lost)) = shared.leases().remove(&job_id) {
-                        // The handler sees this through `JobContext::cancelled`.
-                        lost.send_replace(true);
-                    }
-                }
+                Ok(results) => results,
                 Err(e) => {
-                    tracing::warn!(job_id = lease.job_id, error = %e, "heartbeat failed; will retry")
+                    tracing::warn!(leases = batch.len(), error = %e, "heartbeat failed; will retry");
+                    continue;
+                }
+            };
+            if results.len() != batch.len() {
+                tracing::warn!(
+                    leases = batch.len(),
+                    results = results.len(),
+                    "storage answered a heartbeat batch with the wrong number of results; \
+                     leases without one are renewed next interval"
+                );
+            }
+            for (lease, result) in batch.iter().zip(results) {
+                match result {
+                    Ok(_) => {}
+                    Err(crate::Error::LeaseLost { job_id }) => {
+                        tracing::warn!(job_id, "lease lost: the job was reclaimed or cancelled");
+                        if let Some((_, lost)) = shared.leases().remove(&job_id) {
+                            // The handler sees this through `JobContext::cancelled`.
+                            lost.send_replace(true);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(job_id = lease.job_id, error = %e, "heartbeat failed; will retry")
+                    }
                 }
             }
         }
