@@ -10,7 +10,7 @@ USAGE:
 
 OPTIONS:
   --backend LIST        backends to run: postgres,sqlite,memory        [all]
-  --scenario LIST       enqueue,drain,latency,raw,steps                 [all]
+  --scenario LIST       enqueue,drain,latency,raw,steps,heartbeat       [all]
   --systems LIST        on Postgres: ours,graphile                      [both]
   --jobs N              jobs per enqueue/drain scenario                 [100000]
   --runs K              repeat every scenario K times, report medians   [1]
@@ -119,7 +119,7 @@ fn check(flag: &str, got: &[String], allowed: &[&str]) -> Result<(), String> {
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, String> {
     let mut c = Config {
         backends: list("postgres,sqlite,memory"),
-        scenarios: list("enqueue,drain,latency,raw,steps"),
+        scenarios: list("enqueue,drain,latency,raw,steps,heartbeat"),
         systems: list("ours,graphile"),
         jobs: 100_000,
         runs: 1,
@@ -238,7 +238,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
     check(
         "--scenario",
         &c.scenarios,
-        &["enqueue", "drain", "latency", "raw", "steps"],
+        &["enqueue", "drain", "latency", "raw", "steps", "heartbeat"],
     )?;
     check("--systems", &c.systems, &["ours", "graphile"])?;
     if c.jobs == 0

@@ -211,6 +211,9 @@ async fn postgres(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>
     if cfg.scenario("steps") {
         steps(cfg, res, errors, sec, Backend::Postgres).await;
     }
+    if cfg.scenario("heartbeat") {
+        heartbeats(cfg, res, errors, sec, Backend::Postgres).await;
+    }
     if cfg.scenario("raw") {
         // No library at all: its figure sits in the first column.
         let sec = "postgres raw SQL yardstick";
@@ -283,6 +286,37 @@ async fn steps(
     }
 }
 
+/// The heartbeat scenario on backend `b`: one round renews every lease a worker holds in
+/// the drain configuration, per lease and batched.
+async fn heartbeats(
+    cfg: &cli::Config,
+    res: &mut Results,
+    errors: &mut Vec<String>,
+    sec: &str,
+    b: Backend,
+) {
+    let rounds = 5;
+    for renewal in [ours::Renewal::EachLease, ours::Renewal::Batched] {
+        let how = match renewal {
+            ours::Renewal::EachLease => "one heartbeat call each",
+            ours::Renewal::Batched => "heartbeat_many per 1000",
+        };
+        let row = format!(
+            "renew {} held leases x {rounds} rounds, {how}",
+            ours::HELD_LEASES
+        );
+        let what = format!("{sec} {row}");
+        ours_only(
+            res,
+            errors,
+            &what,
+            (sec, &row, "leases/s"),
+            ours::heartbeats(cfg, b, renewal, rounds),
+        )
+        .await;
+    }
+}
+
 /// The in-process backends: ours only (graphile_worker has no such backend).
 async fn local(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>, b: Backend) {
     let sec = match b {
@@ -318,5 +352,8 @@ async fn local(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>, b
     }
     if cfg.scenario("steps") {
         steps(cfg, res, errors, sec, b).await;
+    }
+    if cfg.scenario("heartbeat") {
+        heartbeats(cfg, res, errors, sec, b).await;
     }
 }

@@ -335,3 +335,77 @@ pub async fn steps(cfg: &Config, backend: Backend, jobs: usize) -> Result<f64, S
     }
     Ok((steps * jobs) as f64 / secs)
 }
+
+/// Leases one worker holds in the heartbeat scenario: concurrency 500 plus a local queue
+/// of 1000, the drain scenario's configuration.
+pub const HELD_LEASES: usize = 1500;
+
+/// How a heartbeat round renews its leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// One `heartbeat` call (on PostgreSQL one statement and commit) per lease: what the
+    /// worker did before `heartbeat_many`.
+    EachLease,
+    /// `heartbeat_many` per 1000 leases, as the worker does.
+    Batched,
+}
+
+/// Claims [`HELD_LEASES`] jobs, then renews all their leases `rounds` times the way
+/// `renewal` says; returns leases renewed per second.
+pub async fn heartbeats(
+    cfg: &Config,
+    backend: Backend,
+    renewal: Renewal,
+    rounds: usize,
+) -> Result<f64, String> {
+    let fresh = Fresh::new(cfg, backend).await?;
+    let s = fresh.storage.clone();
+    let jobs = (0..HELD_LEASES).map(|i| durable_jobs::NewJob::new("noop", payload(i)));
+    s.enqueue_many(jobs.collect())
+        .await
+        .map_err(err("enqueue"))?;
+    let extend = Duration::from_secs(60);
+    let mut leases = Vec::with_capacity(HELD_LEASES);
+    while leases.len() < HELD_LEASES {
+        let claimed = s
+            .dequeue(durable_jobs::DequeueParams {
+                queues: vec!["default".into()],
+                tasks: Vec::new(),
+                limit: HELD_LEASES - leases.len(),
+                lease_duration: extend,
+                holder: "bench".into(),
+                forbidden_flags: Vec::new(),
+            })
+            .await
+            .map_err(err("dequeue"))?;
+        if claimed.is_empty() {
+            return Err(format!("claimed {} of {HELD_LEASES} jobs", leases.len()));
+        }
+        leases.extend(claimed.into_iter().map(|c| c.lease));
+    }
+    let t0 = Instant::now();
+    for _ in 0..rounds {
+        match renewal {
+            Renewal::EachLease => {
+                for lease in &leases {
+                    s.heartbeat(lease, extend).await.map_err(err("heartbeat"))?;
+                }
+            }
+            Renewal::Batched => {
+                for batch in leases.chunks(1000) {
+                    for r in s
+                        .heartbeat_many(batch, extend)
+                        .await
+                        .map_err(err("heartbeat_many"))?
+                    {
+                        r.map_err(err("heartbeat_many item"))?;
+                    }
+                }
+            }
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    fresh.profile(cfg, &format!("heartbeats, {renewal:?}"));
+    fresh.cleanup().await?;
+    Ok((HELD_LEASES * rounds) as f64 / secs)
+}
