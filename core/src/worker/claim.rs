@@ -131,6 +131,7 @@ pub(crate) async fn run_queue(
     let mut st = ClaimState {
         buffer: VecDeque::new(),
         maybe_more: true,
+        probing: false,
         error_backoff: Duration::ZERO,
         claiming: 0,
     };
@@ -161,9 +162,14 @@ pub(crate) async fn run_queue(
         }
         let held = running.len() + st.buffer.len() + st.claiming;
         let free = capacity - held;
+        let in_flight_cap = if st.probing {
+            1
+        } else {
+            shared.opts.claims_in_flight
+        };
         if st.maybe_more
             && st.error_backoff.is_zero()
-            && claims.len() < shared.opts.claims_in_flight
+            && claims.len() < in_flight_cap
             && free > 0
             && (free >= refill_at || held == 0)
         {
@@ -263,6 +269,10 @@ struct ClaimState {
     buffer: VecDeque<(ClaimedJob, watch::Receiver<bool>)>,
     /// False once a claim came back short: the queue looked drained until a wake-up.
     maybe_more: bool,
+    /// True while the last claim to come back was short: until one comes back full, one
+    /// claim at a time. A wake-up on an idle queue usually announces one job; claims sent
+    /// side by side would race for it on the server, and the losers come back empty.
+    probing: bool,
     /// How long to wait before the next claim after a failed one (zero: no failure).
     error_backoff: Duration,
     /// Jobs asked for by claims still in flight.
@@ -299,6 +309,7 @@ impl ClaimState {
                 // was in flight, and the work it announced may postdate the claim.
                 self.maybe_more =
                     claimed.len() == outcome.want || shared.wake_generation() != outcome.generation;
+                self.probing = claimed.len() < outcome.want;
                 if claimed.is_empty() {
                     if running.len() == 0 && self.buffer.is_empty() && claims.is_empty() {
                         shared.idle_at[index].store(outcome.generation, Ordering::SeqCst);
