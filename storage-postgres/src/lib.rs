@@ -127,8 +127,8 @@ mod workflow;
 
 pub use migrate::LATEST_VERSION;
 pub use options::{
-    PostgresOptions, DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_SCHEMA,
-    MAX_SCHEMA_LEN,
+    PostgresOptions, DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_PING_IDLE_AFTER,
+    DEFAULT_SCHEMA, MAX_SCHEMA_LEN,
 };
 /// Re-exported so users name the same sqlx version as this crate.
 pub use sqlx;

@@ -9,6 +9,9 @@ pub const DEFAULT_SCHEMA: &str = "durable_jobs";
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 /// How long a call waits for a free pool connection before it fails. Defaults to 30 s.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a pool connection may sit idle before it is checked (one round trip) on its
+/// way out of the pool. Defaults to 5 s.
+pub const DEFAULT_PING_IDLE_AFTER: Duration = Duration::from_secs(5);
 /// The longest schema name accepted. The NOTIFY channel is `durable_jobs:<schema>` and
 /// PostgreSQL channel names must stay under 64 bytes.
 pub const MAX_SCHEMA_LEN: usize = 48;
@@ -27,6 +30,7 @@ pub struct PostgresOptions {
     pub(crate) schema: String,
     pub(crate) max_connections: u32,
     pub(crate) acquire_timeout: Duration,
+    pub(crate) ping_idle_after: Duration,
     pub(crate) listen: bool,
     #[cfg(feature = "testing")]
     pub(crate) test_clock: bool,
@@ -46,6 +50,7 @@ impl PostgresOptions {
             schema: DEFAULT_SCHEMA.to_string(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+            ping_idle_after: DEFAULT_PING_IDLE_AFTER,
             listen: true,
             #[cfg(feature = "testing")]
             test_clock: false,
@@ -82,6 +87,17 @@ impl PostgresOptions {
     /// [`DEFAULT_ACQUIRE_TIMEOUT`].
     pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
         self.acquire_timeout = timeout;
+        self
+    }
+
+    /// How long a pool connection may sit idle before it is checked with a ping on its
+    /// way out of the pool (ignored by `from_pool`, whose pool you configured). A
+    /// connection the server or a firewall dropped while idle is then replaced instead of
+    /// failing its next statement. Busier connections skip the check: a ping before every
+    /// statement (sqlx's default) made every claim, completion and enqueue two round trips.
+    /// `Duration::ZERO` checks every time. Defaults to [`DEFAULT_PING_IDLE_AFTER`].
+    pub fn ping_idle_after(mut self, idle: Duration) -> Self {
+        self.ping_idle_after = idle;
         self
     }
 

@@ -92,9 +92,21 @@ impl PostgresStorage {
                 "expected postgres://user@host:port/database, found an invalid URL: {e}"
             ),
         })?;
+        let ping_idle_after = options.ping_idle_after;
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
+            // A ping on every acquire doubled the round trips of every statement; only
+            // connections idle long enough to have been dropped are checked.
+            .test_before_acquire(false)
+            .before_acquire(move |conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= ping_idle_after {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(connect)
             .await
             .map_err(|e| {

@@ -7,6 +7,7 @@ mod hot_paths;
 mod listen;
 mod migrate;
 mod operations;
+mod pool;
 mod sql_api;
 mod workflow;
 
