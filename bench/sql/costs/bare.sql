@@ -21,7 +21,7 @@ CREATE FUNCTION claim_batch() RETURNS bigint[] LANGUAGE sql AS $$
     ), u AS (
         UPDATE r.jobs j SET status = 'running', attempt = j.attempt + 1, lease_token = 7,
             lease_expires_at = now() + interval '30 seconds'
-        FROM c WHERE j.id = c.id RETURNING j.id, j.lease_token, j.payload)
+        WHERE j.id = ANY(ARRAY(SELECT id FROM c)) RETURNING j.id, j.lease_token, j.payload)
     SELECT array_agg(id) FROM u;
 $$;
 CREATE FUNCTION complete_batch(ids bigint[]) RETURNS void LANGUAGE sql AS $$

@@ -12,7 +12,7 @@ BEGIN
         lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL,
         completed_at = now(), updated_at = now()
     FROM unnest(ids, tokens, results) AS d(id, token, result)
-    WHERE j.id = ANY(ids) AND j.id = d.id
+    WHERE j.id = ANY(ARRAY(SELECT unnest(ids))) AND j.id = d.id
       AND CASE WHEN j.status = 'running' THEN j.lease_token = d.token ELSE false END;
 END $$;
 \ir measure.sql

@@ -26,7 +26,7 @@ CREATE FUNCTION claim_batch() RETURNS bigint[] LANGUAGE sql AS $$
         UPDATE dj.jobs AS j SET status = 'running', attempt = j.attempt + 1, lease_holder = 'w',
             lease_token = 7, lease_expires_at = now() + interval '30 s', wake_requested = false,
             started_at = now(), updated_at = now()
-        FROM c WHERE j.id = c.id
+        WHERE j.id = ANY(ARRAY(SELECT id FROM c))
         RETURNING j.id, j.task, j.payload, j.queue, j.priority, j.status, j.attempt,
             j.max_attempts, j.run_at, j.lease_holder, j.lease_token, j.lease_expires_at,
             j.last_error, j.result, j.dedupe_key, j.timeout_ms, j.created_at, j.started_at,
