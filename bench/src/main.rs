@@ -261,6 +261,20 @@ async fn ours_only<F>(
     }
 }
 
+/// [`ours_only`] for a row named after its section: the progress line reads
+/// "<section> <row>".
+async fn ours_row<F>(
+    res: &mut Results,
+    errors: &mut Vec<String>,
+    (sec, row, unit): (&str, &str, &'static str),
+    f: F,
+) where
+    F: Future<Output = Result<f64, String>>,
+{
+    let what = format!("{sec} {row}");
+    ours_only(res, errors, &what, (sec, row, unit), f).await;
+}
+
 /// The checkpointed-steps scenario on backend `b`, for 1 and 8 concurrent jobs.
 async fn steps(
     cfg: &cli::Config,
@@ -274,11 +288,9 @@ async fn steps(
             "checkpointed steps, {jobs} job(s) x {} steps",
             (cfg.jobs / 20).max(1)
         );
-        let what = format!("{sec} {row}");
-        ours_only(
+        ours_row(
             res,
             errors,
-            &what,
             (sec, &row, "steps/s"),
             ours::steps(cfg, b, jobs),
         )
@@ -305,11 +317,9 @@ async fn heartbeats(
             "renew {} held leases x {rounds} rounds, {how}",
             ours::HELD_LEASES
         );
-        let what = format!("{sec} {row}");
-        ours_only(
+        ours_row(
             res,
             errors,
-            &what,
             (sec, &row, "leases/s"),
             ours::heartbeats(cfg, b, renewal, rounds),
         )
@@ -326,28 +336,12 @@ async fn local(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>, b
     let n = cfg.jobs;
     if cfg.scenario("enqueue") {
         let row = format!("bulk enqueue {n} jobs, batches of {}", cfg.batch);
-        let what = format!("{sec} {row}");
-        ours_only(
-            res,
-            errors,
-            &what,
-            (sec, &row, "jobs/s"),
-            ours::enqueue(cfg, b),
-        )
-        .await;
+        ours_row(res, errors, (sec, &row, "jobs/s"), ours::enqueue(cfg, b)).await;
     }
     if cfg.scenario("drain") {
         for &c in &cfg.concurrency {
             let row = format!("drain {n} no-op jobs, concurrency {c}");
-            let what = format!("{sec} {row}");
-            ours_only(
-                res,
-                errors,
-                &what,
-                (sec, &row, "jobs/s"),
-                ours::drain(cfg, b, c),
-            )
-            .await;
+            ours_row(res, errors, (sec, &row, "jobs/s"), ours::drain(cfg, b, c)).await;
         }
     }
     if cfg.scenario("steps") {
