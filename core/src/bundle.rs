@@ -7,6 +7,7 @@
 //! succeeded. Its status is the bundle's: completed when every member completed, failed
 //! otherwise.
 
+use crate::storage::Storage;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::job::{far_future, JobId, JobStatus};
@@ -14,9 +15,11 @@ use crate::options::JobOptions;
 use crate::queue::Queue;
 use crate::storage::JobFilter;
 use crate::task::TaskError;
+use crate::trace;
 use crate::workflow::JobContext;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tracing::Instrument;
 
 /// The task name of bundle tracking jobs; every [`Queue`] registers it.
 pub const BUNDLE_TASK: &str = "durable_jobs.bundle";
@@ -127,16 +130,25 @@ impl Queue {
         let args = serde_json::to_value(BundleArgs {
             delete_on_success: options.delete_on_success,
         })?;
-        let bundle = self
-            .enqueue_job(tracker.build(BUNDLE_TASK, args)?)
-            .await?
-            .id;
-        for j in &mut jobs {
-            j.parent_id = Some(bundle);
+        let mut tracker = tracker.build(BUNDLE_TASK, args)?;
+        // One enqueue span for the whole bundle: the tracker and every member store its
+        // trace context, so their attempts all continue the enqueuing trace.
+        let (span, context) =
+            trace::enqueue_span(BUNDLE_TASK, &tracker.queue, jobs.len() + 1, None);
+        let traceparent = context.to_traceparent();
+        tracker.trace_context = Some(traceparent.clone());
+        async {
+            let bundle = self.storage().enqueue(tracker).await?.id;
+            for j in &mut jobs {
+                j.parent_id = Some(bundle);
+                j.trace_context = Some(traceparent.clone());
+            }
+            self.storage().enqueue_many(jobs).await?;
+            self.wake();
+            Ok(bundle)
         }
-        self.storage().enqueue_many(jobs).await?;
-        self.wake();
-        Ok(bundle)
+        .instrument(span)
+        .await
     }
 
     /// Where the bundle stands.

@@ -1,6 +1,8 @@
-//! The crate's error type.
+//! The crate's error types: [`Error`] for every public call, and [`StorageError`] for what
+//! a backend reports, with a [`StorageErrorKind`] that says whether retrying can help.
 
-use crate::job::JobId;
+use crate::job::{JobId, UnknownStatus};
+use std::fmt;
 
 /// Errors returned by durable-jobs' public calls.
 #[derive(Debug, thiserror::Error)]
@@ -78,20 +80,14 @@ pub enum Error {
         /// The newest version this library knows.
         supported: i64,
     },
-    /// A storage backend failed (connection, I/O, SQL). The worker loop retries these.
+    /// A storage backend failed (connection, I/O, SQL, undecodable data). Its
+    /// [`StorageError::kind`] tells whether retrying can help; the worker loop retries the
+    /// transient kinds with a growing backoff.
     #[error("storage error: {0}")]
-    Storage(String),
+    Storage(#[from] StorageError),
     /// JSON (de)serialization failed outside a payload.
     #[error("serialization error: {0}")]
     Serialization(#[from] serde_json::Error),
-    /// The backend does not implement this operation (see [`crate::Storage::capabilities`]).
-    #[error("the {backend} backend does not support {operation}")]
-    Unsupported {
-        /// The backend's name.
-        backend: &'static str,
-        /// The operation.
-        operation: &'static str,
-    },
     /// A signal was sent to a job that has already finished.
     #[error("job {job_id} has finished ({status}); it can no longer receive signals")]
     JobFinished {
@@ -106,9 +102,31 @@ pub enum Error {
 }
 
 impl Error {
-    /// Wraps any backend error as [`Error::Storage`].
+    /// Wraps any backend error as [`Error::Storage`] of kind [`StorageErrorKind::Other`].
     pub fn storage(err: impl std::fmt::Display) -> Self {
-        Error::Storage(err.to_string())
+        Error::Storage(StorageError::new(StorageErrorKind::Other, err.to_string()))
+    }
+
+    /// The storage error's kind, for [`Error::Storage`]; `None` for every other variant.
+    pub fn storage_kind(&self) -> Option<StorageErrorKind> {
+        match self {
+            Error::Storage(e) => Some(e.kind()),
+            _ => None,
+        }
+    }
+
+    /// True when no retry can fix this error and an operator must act: a schema that was
+    /// never migrated ([`StorageErrorKind::Schema`]) or one newer than this library
+    /// ([`Error::SchemaTooNew`]). A worker stops on these instead of retrying forever.
+    pub fn needs_operator(&self) -> bool {
+        matches!(self, Error::SchemaTooNew { .. })
+            || self.storage_kind() == Some(StorageErrorKind::Schema)
+    }
+
+    /// True when trying the same call again later may succeed: a storage error of a
+    /// transient kind ([`StorageErrorKind::is_transient`]).
+    pub fn is_transient(&self) -> bool {
+        self.storage_kind().is_some_and(StorageErrorKind::is_transient)
     }
 
     /// True for [`Error::LeaseLost`].
@@ -119,3 +137,119 @@ impl Error {
 
 /// Shorthand for results with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<UnknownStatus> for Error {
+    fn from(e: UnknownStatus) -> Self {
+        Error::Storage(StorageError::new(StorageErrorKind::Corrupt, e.to_string()))
+    }
+}
+
+/// What kind of failure a backend reported: the part of a storage error a caller can act
+/// on without reading its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StorageErrorKind {
+    /// The backend could not be reached or did not answer in time: a refused or dropped
+    /// connection, a pool timeout, a server shutting down, a file that cannot be opened.
+    /// Transient: retry with a backoff.
+    Unavailable,
+    /// Another writer holds what the call needed, or a transaction lost a serialization
+    /// race (SQLite busy or locked, PostgreSQL deadlock or serialization failure).
+    /// Transient: retry.
+    Busy,
+    /// The backend ran out of a resource it needs: disk, memory, connections on the
+    /// server. Transient once an operator frees it; retried with a backoff.
+    Exhausted,
+    /// Stored data cannot be read: a corrupt file, a row that does not decode, JSON that
+    /// does not parse. Retrying the same call gives the same error.
+    Corrupt,
+    /// A write broke a constraint (a unique key, a check). Retrying gives the same error.
+    Constraint,
+    /// The backend's schema is missing or was never migrated: call `migrate()`.
+    Schema,
+    /// Anything else: a SQL error, a protocol error, a bug. Not retried blindly.
+    Other,
+}
+
+impl StorageErrorKind {
+    /// True for the kinds that retrying later can fix: unavailable, busy and exhausted.
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            StorageErrorKind::Unavailable | StorageErrorKind::Busy | StorageErrorKind::Exhausted
+        )
+    }
+
+    /// The kind's stable name, used as a metric label (`unavailable`, `busy`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageErrorKind::Unavailable => "unavailable",
+            StorageErrorKind::Busy => "busy",
+            StorageErrorKind::Exhausted => "exhausted",
+            StorageErrorKind::Corrupt => "corrupt",
+            StorageErrorKind::Constraint => "constraint",
+            StorageErrorKind::Schema => "schema",
+            StorageErrorKind::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for StorageErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error a storage backend reported: its kind, a message that says what to do, and the
+/// driver's error as its source.
+#[derive(Debug)]
+pub struct StorageError {
+    kind: StorageErrorKind,
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl StorageError {
+    /// An error of `kind` with `message` and no source.
+    pub fn new(kind: StorageErrorKind, message: impl Into<String>) -> Self {
+        StorageError {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// The same error, keeping `source` (the driver's error) for
+    /// [`std::error::Error::source`].
+    pub fn with_source(
+        mut self,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> StorageErrorKind {
+        self.kind
+    }
+
+    /// The message, without the kind.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, self.kind)
+    }
+}
+
+impl std::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}

@@ -69,17 +69,67 @@ pub enum Event {
         /// Why.
         error: String,
     },
+    /// A running job's lease expired (its worker crashed, hung or lost its connection)
+    /// and a lease sweep released it: it will run again, or failed when no attempts were
+    /// left.
+    LeaseReclaimed {
+        /// The job.
+        job_id: JobId,
+        /// Its task.
+        task: String,
+        /// The attempt whose lease expired.
+        attempt: i32,
+        /// True when no attempts were left and the job failed.
+        failed: bool,
+    },
+    /// A workflow suspended to wait (sleep, signal, children) and gave up its slot.
+    Suspended {
+        /// The job.
+        job_id: JobId,
+        /// Its task.
+        task: String,
+        /// The attempt that suspended.
+        attempt: i32,
+    },
+    /// The job was cancelled: by [`crate::Queue::cancel`], or seen cancelled by the worker
+    /// running it.
+    Cancelled {
+        /// The job.
+        job_id: JobId,
+    },
+    /// A schedule's tick enqueued a job.
+    ScheduleFired {
+        /// The schedule.
+        schedule: String,
+        /// The job the tick created.
+        job_id: JobId,
+    },
+    /// A worker started serving its queues.
+    WorkerStarted {
+        /// The worker's name.
+        worker: String,
+    },
+    /// A worker stopped.
+    WorkerStopped {
+        /// The worker's name.
+        worker: String,
+    },
 }
 
 impl Event {
-    /// The job the event is about.
-    pub fn job_id(&self) -> JobId {
+    /// The job the event is about; `None` for worker events.
+    pub fn job_id(&self) -> Option<JobId> {
         match self {
             Event::Started { job_id, .. }
             | Event::Completed { job_id, .. }
             | Event::Retrying { job_id, .. }
-            | Event::Failed { job_id, .. } => *job_id,
-            Event::BundleFinished { bundle_id, .. } => *bundle_id,
+            | Event::Failed { job_id, .. }
+            | Event::LeaseReclaimed { job_id, .. }
+            | Event::Suspended { job_id, .. }
+            | Event::Cancelled { job_id }
+            | Event::ScheduleFired { job_id, .. } => Some(*job_id),
+            Event::BundleFinished { bundle_id, .. } => Some(*bundle_id),
+            Event::WorkerStarted { .. } | Event::WorkerStopped { .. } => None,
         }
     }
 }

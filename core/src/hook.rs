@@ -27,11 +27,12 @@ impl Hooks {
             Event::Failed { .. } => &self.on_fail,
             Event::Retrying { .. } => &self.on_retry,
             Event::BundleFinished { .. } => &self.on_bundle_done,
+            _ => return,
         };
         for hook in list {
             if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(event))) {
                 tracing::error!(
-                    job_id = event.job_id(),
+                    job_id = ?event.job_id(),
                     panic = %crate::task::panic_message(p),
                     "a hook panicked"
                 );

@@ -10,6 +10,12 @@ use std::time::Duration;
 /// A job's id, unique within one storage.
 pub type JobId = i64;
 
+/// The routing queue a job goes to when its options name none.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// Retries after the first attempt when neither the job nor its task sets them.
+pub const DEFAULT_RETRIES: u32 = 3;
+
 /// Where a job is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
@@ -75,14 +81,26 @@ impl fmt::Display for JobStatus {
     }
 }
 
+/// A status name that is none of [`JobStatus::ALL`]: stored data this version cannot read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownStatus(pub String);
+
+impl fmt::Display for UnknownStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown job status `{}` in storage", self.0)
+    }
+}
+
+impl std::error::Error for UnknownStatus {}
+
 impl FromStr for JobStatus {
-    type Err = crate::Error;
+    type Err = UnknownStatus;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         JobStatus::ALL
             .into_iter()
             .find(|st| st.as_str() == s)
-            .ok_or_else(|| crate::Error::Storage(format!("unknown job status `{s}` in storage")))
+            .ok_or_else(|| UnknownStatus(s.to_string()))
     }
 }
 
@@ -151,6 +169,10 @@ pub struct Job {
     pub completed_at: Option<DateTime<Utc>>,
     /// When it last changed.
     pub updated_at: DateTime<Utc>,
+    /// The W3C `traceparent` of the span that enqueued it: its attempts' spans follow
+    /// from it, so one trace shows the request that enqueued a job and the job's run.
+    #[serde(default)]
+    pub trace_context: Option<String>,
 }
 
 impl Job {
@@ -207,6 +229,10 @@ pub struct NewJob {
     /// Labels to find the job by in listings.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// The W3C `traceparent` of the enqueuing span, stored with the job (set by
+    /// [`crate::Queue`] from the current span).
+    #[serde(default)]
+    pub trace_context: Option<String>,
 }
 
 /// What enqueueing a job whose key an unfinished job already holds does (the key is
@@ -247,9 +273,9 @@ impl NewJob {
         NewJob {
             task: task.into(),
             payload,
-            queue: crate::options::DEFAULT_QUEUE.to_string(),
+            queue: DEFAULT_QUEUE.to_string(),
             priority: 0,
-            max_attempts: crate::options::DEFAULT_RETRIES as i32 + 1,
+            max_attempts: DEFAULT_RETRIES as i32 + 1,
             run_at: None,
             delay: None,
             dedupe_key: None,
@@ -259,6 +285,7 @@ impl NewJob {
             serial_key: None,
             flags: Vec::new(),
             tags: Vec::new(),
+            trace_context: None,
         }
     }
 

@@ -5,7 +5,9 @@ pub mod clock;
 pub mod error;
 pub mod event;
 mod hook;
+pub mod instrumented;
 pub mod job;
+pub mod metric;
 mod maintenance;
 pub mod manage;
 pub mod options;
@@ -16,26 +18,32 @@ pub mod storage;
 pub mod task;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod trace;
 pub mod worker;
 pub mod workflow;
 
 pub use bundle::{BundleItem, BundleOptions, BundleStatus, BUNDLE_TASK};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::{Error, Result};
+pub use error::{Error, Result, StorageError, StorageErrorKind};
+pub use instrumented::{Backoff, InstrumentedStorage, StorageCall, StorageLayer};
 pub use event::{Event, EventStream, EventStreamError};
 pub use job::{
     Checkpoint, CheckpointOutcome, Enqueued, Job, JobId, JobStatus, KeyMode, Lease, LeaseInfo,
     NewJob,
 };
-pub use manage::JobDetails;
+pub use manage::{JobDetails, WorkerInfo};
 pub use options::JobOptions;
 pub use queue::Queue;
 pub use retry::RetryPolicy;
 pub use schedule::{CatchUp, Schedule, ScheduleInfo, ScheduleRecord, SchedulerReport};
 pub use storage::{
-    Capabilities, ClaimedJob, Completion, DequeueParams, DynStorage, Failure, JobFilter,
-    ManualOutcome, QueueCount, Storage,
+    AdvanceScheduleParams, Capabilities, ClaimedJob, Completion, DequeueParams, DynStorage,
+    Failure, JobFilter, ManualOutcome, QueueCount, ReleasedJob, SpawnChildrenParams,
+    StaleLocks, Storage, TakeSignalsParams, WorkerQueue, WorkerRecord,
 };
 pub use task::{NoRetry, RetryAfter, Task, TaskError, TaskErrorKind};
-pub use worker::{QueueConfig, ShutdownHandle, Worker, WorkerOptions, WorkerReport};
+pub use trace::TraceContext;
+pub use worker::{
+    QueueConfig, ShutdownHandle, Worker, WorkerHealth, WorkerOptions, WorkerReport, WorkerState,
+};
 pub use workflow::{call, CheckpointKey, ChildResult, FanOut, JobContext};

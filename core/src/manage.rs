@@ -1,6 +1,7 @@
 //! Operations on a queue's jobs: inspect, retry, cancel, reschedule, finish by hand,
 //! purge, pause.
 
+use crate::storage::Storage;
 use crate::error::Result;
 use crate::job::{Checkpoint, Job, JobId};
 use crate::queue::Queue;
@@ -27,7 +28,7 @@ impl Queue {
         let Some(job) = self.storage().get_job(id).await? else {
             return Ok(None);
         };
-        let checkpoints = self.storage().checkpoints(id).await?;
+        let checkpoints = self.storage().list_checkpoints(id).await?;
         Ok(Some(JobDetails { job, checkpoints }))
     }
 
@@ -136,4 +137,32 @@ impl Queue {
     pub async fn paused_queues(&self) -> Result<Vec<String>> {
         self.storage().paused_queues().await
     }
+
+    /// Every worker in the registry, by name, each with whether it is dead (not seen for
+    /// longer than its lease time, by the storage clock). Dead workers stay listed until a
+    /// live worker's sweep removes them (see [`crate::WorkerOptions::worker_retention`]).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn workers(&self) -> Result<Vec<WorkerInfo>> {
+        let now = self.storage().now().await?;
+        let records = self.storage().list_workers().await?;
+        Ok(records
+            .into_iter()
+            .map(|record| WorkerInfo {
+                dead: record.is_dead(now),
+                record,
+            })
+            .collect())
+    }
+}
+
+/// A registered worker and whether it is dead, as [`Queue::workers`] lists them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkerInfo {
+    /// The record the worker keeps in storage.
+    #[serde(flatten)]
+    pub record: crate::storage::WorkerRecord,
+    /// True when it has not renewed its record for longer than its lease time.
+    pub dead: bool,
 }

@@ -6,10 +6,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::time::Duration;
 
-/// The queue jobs go to when none is named.
-pub const DEFAULT_QUEUE: &str = "default";
-/// Retries after the first attempt when none are set.
-pub const DEFAULT_RETRIES: u32 = 3;
+pub use crate::job::{DEFAULT_QUEUE, DEFAULT_RETRIES};
 /// The largest serialized payload accepted, in bytes. Defaults to 1 MiB.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 /// The most retries one job may ask for.
@@ -200,6 +197,7 @@ impl JobOptions {
             serial_key: self.serial_key.clone(),
             flags: self.flags.clone(),
             tags: self.tags.clone(),
+            trace_context: None,
         })
     }
 }

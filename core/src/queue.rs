@@ -6,8 +6,10 @@ use crate::hook::{HookFn, Hooks};
 use crate::job::{Enqueued, Job, JobId, NewJob};
 use crate::options::{validate_task_name, JobOptions};
 use crate::retry::RetryPolicy;
-use crate::storage::DynStorage;
+use crate::instrumented::{InstrumentedStorage, StorageLayer};
+use crate::storage::{DynStorage, Storage};
 use crate::task::{HandlerEntry, Task, TaskError};
+use crate::trace;
 use crate::workflow::JobContext;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -16,6 +18,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::sync::{broadcast, watch};
+use tracing::Instrument;
 
 /// Handlers, hooks and the event stream over one storage. Cloning shares them all.
 ///
@@ -36,7 +39,7 @@ pub struct Queue {
 }
 
 struct QueueInner {
-    storage: DynStorage,
+    storage: InstrumentedStorage,
     handlers: RwLock<HashMap<String, Arc<HandlerEntry>>>,
     retry_policies: RwLock<HashMap<String, RetryPolicy>>,
     default_retry: RwLock<RetryPolicy>,
@@ -67,6 +70,16 @@ fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 impl Queue {
     /// A queue over `storage`, with no handlers yet.
     pub fn new(storage: DynStorage) -> Self {
+        Self::with_storage(InstrumentedStorage::new(storage))
+    }
+
+    /// A queue over `storage` whose every storage call is also shown to `layers` (a
+    /// profiler, an audit log), after the built-in spans and metrics.
+    pub fn with_layers(storage: DynStorage, layers: Vec<Arc<dyn StorageLayer>>) -> Self {
+        Self::with_storage(InstrumentedStorage::with_layers(storage, layers))
+    }
+
+    fn with_storage(storage: InstrumentedStorage) -> Self {
         let (events, _) = broadcast::channel(DEFAULT_EVENT_CAPACITY);
         let (wake, _) = watch::channel(0);
         let queue = Queue {
@@ -85,8 +98,9 @@ impl Queue {
         queue
     }
 
-    /// The storage this queue uses.
-    pub fn storage(&self) -> &DynStorage {
+    /// The storage this queue uses, behind the instrumented handle every call of the
+    /// library goes through ([`InstrumentedStorage::inner`] is the backend itself).
+    pub fn storage(&self) -> &InstrumentedStorage {
         &self.inner.storage
     }
 
@@ -226,9 +240,34 @@ impl Queue {
                 self.build_job(task, payload, &options)
             })
             .collect::<Result<Vec<_>>>()?;
-        let out = self.inner.storage.enqueue_many(jobs).await?;
-        self.wake();
+        let out = self.insert_many(task, jobs).await?;
         Ok(out.into_iter().map(|e| e.id).collect())
+    }
+
+    /// Inserts prepared jobs of `task` in one storage call, in one `durable_jobs.enqueue`
+    /// span whose trace context every job without one stores (see [`crate::trace`]), and
+    /// wakes local workers.
+    pub(crate) async fn insert_many(
+        &self,
+        task: &str,
+        mut jobs: Vec<NewJob>,
+    ) -> Result<Vec<Enqueued>> {
+        let queue = jobs
+            .first()
+            .map_or(crate::job::DEFAULT_QUEUE, |j| j.queue.as_str());
+        let (span, context) = trace::enqueue_span(task, queue, jobs.len(), None);
+        let traceparent = context.to_traceparent();
+        for j in jobs.iter_mut().filter(|j| j.trace_context.is_none()) {
+            j.trace_context = Some(traceparent.clone());
+        }
+        let out = self
+            .inner
+            .storage
+            .enqueue_many(jobs)
+            .instrument(span)
+            .await?;
+        self.wake();
+        Ok(out)
     }
 
     /// Enqueues a typed [`Task`].
@@ -254,12 +293,18 @@ impl Queue {
         Ok(self.enqueue_job(job).await?.id)
     }
 
-    /// Inserts a prepared job and wakes local workers.
+    /// Inserts a prepared job and wakes local workers. The insert runs in a
+    /// `durable_jobs.enqueue` span, and a job without a [`NewJob::trace_context`] stores
+    /// that span's (see [`crate::trace`]); one that has it keeps it.
     ///
     /// # Errors
     /// Storage errors.
-    pub async fn enqueue_job(&self, job: NewJob) -> Result<Enqueued> {
-        let out = self.inner.storage.enqueue(job).await?;
+    pub async fn enqueue_job(&self, mut job: NewJob) -> Result<Enqueued> {
+        let (span, context) = trace::enqueue_span(&job.task, &job.queue, 1, None);
+        if job.trace_context.is_none() {
+            job.trace_context = Some(context.to_traceparent());
+        }
+        let out = self.inner.storage.enqueue(job).instrument(span).await?;
         self.wake();
         Ok(out)
     }
@@ -277,7 +322,17 @@ impl Queue {
     /// # Errors
     /// [`Error::JobNotFound`] and storage errors.
     pub async fn cancel(&self, id: JobId) -> Result<bool> {
-        self.inner.storage.cancel(id).await
+        // Read first for the metric's labels: cancelling is an operator's action, rare
+        // enough for the extra read.
+        let job = self.inner.storage.get_job(id).await?;
+        let cancelled = self.inner.storage.cancel(id).await?;
+        if cancelled {
+            if let Some(job) = job {
+                crate::metric::job_cancelled(&job.queue, &job.task);
+            }
+            self.emit(Event::Cancelled { job_id: id });
+        }
+        Ok(cancelled)
     }
 
     /// Sends a signal to a job: stored durably, and the job is woken if it waits. A

@@ -117,7 +117,6 @@ impl TaskError {
             | E::InvalidOption { .. }
             | E::InvalidQueueName(_)
             | E::Serialization(_)
-            | E::Unsupported { .. }
             | E::JobFinished { .. } => TaskErrorKind::NoRetry,
             _ => TaskErrorKind::Retry,
         };

@@ -4,9 +4,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use durable_jobs::job::{far_future, new_lease_token};
 use durable_jobs::{
-    Capabilities, Checkpoint, CheckpointOutcome, ClaimedJob, Clock, Completion, DequeueParams,
-    Enqueued, Error, Failure, Job, JobFilter, JobId, JobStatus, KeyMode, Lease, LeaseInfo,
-    ManualClock, ManualOutcome, NewJob, QueueCount, Result, ScheduleRecord, Storage, SystemClock,
+    AdvanceScheduleParams, Capabilities, Checkpoint, CheckpointOutcome, ClaimedJob, Clock,
+    Completion, DequeueParams, Enqueued, Error, Failure, Job, JobFilter, JobId, JobStatus,
+    KeyMode, Lease, LeaseInfo, ManualClock, ManualOutcome, NewJob, QueueCount, ReleasedJob,
+    Result, ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage, SystemClock,
+    TakeSignalsParams, WorkerRecord,
 };
 use serde_json::Value;
 use std::cmp::Reverse;
@@ -41,6 +43,7 @@ struct State {
     serial_running: HashMap<String, JobId>,
     schedules: BTreeMap<String, ScheduleRecord>,
     paused_queues: BTreeSet<String>,
+    workers: BTreeMap<String, WorkerRecord>,
 }
 
 #[derive(Default, Clone)]
@@ -167,6 +170,7 @@ impl State {
             started_at: None,
             completed_at: None,
             updated_at: now,
+            trace_context: new.trace_context,
         };
         self.make_ready(&job);
         self.jobs.insert(id, job);
@@ -209,6 +213,8 @@ impl State {
             j.status = JobStatus::Pending;
             j.last_error = None;
             j.updated_at = now;
+            // The job now runs for the latest enqueue: its trace continues that one.
+            j.trace_context = new.trace_context.clone();
         }
         self.extras.insert(
             id,
@@ -383,8 +389,6 @@ impl Storage for MemoryStorage {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::new(false, false, false)
-            .with_workflows(true)
-            .with_operations(true)
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -570,9 +574,9 @@ impl Storage for MemoryStorage {
         Ok(leases.iter().map(|l| st.renew(l, expires_at)).collect())
     }
 
-    async fn reclaim_expired(&self) -> Result<u64> {
+    async fn release_stale_locks(&self) -> Result<StaleLocks> {
         let now = self.clock.now();
-        let mut n = 0;
+        let mut released = Vec::new();
         {
             let mut st = self.lock();
             let expired: Vec<JobId> = st
@@ -586,21 +590,37 @@ impl Storage for MemoryStorage {
                     continue;
                 };
                 job.last_error = Some("lease expired: the worker stopped heartbeating".into());
-                if job.attempt < job.max_attempts {
+                let status = if job.attempt < job.max_attempts {
+                    JobStatus::Retrying
+                } else {
+                    JobStatus::Failed
+                };
+                released.push(ReleasedJob {
+                    job_id: id,
+                    queue: job.queue.clone(),
+                    task: job.task.clone(),
+                    attempt: job.attempt,
+                    status,
+                });
+                if status == JobStatus::Retrying {
                     st.requeue(id, JobStatus::Retrying, now, now);
                 } else {
                     st.finish(id, JobStatus::Failed, now);
                 }
-                n += 1;
             }
         }
-        if n > 0 {
+        if !released.is_empty() {
             self.wake();
         }
-        Ok(n)
+        // A parent here is woken in the same lock as its child's final write, so no
+        // crash can leave one waiting: there is nothing to heal.
+        Ok(StaleLocks {
+            released,
+            parents_woken: 0,
+        })
     }
 
-    async fn save_checkpoint(&self, lease: &Lease, checkpoint: Checkpoint) -> Result<()> {
+    async fn checkpoint(&self, lease: &Lease, checkpoint: Checkpoint) -> Result<()> {
         let mut st = self.lock();
         st.leased(lease)?;
         st.checkpoints
@@ -610,7 +630,7 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
-    async fn checkpoints(&self, job_id: JobId) -> Result<Vec<Checkpoint>> {
+    async fn list_checkpoints(&self, job_id: JobId) -> Result<Vec<Checkpoint>> {
         Ok(self
             .lock()
             .checkpoints
@@ -725,13 +745,13 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
-    async fn spawn_children(
-        &self,
-        lease: &Lease,
-        key: &str,
-        name: &str,
-        jobs: Vec<NewJob>,
-    ) -> Result<Vec<JobId>> {
+    async fn spawn_children(&self, params: SpawnChildrenParams<'_>) -> Result<Vec<JobId>> {
+        let SpawnChildrenParams {
+            lease,
+            key,
+            name,
+            jobs,
+        } = params;
         let now = self.clock.now();
         let ids = {
             let mut st = self.lock();
@@ -780,13 +800,13 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
-    async fn take_signals(
-        &self,
-        lease: &Lease,
-        name: &str,
-        limit: usize,
-        key: &str,
-    ) -> Result<Vec<Value>> {
+    async fn take_signals(&self, params: TakeSignalsParams<'_>) -> Result<Vec<Value>> {
+        let TakeSignalsParams {
+            lease,
+            name,
+            limit,
+            key,
+        } = params;
         let mut st = self.lock();
         st.leased(lease)?;
         let taken: Vec<Value> = match st.signals.get_mut(&(lease.job_id, name.to_string())) {
@@ -873,11 +893,14 @@ impl Storage for MemoryStorage {
 
     async fn advance_schedule(
         &self,
-        name: &str,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        jobs: Vec<NewJob>,
+        params: AdvanceScheduleParams<'_>,
     ) -> Result<Option<Vec<JobId>>> {
+        let AdvanceScheduleParams {
+            name,
+            from,
+            to,
+            jobs,
+        } = params;
         let now = self.clock.now();
         let ids = {
             let mut st = self.lock();
@@ -1020,5 +1043,37 @@ impl Storage for MemoryStorage {
 
     async fn paused_queues(&self) -> Result<Vec<String>> {
         Ok(self.lock().paused_queues.iter().cloned().collect())
+    }
+
+    async fn register_worker(&self, mut worker: WorkerRecord) -> Result<()> {
+        worker.last_seen = self.clock.now();
+        self.lock().workers.insert(worker.name.clone(), worker);
+        Ok(())
+    }
+
+    async fn touch_worker(&self, name: &str) -> Result<bool> {
+        let now = self.clock.now();
+        Ok(match self.lock().workers.get_mut(name) {
+            Some(w) => {
+                w.last_seen = now;
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn deregister_worker(&self, name: &str) -> Result<bool> {
+        Ok(self.lock().workers.remove(name).is_some())
+    }
+
+    async fn list_workers(&self) -> Result<Vec<WorkerRecord>> {
+        Ok(self.lock().workers.values().cloned().collect())
+    }
+
+    async fn prune_workers(&self, before: DateTime<Utc>) -> Result<u64> {
+        let mut st = self.lock();
+        let n = st.workers.len();
+        st.workers.retain(|_, w| w.last_seen >= before);
+        Ok((n - st.workers.len()) as u64)
     }
 }

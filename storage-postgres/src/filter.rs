@@ -183,10 +183,13 @@ fn bind(values: sea_query::Values) -> Result<Vec<Bind>> {
 }
 
 fn unbindable(value: &sea_query::Value) -> Error {
-    Error::Storage(format!(
-        "postgres: cannot bind query value {value:?} (a filter query produced a kind of \
-         value the binder does not map)"
-    ))
+    crate::error::storage(
+        durable_jobs::StorageErrorKind::Other,
+        format!(
+            "postgres: cannot bind query value {value:?} (a filter query produced a kind of \
+             value the binder does not map)"
+        ),
+    )
 }
 
 #[cfg(test)]

@@ -33,6 +33,16 @@
 //!   (taken inside the claim, freed by a trigger when the job stops running); flags,
 //!   tags, paused queues, schedules (the cursor moves by compare-and-set) and the
 //!   management calls.
+//! - **Observability**: each job stores the enqueuing span's trace context (a nullable
+//!   column written by every insert and read with the job, claims included); workers
+//!   register in a `workers` table, renewed on the database clock. A lease sweep returns
+//!   the jobs it released and wakes listeners once when it released any.
+//! - **Errors** carry a [`durable_jobs::StorageErrorKind`] read from the sqlx error and its
+//!   SQLSTATE, with the sqlx error as the source: connection failures, pool timeouts and a
+//!   server shutting down are `Unavailable`; serialization failures, deadlocks and lock
+//!   timeouts `Busy`; insufficient resources (class 53) `Exhausted`; integrity violations
+//!   (class 23) `Constraint`; values that do not decode `Corrupt`; a missing table,
+//!   function, column or schema `Schema` (call `migrate()`); anything else `Other`.
 //!
 //! # Connecting and migrating
 //! ```no_run

@@ -5,7 +5,7 @@
 //! transaction-scoped advisory lock keyed on the schema, so concurrent `migrate()` calls
 //! from many processes apply each migration exactly once.
 
-use crate::error::db;
+use crate::error::{db, db_context};
 use crate::options::{channel, quote_ident, quote_literal};
 use durable_jobs::{Error, Result};
 use sqlx::{AssertSqlSafe, PgPool};
@@ -43,10 +43,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "operations",
         sql: include_str!("../migrations/004_operations.sql"),
     },
+    Migration {
+        version: 5,
+        name: "observability",
+        sql: include_str!("../migrations/005_observability.sql"),
+    },
 ];
 
 /// The newest schema version this library knows.
-pub const LATEST_VERSION: i64 = 4;
+pub const LATEST_VERSION: i64 = 5;
 
 /// A migration's SQL for `schema` (validate the name first), as [`run`] executes it: for
 /// review, or to apply by hand in a controlled rollout.
@@ -88,12 +93,11 @@ pub async fn run(pool: &PgPool, schema: &str) -> Result<()> {
             .execute(&mut *tx)
             .await
             .map_err(|e| {
-                Error::Storage(format!(
-                    "migration {} ({}) failed: {}",
-                    m.version,
-                    m.name,
-                    db(e)
-                ))
+                db_context(
+                    &format!("migration {} ({}) failed", m.version, m.name),
+                    e,
+                    "",
+                )
             })?;
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO {q}.migrations (version, name) VALUES ($1, $2)"

@@ -1,15 +1,19 @@
-//! The operations calls: schedules, paused queues, and the management calls (retry,
-//! reschedule, finish by hand, purge). Job-key modes, serial keys and flags live in the
-//! enqueue and claim statements (`sql.rs`, `tx.rs`).
+//! The operations calls: schedules, paused queues, the management calls (retry,
+//! reschedule, finish by hand, purge) and the worker registry. Job-key modes, serial keys
+//! and flags live in the enqueue and claim statements (`sql.rs`, `tx.rs`).
 
-use crate::error::db;
+use crate::error::{db, storage};
 use crate::sql::render;
 use crate::storage::PostgresStorage;
 use chrono::{DateTime, Utc};
-use durable_jobs::schedule::ScheduleRecord;
-use durable_jobs::storage::ManualOutcome;
-use durable_jobs::{Error, JobId, NewJob, Result};
+use durable_jobs::StorageErrorKind;
+use durable_jobs::{
+    AdvanceScheduleParams, Error, JobId, ManualOutcome, Result, ScheduleRecord, WorkerQueue,
+    WorkerRecord,
+};
 use serde_json::Value;
+use sqlx::postgres::PgRow;
+use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, Row};
 use std::sync::Arc;
 
@@ -73,6 +77,32 @@ SELECT pg_notify({channel}, '')::text FROM d";
 
 const PAUSED_QUEUES: &str = "SELECT queue FROM {schema}.paused_queues ORDER BY queue";
 
+/// Records a worker or replaces the record of one with the same name; `last_seen` is the
+/// storage clock's now, whatever the record says. $1 name, $2 host, $3 pid, $4 queues
+/// (JSON text), $5 version, $6 started_at, $7 lease (ms).
+const REGISTER_WORKER: &str = "
+INSERT INTO {schema}.workers
+    (name, host, pid, queues, version, started_at, last_seen, lease_ms)
+VALUES ($1, $2, $3, $4::jsonb, $5, $6, {now}, $7)
+ON CONFLICT (name) DO UPDATE
+SET host = excluded.host, pid = excluded.pid, queues = excluded.queues,
+    version = excluded.version, started_at = excluded.started_at,
+    last_seen = excluded.last_seen, lease_ms = excluded.lease_ms";
+
+/// $1 name.
+const TOUCH_WORKER: &str = "UPDATE {schema}.workers SET last_seen = {now} WHERE name = $1";
+
+/// $1 name.
+const DEREGISTER_WORKER: &str = "DELETE FROM {schema}.workers WHERE name = $1";
+
+/// Read by position in this order (see `worker_from_row`).
+const LIST_WORKERS: &str = "
+SELECT name, host, pid, queues, version, started_at, last_seen, lease_ms
+FROM {schema}.workers ORDER BY name";
+
+/// $1 cut-off.
+const PRUNE_WORKERS: &str = "DELETE FROM {schema}.workers WHERE last_seen < $1";
+
 /// The operations statements for one schema.
 #[derive(Debug, Clone)]
 pub(crate) struct OperationsSql {
@@ -89,6 +119,11 @@ pub(crate) struct OperationsSql {
     pause_queue: Arc<str>,
     resume_queue: Arc<str>,
     paused_queues: Arc<str>,
+    register_worker: Arc<str>,
+    touch_worker: Arc<str>,
+    deregister_worker: Arc<str>,
+    list_workers: Arc<str>,
+    prune_workers: Arc<str>,
 }
 
 impl OperationsSql {
@@ -108,6 +143,11 @@ impl OperationsSql {
             pause_queue: r(PAUSE_QUEUE),
             resume_queue: r(RESUME_QUEUE),
             paused_queues: r(PAUSED_QUEUES),
+            register_worker: r(REGISTER_WORKER),
+            touch_worker: r(TOUCH_WORKER),
+            deregister_worker: r(DEREGISTER_WORKER),
+            list_workers: r(LIST_WORKERS),
+            prune_workers: r(PRUNE_WORKERS),
         }
     }
 }
@@ -174,11 +214,14 @@ impl PostgresStorage {
 
     pub(crate) async fn advance_schedule_row(
         &self,
-        name: &str,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        jobs: Vec<NewJob>,
+        params: AdvanceScheduleParams<'_>,
     ) -> Result<Option<Vec<JobId>>> {
+        let AdvanceScheduleParams {
+            name,
+            from,
+            to,
+            jobs,
+        } = params;
         let mut tx = self.pool().begin().await.map_err(db)?;
         let moved = sqlx::query(AssertSqlSafe(self.ops().move_cursor.clone()))
             .bind(name)
@@ -321,6 +364,62 @@ impl PostgresStorage {
             .map_err(db)
     }
 
+    pub(crate) async fn register_worker_row(&self, worker: WorkerRecord) -> Result<()> {
+        sqlx::query(AssertSqlSafe(self.ops().register_worker.clone()))
+            .bind(&worker.name)
+            .bind(&worker.host)
+            .bind(i64::from(worker.pid))
+            .bind(serde_json::to_string(&worker.queues)?)
+            .bind(&worker.version)
+            .bind(worker.started_at)
+            .bind(worker.lease_ms)
+            .execute(self.pool())
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    pub(crate) async fn touch_worker_row(&self, name: &str) -> Result<bool> {
+        Ok(sqlx::query(AssertSqlSafe(self.ops().touch_worker.clone()))
+            .bind(name)
+            .execute(self.pool())
+            .await
+            .map_err(db)?
+            .rows_affected()
+            > 0)
+    }
+
+    pub(crate) async fn deregister_worker_row(&self, name: &str) -> Result<bool> {
+        Ok(
+            sqlx::query(AssertSqlSafe(self.ops().deregister_worker.clone()))
+                .bind(name)
+                .execute(self.pool())
+                .await
+                .map_err(db)?
+                .rows_affected()
+                > 0,
+        )
+    }
+
+    pub(crate) async fn worker_rows(&self) -> Result<Vec<WorkerRecord>> {
+        sqlx::query(AssertSqlSafe(self.ops().list_workers.clone()))
+            .fetch_all(self.pool())
+            .await
+            .map_err(db)?
+            .iter()
+            .map(worker_from_row)
+            .collect()
+    }
+
+    pub(crate) async fn prune_worker_rows(&self, before: DateTime<Utc>) -> Result<u64> {
+        Ok(sqlx::query(AssertSqlSafe(self.ops().prune_workers.clone()))
+            .bind(before)
+            .execute(self.pool())
+            .await
+            .map_err(db)?
+            .rows_affected())
+    }
+
     /// Wakes workers in every process (after a change that made jobs due).
     async fn notify_all(&self) -> Result<()> {
         sqlx::query("SELECT pg_notify($1, '')")
@@ -331,4 +430,25 @@ impl PostgresStorage {
         self.wake_local();
         Ok(())
     }
+}
+
+/// Decodes a worker from a row of [`LIST_WORKERS`], by position.
+fn worker_from_row(row: &PgRow) -> Result<WorkerRecord> {
+    let pid: i64 = row.try_get(2).map_err(db)?;
+    let queues: Json<Vec<WorkerQueue>> = row.try_get(3).map_err(db)?;
+    Ok(WorkerRecord {
+        name: row.try_get(0).map_err(db)?,
+        host: row.try_get(1).map_err(db)?,
+        pid: u32::try_from(pid).map_err(|_| {
+            storage(
+                StorageErrorKind::Corrupt,
+                format!("worker pid {pid} in storage is not a process id"),
+            )
+        })?,
+        queues: queues.0,
+        version: row.try_get(4).map_err(db)?,
+        started_at: row.try_get(5).map_err(db)?,
+        last_seen: row.try_get(6).map_err(db)?,
+        lease_ms: row.try_get(7).map_err(db)?,
+    })
 }

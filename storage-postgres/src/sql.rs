@@ -11,7 +11,7 @@ use std::sync::Arc;
 /// them by position. Every statement that returns jobs selects exactly these, so rows
 /// are decoded without a by-name lookup per column, and a claim does not send the columns
 /// no `Job` holds (parent, wake request, serial key, flags, tags).
-pub(crate) const JOB_COLUMNS: [&str; 20] = [
+pub(crate) const JOB_COLUMNS: [&str; 21] = [
     "id",
     "task",
     "payload",
@@ -32,6 +32,7 @@ pub(crate) const JOB_COLUMNS: [&str; 20] = [
     "started_at",
     "completed_at",
     "updated_at",
+    "trace_context",
 ];
 
 /// The position of `name` in [`JOB_COLUMNS`], for decoding by position; used in const
@@ -173,10 +174,10 @@ const ENQUEUE: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::int[],
                          $6::timestamptz[], $7::bigint[], $8::text[], $9::bigint[], $10::bigint[],
-                         $11::text[], $12::text[], $13::text[])
+                         $11::text[], $12::text[], $13::text[], $14::text[])
         WITH ORDINALITY AS t(task, payload, queue, priority, max_attempts,
                              run_at, delay_us, dedupe_key, timeout_ms, parent_id,
-                             serial_key, flags_json, tags_json, ord)
+                             serial_key, flags_json, tags_json, trace_context, ord)
 ),
 ranked AS (
     SELECT i.*, row_number() OVER (PARTITION BY i.dedupe_key ORDER BY i.ord) AS rn
@@ -189,7 +190,7 @@ numbered AS (
 ins AS (
     INSERT INTO {schema}.jobs
         (id, task, payload, queue, priority, max_attempts, run_at, dedupe_key, timeout_ms,
-         parent_id, serial_key, flags, tags, created_at, updated_at)
+         parent_id, serial_key, flags, tags, trace_context, created_at, updated_at)
     SELECT id, task, payload::jsonb, queue, priority, max_attempts,
            coalesce(run_at, {now} + coalesce(delay_us, 0) * interval '1 microsecond'),
            dedupe_key, timeout_ms, parent_id, serial_key,
@@ -197,7 +198,7 @@ ins AS (
                 ELSE ARRAY(SELECT jsonb_array_elements_text(flags_json::jsonb)) END,
            CASE WHEN tags_json IS NULL THEN '{}'::text[]
                 ELSE ARRAY(SELECT jsonb_array_elements_text(tags_json::jsonb)) END,
-           {now}, {now}
+           trace_context, {now}, {now}
     FROM numbered
     ORDER BY id
     ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN {unfinished}
@@ -225,50 +226,52 @@ ORDER BY i.ord";
 /// caller sorts what RETURNING gives). With no join in it, the cached generic plan is as
 /// good as a custom one for any batch size.
 /// $1 task, $2 payload, $3 queue, $4 priority, $5 max attempts, $6 run_at, $7 delay (µs),
-/// $8 timeout, $9 parent, $10 serial key.
+/// $8 timeout, $9 parent, $10 serial key, $11 trace context.
 const ENQUEUE_PLAIN: &str = "
 INSERT INTO {schema}.jobs
     (task, payload, queue, priority, max_attempts, run_at, timeout_ms, parent_id, serial_key,
-     created_at, updated_at)
+     trace_context, created_at, updated_at)
 SELECT task, payload::jsonb, queue, priority, max_attempts,
        coalesce(run_at, {now} + coalesce(delay_us, 0) * interval '1 microsecond'),
-       timeout_ms, parent_id, serial_key, {now}, {now}
+       timeout_ms, parent_id, serial_key, trace_context, {now}, {now}
 FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::int[], $6::timestamptz[],
-            $7::bigint[], $8::bigint[], $9::bigint[], $10::text[])
+            $7::bigint[], $8::bigint[], $9::bigint[], $10::text[], $11::text[])
     AS t(task, payload, queue, priority, max_attempts, run_at, delay_us, timeout_ms,
-         parent_id, serial_key)
+         parent_id, serial_key, trace_context)
 RETURNING id";
 
 /// Bulk insert of plain jobs that differ only in their payload (what `enqueue_many` with
-/// one set of options sends): every other column is bound once as a scalar, so the
-/// server unpacks one array instead of ten and the client encodes one.
+/// one set of options sends, all from one span): every other column is bound once as a
+/// scalar, so the server unpacks one array instead of eleven and the client encodes one.
 /// $1 payloads, $2 task, $3 queue, $4 priority, $5 max attempts, $6 run_at, $7 delay (µs),
-/// $8 timeout, $9 parent, $10 serial key.
+/// $8 timeout, $9 parent, $10 serial key, $11 trace context.
 const ENQUEUE_UNIFORM: &str = "
 INSERT INTO {schema}.jobs
     (task, payload, queue, priority, max_attempts, run_at, timeout_ms, parent_id, serial_key,
-     created_at, updated_at)
+     trace_context, created_at, updated_at)
 SELECT $2, p::jsonb, $3, $4, $5,
        coalesce($6::timestamptz, {now} + coalesce($7::bigint, 0) * interval '1 microsecond'),
-       $8::bigint, $9::bigint, $10::text, {now}, {now}
+       $8::bigint, $9::bigint, $10::text, $11::text, {now}, {now}
 FROM unnest($1::text[]) AS t(p)
 RETURNING id";
 
 /// One replace-mode keyed job (see `tx::replace_one`). $1 task, $2 payload, $3 queue,
 /// $4 priority, $5 max attempts, $6 run_at, $7 delay (µs), $8 key, $9 timeout,
-/// $10 parent, $11 serial key, $12 flags, $13 tags, $14 keep the holder's run_at.
+/// $10 parent, $11 serial key, $12 flags, $13 tags, $14 keep the holder's run_at,
+/// $15 trace context. A replaced job takes the replacing enqueue's trace context with
+/// its payload: the run it makes is the one that enqueue asked for.
 const REPLACE_KEYED: &str = "
 INSERT INTO {schema}.jobs AS j
     (task, payload, queue, priority, max_attempts, run_at, dedupe_key, timeout_ms,
-     parent_id, serial_key, flags, tags, created_at, updated_at)
+     parent_id, serial_key, flags, tags, trace_context, created_at, updated_at)
 VALUES ($1, $2::jsonb, $3, $4, $5,
         coalesce($6, {now} + coalesce($7, 0) * interval '1 microsecond'),
-        $8, $9, $10, $11, $12, $13, {now}, {now})
+        $8, $9, $10, $11, $12, $13, $15, {now}, {now})
 ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN {unfinished}
 DO UPDATE SET task = excluded.task, payload = excluded.payload, queue = excluded.queue,
     priority = excluded.priority, max_attempts = excluded.max_attempts,
     timeout_ms = excluded.timeout_ms, serial_key = excluded.serial_key,
-    flags = excluded.flags, tags = excluded.tags,
+    flags = excluded.flags, tags = excluded.tags, trace_context = excluded.trace_context,
     run_at = CASE WHEN $14 THEN j.run_at ELSE excluded.run_at END,
     attempt = 0, status = 'pending', last_error = NULL, updated_at = {now}
 WHERE j.status IN ('pending', 'retrying')
@@ -377,8 +380,15 @@ WHERE j.id = ANY(ARRAY(SELECT unnest($1::bigint[]))) AND j.id = d.id
   AND CASE WHEN j.status = 'running' THEN j.lease_token = d.token ELSE false END
 RETURNING j.id, j.lease_token, j.lease_expires_at";
 
-/// Returns expired leases' jobs to retrying, or fails them when no attempt is left.
-/// Rows another sweeper holds are skipped rather than waited for.
+/// Returns expired leases' jobs to retrying, or fails them when no attempt is left, and
+/// returns one row per released job: id, queue, task, the attempt whose lease expired,
+/// and the status it left. Rows another sweeper holds are skipped rather than waited for.
+///
+/// When something was released, listeners are woken (the retried jobs are due at once)
+/// by one NOTIFY from the `notified` CTE. A CTE that modifies no data runs only as far as
+/// the query reads it, so the final SELECT reads it through a join that cannot drop a
+/// row: it is evaluated (once: it is materialized) whenever `u` has a row, and yields
+/// exactly one row then, or nothing when no lease expired, without a NOTIFY.
 const RECLAIM: &str = "
 WITH expired AS (
     SELECT id FROM {schema}.jobs
@@ -394,15 +404,19 @@ u AS (
         lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = {now}
     FROM expired
     WHERE j.id = expired.id
-    RETURNING j.id
+    RETURNING j.id, j.queue, j.task, j.attempt, j.status
+),
+notified AS MATERIALIZED (
+    SELECT pg_notify({channel}, '')::text AS sent
+    FROM (SELECT 1 FROM u LIMIT 1) AS released
 )
-SELECT count(*) AS n, CASE WHEN count(*) > 0 THEN pg_notify({channel}, '')::text END AS notified
-FROM u";
+SELECT u.id, u.queue, u.task, u.attempt, u.status
+FROM u LEFT JOIN notified ON true";
 
 /// Stores a checkpoint if the lease is current; the row lock on the job keeps a
 /// concurrent reclaim from slipping in between the check and the write.
 /// $1 job id, $2 token, $3 key, $4 name, $5 ok (JSON text), $6 err.
-const SAVE_CHECKPOINT: &str = "
+const CHECKPOINT: &str = "
 WITH held AS (
     SELECT id FROM {schema}.jobs
     WHERE id = $1 AND status = 'running' AND lease_token = $2
@@ -413,7 +427,7 @@ SELECT held.id, $3, $4, $5::jsonb, $6 FROM held
 ON CONFLICT (job_id, key) DO UPDATE
 SET name = excluded.name, ok = excluded.ok, err = excluded.err";
 
-const CHECKPOINTS: &str = "
+const LIST_CHECKPOINTS: &str = "
 SELECT key, name, ok, err FROM {schema}.checkpoints WHERE job_id = $1 ORDER BY key";
 
 const DELETE_CHECKPOINTS: &str = "DELETE FROM {schema}.checkpoints WHERE job_id = $1";
@@ -459,8 +473,8 @@ pub(crate) struct Sql {
     pub heartbeat: Arc<str>,
     pub heartbeat_many: Arc<str>,
     pub reclaim: Arc<str>,
-    pub save_checkpoint: Arc<str>,
-    pub checkpoints: Arc<str>,
+    pub checkpoint: Arc<str>,
+    pub list_checkpoints: Arc<str>,
     pub delete_checkpoints: Arc<str>,
     pub now: Arc<str>,
     pub get_job: Arc<str>,
@@ -513,8 +527,8 @@ impl Sql {
             heartbeat: r(HEARTBEAT),
             heartbeat_many: r(HEARTBEAT_MANY),
             reclaim: r(RECLAIM),
-            save_checkpoint: r(SAVE_CHECKPOINT),
-            checkpoints: r(CHECKPOINTS),
+            checkpoint: r(CHECKPOINT),
+            list_checkpoints: r(LIST_CHECKPOINTS),
             delete_checkpoints: r(DELETE_CHECKPOINTS),
             now: r(NOW),
             get_job: r(GET_JOB),

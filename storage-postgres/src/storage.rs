@@ -1,6 +1,6 @@
 //! [`PostgresStorage`]: the [`Storage`] implementation on PostgreSQL.
 
-use crate::error::db;
+use crate::error::{db, db_context, storage};
 use crate::listen::{self, ListenerTask};
 use crate::migrate;
 use crate::operations::OperationsSql;
@@ -10,12 +10,11 @@ use crate::workflow::WorkflowSql;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use durable_jobs::job::new_lease_token;
-use durable_jobs::schedule::ScheduleRecord;
-use durable_jobs::storage::ManualOutcome;
 use durable_jobs::{
-    Capabilities, Checkpoint, CheckpointOutcome, ClaimedJob, Completion, DequeueParams, Enqueued,
-    Error, Failure, Job, JobFilter, JobId, JobStatus, Lease, LeaseInfo, NewJob, QueueCount, Result,
-    Storage,
+    AdvanceScheduleParams, Capabilities, Checkpoint, CheckpointOutcome, ClaimedJob, Completion,
+    DequeueParams, Enqueued, Error, Failure, Job, JobFilter, JobId, JobStatus, Lease, LeaseInfo,
+    ManualOutcome, NewJob, QueueCount, ReleasedJob, Result, ScheduleRecord, SpawnChildrenParams,
+    StaleLocks, Storage, StorageErrorKind, TakeSignalsParams, WorkerRecord,
 };
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
@@ -110,10 +109,11 @@ impl PostgresStorage {
             .connect_with(connect)
             .await
             .map_err(|e| {
-                Error::Storage(format!(
-                    "could not connect to PostgreSQL: {} (is the server running and the URL right?)",
-                    db(e)
-                ))
+                db_context(
+                    "could not connect to PostgreSQL",
+                    e,
+                    " (is the server running and the URL right?)",
+                )
             })?;
         Ok(Self::build(pool, options))
     }
@@ -266,6 +266,7 @@ pub(crate) fn job_from_row(row: &PgRow) -> Result<Job> {
         started_at: col!("started_at"),
         completed_at: col!("completed_at"),
         updated_at: col!("updated_at"),
+        trace_context: col!("trace_context"),
     })
 }
 
@@ -277,8 +278,6 @@ impl Storage for PostgresStorage {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::new(self.inner.options.listen, true, true)
-            .with_workflows(true)
-            .with_operations(true)
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -295,7 +294,7 @@ impl Storage for PostgresStorage {
     async fn enqueue(&self, job: NewJob) -> Result<Enqueued> {
         let mut out = self.enqueue_many(vec![job]).await?;
         out.pop()
-            .ok_or_else(|| Error::Storage("enqueue returned no row".into()))
+            .ok_or_else(|| storage(StorageErrorKind::Other, "enqueue returned no row"))
     }
 
     async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
@@ -341,7 +340,10 @@ impl Storage for PostgresStorage {
         for row in &rows {
             let job = job_from_row(row)?;
             let expires_at = job.lease.as_ref().map(|l| l.expires_at).ok_or_else(|| {
-                Error::Storage(format!("claimed job {} came back without a lease", job.id))
+                storage(
+                    StorageErrorKind::Other,
+                    format!("claimed job {} came back without a lease", job.id),
+                )
             })?;
             out.push(ClaimedJob {
                 lease: Lease {
@@ -504,24 +506,42 @@ impl Storage for PostgresStorage {
             .collect())
     }
 
-    async fn reclaim_expired(&self) -> Result<u64> {
-        let row = sqlx::query(AssertSqlSafe(self.sql().reclaim.clone()))
-            .fetch_one(self.pool())
+    async fn release_stale_locks(&self) -> Result<StaleLocks> {
+        let rows = sqlx::query(AssertSqlSafe(self.sql().reclaim.clone()))
+            .fetch_all(self.pool())
             .await
             .map_err(db)?;
-        let n: i64 = row.try_get("n").map_err(db)?;
-        if n > 0 {
+        let mut released = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let status: String = row.try_get(4).map_err(db)?;
+            released.push(ReleasedJob {
+                job_id: row.try_get(0).map_err(db)?,
+                queue: row.try_get(1).map_err(db)?,
+                task: row.try_get(2).map_err(db)?,
+                attempt: row.try_get(3).map_err(db)?,
+                status: JobStatus::from_str(&status)?,
+            });
+        }
+        if !released.is_empty() {
             self.wake_local();
         }
-        Ok(u64::try_from(n).unwrap_or(0))
+        released.sort_by_key(|j| j.job_id);
+        // No healing sweep of waiting parents (parents_woken stays 0): a child's final
+        // write wakes its parent in the child's own transaction (the `jobs_wake_parent`
+        // trigger), so only a state written by hand, outside the library, could leave a
+        // parent waiting on a finished child.
+        Ok(StaleLocks {
+            released,
+            parents_woken: 0,
+        })
     }
 
-    async fn save_checkpoint(&self, lease: &Lease, checkpoint: Checkpoint) -> Result<()> {
+    async fn checkpoint(&self, lease: &Lease, checkpoint: Checkpoint) -> Result<()> {
         let (ok, err) = match checkpoint.outcome {
             CheckpointOutcome::Ok(v) => (Some(serde_json::to_string(&v)?), None),
             CheckpointOutcome::Err(e) => (None, Some(e)),
         };
-        let done = sqlx::query(AssertSqlSafe(self.sql().save_checkpoint.clone()))
+        let done = sqlx::query(AssertSqlSafe(self.sql().checkpoint.clone()))
             .bind(lease.job_id)
             .bind(lease.token)
             .bind(checkpoint.key)
@@ -535,8 +555,8 @@ impl Storage for PostgresStorage {
         lease_held(done, lease)
     }
 
-    async fn checkpoints(&self, job_id: JobId) -> Result<Vec<Checkpoint>> {
-        let rows = sqlx::query(AssertSqlSafe(self.sql().checkpoints.clone()))
+    async fn list_checkpoints(&self, job_id: JobId) -> Result<Vec<Checkpoint>> {
+        let rows = sqlx::query(AssertSqlSafe(self.sql().list_checkpoints.clone()))
             .bind(job_id)
             .fetch_all(self.pool())
             .await
@@ -610,28 +630,16 @@ impl Storage for PostgresStorage {
         self.suspend_job(lease, wake_at).await
     }
 
-    async fn spawn_children(
-        &self,
-        lease: &Lease,
-        key: &str,
-        name: &str,
-        jobs: Vec<NewJob>,
-    ) -> Result<Vec<JobId>> {
-        self.spawn_child_jobs(lease, key, name, jobs).await
+    async fn spawn_children(&self, params: SpawnChildrenParams<'_>) -> Result<Vec<JobId>> {
+        self.spawn_child_jobs(params).await
     }
 
     async fn send_signal(&self, job_id: JobId, name: &str, payload: Value) -> Result<()> {
         self.signal_job(job_id, name, payload).await
     }
 
-    async fn take_signals(
-        &self,
-        lease: &Lease,
-        name: &str,
-        limit: usize,
-        key: &str,
-    ) -> Result<Vec<Value>> {
-        self.take_job_signals(lease, name, limit, key).await
+    async fn take_signals(&self, params: TakeSignalsParams<'_>) -> Result<Vec<Value>> {
+        self.take_job_signals(params).await
     }
 
     async fn peek_signal(&self, job_id: JobId, name: &str) -> Result<Option<Value>> {
@@ -665,12 +673,9 @@ impl Storage for PostgresStorage {
 
     async fn advance_schedule(
         &self,
-        name: &str,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        jobs: Vec<NewJob>,
+        params: AdvanceScheduleParams<'_>,
     ) -> Result<Option<Vec<JobId>>> {
-        self.advance_schedule_row(name, from, to, jobs).await
+        self.advance_schedule_row(params).await
     }
 
     async fn retry_jobs(&self, ids: &[JobId], keep_checkpoints: bool) -> Result<u64> {
@@ -695,6 +700,26 @@ impl Storage for PostgresStorage {
 
     async fn paused_queues(&self) -> Result<Vec<String>> {
         self.paused_queue_rows().await
+    }
+
+    async fn register_worker(&self, worker: WorkerRecord) -> Result<()> {
+        self.register_worker_row(worker).await
+    }
+
+    async fn touch_worker(&self, name: &str) -> Result<bool> {
+        self.touch_worker_row(name).await
+    }
+
+    async fn deregister_worker(&self, name: &str) -> Result<bool> {
+        self.deregister_worker_row(name).await
+    }
+
+    async fn list_workers(&self) -> Result<Vec<WorkerRecord>> {
+        self.worker_rows().await
+    }
+
+    async fn prune_workers(&self, before: DateTime<Utc>) -> Result<u64> {
+        self.prune_worker_rows(before).await
     }
 
     fn wakeups(&self) -> Option<watch::Receiver<u64>> {

@@ -12,11 +12,11 @@
 //! # Ok(()) }
 //! ```
 
-use crate::error::db;
+use crate::error::{db, storage};
 use crate::sql::Sql;
 use crate::storage::{micros, PostgresStorage};
 use durable_jobs::job::KeyMode;
-use durable_jobs::{Enqueued, Error, NewJob, Result};
+use durable_jobs::{Enqueued, NewJob, Result, StorageErrorKind};
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 use std::collections::HashMap;
 
@@ -26,12 +26,12 @@ impl PostgresStorage {
     /// in every process are woken by the NOTIFY PostgreSQL delivers at commit.
     ///
     /// # Errors
-    /// [`Error::Storage`] when the statement fails (the caller's transaction is then
-    /// aborted, as with any failed statement).
+    /// [`durable_jobs::Error::Storage`] when the statement fails (the caller's
+    /// transaction is then aborted, as with any failed statement).
     pub async fn enqueue_in_tx(&self, conn: &mut PgConnection, job: NewJob) -> Result<Enqueued> {
         let mut out = insert_jobs(conn, self.sql(), vec![job]).await?;
         out.pop()
-            .ok_or_else(|| Error::Storage("enqueue returned no row".into()))
+            .ok_or_else(|| storage(StorageErrorKind::Other, "enqueue returned no row"))
     }
 
     /// Enqueues many jobs in one statement on the caller's connection or transaction, with
@@ -129,7 +129,9 @@ async fn insert_bulk(
     let mut serial_key = Vec::with_capacity(n);
     let mut flags = Vec::with_capacity(n);
     let mut tags = Vec::with_capacity(n);
+    let mut trace_context = Vec::with_capacity(n);
     for j in jobs {
+        trace_context.push(j.trace_context);
         flags.push(json_list(&j.flags)?);
         tags.push(json_list(&j.tags)?);
         serial_key.push(j.serial_key);
@@ -164,14 +166,15 @@ async fn insert_bulk(
         .bind(&serial_key)
         .bind(&flags)
         .bind(&tags)
+        .bind(&trace_context)
         .fetch_all(&mut *conn)
         .await
         .map_err(db)?;
     if rows.len() != n {
-        return Err(Error::Storage(format!(
-            "enqueue of {n} jobs returned {} rows",
-            rows.len()
-        )));
+        return Err(storage(
+            StorageErrorKind::Other,
+            format!("enqueue of {n} jobs returned {} rows", rows.len()),
+        ));
     }
     let mut out = Vec::with_capacity(n);
     let mut missing = Vec::new();
@@ -205,10 +208,14 @@ async fn insert_bulk(
             match found.get(key) {
                 Some(&id) => out[i].0 = Some(id),
                 None => {
-                    return Err(Error::Storage(format!(
-                        "dedupe key `{key}` was taken by a concurrent enqueue whose job \
-                         finished before its id could be read; enqueue again"
-                    )))
+                    // A lost race: enqueueing again finds the key free or held.
+                    return Err(storage(
+                        StorageErrorKind::Busy,
+                        format!(
+                            "dedupe key `{key}` was taken by a concurrent enqueue whose job \
+                             finished before its id could be read; enqueue again"
+                        ),
+                    ));
                 }
             }
         }
@@ -244,6 +251,7 @@ async fn insert_plain(
     let mut timeout_ms = Vec::with_capacity(n);
     let mut parent_id = Vec::with_capacity(n);
     let mut serial_key = Vec::with_capacity(n);
+    let mut trace_context = Vec::with_capacity(n);
     for j in jobs {
         payload.push(serde_json::to_string(&j.payload)?);
         task.push(j.task);
@@ -255,6 +263,7 @@ async fn insert_plain(
         timeout_ms.push(j.timeout_ms);
         parent_id.push(j.parent_id);
         serial_key.push(j.serial_key);
+        trace_context.push(j.trace_context);
     }
     let ids: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(sql.enqueue_plain.clone()))
         .bind(&task)
@@ -267,6 +276,7 @@ async fn insert_plain(
         .bind(&timeout_ms)
         .bind(&parent_id)
         .bind(&serial_key)
+        .bind(&trace_context)
         .fetch_all(&mut *conn)
         .await
         .map_err(db)?;
@@ -274,7 +284,8 @@ async fn insert_plain(
 }
 
 /// True when two plain jobs would store the same values in every column but the
-/// payload, so a batch of them can bind those columns once.
+/// payload, so a batch of them can bind those columns once. (The jobs of one
+/// `enqueue_many` come from one span, so they share their trace context too.)
 fn same_columns(a: &NewJob, b: &NewJob) -> bool {
     a.task == b.task
         && a.queue == b.queue
@@ -285,6 +296,7 @@ fn same_columns(a: &NewJob, b: &NewJob) -> bool {
         && a.timeout_ms == b.timeout_ms
         && a.parent_id == b.parent_id
         && a.serial_key == b.serial_key
+        && a.trace_context == b.trace_context
 }
 
 /// Inserts plain jobs that differ only in their payload (see [`same_columns`]).
@@ -312,6 +324,7 @@ async fn insert_uniform(
         .bind(first.timeout_ms)
         .bind(first.parent_id)
         .bind(&first.serial_key)
+        .bind(&first.trace_context)
         .fetch_all(&mut *conn)
         .await
         .map_err(db)?;
@@ -321,10 +334,10 @@ async fn insert_uniform(
 /// The result of a plain insert of `n` jobs: every one created, in input order.
 fn plain_ids(n: usize, mut ids: Vec<i64>) -> Result<Vec<Enqueued>> {
     if ids.len() != n {
-        return Err(Error::Storage(format!(
-            "enqueue of {n} jobs returned {} ids",
-            ids.len()
-        )));
+        return Err(storage(
+            StorageErrorKind::Other,
+            format!("enqueue of {n} jobs returned {} ids", ids.len()),
+        ));
     }
     // Ids were drawn in input order; RETURNING promises no order, so restore it.
     ids.sort_unstable();
@@ -357,6 +370,7 @@ async fn replace_one(conn: &mut PgConnection, sql: &Sql, job: NewJob) -> Result<
             .bind(&job.flags)
             .bind(&job.tags)
             .bind(job.key_mode == KeyMode::PreserveRunAt)
+            .bind(&job.trace_context)
             .fetch_optional(&mut *conn)
             .await
             .map_err(db)?;
@@ -372,10 +386,14 @@ async fn replace_one(conn: &mut PgConnection, sql: &Sql, job: NewJob) -> Result<
             .await
             .map_err(db)?;
     }
-    Err(Error::Storage(format!(
-        "job key `{}` kept changing hands during a replace; enqueue again",
-        job.dedupe_key.as_deref().unwrap_or_default()
-    )))
+    // Lost races every time: another try later can win.
+    Err(storage(
+        StorageErrorKind::Busy,
+        format!(
+            "job key `{}` kept changing hands during a replace; enqueue again",
+            job.dedupe_key.as_deref().unwrap_or_default()
+        ),
+    ))
 }
 
 #[cfg(test)]
@@ -407,6 +425,9 @@ mod tests {
             ("timeout", |j| j.timeout_ms = Some(10)),
             ("parent", |j| j.parent_id = Some(3)),
             ("serial key", |j| j.serial_key = Some("k".into())),
+            ("trace context", |j| {
+                j.trace_context = Some("00-1-2-01".into())
+            }),
         ];
         for (what, change) in changes {
             let mut other = NewJob::new("t", json!(1));

@@ -7,12 +7,14 @@
 //! at once. A child's final write wakes its parent through a trigger, in the child's
 //! transaction.
 
-use crate::error::db;
+use crate::error::{db, storage};
 use crate::sql::render;
 use crate::storage::PostgresStorage;
 use chrono::{DateTime, Utc};
 use durable_jobs::job::far_future;
-use durable_jobs::{Error, JobId, Lease, NewJob, Result};
+use durable_jobs::{
+    Error, JobId, Lease, Result, SpawnChildrenParams, StorageErrorKind, TakeSignalsParams,
+};
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, Row};
 use std::sync::Arc;
@@ -141,11 +143,14 @@ impl PostgresStorage {
 
     pub(crate) async fn spawn_child_jobs(
         &self,
-        lease: &Lease,
-        key: &str,
-        name: &str,
-        jobs: Vec<NewJob>,
+        params: SpawnChildrenParams<'_>,
     ) -> Result<Vec<JobId>> {
+        let SpawnChildrenParams {
+            lease,
+            key,
+            name,
+            jobs,
+        } = params;
         let mut tx = self.pool().begin().await.map_err(db)?;
         // The share lock keeps a reclaim or cancel from ending the lease before commit.
         let held = sqlx::query(AssertSqlSafe(self.wf().hold.clone()))
@@ -206,11 +211,14 @@ impl PostgresStorage {
 
     pub(crate) async fn take_job_signals(
         &self,
-        lease: &Lease,
-        name: &str,
-        limit: usize,
-        key: &str,
+        params: TakeSignalsParams<'_>,
     ) -> Result<Vec<Value>> {
+        let TakeSignalsParams {
+            lease,
+            name,
+            limit,
+            key,
+        } = params;
         let row = sqlx::query(AssertSqlSafe(self.wf().take_signals.clone()))
             .bind(lease.job_id)
             .bind(lease.token)
@@ -226,9 +234,10 @@ impl PostgresStorage {
         }
         match row.try_get::<Value, _>("payloads").map_err(db)? {
             Value::Array(v) => Ok(v),
-            other => Err(Error::Storage(format!(
-                "take_signals returned {other} instead of an array"
-            ))),
+            other => Err(storage(
+                StorageErrorKind::Other,
+                format!("take_signals returned {other} instead of an array"),
+            )),
         }
     }
 

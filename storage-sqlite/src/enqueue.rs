@@ -10,18 +10,19 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 const INSERT_JOB: &str = "INSERT INTO durable_jobs (task, payload, queue, priority, status, \
      max_attempts, run_at, dedupe_key, timeout_ms, created_at, updated_at, parent_id, \
-     serial_key, flags) \
-     VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12)";
+     serial_key, flags, trace_context) \
+     VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13)";
 
 const FIND_KEY_HOLDER: &str = "SELECT id, status FROM durable_jobs WHERE dedupe_key = ?1 \
      AND status IN ('pending', 'retrying', 'running', 'waiting')";
 
 /// Job-key replace on a holder still waiting to run: it takes the new job's fields (run_at
-/// only when `?10` is not NULL), starts over at attempt 0, and keeps its id.
+/// only when `?10` is not NULL, and the trace context of the enqueue that replaced it),
+/// starts over at attempt 0, and keeps its id.
 const REPLACE_HOLDER: &str = "UPDATE durable_jobs SET task = ?2, payload = ?3, queue = ?4, \
      priority = ?5, max_attempts = ?6, timeout_ms = ?7, serial_key = ?8, flags = ?9, \
      run_at = coalesce(?10, run_at), attempt = 0, status = 'pending', last_error = NULL, \
-     updated_at = ?11 WHERE id = ?1";
+     updated_at = ?11, trace_context = ?12 WHERE id = ?1";
 
 /// A running or suspended holder gives its key up to the job being enqueued.
 const DROP_KEY: &str = "UPDATE durable_jobs SET dedupe_key = NULL WHERE id = ?1";
@@ -76,6 +77,7 @@ pub(crate) fn insert_job(conn: &Connection, job: &NewJob, now: DateTime<Utc>) ->
                         flags_text(&job.flags)?,
                         run_at,
                         now_us,
+                        job.trace_context,
                     ])?;
                     conn.prepare_cached("DELETE FROM durable_jobs_tags WHERE job_id = ?1")?
                         .execute([id])?;
@@ -101,6 +103,7 @@ pub(crate) fn insert_job(conn: &Connection, job: &NewJob, now: DateTime<Utc>) ->
         job.parent_id,
         job.serial_key,
         flags_text(&job.flags)?,
+        job.trace_context,
     ])?;
     let id = conn.last_insert_rowid();
     insert_tags(conn, id, &job.tags)?;

@@ -7,7 +7,7 @@
 use crate::error::QResult;
 use crate::query::{job_from_row, JOB_COLUMNS};
 use crate::workflow::micros_ceil;
-use durable_jobs::{Error, Job, JobFilter, QueueCount};
+use durable_jobs::{Job, JobFilter, QueueCount, StorageErrorKind};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params_from_iter, Connection};
 use sea_query::{Expr, ExprTrait, Func, Order, Query, SelectStatement, SqliteQueryBuilder};
@@ -116,9 +116,10 @@ fn bind(values: sea_query::Values) -> QResult<Vec<SqlValue>> {
                     SqlValue::Null
                 }
                 other => {
-                    return Err(Error::Storage(format!(
-                        "sqlite: cannot bind query value {other:?}"
-                    ))
+                    return Err(crate::error::error(
+                        StorageErrorKind::Other,
+                        format!("sqlite: cannot bind query value {other:?}"),
+                    )
                     .into())
                 }
             })

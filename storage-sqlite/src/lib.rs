@@ -21,8 +21,9 @@
 //!   commands and await the reply, so SQLite's blocking calls never run on the async
 //!   runtime's threads. It commits queued commands together in one `BEGIN IMMEDIATE`
 //!   transaction (each in its own savepoint), and replies only after `COMMIT`.
-//! - **Reads** (`get_job`, `list_jobs`, `counts`, `checkpoints`, `schedules`) run on a small pool of
-//!   read connections on tokio's blocking threads and go on during writes.
+//! - **Reads** (`get_job`, `list_jobs`, `counts`, `list_checkpoints`, `schedules`,
+//!   `list_workers`) run on a small pool of read connections on tokio's blocking threads
+//!   and go on during writes.
 //! - **Claims** are one `UPDATE ... WHERE id IN (SELECT ... ORDER BY priority DESC,
 //!   run_at, id LIMIT n) RETURNING ...` inside `BEGIN IMMEDIATE`: atomic across
 //!   processes, walking a partial index of claimable jobs.
@@ -31,6 +32,14 @@
 //!   [`durable_jobs::Error::LeaseLost`].
 //! - **Busy database**: SQLite waits up to the busy timeout, then the backend retries
 //!   with backoff for up to [`DEFAULT_BUSY_RETRY_FOR`]; handlers never see `SQLITE_BUSY`.
+//!   Past that limit a call fails with [`durable_jobs::Error::Storage`] of kind
+//!   [`durable_jobs::StorageErrorKind::Busy`].
+//! - **Errors** carry a [`durable_jobs::StorageErrorKind`] and keep the `rusqlite` error as
+//!   their source: busy or locked is `Busy`; a corrupt file, a file that is not a
+//!   database, or a stored value that does not decode (bad JSON, an unknown status) is
+//!   `Corrupt`; a broken constraint is `Constraint`; a file that cannot be opened or an
+//!   I/O error is `Unavailable`; a full disk or no memory is `Exhausted`; tables that are
+//!   missing (the file was never migrated) are `Schema`.
 //! - **Time** comes from an injectable [`durable_jobs::Clock`] (the system clock by
 //!   default); times are stored as integer microseconds since the Unix epoch. Processes
 //!   sharing one file must share one clock (the machine's).
@@ -38,22 +47,26 @@
 //!   `durable_jobs_migrations`; a file written by a newer library is refused with
 //!   [`durable_jobs::Error::SchemaTooNew`]. Tables are prefixed `durable_jobs`, so the
 //!   file may be the application's own database.
-//! - **Workflows** ([`durable_jobs::Capabilities::workflows`]): waiting jobs sit in the
-//!   claim index and are claimed when due; spawning children with their checkpoint,
-//!   taking signals with theirs, and a child's final write with its parent's wake-up each
-//!   commit in one transaction; cancelling a job cancels its unfinished subtree (a
-//!   recursive CTE). Signals live in `durable_jobs_signals`, consumed in send order.
-//! - **Operations** ([`durable_jobs::Capabilities::operations`]): job-key modes
-//!   (dedupe, replace, preserve run_at) resolve inside the enqueue's transaction; serial
-//!   keys, forbidden flags and paused queues are enforced by the claim itself (one
-//!   statement: a keyed job is claimed only when no job of its key runs and it is its
-//!   key's first claimable job, through two small partial indexes that unkeyed jobs never
-//!   enter). Flags are a JSON array column (NULL when none), tags a side table indexed by
-//!   tag, schedules a table whose cursor is advanced by compare-and-set in the same
-//!   transaction as the tick's jobs. Listings and counts are built with `sea-query`, every
-//!   filter value bound.
+//! - **Workflows**: waiting jobs sit in the claim index and are claimed when due;
+//!   spawning children with their checkpoint, taking signals with theirs, and a child's
+//!   final write with its parent's wake-up each commit in one transaction; cancelling a
+//!   job cancels its unfinished subtree (a recursive CTE). Signals live in
+//!   `durable_jobs_signals`, consumed in send order.
+//! - **Operations**: job-key modes (dedupe, replace, preserve run_at) resolve inside the
+//!   enqueue's transaction; serial keys, forbidden flags and paused queues are enforced by
+//!   the claim itself (one statement: a keyed job is claimed only when no job of its key
+//!   runs and it is its key's first claimable job, through two small partial indexes that
+//!   unkeyed jobs never enter). Flags are a JSON array column (NULL when none), tags a
+//!   side table indexed by tag, schedules a table whose cursor is advanced by
+//!   compare-and-set in the same transaction as the tick's jobs. Listings and counts are
+//!   built with `sea-query`, every filter value bound.
+//! - **Observability**: each job stores the W3C trace context of the span that enqueued
+//!   it (`trace_context`, NULL when none), returned by every read and claim. Workers
+//!   register in `durable_jobs_workers` (queues as a JSON array); `last_seen` comes from
+//!   the storage's clock on register and touch. The stale-lock sweep reports each job it
+//!   released (`UPDATE ... RETURNING`).
 //! - **Wake-ups** reach workers of this process at once (enqueue, retry, release,
-//!   reclaim, a manual clock's move). Commits from other processes are noticed within
+//!   a stale-lock sweep, a manual clock's move). Commits from other processes are noticed within
 //!   [`DEFAULT_WATCH_INTERVAL`] by a thread reading `PRAGMA data_version` (no table
 //!   access, no lock), so workers there claim new jobs without waiting for their poll.
 
@@ -67,6 +80,7 @@ mod query;
 mod reader;
 mod storage;
 mod watch;
+mod workers;
 mod workflow;
 mod writer;
 

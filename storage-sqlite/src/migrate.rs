@@ -5,13 +5,13 @@
 //! the same file at once apply each migration exactly once: the second waits for the
 //! first's write lock and then finds nothing left to do.
 
-use crate::error::storage;
+use crate::error::{storage, storage_in};
 use durable_jobs::{Error, Result};
 use rusqlite::{Connection, OptionalExtension};
 
 /// The newest schema version this library knows. A file at a higher version is refused
 /// with [`Error::SchemaTooNew`].
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 struct Migration {
     version: i64,
@@ -39,6 +39,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "operations",
         sql: include_str!("../migrations/0004_operations.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "observability",
+        sql: include_str!("../migrations/0005_observability.sql"),
     },
 ];
 
@@ -88,10 +93,10 @@ pub(crate) fn migrate(conn: &Connection, now_micros: i64) -> Result<()> {
     conn.execute_batch(CREATE_VERSION_TABLE).map_err(storage)?;
     for m in MIGRATIONS.iter().filter(|m| m.version > found) {
         conn.execute_batch(m.sql).map_err(|e| {
-            Error::Storage(format!(
-                "sqlite migration {} ({}) failed: {e}",
-                m.version, m.name
-            ))
+            storage_in(
+                format_args!("sqlite migration {} ({}) failed", m.version, m.name),
+                e,
+            )
         })?;
         conn.execute(
             "INSERT INTO durable_jobs_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",

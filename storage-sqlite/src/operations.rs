@@ -51,7 +51,7 @@ fn cursor_text(t: DateTime<Utc>) -> String {
 fn parse_cursor(text: &str) -> QResult<DateTime<Utc>> {
     Ok(DateTime::parse_from_rfc3339(text)
         .map_err(|e| {
-            Error::Storage(format!(
+            crate::error::corrupt(format!(
                 "sqlite: schedule cursor `{text}` is not an RFC 3339 time: {e}"
             ))
         })?

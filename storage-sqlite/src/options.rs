@@ -8,7 +8,8 @@ use std::time::Duration;
 /// `SQLITE_BUSY`. Defaults to 5 seconds.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the backend keeps retrying a busy database (with backoff, on top of
-/// [`DEFAULT_BUSY_TIMEOUT`]) before it reports [`Error::Storage`]. Defaults to 60 seconds.
+/// [`DEFAULT_BUSY_TIMEOUT`]) before it reports [`Error::Storage`] of kind
+/// [`durable_jobs::StorageErrorKind::Busy`]. Defaults to 60 seconds.
 pub const DEFAULT_BUSY_RETRY_FOR: Duration = Duration::from_secs(60);
 /// Read connections used alongside the write connection. Defaults to 4.
 pub const DEFAULT_READ_CONNECTIONS: usize = 4;
@@ -109,7 +110,8 @@ impl SqliteOptions {
     }
 
     /// How long the backend retries a busy database before giving up with
-    /// [`Error::Storage`]. Defaults to [`DEFAULT_BUSY_RETRY_FOR`].
+    /// [`Error::Storage`] of kind [`durable_jobs::StorageErrorKind::Busy`]. Defaults to
+    /// [`DEFAULT_BUSY_RETRY_FOR`].
     pub fn busy_retry_for(mut self, limit: Duration) -> Self {
         self.busy_retry_for = limit;
         self

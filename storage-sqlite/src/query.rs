@@ -6,18 +6,19 @@ use crate::error::{bad_json, QResult};
 use chrono::{DateTime, Utc};
 use durable_jobs::{
     Checkpoint, CheckpointOutcome, ClaimedJob, Completion, DequeueParams, Error, Failure, Job,
-    JobId, JobStatus, Lease, LeaseInfo,
+    JobId, JobStatus, Lease, LeaseInfo, ReleasedJob, StaleLocks,
 };
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 use serde_json::Value;
 use std::time::Duration;
 
-/// Every job column, in the order [`job_from_row`] reads them.
+/// Every job column, in the order [`job_from_row`] reads them (by position: the claim's
+/// `RETURNING`, `get_job` and `list_jobs` all select exactly these).
 pub(crate) const JOB_COLUMNS: &str =
     "id, task, payload, queue, priority, status, attempt, max_attempts, \
      run_at, lease_holder, lease_token, lease_expires_at, last_error, result, dedupe_key, \
-     timeout_ms, created_at, started_at, completed_at, updated_at";
+     timeout_ms, created_at, started_at, completed_at, updated_at, trace_context";
 
 pub(crate) const UNFINISHED: &str = "('pending', 'retrying', 'running', 'waiting')";
 
@@ -53,7 +54,7 @@ const RECLAIM: &str = "UPDATE durable_jobs SET \
      last_error = 'lease expired: the worker stopped heartbeating', \
      updated_at = ?1, lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL \
      WHERE status = 'running' AND lease_expires_at <= ?1 \
-     RETURNING status, parent_id";
+     RETURNING id, queue, task, attempt, status, parent_id";
 
 const SAVE_CHECKPOINT: &str = "INSERT OR REPLACE INTO durable_jobs_checkpoints \
      (job_id, key, name, ok, value) VALUES (?1, ?2, ?3, ?4, ?5)";
@@ -65,7 +66,7 @@ pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
 
 pub(crate) fn time(column: &str, us: i64) -> QResult<DateTime<Utc>> {
     DateTime::from_timestamp_micros(us).ok_or_else(|| {
-        Error::Storage(format!(
+        crate::error::corrupt(format!(
             "sqlite: column `{column}` holds an out-of-range time {us}"
         ))
         .into()
@@ -122,6 +123,7 @@ pub(crate) fn job_from_row(row: &Row<'_>) -> QResult<Job> {
         started_at: opt_time("started_at", row.get(17)?)?,
         completed_at: opt_time("completed_at", row.get(18)?)?,
         updated_at: time("updated_at", row.get(19)?)?,
+        trace_context: row.get(20)?,
     })
 }
 
@@ -366,28 +368,47 @@ pub(crate) fn heartbeat(
 
 /// Returns expired leases' jobs to retrying, or fails them when out of attempts (waking
 /// their parents), then heals one window of waiting parents (from id `heal_after`; see
-/// [`crate::workflow::heal_waiting_parents`]). Returns how many jobs it touched and where
-/// the next heal window starts.
-pub(crate) fn reclaim_expired(conn: &Connection, now: i64, heal_after: i64) -> QResult<(u64, i64)> {
+/// [`crate::workflow::heal_waiting_parents`]). Returns what it did and where the next
+/// heal window starts.
+pub(crate) fn release_stale_locks(
+    conn: &Connection,
+    now: i64,
+    heal_after: i64,
+) -> QResult<(StaleLocks, i64)> {
     let mut failed_parents = Vec::new();
-    let mut n = 0u64;
+    let mut released = Vec::new();
     {
         let mut stmt = conn.prepare_cached(RECLAIM)?;
         let mut rows = stmt.query([now])?;
         while let Some(row) = rows.next()? {
-            n += 1;
-            let status: String = row.get(0)?;
-            let parent: Option<JobId> = row.get(1)?;
-            if let (Some(p), "failed") = (parent, status.as_str()) {
+            let status: String = row.get(4)?;
+            let status = status.parse::<JobStatus>()?;
+            let parent: Option<JobId> = row.get(5)?;
+            if let (Some(p), JobStatus::Failed) = (parent, status) {
                 failed_parents.push(p);
             }
+            released.push(ReleasedJob {
+                job_id: row.get(0)?,
+                queue: row.get(1)?,
+                task: row.get(2)?,
+                attempt: row.get(3)?,
+                status,
+            });
         }
     }
     for p in failed_parents {
         crate::workflow::wake_job(conn, p, now)?;
     }
-    let (healed, next) = crate::workflow::heal_waiting_parents(conn, now, heal_after)?;
-    Ok((n + healed, next))
+    // RETURNING yields rows in no particular order.
+    released.sort_by_key(|j| j.job_id);
+    let (parents_woken, next) = crate::workflow::heal_waiting_parents(conn, now, heal_after)?;
+    Ok((
+        StaleLocks {
+            released,
+            parents_woken,
+        },
+        next,
+    ))
 }
 
 /// Stores a checkpoint. Fenced.

@@ -4,8 +4,8 @@
 //! Reads block in SQLite, so they run on tokio's blocking pool, each borrowing an idle
 //! connection; a semaphore caps how many run (and how many connections exist) at once.
 
-use crate::error::{is_busy, QResult, QueryError};
-use durable_jobs::{Error, Result};
+use crate::error::{error, is_busy, QResult, QueryError};
+use durable_jobs::{Error, Result, StorageError, StorageErrorKind};
 use rusqlite::Connection;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -59,7 +59,10 @@ impl Readers {
         }
         let this = Arc::clone(self);
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
-            Error::Storage("the sqlite backend needs a tokio runtime for reads".into())
+            error(
+                StorageErrorKind::Other,
+                "the sqlite backend needs a tokio runtime for reads",
+            )
         })?;
         handle
             .spawn_blocking(move || {
@@ -69,7 +72,15 @@ impl Readers {
                 out
             })
             .await
-            .map_err(|e| Error::Storage(format!("sqlite read task failed: {e}")))?
+            .map_err(|e| {
+                Error::from(
+                    StorageError::new(
+                        StorageErrorKind::Other,
+                        format!("sqlite read task failed: {e}"),
+                    )
+                    .with_source(e),
+                )
+            })?
     }
 
     fn retry_busy<R>(

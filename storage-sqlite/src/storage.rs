@@ -1,6 +1,6 @@
 //! [`SqliteStorage`]: the [`Storage`] implementation on a SQLite file.
 
-use crate::error::{is_busy, storage, QResult};
+use crate::error::{is_busy, storage, storage_in, QResult};
 use crate::filter;
 use crate::migrate;
 use crate::operations;
@@ -8,14 +8,16 @@ use crate::options::SqliteOptions;
 use crate::query::{self, micros};
 use crate::reader::Readers;
 use crate::watch::Watcher;
+use crate::workers;
 use crate::workflow;
 use crate::writer::{Writer, WriterConfig};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use durable_jobs::job::new_lease_token;
 use durable_jobs::{
-    Capabilities, Checkpoint, ClaimedJob, Clock, Completion, DequeueParams, Enqueued, Failure, Job,
-    JobFilter, JobId, Lease, ManualOutcome, NewJob, QueueCount, Result, ScheduleRecord, Storage,
+    AdvanceScheduleParams, Capabilities, Checkpoint, ClaimedJob, Clock, Completion, DequeueParams,
+    Enqueued, Failure, Job, JobFilter, JobId, Lease, ManualOutcome, NewJob, QueueCount, Result,
+    ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage, TakeSignalsParams, WorkerRecord,
 };
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
@@ -89,9 +91,8 @@ fn configure(conn: &Connection, opts: &SqliteOptions, file: bool) -> rusqlite::R
 }
 
 fn open_file(path: &Path, opts: &SqliteOptions, flags: OpenFlags) -> Result<Connection> {
-    let conn = Connection::open_with_flags(path, flags).map_err(|e| {
-        durable_jobs::Error::Storage(format!("cannot open sqlite file {}: {e}", path.display()))
-    })?;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| storage_in(format_args!("sqlite file {}", path.display()), e))?;
     // While another connection (in this process or another) switches a new file to WAL,
     // SQLite can report the lock as busy at once instead of waiting out the busy
     // timeout; retry that like every other busy write, up to `busy_retry_for`.
@@ -105,12 +106,10 @@ fn open_file(path: &Path, opts: &SqliteOptions, flags: OpenFlags) -> Result<Conn
                 backoff = (backoff * 2).min(Duration::from_millis(50));
             }
             Err(e) => {
-                let e = storage(e);
-                return Err(durable_jobs::Error::Storage(format!(
-                    "{} ({})",
+                return Err(storage_in(
+                    format_args!("sqlite file {}", path.display()),
                     e,
-                    path.display()
-                )));
+                ))
             }
         }
     }
@@ -126,8 +125,10 @@ impl SqliteStorage {
     /// default options.
     ///
     /// # Errors
-    /// [`durable_jobs::Error::Storage`] when the file cannot be opened or is not a SQLite
-    /// database; [`durable_jobs::Error::SchemaTooNew`] when a newer library wrote it.
+    /// [`durable_jobs::Error::Storage`] when the file cannot be opened (kind
+    /// [`durable_jobs::StorageErrorKind::Unavailable`]) or is not a SQLite database or is
+    /// corrupt (kind [`durable_jobs::StorageErrorKind::Corrupt`]);
+    /// [`durable_jobs::Error::SchemaTooNew`] when a newer library wrote it.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
         Self::open_with(path, SqliteOptions::new()).await
     }
@@ -306,8 +307,6 @@ impl Storage for SqliteStorage {
     fn capabilities(&self) -> Capabilities {
         let file = self.inner.path.is_some();
         Capabilities::new(self.inner.watcher.is_some(), file, file)
-            .with_workflows(true)
-            .with_operations(true)
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -445,26 +444,26 @@ impl Storage for SqliteStorage {
         .await
     }
 
-    async fn reclaim_expired(&self) -> Result<u64> {
+    async fn release_stale_locks(&self) -> Result<StaleLocks> {
         let now = self.now_us();
         let after = self.inner.heal_cursor.load(Ordering::Relaxed);
-        let (n, next) = self
-            .write(move |c| query::reclaim_expired(c, now, after))
+        let (swept, next) = self
+            .write(move |c| query::release_stale_locks(c, now, after))
             .await?;
         self.inner.heal_cursor.store(next, Ordering::Relaxed);
-        if n > 0 {
+        if swept.touched() > 0 {
             self.wake();
         }
-        Ok(n)
+        Ok(swept)
     }
 
-    async fn save_checkpoint(&self, lease: &Lease, checkpoint: Checkpoint) -> Result<()> {
+    async fn checkpoint(&self, lease: &Lease, checkpoint: Checkpoint) -> Result<()> {
         let lease = lease.clone();
         self.write(move |c| query::save_checkpoint(c, &lease, &checkpoint))
             .await
     }
 
-    async fn checkpoints(&self, job_id: JobId) -> Result<Vec<Checkpoint>> {
+    async fn list_checkpoints(&self, job_id: JobId) -> Result<Vec<Checkpoint>> {
         self.read(move |c| query::checkpoints(c, job_id)).await
     }
 
@@ -514,14 +513,14 @@ impl Storage for SqliteStorage {
         Ok(())
     }
 
-    async fn spawn_children(
-        &self,
-        lease: &Lease,
-        key: &str,
-        name: &str,
-        jobs: Vec<NewJob>,
-    ) -> Result<Vec<JobId>> {
+    async fn spawn_children(&self, params: SpawnChildrenParams<'_>) -> Result<Vec<JobId>> {
         let now = self.now_dt();
+        let SpawnChildrenParams {
+            lease,
+            key,
+            name,
+            jobs,
+        } = params;
         let (lease, key, name) = (lease.clone(), key.to_string(), name.to_string());
         let ids = self
             .write(move |c| workflow::spawn_children(c, &lease, &key, &name, jobs, now))
@@ -542,13 +541,13 @@ impl Storage for SqliteStorage {
         Ok(())
     }
 
-    async fn take_signals(
-        &self,
-        lease: &Lease,
-        name: &str,
-        limit: usize,
-        key: &str,
-    ) -> Result<Vec<Value>> {
+    async fn take_signals(&self, params: TakeSignalsParams<'_>) -> Result<Vec<Value>> {
+        let TakeSignalsParams {
+            lease,
+            name,
+            limit,
+            key,
+        } = params;
         let (lease, name, key) = (lease.clone(), name.to_string(), key.to_string());
         self.write(move |c| workflow::take_signals(c, &lease, &name, limit, &key))
             .await
@@ -563,6 +562,7 @@ impl Storage for SqliteStorage {
     async fn delete_job(&self, job_id: JobId) -> Result<bool> {
         self.write(move |c| workflow::delete_job(c, job_id)).await
     }
+
     async fn upsert_schedule(
         &self,
         name: &str,
@@ -592,11 +592,14 @@ impl Storage for SqliteStorage {
 
     async fn advance_schedule(
         &self,
-        name: &str,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        jobs: Vec<NewJob>,
+        params: AdvanceScheduleParams<'_>,
     ) -> Result<Option<Vec<JobId>>> {
+        let AdvanceScheduleParams {
+            name,
+            from,
+            to,
+            jobs,
+        } = params;
         let (name, now) = (name.to_string(), self.now_dt());
         let out = self
             .write(move |c| operations::advance_schedule(c, &name, from, to, &jobs, now))
@@ -660,5 +663,34 @@ impl Storage for SqliteStorage {
 
     async fn paused_queues(&self) -> Result<Vec<String>> {
         self.read(operations::paused_queues).await
+    }
+
+    async fn register_worker(&self, worker: WorkerRecord) -> Result<()> {
+        let now = self.now_us();
+        self.write(move |c| workers::register_worker(c, &worker, now))
+            .await
+    }
+
+    async fn touch_worker(&self, name: &str) -> Result<bool> {
+        let (name, now) = (name.to_string(), self.now_us());
+        self.write(move |c| workers::touch_worker(c, &name, now))
+            .await
+    }
+
+    async fn deregister_worker(&self, name: &str) -> Result<bool> {
+        let name = name.to_string();
+        self.write(move |c| workers::deregister_worker(c, &name))
+            .await
+    }
+
+    async fn list_workers(&self) -> Result<Vec<WorkerRecord>> {
+        self.read(workers::list_workers).await
+    }
+
+    async fn prune_workers(&self, before: DateTime<Utc>) -> Result<u64> {
+        // Rounded up: a worker stored at whole microseconds was seen before `before`
+        // exactly when its time is below the rounded-up bound.
+        let before = workflow::micros_ceil(before);
+        self.write(move |c| workers::prune_workers(c, before)).await
     }
 }

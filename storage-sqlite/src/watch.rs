@@ -74,7 +74,13 @@ impl Watcher {
                 let _ = stopped_tx.send(());
             })
             .map_err(|e| {
-                durable_jobs::Error::Storage(format!("cannot start the sqlite watch thread: {e}"))
+                durable_jobs::Error::from(
+                    durable_jobs::StorageError::new(
+                        durable_jobs::StorageErrorKind::Exhausted,
+                        format!("cannot start the sqlite watch thread: {e}"),
+                    )
+                    .with_source(e),
+                )
             })?;
         // A thread that could not open its connection drops `ready_tx` (and has logged
         // why); the storage still works, by polling.

@@ -11,9 +11,9 @@
 //! `SQLITE_BUSY` (another process holds the write lock past the busy timeout) is retried
 //! here with backoff until `busy_retry_for` runs out, so callers never see it.
 
-use crate::error::{is_busy, storage, QResult};
-use durable_jobs::{Error, Result};
-use rusqlite::Connection;
+use crate::error::{classify, error, is_busy, QResult};
+use durable_jobs::{Error, Result, StorageError, StorageErrorKind};
+use rusqlite::{ffi, Connection};
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -25,8 +25,55 @@ trait Command: Send {
     fn run(&mut self, conn: &Connection);
     /// True when `run` returned an error (its changes must be undone).
     fn failed(&self) -> bool;
+    /// The kind of the error `run` returned, if it was a storage error.
+    fn error_kind(&self) -> Option<StorageErrorKind>;
     /// Sends the outcome: `Ok` once committed, or the reason the transaction failed.
-    fn finish(self: Box<Self>, txn: std::result::Result<(), String>);
+    fn finish(self: Box<Self>, txn: std::result::Result<(), &TxnFailure>);
+}
+
+/// Why a batch's transaction failed, given to every command in it (each gets its own
+/// [`Error`], with the same kind, message and, when SQLite reported it, an equal copy of
+/// the driver's error as its source).
+#[derive(Debug, Clone)]
+struct TxnFailure {
+    kind: StorageErrorKind,
+    message: String,
+    sqlite: Option<(ffi::Error, Option<String>)>,
+}
+
+impl TxnFailure {
+    /// A failure SQLite reported.
+    fn sqlite(err: &rusqlite::Error) -> Self {
+        let (kind, message) = classify(err);
+        let sqlite = match err {
+            rusqlite::Error::SqliteFailure(e, msg) => Some((*e, msg.clone())),
+            _ => None,
+        };
+        TxnFailure {
+            kind,
+            message,
+            sqlite,
+        }
+    }
+
+    fn other(kind: StorageErrorKind, message: impl Into<String>) -> Self {
+        TxnFailure {
+            kind,
+            message: message.into(),
+            sqlite: None,
+        }
+    }
+
+    /// The failure as one caller's error.
+    fn to_error(&self) -> Error {
+        let e = StorageError::new(self.kind, self.message.clone());
+        match &self.sqlite {
+            Some((code, msg)) => e
+                .with_source(rusqlite::Error::SqliteFailure(*code, msg.clone()))
+                .into(),
+            None => e.into(),
+        }
+    }
 }
 
 struct Cmd<R, F> {
@@ -46,8 +93,9 @@ where
             // turn it into this command's error instead.
             let out = std::panic::catch_unwind(AssertUnwindSafe(|| f(conn).map_err(Error::from)))
                 .unwrap_or_else(|_| {
-                    Err(Error::Storage(
-                        "sqlite writer: a storage command panicked".into(),
+                    Err(error(
+                        StorageErrorKind::Other,
+                        "sqlite writer: a storage command panicked",
                     ))
                 });
             self.out = Some(out);
@@ -58,13 +106,23 @@ where
         matches!(self.out, Some(Err(_)))
     }
 
-    fn finish(self: Box<Self>, txn: std::result::Result<(), String>) {
+    fn error_kind(&self) -> Option<StorageErrorKind> {
+        match &self.out {
+            Some(Err(e)) => e.storage_kind(),
+            _ => None,
+        }
+    }
+
+    fn finish(self: Box<Self>, txn: std::result::Result<(), &TxnFailure>) {
         let out = match (self.out, txn) {
             // A command's own error (say LeaseLost) stands: its savepoint was undone.
             (Some(Err(e)), _) => Err(e),
             (Some(Ok(v)), Ok(())) => Ok(v),
-            (Some(Ok(_)), Err(e)) | (None, Err(e)) => Err(Error::Storage(e)),
-            (None, Ok(())) => Err(Error::Storage("sqlite writer: command did not run".into())),
+            (Some(Ok(_)), Err(e)) | (None, Err(e)) => Err(e.to_error()),
+            (None, Ok(())) => Err(error(
+                StorageErrorKind::Other,
+                "sqlite writer: command did not run",
+            )),
         };
         // The caller may have stopped waiting (its future was dropped); nothing to do.
         let _ = self.reply.send(out);
@@ -108,9 +166,20 @@ impl Writer {
                     let _ = ready_tx.send(Err(e));
                 }
             })
-            .map_err(|e| Error::Storage(format!("cannot start the sqlite writer thread: {e}")))?;
+            .map_err(|e| {
+                Error::from(
+                    StorageError::new(
+                        StorageErrorKind::Exhausted,
+                        format!("cannot start the sqlite writer thread: {e}"),
+                    )
+                    .with_source(e),
+                )
+            })?;
         ready_rx.await.map_err(|_| {
-            Error::Storage("the sqlite writer thread stopped while opening".into())
+            error(
+                StorageErrorKind::Other,
+                "the sqlite writer thread stopped while opening",
+            )
         })??;
         Ok(Writer { tx })
     }
@@ -173,7 +242,11 @@ fn run_loop(conn: Connection, rx: mpsc::Receiver<Msg>, config: WriterConfig) {
 }
 
 /// Runs `sql` (BEGIN or COMMIT), retrying while the database is busy.
-pub(crate) fn exec_retrying_busy(conn: &Connection, sql: &str, retry_for: Duration) -> Result<()> {
+fn exec_retrying_busy(
+    conn: &Connection,
+    sql: &str,
+    retry_for: Duration,
+) -> std::result::Result<(), TxnFailure> {
     let deadline = Instant::now() + retry_for;
     let mut backoff = Duration::from_millis(2);
     loop {
@@ -185,23 +258,26 @@ pub(crate) fn exec_retrying_busy(conn: &Connection, sql: &str, retry_for: Durati
                 backoff = (backoff * 2).min(Duration::from_millis(250));
             }
             Err(e) if is_busy(&e) => {
-                return Err(Error::Storage(format!(
-                    "sqlite: the database stayed locked by another connection for over {retry_for:?} ({e})"
-                )))
+                let mut f = TxnFailure::sqlite(&e);
+                f.message = format!(
+                    "sqlite: the database stayed locked by another connection for over \
+                     {retry_for:?} ({e})"
+                );
+                return Err(f);
             }
-            Err(e) => return Err(storage(e)),
+            Err(e) => return Err(TxnFailure::sqlite(&e)),
         }
     }
 }
 
 fn run_batch(conn: &Connection, mut batch: Vec<Box<dyn Command>>, retry_for: Duration) {
-    let fail_all = |batch: Vec<Box<dyn Command>>, msg: String| {
+    let fail_all = |batch: Vec<Box<dyn Command>>, why: TxnFailure| {
         for c in batch {
-            c.finish(Err(msg.clone()));
+            c.finish(Err(&why));
         }
     };
     if let Err(e) = exec_retrying_busy(conn, "BEGIN IMMEDIATE", retry_for) {
-        return fail_all(batch, e.to_string());
+        return fail_all(batch, e);
     }
     // Savepoints only matter when commands share the transaction.
     let shared = batch.len() > 1;
@@ -209,16 +285,21 @@ fn run_batch(conn: &Connection, mut batch: Vec<Box<dyn Command>>, retry_for: Dur
         if shared {
             if let Err(e) = exec(conn, "SAVEPOINT cmd") {
                 rollback(conn);
-                return fail_all(batch, storage(e).to_string());
+                return fail_all(batch, TxnFailure::sqlite(&e));
             }
         }
         cmd.run(conn);
         if conn.is_autocommit() {
             // SQLite rolled the whole transaction back (I/O error, disk full): nothing of
-            // this batch was kept.
+            // this batch was kept. The others fail with the kind of the error that did
+            // it, so a transient cause is retried.
+            let kind = cmd.error_kind().unwrap_or(StorageErrorKind::Other);
             return fail_all(
                 batch,
-                "sqlite: the transaction was rolled back by an error in the batch".into(),
+                TxnFailure::other(
+                    kind,
+                    "sqlite: the transaction was rolled back by an error in the batch",
+                ),
             );
         }
         if shared {
@@ -229,7 +310,7 @@ fn run_batch(conn: &Connection, mut batch: Vec<Box<dyn Command>>, retry_for: Dur
             };
             if let Err(e) = undo.and_then(|()| exec(conn, "RELEASE cmd")) {
                 rollback(conn);
-                return fail_all(batch, storage(e).to_string());
+                return fail_all(batch, TxnFailure::sqlite(&e));
             }
         }
     }
@@ -239,13 +320,10 @@ fn run_batch(conn: &Connection, mut batch: Vec<Box<dyn Command>>, retry_for: Dur
         rollback(conn);
         Ok(())
     } else {
-        exec_retrying_busy(conn, "COMMIT", retry_for).map_err(|e| {
-            rollback(conn);
-            e.to_string()
-        })
+        exec_retrying_busy(conn, "COMMIT", retry_for).inspect_err(|_| rollback(conn))
     };
     for c in batch {
-        c.finish(end.clone());
+        c.finish(end.as_ref().map(|_| ()));
     }
 }
 

@@ -126,7 +126,7 @@ pub async fn verify_workflows(
         let want: Vec<i64> = (0..5).map(|k| 10 * n + k).collect();
         assert_eq!(job.result, Some(json!(want)), "job {id}");
         let got: Vec<(String, String, CheckpointOutcome)> = storage
-            .checkpoints(*id)
+            .list_checkpoints(*id)
             .await
             .expect("checkpoints")
             .into_iter()

@@ -55,7 +55,7 @@ impl Recorder {
         let key = ctx.scope().to_string();
         let existed = self
             .storage
-            .checkpoints(ctx.job_id())
+            .list_checkpoints(ctx.job_id())
             .await
             .map_err(|e| TaskError::retry(format!("read checkpoints: {e}")))?
             .iter()

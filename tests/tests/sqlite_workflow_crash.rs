@@ -174,7 +174,7 @@ async fn durable_sleep_resumes_on_time_after_every_worker_restarted() {
     for child in first {
         kill(child);
     }
-    let cps = storage.checkpoints(id).await.expect("checkpoints");
+    let cps = storage.list_checkpoints(id).await.expect("checkpoints");
     let sleep = cps
         .iter()
         .find(|c| c.name == "sleep")

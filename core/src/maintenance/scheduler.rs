@@ -1,5 +1,6 @@
 //! The scheduler service: a worker runs scheduler passes on an interval.
 
+use crate::storage::Storage;
 use crate::worker::shared::Shared;
 use std::sync::Arc;
 
@@ -19,9 +20,6 @@ pub(crate) async fn run_scheduler(shared: Arc<Shared>) {
 /// One pass as of the storage clock's now.
 pub(crate) async fn pass(shared: &Shared) {
     let storage = shared.queue.storage();
-    if !storage.capabilities().operations {
-        return;
-    }
     let now = match storage.now().await {
         Ok(now) => now,
         Err(e) => {

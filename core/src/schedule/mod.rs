@@ -12,10 +12,12 @@ pub(crate) use scheduler::run_due;
 pub use scheduler::SchedulerReport;
 pub use spec::Spec;
 
+use crate::storage::Storage;
 use crate::error::{Error, Result};
 use crate::job::JobId;
 use crate::options::JobOptions;
 use crate::queue::Queue;
+pub use crate::storage::ScheduleRecord;
 use chrono::{DateTime, FixedOffset, Offset, Utc, Weekday};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -160,21 +162,6 @@ impl Schedule {
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.spec.next_after(after, self.offset())
     }
-}
-
-/// A schedule as stored: its definition (a serialized [`Schedule`]) and cursor.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ScheduleRecord {
-    /// The schedule's unique name.
-    pub name: String,
-    /// The serialized [`Schedule`].
-    pub definition: Value,
-    /// Paused schedules fire no ticks (missed ticks follow the catch-up rule on resume).
-    pub paused: bool,
-    /// The last tick handled (enqueued or skipped); ticks after it are due.
-    pub cursor: DateTime<Utc>,
-    /// The job the last enqueued tick created.
-    pub last_job_id: Option<JobId>,
 }
 
 /// A schedule's name, definition and state, as [`Queue::schedules`] lists them.

@@ -1,10 +1,12 @@
 //! One scheduler pass: compute due ticks per schedule and claim them with a
 //! compare-and-set on the cursor, in the same transaction as the enqueue.
 
+use crate::storage::Storage;
 use super::spec::plus;
 use super::{CatchUp, Schedule, DEFAULT_SKIP_GRACE, MAX_BACKFILL_TICKS};
 use crate::error::Result;
 use crate::queue::Queue;
+use crate::storage::AdvanceScheduleParams;
 use chrono::{DateTime, Utc};
 
 /// What one scheduler pass did.
@@ -87,12 +89,23 @@ pub(crate) async fn run_due(queue: &Queue, now: DateTime<Utc>) -> Result<Schedul
             })
             .collect::<Result<Vec<_>>>()?;
         match storage
-            .advance_schedule(&record.name, record.cursor, last, jobs)
+            .advance_schedule(AdvanceScheduleParams {
+                name: &record.name,
+                from: record.cursor,
+                to: last,
+                jobs,
+            })
             .await?
         {
             Some(ids) => {
                 if !ids.is_empty() {
                     queue.wake();
+                }
+                for &job_id in &ids {
+                    queue.emit(crate::event::Event::ScheduleFired {
+                        schedule: record.name.clone(),
+                        job_id,
+                    });
                 }
                 report
                     .enqueued

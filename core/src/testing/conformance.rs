@@ -202,7 +202,7 @@ async fn reclaimed<H: ConformanceHarness>(h: &H) -> (DynStorage, ClaimedJob, Cla
     enqueue(&s, job(json!("x"))).await;
     let first = claim_one(&s).await;
     h.advance(LEASE + Duration::from_secs(1)).await;
-    assert_eq!(s.reclaim_expired().await.expect("reclaim"), 1);
+    assert_eq!(s.release_stale_locks().await.expect("reclaim").touched(), 1);
     let second = claim_one(&s).await;
     assert_eq!(second.job.id, first.job.id);
     assert_ne!(second.lease.token, first.lease.token);
@@ -259,9 +259,9 @@ pub async fn stale_lease_cannot_checkpoint<H: ConformanceHarness>(h: &H) {
         name: "step".into(),
         outcome: CheckpointOutcome::Ok(json!("stale")),
     };
-    assert_lease_lost(s.save_checkpoint(&old.lease, cp).await);
+    assert_lease_lost(s.checkpoint(&old.lease, cp).await);
     assert!(s
-        .checkpoints(new.job.id)
+        .list_checkpoints(new.job.id)
         .await
         .expect("checkpoints")
         .is_empty());
@@ -273,17 +273,16 @@ pub async fn expired_lease_is_reclaimed<H: ConformanceHarness>(h: &H) {
     let id = enqueue(&s, job(json!("x"))).await;
     let _c = claim_one(&s).await;
     assert_eq!(
-        s.reclaim_expired().await.expect("reclaim"),
-        0,
+        s.release_stale_locks().await.expect("reclaim").touched(), 0,
         "lease still live"
     );
     h.advance(LEASE + Duration::from_secs(1)).await;
-    assert_eq!(s.reclaim_expired().await.expect("reclaim"), 1);
+    assert_eq!(s.release_stale_locks().await.expect("reclaim").touched(), 1);
     let j = s.get_job(id).await.expect("get").expect("exists");
     assert!(j.status.is_claimable(), "status {}", j.status);
     assert!(j.lease.is_none());
     assert!(j.last_error.is_some());
-    assert_eq!(s.reclaim_expired().await.expect("reclaim"), 0);
+    assert_eq!(s.release_stale_locks().await.expect("reclaim").touched(), 0);
 }
 
 /// A renewed lease is not reclaimed at the old expiry.
@@ -295,7 +294,7 @@ pub async fn heartbeat_keeps_lease_alive<H: ConformanceHarness>(h: &H) {
     let renewed = s.heartbeat(&c.lease, LEASE).await.expect("heartbeat");
     assert!(renewed.expires_at > c.lease.expires_at);
     h.advance(Duration::from_secs(20)).await;
-    assert_eq!(s.reclaim_expired().await.expect("reclaim"), 0);
+    assert_eq!(s.release_stale_locks().await.expect("reclaim").touched(), 0);
     s.complete(&renewed, json!(1))
         .await
         .expect("complete after renewal");
@@ -364,7 +363,7 @@ pub async fn heartbeat_many_renews_each_held_lease<H: ConformanceHarness>(h: &H)
     assert_eq!(status(&s, cancelled.job.id).await, JobStatus::Cancelled);
     // Both renewed leases are now past their first expiry, not their renewed one.
     h.advance(Duration::from_secs(20)).await;
-    assert_eq!(s.reclaim_expired().await.expect("reclaim"), 0);
+    assert_eq!(s.release_stale_locks().await.expect("reclaim").touched(), 0);
     s.complete(&kept_renewed, json!(1))
         .await
         .expect("complete after renewal");
@@ -386,7 +385,7 @@ pub async fn reclaim_with_attempts_exhausted_fails_job<H: ConformanceHarness>(h:
     let id = enqueue(&s, j).await;
     let c = claim_one(&s).await;
     h.advance(LEASE + Duration::from_secs(1)).await;
-    assert_eq!(s.reclaim_expired().await.expect("reclaim"), 1);
+    assert_eq!(s.release_stale_locks().await.expect("reclaim").touched(), 1);
     assert_eq!(status(&s, id).await, JobStatus::Failed);
     assert_lease_lost(s.complete(&c.lease, json!(1)).await);
 }
@@ -466,25 +465,25 @@ pub async fn checkpoints_roundtrip<H: ConformanceHarness>(h: &H) {
         name: name.into(),
         outcome,
     };
-    s.save_checkpoint(&lease, cp("0", "a", CheckpointOutcome::Ok(json!(1))))
+    s.checkpoint(&lease, cp("0", "a", CheckpointOutcome::Ok(json!(1))))
         .await
         .expect("save");
-    s.save_checkpoint(&lease, cp("1", "b", CheckpointOutcome::Err("nope".into())))
+    s.checkpoint(&lease, cp("1", "b", CheckpointOutcome::Err("nope".into())))
         .await
         .expect("save");
-    s.save_checkpoint(
+    s.checkpoint(
         &lease,
         cp("1/0", "c", CheckpointOutcome::Ok(json!({"k": [1, 2]}))),
     )
     .await
     .expect("save");
-    s.save_checkpoint(&lease, cp("0", "a", CheckpointOutcome::Ok(json!(2))))
+    s.checkpoint(&lease, cp("0", "a", CheckpointOutcome::Ok(json!(2))))
         .await
         .expect("replace");
-    s.save_checkpoint(&other_lease, cp("0", "z", CheckpointOutcome::Ok(json!(9))))
+    s.checkpoint(&other_lease, cp("0", "z", CheckpointOutcome::Ok(json!(9))))
         .await
         .expect("save other");
-    let got = s.checkpoints(id).await.expect("checkpoints");
+    let got = s.list_checkpoints(id).await.expect("checkpoints");
     assert_eq!(
         got,
         vec![
@@ -494,8 +493,8 @@ pub async fn checkpoints_roundtrip<H: ConformanceHarness>(h: &H) {
         ]
     );
     assert_eq!(s.delete_checkpoints(id).await.expect("delete"), 3);
-    assert!(s.checkpoints(id).await.expect("checkpoints").is_empty());
-    assert_eq!(s.checkpoints(other).await.expect("checkpoints").len(), 1);
+    assert!(s.list_checkpoints(id).await.expect("checkpoints").is_empty());
+    assert_eq!(s.list_checkpoints(other).await.expect("checkpoints").len(), 1);
 }
 
 /// A dedupe key held by an unfinished job returns that job; once it finished, a new one

@@ -2,6 +2,7 @@
 //! [`Worker`] on each backend. The [`crate::engine_conformance_tests`] macro turns them
 //! into one test each.
 
+use crate::storage::Storage;
 use super::ConformanceHarness;
 use crate::{
     call, BundleItem, BundleOptions, Event, FanOut, JobContext, JobId, JobOptions, JobStatus,
@@ -131,7 +132,7 @@ pub async fn retried_workflow_runs_only_unfinished_calls<H: ConformanceHarness>(
     assert_eq!(job(&q, id).await.result, Some(json!(3)));
     let keys: Vec<String> = q
         .storage()
-        .checkpoints(id)
+        .list_checkpoints(id)
         .await
         .expect("cps")
         .into_iter()
@@ -981,7 +982,7 @@ pub async fn heartbeats_renew_running_and_buffered_leases<H: ConformanceHarness>
             // Past every first expiry, short of the renewed ones.
             h.advance(lease * 2 / 3).await;
             assert_eq!(
-                q.storage().reclaim_expired().await.expect("reclaim"),
+                q.storage().release_stale_locks().await.expect("reclaim").touched(),
                 0,
                 "a held lease ran out"
             );

@@ -3,6 +3,8 @@
 
 pub mod conformance;
 pub mod engine;
+pub mod engine_observability;
+pub mod observability_conformance;
 pub mod operations_conformance;
 pub mod workflow_conformance;
 
@@ -100,6 +102,11 @@ macro_rules! storage_conformance_tests {
             cancel_pending_and_running_jobs,
             get_missing_job_is_none,
         );
+        $crate::__conformance_cases!(observability_conformance, $harness;
+            worker_registry_records_renews_and_removes,
+            trace_context_is_stored_with_the_job,
+            release_stale_locks_reports_released_jobs,
+        );
     };
 }
 
@@ -146,6 +153,12 @@ macro_rules! engine_conformance_tests {
             handlers_finish_whether_or_not_they_wait,
             slow_first_polls_move_later_handlers_to_tasks,
             heartbeats_renew_running_and_buffered_leases,
+        );
+        $crate::__conformance_cases!(engine_observability, $harness;
+            worker_registers_renews_and_leaves,
+            dead_workers_show_as_dead_then_go,
+            reclaimed_leases_are_events,
+            suspend_cancel_and_schedule_ticks_are_events,
         );
     };
 }

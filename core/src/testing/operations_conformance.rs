@@ -2,6 +2,7 @@
 //! the management calls. The [`crate::storage_operations_conformance_tests`] macro turns
 //! them into one test each.
 
+use crate::storage::AdvanceScheduleParams;
 use super::ConformanceHarness;
 use crate::job::{Checkpoint, CheckpointOutcome, JobId, JobStatus, KeyMode, NewJob};
 use crate::storage::{DequeueParams, DynStorage, Failure, JobFilter, ManualOutcome};
@@ -51,11 +52,18 @@ pub async fn job_key_replace_updates_the_waiting_job<H: ConformanceHarness>(h: &
     let a = s.enqueue(first).await.expect("enqueue");
     let mut second = keyed(json!(2), "k", KeyMode::Replace);
     second.delay = Some(Duration::from_secs(600));
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    second.trace_context = Some(traceparent.into());
     let b = s.enqueue(second).await.expect("enqueue");
     assert_eq!(b.id, a.id);
     assert!(!b.created);
     let j = get(&s, a.id).await;
     assert_eq!(j.payload, json!(2));
+    assert_eq!(
+        j.trace_context.as_deref(),
+        Some(traceparent),
+        "the job runs for the latest enqueue, in its trace"
+    );
     let now = s.now().await.expect("now");
     assert!(
         j.run_at > now + chrono::Duration::seconds(500),
@@ -242,7 +250,7 @@ pub async fn schedules_are_stored_paused_and_removed<H: ConformanceHarness>(h: &
         .expect("upsert");
     let later = now + chrono::Duration::seconds(60);
     assert!(s
-        .advance_schedule("a", now, later, vec![])
+        .advance_schedule(AdvanceScheduleParams { name: "a", from: now, to: later, jobs: vec![] })
         .await
         .expect("advance")
         .is_some());
@@ -283,7 +291,7 @@ pub async fn advance_schedule_is_compare_and_set<H: ConformanceHarness>(h: &H) {
     for _ in 0..8 {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
-            s.advance_schedule("tick", now, to, vec![NewJob::new("t", json!("tick"))])
+            s.advance_schedule(AdvanceScheduleParams { name: "tick", from: now, to, jobs: vec![NewJob::new("t", json!("tick"))] })
                 .await
         }));
     }
@@ -302,7 +310,7 @@ pub async fn advance_schedule_is_compare_and_set<H: ConformanceHarness>(h: &H) {
         1
     );
     assert!(s
-        .advance_schedule("missing", now, to, vec![])
+        .advance_schedule(AdvanceScheduleParams { name: "missing", from: now, to, jobs: vec![] })
         .await
         .expect("advance")
         .is_none());
@@ -323,7 +331,7 @@ pub async fn retry_jobs_requeues_failed_jobs<H: ConformanceHarness>(h: &H) {
             name: "a".into(),
             outcome: CheckpointOutcome::Ok(json!(1)),
         };
-        s.save_checkpoint(&c.lease, cp).await.expect("save");
+        s.checkpoint(&c.lease, cp).await.expect("save");
         s.fail(
             &c.lease,
             Failure {
@@ -350,8 +358,8 @@ pub async fn retry_jobs_requeues_failed_jobs<H: ConformanceHarness>(h: &H) {
         let j = get(&s, *id).await;
         assert_eq!((j.status, j.attempt), (JobStatus::Pending, 0));
     }
-    assert!(s.checkpoints(ids[0]).await.expect("cps").is_empty());
-    assert_eq!(s.checkpoints(ids[1]).await.expect("cps").len(), 1);
+    assert!(s.list_checkpoints(ids[0]).await.expect("cps").is_empty());
+    assert_eq!(s.list_checkpoints(ids[1]).await.expect("cps").len(), 1);
     assert_eq!(s.dequeue(params(10)).await.expect("dequeue").len(), 3);
 }
 
@@ -445,7 +453,7 @@ pub async fn purge_finished_removes_old_jobs<H: ConformanceHarness>(h: &H) {
         name: "a".into(),
         outcome: CheckpointOutcome::Ok(json!(1)),
     };
-    s.save_checkpoint(&c.lease, cp).await.expect("save");
+    s.checkpoint(&c.lease, cp).await.expect("save");
     s.complete(&c.lease, json!(null)).await.expect("complete");
     h.advance(Duration::from_secs(7200)).await;
     let recent = s
@@ -463,7 +471,7 @@ pub async fn purge_finished_removes_old_jobs<H: ConformanceHarness>(h: &H) {
     let cutoff = s.now().await.expect("now") - chrono::Duration::seconds(3600);
     assert_eq!(s.purge_finished(cutoff).await.expect("purge"), 1);
     assert!(s.get_job(old).await.expect("get").is_none());
-    assert!(s.checkpoints(old).await.expect("cps").is_empty());
+    assert!(s.list_checkpoints(old).await.expect("cps").is_empty());
     assert!(s.get_job(recent).await.expect("get").is_some());
     assert!(s.get_job(pending).await.expect("get").is_some());
 }

@@ -2,6 +2,8 @@
 //! cancellation of subtrees, deletion. The [`crate::storage_workflow_conformance_tests`]
 //! macro turns them into one test each.
 
+use crate::storage::SpawnChildrenParams;
+use crate::storage::TakeSignalsParams;
 use super::ConformanceHarness;
 use crate::job::{JobId, JobStatus, NewJob};
 use crate::storage::{ClaimedJob, DequeueParams, DynStorage, Failure, JobFilter};
@@ -62,7 +64,6 @@ fn lease_lost<T: std::fmt::Debug>(r: crate::Result<T>) {
 /// unspent.
 pub async fn suspended_job_wakes_at_its_time<H: ConformanceHarness>(h: &H) {
     let (s, c) = running_job(h).await;
-    assert!(s.capabilities().workflows);
     let wake_at = s.now().await.expect("now") + chrono::Duration::seconds(60);
     s.suspend(&c.lease, Some(wake_at)).await.expect("suspend");
     let j = s.get_job(c.job.id).await.expect("get").expect("exists");
@@ -114,21 +115,21 @@ pub async fn signals_are_consumed_once_in_order<H: ConformanceHarness>(h: &H) {
         Some(json!(1))
     );
     let first = s
-        .take_signals(&c.lease, "ship", 1, "0")
+        .take_signals(TakeSignalsParams { lease: &c.lease, name: "ship", limit: 1, key: "0" })
         .await
         .expect("take");
     assert_eq!(first, vec![json!(1)]);
     let rest = s
-        .take_signals(&c.lease, "ship", 10, "1")
+        .take_signals(TakeSignalsParams { lease: &c.lease, name: "ship", limit: 10, key: "1" })
         .await
         .expect("take");
     assert_eq!(rest, vec![json!(2), json!(3)]);
     assert!(s
-        .take_signals(&c.lease, "ship", 10, "2")
+        .take_signals(TakeSignalsParams { lease: &c.lease, name: "ship", limit: 10, key: "2" })
         .await
         .expect("take")
         .is_empty());
-    let cps = s.checkpoints(id).await.expect("checkpoints");
+    let cps = s.list_checkpoints(id).await.expect("checkpoints");
     let keys: Vec<(&str, &str)> = cps
         .iter()
         .map(|c| (c.key.as_str(), c.name.as_str()))
@@ -148,11 +149,11 @@ pub async fn stale_lease_cannot_suspend_spawn_or_take<H: ConformanceHarness>(h: 
         .await
         .expect("signal");
     h.advance(Duration::from_secs(31)).await;
-    s.reclaim_expired().await.expect("reclaim");
+    s.release_stale_locks().await.expect("reclaim");
     let fresh = claim(&s, c.job.id).await;
-    lease_lost(s.take_signals(&c.lease, "go", 1, "0").await);
+    lease_lost(s.take_signals(TakeSignalsParams { lease: &c.lease, name: "go", limit: 1, key: "0" }).await);
     lease_lost(
-        s.spawn_children(&c.lease, "0", "kids", vec![NewJob::new("t", json!(0))])
+        s.spawn_children(SpawnChildrenParams { lease: &c.lease, key: "0", name: "kids", jobs: vec![NewJob::new("t", json!(0))] })
             .await,
     );
     lease_lost(s.suspend(&c.lease, None).await);
@@ -189,16 +190,11 @@ pub async fn signal_to_finished_or_missing_job_is_refused<H: ConformanceHarness>
 pub async fn spawn_children_writes_children_and_checkpoint<H: ConformanceHarness>(h: &H) {
     let (s, c) = running_job(h).await;
     let ids = s
-        .spawn_children(
-            &c.lease,
-            "0",
-            "fan_out:t",
-            vec![NewJob::new("t", json!(1)), NewJob::new("t", json!(2))],
-        )
+        .spawn_children(SpawnChildrenParams { lease: &c.lease, key: "0", name: "fan_out:t", jobs: vec![NewJob::new("t", json!(1)), NewJob::new("t", json!(2))] })
         .await
         .expect("spawn");
     assert_eq!(ids.len(), 2);
-    let cps = s.checkpoints(c.job.id).await.expect("checkpoints");
+    let cps = s.list_checkpoints(c.job.id).await.expect("checkpoints");
     assert_eq!(cps.len(), 1);
     assert_eq!(cps[0].name, "fan_out:t");
     assert_eq!(cps[0].outcome, crate::CheckpointOutcome::Ok(json!(ids)));
@@ -219,12 +215,7 @@ pub async fn spawn_children_writes_children_and_checkpoint<H: ConformanceHarness
 pub async fn child_final_write_wakes_waiting_parent<H: ConformanceHarness>(h: &H) {
     let (s, parent) = running_job(h).await;
     let kids = s
-        .spawn_children(
-            &parent.lease,
-            "0",
-            "kids",
-            (0..3).map(|i| NewJob::new("t", json!(i))).collect(),
-        )
+        .spawn_children(SpawnChildrenParams { lease: &parent.lease, key: "0", name: "kids", jobs: (0..3).map(|i| NewJob::new("t", json!(i))).collect() })
         .await
         .expect("spawn");
     s.suspend(&parent.lease, None).await.expect("suspend");
@@ -272,17 +263,12 @@ pub async fn child_final_write_wakes_waiting_parent<H: ConformanceHarness>(h: &H
 pub async fn cancel_cascades_to_descendants<H: ConformanceHarness>(h: &H) {
     let (s, root) = running_job(h).await;
     let kids = s
-        .spawn_children(
-            &root.lease,
-            "0",
-            "kids",
-            vec![NewJob::new("t", json!(1)), NewJob::new("t", json!(2))],
-        )
+        .spawn_children(SpawnChildrenParams { lease: &root.lease, key: "0", name: "kids", jobs: vec![NewJob::new("t", json!(1)), NewJob::new("t", json!(2))] })
         .await
         .expect("spawn");
     let kid = claim(&s, kids[0]).await;
     let grandkids = s
-        .spawn_children(&kid.lease, "0", "kids", vec![NewJob::new("t", json!(3))])
+        .spawn_children(SpawnChildrenParams { lease: &kid.lease, key: "0", name: "kids", jobs: vec![NewJob::new("t", json!(3))] })
         .await
         .expect("spawn");
     let other = s
@@ -307,7 +293,7 @@ pub async fn delete_job_removes_job_and_checkpoints<H: ConformanceHarness>(h: &H
         name: "a".into(),
         outcome: crate::CheckpointOutcome::Ok(json!(1)),
     };
-    s.save_checkpoint(&c.lease, cp).await.expect("save");
+    s.checkpoint(&c.lease, cp).await.expect("save");
     assert!(matches!(
         s.delete_job(c.job.id).await,
         Err(Error::InvalidState { .. })
@@ -316,7 +302,7 @@ pub async fn delete_job_removes_job_and_checkpoints<H: ConformanceHarness>(h: &H
     assert!(s.delete_job(c.job.id).await.expect("delete"));
     assert!(s.get_job(c.job.id).await.expect("get").is_none());
     assert!(s
-        .checkpoints(c.job.id)
+        .list_checkpoints(c.job.id)
         .await
         .expect("checkpoints")
         .is_empty());

@@ -1,10 +1,12 @@
 //! One queue's loop: claim jobs in batches while slots are free, run them, hand their
 //! outcomes to the completer, and on shutdown return what is still running.
 
+use crate::storage::Storage;
 use super::complete::{Finish, RunMeta};
 use super::execute::{classify, execute, Ended};
 use super::options::QueueConfig;
 use super::shared::{Shared, NOT_IDLE};
+use crate::instrumented::Backoff;
 use crate::storage::{ClaimedJob, DequeueParams};
 use crate::task::{panic_message, TaskError};
 use serde_json::Value;
@@ -56,7 +58,10 @@ impl Running {
         lost: watch::Receiver<bool>,
         out: &mpsc::UnboundedSender<Finish>,
     ) {
-        let meta = RunMeta::of(&c);
+        let meta = RunMeta::of(shared, &c);
+        meta.metrics.started.increment(1);
+        let waited = (chrono::Utc::now() - c.job.run_at).num_microseconds().unwrap_or(0);
+        meta.metrics.wait.record(waited.max(0) as f64 / 1e6);
         let mut fut: Pin<Box<dyn Future<Output = Outcome> + Send>> =
             Box::pin(execute(shared.clone(), c, lost));
         if self.inline {
@@ -104,6 +109,7 @@ impl Running {
 /// Hands a finished attempt's outcome to the completer.
 fn settle(shared: &Shared, meta: RunMeta, ended: Ended, out: &mpsc::UnboundedSender<Finish>) {
     shared.leases().remove(&meta.job_id);
+    meta.metrics.duration.record(meta.started.elapsed().as_secs_f64());
     let finish = classify(shared, meta, ended);
     if out.send(finish).is_err() {
         // The completer only stops after every loop has ended, so this is unreachable
@@ -132,7 +138,8 @@ pub(crate) async fn run_queue(
         buffer: VecDeque::new(),
         maybe_more: true,
         probing: false,
-        error_backoff: Duration::ZERO,
+        error_wait: Duration::ZERO,
+        backoff: Backoff::default(),
         claiming: 0,
     };
     let batch = capacity.min(shared.opts.max_claim_batch);
@@ -168,7 +175,7 @@ pub(crate) async fn run_queue(
             shared.opts.claims_in_flight
         };
         if st.maybe_more
-            && st.error_backoff.is_zero()
+            && st.error_wait.is_zero()
             && claims.len() < in_flight_cap
             && free > 0
             && (free >= refill_at || held == 0)
@@ -206,7 +213,7 @@ pub(crate) async fn run_queue(
         if started {
             continue;
         }
-        let backoff = st.error_backoff;
+        let backoff = st.error_wait;
         tokio::select! {
             _ = stop.changed() => {}
             Some(done) = claims.join_next(), if !claims.is_empty() => {
@@ -218,7 +225,9 @@ pub(crate) async fn run_queue(
             _ = wakes.changed(), if backoff.is_zero() => st.maybe_more = true,
             _ = tokio::time::sleep(if backoff.is_zero() { shared.opts.poll_interval } else { backoff }) => {
                 st.maybe_more = true;
-                st.error_backoff = Duration::ZERO;
+                // The wait is over; the backoff's step stays, so the next failure waits
+                // longer, until a claim succeeds.
+                st.error_wait = Duration::ZERO;
             }
         }
     }
@@ -229,7 +238,7 @@ pub(crate) async fn run_queue(
     // Prefetched jobs never started: give them back at once, attempt unspent.
     for (c, _) in st.buffer {
         shared.leases().remove(&c.job.id);
-        let meta = RunMeta::of(&c);
+        let meta = RunMeta::of(&shared, &c);
         if out.send(Finish::Release { meta }).is_err() {
             tracing::error!("completer gone; prefetched job left to lease expiry");
         }
@@ -273,8 +282,10 @@ struct ClaimState {
     /// claim at a time. A wake-up on an idle queue usually announces one job; claims sent
     /// side by side would race for it on the server, and the losers come back empty.
     probing: bool,
-    /// How long to wait before the next claim after a failed one (zero: no failure).
-    error_backoff: Duration,
+    /// How long to wait before the next claim after a failed one (zero: not waiting).
+    error_wait: Duration,
+    /// Grows with failed claims in a row, resets on a successful one.
+    backoff: Backoff,
     /// Jobs asked for by claims still in flight.
     claiming: usize,
 }
@@ -296,14 +307,19 @@ impl ClaimState {
                 // A claim task only ends abnormally if it panicked inside storage; what it
                 // may have leased is reclaimed when the lease expires.
                 tracing::error!(error = %e, "claim task ended abnormally");
-                self.error_backoff = Duration::from_millis(100);
+                self.error_wait = self.backoff.fail();
                 return;
             }
         };
         self.claiming -= outcome.want;
         match outcome.result {
             Ok(claimed) => {
-                self.error_backoff = Duration::ZERO;
+                self.backoff.succeed();
+                if claimed.is_empty() {
+                    shared.health.contact();
+                } else {
+                    shared.health.claimed();
+                }
                 // A short claim means the queue looked drained, unless a wake came after
                 // the claim began: the loop may have consumed that wake while the claim
                 // was in flight, and the work it announced may postdate the claim.
@@ -326,10 +342,17 @@ impl ClaimState {
                     self.buffer.push_back((c, lost_rx));
                 }
             }
+            Err(e) if e.needs_operator() => shared.fail_fatally(e),
             Err(e) => {
-                self.error_backoff = (self.error_backoff * 2)
-                    .clamp(Duration::from_millis(100), Duration::from_secs(30));
-                tracing::warn!(error = %e, retry_in = ?self.error_backoff, "claim failed; retrying");
+                shared.health.failure();
+                self.error_wait = self.backoff.fail();
+                tracing::warn!(
+                    error = %e,
+                    kind = ?e.storage_kind(),
+                    failures = self.backoff.failures(),
+                    retry_in = ?self.error_wait,
+                    "claim failed; retrying"
+                );
             }
         }
     }

@@ -4,6 +4,8 @@
 use super::shared::Shared;
 use crate::event::Event;
 use crate::job::{JobId, Lease};
+use crate::metric::JobMetrics;
+use crate::storage::Storage;
 use crate::storage::{Completion, Failure};
 use crate::Error;
 use serde_json::Value;
@@ -24,17 +26,23 @@ pub(crate) struct RunMeta {
     pub(crate) attempt: i32,
     pub(crate) max_attempts: i32,
     pub(crate) lease: Lease,
+    /// The job's metric handles (by queue and task).
+    pub(crate) metrics: Arc<JobMetrics>,
+    /// When the attempt started, for the duration histogram.
+    pub(crate) started: std::time::Instant,
 }
 
 impl RunMeta {
     /// What the worker keeps about a claimed job while it runs.
-    pub(crate) fn of(c: &crate::storage::ClaimedJob) -> Self {
+    pub(crate) fn of(shared: &Shared, c: &crate::storage::ClaimedJob) -> Self {
         RunMeta {
             job_id: c.job.id,
             task: c.job.task.clone(),
             attempt: c.lease.attempt,
             max_attempts: c.job.max_attempts,
             lease: c.lease.clone(),
+            metrics: shared.metrics.get(&c.job.queue, &c.job.task),
+            started: std::time::Instant::now(),
         }
     }
 }
@@ -112,16 +120,25 @@ async fn write_batch(shared: &Shared, mut buf: Vec<Finish>) {
             Finish::Release { meta } => {
                 woke = true;
                 let r = with_retries(|| shared.queue.storage().release(&meta.lease)).await;
-                count(shared, r, |c| &c.released, meta.job_id);
+                count(shared, r, |c| &c.released, &meta);
             }
             Finish::Suspend { meta, wake_at } => {
                 woke = true;
                 let r = with_retries(|| shared.queue.storage().suspend(&meta.lease, wake_at)).await;
-                count(shared, r, |c| &c.suspended, meta.job_id);
+                let ok = r.is_ok();
+                count(shared, r, |c| &c.suspended, &meta);
+                if ok {
+                    shared.queue.emit(Event::Suspended {
+                        job_id: meta.job_id,
+                        task: meta.task,
+                        attempt: meta.attempt,
+                    });
+                }
             }
             Finish::Lost { meta } => {
                 tracing::warn!(job_id = meta.job_id, "lease lost while the handler ran");
                 shared.counters.lost.fetch_add(1, Ordering::Relaxed);
+                meta.metrics.lost.increment(1);
             }
         }
     }
@@ -151,8 +168,12 @@ async fn write_completions(shared: &Shared, items: Vec<(RunMeta, Value)>) {
     }
     let results = with_retries(|| shared.queue.storage().complete_many(batch.clone())).await;
     let results = match results {
-        Ok(r) => r,
+        Ok(r) => {
+            shared.health.contact();
+            r
+        }
         Err(e) => {
+            shared.health.failure();
             tracing::error!(error = %e, jobs = metas.len(), "could not write completions; the jobs will be reclaimed when their leases expire");
             return;
         }
@@ -161,6 +182,7 @@ async fn write_completions(shared: &Shared, items: Vec<(RunMeta, Value)>) {
         match r {
             Ok(()) => {
                 shared.counters.completed.fetch_add(1, Ordering::Relaxed);
+                meta.metrics.completed.increment(1);
                 if let Some(result) = result {
                     shared.queue.emit(Event::Completed {
                         job_id: meta.job_id,
@@ -170,7 +192,7 @@ async fn write_completions(shared: &Shared, items: Vec<(RunMeta, Value)>) {
                     });
                 }
             }
-            Err(e) => count::<()>(shared, Err(e), |c| &c.completed, meta.job_id),
+            Err(e) => count::<()>(shared, Err(e), |c| &c.completed, &meta),
         }
     }
 }
@@ -183,11 +205,15 @@ async fn write_failure(shared: &Shared, meta: RunMeta, error: String, retry_in: 
     let r = with_retries(|| shared.queue.storage().fail(&meta.lease, failure.clone())).await;
     let ok = r.is_ok();
     match retry_in {
-        Some(_) => count(shared, r, |c| &c.retried, meta.job_id),
-        None => count(shared, r, |c| &c.failed, meta.job_id),
+        Some(_) => count(shared, r, |c| &c.retried, &meta),
+        None => count(shared, r, |c| &c.failed, &meta),
     }
     if !ok {
         return;
+    }
+    match retry_in {
+        Some(_) => meta.metrics.retried.increment(1),
+        None => meta.metrics.failed.increment(1),
     }
     let event = match retry_in {
         Some(retry_in) => Event::Retrying {
@@ -211,8 +237,9 @@ fn count<T>(
     shared: &Shared,
     r: crate::Result<T>,
     counter: fn(&super::shared::Counters) -> &std::sync::atomic::AtomicU64,
-    job_id: JobId,
+    meta: &RunMeta,
 ) {
+    let job_id = meta.job_id;
     match r {
         Ok(_) => {
             counter(&shared.counters).fetch_add(1, Ordering::Relaxed);
@@ -220,6 +247,7 @@ fn count<T>(
         Err(Error::LeaseLost { .. }) => {
             tracing::warn!(job_id, "outcome not written: the lease was lost");
             shared.counters.lost.fetch_add(1, Ordering::Relaxed);
+            meta.metrics.lost.increment(1);
         }
         Err(e) => {
             tracing::error!(job_id, error = %e, "outcome not written; the job will be reclaimed when its lease expires");
@@ -227,20 +255,22 @@ fn count<T>(
     }
 }
 
-/// Retries a storage write on errors other than a lost lease, with backoff.
+/// Retries a storage write on transient errors (unavailable, busy, exhausted), with a
+/// growing, jittered backoff; other errors (a lost lease, a constraint, corrupt data)
+/// are returned at once, since writing again cannot fix them.
 async fn with_retries<T, F, Fut>(mut write: F) -> crate::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = crate::Result<T>>,
 {
-    let mut delay = Duration::from_millis(50);
+    let mut backoff = crate::instrumented::Backoff::default();
     let mut attempt = 1;
     loop {
         match write().await {
-            Err(Error::Storage(msg)) if attempt < WRITE_ATTEMPTS => {
-                tracing::warn!(error = %msg, attempt, "storage write failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+            Err(e) if e.is_transient() && attempt < WRITE_ATTEMPTS => {
+                let wait = backoff.fail();
+                tracing::warn!(error = %e, attempt, retry_in = ?wait, "storage write failed; retrying");
+                tokio::time::sleep(wait).await;
                 attempt += 1;
             }
             other => return other,

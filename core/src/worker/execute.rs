@@ -5,12 +5,28 @@ use super::shared::Shared;
 use crate::event::Event;
 use crate::storage::ClaimedJob;
 use crate::task::{TaskError, TaskErrorKind};
+use crate::trace;
 use crate::workflow::JobContext;
 use serde_json::Value;
+use std::future::Future;
 use std::sync::Arc;
+use tracing::Instrument;
 
-/// Runs one attempt: hooks and events, the handler, the job's timeout.
-pub(crate) async fn execute(
+/// Runs one attempt inside its `durable_jobs.attempt` span, with its trace context as the
+/// task's current one (see [`crate::trace`]). The span and context are made here, when
+/// the attempt starts; instrumenting the future covers its first poll on the queue loop
+/// and its later polls as a task of its own.
+pub(crate) fn execute(
+    shared: Arc<Shared>,
+    claimed: ClaimedJob,
+    lost: tokio::sync::watch::Receiver<bool>,
+) -> impl Future<Output = Result<Value, TaskError>> + Send + 'static {
+    let (span, context) = trace::attempt_span(&claimed.job, claimed.lease.attempt, &shared.name);
+    trace::in_attempt(context, run(shared, claimed, lost)).instrument(span)
+}
+
+/// One attempt: hooks and events, the handler, the job's timeout.
+async fn run(
     shared: Arc<Shared>,
     claimed: ClaimedJob,
     lost: tokio::sync::watch::Receiver<bool>,

@@ -1,6 +1,8 @@
 //! Renewing the leases of running and buffered jobs.
 
+use super::registry;
 use super::shared::Shared;
+use crate::storage::Storage;
 use std::sync::Arc;
 
 /// The most leases renewed by one storage call; a worker holding more renews them in
@@ -8,9 +10,9 @@ use std::sync::Arc;
 const HEARTBEAT_BATCH: usize = 1000;
 
 /// Renews every held lease (running or buffered) each heartbeat interval, in batches of
-/// [`HEARTBEAT_BATCH`] through [`crate::Storage::heartbeat_many`]. A lease found lost is
-/// dropped from the set and its handler told; its later writes are refused by storage
-/// anyway.
+/// [`HEARTBEAT_BATCH`] through [`crate::Storage::heartbeat_many`], and the worker's
+/// registry entry. A lease found lost is dropped from the set and its handler told; its
+/// later writes are refused by storage anyway.
 pub(crate) async fn run_heartbeats(shared: Arc<Shared>) {
     let every = shared.opts.heartbeat_every();
     let mut stop = shared.stopping.subscribe();
@@ -19,6 +21,7 @@ pub(crate) async fn run_heartbeats(shared: Arc<Shared>) {
             _ = tokio::time::sleep(every) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+        registry::renew(&shared).await;
         let leases: Vec<_> = shared.leases().values().map(|(l, _)| l.clone()).collect();
         for batch in leases.chunks(HEARTBEAT_BATCH) {
             let results = match shared
@@ -27,8 +30,12 @@ pub(crate) async fn run_heartbeats(shared: Arc<Shared>) {
                 .heartbeat_many(batch, shared.opts.lease_duration)
                 .await
             {
-                Ok(results) => results,
+                Ok(results) => {
+                    shared.health.contact();
+                    results
+                }
                 Err(e) => {
+                    shared.health.failure();
                     tracing::warn!(leases = batch.len(), error = %e, "heartbeat failed; will retry");
                     continue;
                 }
@@ -45,8 +52,14 @@ pub(crate) async fn run_heartbeats(shared: Arc<Shared>) {
                 match result {
                     Ok(_) => {}
                     Err(crate::Error::LeaseLost { job_id }) => {
-                        tracing::warn!(job_id, "lease lost: the job was reclaimed or cancelled");
-                        if let Some((_, lost)) = shared.leases().remove(&job_id) {
+                        // A job that finished while this batch was in flight left the set
+                        // when its outcome was handed on: its lease ended, none was lost.
+                        let held = shared.leases().remove(&job_id);
+                        if let Some((_, lost)) = held {
+                            tracing::warn!(
+                                job_id,
+                                "heartbeat: lease lost: the job was reclaimed or cancelled"
+                            );
                             // The handler sees this through `JobContext::cancelled`.
                             lost.send_replace(true);
                         }

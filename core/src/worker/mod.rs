@@ -3,24 +3,31 @@
 mod claim;
 mod complete;
 mod execute;
+mod health;
 mod heartbeat;
 mod options;
+mod registry;
 pub(crate) mod shared;
 
 pub use options::{
     QueueConfig, WorkerOptions, DEFAULT_CLAIMS_IN_FLIGHT, DEFAULT_COMPLETION_BATCH,
     DEFAULT_COMPLETION_WRITERS, DEFAULT_CONCURRENCY, DEFAULT_LEASE_DURATION,
     DEFAULT_MAX_CLAIM_BATCH, DEFAULT_POLL_INTERVAL, DEFAULT_SCHEDULER_INTERVAL,
-    DEFAULT_SHUTDOWN_GRACE, DEFAULT_SWEEP_INTERVAL,
+    DEFAULT_METRICS_INTERVAL, DEFAULT_SHUTDOWN_GRACE, DEFAULT_SWEEP_INTERVAL,
+    DEFAULT_WORKER_RETENTION,
 };
+pub use health::{WorkerHealth, WorkerState};
 pub use shared::WorkerReport;
 
 use crate::error::{Error, Result};
-use crate::maintenance::{lease_sweeper, scheduler};
+use crate::event::Event;
+use crate::maintenance::{lease_sweeper, metrics_sampler, scheduler};
 use crate::queue::Queue;
+use health::HealthState;
 use shared::Shared;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 
 /// Runs a queue's jobs: several routing queues, each with its own concurrency.
@@ -43,6 +50,9 @@ pub struct Worker {
     opts: WorkerOptions,
     name: String,
     shutdown: Arc<watch::Sender<bool>>,
+    health: Arc<HealthState>,
+    /// The current run's shared state, for [`Worker::health`].
+    current: Mutex<Option<Arc<Shared>>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -101,12 +111,26 @@ impl Worker {
             opts,
             name,
             shutdown: Arc::new(tx),
+            health: Arc::default(),
+            current: Mutex::new(None),
         })
     }
 
     /// The worker's name, recorded on the jobs it claims.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// What an application's health endpoint serves: running or stopping, when storage
+    /// last answered, when a claim last returned jobs, and the jobs in flight.
+    pub fn health(&self) -> WorkerHealth {
+        let in_flight = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(0, |s| s.in_flight.load(Ordering::Relaxed));
+        self.health.snapshot(&self.name, in_flight)
     }
 
     /// A handle that shuts this worker down from elsewhere.
@@ -117,7 +141,11 @@ impl Worker {
     /// Runs until [`ShutdownHandle::shutdown`] is called, then shuts down gracefully.
     ///
     /// # Errors
-    /// None today; storage errors are logged and retried while the worker keeps running.
+    /// Transient storage errors (an unreachable server, a busy database) are logged and
+    /// retried with a growing backoff while the worker keeps running. The worker stops
+    /// and returns the error when retrying cannot fix it: a schema that was never
+    /// migrated ([`crate::StorageErrorKind::Schema`]) or is newer than this library
+    /// ([`Error::SchemaTooNew`]).
     pub async fn run(&self) -> Result<WorkerReport> {
         self.run_until(std::future::pending::<()>()).await
     }
@@ -128,14 +156,16 @@ impl Worker {
     /// # Errors
     /// As [`Worker::run`].
     pub async fn run_until(&self, signal: impl Future<Output = ()>) -> Result<WorkerReport> {
-        let shared = self.start();
+        let shared = self.start().await;
         let handles = self.spawn_tasks(&shared);
         let mut shutdown = self.shutdown.subscribe();
+        let mut stopping = shared.stopping.subscribe();
         tokio::select! {
             _ = signal => {}
             _ = shutdown.wait_for(|s| *s) => {}
+            _ = stopping.wait_for(|s| *s) => {}
         }
-        Ok(self.finish(shared, handles).await)
+        self.finish(shared, handles).await
     }
 
     /// Runs until Ctrl-C (SIGINT) or, on Unix, SIGTERM, then shuts down gracefully.
@@ -152,7 +182,7 @@ impl Worker {
     /// # Errors
     /// As [`Worker::run`].
     pub async fn drain(&self) -> Result<WorkerReport> {
-        let shared = self.start();
+        let shared = self.start().await;
         lease_sweeper::sweep_once(&shared).await;
         if self.opts.scheduler {
             scheduler::pass(&shared).await;
@@ -163,7 +193,7 @@ impl Worker {
             let progressed = shared.progress.notified();
             tokio::pin!(progressed);
             progressed.as_mut().enable();
-            if shared.is_drained() || *shutdown.borrow_and_update() {
+            if shared.is_drained() || *shutdown.borrow_and_update() || shared.is_stopping() {
                 break;
             }
             tokio::select! {
@@ -171,15 +201,24 @@ impl Worker {
                 _ = shutdown.changed() => {}
             }
         }
-        Ok(self.finish(shared, handles).await)
+        self.finish(shared, handles).await
     }
 
-    fn start(&self) -> Arc<Shared> {
-        Arc::new(Shared::new(
+    /// Sets up a run: its shared state, its registry entry and the started event.
+    async fn start(&self) -> Arc<Shared> {
+        let shared = Arc::new(Shared::new(
             self.queue.clone(),
             self.opts.clone(),
             self.name.clone(),
-        ))
+            self.health.clone(),
+        ));
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(shared.clone());
+        self.health.set_state(WorkerState::Running);
+        registry::register(&shared).await;
+        self.queue.emit(Event::WorkerStarted {
+            worker: self.name.clone(),
+        });
+        shared
     }
 
     fn spawn_tasks(&self, shared: &Arc<Shared>) -> Tasks {
@@ -198,6 +237,8 @@ impl Worker {
             completer: tokio::spawn(complete::run_completer(shared.clone(), rx)),
             heartbeat: tokio::spawn(heartbeat::run_heartbeats(shared.clone())),
             sweeper: tokio::spawn(lease_sweeper::run_sweeper(shared.clone())),
+            metrics: (!self.opts.metrics_interval.is_zero())
+                .then(|| tokio::spawn(metrics_sampler::run_sampler(shared.clone()))),
             scheduler: self
                 .opts
                 .scheduler
@@ -205,7 +246,8 @@ impl Worker {
         }
     }
 
-    async fn finish(&self, shared: Arc<Shared>, tasks: Tasks) -> WorkerReport {
+    async fn finish(&self, shared: Arc<Shared>, tasks: Tasks) -> Result<WorkerReport> {
+        self.health.set_state(WorkerState::Stopping);
         shared.stopping.send_replace(true);
         for l in tasks.loops {
             if let Err(e) = l.await {
@@ -222,10 +264,25 @@ impl Worker {
         for t in [tasks.heartbeat, tasks.sweeper]
             .into_iter()
             .chain(tasks.scheduler)
+            .chain(tasks.metrics)
         {
             let _ = t.await;
         }
-        shared.report()
+        registry::deregister(&shared).await;
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.queue.emit(Event::WorkerStopped {
+            worker: self.name.clone(),
+        });
+        match shared.take_fatal() {
+            Some(e) => {
+                self.health.set_state(WorkerState::Failed);
+                Err(e)
+            }
+            None => {
+                self.health.set_state(WorkerState::Idle);
+                Ok(shared.report())
+            }
+        }
     }
 }
 
@@ -235,6 +292,7 @@ struct Tasks {
     heartbeat: tokio::task::JoinHandle<()>,
     sweeper: tokio::task::JoinHandle<()>,
     scheduler: Option<tokio::task::JoinHandle<()>>,
+    metrics: Option<tokio::task::JoinHandle<()>>,
 }
 
 async fn shutdown_signal() {

@@ -35,6 +35,12 @@ pub const DEFAULT_COMPLETION_WRITERS: usize = 1;
 pub const DEFAULT_SCHEDULER_INTERVAL: Duration = Duration::from_secs(1);
 /// The most jobs claimed in one storage call. Defaults to 500.
 pub const DEFAULT_MAX_CLAIM_BATCH: usize = 500;
+/// How often a worker samples the jobs-per-queue-and-status gauges with one counts query.
+/// Defaults to 15 seconds (a typical Prometheus scrape interval); zero turns it off.
+pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(15);
+/// How long a dead worker's registry entry stays listed (as dead) before a live worker's
+/// sweep removes it. Defaults to 1 hour.
+pub const DEFAULT_WORKER_RETENTION: Duration = Duration::from_secs(3600);
 
 /// One queue a worker serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +69,8 @@ pub struct WorkerOptions {
     pub(crate) forbidden_flags: Vec<String>,
     pub(crate) scheduler: bool,
     pub(crate) scheduler_interval: Duration,
+    pub(crate) metrics_interval: Duration,
+    pub(crate) worker_retention: Duration,
 }
 
 impl Default for WorkerOptions {
@@ -83,6 +91,8 @@ impl Default for WorkerOptions {
             forbidden_flags: Vec::new(),
             scheduler: true,
             scheduler_interval: DEFAULT_SCHEDULER_INTERVAL,
+            metrics_interval: DEFAULT_METRICS_INTERVAL,
+            worker_retention: DEFAULT_WORKER_RETENTION,
         }
     }
 }
@@ -196,6 +206,21 @@ impl WorkerOptions {
     /// [`DEFAULT_SCHEDULER_INTERVAL`].
     pub fn scheduler_interval(mut self, every: Duration) -> Self {
         self.scheduler_interval = every;
+        self
+    }
+
+    /// How often this worker samples the `durable_jobs_jobs` gauges (jobs per queue and
+    /// status) with one counts query. Defaults to [`DEFAULT_METRICS_INTERVAL`]; zero turns
+    /// the sampling off.
+    pub fn metrics_interval(mut self, every: Duration) -> Self {
+        self.metrics_interval = every;
+        self
+    }
+
+    /// How long dead workers stay in the registry, shown as dead, before this worker's
+    /// sweep removes them. Defaults to [`DEFAULT_WORKER_RETENTION`].
+    pub fn worker_retention(mut self, keep: Duration) -> Self {
+        self.worker_retention = keep;
         self
     }
 

@@ -1,11 +1,15 @@
 //! State shared by one running worker's tasks.
 
+use crate::storage::Storage;
+use super::health::HealthState;
 use super::options::WorkerOptions;
+use crate::error::Error;
 use crate::job::{JobId, Lease};
+use crate::metric::MetricsCache;
 use crate::queue::Queue;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{watch, Notify};
 
 /// Marks a queue loop that is not idle.
@@ -35,6 +39,12 @@ pub(crate) struct Shared {
     /// Notified when in_flight or idle_at change, for drain's idle check.
     pub(crate) progress: Notify,
     pub(crate) counters: Counters,
+    /// Metric handles per queue and task.
+    pub(crate) metrics: MetricsCache,
+    /// What [`crate::Worker::health`] reports; outlives the run.
+    pub(crate) health: Arc<HealthState>,
+    /// An error retrying cannot fix: the run stops and returns it.
+    fatal: Mutex<Option<Error>>,
 }
 
 /// What a run did, counted as outcomes are written.
@@ -66,7 +76,12 @@ pub struct WorkerReport {
 }
 
 impl Shared {
-    pub(crate) fn new(queue: Queue, opts: WorkerOptions, name: String) -> Self {
+    pub(crate) fn new(
+        queue: Queue,
+        opts: WorkerOptions,
+        name: String,
+        health: Arc<HealthState>,
+    ) -> Self {
         let (stopping, _) = watch::channel(false);
         let (internal_wake, _) = watch::channel(0);
         let storage_wake = queue.storage().wakeups();
@@ -86,7 +101,27 @@ impl Shared {
             idle_at: (0..loops).map(|_| AtomicU64::new(NOT_IDLE)).collect(),
             progress: Notify::new(),
             counters: Counters::default(),
+            metrics: MetricsCache::default(),
+            health,
+            fatal: Mutex::new(None),
         }
+    }
+
+    /// Stops the run because of an error that retrying cannot fix (a schema that was
+    /// never migrated or is newer than this library): the run returns it.
+    pub(crate) fn fail_fatally(&self, error: Error) {
+        tracing::error!(error = %error, "worker stopping: retrying cannot fix this error");
+        let mut fatal = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
+        if fatal.is_none() {
+            *fatal = Some(error);
+        }
+        drop(fatal);
+        self.stopping.send_replace(true);
+    }
+
+    /// The fatal error that stopped the run, if any.
+    pub(crate) fn take_fatal(&self) -> Option<Error> {
+        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// The sum of every wake source's version: it changes whenever any of them does, and

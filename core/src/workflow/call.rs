@@ -9,6 +9,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 use std::future::Future;
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
 /// Runs the handler registered as `name` inline, inside `ctx`'s job, and checkpoints its
 /// result. When the job is retried, a call that already finished returns its stored
@@ -33,6 +35,12 @@ where
     A: Serialize + ?Sized,
 {
     let key = ctx.next_key();
+    let span = tracing::info_span!(
+        "durable_jobs.call",
+        name,
+        key = key.as_str(),
+        replayed = Empty
+    );
     let ctx = ctx.clone();
     let name = name.to_string();
     let args = serde_json::to_value(args).map_err(|e| {
@@ -41,26 +49,36 @@ where
             message: e.to_string(),
         })
     });
+    let recorder = span.clone();
     async move {
         let args = args?;
         let task = name.clone();
-        checkpointed(&ctx, key, &name, move |child: JobContext| async move {
-            let handler = child
-                .queue()
-                .handler(&task)
-                .ok_or_else(|| TaskError::from_engine(Error::UnknownTask(task.clone())))?;
-            handler.run(child, &args).await
-        })
+        checkpointed(
+            &ctx,
+            key,
+            &name,
+            &recorder,
+            move |child: JobContext| async move {
+                let handler = child
+                    .queue()
+                    .handler(&task)
+                    .ok_or_else(|| TaskError::from_engine(Error::UnknownTask(task.clone())))?;
+                handler.run(child, &args).await
+            },
+        )
         .await
     }
+    .instrument(span)
 }
 
 /// Runs `run` once in the nested scope `key` and checkpoints its outcome under `name`;
-/// on replay returns the recorded outcome without running. Shared by calls and steps.
+/// on replay returns the recorded outcome without running. Shared by calls and steps;
+/// `span` is the call's or step's span, which gets its `replayed` field here.
 pub(crate) async fn checkpointed<T, F, Fut>(
     ctx: &JobContext,
     key: CheckpointKey,
     name: &str,
+    span: &Span,
     run: F,
 ) -> Result<T, TaskError>
 where
@@ -68,7 +86,9 @@ where
     F: FnOnce(JobContext) -> Fut,
     Fut: Future<Output = Result<Value, TaskError>>,
 {
-    let outcome = match ctx.recorded(&key, name).await? {
+    let recorded = ctx.recorded(&key, name).await?;
+    span.record("replayed", recorded.is_some());
+    let outcome = match recorded {
         Some(outcome) => outcome,
         None => {
             let outcome = match run(ctx.nested(key.clone())).await {

@@ -1,16 +1,20 @@
 //! Child jobs: fan out, wait (holding no slot), fan in with a strategy.
 
+use crate::storage::SpawnChildrenParams;
+use crate::storage::Storage;
 use super::context::JobContext;
 use super::key::CheckpointKey;
 use crate::job::{Checkpoint, CheckpointOutcome, Job, JobId, JobStatus};
 use crate::options::JobOptions;
 use crate::storage::JobFilter;
 use crate::task::TaskError;
+use crate::trace;
 use crate::Error;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::future::Future;
+use tracing::Instrument;
 
 /// When a fan-out's outcome is decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,10 +146,27 @@ impl JobContext {
             }
             jobs.push(options.build(task, payload).map_err(engine)?);
         }
+        // The children join this job's trace: the attempt's (task-local) context, or the
+        // one stored with this job when the spawn runs outside the attempt's task.
+        let queue = jobs
+            .first()
+            .map_or(crate::job::DEFAULT_QUEUE, |j| j.queue.as_str());
+        let (span, context) =
+            trace::enqueue_span(task, queue, jobs.len(), trace::stored(self.job()));
+        let traceparent = context.to_traceparent();
+        for j in &mut jobs {
+            j.trace_context = Some(traceparent.clone());
+        }
         let ids = self
             .queue()
             .storage()
-            .spawn_children(self.lease(), key.as_str(), &name, jobs)
+            .spawn_children(SpawnChildrenParams {
+                lease: self.lease(),
+                key: key.as_str(),
+                name: &name,
+                jobs,
+            })
+            .instrument(span)
             .await
             .map_err(engine)?;
         self.remember(Checkpoint {

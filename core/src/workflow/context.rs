@@ -1,6 +1,7 @@
 //! The context a handler receives: which job it runs, its lease, cancellation, and the
 //! checkpoint scope that durable calls use.
 
+use crate::storage::Storage;
 use super::key::CheckpointKey;
 use crate::error::Result;
 use crate::job::{Checkpoint, Job, JobId, Lease};
@@ -211,7 +212,7 @@ impl JobContext {
         self.shared
             .queue
             .storage()
-            .save_checkpoint(&self.shared.lease, checkpoint.clone())
+            .checkpoint(&self.shared.lease, checkpoint.clone())
             .await?;
         lock(map).insert(checkpoint.key.clone(), checkpoint);
         Ok(())
@@ -225,7 +226,7 @@ impl JobContext {
                     .shared
                     .queue
                     .storage()
-                    .checkpoints(self.shared.job.id)
+                    .list_checkpoints(self.shared.job.id)
                     .await?;
                 Ok(Mutex::new(
                     list.into_iter().map(|c| (c.key.clone(), c)).collect(),

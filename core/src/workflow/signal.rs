@@ -1,5 +1,7 @@
 //! Signals: durable messages from outside that a workflow waits for.
 
+use crate::storage::TakeSignalsParams;
+use crate::storage::Storage;
 use super::context::JobContext;
 use super::key::CheckpointKey;
 use crate::job::{Checkpoint, CheckpointOutcome};
@@ -114,7 +116,7 @@ impl JobContext {
                     let taken = ctx
                         .queue()
                         .storage()
-                        .take_signals(ctx.lease(), &name, usize::MAX >> 1, key.as_str())
+                        .take_signals(TakeSignalsParams { lease: ctx.lease(), name: &name, limit: usize::MAX >> 1, key: key.as_str() })
                         .await
                         .map_err(engine)?;
                     // Storage stores the checkpoint only when it took something; an
@@ -162,7 +164,7 @@ impl JobContext {
         let taken = self
             .queue()
             .storage()
-            .take_signals(self.lease(), name, 1, key.as_str())
+            .take_signals(TakeSignalsParams { lease: self.lease(), name, limit: 1, key: key.as_str() })
             .await
             .map_err(TaskError::from_engine)?;
         if !taken.is_empty() {

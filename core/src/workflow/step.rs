@@ -6,6 +6,8 @@ use crate::task::TaskError;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
+use tracing::field::Empty;
+use tracing::Instrument;
 
 impl JobContext {
     /// Runs `f` once as a checkpointed step named `name`, for side effects that are not
@@ -27,11 +29,18 @@ impl JobContext {
         Fut: Future<Output = Result<T, TaskError>> + Send + 'static,
     {
         let key = self.next_key();
+        let span = tracing::info_span!(
+            "durable_jobs.step",
+            name,
+            key = key.as_str(),
+            replayed = Empty
+        );
+        let recorder = span.clone();
         let ctx = self.clone();
         let name = name.to_string();
         async move {
             let label = name.clone();
-            checkpointed(&ctx, key, &name, move |child| async move {
+            checkpointed(&ctx, key, &name, &recorder, move |child| async move {
                 let value = f(child).await?;
                 serde_json::to_value(&value).map_err(|e| {
                     TaskError::no_retry(format!(
@@ -41,5 +50,6 @@ impl JobContext {
             })
             .await
         }
+        .instrument(span)
     }
 }

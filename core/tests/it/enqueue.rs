@@ -1,5 +1,6 @@
 //! Registration variants, enqueue validation and bad input.
 
+use durable_jobs::Storage;
 use super::{setup, status, worker};
 use durable_jobs::{Error, JobContext, JobOptions, JobStatus, Task, TaskError};
 use serde::{Deserialize, Serialize};

@@ -10,7 +10,7 @@ async fn hooks_see_start_complete_retry_and_fail() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = |tag: &'static str| {
         let seen = seen.clone();
-        move |e: &Event| seen.lock().expect("lock").push((tag, e.job_id()))
+        move |e: &Event| seen.lock().expect("lock").push((tag, e.job_id().unwrap_or_default()))
     };
     queue.on_job_start(log("start"));
     queue.on_job_complete(log("complete"));
@@ -59,7 +59,14 @@ async fn the_event_stream_reports_each_step_in_order() {
         .enqueue("t", &4, JobOptions::new())
         .await
         .expect("enqueue");
-    worker(&queue, 1).drain().await.expect("drain");
+    let w = worker(&queue, 1);
+    w.drain().await.expect("drain");
+    assert_eq!(
+        events.recv().await,
+        Ok(Event::WorkerStarted {
+            worker: w.name().to_string()
+        })
+    );
     assert_eq!(
         events.recv().await,
         Ok(Event::Started {
@@ -77,6 +84,12 @@ async fn the_event_stream_reports_each_step_in_order() {
             result: serde_json::json!(40)
         })
     );
+    assert_eq!(
+        events.recv().await,
+        Ok(Event::WorkerStopped {
+            worker: w.name().to_string()
+        })
+    );
 }
 
 #[tokio::test]
@@ -90,9 +103,10 @@ async fn a_slow_subscriber_learns_it_missed_events() {
         .await
         .expect("enqueue");
     worker(&queue, 50).drain().await.expect("drain");
-    // 2n events were sent into a buffer of n without reading.
+    // 2n job events and the worker's started and stopped were sent into a buffer of n
+    // without reading.
     match events.recv().await {
-        Err(EventStreamError::Missed(missed)) => assert_eq!(missed, n as u64),
+        Err(EventStreamError::Missed(missed)) => assert_eq!(missed, n as u64 + 2),
         other => panic!("expected a missed-events notice, got {other:?}"),
     }
     assert!(

@@ -3,8 +3,10 @@
 mod enqueue;
 mod events;
 mod execution;
+mod metrics;
 mod retries;
 mod shutdown;
+mod tracing;
 mod workflow;
 
 use durable_jobs::{JobId, JobStatus, ManualClock, Queue, Worker, WorkerOptions};

@@ -1,5 +1,6 @@
 //! Durable calls: checkpointed results, replay on retry, nesting, determinism.
 
+use durable_jobs::Storage;
 use super::{setup, worker};
 use durable_jobs::{call, JobContext, JobOptions, JobStatus, NoRetry, TaskError};
 use serde_json::json;
@@ -73,7 +74,7 @@ async fn a_retried_workflow_runs_only_the_unfinished_calls() {
     assert_eq!(job.result, Some(json!(13)));
     let keys: Vec<String> = queue
         .storage()
-        .checkpoints(id)
+        .list_checkpoints(id)
         .await
         .expect("cps")
         .into_iter()
@@ -121,7 +122,7 @@ async fn nested_calls_two_levels_deep_replay_correctly() {
     assert_eq!(first, (2, 5));
     let mut keys: Vec<String> = queue
         .storage()
-        .checkpoints(id)
+        .list_checkpoints(id)
         .await
         .expect("cps")
         .into_iter()

@@ -129,3 +129,91 @@ async fn concurrent_enqueues_with_one_dedupe_key_yield_one_job() {
     assert!(ids.iter().all(|&id| id == ids[0]));
     t.drop_schema().await.expect("drop");
 }
+
+/// Every insert path stores the job's trace context: in the caller's transaction, a keyed
+/// batch, a plain batch of mixed options, a replace-mode keyed job (which takes the
+/// replacing enqueue's context), and the jobs a schedule's tick enqueues.
+#[tokio::test]
+async fn every_insert_path_stores_the_trace_context() {
+    use durable_jobs::{AdvanceScheduleParams, KeyMode};
+    let t = schema().await;
+    let s = t.storage();
+    let traced = |task: &str, tp: &str| {
+        let mut j = NewJob::new(task, json!(tp));
+        j.trace_context = Some(tp.to_string());
+        j
+    };
+    let trace_of = |id: i64| async move {
+        s.get_job(id)
+            .await
+            .expect("get")
+            .expect("stored")
+            .trace_context
+    };
+
+    let mut tx = s.pool().begin().await.expect("begin");
+    let in_tx = s
+        .enqueue_in_tx(&mut tx, traced("t", "00-a-1-01"))
+        .await
+        .expect("enqueue in tx")
+        .id;
+    tx.commit().await.expect("commit");
+    assert_eq!(trace_of(in_tx).await.as_deref(), Some("00-a-1-01"));
+
+    // Keyed: the general bulk statement.
+    let mut keyed = traced("t", "00-b-1-01");
+    keyed.dedupe_key = Some("k".into());
+    let mut tagged = traced("t", "00-b-2-01");
+    tagged.tags = vec!["x".into()];
+    let out = s
+        .enqueue_many(vec![keyed, tagged, NewJob::new("t", json!(0))])
+        .await
+        .expect("keyed batch");
+    assert_eq!(trace_of(out[0].id).await.as_deref(), Some("00-b-1-01"));
+    assert_eq!(trace_of(out[1].id).await.as_deref(), Some("00-b-2-01"));
+    assert_eq!(trace_of(out[2].id).await, None);
+
+    // Plain but not uniform: one array per column.
+    let out = s
+        .enqueue_many(vec![
+            traced("t", "00-c-1-01"),
+            traced("t", "00-c-2-01"),
+            NewJob::new("t", json!(0)),
+        ])
+        .await
+        .expect("plain batch");
+    assert_eq!(trace_of(out[0].id).await.as_deref(), Some("00-c-1-01"));
+    assert_eq!(trace_of(out[1].id).await.as_deref(), Some("00-c-2-01"));
+    assert_eq!(trace_of(out[2].id).await, None);
+
+    // Replace mode: created with its context, then replaced with the next one's.
+    let mut first = traced("t", "00-d-1-01");
+    first.dedupe_key = Some("r".into());
+    first.key_mode = KeyMode::Replace;
+    let mut second = first.clone();
+    second.trace_context = Some("00-d-2-01".into());
+    let a = s.enqueue(first).await.expect("replace 1");
+    assert!(a.created);
+    assert_eq!(trace_of(a.id).await.as_deref(), Some("00-d-1-01"));
+    let b = s.enqueue(second).await.expect("replace 2");
+    assert_eq!((b.id, b.created), (a.id, false));
+    assert_eq!(trace_of(a.id).await.as_deref(), Some("00-d-2-01"));
+
+    // A schedule's tick.
+    let now = s.now().await.expect("now");
+    s.upsert_schedule("every", json!({}), now)
+        .await
+        .expect("schedule");
+    let ids = s
+        .advance_schedule(AdvanceScheduleParams {
+            name: "every",
+            from: now,
+            to: now + chrono::Duration::minutes(1),
+            jobs: vec![traced("t", "00-e-1-01")],
+        })
+        .await
+        .expect("advance")
+        .expect("moved");
+    assert_eq!(trace_of(ids[0]).await.as_deref(), Some("00-e-1-01"));
+    t.drop_schema().await.expect("drop");
+}

@@ -157,3 +157,72 @@ async fn a_killed_listener_connection_reconnects_and_wakes_workers() {
     changed(&mut rx, "enqueue after reconnect").await;
     t.drop_schema().await.expect("drop");
 }
+
+/// Receives notifications on `listener` up to a marker sent after everything before it;
+/// returns how many came first.
+async fn notifications_before_marker(listener: &mut PgListener, s: &PostgresStorage) -> usize {
+    sqlx::query("SELECT pg_notify($1, 'marker')")
+        .bind(s.channel())
+        .execute(s.pool())
+        .await
+        .expect("marker");
+    let mut before = 0;
+    loop {
+        let n = tokio::time::timeout(WAIT, listener.recv())
+            .await
+            .expect("notification")
+            .expect("recv");
+        if n.payload() == "marker" {
+            return before;
+        }
+        before += 1;
+    }
+}
+
+/// The lease sweep wakes listeners in every process once when it releases jobs (they are
+/// due at once), and not at all when no lease had expired.
+#[tokio::test]
+async fn a_sweep_that_releases_jobs_sends_one_notification() {
+    let t = schema().await;
+    let s = t.storage();
+    let mut listener = PgListener::connect(t.url()).await.expect("listener");
+    listener.listen(&s.channel()).await.expect("listen");
+    s.enqueue_many((0..3).map(|i| NewJob::new("t", json!(i))).collect())
+        .await
+        .expect("enqueue");
+    let claimed = s
+        .dequeue(durable_jobs::DequeueParams {
+            queues: vec!["default".into()],
+            tasks: Vec::new(),
+            limit: 10,
+            lease_duration: Duration::from_secs(30),
+            holder: "sweep".into(),
+            forbidden_flags: Vec::new(),
+        })
+        .await
+        .expect("dequeue");
+    assert_eq!(claimed.len(), 3);
+    assert_eq!(
+        notifications_before_marker(&mut listener, s).await,
+        1,
+        "enqueue"
+    );
+
+    let swept = s.release_stale_locks().await.expect("sweep");
+    assert!(swept.released.is_empty());
+    assert_eq!(
+        notifications_before_marker(&mut listener, s).await,
+        0,
+        "nothing released, nothing sent"
+    );
+
+    t.advance(Duration::from_secs(31)).await.expect("advance");
+    let swept = s.release_stale_locks().await.expect("sweep");
+    assert_eq!(swept.released.len(), 3);
+    assert_eq!(
+        notifications_before_marker(&mut listener, s).await,
+        1,
+        "one notification for the released jobs"
+    );
+    t.drop_schema().await.expect("drop");
+}

@@ -3,6 +3,7 @@
 
 mod conformance;
 mod enqueue;
+mod errors;
 mod hot_paths;
 mod listen;
 mod migrate;

@@ -1,7 +1,7 @@
 //! Migrations: idempotent, concurrent-safe, versioned in the library's own schema.
 
 use crate::schema;
-use durable_jobs::{Error, Storage};
+use durable_jobs::{Error, Storage, StorageErrorKind};
 use durable_jobs_postgres::sqlx::{self, AssertSqlSafe};
 use durable_jobs_postgres::testing::{server_url, unique_schema};
 use durable_jobs_postgres::{PostgresOptions, PostgresStorage, LATEST_VERSION};
@@ -151,6 +151,7 @@ async fn an_unmigrated_schema_says_to_migrate() {
         .await
         .expect_err("no tables yet");
     assert!(err.to_string().contains("migrate()"), "{err}");
+    assert_eq!(err.storage_kind(), Some(StorageErrorKind::Schema), "{err}");
 }
 
 #[tokio::test]
@@ -162,7 +163,11 @@ async fn an_unreachable_server_is_a_storage_error() {
     )
     .await
     .expect_err("nothing listens on port 1");
-    assert!(matches!(err, Error::Storage(_)), "{err:?}");
+    assert_eq!(
+        err.storage_kind(),
+        Some(StorageErrorKind::Unavailable),
+        "{err:?}"
+    );
     assert!(matches!(
         PostgresStorage::connect("not a url").await,
         Err(Error::InvalidOption { option: "url", .. })

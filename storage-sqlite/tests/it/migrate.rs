@@ -1,7 +1,10 @@
 //! Schema migrations: upgrading old files, refusing newer ones, rejecting non-databases.
 
 use crate::TempDb;
-use durable_jobs::{DequeueParams, Error, JobStatus, ManualClock, NewJob, Storage};
+use durable_jobs::{
+    DequeueParams, Error, JobStatus, ManualClock, NewJob, Storage, StorageErrorKind, WorkerQueue,
+    WorkerRecord,
+};
 use durable_jobs_sqlite::{SqliteStorage, SCHEMA_VERSION};
 use rusqlite::Connection;
 use serde_json::json;
@@ -69,7 +72,7 @@ async fn version_one_file_is_upgraded_on_open() {
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].job.payload, json!({"old": true}));
     // Checkpoints arrived with version 2.
-    s.save_checkpoint(
+    s.checkpoint(
         &claimed[0].lease,
         durable_jobs::Checkpoint {
             key: "0".into(),
@@ -132,9 +135,16 @@ async fn garbage_file_is_a_typed_error() {
         .collect();
     std::fs::write(db.path(), &garbage).expect("write garbage");
     match SqliteStorage::open(db.path()).await {
-        Err(Error::Storage(msg)) => {
+        Err(Error::Storage(e)) => {
+            assert_eq!(e.kind(), StorageErrorKind::Corrupt, "{e}");
+            let msg = e.to_string();
             assert!(msg.contains("not a SQLite database"), "message: {msg}");
             assert!(msg.contains("jobs.db"), "message names the file: {msg}");
+            let source = std::error::Error::source(&e).expect("the driver error is kept");
+            assert!(
+                source.downcast_ref::<rusqlite::Error>().is_some(),
+                "{source:?}"
+            );
         }
         other => panic!("expected a storage error, got {other:?}"),
     }
@@ -150,7 +160,10 @@ async fn missing_directory_is_a_typed_error() {
     let db = TempDb::fresh();
     let path = db.dir.path().join("no-such-dir").join("jobs.db");
     match SqliteStorage::open(&path).await {
-        Err(Error::Storage(msg)) => assert!(msg.contains("no-such-dir"), "message: {msg}"),
+        Err(Error::Storage(e)) => {
+            assert_eq!(e.kind(), StorageErrorKind::Unavailable, "{e}");
+            assert!(e.to_string().contains("no-such-dir"), "message: {e}");
+        }
         other => panic!("expected a storage error, got {other:?}"),
     }
 }
@@ -217,10 +230,14 @@ async fn corrupted_pages_are_a_typed_error() {
     );
     for e in errors {
         match e {
-            Error::Storage(msg) => assert!(
-                msg.contains("is corrupt") && msg.contains("restore it from a backup"),
-                "message: {msg}"
-            ),
+            Error::Storage(e) => {
+                assert_eq!(e.kind(), StorageErrorKind::Corrupt, "{e}");
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("is corrupt") && msg.contains("restore it from a backup"),
+                    "message: {msg}"
+                );
+            }
             other => panic!("expected a storage error, got {other:?}"),
         }
     }
@@ -290,6 +307,74 @@ async fn version_three_file_gains_operations_on_upgrade() {
         .await
         .expect("schedule on the upgraded file");
     assert_eq!(s.schedules().await.expect("schedules")[0].cursor, now);
+    s.close().await;
+    assert_eq!(migration_rows(&db.path()).len() as i64, SCHEMA_VERSION);
+}
+
+/// A file at version 4 (operations, before observability) upgrades to version 5: its
+/// jobs carry no trace context and are claimed as before, new jobs store theirs, and the
+/// worker registry works.
+#[tokio::test]
+async fn version_four_file_gains_observability_on_upgrade() {
+    let db = TempDb::fresh();
+    {
+        let conn = Connection::open(db.path()).expect("create the old file");
+        for sql in [
+            include_str!("../../migrations/0001_jobs.sql"),
+            include_str!("../../migrations/0002_checkpoints.sql"),
+            include_str!("../../migrations/0003_workflows.sql"),
+            include_str!("../../migrations/0004_operations.sql"),
+        ] {
+            conn.execute_batch(sql).expect("apply an old migration");
+        }
+        conn.execute_batch(
+            "CREATE TABLE durable_jobs_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL);
+             INSERT INTO durable_jobs_migrations VALUES (1, 'jobs', 0), (2, 'checkpoints', 0), (3, 'workflows', 0), (4, 'operations', 0);
+             INSERT INTO durable_jobs (task, payload, queue, priority, status, max_attempts, run_at, created_at, updated_at)
+             VALUES ('t', '{\"old\":4}', 'default', 0, 'pending', 4, 0, 0, 0);",
+        )
+        .expect("seed a version 4 job");
+    }
+    let clock = ManualClock::new();
+    let s = db.open(&clock).await;
+    assert_eq!(s.schema_version().await.expect("version"), SCHEMA_VERSION);
+    let mut new = NewJob::new("t", json!({"new": 5}));
+    new.trace_context = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+    let new = s.enqueue(new).await.expect("enqueue").id;
+    let claimed = s
+        .dequeue(DequeueParams {
+            queues: vec!["default".into()],
+            tasks: vec!["t".into()],
+            limit: 10,
+            lease_duration: Duration::from_secs(30),
+            holder: "test".into(),
+            forbidden_flags: Vec::new(),
+        })
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 2);
+    assert_eq!(claimed[0].job.payload, json!({"old": 4}));
+    assert_eq!(claimed[0].job.trace_context, None, "old jobs have none");
+    assert_eq!(claimed[1].job.id, new);
+    assert!(claimed[1].job.trace_context.is_some());
+
+    let now = s.now().await.expect("now");
+    s.register_worker(WorkerRecord {
+        name: "w".into(),
+        host: "h".into(),
+        pid: 1,
+        queues: vec![WorkerQueue {
+            name: "default".into(),
+            concurrency: 1,
+        }],
+        version: "0.1.0".into(),
+        started_at: now,
+        last_seen: now,
+        lease_ms: 30_000,
+    })
+    .await
+    .expect("register on the upgraded file");
+    assert_eq!(s.list_workers().await.expect("list").len(), 1);
     s.close().await;
     assert_eq!(migration_rows(&db.path()).len() as i64, SCHEMA_VERSION);
 }

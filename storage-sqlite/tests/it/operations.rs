@@ -3,7 +3,9 @@
 //! advance a schedule's cursor once between them.
 
 use crate::TempDb;
-use durable_jobs::{Completion, DequeueParams, ManualClock, NewJob, Storage};
+use durable_jobs::{
+    AdvanceScheduleParams, Completion, DequeueParams, ManualClock, NewJob, Storage,
+};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -121,9 +123,14 @@ async fn schedule_cursor_moves_once_across_two_storages() {
         let to = from + chrono::Duration::seconds(1);
         for s in [a.clone(), b.clone()] {
             tasks.push(tokio::spawn(async move {
-                s.advance_schedule("tick", from, to, vec![NewJob::new("t", json!(round))])
-                    .await
-                    .expect("advance")
+                s.advance_schedule(AdvanceScheduleParams {
+                    name: "tick",
+                    from,
+                    to,
+                    jobs: vec![NewJob::new("t", json!(round))],
+                })
+                .await
+                .expect("advance")
             }));
         }
         let mut won = 0;

@@ -2,7 +2,9 @@
 //! held write lock, busy retries, coalesced writes, several storages on one file.
 
 use crate::TempDb;
-use durable_jobs::{ClaimedJob, DequeueParams, Error, JobStatus, ManualClock, NewJob, Storage};
+use durable_jobs::{
+    ClaimedJob, DequeueParams, Error, JobStatus, ManualClock, NewJob, Storage, StorageErrorKind,
+};
 use durable_jobs_sqlite::{SqliteOptions, SqliteStorage};
 use rusqlite::Connection;
 use serde_json::json;
@@ -122,7 +124,18 @@ async fn busy_past_the_retry_limit_is_a_typed_error() {
     .expect("open");
     let lock = lock_writes(&db.path());
     match s.enqueue(NewJob::new("t", json!(1))).await {
-        Err(Error::Storage(msg)) => assert!(msg.contains("locked"), "message: {msg}"),
+        Err(Error::Storage(e)) => {
+            assert_eq!(e.kind(), StorageErrorKind::Busy, "{e}");
+            assert!(e.to_string().contains("locked"), "message: {e}");
+            let source = std::error::Error::source(&e).expect("the driver error is kept");
+            let sqlite = source
+                .downcast_ref::<rusqlite::Error>()
+                .expect("a rusqlite error");
+            assert_eq!(
+                sqlite.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy)
+            );
+        }
         other => panic!("expected a storage error, got {other:?}"),
     }
     lock.execute_batch("ROLLBACK").expect("release");
@@ -309,4 +322,63 @@ async fn commits_from_another_connection_wake_workers() {
         .expect("open without a watcher");
     assert!(!quiet.capabilities().cross_process_wakeup);
     quiet.close().await;
+}
+
+/// Rows another tool wrote that this version cannot read (an unknown status, a payload
+/// that is not JSON) are typed `Corrupt` errors on every read that meets them, and the
+/// rest of the table stays readable.
+#[tokio::test]
+async fn undecodable_rows_are_corrupt() {
+    let db = TempDb::fresh();
+    let clock = ManualClock::new();
+    let s = db.open(&clock).await;
+    let ids = s.enqueue_many(jobs(3)).await.expect("enqueue");
+    {
+        let conn = Connection::open(db.path()).expect("open raw");
+        conn.execute(
+            "UPDATE durable_jobs SET status = 'exploded' WHERE id = ?1",
+            [ids[0].id],
+        )
+        .expect("write an unknown status");
+        conn.execute(
+            "UPDATE durable_jobs SET payload = '{not json' WHERE id = ?1",
+            [ids[1].id],
+        )
+        .expect("write a broken payload");
+    }
+    for (id, needle) in [(ids[0].id, "exploded"), (ids[1].id, "payload")] {
+        let e = s.get_job(id).await.expect_err("undecodable row");
+        assert_eq!(e.storage_kind(), Some(StorageErrorKind::Corrupt), "{e}");
+        assert!(e.to_string().contains(needle), "{e}");
+        assert!(!e.is_transient());
+    }
+    let e = s
+        .counts()
+        .await
+        .expect_err("counts meet the unknown status");
+    assert_eq!(e.storage_kind(), Some(StorageErrorKind::Corrupt), "{e}");
+    let fine = s.get_job(ids[2].id).await.expect("get").expect("exists");
+    assert_eq!(fine.status, JobStatus::Pending);
+    s.close().await;
+}
+
+/// Tables dropped from under the storage (or a file whose tables another tool removed)
+/// give a `Schema` error that says to migrate; migrating again does not recreate them
+/// (the file records its version), so the message names the cause.
+#[tokio::test]
+async fn missing_tables_are_a_schema_error() {
+    let db = TempDb::fresh();
+    let clock = ManualClock::new();
+    let s = db.open(&clock).await;
+    {
+        let conn = Connection::open(db.path()).expect("open raw");
+        conn.execute_batch("DROP TABLE durable_jobs_workers")
+            .expect("drop the worker registry");
+    }
+    let e = s.list_workers().await.expect_err("no table");
+    assert_eq!(e.storage_kind(), Some(StorageErrorKind::Schema), "{e}");
+    assert!(e.to_string().contains("migrate()"), "{e}");
+    let e = s.touch_worker("w").await.expect_err("no table");
+    assert_eq!(e.storage_kind(), Some(StorageErrorKind::Schema), "{e}");
+    s.close().await;
 }

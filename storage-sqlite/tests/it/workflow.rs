@@ -63,8 +63,10 @@ async fn reclaim_heals_a_parent_left_waiting_after_its_child_finished() {
         }
     }
     clock.advance(std::time::Duration::from_secs(5));
-    let touched = s.reclaim_expired().await.expect("reclaim");
-    assert_eq!(touched, 1, "only the stuck parent is healed");
+    let swept = s.release_stale_locks().await.expect("reclaim");
+    assert_eq!(swept.touched(), 1, "only the stuck parent is healed");
+    assert_eq!(swept.parents_woken, 1);
+    assert!(swept.released.is_empty(), "no lease had expired");
     let p = s.get_job(stuck).await.expect("get").expect("exists");
     assert_eq!(p.status, JobStatus::Waiting);
     let now = micros(s.now().await.expect("now"));
@@ -72,7 +74,7 @@ async fn reclaim_heals_a_parent_left_waiting_after_its_child_finished() {
     let q = s.get_job(settled).await.expect("get").expect("exists");
     assert_eq!(micros(q.run_at), far, "left asleep");
     // Healing is idempotent: the healed parent is now newer than its child.
-    assert_eq!(s.reclaim_expired().await.expect("reclaim"), 0);
+    assert_eq!(s.release_stale_locks().await.expect("reclaim").touched(), 0);
     s.close().await;
 }
 
@@ -117,12 +119,12 @@ async fn healing_walks_waiting_jobs_one_window_per_sweep() {
     };
     clock.advance(std::time::Duration::from_secs(5));
     assert_eq!(
-        s.reclaim_expired().await.expect("sweep 1"),
+        s.release_stale_locks().await.expect("sweep 1").touched(),
         0,
         "first window: sleepers only"
     );
     assert_eq!(
-        s.reclaim_expired().await.expect("sweep 2"),
+        s.release_stale_locks().await.expect("sweep 2").touched(),
         1,
         "second window holds the parent"
     );
@@ -134,7 +136,7 @@ async fn healing_walks_waiting_jobs_one_window_per_sweep() {
     );
     // The next sweeps wrap around and find nothing more to heal.
     for _ in 0..3 {
-        assert_eq!(s.reclaim_expired().await.expect("sweep"), 0);
+        assert_eq!(s.release_stale_locks().await.expect("sweep").touched(), 0);
     }
     s.close().await;
 }
@@ -173,7 +175,19 @@ async fn child_failed_by_the_sweep_wakes_its_parent() {
         .expect("claim the child by hand");
     }
     clock.advance(std::time::Duration::from_secs(2));
-    assert_eq!(s.reclaim_expired().await.expect("reclaim"), 1);
+    let swept = s.release_stale_locks().await.expect("reclaim");
+    assert_eq!(swept.touched(), 1);
+    assert_eq!(
+        swept.released,
+        vec![durable_jobs::ReleasedJob {
+            job_id: kid,
+            queue: "default".into(),
+            task: "t".into(),
+            attempt: 1,
+            status: JobStatus::Failed,
+        }],
+        "the child is reported; waking its parent is part of its final write"
+    );
     let k = s.get_job(kid).await.expect("get").expect("exists");
     assert_eq!(k.status, JobStatus::Failed);
     let p = s.get_job(parent).await.expect("get").expect("exists");

@@ -22,14 +22,16 @@ use crate::storage::micros;
 use crate::{PostgresOptions, PostgresStorage};
 use async_trait::async_trait;
 use durable_jobs::testing::ConformanceHarness;
-use durable_jobs::{DynStorage, Error, Result, Storage};
+use durable_jobs::{DynStorage, Error, Result, Storage, StorageError, StorageErrorKind};
 use sqlx::AssertSqlSafe;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+mod cluster;
+
+pub use cluster::ThrowawayCluster;
 
 /// The URL tried when `DATABASE_URL` is unset.
 pub const LOCAL_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -41,16 +43,29 @@ pub const LOCAL_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// started.
 pub fn server_url() -> Result<String> {
     static URL: OnceLock<std::result::Result<String, String>> = OnceLock::new();
-    URL.get_or_init(find_server).clone().map_err(Error::Storage)
+    URL.get_or_init(find_server)
+        .clone()
+        .map_err(|e| Error::Storage(StorageError::new(StorageErrorKind::Unavailable, e)))
 }
 
 /// Set to `1` to skip `DATABASE_URL` and 127.0.0.1:5432 and always start a throwaway
 /// cluster (how the fallback itself is tested).
 pub const THROWAWAY_ENV: &str = "DURABLE_JOBS_PG_THROWAWAY";
 
+/// Starts the cluster this process's tests share when no server runs; it lives until
+/// the process exits, when its watchdog stops it and deletes its files.
+fn start_shared_cluster() -> std::result::Result<String, String> {
+    static SHARED: OnceLock<ThrowawayCluster> = OnceLock::new();
+    let cluster = ThrowawayCluster::start()?;
+    let url = cluster.url().to_string();
+    // Kept for the process's lifetime: dropping it would stop the server under the tests.
+    let _ = SHARED.set(cluster);
+    Ok(url)
+}
+
 fn find_server() -> std::result::Result<String, String> {
     if std::env::var(THROWAWAY_ENV).is_ok_and(|v| v == "1") {
-        return start_throwaway_cluster().map_err(|e| {
+        return start_shared_cluster().map_err(|e| {
             format!("{THROWAWAY_ENV}=1 but no throwaway cluster could be started: {e}")
         });
     }
@@ -63,7 +78,7 @@ fn find_server() -> std::result::Result<String, String> {
     if TcpStream::connect_timeout(&local, Duration::from_millis(500)).is_ok() {
         return Ok(LOCAL_URL.to_string());
     }
-    start_throwaway_cluster().map_err(|e| {
+    start_shared_cluster().map_err(|e| {
         format!(
             "no PostgreSQL server for tests: DATABASE_URL is unset, nothing listens on \
              127.0.0.1:5432, and a throwaway cluster could not be started ({e}). Install \
@@ -71,100 +86,6 @@ fn find_server() -> std::result::Result<String, String> {
              provides initdb and pg_ctl; put them on PATH) or set DATABASE_URL."
         )
     })
-}
-
-/// Runs `cmd` with its program resolved; as root, through `runuser -u postgres` since
-/// PostgreSQL refuses to run as root.
-fn pg_command(program: &str, as_root: bool) -> Command {
-    if as_root {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--", program]);
-        c
-    } else {
-        Command::new(program)
-    }
-}
-
-fn run(mut cmd: Command, what: &str) -> std::result::Result<(), String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{what}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{what} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-fn start_throwaway_cluster() -> std::result::Result<String, String> {
-    let as_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("no free port: {e}"))?
-        .port();
-    let dir: PathBuf =
-        std::env::temp_dir().join(format!("durable-jobs-pg-{}-{}", std::process::id(), port));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    let data = dir.join("data");
-    if as_root {
-        run(
-            {
-                let mut c = Command::new("chown");
-                c.arg("postgres").arg(&dir);
-                c
-            },
-            "chown the cluster directory to postgres",
-        )?;
-    }
-    let mut initdb = pg_command("initdb", as_root);
-    initdb
-        .arg("-D")
-        .arg(&data)
-        .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"]);
-    run(initdb, "initdb")?;
-    let mut start = pg_command("pg_ctl", as_root);
-    start
-        .arg("-D")
-        .arg(&data)
-        .arg("-l")
-        .arg(dir.join("log"))
-        .arg("-o")
-        .arg(format!(
-            "-p {port} -h 127.0.0.1 -k {} -c fsync=off -c max_connections=200",
-            dir.display()
-        ))
-        .args(["-w", "start"]);
-    run(start, "pg_ctl start")?;
-    // A watchdog outlives this process: once it is gone (even by SIGKILL), it stops the
-    // cluster and removes its files.
-    let stop = if as_root {
-        "runuser -u postgres -- pg_ctl"
-    } else {
-        "pg_ctl"
-    };
-    let script = format!(
-        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop} -D '{data}' -m immediate stop; rm -rf '{dir}'",
-        pid = std::process::id(),
-        data = data.display(),
-        dir = dir.display(),
-    );
-    Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("start the cluster watchdog: {e}"))?;
-    Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
 }
 
 /// A schema name unique across processes and runs: `<prefix>_<pid>_<n>_<nanos>`.

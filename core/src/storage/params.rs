@@ -1,0 +1,166 @@
+//! What storage calls take and return: claim and completion items, filters, counts, and
+//! one params struct per call with more than three arguments.
+
+use crate::job::{Job, JobId, JobStatus, Lease, NewJob};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::time::Duration;
+
+/// What to claim in one [`super::Storage::dequeue`] call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DequeueParams {
+    /// Claim only from these queues.
+    pub queues: Vec<String>,
+    /// Claim only jobs of these task names (the worker's registered handlers).
+    pub tasks: Vec<String>,
+    /// At most this many jobs.
+    pub limit: usize,
+    /// How long the lease lasts before it must be renewed.
+    pub lease_duration: Duration,
+    /// The claiming worker's name, recorded on the job for operators.
+    pub holder: String,
+    /// Jobs carrying any of these flags are not claimed.
+    pub forbidden_flags: Vec<String>,
+}
+
+/// A claimed job with the lease that fences its writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedJob {
+    /// The job, as it is after the claim (status running, attempt incremented).
+    pub job: Job,
+    /// The lease to present on every write for this attempt.
+    pub lease: Lease,
+}
+
+/// One completion in a [`super::Storage::complete_many`] batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// The attempt's lease.
+    pub lease: Lease,
+    /// The handler's output.
+    pub result: Value,
+}
+
+/// How an attempt failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    /// The error message to store as `last_error`.
+    pub error: String,
+    /// `Some(delay)`: retry after this delay from the storage clock's now, as status
+    /// retrying. `None`: fail terminally.
+    pub retry_in: Option<Duration>,
+}
+
+/// Filters for [`super::Storage::list_jobs`]. Empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobFilter {
+    /// Only these statuses.
+    pub statuses: Vec<JobStatus>,
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// Only this task.
+    pub task: Option<String>,
+    /// Only children of this job.
+    pub parent_id: Option<JobId>,
+    /// Only jobs carrying this tag.
+    pub tag: Option<String>,
+    /// Only jobs created at or after this time.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Only jobs created before this time.
+    pub created_before: Option<DateTime<Utc>>,
+    /// Only jobs with an id greater than this (keyset pagination).
+    pub after_id: Option<JobId>,
+    /// At most this many jobs; `None` means a backend default of 100.
+    pub limit: Option<usize>,
+}
+
+/// The number of jobs in one queue with one status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueCount {
+    /// The queue.
+    pub queue: String,
+    /// The status.
+    pub status: JobStatus,
+    /// How many jobs.
+    pub count: u64,
+}
+
+/// How [`super::Storage::finish_jobs`] ends jobs by hand.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ManualOutcome {
+    /// Mark completed with this result.
+    Complete(Value),
+    /// Mark failed for good with this error.
+    Fail(String),
+}
+
+/// What [`super::Storage::spawn_children`] writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpawnChildrenParams<'a> {
+    /// The parent's lease: the write is fenced by it.
+    pub lease: &'a Lease,
+    /// The checkpoint key that records the children's ids.
+    pub key: &'a str,
+    /// The checkpoint's name.
+    pub name: &'a str,
+    /// The children, inserted in order with their parent set.
+    pub jobs: Vec<NewJob>,
+}
+
+/// What [`super::Storage::take_signals`] consumes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TakeSignalsParams<'a> {
+    /// The waiting job's lease: the write is fenced by it.
+    pub lease: &'a Lease,
+    /// The signal name.
+    pub name: &'a str,
+    /// At most this many signals.
+    pub limit: usize,
+    /// The checkpoint key that records the payloads taken.
+    pub key: &'a str,
+}
+
+/// What [`super::Storage::advance_schedule`] moves and inserts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdvanceScheduleParams<'a> {
+    /// The schedule's name.
+    pub name: &'a str,
+    /// The cursor the caller read: the move happens only if it is still there.
+    pub from: DateTime<Utc>,
+    /// The new cursor.
+    pub to: DateTime<Utc>,
+    /// The jobs the ticks between `from` and `to` enqueue.
+    pub jobs: Vec<NewJob>,
+}
+
+/// A running job whose lease expired, as [`super::Storage::release_stale_locks`] left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleasedJob {
+    /// The job.
+    pub job_id: JobId,
+    /// Its routing queue.
+    pub queue: String,
+    /// Its task.
+    pub task: String,
+    /// The attempt whose lease expired.
+    pub attempt: i32,
+    /// Retrying (attempts left) or failed (attempts exhausted).
+    pub status: JobStatus,
+}
+
+/// What one [`super::Storage::release_stale_locks`] sweep did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StaleLocks {
+    /// The jobs whose expired leases were released.
+    pub released: Vec<ReleasedJob>,
+    /// Waiting parents woken because a child had finished after they last changed.
+    pub parents_woken: u64,
+}
+
+impl StaleLocks {
+    /// Jobs released plus parents woken.
+    pub fn touched(&self) -> u64 {
+        self.released.len() as u64 + self.parents_woken
+    }
+}

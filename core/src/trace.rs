@@ -1,0 +1,546 @@
+//! Trace propagation: a job carries the W3C trace context of the span that enqueued it,
+//! and each attempt's span continues that trace, in this process or another one.
+//!
+//! Every enqueue (through [`crate::Queue`], a bundle, or a workflow's children) runs in a
+//! `durable_jobs.enqueue` span and stores a `traceparent` with its jobs
+//! ([`crate::NewJob::trace_context`]). Its trace id is, in order:
+//! 1. with the `opentelemetry` feature, the current OpenTelemetry trace (the enqueue
+//!    span's own OpenTelemetry context, whose parent is the current span);
+//! 2. the trace of the job attempt running in this task (so jobs enqueued by jobs, and
+//!    workflow children, stay in their parent's trace), or of an enclosing [`scope`];
+//! 3. a fresh random trace id.
+//!
+//! Its span id is a fresh id, recorded as the enqueue span's `span_id` field (with the
+//! `opentelemetry` feature, the enqueue span's own OpenTelemetry span id).
+//!
+//! The worker runs each attempt in a `durable_jobs.attempt` span whose `trace_id` and
+//! `parent_span_id` fields come from the job's stored `traceparent`, with a fresh
+//! `span_id`: a reader matches an attempt to its enqueue by these fields. With the
+//! `opentelemetry` feature the stored context also becomes the attempt span's remote
+//! OpenTelemetry parent, so exporters draw the link across processes. Durable calls and
+//! steps run in `durable_jobs.call` and `durable_jobs.step` spans nested in the attempt's.
+//!
+//! Spans cost nothing when no subscriber wants them: ids are formatted only when a span
+//! is recorded, and the only per-job allocation is the stored `traceparent` itself.
+
+use crate::job::Job;
+use std::cell::Cell;
+use std::fmt;
+use std::future::Future;
+use std::str::FromStr;
+use tracing::field::{display, Empty};
+use tracing::Span;
+
+/// A W3C trace context: the trace a span belongs to, the span's id, and whether the
+/// trace is sampled. Its text form is the `traceparent` header,
+/// `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`.
+///
+/// ```
+/// use durable_jobs::trace::TraceContext;
+/// let tc: TraceContext = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+///     .parse()
+///     .expect("valid traceparent");
+/// assert_eq!(tc.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+/// assert_eq!(tc.span_id, 0x00f067aa0ba902b7);
+/// assert!(tc.sampled);
+/// assert_eq!(tc.to_string(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceContext {
+    /// The trace's id; never zero in a valid context.
+    pub trace_id: u128,
+    /// The span's id (the parent of whatever continues this context); never zero in a
+    /// valid context.
+    pub span_id: u64,
+    /// The `sampled` flag: the caller may have recorded this trace.
+    pub sampled: bool,
+}
+
+/// Why a `traceparent` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid traceparent: {reason}")]
+pub struct InvalidTraceparent {
+    reason: &'static str,
+}
+
+impl InvalidTraceparent {
+    fn new(reason: &'static str) -> Self {
+        InvalidTraceparent { reason }
+    }
+
+    /// What was wrong with it.
+    pub fn reason(&self) -> &'static str {
+        self.reason
+    }
+}
+
+/// Length of a version-00 `traceparent`.
+const TRACEPARENT_LEN: usize = 55;
+
+impl TraceContext {
+    /// A new trace: a random trace id and span id, sampled.
+    pub fn new_root() -> Self {
+        TraceContext {
+            trace_id: new_trace_id(),
+            span_id: new_span_id(),
+            sampled: true,
+        }
+    }
+
+    /// A new span in the same trace: same trace id and flags, a fresh span id.
+    pub fn child(&self) -> Self {
+        TraceContext {
+            span_id: new_span_id(),
+            ..*self
+        }
+    }
+
+    /// True when neither id is zero (the W3C rule for a usable context).
+    pub fn is_valid(&self) -> bool {
+        self.trace_id != 0 && self.span_id != 0
+    }
+
+    /// Parses a `traceparent` header value. Version `00` must be exactly 55 characters;
+    /// later versions may append fields after a `-`, which are ignored. Hex must be
+    /// lowercase, ids must not be all zeros, and version `ff` is invalid.
+    ///
+    /// # Errors
+    /// [`InvalidTraceparent`] for anything else; never panics.
+    pub fn parse(s: &str) -> Result<Self, InvalidTraceparent> {
+        let b = s.trim_matches(|c: char| c == ' ' || c == '\t').as_bytes();
+        if b.len() < TRACEPARENT_LEN {
+            return Err(InvalidTraceparent::new("too short"));
+        }
+        let version = hex(&b[0..2]).ok_or(InvalidTraceparent::new("bad version"))?;
+        if version == 0xff {
+            return Err(InvalidTraceparent::new("version ff is invalid"));
+        }
+        if version == 0 && b.len() != TRACEPARENT_LEN {
+            return Err(InvalidTraceparent::new("version 00 must be 55 characters"));
+        }
+        if b.len() > TRACEPARENT_LEN && b[TRACEPARENT_LEN] != b'-' {
+            return Err(InvalidTraceparent::new("bad delimiter after flags"));
+        }
+        if b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
+            return Err(InvalidTraceparent::new("bad delimiter"));
+        }
+        let trace_id = hex(&b[3..35]).ok_or(InvalidTraceparent::new("bad trace id"))?;
+        let span_id = hex(&b[36..52]).ok_or(InvalidTraceparent::new("bad parent id"))?;
+        let flags = hex(&b[53..55]).ok_or(InvalidTraceparent::new("bad flags"))?;
+        if trace_id == 0 {
+            return Err(InvalidTraceparent::new("trace id is all zeros"));
+        }
+        if span_id == 0 {
+            return Err(InvalidTraceparent::new("parent id is all zeros"));
+        }
+        Ok(TraceContext {
+            trace_id,
+            // At most 16 hex digits, so it fits.
+            span_id: span_id as u64,
+            sampled: flags & 1 == 1,
+        })
+    }
+
+    /// The `traceparent` header value (version `00`).
+    pub fn to_traceparent(&self) -> String {
+        self.to_string()
+    }
+
+    /// The trace id as 32 lowercase hex digits, as the spans' `trace_id` fields show it.
+    pub fn trace_id_hex(&self) -> String {
+        TraceIdHex(self.trace_id).to_string()
+    }
+
+    /// The span id as 16 lowercase hex digits, as the spans' `span_id` fields show it.
+    pub fn span_id_hex(&self) -> String {
+        SpanIdHex(self.span_id).to_string()
+    }
+}
+
+impl fmt::Display for TraceContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "00-{}-{}-{:02x}",
+            TraceIdHex(self.trace_id),
+            SpanIdHex(self.span_id),
+            u8::from(self.sampled)
+        )
+    }
+}
+
+impl FromStr for TraceContext {
+    type Err = InvalidTraceparent;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TraceContext::parse(s)
+    }
+}
+
+/// Lowercase hex digits to a number; `None` for anything else. At most 32 digits.
+fn hex(digits: &[u8]) -> Option<u128> {
+    digits.iter().try_fold(0u128, |acc, &d| {
+        let v = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            _ => return None,
+        };
+        Some((acc << 4) | u128::from(v))
+    })
+}
+
+/// A trace id shown as 32 hex digits, formatted only when a subscriber records it.
+#[derive(Clone, Copy)]
+struct TraceIdHex(u128);
+
+impl fmt::Display for TraceIdHex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// A span id shown as 16 hex digits, formatted only when a subscriber records it.
+#[derive(Clone, Copy)]
+struct SpanIdHex(u64);
+
+impl fmt::Display for SpanIdHex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// A random non-zero 64-bit number: SplitMix64 over a per-thread state seeded from the
+/// process's random hasher keys, the time and the thread. Not cryptographic; unique
+/// enough for trace and span ids.
+fn random_u64() -> u64 {
+    thread_local! {
+        static STATE: Cell<u64> = const { Cell::new(0) };
+    }
+    STATE.with(|s| {
+        let mut state = s.get();
+        if state == 0 {
+            state = seed();
+        }
+        loop {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            if z != 0 {
+                s.set(state);
+                return z;
+            }
+        }
+    })
+}
+
+fn seed() -> u64 {
+    use std::hash::BuildHasher;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let s = std::collections::hash_map::RandomState::new().hash_one((
+        nanos,
+        std::process::id(),
+        std::thread::current().id(),
+    ));
+    s | 1
+}
+
+/// A fresh, non-zero trace id.
+fn new_trace_id() -> u128 {
+    (u128::from(random_u64()) << 64) | u128::from(random_u64())
+}
+
+/// A fresh, non-zero span id.
+fn new_span_id() -> u64 {
+    random_u64()
+}
+
+tokio::task_local! {
+    /// The trace context of the attempt (or [`scope`]) running in this task.
+    static CURRENT: TraceContext;
+}
+
+/// The trace context of the job attempt running in this task (the attempt span's trace
+/// id and span id), or of the innermost [`scope`]; `None` elsewhere. Jobs enqueued here
+/// join this trace.
+///
+/// It is a task-local value: a future spawned onto another task from inside a handler
+/// does not see it (wrap that future in [`scope`] with this value to carry it over).
+pub fn current() -> Option<TraceContext> {
+    CURRENT.try_with(|c| *c).ok()
+}
+
+/// Runs `fut` with `context` as the current trace context: jobs it enqueues join
+/// `context`'s trace, with `context.span_id` as their enqueue span's parent. Use it to
+/// continue a trace that arrived from elsewhere without OpenTelemetry (a `traceparent`
+/// header parsed with [`TraceContext::parse`]).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use durable_jobs::trace::{self, TraceContext};
+/// let incoming = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+///     .expect("valid");
+/// let seen = trace::scope(incoming, async { trace::current() }).await;
+/// assert_eq!(seen, Some(incoming));
+/// # }
+/// ```
+pub fn scope<F: Future>(context: TraceContext, fut: F) -> impl Future<Output = F::Output> {
+    CURRENT.scope(context, fut)
+}
+
+/// The `durable_jobs.enqueue` span for an enqueue of `count` jobs of `task` on `queue`,
+/// and the context to store with them. `inherited` is the enqueuing job's context when
+/// the caller knows it (workflow children), used when no task-local context is set.
+pub(crate) fn enqueue_span(
+    task: &str,
+    queue: &str,
+    count: usize,
+    inherited: Option<TraceContext>,
+) -> (Span, TraceContext) {
+    let span = tracing::info_span!(
+        "durable_jobs.enqueue",
+        task,
+        queue,
+        count,
+        trace_id = Empty,
+        span_id = Empty,
+        parent_span_id = Empty,
+    );
+    let local = current();
+    let parent = local.or(inherited);
+    #[cfg(feature = "opentelemetry")]
+    let from_otel = otel::context_of(&span);
+    #[cfg(not(feature = "opentelemetry"))]
+    let from_otel: Option<TraceContext> = None;
+    let context = match (from_otel, parent) {
+        (Some(otel), _) => otel,
+        (None, Some(parent)) => parent.child(),
+        (None, None) => TraceContext::new_root(),
+    };
+    if !span.is_disabled() {
+        span.record("trace_id", display(TraceIdHex(context.trace_id)));
+        span.record("span_id", display(SpanIdHex(context.span_id)));
+        // The parent span is known only from the task's own context; an inherited one
+        // names the enqueuing job's trace, not the span that spawns here.
+        if let Some(parent) = local.filter(|p| p.trace_id == context.trace_id) {
+            span.record("parent_span_id", display(SpanIdHex(parent.span_id)));
+        }
+    }
+    (span, context)
+}
+
+/// The trace context stored with a job, if it has a valid one.
+pub(crate) fn stored(job: &Job) -> Option<TraceContext> {
+    job.trace_context
+        .as_deref()
+        .and_then(|s| TraceContext::parse(s).ok())
+}
+
+/// The `durable_jobs.attempt` span for attempt `attempt` of `job` on worker `worker`, and
+/// the attempt's own context (the job's trace, a fresh span id). The span is a root in
+/// `tracing`'s tree: its parent is the enqueuing span, linked by the `trace_id` and
+/// `parent_span_id` fields (and, with the `opentelemetry` feature, the remote parent).
+pub(crate) fn attempt_span(job: &Job, attempt: i32, worker: &str) -> (Span, TraceContext) {
+    let span = tracing::info_span!(
+        parent: None,
+        "durable_jobs.attempt",
+        job_id = job.id,
+        task = job.task.as_str(),
+        queue = job.queue.as_str(),
+        attempt,
+        worker,
+        trace_id = Empty,
+        parent_span_id = Empty,
+        span_id = Empty,
+    );
+    let parent = stored(job);
+    #[cfg(feature = "opentelemetry")]
+    let from_otel = {
+        if let Some(p) = parent {
+            otel::set_remote_parent(&span, p);
+        }
+        otel::context_of(&span)
+    };
+    #[cfg(not(feature = "opentelemetry"))]
+    let from_otel: Option<TraceContext> = None;
+    let context = match (from_otel, parent) {
+        (Some(otel), _) => otel,
+        (None, Some(parent)) => parent.child(),
+        (None, None) => TraceContext::new_root(),
+    };
+    if !span.is_disabled() {
+        span.record("trace_id", display(TraceIdHex(context.trace_id)));
+        if let Some(parent) = parent {
+            span.record("parent_span_id", display(SpanIdHex(parent.span_id)));
+        }
+        span.record("span_id", display(SpanIdHex(context.span_id)));
+    }
+    (span, context)
+}
+
+/// Runs an attempt's future with its context as the task's current one.
+pub(crate) fn in_attempt<F: Future>(
+    context: TraceContext,
+    fut: F,
+) -> impl Future<Output = F::Output> {
+    CURRENT.scope(context, fut)
+}
+
+#[cfg(feature = "opentelemetry")]
+mod otel {
+    //! The bridge to OpenTelemetry through `tracing-opentelemetry`.
+
+    use super::TraceContext;
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    /// The span's OpenTelemetry context, when an OpenTelemetry layer records it.
+    pub(super) fn context_of(span: &tracing::Span) -> Option<TraceContext> {
+        if span.is_disabled() {
+            return None;
+        }
+        let cx = span.context();
+        let sc = cx.span().span_context().clone();
+        sc.is_valid().then(|| TraceContext {
+            trace_id: u128::from_be_bytes(sc.trace_id().to_bytes()),
+            span_id: u64::from_be_bytes(sc.span_id().to_bytes()),
+            sampled: sc.is_sampled(),
+        })
+    }
+
+    /// Makes `parent` (a context stored with a job, from another process maybe) the
+    /// span's remote OpenTelemetry parent. Must run before the span is first entered.
+    pub(super) fn set_remote_parent(span: &tracing::Span, parent: TraceContext) {
+        if span.is_disabled() {
+            return;
+        }
+        let flags = if parent.sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::NOT_SAMPLED
+        };
+        let sc = SpanContext::new(
+            TraceId::from_bytes(parent.trace_id.to_be_bytes()),
+            SpanId::from_bytes(parent.span_id.to_be_bytes()),
+            flags,
+            true,
+            TraceState::default(),
+        );
+        // No OpenTelemetry layer (or a disabled span) is not an error: the link then
+        // lives in the span's `trace_id` and `parent_span_id` fields only.
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(sc));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn parses_and_formats_a_traceparent() {
+        let tc = TraceContext::parse(SAMPLE).expect("valid");
+        assert_eq!(tc.trace_id, 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736);
+        assert_eq!(tc.span_id, 0x00f0_67aa_0ba9_02b7);
+        assert!(tc.sampled);
+        assert_eq!(tc.to_traceparent(), SAMPLE);
+        assert_eq!(tc.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(tc.span_id_hex(), "00f067aa0ba902b7");
+        let unsampled = TraceContext {
+            sampled: false,
+            ..tc
+        };
+        assert!(unsampled.to_string().ends_with("-00"));
+        assert_eq!(unsampled.to_string().parse::<TraceContext>(), Ok(unsampled));
+        // Small ids keep their leading zeros.
+        let small = TraceContext {
+            trace_id: 1,
+            span_id: 2,
+            sampled: true,
+        };
+        assert_eq!(
+            small.to_string(),
+            "00-00000000000000000000000000000001-0000000000000002-01"
+        );
+    }
+
+    #[test]
+    fn accepts_later_versions_with_extra_fields() {
+        let v1 = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03-whatever";
+        let tc = TraceContext::parse(v1).expect("valid");
+        assert!(tc.sampled);
+        assert!(TraceContext::parse(&SAMPLE.replacen("00", "cc", 1)).is_ok());
+    }
+
+    #[test]
+    fn rejects_malformed_traceparents_without_panicking() {
+        let bad = [
+            "",
+            "00",
+            "garbage",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-011",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7_01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
+            "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-zz",
+            // Multi-byte characters where hex digits or delimiters belong.
+            "00-4bf92f3577b34da6a3ce929d0e0e473é-00f067aa0ba902b7-0",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-é",
+            "é0-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ];
+        for s in bad {
+            assert!(TraceContext::parse(s).is_err(), "accepted {s:?}");
+        }
+        assert_eq!(
+            TraceContext::parse("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+                .map_err(|e| e.reason()),
+            Err("version ff is invalid")
+        );
+    }
+
+    #[test]
+    fn fresh_ids_are_valid_and_distinct() {
+        let a = TraceContext::new_root();
+        let b = TraceContext::new_root();
+        assert!(a.is_valid() && b.is_valid());
+        assert_ne!(a.trace_id, b.trace_id);
+        let c = a.child();
+        assert_eq!(c.trace_id, a.trace_id);
+        assert_ne!(c.span_id, a.span_id);
+        let ids: std::collections::HashSet<u64> = (0..10_000).map(|_| new_span_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert_eq!(TraceContext::parse(&a.to_traceparent()), Ok(a));
+    }
+
+    #[tokio::test]
+    async fn scope_sets_the_current_context() {
+        assert_eq!(current(), None);
+        let tc = TraceContext::new_root();
+        assert_eq!(scope(tc, async { current() }).await, Some(tc));
+        assert_eq!(current(), None);
+        // Enqueues inside a scope continue its trace, with its span as their parent.
+        let (_, inner) = scope(tc, async { enqueue_span("t", "q", 1, None) }).await;
+        assert_eq!(inner.trace_id, tc.trace_id);
+        assert_ne!(inner.span_id, tc.span_id);
+        let (_, outside) = enqueue_span("t", "q", 1, Some(tc));
+        assert_eq!(outside.trace_id, tc.trace_id);
+        let (_, fresh) = enqueue_span("t", "q", 1, None);
+        assert_ne!(fresh.trace_id, tc.trace_id);
+    }
+}
