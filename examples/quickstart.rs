@@ -116,8 +116,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // The workflow's checkpoints: one per finished step, keyed by position.
     let checkout = ids[ids.len() - 1];
-    for cp in queue.storage().list_checkpoints(checkout).await? {
-        println!("checkout step {} ({}): {:?}", cp.key, cp.name, cp.outcome);
+    if let Some(details) = queue.job_details(checkout).await? {
+        for cp in details.checkpoints {
+            println!("checkout step {} ({}): {:?}", cp.key, cp.name, cp.outcome);
+        }
     }
     println!("\njobs are stored in {path}");
     printer.abort();

@@ -49,9 +49,13 @@ impl Default for ManualClock {
 }
 
 impl ManualClock {
-    /// A manual clock starting at the current wall-clock time.
+    /// A manual clock starting at the current wall-clock time, cut to a whole
+    /// microsecond: the precision SQL backends store, so a time read from the clock and
+    /// written back compares equal.
     pub fn new() -> Self {
-        Self::starting_at(Utc::now())
+        let now = Utc::now();
+        let micros = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        Self::starting_at(micros)
     }
 
     /// A manual clock starting at `now`.

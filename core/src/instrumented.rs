@@ -10,7 +10,7 @@
 use crate::error::{Error, Result};
 use crate::job::{Checkpoint, Enqueued, Job, JobId, Lease, NewJob};
 use crate::storage::{
-    AdvanceScheduleParams, Capabilities, ClaimedJob, Completion, DequeueParams, DynStorage,
+    AdvanceScheduleParams, AttemptRecord, Capabilities, ClaimedJob, Completion, DequeueParams, DynStorage,
     Failure, JobFilter, ManualOutcome, QueueCount, ScheduleRecord, SpawnChildrenParams,
     StaleLocks, Storage, TakeSignalsParams, WorkerRecord,
 };
@@ -212,6 +212,16 @@ impl Storage for InstrumentedStorage {
 
     async fn counts(&self) -> Result<Vec<QueueCount>> {
         self.observe("counts", Vec::len, self.inner.counts()).await
+    }
+
+    async fn finished_counts(&self, since: DateTime<Utc>) -> Result<Vec<QueueCount>> {
+        self.observe("finished_counts", Vec::len, self.inner.finished_counts(since))
+            .await
+    }
+
+    async fn list_attempts(&self, job_id: JobId) -> Result<Vec<AttemptRecord>> {
+        self.observe("list_attempts", Vec::len, self.inner.list_attempts(job_id))
+            .await
     }
 
     async fn cancel(&self, job_id: JobId) -> Result<bool> {

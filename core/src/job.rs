@@ -173,6 +173,18 @@ pub struct Job {
     /// from it, so one trace shows the request that enqueued a job and the job's run.
     #[serde(default)]
     pub trace_context: Option<String>,
+    /// The workflow (or bundle) that spawned it.
+    #[serde(default)]
+    pub parent_id: Option<JobId>,
+    /// Labels to find it by in listings.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Flags a worker can refuse.
+    #[serde(default)]
+    pub flags: Vec<String>,
+    /// At most one job per serial key runs at a time.
+    #[serde(default)]
+    pub serial_key: Option<String>,
 }
 
 impl Job {
@@ -317,6 +329,9 @@ pub struct Checkpoint {
     pub name: String,
     /// The success value, or the terminal error message.
     pub outcome: CheckpointOutcome,
+    /// When storage wrote it (set by storage; ignored on a write).
+    #[serde(default)]
+    pub created_at: Option<DateTime<Utc>>,
 }
 
 /// The stored outcome of a checkpointed call: only successes and terminal errors are kept.

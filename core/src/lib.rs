@@ -37,7 +37,7 @@ pub use queue::Queue;
 pub use retry::RetryPolicy;
 pub use schedule::{CatchUp, Schedule, ScheduleInfo, ScheduleRecord, SchedulerReport};
 pub use storage::{
-    AdvanceScheduleParams, Capabilities, ClaimedJob, Completion, DequeueParams, DynStorage,
+    AdvanceScheduleParams, AttemptOutcome, AttemptRecord, Capabilities, ClaimedJob, Completion, DequeueParams, DynStorage,
     Failure, JobFilter, ManualOutcome, QueueCount, ReleasedJob, SpawnChildrenParams,
     StaleLocks, Storage, TakeSignalsParams, WorkerQueue, WorkerRecord,
 };

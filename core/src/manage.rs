@@ -5,22 +5,32 @@ use crate::storage::Storage;
 use crate::error::Result;
 use crate::job::{Checkpoint, Job, JobId};
 use crate::queue::Queue;
-use crate::storage::{JobFilter, ManualOutcome, QueueCount};
+use crate::storage::{AttemptRecord, JobFilter, ManualOutcome, QueueCount};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::time::Duration;
 
-/// A job with its checkpoints.
-#[derive(Debug, Clone, PartialEq)]
+/// The most children [`Queue::job_details`] lists; page through more with
+/// [`Queue::list_jobs`] and [`JobFilter::parent_id`].
+pub const DETAILS_CHILDREN_LIMIT: usize = 100;
+
+/// A job with what a timeline of it needs: its checkpoints (with the time each was
+/// written), its attempt history and its children.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobDetails {
     /// The job.
     pub job: Job,
     /// Its checkpoints, in key order.
     pub checkpoints: Vec<Checkpoint>,
+    /// Its attempts, oldest first (the current one as running).
+    pub attempts: Vec<AttemptRecord>,
+    /// Its children (spawned by a workflow, or a bundle's members), by id, at most
+    /// [`DETAILS_CHILDREN_LIMIT`].
+    pub children: Vec<Job>,
 }
 
 impl Queue {
-    /// A job with its checkpoints.
+    /// A job with its checkpoints, attempt history and children.
     ///
     /// # Errors
     /// Storage errors.
@@ -29,7 +39,40 @@ impl Queue {
             return Ok(None);
         };
         let checkpoints = self.storage().list_checkpoints(id).await?;
-        Ok(Some(JobDetails { job, checkpoints }))
+        let attempts = self.storage().list_attempts(id).await?;
+        let children = self
+            .storage()
+            .list_jobs(JobFilter {
+                parent_id: Some(id),
+                limit: Some(DETAILS_CHILDREN_LIMIT),
+                ..JobFilter::default()
+            })
+            .await?;
+        Ok(Some(JobDetails {
+            job,
+            checkpoints,
+            attempts,
+            children,
+        }))
+    }
+
+    /// Deletes a job that is not running, with its checkpoints, signals and history.
+    /// Returns false when no such job exists.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidState`] for a running job (cancel it first), and storage
+    /// errors.
+    pub async fn delete_job(&self, id: JobId) -> Result<bool> {
+        self.storage().delete_job(id).await
+    }
+
+    /// Jobs per queue and final status that finished at or after `since` (for "the last
+    /// hour" on a dashboard).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn finished_since(&self, since: DateTime<Utc>) -> Result<Vec<QueueCount>> {
+        self.storage().finished_counts(since).await
     }
 
     /// Jobs matching `filter` (status, queue, task, tag, parent, created time), by

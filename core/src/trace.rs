@@ -28,7 +28,9 @@ use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::str::FromStr;
-use tracing::field::{display, Empty};
+use tracing::field;
+#[cfg(feature = "opentelemetry")]
+use tracing::field::Empty;
 use tracing::Span;
 
 /// A W3C trace context: the trace a span belongs to, the span's id, and whether the
@@ -124,7 +126,10 @@ impl TraceContext {
         if b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
             return Err(InvalidTraceparent::new("bad delimiter"));
         }
-        let trace_id = hex(&b[3..35]).ok_or(InvalidTraceparent::new("bad trace id"))?;
+        let bad_trace = || InvalidTraceparent::new("bad trace id");
+        let trace_hi = hex(&b[3..19]).ok_or_else(bad_trace)?;
+        let trace_lo = hex(&b[19..35]).ok_or_else(bad_trace)?;
+        let trace_id = (u128::from(trace_hi) << 64) | u128::from(trace_lo);
         let span_id = hex(&b[36..52]).ok_or(InvalidTraceparent::new("bad parent id"))?;
         let flags = hex(&b[53..55]).ok_or(InvalidTraceparent::new("bad flags"))?;
         if trace_id == 0 {
@@ -135,15 +140,14 @@ impl TraceContext {
         }
         Ok(TraceContext {
             trace_id,
-            // At most 16 hex digits, so it fits.
-            span_id: span_id as u64,
+            span_id,
             sampled: flags & 1 == 1,
         })
     }
 
     /// The `traceparent` header value (version `00`).
     pub fn to_traceparent(&self) -> String {
-        self.to_string()
+        ascii(&self.encode()).to_string()
     }
 
     /// The trace id as 32 lowercase hex digits, as the spans' `trace_id` fields show it.
@@ -155,17 +159,22 @@ impl TraceContext {
     pub fn span_id_hex(&self) -> String {
         SpanIdHex(self.span_id).to_string()
     }
+
+    /// The `traceparent` bytes.
+    fn encode(&self) -> [u8; TRACEPARENT_LEN] {
+        let mut b = [b'-'; TRACEPARENT_LEN];
+        b[0..2].copy_from_slice(b"00");
+        encode_hex(&mut b[3..19], (self.trace_id >> 64) as u64);
+        encode_hex(&mut b[19..35], self.trace_id as u64);
+        encode_hex(&mut b[36..52], self.span_id);
+        encode_hex(&mut b[53..55], u64::from(self.sampled));
+        b
+    }
 }
 
 impl fmt::Display for TraceContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            TraceIdHex(self.trace_id),
-            SpanIdHex(self.span_id),
-            u8::from(self.sampled)
-        )
+        f.write_str(ascii(&self.encode()))
     }
 }
 
@@ -177,16 +186,46 @@ impl FromStr for TraceContext {
     }
 }
 
-/// Lowercase hex digits to a number; `None` for anything else. At most 32 digits.
-fn hex(digits: &[u8]) -> Option<u128> {
-    digits.iter().try_fold(0u128, |acc, &d| {
-        let v = match d {
-            b'0'..=b'9' => d - b'0',
-            b'a'..=b'f' => d - b'a' + 10,
-            _ => return None,
-        };
-        Some((acc << 4) | u128::from(v))
-    })
+/// Each byte's value as a lowercase hex digit, or 0xff.
+const HEX_VALUE: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Lowercase hex digits to a number; `None` for anything else. At most 16 digits.
+fn hex(digits: &[u8]) -> Option<u64> {
+    let mut acc = 0u64;
+    let mut bad = 0u8;
+    for &d in digits {
+        let v = HEX_VALUE[usize::from(d)];
+        bad |= v;
+        acc = (acc << 4) | u64::from(v & 0xf);
+    }
+    (bad & 0xf0 == 0).then_some(acc)
+}
+
+/// Writes the low `out.len()` hex digits of `v` into `out`, lowercase, zero-padded.
+fn encode_hex(out: &mut [u8], mut v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
+    }
+}
+
+/// Bytes this module encoded (hex digits and `-`), as text.
+fn ascii(b: &[u8]) -> &str {
+    std::str::from_utf8(b).unwrap_or_default()
 }
 
 /// A trace id shown as 32 hex digits, formatted only when a subscriber records it.
@@ -195,7 +234,10 @@ struct TraceIdHex(u128);
 
 impl fmt::Display for TraceIdHex {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        let mut b = [0u8; 32];
+        encode_hex(&mut b[..16], (self.0 >> 64) as u64);
+        encode_hex(&mut b[16..], self.0 as u64);
+        f.write_str(ascii(&b))
     }
 }
 
@@ -205,7 +247,9 @@ struct SpanIdHex(u64);
 
 impl fmt::Display for SpanIdHex {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}", self.0)
+        let mut b = [0u8; 16];
+        encode_hex(&mut b, self.0);
+        f.write_str(ascii(&b))
     }
 }
 
@@ -301,36 +345,59 @@ pub(crate) fn enqueue_span(
     count: usize,
     inherited: Option<TraceContext>,
 ) -> (Span, TraceContext) {
-    let span = tracing::info_span!(
-        "durable_jobs.enqueue",
-        task,
-        queue,
-        count,
-        trace_id = Empty,
-        span_id = Empty,
-        parent_span_id = Empty,
-    );
     let local = current();
-    let parent = local.or(inherited);
-    #[cfg(feature = "opentelemetry")]
-    let from_otel = otel::context_of(&span);
-    #[cfg(not(feature = "opentelemetry"))]
-    let from_otel: Option<TraceContext> = None;
-    let context = match (from_otel, parent) {
-        (Some(otel), _) => otel,
-        (None, Some(parent)) => parent.child(),
-        (None, None) => TraceContext::new_root(),
+    let context = match local.or(inherited) {
+        Some(parent) => parent.child(),
+        None => TraceContext::new_root(),
     };
-    if !span.is_disabled() {
-        span.record("trace_id", display(TraceIdHex(context.trace_id)));
-        span.record("span_id", display(SpanIdHex(context.span_id)));
-        // The parent span is known only from the task's own context; an inherited one
-        // names the enqueuing job's trace, not the span that spawns here.
-        if let Some(parent) = local.filter(|p| p.trace_id == context.trace_id) {
-            span.record("parent_span_id", display(SpanIdHex(parent.span_id)));
-        }
+    // The parent span is known only from the task's own context; an inherited one names
+    // the enqueuing job's trace, not the span that enqueues here.
+    let parent_span = local.map(|p| p.span_id);
+    macro_rules! span {
+        ($trace_id:expr, $span_id:expr, $parent_span_id:expr) => {
+            tracing::info_span!(
+                "durable_jobs.enqueue",
+                task,
+                queue,
+                count,
+                trace_id = $trace_id,
+                span_id = $span_id,
+                parent_span_id = $parent_span_id,
+            )
+        };
     }
-    (span, context)
+    #[cfg(not(feature = "opentelemetry"))]
+    {
+        let span = span!(
+            field::display(TraceIdHex(context.trace_id)),
+            field::display(SpanIdHex(context.span_id)),
+            parent_span.map(|p| field::display(SpanIdHex(p)))
+        );
+        (span, context)
+    }
+    #[cfg(feature = "opentelemetry")]
+    {
+        // The ids come from the span's own OpenTelemetry context when a layer records it,
+        // so they are known only once the span exists.
+        let span = span!(Empty, Empty, Empty);
+        let (context, parent_span) = match otel::context_of(&span) {
+            Some(otel) => (
+                otel,
+                local
+                    .filter(|p| p.trace_id == otel.trace_id)
+                    .map(|p| p.span_id),
+            ),
+            None => (context, parent_span),
+        };
+        if !span.is_disabled() {
+            span.record("trace_id", field::display(TraceIdHex(context.trace_id)));
+            span.record("span_id", field::display(SpanIdHex(context.span_id)));
+            if let Some(p) = parent_span {
+                span.record("parent_span_id", field::display(SpanIdHex(p)));
+            }
+        }
+        (span, context)
+    }
 }
 
 /// The trace context stored with a job, if it has a valid one.
@@ -345,41 +412,54 @@ pub(crate) fn stored(job: &Job) -> Option<TraceContext> {
 /// `tracing`'s tree: its parent is the enqueuing span, linked by the `trace_id` and
 /// `parent_span_id` fields (and, with the `opentelemetry` feature, the remote parent).
 pub(crate) fn attempt_span(job: &Job, attempt: i32, worker: &str) -> (Span, TraceContext) {
-    let span = tracing::info_span!(
-        parent: None,
-        "durable_jobs.attempt",
-        job_id = job.id,
-        task = job.task.as_str(),
-        queue = job.queue.as_str(),
-        attempt,
-        worker,
-        trace_id = Empty,
-        parent_span_id = Empty,
-        span_id = Empty,
-    );
     let parent = stored(job);
+    let context = match parent {
+        Some(parent) => parent.child(),
+        None => TraceContext::new_root(),
+    };
+    macro_rules! span {
+        ($trace_id:expr, $parent_span_id:expr, $span_id:expr) => {
+            tracing::info_span!(
+                parent: None,
+                "durable_jobs.attempt",
+                job_id = job.id,
+                task = job.task.as_str(),
+                queue = job.queue.as_str(),
+                attempt,
+                worker,
+                trace_id = $trace_id,
+                parent_span_id = $parent_span_id,
+                span_id = $span_id,
+            )
+        };
+    }
+    #[cfg(not(feature = "opentelemetry"))]
+    {
+        let span = span!(
+            field::display(TraceIdHex(context.trace_id)),
+            parent.map(|p| field::display(SpanIdHex(p.span_id))),
+            field::display(SpanIdHex(context.span_id))
+        );
+        (span, context)
+    }
     #[cfg(feature = "opentelemetry")]
-    let from_otel = {
+    {
+        // The remote parent must be set before anything builds the span's OpenTelemetry
+        // context; the ids then come from that context when a layer records it.
+        let span = span!(Empty, Empty, Empty);
         if let Some(p) = parent {
             otel::set_remote_parent(&span, p);
         }
-        otel::context_of(&span)
-    };
-    #[cfg(not(feature = "opentelemetry"))]
-    let from_otel: Option<TraceContext> = None;
-    let context = match (from_otel, parent) {
-        (Some(otel), _) => otel,
-        (None, Some(parent)) => parent.child(),
-        (None, None) => TraceContext::new_root(),
-    };
-    if !span.is_disabled() {
-        span.record("trace_id", display(TraceIdHex(context.trace_id)));
-        if let Some(parent) = parent {
-            span.record("parent_span_id", display(SpanIdHex(parent.span_id)));
+        let context = otel::context_of(&span).unwrap_or(context);
+        if !span.is_disabled() {
+            span.record("trace_id", field::display(TraceIdHex(context.trace_id)));
+            if let Some(p) = parent {
+                span.record("parent_span_id", field::display(SpanIdHex(p.span_id)));
+            }
+            span.record("span_id", field::display(SpanIdHex(context.span_id)));
         }
-        span.record("span_id", display(SpanIdHex(context.span_id)));
+        (span, context)
     }
-    (span, context)
 }
 
 /// Runs an attempt's future with its context as the task's current one.

@@ -10,6 +10,7 @@ use durable_jobs::{
     Result, ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage, SystemClock,
     TakeSignalsParams, WorkerRecord,
 };
+use durable_jobs::{AttemptOutcome, AttemptRecord};
 use serde_json::Value;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -44,6 +45,8 @@ struct State {
     schedules: BTreeMap<String, ScheduleRecord>,
     paused_queues: BTreeSet<String>,
     workers: BTreeMap<String, WorkerRecord>,
+    /// Ended attempts per job, oldest first.
+    attempts: HashMap<JobId, Vec<AttemptRecord>>,
 }
 
 #[derive(Default, Clone)]
@@ -171,6 +174,10 @@ impl State {
             completed_at: None,
             updated_at: now,
             trace_context: new.trace_context,
+            parent_id: new.parent_id,
+            tags: new.tags,
+            flags: new.flags,
+            serial_key: new.serial_key,
         };
         self.make_ready(&job);
         self.jobs.insert(id, job);
@@ -215,6 +222,9 @@ impl State {
             j.updated_at = now;
             // The job now runs for the latest enqueue: its trace continues that one.
             j.trace_context = new.trace_context.clone();
+            j.tags = new.tags.clone();
+            j.flags = new.flags.clone();
+            j.serial_key = new.serial_key.clone();
         }
         self.extras.insert(
             id,
@@ -275,6 +285,32 @@ impl State {
         })
     }
 
+    /// Records how a running job's current attempt ended, in its history. Call before the
+    /// transition that ends it (the lease and attempt number are still the attempt's).
+    fn close_attempt(
+        &mut self,
+        id: JobId,
+        outcome: AttemptOutcome,
+        error: Option<String>,
+        now: DateTime<Utc>,
+    ) {
+        let Some(job) = self.jobs.get(&id) else {
+            return;
+        };
+        if job.status != JobStatus::Running {
+            return;
+        }
+        let record = AttemptRecord {
+            attempt: job.attempt,
+            worker: job.lease.as_ref().map(|l| l.holder.clone()),
+            started_at: job.started_at.unwrap_or(now),
+            finished_at: Some(now),
+            outcome,
+            error,
+        };
+        self.attempts.entry(id).or_default().push(record);
+    }
+
     /// Takes a running job off its lease (status is set by the caller).
     fn end_lease(&mut self, id: JobId) {
         if let Some(job) = self.jobs.get_mut(&id) {
@@ -332,6 +368,7 @@ impl State {
         }
         self.jobs.remove(&job_id);
         self.checkpoints.remove(&job_id);
+        self.attempts.remove(&job_id);
         self.extras.remove(&job_id);
         self.signals.retain(|(id, _), _| *id != job_id);
         if let Some(parent) = self.parents.remove(&job_id) {
@@ -502,6 +539,7 @@ impl Storage for MemoryStorage {
         let now = self.clock.now();
         let mut st = self.lock();
         st.leased(lease)?.result = Some(result);
+        st.close_attempt(lease.job_id, AttemptOutcome::Completed, None, now);
         st.finish(lease.job_id, JobStatus::Completed, now);
         Ok(())
     }
@@ -513,6 +551,7 @@ impl Storage for MemoryStorage {
             .into_iter()
             .map(|c| {
                 st.leased(&c.lease)?.result = Some(c.result);
+                st.close_attempt(c.lease.job_id, AttemptOutcome::Completed, None, now);
                 st.finish(c.lease.job_id, JobStatus::Completed, now);
                 Ok(())
             })
@@ -524,7 +563,12 @@ impl Storage for MemoryStorage {
         let retry = {
             let mut st = self.lock();
             let job = st.leased(lease)?;
-            job.last_error = Some(failure.error);
+            job.last_error = Some(failure.error.clone());
+            let outcome = match failure.retry_in {
+                Some(_) => AttemptOutcome::Retrying,
+                None => AttemptOutcome::Failed,
+            };
+            st.close_attempt(lease.job_id, outcome, Some(failure.error), now);
             match failure.retry_in {
                 Some(d) => {
                     st.requeue(lease.job_id, JobStatus::Retrying, add(now, d), now);
@@ -546,6 +590,8 @@ impl Storage for MemoryStorage {
         let now = self.clock.now();
         {
             let mut st = self.lock();
+            st.leased(lease)?;
+            st.close_attempt(lease.job_id, AttemptOutcome::Released, None, now);
             let job = st.leased(lease)?;
             job.attempt -= 1;
             let status = if job.attempt > 0 {
@@ -589,17 +635,20 @@ impl Storage for MemoryStorage {
                 let Some(job) = st.jobs.get_mut(&id) else {
                     continue;
                 };
-                job.last_error = Some("lease expired: the worker stopped heartbeating".into());
+                let error = "lease expired: the worker stopped heartbeating".to_string();
+                job.last_error = Some(error.clone());
                 let status = if job.attempt < job.max_attempts {
                     JobStatus::Retrying
                 } else {
                     JobStatus::Failed
                 };
+                let (attempt, queue, task) = (job.attempt, job.queue.clone(), job.task.clone());
+                st.close_attempt(id, AttemptOutcome::Reclaimed, Some(error), now);
                 released.push(ReleasedJob {
                     job_id: id,
-                    queue: job.queue.clone(),
-                    task: job.task.clone(),
-                    attempt: job.attempt,
+                    queue,
+                    task,
+                    attempt,
                     status,
                 });
                 if status == JobStatus::Retrying {
@@ -621,12 +670,16 @@ impl Storage for MemoryStorage {
     }
 
     async fn checkpoint(&self, lease: &Lease, checkpoint: Checkpoint) -> Result<()> {
+        let now = self.clock.now();
         let mut st = self.lock();
         st.leased(lease)?;
-        st.checkpoints
-            .entry(lease.job_id)
-            .or_default()
-            .insert(checkpoint.key.clone(), checkpoint);
+        st.checkpoints.entry(lease.job_id).or_default().insert(
+            checkpoint.key.clone(),
+            Checkpoint {
+                created_at: Some(now),
+                ..checkpoint
+            },
+        );
         Ok(())
     }
 
@@ -718,6 +771,7 @@ impl Storage for MemoryStorage {
             if j.status.is_claimable() || j.status == JobStatus::Waiting {
                 st.unready(&j);
             }
+            st.close_attempt(id, AttemptOutcome::Cancelled, None, now);
             st.finish(id, JobStatus::Cancelled, now);
         }
         Ok(true)
@@ -731,6 +785,8 @@ impl Storage for MemoryStorage {
         let now = self.clock.now();
         {
             let mut st = self.lock();
+            st.leased(lease)?;
+            st.close_attempt(lease.job_id, AttemptOutcome::Suspended, None, now);
             let job = st.leased(lease)?;
             job.attempt -= 1;
             let woken = st.wake_requested.remove(&lease.job_id);
@@ -769,6 +825,7 @@ impl Storage for MemoryStorage {
                     key: key.to_string(),
                     name: name.to_string(),
                     outcome: CheckpointOutcome::Ok(serde_json::json!(ids)),
+                    created_at: Some(now),
                 },
             );
             ids
@@ -823,6 +880,7 @@ impl Storage for MemoryStorage {
                     key: key.to_string(),
                     name: format!("signal:{name}"),
                     outcome: CheckpointOutcome::Ok(Value::Array(taken.clone())),
+                    created_at: Some(self.clock.now()),
                 },
             );
         }
@@ -1075,5 +1133,39 @@ impl Storage for MemoryStorage {
         let n = st.workers.len();
         st.workers.retain(|_, w| w.last_seen >= before);
         Ok((n - st.workers.len()) as u64)
+    }
+
+    async fn finished_counts(&self, since: DateTime<Utc>) -> Result<Vec<QueueCount>> {
+        let st = self.lock();
+        let mut by: BTreeMap<(String, JobStatus), u64> = BTreeMap::new();
+        for j in st.jobs.values() {
+            if j.status.is_finished() && j.completed_at.is_some_and(|t| t >= since) {
+                *by.entry((j.queue.clone(), j.status)).or_default() += 1;
+            }
+        }
+        Ok(by
+            .into_iter()
+            .map(|((queue, status), count)| QueueCount {
+                queue,
+                status,
+                count,
+            })
+            .collect())
+    }
+
+    async fn list_attempts(&self, job_id: JobId) -> Result<Vec<AttemptRecord>> {
+        let st = self.lock();
+        let mut out = st.attempts.get(&job_id).cloned().unwrap_or_default();
+        if let Some(job) = st.jobs.get(&job_id).filter(|j| j.status == JobStatus::Running) {
+            out.push(AttemptRecord {
+                attempt: job.attempt,
+                worker: job.lease.as_ref().map(|l| l.holder.clone()),
+                started_at: job.started_at.unwrap_or(job.updated_at),
+                finished_at: None,
+                outcome: AttemptOutcome::Running,
+                error: None,
+            });
+        }
+        Ok(out)
     }
 }

@@ -48,10 +48,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "observability",
         sql: include_str!("../migrations/005_observability.sql"),
     },
+    Migration {
+        version: 6,
+        name: "timeline",
+        sql: include_str!("../migrations/006_timeline.sql"),
+    },
 ];
 
 /// The newest schema version this library knows.
-pub const LATEST_VERSION: i64 = 5;
+pub const LATEST_VERSION: i64 = 6;
 
 /// A migration's SQL for `schema` (validate the name first), as [`run`] executes it: for
 /// review, or to apply by hand in a controlled rollout.

@@ -62,8 +62,9 @@ SET status = CASE WHEN $3::text IS NULL THEN 'completed' ELSE 'failed' END,
     completed_at = {now}, updated_at = {now}
 WHERE id = ANY($1::bigint[]) AND status IN ('pending', 'retrying', 'waiting')";
 
-/// $1 cut-off.
-const PURGE: &str = "
+/// Finished jobs that ended before $1, found through the `jobs_finished` partial index
+/// (their checkpoints and signals cascade; the attempt history is part of the row).
+pub(crate) const PURGE: &str = "
 DELETE FROM {schema}.jobs
 WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at < $1";
 

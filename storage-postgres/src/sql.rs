@@ -5,13 +5,14 @@
 //! All times come from the database (`now()`), never from the client.
 
 use crate::options::{channel, quote_ident, quote_literal};
+use durable_jobs::AttemptOutcome;
 use std::sync::Arc;
 
 /// The columns a [`durable_jobs::Job`] is read from, in the order `job_from_row` decodes
 /// them by position. Every statement that returns jobs selects exactly these, so rows
 /// are decoded without a by-name lookup per column, and a claim does not send the columns
-/// no `Job` holds (parent, wake request, serial key, flags, tags).
-pub(crate) const JOB_COLUMNS: [&str; 21] = [
+/// no `Job` holds (the wake request, the attempt history).
+pub(crate) const JOB_COLUMNS: [&str; 25] = [
     "id",
     "task",
     "payload",
@@ -33,6 +34,10 @@ pub(crate) const JOB_COLUMNS: [&str; 21] = [
     "completed_at",
     "updated_at",
     "trace_context",
+    "parent_id",
+    "tags",
+    "flags",
+    "serial_key",
 ];
 
 /// The position of `name` in [`JOB_COLUMNS`], for decoding by position; used in const
@@ -68,6 +73,26 @@ fn job_columns(alias: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The attempt history with the running attempt of the row being updated appended as
+/// ended, for the `{history}` slot of a statement that ends attempts (see the `attempts`
+/// column in `006_timeline.sql`). The attempt, worker and start are the row's values
+/// before the update (an UPDATE's expressions read the old row), so a statement can clear
+/// the lease and step the attempt back in the same SET. `error` is an SQL text
+/// expression (or `NULL`). Unqualified column names: the statements' other FROM items
+/// have none of these.
+pub(crate) fn with_history(template: &str, outcome: AttemptOutcome, error: &str) -> String {
+    template.replace(
+        "{history}",
+        &format!(
+            "coalesce(attempts, '[]'::jsonb) || jsonb_build_array(jsonb_build_object(\
+             'attempt', attempt, 'worker', lease_holder, \
+             'started_at', coalesce(started_at, {{now}}), \
+             'finished_at', {{now}}, 'outcome', '{}'::text, 'error', {error}))",
+            outcome.as_str()
+        ),
+    )
 }
 
 /// Unfinished statuses: the set a dedupe key is unique within.
@@ -311,11 +336,14 @@ WHERE dedupe_key = ANY($1::text[]) AND status IN {unfinished}";
 ///   the object cost about 0.5 µs of server time per job more (0.2 to parse, 0.3 to
 ///   search), and the client no longer builds it.
 ///
+/// Each row's ended attempt is appended to its history in the same update.
+///
 /// `$1` ids (each at most once), `$2` their tokens, `$3` their results, in the same order.
 const COMPLETE_MANY: &str = "
 UPDATE {schema}.jobs AS j
 SET status = 'completed',
     result = d.result,
+    attempts = {history},
     lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL,
     completed_at = {now}, updated_at = {now}
 FROM unnest($1::bigint[], $2::bigint[], $3::jsonb[]) AS d(id, token, result)
@@ -323,36 +351,38 @@ WHERE j.id = ANY(ARRAY(SELECT unnest($1::bigint[]))) AND j.id = d.id
   AND CASE WHEN j.status = 'running' THEN j.lease_token = d.token ELSE false END
 RETURNING j.id";
 
-/// One completion. $1 id, $2 token, $3 result.
+/// One completion, with its attempt appended to the history. $1 id, $2 token, $3 result.
 const COMPLETE: &str = "
 UPDATE {schema}.jobs
-SET status = 'completed', result = $3::jsonb,
+SET status = 'completed', result = $3::jsonb, attempts = {history},
     lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL,
     completed_at = {now}, updated_at = {now}
 WHERE id = $1 AND status = 'running' AND lease_token = $2";
 
-/// A failed attempt that will retry. $1 id, $2 token, $3 error, $4 delay (µs).
+/// A failed attempt that will retry (recorded as `retrying`). $1 id, $2 token, $3 error,
+/// $4 delay (µs).
 const FAIL_RETRY: &str = "
 UPDATE {schema}.jobs
-SET status = 'retrying', last_error = $3,
+SET status = 'retrying', last_error = $3, attempts = {history},
     run_at = {now} + $4::bigint * interval '1 microsecond',
     lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = {now}
 WHERE id = $1 AND status = 'running' AND lease_token = $2";
 
-/// A failed attempt that ends the job. $1 id, $2 token, $3 error.
+/// A failed attempt that ends the job (recorded as `failed`). $1 id, $2 token, $3 error.
 const FAIL_TERMINAL: &str = "
 UPDATE {schema}.jobs
-SET status = 'failed', last_error = $3,
+SET status = 'failed', last_error = $3, attempts = {history},
     lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL,
     completed_at = {now}, updated_at = {now}
 WHERE id = $1 AND status = 'running' AND lease_token = $2";
 
-/// Gives a job back without spending its attempt, and wakes listeners since it is due
-/// at once. $1 id, $2 token.
+/// Gives a job back without spending its attempt (recorded as `released`, under the
+/// attempt number it ran as), and wakes listeners since it is due at once. $1 id, $2 token.
 const RELEASE: &str = "
 WITH u AS (
     UPDATE {schema}.jobs
-    SET attempt = attempt - 1,
+    SET attempts = {history},
+        attempt = attempt - 1,
         status = CASE WHEN attempt - 1 > 0 THEN 'retrying' ELSE 'pending' END,
         run_at = {now},
         lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = {now}
@@ -383,6 +413,7 @@ RETURNING j.id, j.lease_token, j.lease_expires_at";
 /// Returns expired leases' jobs to retrying, or fails them when no attempt is left, and
 /// returns one row per released job: id, queue, task, the attempt whose lease expired,
 /// and the status it left. Rows another sweeper holds are skipped rather than waited for.
+/// Each released attempt is recorded as `reclaimed`, with the reason as its error.
 ///
 /// When something was released, listeners are woken (the retried jobs are due at once)
 /// by one NOTIFY from the `notified` CTE. A CTE that modifies no data runs only as far as
@@ -391,7 +422,10 @@ RETURNING j.id, j.lease_token, j.lease_expires_at";
 /// exactly one row then, or nothing when no lease expired, without a NOTIFY.
 const RECLAIM: &str = "
 WITH expired AS (
-    SELECT id FROM {schema}.jobs
+    SELECT id,
+           'lease expired: the worker stopped heartbeating (crashed, hung or lost its connection)'::text
+               AS reason
+    FROM {schema}.jobs
     WHERE status = 'running' AND lease_expires_at <= {now}
     FOR UPDATE SKIP LOCKED
 ),
@@ -400,7 +434,8 @@ u AS (
     SET status = CASE WHEN j.attempt < j.max_attempts THEN 'retrying' ELSE 'failed' END,
         run_at = CASE WHEN j.attempt < j.max_attempts THEN {now} ELSE j.run_at END,
         completed_at = CASE WHEN j.attempt < j.max_attempts THEN NULL ELSE {now} END,
-        last_error = 'lease expired: the worker stopped heartbeating (crashed, hung or lost its connection)',
+        last_error = expired.reason,
+        attempts = {history},
         lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = {now}
     FROM expired
     WHERE j.id = expired.id
@@ -413,8 +448,8 @@ notified AS MATERIALIZED (
 SELECT u.id, u.queue, u.task, u.attempt, u.status
 FROM u LEFT JOIN notified ON true";
 
-/// Stores a checkpoint if the lease is current; the row lock on the job keeps a
-/// concurrent reclaim from slipping in between the check and the write.
+/// Stores a checkpoint if the lease is current, written now; the row lock on the job
+/// keeps a concurrent reclaim from slipping in between the check and the write.
 /// $1 job id, $2 token, $3 key, $4 name, $5 ok (JSON text), $6 err.
 const CHECKPOINT: &str = "
 WITH held AS (
@@ -422,13 +457,16 @@ WITH held AS (
     WHERE id = $1 AND status = 'running' AND lease_token = $2
     FOR SHARE
 )
-INSERT INTO {schema}.checkpoints (job_id, key, name, ok, err)
-SELECT held.id, $3, $4, $5::jsonb, $6 FROM held
+INSERT INTO {schema}.checkpoints (job_id, key, name, ok, err, created_at)
+SELECT held.id, $3, $4, $5::jsonb, $6, {now} FROM held
 ON CONFLICT (job_id, key) DO UPDATE
-SET name = excluded.name, ok = excluded.ok, err = excluded.err";
+SET name = excluded.name, ok = excluded.ok, err = excluded.err,
+    created_at = excluded.created_at";
 
+/// Read by position in this order (see `list_checkpoints`).
 const LIST_CHECKPOINTS: &str = "
-SELECT key, name, ok, err FROM {schema}.checkpoints WHERE job_id = $1 ORDER BY key";
+SELECT key, name, ok, err, created_at FROM {schema}.checkpoints WHERE job_id = $1
+ORDER BY key";
 
 const DELETE_CHECKPOINTS: &str = "DELETE FROM {schema}.checkpoints WHERE job_id = $1";
 
@@ -437,7 +475,8 @@ const NOW: &str = "SELECT {now}";
 const GET_JOB: &str = "SELECT {job_columns} FROM {schema}.jobs WHERE id = $1";
 
 /// Cancels an unfinished job and every unfinished descendant (children spawned by
-/// workflows); running members lose their lease. Returns the ids it cancelled. $1 id.
+/// workflows); running members lose their lease, and their attempt is recorded as
+/// `cancelled`. Returns the ids it cancelled. $1 id.
 const CANCEL: &str = "
 WITH RECURSIVE tree AS (
     SELECT id FROM {schema}.jobs WHERE id = $1 AND status IN {unfinished}
@@ -446,6 +485,7 @@ WITH RECURSIVE tree AS (
 )
 UPDATE {schema}.jobs AS j
 SET status = 'cancelled',
+    attempts = CASE WHEN j.status = 'running' THEN {history} ELSE j.attempts END,
     lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL,
     completed_at = {now}, updated_at = {now}
 FROM tree
@@ -453,6 +493,28 @@ WHERE j.id = tree.id AND j.status IN {unfinished}
 RETURNING j.id";
 
 const JOB_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM {schema}.jobs WHERE id = $1)";
+
+/// A job's ended attempts, oldest first, then its current one when it runs. Read by
+/// position: attempt, worker, started_at, finished_at, outcome, error. $1 id.
+const LIST_ATTEMPTS: &str = "
+SELECT (h.e->>'attempt')::int, h.e->>'worker', (h.e->>'started_at')::timestamptz,
+       (h.e->>'finished_at')::timestamptz, h.e->>'outcome', h.e->>'error', h.n
+FROM {schema}.jobs j,
+     jsonb_array_elements(coalesce(j.attempts, '[]'::jsonb)) WITH ORDINALITY AS h(e, n)
+WHERE j.id = $1
+UNION ALL
+SELECT attempt, lease_holder, coalesce(started_at, updated_at), NULL, 'running', NULL, NULL
+FROM {schema}.jobs
+WHERE id = $1 AND status = 'running'
+ORDER BY 7 NULLS LAST";
+
+/// Jobs per queue and final status that finished at or after $1, through the
+/// `jobs_finished` partial index.
+const FINISHED_COUNTS: &str = "
+SELECT queue, status, count(*) FROM {schema}.jobs
+WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at >= $1
+GROUP BY queue, status
+ORDER BY queue, status";
 
 /// The statements for one schema.
 #[derive(Debug, Clone)]
@@ -480,6 +542,8 @@ pub(crate) struct Sql {
     pub get_job: Arc<str>,
     pub cancel: Arc<str>,
     pub job_exists: Arc<str>,
+    pub list_attempts: Arc<str>,
+    pub finished_counts: Arc<str>,
 }
 
 /// The storage's clock in SQL: the database's `now()`, or, for tests (feature `testing`),
@@ -519,30 +583,52 @@ impl Sql {
             by_dedupe_keys: r(BY_DEDUPE_KEYS),
             replace_keyed: r(REPLACE_KEYED),
             release_key: r(RELEASE_KEY),
-            complete: r(COMPLETE),
-            complete_many: r(COMPLETE_MANY),
-            fail_retry: r(FAIL_RETRY),
-            fail_terminal: r(FAIL_TERMINAL),
-            release: r(RELEASE),
+            complete: r(&with_history(COMPLETE, AttemptOutcome::Completed, "NULL")),
+            complete_many: r(&with_history(
+                COMPLETE_MANY,
+                AttemptOutcome::Completed,
+                "NULL",
+            )),
+            fail_retry: r(&with_history(
+                FAIL_RETRY,
+                AttemptOutcome::Retrying,
+                "$3::text",
+            )),
+            fail_terminal: r(&with_history(
+                FAIL_TERMINAL,
+                AttemptOutcome::Failed,
+                "$3::text",
+            )),
+            release: r(&with_history(RELEASE, AttemptOutcome::Released, "NULL")),
             heartbeat: r(HEARTBEAT),
             heartbeat_many: r(HEARTBEAT_MANY),
-            reclaim: r(RECLAIM),
+            reclaim: r(&with_history(
+                RECLAIM,
+                AttemptOutcome::Reclaimed,
+                "expired.reason",
+            )),
             checkpoint: r(CHECKPOINT),
             list_checkpoints: r(LIST_CHECKPOINTS),
             delete_checkpoints: r(DELETE_CHECKPOINTS),
             now: r(NOW),
             get_job: r(GET_JOB),
-            cancel: r(CANCEL),
+            cancel: r(&with_history(CANCEL, AttemptOutcome::Cancelled, "NULL")),
             job_exists: r(JOB_EXISTS),
+            list_attempts: r(LIST_ATTEMPTS),
+            finished_counts: r(FINISHED_COUNTS),
         }
     }
 }
 
 #[cfg(all(test, feature = "testing"))]
 mod plan_tests {
-    use super::{render, CLAIM, CLAIM_QUEUES, COMPLETE_MANY, HEARTBEAT_MANY, LEASE};
+    use super::{
+        render, with_history, CLAIM, CLAIM_QUEUES, COMPLETE_MANY, FINISHED_COUNTS, HEARTBEAT_MANY,
+        LEASE,
+    };
     use crate::options::quote_literal;
     use crate::testing::TestSchema;
+    use durable_jobs::AttemptOutcome;
     use durable_jobs::{DequeueParams, NewJob, Storage};
     use sqlx::{AssertSqlSafe, Row};
     use std::time::Duration;
@@ -667,7 +753,9 @@ mod plan_tests {
                 ),
             ];
             for (name, template, types, args) in statements {
-                let stmt = render(template, t.schema(), "now()");
+                // (The heartbeat has no history slot: this leaves it as it is.)
+                let template = with_history(template, AttemptOutcome::Completed, "NULL");
+                let stmt = render(&template, t.schema(), "now()");
                 run(&mut conn, &format!("PREPARE {name}({types}) AS {stmt}")).await;
                 for mode in ["force_custom_plan", "force_generic_plan"] {
                     let plan = explain(&mut conn, mode, &format!("{name}({args})")).await;
@@ -734,6 +822,66 @@ mod plan_tests {
             drop(conn);
             t.drop_schema().await.expect("drop");
         }
+    }
+
+    /// `finished_counts` and the retention purge find their rows through the
+    /// `jobs_finished` partial index on a table of many finished jobs kept over time,
+    /// when the window they ask for is a small part of it: never by a scan of the whole
+    /// table. Checked for custom plans (a time bound is a parameter whose value the
+    /// planner sees: its generic plan, guessing a third of the rows, never beats them).
+    #[tokio::test]
+    async fn finished_counts_and_purge_use_the_finished_index() {
+        let (t, mut conn) = jobs_with(Stats::Never, 50_000).await;
+        let q = crate::options::quote_ident(t.schema());
+        // All but one job in 400 finished, one a minute over the last 35 days.
+        run(
+            &mut conn,
+            &format!(
+                "UPDATE {q}.jobs SET status = (ARRAY['completed', 'failed', 'cancelled'])[id % 3 + 1],
+                     completed_at = now() - id * interval '1 minute'
+                 WHERE id % 400 <> 0;
+                 ANALYZE {q}.jobs"
+            ),
+        )
+        .await;
+        let statements = [
+            (
+                "finished_counts",
+                FINISHED_COUNTS,
+                "now() - interval '1 hour'",
+            ),
+            // What a retention policy keeping 30 days deletes.
+            (
+                "purge",
+                crate::operations::PURGE,
+                "now() - interval '30 days'",
+            ),
+        ];
+        for (name, template, arg) in statements {
+            let stmt = render(template, t.schema(), "now()");
+            run(&mut conn, &format!("PREPARE {name}(timestamptz) AS {stmt}")).await;
+            let plan = explain(&mut conn, "force_custom_plan", &format!("{name}({arg})")).await;
+            assert!(plan.contains("jobs_finished"), "{name}:\n{plan}");
+            assert!(!plan.contains("Seq Scan"), "{name}:\n{plan}");
+        }
+        // The counts themselves: 60 finished in the last hour and a half minute (ids 1 to
+        // 60), 20 of each status.
+        let since = t.storage().now().await.expect("now") - chrono::Duration::seconds(3_630);
+        let counts = t.storage().finished_counts(since).await.expect("counts");
+        let got: Vec<_> = counts
+            .iter()
+            .map(|c| (c.queue.as_str(), c.status.as_str(), c.count))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("default", "cancelled", 20),
+                ("default", "completed", 20),
+                ("default", "failed", 20)
+            ]
+        );
+        drop(conn);
+        t.drop_schema().await.expect("drop");
     }
 
     /// Both claim statements turn `synchronous_commit` off for the transaction they run

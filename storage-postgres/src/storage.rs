@@ -11,10 +11,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use durable_jobs::job::new_lease_token;
 use durable_jobs::{
-    AdvanceScheduleParams, Capabilities, Checkpoint, CheckpointOutcome, ClaimedJob, Completion,
-    DequeueParams, Enqueued, Error, Failure, Job, JobFilter, JobId, JobStatus, Lease, LeaseInfo,
-    ManualOutcome, NewJob, QueueCount, ReleasedJob, Result, ScheduleRecord, SpawnChildrenParams,
-    StaleLocks, Storage, StorageErrorKind, TakeSignalsParams, WorkerRecord,
+    AdvanceScheduleParams, AttemptOutcome, AttemptRecord, Capabilities, Checkpoint,
+    CheckpointOutcome, ClaimedJob, Completion, DequeueParams, Enqueued, Error, Failure, Job,
+    JobFilter, JobId, JobStatus, Lease, LeaseInfo, ManualOutcome, NewJob, QueueCount, ReleasedJob,
+    Result, ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage, StorageErrorKind,
+    TakeSignalsParams, WorkerRecord,
 };
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
@@ -267,6 +268,33 @@ pub(crate) fn job_from_row(row: &PgRow) -> Result<Job> {
         completed_at: col!("completed_at"),
         updated_at: col!("updated_at"),
         trace_context: col!("trace_context"),
+        parent_id: col!("parent_id"),
+        tags: col!("tags"),
+        flags: col!("flags"),
+        serial_key: col!("serial_key"),
+    })
+}
+
+/// Decodes one attempt from a row of `sql::LIST_ATTEMPTS`, by position.
+fn attempt_from_row(row: &PgRow) -> Result<AttemptRecord> {
+    let attempt: Option<i32> = row.try_get(0).map_err(db)?;
+    let started_at: Option<DateTime<Utc>> = row.try_get(2).map_err(db)?;
+    let outcome: Option<String> = row.try_get(4).map_err(db)?;
+    let corrupt = |what: &str| {
+        storage(
+            StorageErrorKind::Corrupt,
+            format!("an attempt record in storage has {what}"),
+        )
+    };
+    let outcome = outcome.ok_or_else(|| corrupt("no outcome"))?;
+    Ok(AttemptRecord {
+        attempt: attempt.ok_or_else(|| corrupt("no attempt number"))?,
+        worker: row.try_get(1).map_err(db)?,
+        started_at: started_at.ok_or_else(|| corrupt("no start time"))?,
+        finished_at: row.try_get(3).map_err(db)?,
+        outcome: AttemptOutcome::parse(&outcome)
+            .ok_or_else(|| corrupt(&format!("an unknown outcome {outcome:?}")))?,
+        error: row.try_get(5).map_err(db)?,
     })
 }
 
@@ -563,15 +591,16 @@ impl Storage for PostgresStorage {
             .map_err(db)?;
         rows.iter()
             .map(|row| {
-                let ok: Option<Value> = row.try_get("ok").map_err(db)?;
-                let err: Option<String> = row.try_get("err").map_err(db)?;
+                let ok: Option<Value> = row.try_get(2).map_err(db)?;
+                let err: Option<String> = row.try_get(3).map_err(db)?;
                 Ok(Checkpoint {
-                    key: row.try_get("key").map_err(db)?,
-                    name: row.try_get("name").map_err(db)?,
+                    key: row.try_get(0).map_err(db)?,
+                    name: row.try_get(1).map_err(db)?,
                     outcome: match err {
                         Some(e) => CheckpointOutcome::Err(e),
                         None => CheckpointOutcome::Ok(ok.unwrap_or(Value::Null)),
                     },
+                    created_at: row.try_get(4).map_err(db)?,
                 })
             })
             .collect()
@@ -603,6 +632,34 @@ impl Storage for PostgresStorage {
 
     async fn counts(&self) -> Result<Vec<QueueCount>> {
         crate::filter::counts(self.pool(), self.schema()).await
+    }
+
+    async fn finished_counts(&self, since: DateTime<Utc>) -> Result<Vec<QueueCount>> {
+        let rows = sqlx::query(AssertSqlSafe(self.sql().finished_counts.clone()))
+            .bind(since)
+            .fetch_all(self.pool())
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                let status: String = row.try_get(1).map_err(db)?;
+                let n: i64 = row.try_get(2).map_err(db)?;
+                Ok(QueueCount {
+                    queue: row.try_get(0).map_err(db)?,
+                    status: JobStatus::from_str(&status)?,
+                    count: u64::try_from(n).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    async fn list_attempts(&self, job_id: JobId) -> Result<Vec<AttemptRecord>> {
+        let rows = sqlx::query(AssertSqlSafe(self.sql().list_attempts.clone()))
+            .bind(job_id)
+            .fetch_all(self.pool())
+            .await
+            .map_err(db)?;
+        rows.iter().map(attempt_from_row).collect()
     }
 
     async fn cancel(&self, job_id: JobId) -> Result<bool> {

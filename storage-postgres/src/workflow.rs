@@ -8,22 +8,25 @@
 //! transaction.
 
 use crate::error::{db, storage};
-use crate::sql::render;
+use crate::sql::{render, with_history};
 use crate::storage::PostgresStorage;
 use chrono::{DateTime, Utc};
 use durable_jobs::job::far_future;
 use durable_jobs::{
-    Error, JobId, Lease, Result, SpawnChildrenParams, StorageErrorKind, TakeSignalsParams,
+    AttemptOutcome, Error, JobId, Lease, Result, SpawnChildrenParams, StorageErrorKind,
+    TakeSignalsParams,
 };
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, Row};
 use std::sync::Arc;
 
-/// Suspends a running job. $1 id, $2 token, $3 wake time.
+/// Suspends a running job; its attempt is recorded as `suspended` under the number it ran
+/// as (it resumes under that number). $1 id, $2 token, $3 wake time.
 const SUSPEND: &str = "
 WITH u AS (
     UPDATE {schema}.jobs
     SET status = 'waiting',
+        attempts = {history},
         attempt = attempt - 1,
         run_at = CASE WHEN wake_requested THEN {now} ELSE $3 END,
         wake_requested = false,
@@ -38,10 +41,13 @@ const HOLD: &str = "
 SELECT id FROM {schema}.jobs WHERE id = $1 AND status = 'running' AND lease_token = $2
 FOR SHARE";
 
-/// Stores a checkpoint (the lease is already held). $1 job, $2 key, $3 name, $4 value.
+/// Stores a checkpoint, written now (the lease is already held). $1 job, $2 key, $3 name,
+/// $4 value.
 const PUT_CHECKPOINT: &str = "
-INSERT INTO {schema}.checkpoints (job_id, key, name, ok) VALUES ($1, $2, $3, $4::jsonb)
-ON CONFLICT (job_id, key) DO UPDATE SET name = excluded.name, ok = excluded.ok, err = NULL";
+INSERT INTO {schema}.checkpoints (job_id, key, name, ok, created_at)
+VALUES ($1, $2, $3, $4::jsonb, {now})
+ON CONFLICT (job_id, key) DO UPDATE
+SET name = excluded.name, ok = excluded.ok, err = NULL, created_at = excluded.created_at";
 
 /// $1 job, $2 name, $3 payload (JSON text).
 const SEND_SIGNAL: &str = "SELECT {schema}.send_signal($1, $2, $3::jsonb) AS status";
@@ -65,10 +71,11 @@ taken AS (
     RETURNING s.id, s.payload
 ),
 cp AS (
-    INSERT INTO {schema}.checkpoints (job_id, key, name, ok)
-    SELECT $1, $5, 'signal:' || $3, jsonb_agg(payload ORDER BY id) FROM taken
+    INSERT INTO {schema}.checkpoints (job_id, key, name, ok, created_at)
+    SELECT $1, $5, 'signal:' || $3, jsonb_agg(payload ORDER BY id), {now} FROM taken
     HAVING count(*) > 0
-    ON CONFLICT (job_id, key) DO UPDATE SET name = excluded.name, ok = excluded.ok, err = NULL
+    ON CONFLICT (job_id, key) DO UPDATE
+    SET name = excluded.name, ok = excluded.ok, err = NULL, created_at = excluded.created_at
 )
 SELECT EXISTS (SELECT 1 FROM held) AS held,
        coalesce((SELECT jsonb_agg(payload ORDER BY id) FROM taken), '[]'::jsonb) AS payloads";
@@ -77,7 +84,8 @@ SELECT EXISTS (SELECT 1 FROM held) AS held,
 const PEEK_SIGNAL: &str = "
 SELECT payload FROM {schema}.signals WHERE job_id = $1 AND name = $2 ORDER BY id LIMIT 1";
 
-/// Deletes a job that is not running (checkpoints and signals cascade). $1 id.
+/// Deletes a job that is not running (checkpoints and signals cascade; its attempt
+/// history is a column of the row). $1 id.
 const DELETE_JOB: &str = "DELETE FROM {schema}.jobs WHERE id = $1 AND status <> 'running'";
 
 const JOB_STATUS: &str = "SELECT status FROM {schema}.jobs WHERE id = $1";
@@ -99,7 +107,7 @@ impl WorkflowSql {
     pub fn new(schema: &str, now: &str) -> Self {
         let r = |t: &str| render(t, schema, now);
         WorkflowSql {
-            suspend: r(SUSPEND),
+            suspend: r(&with_history(SUSPEND, AttemptOutcome::Suspended, "NULL")),
             hold: r(HOLD),
             put_checkpoint: r(PUT_CHECKPOINT),
             send_signal: r(SEND_SIGNAL),

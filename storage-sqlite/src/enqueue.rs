@@ -10,8 +10,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 const INSERT_JOB: &str = "INSERT INTO durable_jobs (task, payload, queue, priority, status, \
      max_attempts, run_at, dedupe_key, timeout_ms, created_at, updated_at, parent_id, \
-     serial_key, flags, trace_context) \
-     VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13)";
+     serial_key, flags, trace_context, tags) \
+     VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14)";
 
 const FIND_KEY_HOLDER: &str = "SELECT id, status FROM durable_jobs WHERE dedupe_key = ?1 \
      AND status IN ('pending', 'retrying', 'running', 'waiting')";
@@ -22,20 +22,20 @@ const FIND_KEY_HOLDER: &str = "SELECT id, status FROM durable_jobs WHERE dedupe_
 const REPLACE_HOLDER: &str = "UPDATE durable_jobs SET task = ?2, payload = ?3, queue = ?4, \
      priority = ?5, max_attempts = ?6, timeout_ms = ?7, serial_key = ?8, flags = ?9, \
      run_at = coalesce(?10, run_at), attempt = 0, status = 'pending', last_error = NULL, \
-     updated_at = ?11, trace_context = ?12 WHERE id = ?1";
+     updated_at = ?11, trace_context = ?12, tags = ?13 WHERE id = ?1";
 
 /// A running or suspended holder gives its key up to the job being enqueued.
 const DROP_KEY: &str = "UPDATE durable_jobs SET dedupe_key = NULL WHERE id = ?1";
 
 const INSERT_TAG: &str = "INSERT OR IGNORE INTO durable_jobs_tags (job_id, tag) VALUES (?1, ?2)";
 
-/// Flags as stored: a JSON array, or NULL when there are none (the claim's flag check
-/// skips NULL at the cost of one column read).
-fn flags_text(flags: &[String]) -> QResult<Option<String>> {
-    if flags.is_empty() {
+/// Flags (and tags) as stored on the job row: a JSON array, or NULL when there are none
+/// (the claim's flag check skips NULL at the cost of one column read).
+fn list_text(items: &[String]) -> QResult<Option<String>> {
+    if items.is_empty() {
         return Ok(None);
     }
-    Ok(Some(serde_json::to_string(flags).map_err(Error::from)?))
+    Ok(Some(serde_json::to_string(items).map_err(Error::from)?))
 }
 
 fn insert_tags(conn: &Connection, id: JobId, tags: &[String]) -> QResult<()> {
@@ -74,10 +74,11 @@ pub(crate) fn insert_job(conn: &Connection, job: &NewJob, now: DateTime<Utc>) ->
                         job.max_attempts,
                         job.timeout_ms,
                         job.serial_key,
-                        flags_text(&job.flags)?,
+                        list_text(&job.flags)?,
                         run_at,
                         now_us,
                         job.trace_context,
+                        list_text(&job.tags)?,
                     ])?;
                     conn.prepare_cached("DELETE FROM durable_jobs_tags WHERE job_id = ?1")?
                         .execute([id])?;
@@ -102,8 +103,9 @@ pub(crate) fn insert_job(conn: &Connection, job: &NewJob, now: DateTime<Utc>) ->
         now_us,
         job.parent_id,
         job.serial_key,
-        flags_text(&job.flags)?,
+        list_text(&job.flags)?,
         job.trace_context,
+        list_text(&job.tags)?,
     ])?;
     let id = conn.last_insert_rowid();
     insert_tags(conn, id, &job.tags)?;

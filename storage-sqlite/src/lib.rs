@@ -21,9 +21,9 @@
 //!   commands and await the reply, so SQLite's blocking calls never run on the async
 //!   runtime's threads. It commits queued commands together in one `BEGIN IMMEDIATE`
 //!   transaction (each in its own savepoint), and replies only after `COMMIT`.
-//! - **Reads** (`get_job`, `list_jobs`, `counts`, `list_checkpoints`, `schedules`,
-//!   `list_workers`) run on a small pool of read connections on tokio's blocking threads
-//!   and go on during writes.
+//! - **Reads** (`get_job`, `list_jobs`, `counts`, `finished_counts`, `list_attempts`,
+//!   `list_checkpoints`, `schedules`, `list_workers`) run on a small pool of read
+//!   connections on tokio's blocking threads and go on during writes.
 //! - **Claims** are one `UPDATE ... WHERE id IN (SELECT ... ORDER BY priority DESC,
 //!   run_at, id LIMIT n) RETURNING ...` inside `BEGIN IMMEDIATE`: atomic across
 //!   processes, walking a partial index of claimable jobs.
@@ -41,8 +41,10 @@
 //!   I/O error is `Unavailable`; a full disk or no memory is `Exhausted`; tables that are
 //!   missing (the file was never migrated) are `Schema`.
 //! - **Time** comes from an injectable [`durable_jobs::Clock`] (the system clock by
-//!   default); times are stored as integer microseconds since the Unix epoch. Processes
-//!   sharing one file must share one clock (the machine's).
+//!   default); times are stored as integer microseconds since the Unix epoch, and
+//!   [`durable_jobs::Storage::now`] reports the clock truncated to whole microseconds, so
+//!   a time read from it and written back (a reschedule to now) is due at that instant.
+//!   Processes sharing one file must share one clock (the machine's).
 //! - **Migrations** are embedded and run on open inside `BEGIN IMMEDIATE`, recorded in
 //!   `durable_jobs_migrations`; a file written by a newer library is refused with
 //!   [`durable_jobs::Error::SchemaTooNew`]. Tables are prefixed `durable_jobs`, so the
@@ -65,10 +67,62 @@
 //!   register in `durable_jobs_workers` (queues as a JSON array); `last_seen` comes from
 //!   the storage's clock on register and touch. The stale-lock sweep reports each job it
 //!   released (`UPDATE ... RETURNING`).
+//! - **Timeline**: each job row carries its attempt history as a JSON array
+//!   (`attempts`), appended with `json_insert(..., '$[#]', ...)` by the same `UPDATE`
+//!   that ends the attempt (complete, fail, release, suspend, the stale-lock sweep, a
+//!   cancel of a running job or of its running descendants), so it costs no extra
+//!   statement and goes with the job on delete and purge; claims and job reads never
+//!   select it. `list_attempts` adds the running attempt from the row. Tags are kept on
+//!   the job row too (a JSON array, NULL when none; the tag side table stays the index
+//!   for listings by tag), so reads and claims return a job's parent, tags, flags and
+//!   serial key with plain column reads. Checkpoints record when they were written
+//!   (NULL for those written before schema version 6). Finished-job counts since a
+//!   time read a covering partial index on the finish time, which purges walk too.
+//! - **Corrupt rows**: a row a claim takes but cannot decode (a payload or flags that
+//!   are not JSON, a value of the wrong type, written by another tool) is failed inside
+//!   the claim's transaction (its `last_error` says the stored row could not be read and
+//!   why, its attempt is recorded as failed) and left out of the claimed jobs, so it
+//!   never blocks a worker's claims; reading it with `get_job` or `list_jobs` still
+//!   reports the `Corrupt` error, for an operator to delete it.
 //! - **Wake-ups** reach workers of this process at once (enqueue, retry, release,
 //!   a stale-lock sweep, a manual clock's move). Commits from other processes are noticed within
 //!   [`DEFAULT_WATCH_INTERVAL`] by a thread reading `PRAGMA data_version` (no table
 //!   access, no lock), so workers there claim new jobs without waiting for their poll.
+
+/// The SQL expression for a job's history (the `attempts` column, see
+/// `migrations/0006_timeline.sql`) with its ending attempt appended, for an
+/// `UPDATE durable_jobs` that ends a running attempt: `$outcome` is the
+/// [`durable_jobs::AttemptOutcome`]'s stored name, `$now` and `$error` SQL expressions (a
+/// parameter, a literal or `NULL`). `SET` expressions read the row as it was before the
+/// update, so the attempt number, worker and start are the ending attempt's even when the
+/// same statement clears the lease or gives the attempt back. A history that is not valid
+/// JSON (written by another tool) starts over rather than failing the write that ends the
+/// attempt.
+macro_rules! attempts_appended {
+    ($outcome:literal, $now:literal, $error:literal) => {
+        concat!(
+            "json_insert(CASE WHEN json_valid(attempts) THEN attempts ELSE '[]' END, \
+             '$[#]', json_object('attempt', attempt, 'worker', lease_holder, \
+             'started_at', coalesce(started_at, ",
+            $now,
+            "), 'finished_at', ",
+            $now,
+            ", 'outcome', '",
+            $outcome,
+            "', 'error', ",
+            $error,
+            "))"
+        )
+    };
+}
+
+/// The `SET` term `attempts = ` [`attempts_appended!`]: appends the ending attempt to the
+/// job's history in the statement that ends it, so recording it costs no extra statement.
+macro_rules! append_attempt {
+    ($outcome:literal, $now:literal, $error:literal) => {
+        concat!("attempts = ", attempts_appended!($outcome, $now, $error))
+    };
+}
 
 mod enqueue;
 mod error;

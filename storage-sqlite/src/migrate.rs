@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 /// The newest schema version this library knows. A file at a higher version is refused
 /// with [`Error::SchemaTooNew`].
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 struct Migration {
     version: i64,
@@ -44,6 +44,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 5,
         name: "observability",
         sql: include_str!("../migrations/0005_observability.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "timeline",
+        sql: include_str!("../migrations/0006_timeline.sql"),
     },
 ];
 

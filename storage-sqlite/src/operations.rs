@@ -38,8 +38,9 @@ const FINISH_FAIL: &str = "UPDATE durable_jobs SET status = 'failed', last_error
      completed_at = ?3, updated_at = ?3 \
      WHERE id = ?1 AND status IN ('pending', 'retrying', 'waiting') RETURNING parent_id";
 
-/// Checkpoints, signals and tags go with their job (foreign keys cascade).
-const PURGE: &str = "DELETE FROM durable_jobs \
+/// Checkpoints, signals and tags go with their job (foreign keys cascade), the attempt
+/// history with its row. Walks the index of finished jobs by finish time.
+pub(crate) const PURGE: &str = "DELETE FROM durable_jobs \
      WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at < ?1";
 
 /// A schedule cursor as stored: RFC 3339 in UTC with nanoseconds, fixed width, so equal

@@ -2,11 +2,12 @@
 //! thread's inside its transaction, or a reader's). Times are integer microseconds since
 //! the Unix epoch, from the storage's clock.
 
-use crate::error::{bad_json, QResult};
+use crate::error::{bad_json, QResult, QueryError};
 use chrono::{DateTime, Utc};
 use durable_jobs::{
-    Checkpoint, CheckpointOutcome, ClaimedJob, Completion, DequeueParams, Error, Failure, Job,
-    JobId, JobStatus, Lease, LeaseInfo, ReleasedJob, StaleLocks,
+    AttemptOutcome, AttemptRecord, Checkpoint, CheckpointOutcome, ClaimedJob, Completion,
+    DequeueParams, Error, Failure, Job, JobId, JobStatus, Lease, LeaseInfo, QueueCount,
+    ReleasedJob, StaleLocks, StorageErrorKind,
 };
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
@@ -18,46 +19,97 @@ use std::time::Duration;
 pub(crate) const JOB_COLUMNS: &str =
     "id, task, payload, queue, priority, status, attempt, max_attempts, \
      run_at, lease_holder, lease_token, lease_expires_at, last_error, result, dedupe_key, \
-     timeout_ms, created_at, started_at, completed_at, updated_at, trace_context";
+     timeout_ms, created_at, started_at, completed_at, updated_at, trace_context, \
+     parent_id, serial_key, flags, tags";
 
 pub(crate) const UNFINISHED: &str = "('pending', 'retrying', 'running', 'waiting')";
 
 /// The fence every lease-holding write carries: same job, running, same token.
 pub(crate) const FENCE: &str = "id = ?1 AND status = 'running' AND lease_token = ?2";
 
-const COMPLETE: &str = "UPDATE durable_jobs SET status = 'completed', result = ?3, \
-     completed_at = ?4, updated_at = ?4, lease_holder = NULL, lease_token = NULL, \
+// Each statement that ends an attempt appends it to the job's history in the same
+// write (`append_attempt!`): no extra statement, no extra round trip.
+
+const COMPLETE: &str = concat!(
+    "UPDATE durable_jobs SET status = 'completed', result = ?3, \
+     completed_at = ?4, updated_at = ?4, ",
+    append_attempt!("completed", "?4", "NULL"),
+    ", lease_holder = NULL, lease_token = NULL, \
      lease_expires_at = NULL WHERE id = ?1 AND status = 'running' AND lease_token = ?2 \
-     RETURNING parent_id";
+     RETURNING parent_id"
+);
 
-const FAIL_RETRY: &str = "UPDATE durable_jobs SET status = 'retrying', last_error = ?3, \
-     run_at = ?5, updated_at = ?4, lease_holder = NULL, lease_token = NULL, \
-     lease_expires_at = NULL WHERE id = ?1 AND status = 'running' AND lease_token = ?2";
+const FAIL_RETRY: &str = concat!(
+    "UPDATE durable_jobs SET status = 'retrying', last_error = ?3, \
+     run_at = ?5, updated_at = ?4, ",
+    append_attempt!("retrying", "?4", "?3"),
+    ", lease_holder = NULL, lease_token = NULL, \
+     lease_expires_at = NULL WHERE id = ?1 AND status = 'running' AND lease_token = ?2"
+);
 
-const FAIL_TERMINAL: &str = "UPDATE durable_jobs SET status = 'failed', last_error = ?3, \
-     completed_at = ?4, updated_at = ?4, lease_holder = NULL, lease_token = NULL, \
+const FAIL_TERMINAL: &str = concat!(
+    "UPDATE durable_jobs SET status = 'failed', last_error = ?3, \
+     completed_at = ?4, updated_at = ?4, ",
+    append_attempt!("failed", "?4", "?3"),
+    ", lease_holder = NULL, lease_token = NULL, \
      lease_expires_at = NULL WHERE id = ?1 AND status = 'running' AND lease_token = ?2 \
-     RETURNING parent_id";
+     RETURNING parent_id"
+);
 
-const RELEASE: &str = "UPDATE durable_jobs SET attempt = attempt - 1, \
+const RELEASE: &str = concat!(
+    "UPDATE durable_jobs SET attempt = attempt - 1, \
      status = CASE WHEN attempt - 1 > 0 THEN 'retrying' ELSE 'pending' END, \
-     run_at = ?3, updated_at = ?3, lease_holder = NULL, lease_token = NULL, \
-     lease_expires_at = NULL WHERE id = ?1 AND status = 'running' AND lease_token = ?2";
+     run_at = ?3, updated_at = ?3, ",
+    append_attempt!("released", "?3", "NULL"),
+    ", lease_holder = NULL, lease_token = NULL, \
+     lease_expires_at = NULL WHERE id = ?1 AND status = 'running' AND lease_token = ?2"
+);
 
 const HEARTBEAT: &str = "UPDATE durable_jobs SET lease_expires_at = ?3, updated_at = ?4 \
      WHERE id = ?1 AND status = 'running' AND lease_token = ?2";
 
-const RECLAIM: &str = "UPDATE durable_jobs SET \
+const RECLAIM: &str = concat!(
+    "UPDATE durable_jobs SET \
      status = CASE WHEN attempt < max_attempts THEN 'retrying' ELSE 'failed' END, \
      run_at = CASE WHEN attempt < max_attempts THEN ?1 ELSE run_at END, \
      completed_at = CASE WHEN attempt < max_attempts THEN NULL ELSE ?1 END, \
-     last_error = 'lease expired: the worker stopped heartbeating', \
-     updated_at = ?1, lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL \
+     last_error = 'lease expired: the worker stopped heartbeating', ",
+    append_attempt!(
+        "reclaimed",
+        "?1",
+        "'lease expired: the worker stopped heartbeating'"
+    ),
+    ", updated_at = ?1, lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL \
      WHERE status = 'running' AND lease_expires_at <= ?1 \
-     RETURNING id, queue, task, attempt, status, parent_id";
+     RETURNING id, queue, task, attempt, status, parent_id"
+);
+
+/// A claimed row that does not decode (a payload that is not JSON, a value of the wrong
+/// type, written by another tool) fails at once, its attempt recorded as failed, inside
+/// the claim's transaction: it never reaches a worker and never blocks the claim again.
+/// `?4` is the claim's lease token, so only the row this claim just took is touched.
+const FAIL_CORRUPT: &str = concat!(
+    "UPDATE durable_jobs SET status = 'failed', last_error = ?3, \
+     completed_at = ?2, updated_at = ?2, ",
+    append_attempt!("failed", "?2", "?3"),
+    ", lease_holder = NULL, lease_token = NULL, \
+     lease_expires_at = NULL WHERE id = ?1 AND status = 'running' AND lease_token = ?4 \
+     RETURNING CASE WHEN typeof(parent_id) = 'integer' THEN parent_id END"
+);
 
 const SAVE_CHECKPOINT: &str = "INSERT OR REPLACE INTO durable_jobs_checkpoints \
-     (job_id, key, name, ok, value) VALUES (?1, ?2, ?3, ?4, ?5)";
+     (job_id, key, name, ok, value, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+/// The history and what the current attempt needs, without the job's other columns (so
+/// a row whose payload does not decode still shows its attempts).
+const ATTEMPTS: &str = "SELECT attempts, status, attempt, lease_holder, started_at, updated_at \
+     FROM durable_jobs WHERE id = ?1";
+
+/// Finished jobs per queue and final status since a time: reads only the covering,
+/// partial index of finished jobs (its WHERE matches this status term word for word).
+pub(crate) const FINISHED_COUNTS: &str = "SELECT queue, status, count(*) FROM durable_jobs \
+     WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at >= ?1 \
+     GROUP BY queue, status";
 
 /// A time as stored: microseconds since the Unix epoch.
 pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
@@ -87,6 +139,14 @@ pub(crate) fn json_text(v: &Value) -> QResult<String> {
 
 fn parse_json(column: &str, text: &str) -> QResult<Value> {
     Ok(serde_json::from_str(text).map_err(|e| bad_json(column, e))?)
+}
+
+/// A JSON array of strings stored on the job row (flags, tags); NULL is empty.
+fn string_list(column: &str, text: Option<String>) -> QResult<Vec<String>> {
+    match text {
+        None => Ok(Vec::new()),
+        Some(t) => Ok(serde_json::from_str(&t).map_err(|e| bad_json(column, e))?),
+    }
 }
 
 pub(crate) fn job_from_row(row: &Row<'_>) -> QResult<Job> {
@@ -124,6 +184,10 @@ pub(crate) fn job_from_row(row: &Row<'_>) -> QResult<Job> {
         completed_at: opt_time("completed_at", row.get(18)?)?,
         updated_at: time("updated_at", row.get(19)?)?,
         trace_context: row.get(20)?,
+        parent_id: row.get(21)?,
+        serial_key: row.get(22)?,
+        flags: string_list("flags", row.get(23)?)?,
+        tags: string_list("tags", row.get(24)?)?,
     })
 }
 
@@ -168,8 +232,11 @@ fn claimable_terms(t: &str, shape: ClaimShape) -> String {
     }
     if shape.flags > 0 {
         // Unflagged jobs (NULL) pass on one column read; only flagged ones parse JSON.
+        // Flags that are not valid JSON (written by another tool) do not fail the whole
+        // claim: the job is claimed, does not decode, and fails alone (see `dequeue`).
         sql.push_str(&format!(
-            " AND ({t}.flags IS NULL OR NOT EXISTS (SELECT 1 FROM json_each({t}.flags) \
+            " AND ({t}.flags IS NULL OR NOT EXISTS (SELECT 1 FROM json_each(\
+             CASE WHEN json_valid({t}.flags) THEN {t}.flags ELSE '[]' END) \
              WHERE value IN ({})))",
             marks(6 + shape.queues + shape.tasks, shape.flags)
         ));
@@ -250,20 +317,34 @@ pub(crate) fn dequeue(
         tasks: p.tasks.len(),
         flags: p.forbidden_flags.len(),
     };
-    let mut stmt = conn.prepare_cached(&claim_sql(shape))?;
-    let mut rows = stmt.query(params_from_iter(args))?;
     let mut out = Vec::with_capacity(p.limit.min(1024));
-    while let Some(row) = rows.next()? {
-        let job = job_from_row(row)?;
-        out.push(ClaimedJob {
-            lease: Lease {
-                job_id: job.id,
-                attempt: job.attempt,
-                token,
-                expires_at,
-            },
-            job,
-        });
+    let mut corrupt = Vec::new();
+    {
+        let mut stmt = conn.prepare_cached(&claim_sql(shape))?;
+        let mut rows = stmt.query(params_from_iter(args))?;
+        while let Some(row) = rows.next()? {
+            match job_from_row(row) {
+                Ok(job) => out.push(ClaimedJob {
+                    lease: Lease {
+                        job_id: job.id,
+                        attempt: job.attempt,
+                        token,
+                        expires_at,
+                    },
+                    job,
+                }),
+                Err(e) => {
+                    let e = Error::from(e);
+                    if e.storage_kind() != Some(StorageErrorKind::Corrupt) {
+                        return Err(e.into());
+                    }
+                    corrupt.push((row.get::<_, JobId>(0)?, e));
+                }
+            }
+        }
+    }
+    for (id, e) in corrupt {
+        fail_corrupt(conn, id, &e, now_us, token)?;
     }
     // RETURNING yields rows in no particular order; hand them out in claim order.
     out.sort_by(|a, b| {
@@ -274,6 +355,19 @@ pub(crate) fn dequeue(
         ))
     });
     Ok(out)
+}
+
+/// Fails a row the claim took but could not decode (see [`FAIL_CORRUPT`]), waking its
+/// parent as any final write does.
+fn fail_corrupt(conn: &Connection, id: JobId, e: &Error, now: i64, token: i64) -> QResult<()> {
+    let message = format!("the stored job could not be read, so it was failed: {e}");
+    tracing::error!(job_id = id, error = %e, "failed a claimed job whose stored row does not decode");
+    let parent: Option<Option<JobId>> = conn
+        .prepare_cached(FAIL_CORRUPT)?
+        .query_row(params![id, now, message, token], |r| r.get(0))
+        .optional()?;
+    wake_parent(conn, parent.flatten(), now)?;
+    Ok(())
 }
 
 /// Completes one leased job and wakes its parent. Fenced. True when a parent was woken.
@@ -411,8 +505,13 @@ pub(crate) fn release_stale_locks(
     ))
 }
 
-/// Stores a checkpoint. Fenced.
-pub(crate) fn save_checkpoint(conn: &Connection, lease: &Lease, cp: &Checkpoint) -> QResult<()> {
+/// Stores a checkpoint, written at `now`. Fenced.
+pub(crate) fn save_checkpoint(
+    conn: &Connection,
+    lease: &Lease,
+    cp: &Checkpoint,
+    now: i64,
+) -> QResult<()> {
     let held: Option<i64> = conn
         .prepare_cached(&format!("SELECT 1 FROM durable_jobs WHERE {FENCE}"))?
         .query_row(params![lease.job_id, lease.token], |r| r.get(0))
@@ -429,7 +528,8 @@ pub(crate) fn save_checkpoint(conn: &Connection, lease: &Lease, cp: &Checkpoint)
         cp.key,
         cp.name,
         ok,
-        value
+        value,
+        now
     ])?;
     Ok(())
 }
@@ -437,7 +537,8 @@ pub(crate) fn save_checkpoint(conn: &Connection, lease: &Lease, cp: &Checkpoint)
 /// A job's checkpoints in key order.
 pub(crate) fn checkpoints(conn: &Connection, job_id: JobId) -> QResult<Vec<Checkpoint>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT key, name, ok, value FROM durable_jobs_checkpoints WHERE job_id = ?1 ORDER BY key",
+        "SELECT key, name, ok, value, created_at FROM durable_jobs_checkpoints \
+         WHERE job_id = ?1 ORDER BY key",
     )?;
     let mut rows = stmt.query([job_id])?;
     let mut out = Vec::new();
@@ -452,6 +553,7 @@ pub(crate) fn checkpoints(conn: &Connection, job_id: JobId) -> QResult<Vec<Check
             } else {
                 CheckpointOutcome::Err(value)
             },
+            created_at: opt_time("created_at", row.get(4)?)?,
         });
     }
     Ok(out)
@@ -476,9 +578,161 @@ pub(crate) fn get_job(conn: &Connection, job_id: JobId) -> QResult<Option<Job>> 
     }
 }
 
+fn bad_history(job_id: JobId, what: &str) -> QueryError {
+    crate::error::corrupt(format!("sqlite: column `attempts` of job {job_id} {what}")).into()
+}
+
+/// One ended attempt as the history column stores it: an object with `attempt`,
+/// `worker`, `started_at` and `finished_at` (microseconds), `outcome` and `error`.
+fn stored_attempt(job_id: JobId, v: &Value) -> QResult<AttemptRecord> {
+    let int = |key: &str| v.get(key).and_then(Value::as_i64);
+    let text = |key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
+    let attempt = int("attempt")
+        .and_then(|a| i32::try_from(a).ok())
+        .ok_or_else(|| bad_history(job_id, "holds an attempt without its number"))?;
+    let started_at = int("started_at")
+        .ok_or_else(|| bad_history(job_id, "holds an attempt without its start"))?;
+    let outcome = v.get("outcome").and_then(Value::as_str).unwrap_or_default();
+    let outcome = AttemptOutcome::parse(outcome).ok_or_else(|| {
+        bad_history(
+            job_id,
+            &format!("holds an unknown attempt outcome `{outcome}`"),
+        )
+    })?;
+    Ok(AttemptRecord {
+        attempt,
+        worker: text("worker"),
+        started_at: time("attempts.started_at", started_at)?,
+        finished_at: opt_time("attempts.finished_at", int("finished_at"))?,
+        outcome,
+        error: text("error"),
+    })
+}
+
+/// A job's attempts, oldest first, then its current one while it runs; see
+/// [`durable_jobs::Storage::list_attempts`].
+pub(crate) fn list_attempts(conn: &Connection, job_id: JobId) -> QResult<Vec<AttemptRecord>> {
+    type Row = (
+        Option<String>,
+        String,
+        i32,
+        Option<String>,
+        Option<i64>,
+        i64,
+    );
+    let row: Option<Row> = conn
+        .prepare_cached(ATTEMPTS)?
+        .query_row([job_id], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })
+        .optional()?;
+    let Some((history, status, attempt, holder, started_at, updated_at)) = row else {
+        return Ok(Vec::new());
+    };
+    let stored = match history {
+        Some(text) => match parse_json("attempts", &text)? {
+            Value::Array(items) => items,
+            _ => return Err(bad_history(job_id, "is not a JSON array")),
+        },
+        None => Vec::new(),
+    };
+    let mut out = Vec::with_capacity(stored.len() + 1);
+    for item in &stored {
+        out.push(stored_attempt(job_id, item)?);
+    }
+    if status == JobStatus::Running.as_str() {
+        out.push(AttemptRecord {
+            attempt,
+            worker: holder,
+            started_at: time("started_at", started_at.unwrap_or(updated_at))?,
+            finished_at: None,
+            outcome: AttemptOutcome::Running,
+            error: None,
+        });
+    }
+    Ok(out)
+}
+
+/// Jobs per queue and final status that finished at or after `since` (microseconds,
+/// rounded up by the caller), by queue then status.
+pub(crate) fn finished_counts(conn: &Connection, since: i64) -> QResult<Vec<QueueCount>> {
+    let mut stmt = conn.prepare_cached(FINISHED_COUNTS)?;
+    let mut rows = stmt.query([since])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let status: String = row.get(1)?;
+        let count: i64 = row.get(2)?;
+        out.push(QueueCount {
+            queue: row.get(0)?,
+            status: status.parse()?,
+            count: u64::try_from(count).unwrap_or(0),
+        });
+    }
+    out.sort_by(|a, b| (&a.queue, a.status).cmp(&(&b.queue, b.status)));
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("prepare");
+        let n = stmt.parameter_count();
+        let args: Vec<SqlValue> = (0..n).map(|_| SqlValue::Integer(0)).collect();
+        stmt.query_map(params_from_iter(args), |r| r.get::<_, String>(3))
+            .expect("plan")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("rows")
+            .join("\n")
+    }
+
+    /// Counting finished jobs reads only the covering index of finished jobs, and
+    /// purging walks it, instead of scanning every job.
+    #[test]
+    fn finish_time_queries_use_the_finished_index() {
+        let conn = Connection::open_in_memory().expect("open");
+        crate::migrate::migrate(&conn, 0).expect("migrate");
+        let counts = plan(&conn, FINISHED_COUNTS);
+        assert!(
+            counts.contains("USING COVERING INDEX durable_jobs_finished"),
+            "{counts}"
+        );
+        let purge = plan(&conn, crate::operations::PURGE);
+        assert!(purge.contains("durable_jobs_finished"), "{purge}");
+    }
+
+    /// Every statement that ends an attempt records it under a name the history reader
+    /// knows.
+    #[test]
+    fn recorded_outcomes_are_known() {
+        for sql in [
+            COMPLETE,
+            FAIL_RETRY,
+            FAIL_TERMINAL,
+            RELEASE,
+            RECLAIM,
+            FAIL_CORRUPT,
+            crate::workflow::SUSPEND,
+            crate::workflow::CANCEL_SUBTREE,
+        ] {
+            let name = sql
+                .split("'outcome', '")
+                .nth(1)
+                .and_then(|rest| rest.split('\'').next())
+                .expect("the statement appends an attempt");
+            assert!(AttemptOutcome::parse(name).is_some(), "{name}");
+        }
+    }
 
     /// The claim must walk the partial claim index, not scan the table and sort.
     #[test]

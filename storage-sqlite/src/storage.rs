@@ -15,9 +15,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use durable_jobs::job::new_lease_token;
 use durable_jobs::{
-    AdvanceScheduleParams, Capabilities, Checkpoint, ClaimedJob, Clock, Completion, DequeueParams,
-    Enqueued, Failure, Job, JobFilter, JobId, Lease, ManualOutcome, NewJob, QueueCount, Result,
-    ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage, TakeSignalsParams, WorkerRecord,
+    AdvanceScheduleParams, AttemptRecord, Capabilities, Checkpoint, ClaimedJob, Clock, Completion,
+    DequeueParams, Enqueued, Failure, Job, JobFilter, JobId, Lease, ManualOutcome, NewJob,
+    QueueCount, Result, ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage,
+    TakeSignalsParams, WorkerRecord,
 };
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
@@ -315,7 +316,13 @@ impl Storage for SqliteStorage {
     }
 
     async fn now(&self) -> Result<DateTime<Utc>> {
-        Ok(self.now_dt())
+        // At the resolution times are stored in (whole microseconds): a time read here
+        // and written back (a reschedule to now, a wake time of now + d) is stored as
+        // read, so it is due at the instant it names rather than a fraction of a
+        // microsecond later (stored times are rounded up, and a clock that does not move,
+        // as a manual one in tests, would never reach it).
+        let us = self.now_us();
+        Ok(DateTime::from_timestamp_micros(us).unwrap_or_else(|| self.now_dt()))
     }
 
     async fn enqueue(&self, job: NewJob) -> Result<Enqueued> {
@@ -458,8 +465,9 @@ impl Storage for SqliteStorage {
     }
 
     async fn checkpoint(&self, lease: &Lease, checkpoint: Checkpoint) -> Result<()> {
+        let now = self.now_us();
         let lease = lease.clone();
-        self.write(move |c| query::save_checkpoint(c, &lease, &checkpoint))
+        self.write(move |c| query::save_checkpoint(c, &lease, &checkpoint, now))
             .await
     }
 
@@ -482,6 +490,17 @@ impl Storage for SqliteStorage {
 
     async fn counts(&self) -> Result<Vec<QueueCount>> {
         self.read(filter::counts).await
+    }
+
+    async fn finished_counts(&self, since: DateTime<Utc>) -> Result<Vec<QueueCount>> {
+        // Rounded up: a job stored at whole microseconds finished at or after `since`
+        // exactly when its stored time is at or after the rounded-up bound.
+        let since = workflow::micros_ceil(since);
+        self.read(move |c| query::finished_counts(c, since)).await
+    }
+
+    async fn list_attempts(&self, job_id: JobId) -> Result<Vec<AttemptRecord>> {
+        self.read(move |c| query::list_attempts(c, job_id)).await
     }
 
     async fn cancel(&self, job_id: JobId) -> Result<bool> {
@@ -549,7 +568,8 @@ impl Storage for SqliteStorage {
             key,
         } = params;
         let (lease, name, key) = (lease.clone(), name.to_string(), key.to_string());
-        self.write(move |c| workflow::take_signals(c, &lease, &name, limit, &key))
+        let now = self.now_us();
+        self.write(move |c| workflow::take_signals(c, &lease, &name, limit, &key, now))
             .await
     }
 

@@ -23,10 +23,14 @@ const WAKE: &str = "UPDATE durable_jobs SET \
 
 /// Suspends a leased job: waiting, attempt given back, due at the wake time or at once
 /// when a wake request arrived while it ran.
-const SUSPEND: &str = "UPDATE durable_jobs SET status = 'waiting', attempt = attempt - 1, \
-     run_at = CASE WHEN wake_requested <> 0 THEN ?3 ELSE ?4 END, wake_requested = 0, \
-     updated_at = ?3, lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL \
-     WHERE id = ?1 AND status = 'running' AND lease_token = ?2";
+/// The suspended attempt goes into the job's history in the same statement.
+pub(crate) const SUSPEND: &str = concat!(
+    "UPDATE durable_jobs SET status = 'waiting', attempt = attempt - 1, \
+     run_at = CASE WHEN wake_requested <> 0 THEN ?3 ELSE ?4 END, wake_requested = 0, ",
+    append_attempt!("suspended", "?3", "NULL"),
+    ", updated_at = ?3, lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL \
+     WHERE id = ?1 AND status = 'running' AND lease_token = ?2"
+);
 
 /// Waiting parents not yet due, one of whose children finished after the parent last
 /// changed. On SQLite the child's own transaction wakes its parent, so this only meets
@@ -49,12 +53,18 @@ const HEAL_WINDOW_END: &str = "SELECT max(id) FROM (SELECT id FROM durable_jobs 
 pub(crate) const HEAL_WINDOW: i64 = 1000;
 
 /// The job and all its descendants. UNION (not UNION ALL) stops on a cycle, which a
-/// hand-edited file could contain.
-const CANCEL_SUBTREE: &str = "WITH RECURSIVE subtree(id) AS (\
+/// hand-edited file could contain. A running job's attempt goes into its history as
+/// cancelled in the same statement.
+pub(crate) const CANCEL_SUBTREE: &str = concat!(
+    "WITH RECURSIVE subtree(id) AS (\
        SELECT ?1 UNION SELECT j.id FROM durable_jobs j JOIN subtree s ON j.parent_id = s.id) \
      UPDATE durable_jobs SET status = 'cancelled', completed_at = ?2, updated_at = ?2, \
+       attempts = CASE WHEN status = 'running' THEN ",
+    attempts_appended!("cancelled", "?2", "NULL"),
+    " ELSE attempts END, \
        lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL, wake_requested = 0 \
-     WHERE id IN (SELECT id FROM subtree) AND status IN ";
+     WHERE id IN (SELECT id FROM subtree) AND status IN "
+);
 
 const INSERT_SIGNAL: &str = "INSERT INTO durable_jobs_signals (job_id, name, payload, created_at) \
      VALUES (?1, ?2, ?3, ?4)";
@@ -63,7 +73,7 @@ const OLDEST_SIGNALS: &str = "SELECT id, payload FROM durable_jobs_signals \
      WHERE job_id = ?1 AND name = ?2 ORDER BY id LIMIT ?3";
 
 const SAVE_CHECKPOINT: &str = "INSERT OR REPLACE INTO durable_jobs_checkpoints \
-     (job_id, key, name, ok, value) VALUES (?1, ?2, ?3, 1, ?4)";
+     (job_id, key, name, ok, value, created_at) VALUES (?1, ?2, ?3, 1, ?4, ?5)";
 
 fn lease_lost<T>(lease: &Lease) -> QResult<T> {
     Err(Error::LeaseLost {
@@ -92,16 +102,18 @@ fn status_of(conn: &Connection, job_id: JobId) -> QResult<Option<JobStatus>> {
     Ok(status.map(|s| s.parse::<JobStatus>()).transpose()?)
 }
 
+/// Stores a successful checkpoint written at `now`.
 fn put_checkpoint(
     conn: &Connection,
     job_id: JobId,
     key: &str,
     name: &str,
     v: &Value,
+    now: i64,
 ) -> QResult<()> {
     let text = serde_json::to_string(v).map_err(Error::from)?;
     conn.prepare_cached(SAVE_CHECKPOINT)?
-        .execute(params![job_id, key, name, text])?;
+        .execute(params![job_id, key, name, text, now])?;
     Ok(())
 }
 
@@ -165,7 +177,14 @@ pub(crate) fn spawn_children(
         job.parent_id = Some(lease.job_id);
         ids.push(crate::enqueue::insert_job(conn, &job, now)?.id);
     }
-    put_checkpoint(conn, lease.job_id, key, name, &serde_json::json!(ids))?;
+    put_checkpoint(
+        conn,
+        lease.job_id,
+        key,
+        name,
+        &serde_json::json!(ids),
+        query::micros(now),
+    )?;
     Ok(ids)
 }
 
@@ -202,6 +221,7 @@ pub(crate) fn take_signals(
     name: &str,
     limit: usize,
     key: &str,
+    now: i64,
 ) -> QResult<Vec<Value>> {
     check_fence(conn, lease)?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -233,6 +253,7 @@ pub(crate) fn take_signals(
             key,
             &format!("signal:{name}"),
             &Value::Array(taken.clone()),
+            now,
         )?;
     }
     Ok(taken)

@@ -18,7 +18,7 @@ pub use params::{
     ManualOutcome, QueueCount, ReleasedJob, SpawnChildrenParams, StaleLocks,
     TakeSignalsParams,
 };
-pub use record::{ScheduleRecord, WorkerQueue, WorkerRecord};
+pub use record::{AttemptOutcome, AttemptRecord, ScheduleRecord, WorkerQueue, WorkerRecord};
 
 use crate::error::Result;
 use crate::job::{Checkpoint, Enqueued, Job, JobId, Lease, NewJob};
@@ -111,8 +111,20 @@ pub trait Storage: Send + Sync + 'static {
     /// Jobs matching the filter, by ascending id.
     async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>>;
 
-    /// The number of jobs per queue and status (zero counts omitted).
+    /// The number of jobs per queue and status (zero counts omitted), in no particular
+    /// order.
     async fn counts(&self) -> Result<Vec<QueueCount>>;
+
+    /// The number of jobs per queue and final status (completed, failed, cancelled) that
+    /// finished at or after `since` (zero counts omitted), by queue, then status in
+    /// lifecycle order.
+    async fn finished_counts(&self, since: DateTime<Utc>) -> Result<Vec<QueueCount>>;
+
+    /// A job's attempt history, oldest first: one record per ended attempt (appended in
+    /// the same write that ended it: complete, fail, release, suspend, a stale lock's
+    /// release, a cancel of a running job), then, while the job runs, its current attempt
+    /// as `running`. Empty for a job that never ran or does not exist.
+    async fn list_attempts(&self, job_id: JobId) -> Result<Vec<AttemptRecord>>;
 
     /// Cancels a job that has not finished: pending, retrying or waiting jobs become
     /// cancelled at once; a running job becomes cancelled and its lease stops being
@@ -182,7 +194,8 @@ pub trait Storage: Send + Sync + 'static {
 
     // ----- Workflows: checkpoints, suspension, children, signals -----
 
-    /// Stores a checkpoint for the leased job, replacing one with the same key. Fenced.
+    /// Stores a checkpoint for the leased job, replacing one with the same key, with
+    /// `created_at` set to the storage clock's now. Fenced.
     async fn checkpoint(&self, lease: &Lease, checkpoint: Checkpoint) -> Result<()>;
 
     /// All checkpoints of a job, in key order.

@@ -258,6 +258,7 @@ pub async fn stale_lease_cannot_checkpoint<H: ConformanceHarness>(h: &H) {
         key: "0".into(),
         name: "step".into(),
         outcome: CheckpointOutcome::Ok(json!("stale")),
+        created_at: None,
     };
     assert_lease_lost(s.checkpoint(&old.lease, cp).await);
     assert!(s
@@ -464,6 +465,7 @@ pub async fn checkpoints_roundtrip<H: ConformanceHarness>(h: &H) {
         key: key.into(),
         name: name.into(),
         outcome,
+        created_at: None,
     };
     s.checkpoint(&lease, cp("0", "a", CheckpointOutcome::Ok(json!(1))))
         .await
@@ -484,6 +486,18 @@ pub async fn checkpoints_roundtrip<H: ConformanceHarness>(h: &H) {
         .await
         .expect("save other");
     let got = s.list_checkpoints(id).await.expect("checkpoints");
+    let now = s.now().await.expect("now");
+    for c in &got {
+        let at = c.created_at.expect("storage records when a checkpoint was written");
+        assert!((now - at).num_seconds().abs() < 5, "written at {at}, now {now}");
+    }
+    let got: Vec<Checkpoint> = got
+        .into_iter()
+        .map(|c| Checkpoint {
+            created_at: None,
+            ..c
+        })
+        .collect();
     assert_eq!(
         got,
         vec![

@@ -5,6 +5,7 @@ pub mod conformance;
 pub mod engine;
 pub mod engine_observability;
 pub mod observability_conformance;
+pub mod timeline_conformance;
 pub mod operations_conformance;
 pub mod workflow_conformance;
 
@@ -106,6 +107,12 @@ macro_rules! storage_conformance_tests {
             worker_registry_records_renews_and_removes,
             trace_context_is_stored_with_the_job,
             release_stale_locks_reports_released_jobs,
+        );
+        $crate::__conformance_cases!(timeline_conformance, $harness;
+            job_carries_parent_tags_flags_and_serial_key,
+            attempt_history_records_each_attempt,
+            attempt_history_records_reclaims_cancels_and_goes_with_the_job,
+            finished_counts_since_a_time,
         );
     };
 }

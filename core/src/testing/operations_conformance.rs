@@ -330,6 +330,7 @@ pub async fn retry_jobs_requeues_failed_jobs<H: ConformanceHarness>(h: &H) {
             key: "0".into(),
             name: "a".into(),
             outcome: CheckpointOutcome::Ok(json!(1)),
+            created_at: None,
         };
         s.checkpoint(&c.lease, cp).await.expect("save");
         s.fail(
@@ -452,6 +453,7 @@ pub async fn purge_finished_removes_old_jobs<H: ConformanceHarness>(h: &H) {
         key: "0".into(),
         name: "a".into(),
         outcome: CheckpointOutcome::Ok(json!(1)),
+        created_at: None,
     };
     s.checkpoint(&c.lease, cp).await.expect("save");
     s.complete(&c.lease, json!(null)).await.expect("complete");

@@ -292,6 +292,7 @@ pub async fn delete_job_removes_job_and_checkpoints<H: ConformanceHarness>(h: &H
         key: "0".into(),
         name: "a".into(),
         outcome: crate::CheckpointOutcome::Ok(json!(1)),
+        created_at: None,
     };
     s.checkpoint(&c.lease, cp).await.expect("save");
     assert!(matches!(

@@ -102,6 +102,7 @@ where
                 key: key.to_string(),
                 name: name.to_string(),
                 outcome: outcome.clone(),
+                created_at: None,
             })
             .await
             .map_err(TaskError::from_engine)?;

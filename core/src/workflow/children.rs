@@ -173,6 +173,7 @@ impl JobContext {
             key: key.to_string(),
             name,
             outcome: CheckpointOutcome::Ok(json!(ids)),
+            created_at: None,
         })
         .await
         .map_err(engine)?;
@@ -221,6 +222,7 @@ impl JobContext {
             key: key.to_string(),
             name,
             outcome: outcome.clone(),
+            created_at: None,
         })
         .await
         .map_err(engine)?;

@@ -71,6 +71,7 @@ impl JobContext {
                 key: key.to_string(),
                 name: signal_name(&name),
                 outcome: CheckpointOutcome::Ok(Value::Array(Vec::new())),
+                created_at: None,
             })
             .await
             .map_err(engine)?;
@@ -125,6 +126,7 @@ impl JobContext {
                         key: key.to_string(),
                         name: signal_name(&name),
                         outcome: CheckpointOutcome::Ok(Value::Array(taken.clone())),
+                        created_at: None,
                     };
                     if taken.is_empty() {
                         ctx.save_checkpoint(cp).await.map_err(engine)?;
@@ -172,6 +174,7 @@ impl JobContext {
                 key: key.to_string(),
                 name: signal_name(name),
                 outcome: CheckpointOutcome::Ok(Value::Array(taken.clone())),
+                created_at: None,
             })
             .await
             .map_err(TaskError::from_engine)?;
@@ -202,6 +205,7 @@ impl JobContext {
             key: dkey,
             name: deadline_name(name),
             outcome: CheckpointOutcome::Ok(serde_json::json!(at)),
+            created_at: None,
         })
         .await
         .map_err(engine)?;

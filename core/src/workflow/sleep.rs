@@ -66,6 +66,7 @@ impl JobContext {
                         key: key.to_string(),
                         name: SLEEP.into(),
                         outcome: CheckpointOutcome::Ok(serde_json::json!(at)),
+                        created_at: None,
                     })
                     .await
                     .map_err(engine)?;

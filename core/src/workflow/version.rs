@@ -59,6 +59,7 @@ impl JobContext {
                 key: key.to_string(),
                 name: format!("version:{change_id}"),
                 outcome: CheckpointOutcome::Ok(serde_json::json!(v)),
+                created_at: None,
             })
             .await
             .map_err(engine)?;

@@ -73,8 +73,10 @@ async fn uniform_bulk_enqueue_stores_the_shared_columns_on_every_job() {
         assert_eq!(j.timeout_ms, Some(4_321));
         assert_eq!(j.max_attempts, 2);
         assert_eq!(j.status, JobStatus::Pending);
+        assert_eq!(j.parent_id, Some(parent));
+        assert_eq!(j.serial_key.as_deref(), Some("sk"));
     }
-    // Parent and serial key reach their columns (the Job type does not carry them).
+    // Parent and serial key reach their columns.
     assert_eq!(children_and_keyed(&t, parent).await, (2_500, 2_500));
     // A fixed run_at shared by the batch is stored as given.
     let at = Utc::now() + ChronoDuration::hours(5);
@@ -153,7 +155,7 @@ async fn plain_bulk_enqueue_keeps_input_order_and_every_column() {
             }
         );
     }
-    // Parent and serial key reach their columns (the Job type does not carry them).
+    // Parent and serial key reach their columns.
     assert_eq!(children_and_keyed(&t, parent).await, (600, 600));
     t.drop_schema().await.expect("drop");
 }

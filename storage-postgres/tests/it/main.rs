@@ -10,6 +10,7 @@ mod migrate;
 mod operations;
 mod pool;
 mod sql_api;
+mod timeline;
 mod workflow;
 
 use durable_jobs_postgres::testing::TestSchema;

@@ -78,6 +78,7 @@ async fn version_one_file_is_upgraded_on_open() {
             key: "0".into(),
             name: "step".into(),
             outcome: durable_jobs::CheckpointOutcome::Ok(json!(1)),
+            created_at: None,
         },
     )
     .await
@@ -375,6 +376,103 @@ async fn version_four_file_gains_observability_on_upgrade() {
     .await
     .expect("register on the upgraded file");
     assert_eq!(s.list_workers().await.expect("list").len(), 1);
+    s.close().await;
+    assert_eq!(migration_rows(&db.path()).len() as i64, SCHEMA_VERSION);
+}
+
+/// A file at version 5 (observability, before the timeline) upgrades to version 6: its
+/// tags are carried onto the job row, its checkpoints have no write time, its finished
+/// jobs are counted by finish time and have an empty history, and new attempts are
+/// recorded.
+#[tokio::test]
+async fn version_five_file_gains_the_timeline_on_upgrade() {
+    let db = TempDb::fresh();
+    {
+        let conn = Connection::open(db.path()).expect("create the old file");
+        for sql in [
+            include_str!("../../migrations/0001_jobs.sql"),
+            include_str!("../../migrations/0002_checkpoints.sql"),
+            include_str!("../../migrations/0003_workflows.sql"),
+            include_str!("../../migrations/0004_operations.sql"),
+            include_str!("../../migrations/0005_observability.sql"),
+        ] {
+            conn.execute_batch(sql).expect("apply an old migration");
+        }
+        conn.execute_batch(
+            "CREATE TABLE durable_jobs_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL);
+             INSERT INTO durable_jobs_migrations VALUES (1, 'jobs', 0), (2, 'checkpoints', 0), (3, 'workflows', 0), (4, 'operations', 0), (5, 'observability', 0);
+             INSERT INTO durable_jobs (id, task, payload, queue, priority, status, max_attempts, run_at, flags, serial_key, created_at, updated_at)
+             VALUES (1, 't', '{\"old\":5}', 'default', 0, 'pending', 4, 0, '[\"slow\"]', 'acct', 0, 0);
+             INSERT INTO durable_jobs_tags VALUES (1, 'eu'), (1, 'billing');
+             INSERT INTO durable_jobs_checkpoints VALUES (1, '0', 'step', 1, '7');
+             INSERT INTO durable_jobs (id, task, payload, queue, priority, status, attempt, max_attempts, run_at, created_at, started_at, completed_at, updated_at)
+             VALUES (2, 't', '{}', 'mail', 0, 'completed', 1, 4, 0, 0, 0, 5, 5);",
+        )
+        .expect("seed version 5 jobs");
+    }
+    let clock = ManualClock::new();
+    let s = db.open(&clock).await;
+    assert_eq!(s.schema_version().await.expect("version"), SCHEMA_VERSION);
+
+    let old = s.get_job(1).await.expect("get").expect("exists");
+    assert_eq!(old.tags, ["billing", "eu"], "tags moved onto the job row");
+    assert_eq!(old.flags, ["slow"]);
+    assert_eq!(old.serial_key.as_deref(), Some("acct"));
+    let cps = s.list_checkpoints(1).await.expect("checkpoints");
+    assert_eq!(cps.len(), 1);
+    assert_eq!(cps[0].created_at, None, "written before the column existed");
+    assert!(s.list_attempts(2).await.expect("attempts").is_empty());
+    let epoch = chrono::DateTime::from_timestamp(0, 0).expect("epoch");
+    let finished = s.finished_counts(epoch).await.expect("finished counts");
+    assert_eq!(finished.len(), 1);
+    assert_eq!(
+        (
+            finished[0].queue.as_str(),
+            finished[0].status,
+            finished[0].count
+        ),
+        ("mail", JobStatus::Completed, 1)
+    );
+
+    let claimed = s
+        .dequeue(DequeueParams {
+            queues: vec!["default".into()],
+            tasks: vec!["t".into()],
+            limit: 10,
+            lease_duration: Duration::from_secs(30),
+            holder: "test".into(),
+            forbidden_flags: Vec::new(),
+        })
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].job.tags, ["billing", "eu"]);
+    s.checkpoint(
+        &claimed[0].lease,
+        durable_jobs::Checkpoint {
+            key: "1".into(),
+            name: "next".into(),
+            outcome: durable_jobs::CheckpointOutcome::Ok(json!(8)),
+            created_at: None,
+        },
+    )
+    .await
+    .expect("checkpoint");
+    s.complete(&claimed[0].lease, json!("done"))
+        .await
+        .expect("complete");
+    let cps = s.list_checkpoints(1).await.expect("checkpoints");
+    assert_eq!(cps[1].created_at, Some(s.now().await.expect("now")));
+    let history = s.list_attempts(1).await.expect("attempts");
+    assert_eq!(history.len(), 1);
+    assert_eq!(
+        (
+            history[0].attempt,
+            history[0].worker.as_deref(),
+            history[0].outcome
+        ),
+        (1, Some("test"), durable_jobs::AttemptOutcome::Completed)
+    );
     s.close().await;
     assert_eq!(migration_rows(&db.path()).len() as i64, SCHEMA_VERSION);
 }

@@ -382,3 +382,92 @@ async fn missing_tables_are_a_schema_error() {
     assert_eq!(e.storage_kind(), Some(StorageErrorKind::Schema), "{e}");
     s.close().await;
 }
+
+/// A claimed row that does not decode (a payload or flags that are not JSON, written by
+/// another tool) fails alone inside the claim: the claim returns the good jobs, the
+/// corrupt ones end failed with a last_error that says why, and no claim meets them
+/// again, so a worker never loops on them.
+#[tokio::test]
+async fn corrupt_rows_fail_instead_of_blocking_the_claim() {
+    let db = TempDb::fresh();
+    let clock = ManualClock::new();
+    let s = db.open(&clock).await;
+    let ids: Vec<i64> = s
+        .enqueue_many(jobs(4))
+        .await
+        .expect("enqueue")
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    {
+        let conn = Connection::open(db.path()).expect("open raw");
+        conn.execute(
+            "UPDATE durable_jobs SET payload = '{not json' WHERE id = ?1",
+            [ids[1]],
+        )
+        .expect("write a broken payload");
+        conn.execute(
+            "UPDATE durable_jobs SET flags = '[not json' WHERE id = ?1",
+            [ids[2]],
+        )
+        .expect("write broken flags");
+    }
+    let mut p = params(10);
+    // The flag check reads the broken flags too: it must not fail the claim either.
+    p.forbidden_flags = vec!["gpu".into()];
+    let claimed = s.dequeue(p.clone()).await.expect("the claim goes on");
+    let got: Vec<i64> = claimed.iter().map(|c| c.job.id).collect();
+    assert_eq!(got, [ids[0], ids[3]], "the good jobs, in claim order");
+
+    let conn = Connection::open(db.path()).expect("open raw");
+    for (id, needle) in [(ids[1], "payload"), (ids[2], "flags")] {
+        let (status, error, completed, holder, token): (
+            String,
+            String,
+            Option<i64>,
+            Option<String>,
+            Option<i64>,
+        ) = conn
+            .query_row(
+                "SELECT status, last_error, completed_at, lease_holder, lease_token \
+                 FROM durable_jobs WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .expect("read the raw row");
+        assert_eq!(status, "failed");
+        assert!(
+            error.contains("could not be read") && error.contains(needle),
+            "last_error: {error}"
+        );
+        assert!(completed.is_some(), "it finished");
+        assert_eq!((holder, token), (None, None), "no lease left");
+        let history = s.list_attempts(id).await.expect("attempts");
+        assert_eq!(history.len(), 1, "{history:?}");
+        assert_eq!(history[0].attempt, 1);
+        assert_eq!(history[0].worker.as_deref(), Some("test"));
+        assert_eq!(history[0].outcome, durable_jobs::AttemptOutcome::Failed);
+        assert_eq!(history[0].error.as_deref(), Some(error.as_str()));
+        // Reading the job itself still reports the corruption, for an operator to see.
+        let e = s.get_job(id).await.expect_err("still undecodable");
+        assert_eq!(e.storage_kind(), Some(StorageErrorKind::Corrupt), "{e}");
+    }
+    assert!(
+        s.dequeue(p).await.expect("claim again").is_empty(),
+        "the corrupt jobs are not claimed again"
+    );
+    let failed: u64 = s
+        .counts()
+        .await
+        .expect("counts")
+        .iter()
+        .filter(|c| c.status == JobStatus::Failed)
+        .map(|c| c.count)
+        .sum();
+    assert_eq!(failed, 2);
+    // The operator deletes them.
+    for id in [ids[1], ids[2]] {
+        assert!(s.delete_job(id).await.expect("delete"));
+    }
+    s.close().await;
+}
