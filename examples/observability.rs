@@ -28,7 +28,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?
         .install_recorder()?;
 
-    let dir = std::env::temp_dir().join(format!("durable-jobs-observability-{}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("durable-jobs-observability-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let storage = SqliteStorage::open(dir.join("jobs.db")).await?;
     let queue = Queue::new(Arc::new(storage));
@@ -56,9 +57,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
 
     for px in [200, 800, 1600] {
-        queue.enqueue("resize_image", &px, JobOptions::new().queue("media")).await?;
+        queue
+            .enqueue("resize_image", &px, JobOptions::new().queue("media"))
+            .await?;
     }
-    queue.enqueue("send_email", &"ada@example.com", JobOptions::new()).await?;
+    queue
+        .enqueue("send_email", &"ada@example.com", JobOptions::new())
+        .await?;
     queue.enqueue("charge", &1299u64, JobOptions::new()).await?;
 
     let worker = Arc::new(Worker::new(
@@ -103,8 +108,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let text = prometheus.render();
     println!("{text}");
     assert!(
-        text.lines().any(|l| l.starts_with("durable_jobs_jobs_completed_total")
-            && !l.trim_end().ends_with(" 0")),
+        text.lines()
+            .any(|l| l.starts_with("durable_jobs_jobs_completed_total")
+                && !l.trim_end().ends_with(" 0")),
         "the exposition shows completed jobs"
     );
     assert!(

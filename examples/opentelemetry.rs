@@ -50,8 +50,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(collected.clone())
         .build();
+    // durable-jobs' job spans (enqueue, attempt, call, step) are at debug by default, so an
+    // app logging at info pays nothing per job; this app traces jobs, so it raises them to
+    // info (the per-storage-call spans stay at debug).
+    durable_jobs::trace::set_span_level(tracing::Level::INFO);
     let subscriber = tracing_subscriber::registry()
-        // durable-jobs' spans are at info (storage calls are at debug).
         .with(LevelFilter::INFO)
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("signup-service")));
     tracing::subscriber::set_global_default(subscriber)?;

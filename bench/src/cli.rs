@@ -28,9 +28,12 @@ OPTIONS:
   --worker LIST         more of our WorkerOptions for drains, key=value:
                         claim-batch, claims-in-flight, completion-batch,
                         completion-writers                          [library defaults]
-  --profile             time every storage call of our scenarios, print a breakdown
-  --experiment LIST     try a change on our side, see bench/README.md:
-                        prefetch=N
+  --profile             tally every storage call of our scenarios (a StorageLayer),
+                        print calls/items/time per storage method
+  --instrumented        before our queues and workers are made, install a tracing
+                        subscriber (fmt at info for durable_jobs*, to a sink) and a
+                        Prometheus metrics recorder (no listener), to measure what
+                        instrumentation costs                            [off]
   --timeout SECS        give up on one scenario after this long        [300]
   -h, --help            this text
 ";
@@ -63,8 +66,8 @@ pub struct Config {
     pub completion_batch: Option<usize>,
     /// See `claim_batch`.
     pub completion_writers: Option<usize>,
-    /// `--experiment prefetch=N` (0: off).
-    pub exp_prefetch: usize,
+    /// `--instrumented`: install a tracing subscriber and a metrics recorder.
+    pub instrumented: bool,
 }
 
 impl Config {
@@ -74,15 +77,6 @@ impl Config {
     pub fn scenario(&self, s: &str) -> bool {
         self.scenarios.iter().any(|x| x == s)
     }
-    /// A label for the experiments in force, empty when none.
-    pub fn experiments(&self) -> String {
-        let mut e = vec![];
-        if self.exp_prefetch > 0 {
-            e.push(format!("prefetch={}", self.exp_prefetch));
-        }
-        e.join(", ")
-    }
-
     pub fn system(&self, s: &str) -> bool {
         self.systems.iter().any(|x| x == s)
     }
@@ -140,7 +134,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
         claims_in_flight: None,
         completion_batch: None,
         completion_writers: None,
-        exp_prefetch: 0,
+        instrumented: false,
     };
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -155,6 +149,18 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
         if flag == "--profile" {
             c.profile = true;
             continue;
+        }
+        if flag == "--instrumented" {
+            c.instrumented = true;
+            continue;
+        }
+        if flag == "--experiment" {
+            return Err(
+                "--experiment was removed: its only experiment, prefetch=N, is now \
+                        the library's WorkerOptions::prefetch, see --prefetch N (and \
+                        --worker claim-batch=N for claims as large)"
+                    .into(),
+            );
         }
         const TAKES_VALUE: &[&str] = &[
             "--backend",
@@ -174,7 +180,6 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
             "--pool",
             "--database-url",
             "--timeout",
-            "--experiment",
             "--prefetch",
             "--worker",
         ];
@@ -219,18 +224,6 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
             }
             "--database-url" => c.database_url = value,
             "--timeout" => c.timeout = Duration::from_secs(num(&flag, &value)?),
-            "--experiment" => {
-                for e in list(&value) {
-                    match e.split_once('=') {
-                        Some(("prefetch", n)) => c.exp_prefetch = num(&flag, n)?,
-                        _ => {
-                            return Err(format!(
-                                "--experiment: unknown `{e}` (expected prefetch=N)"
-                            ))
-                        }
-                    }
-                }
-            }
             other => return Err(format!("unknown option `{other}` (see --help)")),
         }
     }
@@ -303,13 +296,19 @@ mod tests {
             "--timeout",
             "10",
             "--profile",
-            "--experiment",
-            "prefetch=11",
+            "--instrumented",
+            "--prefetch",
+            "11",
+            "--worker",
+            "claim-batch=12",
         ]))
         .unwrap()
         .unwrap();
-        assert_eq!((c.jobs, c.runs, c.batch, c.exp_prefetch), (5, 2, 3, 11));
-        assert!(c.profile);
+        assert_eq!((c.jobs, c.runs, c.batch, c.prefetch), (5, 2, 3, 11));
+        assert_eq!(c.claim_batch, Some(12));
+        assert!(c.profile && c.instrumented);
+        assert!(!parse(args(&[])).unwrap().unwrap().instrumented);
+        assert!(parse(args(&["--experiment", "prefetch=1"])).is_err());
         assert_eq!(c.concurrency, vec![1, 2]);
         // Every option the help text lists is one the parser knows.
         let options = USAGE.split("OPTIONS:").nth(1).unwrap_or_default();

@@ -3,6 +3,7 @@
 
 mod cli;
 mod graphile;
+mod instrument;
 mod ours;
 mod pgdb;
 mod profile;
@@ -80,12 +81,25 @@ async fn main() {
         cores(),
         loadavg()
     );
-    if !cfg.experiments().is_empty() {
-        println!(
-            "EXPERIMENTS on our side: {} (not what the library does today; see README)",
-            cfg.experiments()
-        );
-    }
+    // Before any queue or worker exists, so the library's metric handles bind to the
+    // recorder and its callsites see the subscriber.
+    let recorder = if cfg.instrumented {
+        match instrument::install() {
+            Ok(h) => {
+                println!(
+                    "INSTRUMENTED: tracing fmt subscriber (info, durable_jobs* targets, to a \
+                     sink) and Prometheus metrics recorder installed for our side"
+                );
+                Some(h)
+            }
+            Err(e) => {
+                eprintln!("error: --instrumented: {e}");
+                std::process::exit(2);
+            }
+        }
+    } else {
+        None
+    };
     let mut res = Results::default();
     let mut errors = vec![];
     for run in 1..=cfg.runs {
@@ -101,6 +115,9 @@ async fn main() {
         }
     }
     res.print(cfg.runs);
+    if let Some(h) = &recorder {
+        println!("instrumented: {}", instrument::summary(h));
+    }
     println!(
         "load average at end {} (other processes on this machine skew every figure)",
         loadavg()

@@ -2,10 +2,11 @@
 
 use crate::cli::Config;
 use crate::pgdb::FreshDb;
-use crate::profile::Timed;
+use crate::profile::Profiler;
 use crate::stats::{payload, rate, Countdown, CpuMeter, LatencyProbe, LATENCY_WAIT};
 use durable_jobs::{
-    DynStorage, JobContext, JobOptions, JobStatus, Queue, TaskError, Worker, WorkerOptions,
+    DynStorage, JobContext, JobOptions, JobStatus, Queue, Storage, StorageLayer, TaskError, Worker,
+    WorkerOptions,
 };
 use durable_jobs_memory::MemoryStorage;
 use durable_jobs_postgres::{PostgresOptions, PostgresStorage};
@@ -44,7 +45,8 @@ fn err(ctx: &str) -> impl Fn(durable_jobs::Error) -> String + '_ {
 /// A backend instance on fresh storage, and what to clean up afterwards.
 struct Fresh {
     storage: DynStorage,
-    timed: Option<Arc<Timed>>,
+    /// `--profile`: the layer every queue made by [`Fresh::queue`] reports its calls to.
+    profiler: Option<Arc<Profiler>>,
     pg: Option<FreshDb>,
     file: Option<PathBuf>,
 }
@@ -56,7 +58,7 @@ impl Fresh {
         let mut fresh = match backend {
             Backend::Memory => Fresh {
                 storage: Arc::new(MemoryStorage::new()),
-                timed: None,
+                profiler: None,
                 pg: None,
                 file: None,
             },
@@ -71,7 +73,7 @@ impl Fresh {
                     .map_err(err("open sqlite"))?;
                 Fresh {
                     storage: Arc::new(s),
-                    timed: None,
+                    profiler: None,
                     pg: None,
                     file: Some(path),
                 }
@@ -81,30 +83,40 @@ impl Fresh {
                 let s = pg_storage(cfg, &db.url).await?;
                 Fresh {
                     storage: Arc::new(s),
-                    timed: None,
+                    profiler: None,
                     pg: Some(db),
                     file: None,
                 }
             }
         };
         fresh.storage.migrate().await.map_err(err("migrate"))?;
-        if cfg.profile || !cfg.experiments().is_empty() {
-            let timed = Arc::new(Timed::new(fresh.storage.clone()).with_prefetch(cfg.exp_prefetch));
-            fresh.storage = timed.clone();
-            fresh.timed = Some(timed);
+        if cfg.profile {
+            fresh.profiler = Some(Arc::new(Profiler::new()));
         }
         Ok(fresh)
     }
 
+    /// A queue over this storage; with `--profile`, its every storage call (and its
+    /// workers') is shown to the profiler.
+    fn queue(&self) -> Queue {
+        match &self.profiler {
+            Some(p) => {
+                let layer: Arc<dyn StorageLayer> = p.clone();
+                Queue::with_layers(self.storage.clone(), vec![layer])
+            }
+            None => Queue::new(self.storage.clone()),
+        }
+    }
+
     /// Prints the `--profile` breakdown, if profiling.
-    fn profile(&self, cfg: &Config, label: &str) {
-        if let (true, Some(t)) = (cfg.profile, &self.timed) {
-            t.print(label);
+    fn profile(&self, label: &str) {
+        if let Some(p) = &self.profiler {
+            p.print(label);
         }
     }
 
     async fn cleanup(self) -> Result<(), String> {
-        drop(self.timed);
+        drop(self.profiler);
         drop(self.storage);
         if let Some(db) = self.pg {
             db.drop_db().await?;
@@ -126,8 +138,7 @@ async fn pg_storage(cfg: &Config, url: &str) -> Result<PostgresStorage, String> 
         .map_err(err("connect"))
 }
 
-fn noop_queue(storage: DynStorage, countdown: Arc<Countdown>) -> Queue {
-    let queue = Queue::new(storage);
+fn noop_queue(queue: Queue, countdown: Arc<Countdown>) -> Queue {
     queue.register("noop", move |_ctx: JobContext, _args: Noop| {
         let c = countdown.clone();
         async move {
@@ -142,7 +153,7 @@ fn noop_queue(storage: DynStorage, countdown: Arc<Countdown>) -> Queue {
 /// one client. Payloads are built before the clock starts. Returns jobs/s.
 pub async fn enqueue(cfg: &Config, backend: Backend) -> Result<f64, String> {
     let fresh = Fresh::new(cfg, backend).await?;
-    let queue = noop_queue(fresh.storage.clone(), Arc::new(Countdown::new(0)));
+    let queue = noop_queue(fresh.queue(), Arc::new(Countdown::new(0)));
     let batches: Vec<Vec<serde_json::Value>> = (0..cfg.jobs)
         .step_by(cfg.batch)
         .map(|s| (s..(s + cfg.batch).min(cfg.jobs)).map(payload).collect())
@@ -157,8 +168,8 @@ pub async fn enqueue(cfg: &Config, backend: Backend) -> Result<f64, String> {
     }
     let elapsed = t0.elapsed();
     cpu.report(cfg.jobs);
-    let stored = count(&fresh.storage, JobStatus::Pending).await?;
-    fresh.profile(cfg, "bulk enqueue");
+    let stored = count(queue.storage(), JobStatus::Pending).await?;
+    fresh.profile("bulk enqueue");
     drop(queue);
     fresh.cleanup().await?;
     if stored != cfg.jobs as u64 {
@@ -167,7 +178,7 @@ pub async fn enqueue(cfg: &Config, backend: Backend) -> Result<f64, String> {
     Ok(rate(cfg.jobs, elapsed))
 }
 
-async fn count(storage: &DynStorage, status: JobStatus) -> Result<u64, String> {
+async fn count(storage: &impl Storage, status: JobStatus) -> Result<u64, String> {
     Ok(storage
         .counts()
         .await
@@ -184,7 +195,7 @@ async fn count(storage: &DynStorage, status: JobStatus) -> Result<u64, String> {
 pub async fn drain(cfg: &Config, backend: Backend, concurrency: usize) -> Result<f64, String> {
     let fresh = Fresh::new(cfg, backend).await?;
     let countdown = Arc::new(Countdown::new(cfg.jobs));
-    let queue = noop_queue(fresh.storage.clone(), countdown.clone());
+    let queue = noop_queue(fresh.queue(), countdown.clone());
     for s in (0..cfg.jobs).step_by(10_000) {
         let chunk: Vec<_> = (s..(s + 10_000).min(cfg.jobs)).map(payload).collect();
         queue
@@ -207,11 +218,10 @@ pub async fn drain(cfg: &Config, backend: Backend, concurrency: usize) -> Result
         .map_err(err("worker run"));
     let done = waited?;
     report?;
-    let completed = count(&fresh.storage, JobStatus::Completed).await?;
-    fresh.profile(
-        cfg,
-        &format!("drain, concurrency {concurrency} (includes the untimed setup enqueue)"),
-    );
+    let completed = count(queue.storage(), JobStatus::Completed).await?;
+    fresh.profile(&format!(
+        "drain, concurrency {concurrency} (includes the untimed setup enqueue)"
+    ));
     drop((worker, queue));
     fresh.cleanup().await?;
     if completed != cfg.jobs as u64 {
@@ -252,7 +262,7 @@ pub async fn latency(cfg: &Config) -> Result<Vec<f64>, String> {
     let url = fresh.pg.as_ref().map(|d| d.url.clone()).unwrap_or_default();
     let warmup = 20;
     let probe = Arc::new(LatencyProbe::new(warmup + cfg.latency_jobs));
-    let queue = Queue::new(fresh.storage.clone());
+    let queue = fresh.queue();
     let p = probe.clone();
     queue.register("ping", move |_ctx: JobContext, args: Ping| {
         let p = p.clone();
@@ -291,7 +301,7 @@ pub async fn latency(cfg: &Config) -> Result<Vec<f64>, String> {
         .map_err(err("worker run"));
     produced?;
     report?;
-    fresh.profile(cfg, "idle latency (worker side)");
+    fresh.profile("idle latency (worker side)");
     drop((worker, queue, producer));
     fresh.cleanup().await?;
     Ok(probe.latencies_ms().split_off(warmup))
@@ -301,7 +311,7 @@ pub async fn latency(cfg: &Config) -> Result<Vec<f64>, String> {
 pub async fn steps(cfg: &Config, backend: Backend, jobs: usize) -> Result<f64, String> {
     let steps = (cfg.jobs / 20).max(1);
     let fresh = Fresh::new(cfg, backend).await?;
-    let queue = Queue::new(fresh.storage.clone());
+    let queue = fresh.queue();
     queue.register("steps", |ctx: JobContext, n: usize| async move {
         for i in 0..n {
             let got: usize = ctx
@@ -325,7 +335,8 @@ pub async fn steps(cfg: &Config, backend: Backend, jobs: usize) -> Result<f64, S
     let t0 = Instant::now();
     let report = worker.drain().await.map_err(err("drain"))?;
     let secs = t0.elapsed().as_secs_f64();
-    fresh.profile(cfg, &format!("steps, {jobs} job(s)"));
+    fresh.profile(&format!("steps, {jobs} job(s)"));
+    drop((worker, queue));
     fresh.cleanup().await?;
     if report.completed != jobs as u64 {
         return Err(format!(
@@ -359,7 +370,10 @@ pub async fn heartbeats(
     rounds: usize,
 ) -> Result<f64, String> {
     let fresh = Fresh::new(cfg, backend).await?;
-    let s = fresh.storage.clone();
+    // Through a queue's instrumented handle, as the worker renews leases, so the
+    // figure includes what every storage call costs and `--profile` sees the calls.
+    let queue = fresh.queue();
+    let s = queue.storage();
     let jobs = (0..HELD_LEASES).map(|i| durable_jobs::NewJob::new("noop", payload(i)));
     s.enqueue_many(jobs.collect())
         .await
@@ -405,7 +419,8 @@ pub async fn heartbeats(
         }
     }
     let secs = t0.elapsed().as_secs_f64();
-    fresh.profile(cfg, &format!("heartbeats, {renewal:?}"));
+    fresh.profile(&format!("heartbeats, {renewal:?}"));
+    drop(queue);
     fresh.cleanup().await?;
     Ok((HELD_LEASES * rounds) as f64 / secs)
 }

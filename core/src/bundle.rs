@@ -7,13 +7,13 @@
 //! succeeded. Its status is the bundle's: completed when every member completed, failed
 //! otherwise.
 
-use crate::storage::Storage;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::job::{far_future, JobId, JobStatus};
 use crate::options::JobOptions;
 use crate::queue::Queue;
 use crate::storage::JobFilter;
+use crate::storage::Storage;
 use crate::task::TaskError;
 use crate::trace;
 use crate::workflow::JobContext;

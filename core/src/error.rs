@@ -126,7 +126,8 @@ impl Error {
     /// True when trying the same call again later may succeed: a storage error of a
     /// transient kind ([`StorageErrorKind::is_transient`]).
     pub fn is_transient(&self) -> bool {
-        self.storage_kind().is_some_and(StorageErrorKind::is_transient)
+        self.storage_kind()
+            .is_some_and(StorageErrorKind::is_transient)
     }
 
     /// True for [`Error::LeaseLost`].
@@ -221,10 +222,7 @@ impl StorageError {
 
     /// The same error, keeping `source` (the driver's error) for
     /// [`std::error::Error::source`].
-    pub fn with_source(
-        mut self,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         self.source = Some(Box::new(source));
         self
     }

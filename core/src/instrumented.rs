@@ -10,8 +10,8 @@
 use crate::error::{Error, Result};
 use crate::job::{Checkpoint, Enqueued, Job, JobId, Lease, NewJob};
 use crate::storage::{
-    AdvanceScheduleParams, AttemptRecord, Capabilities, ClaimedJob, Completion, DequeueParams, DynStorage,
-    Failure, JobFilter, ManualOutcome, QueueCount, ScheduleRecord, SpawnChildrenParams,
+    AdvanceScheduleParams, AttemptRecord, Capabilities, ClaimedJob, Completion, DequeueParams,
+    DynStorage, Failure, JobFilter, ManualOutcome, QueueCount, ScheduleRecord, SpawnChildrenParams,
     StaleLocks, Storage, TakeSignalsParams, WorkerRecord,
 };
 use async_trait::async_trait;
@@ -86,7 +86,12 @@ impl InstrumentedStorage {
 
     /// Runs one storage call: a span around it, then its duration, its error's kind and
     /// the layers.
-    async fn observe<T, F>(&self, operation: &'static str, items: fn(&T) -> usize, fut: F) -> Result<T>
+    async fn observe<T, F>(
+        &self,
+        operation: &'static str,
+        items: fn(&T) -> usize,
+        fut: F,
+    ) -> Result<T>
     where
         F: Future<Output = Result<T>>,
     {
@@ -126,8 +131,7 @@ fn record_error(operation: &'static str, e: &Error) {
         Error::LeaseLost { .. } => "lease_lost",
         _ => "rejected",
     };
-    metrics::counter!(STORAGE_ERRORS_TOTAL, "operation" => operation, "kind" => kind)
-        .increment(1);
+    metrics::counter!(STORAGE_ERRORS_TOTAL, "operation" => operation, "kind" => kind).increment(1);
     tracing::debug!(operation, kind, error = %e, "storage call failed");
 }
 
@@ -163,7 +167,6 @@ fn one<T>(_: &T) -> usize {
     1
 }
 
-
 #[async_trait]
 impl Storage for InstrumentedStorage {
     fn name(&self) -> &'static str {
@@ -188,7 +191,9 @@ impl Storage for InstrumentedStorage {
 
     async fn enqueue(&self, job: NewJob) -> Result<Enqueued> {
         let groups = EnqueueGroups::of(std::slice::from_ref(&job));
-        let out = self.observe("enqueue", one, self.inner.enqueue(job)).await?;
+        let out = self
+            .observe("enqueue", one, self.inner.enqueue(job))
+            .await?;
         groups.count(|_| out.created);
         Ok(out)
     }
@@ -203,11 +208,13 @@ impl Storage for InstrumentedStorage {
     }
 
     async fn get_job(&self, job_id: JobId) -> Result<Option<Job>> {
-        self.observe("get_job", one, self.inner.get_job(job_id)).await
+        self.observe("get_job", one, self.inner.get_job(job_id))
+            .await
     }
 
     async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>> {
-        self.observe("list_jobs", Vec::len, self.inner.list_jobs(filter)).await
+        self.observe("list_jobs", Vec::len, self.inner.list_jobs(filter))
+            .await
     }
 
     async fn counts(&self) -> Result<Vec<QueueCount>> {
@@ -215,8 +222,12 @@ impl Storage for InstrumentedStorage {
     }
 
     async fn finished_counts(&self, since: DateTime<Utc>) -> Result<Vec<QueueCount>> {
-        self.observe("finished_counts", Vec::len, self.inner.finished_counts(since))
-            .await
+        self.observe(
+            "finished_counts",
+            Vec::len,
+            self.inner.finished_counts(since),
+        )
+        .await
     }
 
     async fn list_attempts(&self, job_id: JobId) -> Result<Vec<AttemptRecord>> {
@@ -234,7 +245,8 @@ impl Storage for InstrumentedStorage {
     }
 
     async fn dequeue(&self, params: DequeueParams) -> Result<Vec<ClaimedJob>> {
-        self.observe("dequeue", Vec::len, self.inner.dequeue(params)).await
+        self.observe("dequeue", Vec::len, self.inner.dequeue(params))
+            .await
     }
 
     async fn complete(&self, lease: &Lease, result: Value) -> Result<()> {
@@ -248,11 +260,13 @@ impl Storage for InstrumentedStorage {
     }
 
     async fn fail(&self, lease: &Lease, failure: Failure) -> Result<()> {
-        self.observe("fail", one, self.inner.fail(lease, failure)).await
+        self.observe("fail", one, self.inner.fail(lease, failure))
+            .await
     }
 
     async fn release(&self, lease: &Lease) -> Result<()> {
-        self.observe("release", one, self.inner.release(lease)).await
+        self.observe("release", one, self.inner.release(lease))
+            .await
     }
 
     async fn heartbeat(&self, lease: &Lease, extend: Duration) -> Result<Lease> {
@@ -265,7 +279,9 @@ impl Storage for InstrumentedStorage {
         leases: &[Lease],
         extend: Duration,
     ) -> Result<Vec<Result<Lease>>> {
-        self.observe("heartbeat_many", Vec::len,
+        self.observe(
+            "heartbeat_many",
+            Vec::len,
             self.inner.heartbeat_many(leases, extend),
         )
         .await
@@ -286,8 +302,12 @@ impl Storage for InstrumentedStorage {
     }
 
     async fn list_checkpoints(&self, job_id: JobId) -> Result<Vec<Checkpoint>> {
-        self.observe("list_checkpoints", Vec::len, self.inner.list_checkpoints(job_id))
-            .await
+        self.observe(
+            "list_checkpoints",
+            Vec::len,
+            self.inner.list_checkpoints(job_id),
+        )
+        .await
     }
 
     async fn delete_checkpoints(&self, job_id: JobId) -> Result<u64> {
@@ -307,7 +327,11 @@ impl Storage for InstrumentedStorage {
     async fn spawn_children(&self, params: SpawnChildrenParams<'_>) -> Result<Vec<JobId>> {
         let groups = EnqueueGroups::of(&params.jobs);
         let out = self
-            .observe("spawn_children", Vec::len, self.inner.spawn_children(params))
+            .observe(
+                "spawn_children",
+                Vec::len,
+                self.inner.spawn_children(params),
+            )
             .await?;
         groups.count(|_| true);
         Ok(out)
@@ -347,7 +371,8 @@ impl Storage for InstrumentedStorage {
     }
 
     async fn schedules(&self) -> Result<Vec<ScheduleRecord>> {
-        self.observe("schedules", Vec::len, self.inner.schedules()).await
+        self.observe("schedules", Vec::len, self.inner.schedules())
+            .await
     }
 
     async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<bool> {
@@ -406,12 +431,8 @@ impl Storage for InstrumentedStorage {
     }
 
     async fn purge_finished(&self, older_than: DateTime<Utc>) -> Result<u64> {
-        self.observe(
-            "purge_finished",
-            one,
-            self.inner.purge_finished(older_than),
-        )
-        .await
+        self.observe("purge_finished", one, self.inner.purge_finished(older_than))
+            .await
     }
 
     async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<()> {
@@ -439,12 +460,8 @@ impl Storage for InstrumentedStorage {
     }
 
     async fn deregister_worker(&self, name: &str) -> Result<bool> {
-        self.observe(
-            "deregister_worker",
-            one,
-            self.inner.deregister_worker(name),
-        )
-        .await
+        self.observe("deregister_worker", one, self.inner.deregister_worker(name))
+            .await
     }
 
     async fn list_workers(&self) -> Result<Vec<WorkerRecord>> {
@@ -529,7 +546,11 @@ mod tests {
         let mut steps = Vec::new();
         for _ in 0..10 {
             let wait = b.fail();
-            assert!(wait <= b.step() && wait >= b.step() / 2, "{wait:?} vs {:?}", b.step());
+            assert!(
+                wait <= b.step() && wait >= b.step() / 2,
+                "{wait:?} vs {:?}",
+                b.step()
+            );
             steps.push(b.step());
         }
         assert_eq!(steps[0], Backoff::INITIAL);

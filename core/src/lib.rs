@@ -7,9 +7,9 @@ pub mod event;
 mod hook;
 pub mod instrumented;
 pub mod job;
-pub mod metric;
 mod maintenance;
 pub mod manage;
+pub mod metric;
 pub mod options;
 pub mod queue;
 pub mod retry;
@@ -25,8 +25,8 @@ pub mod workflow;
 pub use bundle::{BundleItem, BundleOptions, BundleStatus, BUNDLE_TASK};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result, StorageError, StorageErrorKind};
-pub use instrumented::{Backoff, InstrumentedStorage, StorageCall, StorageLayer};
 pub use event::{Event, EventStream, EventStreamError};
+pub use instrumented::{Backoff, InstrumentedStorage, StorageCall, StorageLayer};
 pub use job::{
     Checkpoint, CheckpointOutcome, Enqueued, Job, JobId, JobStatus, KeyMode, Lease, LeaseInfo,
     NewJob,
@@ -37,9 +37,9 @@ pub use queue::Queue;
 pub use retry::RetryPolicy;
 pub use schedule::{CatchUp, Schedule, ScheduleInfo, ScheduleRecord, SchedulerReport};
 pub use storage::{
-    AdvanceScheduleParams, AttemptOutcome, AttemptRecord, Capabilities, ClaimedJob, Completion, DequeueParams, DynStorage,
-    Failure, JobFilter, ManualOutcome, QueueCount, ReleasedJob, SpawnChildrenParams,
-    StaleLocks, Storage, TakeSignalsParams, WorkerQueue, WorkerRecord,
+    AdvanceScheduleParams, AttemptOutcome, AttemptRecord, Capabilities, ClaimedJob, Completion,
+    DequeueParams, DynStorage, Failure, JobFilter, ManualOutcome, QueueCount, ReleasedJob,
+    SpawnChildrenParams, StaleLocks, Storage, TakeSignalsParams, WorkerQueue, WorkerRecord,
 };
 pub use task::{NoRetry, RetryAfter, Task, TaskError, TaskErrorKind};
 pub use trace::TraceContext;

@@ -1,10 +1,10 @@
 //! Operations on a queue's jobs: inspect, retry, cancel, reschedule, finish by hand,
 //! purge, pause.
 
-use crate::storage::Storage;
 use crate::error::Result;
 use crate::job::{Checkpoint, Job, JobId};
 use crate::queue::Queue;
+use crate::storage::Storage;
 use crate::storage::{AttemptRecord, JobFilter, ManualOutcome, QueueCount};
 use chrono::{DateTime, Utc};
 use serde::Serialize;

@@ -65,12 +65,8 @@ pub(crate) struct JobMetrics {
 
 impl JobMetrics {
     fn new(queue: &str, task: &str) -> Self {
-        let l = |name: &'static str| {
-            metrics::counter!(name, "queue" => queue.to_string(), "task" => task.to_string())
-        };
-        let h = |name: &'static str| {
-            metrics::histogram!(name, "queue" => queue.to_string(), "task" => task.to_string())
-        };
+        let l = |name: &'static str| metrics::counter!(name, "queue" => queue.to_string(), "task" => task.to_string());
+        let h = |name: &'static str| metrics::histogram!(name, "queue" => queue.to_string(), "task" => task.to_string());
         JobMetrics {
             started: l(JOBS_STARTED_TOTAL),
             completed: l(JOBS_COMPLETED_TOTAL),

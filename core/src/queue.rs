@@ -3,10 +3,10 @@
 use crate::error::{Error, Result};
 use crate::event::{Event, EventStream, DEFAULT_EVENT_CAPACITY};
 use crate::hook::{HookFn, Hooks};
+use crate::instrumented::{InstrumentedStorage, StorageLayer};
 use crate::job::{Enqueued, Job, JobId, NewJob};
 use crate::options::{validate_task_name, JobOptions};
 use crate::retry::RetryPolicy;
-use crate::instrumented::{InstrumentedStorage, StorageLayer};
 use crate::storage::{DynStorage, Storage};
 use crate::task::{HandlerEntry, Task, TaskError};
 use crate::trace;

@@ -5,10 +5,10 @@ use chrono::{DateTime, Utc};
 use durable_jobs::job::{far_future, new_lease_token};
 use durable_jobs::{
     AdvanceScheduleParams, Capabilities, Checkpoint, CheckpointOutcome, ClaimedJob, Clock,
-    Completion, DequeueParams, Enqueued, Error, Failure, Job, JobFilter, JobId, JobStatus,
-    KeyMode, Lease, LeaseInfo, ManualClock, ManualOutcome, NewJob, QueueCount, ReleasedJob,
-    Result, ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage, SystemClock,
-    TakeSignalsParams, WorkerRecord,
+    Completion, DequeueParams, Enqueued, Error, Failure, Job, JobFilter, JobId, JobStatus, KeyMode,
+    Lease, LeaseInfo, ManualClock, ManualOutcome, NewJob, QueueCount, ReleasedJob, Result,
+    ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage, SystemClock, TakeSignalsParams,
+    WorkerRecord,
 };
 use durable_jobs::{AttemptOutcome, AttemptRecord};
 use serde_json::Value;
@@ -1156,7 +1156,11 @@ impl Storage for MemoryStorage {
     async fn list_attempts(&self, job_id: JobId) -> Result<Vec<AttemptRecord>> {
         let st = self.lock();
         let mut out = st.attempts.get(&job_id).cloned().unwrap_or_default();
-        if let Some(job) = st.jobs.get(&job_id).filter(|j| j.status == JobStatus::Running) {
+        if let Some(job) = st
+            .jobs
+            .get(&job_id)
+            .filter(|j| j.status == JobStatus::Running)
+        {
             out.push(AttemptRecord {
                 attempt: job.attempt,
                 worker: job.lease.as_ref().map(|l| l.holder.clone()),

@@ -39,10 +39,10 @@
 //!   the jobs it released and wakes listeners once when it released any.
 //! - **Timeline**: every job read (claims included) carries its parent, tags, flags and
 //!   serial key. Each ended attempt (number, worker, start, end, outcome, error) is
-//!   appended to a `jsonb` array on the job row by the very statement that ends it
-//!   (complete, batch complete, fail, release, suspend, lease sweep, cancel), never by
-//!   an extra statement or on the claim; it goes with the row on delete and purge, and
-//!   only `list_attempts` reads it. Checkpoints record their write time. Finished jobs
+//!   appended to an array of a composite type (`<schema>.attempt`) on the job row by
+//!   the very statement that ends it (complete, batch complete, fail, release, suspend,
+//!   lease sweep, cancel), never by an extra statement or on the claim; it goes with the
+//!   row on delete and purge, and only `list_attempts` reads it. Checkpoints record their write time. Finished jobs
 //!   are indexed by end time (a partial index) for `finished_counts` and the purge.
 //! - **Errors** carry a [`durable_jobs::StorageErrorKind`] read from the sqlx error and its
 //!   SQLSTATE, with the sqlx error as the source: connection failures, pool timeouts and a

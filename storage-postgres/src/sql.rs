@@ -77,19 +77,18 @@ fn job_columns(alias: &str) -> String {
 
 /// The attempt history with the running attempt of the row being updated appended as
 /// ended, for the `{history}` slot of a statement that ends attempts (see the `attempts`
-/// column in `006_timeline.sql`). The attempt, worker and start are the row's values
-/// before the update (an UPDATE's expressions read the old row), so a statement can clear
-/// the lease and step the attempt back in the same SET. `error` is an SQL text
-/// expression (or `NULL`). Unqualified column names: the statements' other FROM items
-/// have none of these.
+/// column and the `attempt` type in `006_timeline.sql`). The attempt, worker and start
+/// are the row's values before the update (an UPDATE's expressions read the old row), so
+/// a statement can clear the lease and step the attempt back in the same SET. `error` is
+/// an SQL text expression (or `NULL`). Unqualified column names: the statements' other
+/// FROM items have none of these. The type is named with the `{schema}` placeholder,
+/// which `render` qualifies (quoted) like every table.
 pub(crate) fn with_history(template: &str, outcome: AttemptOutcome, error: &str) -> String {
     template.replace(
         "{history}",
         &format!(
-            "coalesce(attempts, '[]'::jsonb) || jsonb_build_array(jsonb_build_object(\
-             'attempt', attempt, 'worker', lease_holder, \
-             'started_at', coalesce(started_at, {{now}}), \
-             'finished_at', {{now}}, 'outcome', '{}'::text, 'error', {error}))",
+            "array_append(coalesce(attempts, '{{}}'), ROW(attempt, lease_holder, \
+             coalesce(started_at, {{now}}), {{now}}, '{}'::text, {error})::{{schema}}.attempt)",
             outcome.as_str()
         ),
     )
@@ -423,8 +422,7 @@ RETURNING j.id, j.lease_token, j.lease_expires_at";
 const RECLAIM: &str = "
 WITH expired AS (
     SELECT id,
-           'lease expired: the worker stopped heartbeating (crashed, hung or lost its connection)'::text
-               AS reason
+           'lease expired: the worker stopped heartbeating'::text AS reason
     FROM {schema}.jobs
     WHERE status = 'running' AND lease_expires_at <= {now}
     FOR UPDATE SKIP LOCKED
@@ -494,13 +492,14 @@ RETURNING j.id";
 
 const JOB_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM {schema}.jobs WHERE id = $1)";
 
-/// A job's ended attempts, oldest first, then its current one when it runs. Read by
-/// position: attempt, worker, started_at, finished_at, outcome, error. $1 id.
+/// A job's ended attempts, oldest first (array order), then its current one when it
+/// runs. Read by position: attempt, worker, started_at, finished_at, outcome, error.
+/// $1 id.
 const LIST_ATTEMPTS: &str = "
-SELECT (h.e->>'attempt')::int, h.e->>'worker', (h.e->>'started_at')::timestamptz,
-       (h.e->>'finished_at')::timestamptz, h.e->>'outcome', h.e->>'error', h.n
+SELECT h.attempt, h.worker, h.started_at, h.finished_at, h.outcome, h.error, h.n
 FROM {schema}.jobs j,
-     jsonb_array_elements(coalesce(j.attempts, '[]'::jsonb)) WITH ORDINALITY AS h(e, n)
+     unnest(j.attempts) WITH ORDINALITY
+         AS h(attempt, worker, started_at, finished_at, outcome, error, n)
 WHERE j.id = $1
 UNION ALL
 SELECT attempt, lease_holder, coalesce(started_at, updated_at), NULL, 'running', NULL, NULL
@@ -509,12 +508,13 @@ WHERE id = $1 AND status = 'running'
 ORDER BY 7 NULLS LAST";
 
 /// Jobs per queue and final status that finished at or after $1, through the
-/// `jobs_finished` partial index.
+/// `jobs_finished` partial index. Unordered: `finished_counts` sorts the few rows by
+/// queue and status in lifecycle order (`JobStatus`'s order), which neither the status
+/// text nor the database's collation gives.
 const FINISHED_COUNTS: &str = "
 SELECT queue, status, count(*) FROM {schema}.jobs
 WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at >= $1
-GROUP BY queue, status
-ORDER BY queue, status";
+GROUP BY queue, status";
 
 /// The statements for one schema.
 #[derive(Debug, Clone)]
@@ -875,9 +875,9 @@ mod plan_tests {
         assert_eq!(
             got,
             [
-                ("default", "cancelled", 20),
                 ("default", "completed", 20),
-                ("default", "failed", 20)
+                ("default", "failed", 20),
+                ("default", "cancelled", 20)
             ]
         );
         drop(conn);

@@ -640,7 +640,8 @@ impl Storage for PostgresStorage {
             .fetch_all(self.pool())
             .await
             .map_err(db)?;
-        rows.iter()
+        let mut counts = rows
+            .iter()
             .map(|row| {
                 let status: String = row.try_get(1).map_err(db)?;
                 let n: i64 = row.try_get(2).map_err(db)?;
@@ -650,7 +651,11 @@ impl Storage for PostgresStorage {
                     count: u64::try_from(n).unwrap_or(0),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        // By queue (byte order, whatever the database's collation), then status in
+        // lifecycle order: `JobStatus` orders that way, its text does not.
+        counts.sort_unstable_by(|a, b| (&a.queue, a.status).cmp(&(&b.queue, b.status)));
+        Ok(counts)
     }
 
     async fn list_attempts(&self, job_id: JobId) -> Result<Vec<AttemptRecord>> {

@@ -95,14 +95,20 @@ async fn wait_completed(events: &mut durable_jobs::EventStream, ids: &[i64]) {
     let mut left: Vec<i64> = ids.to_vec();
     let done = tokio::time::timeout(Duration::from_secs(60), async {
         while !left.is_empty() {
-            match events.wait_for(|e| matches!(e, Event::Completed { .. })).await {
+            match events
+                .wait_for(|e| matches!(e, Event::Completed { .. }))
+                .await
+            {
                 Some(e) => left.retain(|id| Some(*id) != e.job_id()),
                 None => return,
             }
         }
     })
     .await;
-    assert!(done.is_ok() && left.is_empty(), "jobs not completed: {left:?}");
+    assert!(
+        done.is_ok() && left.is_empty(),
+        "jobs not completed: {left:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,7 +153,12 @@ async fn worker_rides_out_a_server_outage() {
     });
     let mut before = Vec::new();
     for n in 0..5 {
-        before.push(queue.enqueue("t", &n, JobOptions::new()).await.expect("enqueue"));
+        before.push(
+            queue
+                .enqueue("t", &n, JobOptions::new())
+                .await
+                .expect("enqueue"),
+        );
     }
     wait_completed(&mut events, &before).await;
 
@@ -167,9 +178,16 @@ async fn worker_rides_out_a_server_outage() {
     // all of it), so the fourth wait is at least 400 ms where a fixed retry stays at 100.
     let waits = retries.wait_for(4, Duration::from_secs(60)).await;
     assert!(waits[0] <= Duration::from_millis(100), "{waits:?}");
-    assert!(waits[3] >= Duration::from_millis(400), "backoff grows: {waits:?}");
+    assert!(
+        waits[3] >= Duration::from_millis(400),
+        "backoff grows: {waits:?}"
+    );
     let health = worker.health();
-    assert_eq!(health.state, WorkerState::Running, "the worker keeps running");
+    assert_eq!(
+        health.state,
+        WorkerState::Running,
+        "the worker keeps running"
+    );
     assert!(health.storage_failures >= 4, "{health:?}");
 
     cluster.start_again().expect("restart the server");

@@ -1,8 +1,8 @@
 //! Returning jobs whose worker died: expired leases go back to be claimed.
 
-use crate::storage::Storage;
 use crate::event::Event;
 use crate::job::JobStatus;
+use crate::storage::Storage;
 use crate::worker::shared::Shared;
 use std::sync::Arc;
 
@@ -53,8 +53,9 @@ async fn prune_dead_workers(shared: &Shared) {
     let Ok(now) = storage.now().await else {
         return;
     };
-    let keep = chrono::Duration::from_std(shared.opts.worker_retention + shared.opts.lease_duration)
-        .unwrap_or(chrono::Duration::MAX);
+    let keep =
+        chrono::Duration::from_std(shared.opts.worker_retention + shared.opts.lease_duration)
+            .unwrap_or(chrono::Duration::MAX);
     match storage.prune_workers(now - keep).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(workers = n, "removed dead workers from the registry"),

@@ -15,8 +15,7 @@ pub mod record;
 
 pub use params::{
     AdvanceScheduleParams, ClaimedJob, Completion, DequeueParams, Failure, JobFilter,
-    ManualOutcome, QueueCount, ReleasedJob, SpawnChildrenParams, StaleLocks,
-    TakeSignalsParams,
+    ManualOutcome, QueueCount, ReleasedJob, SpawnChildrenParams, StaleLocks, TakeSignalsParams,
 };
 pub use record::{AttemptOutcome, AttemptRecord, ScheduleRecord, WorkerQueue, WorkerRecord};
 

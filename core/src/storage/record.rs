@@ -1,10 +1,10 @@
 //! Records the storage keeps beside jobs: schedules and the worker registry.
 
 use crate::job::JobId;
-use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::fmt;
 
 /// A schedule as stored: its definition (a serialized [`crate::Schedule`]) and cursor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -274,7 +274,8 @@ pub async fn expired_lease_is_reclaimed<H: ConformanceHarness>(h: &H) {
     let id = enqueue(&s, job(json!("x"))).await;
     let _c = claim_one(&s).await;
     assert_eq!(
-        s.release_stale_locks().await.expect("reclaim").touched(), 0,
+        s.release_stale_locks().await.expect("reclaim").touched(),
+        0,
         "lease still live"
     );
     h.advance(LEASE + Duration::from_secs(1)).await;
@@ -488,8 +489,13 @@ pub async fn checkpoints_roundtrip<H: ConformanceHarness>(h: &H) {
     let got = s.list_checkpoints(id).await.expect("checkpoints");
     let now = s.now().await.expect("now");
     for c in &got {
-        let at = c.created_at.expect("storage records when a checkpoint was written");
-        assert!((now - at).num_seconds().abs() < 5, "written at {at}, now {now}");
+        let at = c
+            .created_at
+            .expect("storage records when a checkpoint was written");
+        assert!(
+            (now - at).num_seconds().abs() < 5,
+            "written at {at}, now {now}"
+        );
     }
     let got: Vec<Checkpoint> = got
         .into_iter()
@@ -507,8 +513,15 @@ pub async fn checkpoints_roundtrip<H: ConformanceHarness>(h: &H) {
         ]
     );
     assert_eq!(s.delete_checkpoints(id).await.expect("delete"), 3);
-    assert!(s.list_checkpoints(id).await.expect("checkpoints").is_empty());
-    assert_eq!(s.list_checkpoints(other).await.expect("checkpoints").len(), 1);
+    assert!(s
+        .list_checkpoints(id)
+        .await
+        .expect("checkpoints")
+        .is_empty());
+    assert_eq!(
+        s.list_checkpoints(other).await.expect("checkpoints").len(),
+        1
+    );
 }
 
 /// A dedupe key held by an unfinished job returns that job; once it finished, a new one

@@ -2,8 +2,8 @@
 //! [`Worker`] on each backend. The [`crate::engine_conformance_tests`] macro turns them
 //! into one test each.
 
-use crate::storage::Storage;
 use super::ConformanceHarness;
+use crate::storage::Storage;
 use crate::{
     call, BundleItem, BundleOptions, Event, FanOut, JobContext, JobId, JobOptions, JobStatus,
     Queue, RetryPolicy, TaskError, Worker, WorkerOptions,
@@ -982,7 +982,11 @@ pub async fn heartbeats_renew_running_and_buffered_leases<H: ConformanceHarness>
             // Past every first expiry, short of the renewed ones.
             h.advance(lease * 2 / 3).await;
             assert_eq!(
-                q.storage().release_stale_locks().await.expect("reclaim").touched(),
+                q.storage()
+                    .release_stale_locks()
+                    .await
+                    .expect("reclaim")
+                    .touched(),
                 0,
                 "a held lease ran out"
             );

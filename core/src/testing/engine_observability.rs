@@ -12,7 +12,11 @@ use std::time::Duration;
 
 /// Waits for the first event matching `pred`, failing after a generous deadline so a
 /// missing event fails the test instead of hanging it.
-async fn expect_event(events: &mut EventStream, what: &str, pred: impl FnMut(&Event) -> bool) -> Event {
+async fn expect_event(
+    events: &mut EventStream,
+    what: &str,
+    pred: impl FnMut(&Event) -> bool,
+) -> Event {
     tokio::time::timeout(Duration::from_secs(30), events.wait_for(pred))
         .await
         .unwrap_or_else(|_| panic!("no {what} event within 30 s"))
@@ -21,7 +25,9 @@ async fn expect_event(events: &mut EventStream, what: &str, pred: impl FnMut(&Ev
 
 fn queue<H: ConformanceHarness>(h: &H) -> Queue {
     let q = Queue::new(h.storage());
-    q.register("t", |_ctx: JobContext, _: ()| async { Ok::<_, TaskError>(()) });
+    q.register("t", |_ctx: JobContext, _: ()| async {
+        Ok::<_, TaskError>(())
+    });
     q
 }
 
@@ -46,9 +52,11 @@ pub async fn worker_registers_renews_and_leaves<H: ConformanceHarness>(h: &H) {
         let w = worker.clone();
         async move { w.run().await }
     });
-    expect_event(&mut events, "worker started", |e| {
-        matches!(e, Event::WorkerStarted { worker } if worker == "registry-test")
-    })
+    expect_event(
+        &mut events,
+        "worker started",
+        |e| matches!(e, Event::WorkerStarted { worker } if worker == "registry-test"),
+    )
     .await;
     let listed = q.workers().await.expect("workers");
     assert_eq!(listed.len(), 1);
@@ -72,7 +80,10 @@ pub async fn worker_registers_renews_and_leaves<H: ConformanceHarness>(h: &H) {
     let first_seen = w.record.last_seen;
     let health = worker.health();
     assert_eq!(health.state, WorkerState::Running);
-    assert!(health.last_storage_contact.is_some(), "registering reached storage");
+    assert!(
+        health.last_storage_contact.is_some(),
+        "registering reached storage"
+    );
 
     // The heartbeat renews the entry: after the clock moves, last_seen follows it.
     h.advance(Duration::from_secs(10)).await;
@@ -82,22 +93,35 @@ pub async fn worker_registers_renews_and_leaves<H: ConformanceHarness>(h: &H) {
         if seen - first_seen >= chrono::Duration::seconds(9) {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the heartbeat never renewed the entry");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the heartbeat never renewed the entry"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
     // A job runs: the health shows a claim.
-    q.enqueue("t", &(), JobOptions::new()).await.expect("enqueue");
-    expect_event(&mut events, "completed", |e| matches!(e, Event::Completed { .. })).await;
+    q.enqueue("t", &(), JobOptions::new())
+        .await
+        .expect("enqueue");
+    expect_event(&mut events, "completed", |e| {
+        matches!(e, Event::Completed { .. })
+    })
+    .await;
     assert!(worker.health().last_claim.is_some());
 
     worker.shutdown_handle().shutdown();
     run.await.expect("join").expect("run");
-    expect_event(&mut events, "worker stopped", |e| {
-        matches!(e, Event::WorkerStopped { worker } if worker == "registry-test")
-    })
+    expect_event(
+        &mut events,
+        "worker stopped",
+        |e| matches!(e, Event::WorkerStopped { worker } if worker == "registry-test"),
+    )
     .await;
-    assert!(q.workers().await.expect("workers").is_empty(), "a graceful stop leaves");
+    assert!(
+        q.workers().await.expect("workers").is_empty(),
+        "a graceful stop leaves"
+    );
     assert_eq!(worker.health().state, WorkerState::Idle);
 }
 
@@ -121,14 +145,21 @@ pub async fn dead_workers_show_as_dead_then_go<H: ConformanceHarness>(h: &H) {
     .expect("register");
     assert!(!q.workers().await.expect("workers")[0].dead);
     h.advance(Duration::from_secs(31)).await;
-    assert!(q.workers().await.expect("workers")[0].dead, "dead after its lease time");
+    assert!(
+        q.workers().await.expect("workers")[0].dead,
+        "dead after its lease time"
+    );
     let worker = Worker::new(
         q.clone(),
         WorkerOptions::new().worker_retention(Duration::from_secs(60)),
     )
     .expect("worker");
     worker.drain().await.expect("drain");
-    assert_eq!(q.workers().await.expect("workers").len(), 1, "kept within retention");
+    assert_eq!(
+        q.workers().await.expect("workers").len(),
+        1,
+        "kept within retention"
+    );
     h.advance(Duration::from_secs(61)).await;
     worker.drain().await.expect("drain");
     assert!(
@@ -142,7 +173,10 @@ pub async fn dead_workers_show_as_dead_then_go<H: ConformanceHarness>(h: &H) {
 pub async fn reclaimed_leases_are_events<H: ConformanceHarness>(h: &H) {
     let q = queue(h);
     let mut events = q.events();
-    let id = q.enqueue("t", &(), JobOptions::new()).await.expect("enqueue");
+    let id = q
+        .enqueue("t", &(), JobOptions::new())
+        .await
+        .expect("enqueue");
     // A worker that claims and then dies: the lease is taken and never renewed.
     let claimed = q
         .storage()
@@ -187,10 +221,16 @@ pub async fn suspend_cancel_and_schedule_ticks_are_events<H: ConformanceHarness>
         Ok::<_, TaskError>(())
     });
     let mut events = q.events();
-    let sleeper = q.enqueue("sleeper", &(), JobOptions::new()).await.expect("enqueue");
+    let sleeper = q
+        .enqueue("sleeper", &(), JobOptions::new())
+        .await
+        .expect("enqueue");
     let worker = Worker::new(q.clone(), WorkerOptions::new()).expect("worker");
     worker.drain().await.expect("drain");
-    let e = expect_event(&mut events, "suspended", |e| matches!(e, Event::Suspended { .. })).await;
+    let e = expect_event(&mut events, "suspended", |e| {
+        matches!(e, Event::Suspended { .. })
+    })
+    .await;
     assert_eq!(
         e,
         Event::Suspended {
@@ -201,11 +241,19 @@ pub async fn suspend_cancel_and_schedule_ticks_are_events<H: ConformanceHarness>
     );
     assert!(q.cancel(sleeper).await.expect("cancel"));
     assert_eq!(
-        expect_event(&mut events, "cancelled", |e| matches!(e, Event::Cancelled { .. })).await,
+        expect_event(&mut events, "cancelled", |e| matches!(
+            e,
+            Event::Cancelled { .. }
+        ))
+        .await,
         Event::Cancelled { job_id: sleeper }
     );
     assert_eq!(
-        q.get_job(sleeper).await.expect("get").expect("exists").status,
+        q.get_job(sleeper)
+            .await
+            .expect("get")
+            .expect("exists")
+            .status,
         JobStatus::Cancelled
     );
 
@@ -213,8 +261,8 @@ pub async fn suspend_cancel_and_schedule_ticks_are_events<H: ConformanceHarness>
         "every-minute",
         Schedule::every(Duration::from_secs(60)).task("t", &()),
     )
-        .await
-        .expect("schedule");
+    .await
+    .expect("schedule");
     h.advance(Duration::from_secs(61)).await;
     worker.drain().await.expect("drain");
     match expect_event(&mut events, "schedule fired", |e| {

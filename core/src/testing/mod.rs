@@ -5,8 +5,8 @@ pub mod conformance;
 pub mod engine;
 pub mod engine_observability;
 pub mod observability_conformance;
-pub mod timeline_conformance;
 pub mod operations_conformance;
+pub mod timeline_conformance;
 pub mod workflow_conformance;
 
 use crate::storage::DynStorage;

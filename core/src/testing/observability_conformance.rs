@@ -3,9 +3,7 @@
 
 use super::ConformanceHarness;
 use crate::job::{JobStatus, NewJob};
-use crate::storage::{
-    DequeueParams, DynStorage, SpawnChildrenParams, WorkerQueue, WorkerRecord,
-};
+use crate::storage::{DequeueParams, DynStorage, SpawnChildrenParams, WorkerQueue, WorkerRecord};
 use serde_json::json;
 use std::time::Duration;
 
@@ -66,10 +64,25 @@ pub async fn worker_registry_records_renews_and_removes<H: ConformanceHarness>(h
     let w = &got[0];
     assert_eq!(
         (&w.name, &w.host, w.pid, &w.queues, &w.version, w.lease_ms),
-        (&rec.name, &rec.host, rec.pid, &rec.queues, &rec.version, rec.lease_ms)
+        (
+            &rec.name,
+            &rec.host,
+            rec.pid,
+            &rec.queues,
+            &rec.version,
+            rec.lease_ms
+        )
     );
-    assert!(close(w.started_at, now), "started_at {} vs {now}", w.started_at);
-    assert!(close(w.last_seen, now), "storage sets last_seen: {}", w.last_seen);
+    assert!(
+        close(w.started_at, now),
+        "started_at {} vs {now}",
+        w.started_at
+    );
+    assert!(
+        close(w.last_seen, now),
+        "storage sets last_seen: {}",
+        w.last_seen
+    );
     assert!(!w.is_dead(s.now().await.expect("now")));
 
     h.advance(Duration::from_secs(20)).await;
@@ -82,7 +95,10 @@ pub async fn worker_registry_records_renews_and_removes<H: ConformanceHarness>(h
     );
     h.advance(LEASE + Duration::from_secs(1)).await;
     let later = s.now().await.expect("now");
-    assert!(workers(&s).await[0].is_dead(later), "unrenewed past its lease");
+    assert!(
+        workers(&s).await[0].is_dead(later),
+        "unrenewed past its lease"
+    );
 
     // Registering again under the same name replaces the record.
     let mut again = record("w1", later);
@@ -93,9 +109,15 @@ pub async fn worker_registry_records_renews_and_removes<H: ConformanceHarness>(h
     assert_eq!(got[0].queues.len(), 1);
     assert!(!got[0].is_dead(later));
 
-    s.register_worker(record("w2", later)).await.expect("register w2");
+    s.register_worker(record("w2", later))
+        .await
+        .expect("register w2");
     assert_eq!(
-        workers(&s).await.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(),
+        workers(&s)
+            .await
+            .iter()
+            .map(|w| w.name.as_str())
+            .collect::<Vec<_>>(),
         ["w1", "w2"],
         "listed by name"
     );
@@ -110,7 +132,11 @@ pub async fn worker_registry_records_renews_and_removes<H: ConformanceHarness>(h
     let cut = s.now().await.expect("now") - chrono::Duration::seconds(30);
     assert_eq!(s.prune_workers(cut).await.expect("prune"), 1);
     assert_eq!(
-        workers(&s).await.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(),
+        workers(&s)
+            .await
+            .iter()
+            .map(|w| w.name.as_str())
+            .collect::<Vec<_>>(),
         ["w3"]
     );
     assert!(!s.touch_worker("w1").await.expect("touch a pruned worker"));
@@ -123,14 +149,24 @@ pub async fn trace_context_is_stored_with_the_job<H: ConformanceHarness>(h: &H) 
     let mut one = NewJob::new("t", json!(1));
     one.trace_context = Some(TRACEPARENT.into());
     let id = s.enqueue(one).await.expect("enqueue").id;
-    let plain = s.enqueue(NewJob::new("t", json!(2))).await.expect("enqueue").id;
+    let plain = s
+        .enqueue(NewJob::new("t", json!(2)))
+        .await
+        .expect("enqueue")
+        .id;
     let mut bulk = NewJob::new("t", json!(3));
     bulk.trace_context = Some(TRACEPARENT.replace("-01", "-00"));
     let bulk_id = s.enqueue_many(vec![bulk]).await.expect("enqueue_many")[0].id;
 
     let got = |id| {
         let s = s.clone();
-        async move { s.get_job(id).await.expect("get").expect("exists").trace_context }
+        async move {
+            s.get_job(id)
+                .await
+                .expect("get")
+                .expect("exists")
+                .trace_context
+        }
     };
     assert_eq!(got(id).await.as_deref(), Some(TRACEPARENT));
     assert_eq!(got(plain).await, None);
@@ -143,7 +179,11 @@ pub async fn trace_context_is_stored_with_the_job<H: ConformanceHarness>(h: &H) 
         .await
         .expect("list");
     assert_eq!(
-        listed.iter().find(|j| j.id == id).and_then(|j| j.trace_context.clone()).as_deref(),
+        listed
+            .iter()
+            .find(|j| j.id == id)
+            .and_then(|j| j.trace_context.clone())
+            .as_deref(),
         Some(TRACEPARENT)
     );
     let claimed = s.dequeue(params("default", 10)).await.expect("dequeue");
@@ -176,13 +216,26 @@ pub async fn release_stale_locks_reports_released_jobs<H: ConformanceHarness>(h:
     last.max_attempts = 1;
     let last = s.enqueue(last).await.expect("enqueue").id;
     assert_eq!(s.dequeue(params("q1", 10)).await.expect("dequeue").len(), 2);
-    assert!(s.release_stale_locks().await.expect("sweep").released.is_empty());
+    assert!(s
+        .release_stale_locks()
+        .await
+        .expect("sweep")
+        .released
+        .is_empty());
     h.advance(LEASE + Duration::from_secs(1)).await;
     let mut swept = s.release_stale_locks().await.expect("sweep").released;
     swept.sort_by_key(|j| j.job_id);
     let seen: Vec<_> = swept
         .iter()
-        .map(|j| (j.job_id, j.queue.as_str(), j.task.as_str(), j.attempt, j.status))
+        .map(|j| {
+            (
+                j.job_id,
+                j.queue.as_str(),
+                j.task.as_str(),
+                j.attempt,
+                j.status,
+            )
+        })
         .collect();
     assert_eq!(
         seen,
@@ -191,5 +244,10 @@ pub async fn release_stale_locks_reports_released_jobs<H: ConformanceHarness>(h:
             (last, "q1", "t", 1, JobStatus::Failed)
         ]
     );
-    assert!(s.release_stale_locks().await.expect("sweep").released.is_empty());
+    assert!(s
+        .release_stale_locks()
+        .await
+        .expect("sweep")
+        .released
+        .is_empty());
 }

@@ -2,9 +2,9 @@
 //! the management calls. The [`crate::storage_operations_conformance_tests`] macro turns
 //! them into one test each.
 
-use crate::storage::AdvanceScheduleParams;
 use super::ConformanceHarness;
 use crate::job::{Checkpoint, CheckpointOutcome, JobId, JobStatus, KeyMode, NewJob};
+use crate::storage::AdvanceScheduleParams;
 use crate::storage::{DequeueParams, DynStorage, Failure, JobFilter, ManualOutcome};
 use serde_json::json;
 use std::collections::HashSet;
@@ -250,7 +250,12 @@ pub async fn schedules_are_stored_paused_and_removed<H: ConformanceHarness>(h: &
         .expect("upsert");
     let later = now + chrono::Duration::seconds(60);
     assert!(s
-        .advance_schedule(AdvanceScheduleParams { name: "a", from: now, to: later, jobs: vec![] })
+        .advance_schedule(AdvanceScheduleParams {
+            name: "a",
+            from: now,
+            to: later,
+            jobs: vec![]
+        })
         .await
         .expect("advance")
         .is_some());
@@ -291,8 +296,13 @@ pub async fn advance_schedule_is_compare_and_set<H: ConformanceHarness>(h: &H) {
     for _ in 0..8 {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
-            s.advance_schedule(AdvanceScheduleParams { name: "tick", from: now, to, jobs: vec![NewJob::new("t", json!("tick"))] })
-                .await
+            s.advance_schedule(AdvanceScheduleParams {
+                name: "tick",
+                from: now,
+                to,
+                jobs: vec![NewJob::new("t", json!("tick"))],
+            })
+            .await
         }));
     }
     let mut winners = Vec::new();
@@ -310,7 +320,12 @@ pub async fn advance_schedule_is_compare_and_set<H: ConformanceHarness>(h: &H) {
         1
     );
     assert!(s
-        .advance_schedule(AdvanceScheduleParams { name: "missing", from: now, to, jobs: vec![] })
+        .advance_schedule(AdvanceScheduleParams {
+            name: "missing",
+            from: now,
+            to,
+            jobs: vec![]
+        })
         .await
         .expect("advance")
         .is_none());

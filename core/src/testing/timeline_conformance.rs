@@ -35,7 +35,14 @@ async fn attempts(s: &DynStorage, id: JobId) -> Vec<AttemptRecord> {
 /// (attempt, worker, outcome, error) of each record, for compact assertions.
 fn summary(a: &[AttemptRecord]) -> Vec<(i32, Option<&str>, AttemptOutcome, Option<&str>)> {
     a.iter()
-        .map(|r| (r.attempt, r.worker.as_deref(), r.outcome, r.error.as_deref()))
+        .map(|r| {
+            (
+                r.attempt,
+                r.worker.as_deref(),
+                r.outcome,
+                r.error.as_deref(),
+            )
+        })
         .collect()
 }
 
@@ -83,7 +90,10 @@ pub async fn attempt_history_records_each_attempt<H: ConformanceHarness>(h: &H) 
 
     let c = claim(&s, "w-a").await;
     let running = attempts(&s, id).await;
-    assert_eq!(summary(&running), [(1, Some("w-a"), AttemptOutcome::Running, None)]);
+    assert_eq!(
+        summary(&running),
+        [(1, Some("w-a"), AttemptOutcome::Running, None)]
+    );
     assert_eq!(running[0].finished_at, None);
     h.advance(Duration::from_secs(2)).await;
     s.fail(
@@ -136,22 +146,37 @@ pub async fn attempt_history_records_reclaims_cancels_and_goes_with_the_job<
     h: &H,
 ) {
     let s = h.storage();
-    let reclaimed = s.enqueue(NewJob::new("t", json!("r"))).await.expect("enqueue").id;
+    let reclaimed = s
+        .enqueue(NewJob::new("t", json!("r")))
+        .await
+        .expect("enqueue")
+        .id;
     claim(&s, "dead").await;
     h.advance(LEASE + Duration::from_secs(1)).await;
     s.release_stale_locks().await.expect("sweep");
     let history = attempts(&s, reclaimed).await;
     assert_eq!(history.len(), 1);
     assert_eq!(
-        (history[0].attempt, history[0].worker.as_deref(), history[0].outcome),
+        (
+            history[0].attempt,
+            history[0].worker.as_deref(),
+            history[0].outcome
+        ),
         (1, Some("dead"), AttemptOutcome::Reclaimed)
     );
-    assert!(history[0].error.as_deref().is_some_and(|e| e.contains("lease expired")));
+    assert!(history[0]
+        .error
+        .as_deref()
+        .is_some_and(|e| e.contains("lease expired")));
     // It went back to retrying: claim it away so later claims see only new jobs.
     let again = claim(&s, "w").await;
     s.complete(&again.lease, json!(0)).await.expect("complete");
 
-    let cancelled = s.enqueue(NewJob::new("t", json!("c"))).await.expect("enqueue").id;
+    let cancelled = s
+        .enqueue(NewJob::new("t", json!("c")))
+        .await
+        .expect("enqueue")
+        .id;
     claim(&s, "w").await;
     assert!(s.cancel(cancelled).await.expect("cancel"));
     assert_eq!(
@@ -178,23 +203,40 @@ pub async fn attempt_history_records_reclaims_cancels_and_goes_with_the_job<
     );
 
     assert!(s.delete_job(failed).await.expect("delete"));
-    assert!(attempts(&s, failed).await.is_empty(), "deleted with its job");
+    assert!(
+        attempts(&s, failed).await.is_empty(),
+        "deleted with its job"
+    );
     h.advance(Duration::from_secs(10)).await;
     let cut = s.now().await.expect("now");
     assert_eq!(s.purge_finished(cut).await.expect("purge"), 2);
-    assert!(attempts(&s, reclaimed).await.is_empty(), "purged with its job");
-    assert!(attempts(&s, cancelled).await.is_empty(), "purged with its job");
+    assert!(
+        attempts(&s, reclaimed).await.is_empty(),
+        "purged with its job"
+    );
+    assert!(
+        attempts(&s, cancelled).await.is_empty(),
+        "purged with its job"
+    );
 }
 
 /// Finished counts cover the jobs that finished at or after a time, per queue and final
 /// status.
 pub async fn finished_counts_since_a_time<H: ConformanceHarness>(h: &H) {
     let s = h.storage();
-    let early = s.enqueue(NewJob::new("t", json!(1))).await.expect("enqueue").id;
+    let early = s
+        .enqueue(NewJob::new("t", json!(1)))
+        .await
+        .expect("enqueue")
+        .id;
     let c = claim(&s, "w").await;
     assert_eq!(c.job.id, early);
     s.complete(&c.lease, json!(1)).await.expect("complete");
-    let cancelled = s.enqueue(NewJob::new("t", json!(2))).await.expect("enqueue").id;
+    let cancelled = s
+        .enqueue(NewJob::new("t", json!(2)))
+        .await
+        .expect("enqueue")
+        .id;
     s.cancel(cancelled).await.expect("cancel");
     h.advance(Duration::from_secs(7200)).await;
     let since = s.now().await.expect("now") - chrono::Duration::seconds(3600);

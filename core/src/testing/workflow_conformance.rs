@@ -2,10 +2,10 @@
 //! cancellation of subtrees, deletion. The [`crate::storage_workflow_conformance_tests`]
 //! macro turns them into one test each.
 
-use crate::storage::SpawnChildrenParams;
-use crate::storage::TakeSignalsParams;
 use super::ConformanceHarness;
 use crate::job::{JobId, JobStatus, NewJob};
+use crate::storage::SpawnChildrenParams;
+use crate::storage::TakeSignalsParams;
 use crate::storage::{ClaimedJob, DequeueParams, DynStorage, Failure, JobFilter};
 use crate::Error;
 use serde_json::json;
@@ -115,17 +115,32 @@ pub async fn signals_are_consumed_once_in_order<H: ConformanceHarness>(h: &H) {
         Some(json!(1))
     );
     let first = s
-        .take_signals(TakeSignalsParams { lease: &c.lease, name: "ship", limit: 1, key: "0" })
+        .take_signals(TakeSignalsParams {
+            lease: &c.lease,
+            name: "ship",
+            limit: 1,
+            key: "0",
+        })
         .await
         .expect("take");
     assert_eq!(first, vec![json!(1)]);
     let rest = s
-        .take_signals(TakeSignalsParams { lease: &c.lease, name: "ship", limit: 10, key: "1" })
+        .take_signals(TakeSignalsParams {
+            lease: &c.lease,
+            name: "ship",
+            limit: 10,
+            key: "1",
+        })
         .await
         .expect("take");
     assert_eq!(rest, vec![json!(2), json!(3)]);
     assert!(s
-        .take_signals(TakeSignalsParams { lease: &c.lease, name: "ship", limit: 10, key: "2" })
+        .take_signals(TakeSignalsParams {
+            lease: &c.lease,
+            name: "ship",
+            limit: 10,
+            key: "2"
+        })
         .await
         .expect("take")
         .is_empty());
@@ -151,10 +166,23 @@ pub async fn stale_lease_cannot_suspend_spawn_or_take<H: ConformanceHarness>(h: 
     h.advance(Duration::from_secs(31)).await;
     s.release_stale_locks().await.expect("reclaim");
     let fresh = claim(&s, c.job.id).await;
-    lease_lost(s.take_signals(TakeSignalsParams { lease: &c.lease, name: "go", limit: 1, key: "0" }).await);
     lease_lost(
-        s.spawn_children(SpawnChildrenParams { lease: &c.lease, key: "0", name: "kids", jobs: vec![NewJob::new("t", json!(0))] })
-            .await,
+        s.take_signals(TakeSignalsParams {
+            lease: &c.lease,
+            name: "go",
+            limit: 1,
+            key: "0",
+        })
+        .await,
+    );
+    lease_lost(
+        s.spawn_children(SpawnChildrenParams {
+            lease: &c.lease,
+            key: "0",
+            name: "kids",
+            jobs: vec![NewJob::new("t", json!(0))],
+        })
+        .await,
     );
     lease_lost(s.suspend(&c.lease, None).await);
     assert_eq!(
@@ -190,7 +218,12 @@ pub async fn signal_to_finished_or_missing_job_is_refused<H: ConformanceHarness>
 pub async fn spawn_children_writes_children_and_checkpoint<H: ConformanceHarness>(h: &H) {
     let (s, c) = running_job(h).await;
     let ids = s
-        .spawn_children(SpawnChildrenParams { lease: &c.lease, key: "0", name: "fan_out:t", jobs: vec![NewJob::new("t", json!(1)), NewJob::new("t", json!(2))] })
+        .spawn_children(SpawnChildrenParams {
+            lease: &c.lease,
+            key: "0",
+            name: "fan_out:t",
+            jobs: vec![NewJob::new("t", json!(1)), NewJob::new("t", json!(2))],
+        })
         .await
         .expect("spawn");
     assert_eq!(ids.len(), 2);
@@ -215,7 +248,12 @@ pub async fn spawn_children_writes_children_and_checkpoint<H: ConformanceHarness
 pub async fn child_final_write_wakes_waiting_parent<H: ConformanceHarness>(h: &H) {
     let (s, parent) = running_job(h).await;
     let kids = s
-        .spawn_children(SpawnChildrenParams { lease: &parent.lease, key: "0", name: "kids", jobs: (0..3).map(|i| NewJob::new("t", json!(i))).collect() })
+        .spawn_children(SpawnChildrenParams {
+            lease: &parent.lease,
+            key: "0",
+            name: "kids",
+            jobs: (0..3).map(|i| NewJob::new("t", json!(i))).collect(),
+        })
         .await
         .expect("spawn");
     s.suspend(&parent.lease, None).await.expect("suspend");
@@ -263,12 +301,22 @@ pub async fn child_final_write_wakes_waiting_parent<H: ConformanceHarness>(h: &H
 pub async fn cancel_cascades_to_descendants<H: ConformanceHarness>(h: &H) {
     let (s, root) = running_job(h).await;
     let kids = s
-        .spawn_children(SpawnChildrenParams { lease: &root.lease, key: "0", name: "kids", jobs: vec![NewJob::new("t", json!(1)), NewJob::new("t", json!(2))] })
+        .spawn_children(SpawnChildrenParams {
+            lease: &root.lease,
+            key: "0",
+            name: "kids",
+            jobs: vec![NewJob::new("t", json!(1)), NewJob::new("t", json!(2))],
+        })
         .await
         .expect("spawn");
     let kid = claim(&s, kids[0]).await;
     let grandkids = s
-        .spawn_children(SpawnChildrenParams { lease: &kid.lease, key: "0", name: "kids", jobs: vec![NewJob::new("t", json!(3))] })
+        .spawn_children(SpawnChildrenParams {
+            lease: &kid.lease,
+            key: "0",
+            name: "kids",
+            jobs: vec![NewJob::new("t", json!(3))],
+        })
         .await
         .expect("spawn");
     let other = s

@@ -1,12 +1,12 @@
 //! One queue's loop: claim jobs in batches while slots are free, run them, hand their
 //! outcomes to the completer, and on shutdown return what is still running.
 
-use crate::storage::Storage;
 use super::complete::{Finish, RunMeta};
 use super::execute::{classify, execute, Ended};
 use super::options::QueueConfig;
 use super::shared::{Shared, NOT_IDLE};
 use crate::instrumented::Backoff;
+use crate::storage::Storage;
 use crate::storage::{ClaimedJob, DequeueParams};
 use crate::task::{panic_message, TaskError};
 use serde_json::Value;
@@ -60,7 +60,9 @@ impl Running {
     ) {
         let meta = RunMeta::of(shared, &c);
         meta.metrics.started.increment(1);
-        let waited = (chrono::Utc::now() - c.job.run_at).num_microseconds().unwrap_or(0);
+        let waited = (chrono::Utc::now() - c.job.run_at)
+            .num_microseconds()
+            .unwrap_or(0);
         meta.metrics.wait.record(waited.max(0) as f64 / 1e6);
         let mut fut: Pin<Box<dyn Future<Output = Outcome> + Send>> =
             Box::pin(execute(shared.clone(), c, lost));
@@ -109,7 +111,9 @@ impl Running {
 /// Hands a finished attempt's outcome to the completer.
 fn settle(shared: &Shared, meta: RunMeta, ended: Ended, out: &mpsc::UnboundedSender<Finish>) {
     shared.leases().remove(&meta.job_id);
-    meta.metrics.duration.record(meta.started.elapsed().as_secs_f64());
+    meta.metrics
+        .duration
+        .record(meta.started.elapsed().as_secs_f64());
     let finish = classify(shared, meta, ended);
     if out.send(finish).is_err() {
         // The completer only stops after every loop has ended, so this is unreachable

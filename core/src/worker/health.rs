@@ -65,7 +65,9 @@ fn now_ms() -> i64 {
 }
 
 fn at(ms: i64) -> Option<DateTime<Utc>> {
-    (ms != 0).then(|| DateTime::from_timestamp_millis(ms)).flatten()
+    (ms != 0)
+        .then(|| DateTime::from_timestamp_millis(ms))
+        .flatten()
 }
 
 impl HealthState {

@@ -1,12 +1,12 @@
 //! State shared by one running worker's tasks.
 
-use crate::storage::Storage;
 use super::health::HealthState;
 use super::options::WorkerOptions;
 use crate::error::Error;
 use crate::job::{JobId, Lease};
 use crate::metric::MetricsCache;
 use crate::queue::Queue;
+use crate::storage::Storage;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

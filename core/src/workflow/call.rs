@@ -35,7 +35,7 @@ where
     A: Serialize + ?Sized,
 {
     let key = ctx.next_key();
-    let span = tracing::info_span!(
+    let span = crate::trace::leveled_span!(
         "durable_jobs.call",
         name,
         key = key.as_str(),

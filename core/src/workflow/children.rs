@@ -1,12 +1,12 @@
 //! Child jobs: fan out, wait (holding no slot), fan in with a strategy.
 
-use crate::storage::SpawnChildrenParams;
-use crate::storage::Storage;
 use super::context::JobContext;
 use super::key::CheckpointKey;
 use crate::job::{Checkpoint, CheckpointOutcome, Job, JobId, JobStatus};
 use crate::options::JobOptions;
 use crate::storage::JobFilter;
+use crate::storage::SpawnChildrenParams;
+use crate::storage::Storage;
 use crate::task::TaskError;
 use crate::trace;
 use crate::Error;

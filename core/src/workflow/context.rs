@@ -1,11 +1,11 @@
 //! The context a handler receives: which job it runs, its lease, cancellation, and the
 //! checkpoint scope that durable calls use.
 
-use crate::storage::Storage;
 use super::key::CheckpointKey;
 use crate::error::Result;
 use crate::job::{Checkpoint, Job, JobId, Lease};
 use crate::queue::Queue;
+use crate::storage::Storage;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};

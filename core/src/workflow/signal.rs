@@ -1,10 +1,10 @@
 //! Signals: durable messages from outside that a workflow waits for.
 
-use crate::storage::TakeSignalsParams;
-use crate::storage::Storage;
 use super::context::JobContext;
 use super::key::CheckpointKey;
 use crate::job::{Checkpoint, CheckpointOutcome};
+use crate::storage::Storage;
+use crate::storage::TakeSignalsParams;
 use crate::task::TaskError;
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
@@ -117,7 +117,12 @@ impl JobContext {
                     let taken = ctx
                         .queue()
                         .storage()
-                        .take_signals(TakeSignalsParams { lease: ctx.lease(), name: &name, limit: usize::MAX >> 1, key: key.as_str() })
+                        .take_signals(TakeSignalsParams {
+                            lease: ctx.lease(),
+                            name: &name,
+                            limit: usize::MAX >> 1,
+                            key: key.as_str(),
+                        })
                         .await
                         .map_err(engine)?;
                     // Storage stores the checkpoint only when it took something; an
@@ -166,7 +171,12 @@ impl JobContext {
         let taken = self
             .queue()
             .storage()
-            .take_signals(TakeSignalsParams { lease: self.lease(), name, limit: 1, key: key.as_str() })
+            .take_signals(TakeSignalsParams {
+                lease: self.lease(),
+                name,
+                limit: 1,
+                key: key.as_str(),
+            })
             .await
             .map_err(TaskError::from_engine)?;
         if !taken.is_empty() {

@@ -29,7 +29,7 @@ impl JobContext {
         Fut: Future<Output = Result<T, TaskError>> + Send + 'static,
     {
         let key = self.next_key();
-        let span = tracing::info_span!(
+        let span = crate::trace::leveled_span!(
             "durable_jobs.step",
             name,
             key = key.as_str(),

@@ -1,7 +1,7 @@
 //! Registration variants, enqueue validation and bad input.
 
-use durable_jobs::Storage;
 use super::{setup, status, worker};
+use durable_jobs::Storage;
 use durable_jobs::{Error, JobContext, JobOptions, JobStatus, Task, TaskError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;

@@ -10,7 +10,11 @@ async fn hooks_see_start_complete_retry_and_fail() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = |tag: &'static str| {
         let seen = seen.clone();
-        move |e: &Event| seen.lock().expect("lock").push((tag, e.job_id().unwrap_or_default()))
+        move |e: &Event| {
+            seen.lock()
+                .expect("lock")
+                .push((tag, e.job_id().unwrap_or_default()))
+        }
     };
     queue.on_job_start(log("start"));
     queue.on_job_complete(log("complete"));

@@ -1,7 +1,7 @@
 //! Ordering, delays, panics, timeouts, concurrency, wake-ups, leases.
 
-use durable_jobs::Storage;
 use super::{setup, status, worker};
+use durable_jobs::Storage;
 use durable_jobs::{
     DequeueParams, Event, JobContext, JobOptions, JobStatus, TaskError, Worker, WorkerOptions,
 };
@@ -247,7 +247,14 @@ async fn heartbeats_keep_a_long_job_leased() {
         })
         .await
         .expect("heartbeat renewed the lease");
-        assert_eq!(storage.release_stale_locks().await.expect("sweep").touched(), 0);
+        assert_eq!(
+            storage
+                .release_stale_locks()
+                .await
+                .expect("sweep")
+                .touched(),
+            0
+        );
     }
     release.notify_one();
     tokio::time::timeout(Duration::from_secs(10), async {

@@ -80,13 +80,25 @@ fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 fn counter(name: &str, pairs: &[(&str, &str)]) -> u64 {
     collect();
     let id = (MetricKind::Counter, name.to_string(), labels(pairs));
-    tally().lock().expect("tally").counters.get(&id).copied().unwrap_or(0)
+    tally()
+        .lock()
+        .expect("tally")
+        .counters
+        .get(&id)
+        .copied()
+        .unwrap_or(0)
 }
 
 fn histogram(name: &str, pairs: &[(&str, &str)]) -> Vec<f64> {
     collect();
     let id = (MetricKind::Histogram, name.to_string(), labels(pairs));
-    tally().lock().expect("tally").histograms.get(&id).cloned().unwrap_or_default()
+    tally()
+        .lock()
+        .expect("tally")
+        .histograms
+        .get(&id)
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn gauge(name: &str, pairs: &[(&str, &str)]) -> Option<f64> {
@@ -121,10 +133,19 @@ async fn job_counters_and_histograms_count_each_outcome() {
     ));
     let on = |q: &str| JobOptions::new().queue(q);
     for _ in 0..3 {
-        queue.enqueue("m_ok", &(), on("mq1")).await.expect("enqueue");
+        queue
+            .enqueue("m_ok", &(), on("mq1"))
+            .await
+            .expect("enqueue");
     }
-    queue.enqueue("m_fail", &(), on("mq1")).await.expect("enqueue");
-    queue.enqueue("m_retry", &(), on("mq1")).await.expect("enqueue");
+    queue
+        .enqueue("m_fail", &(), on("mq1"))
+        .await
+        .expect("enqueue");
+    queue
+        .enqueue("m_retry", &(), on("mq1"))
+        .await
+        .expect("enqueue");
     // A bulk enqueue counts every job it created.
     queue
         .enqueue_many("m_ok", &[(), ()], on("mq1"))
@@ -162,10 +183,17 @@ async fn job_counters_and_histograms_count_each_outcome() {
     assert_eq!(counter("durable_jobs_jobs_completed_total", &retry), 1);
     let durations = histogram("durable_jobs_job_duration_seconds", &ok);
     assert_eq!(durations.len(), 6, "one duration per attempt");
-    assert!(durations.iter().all(|d| (0.0..5.0).contains(d)), "{durations:?}");
+    assert!(
+        durations.iter().all(|d| (0.0..5.0).contains(d)),
+        "{durations:?}"
+    );
     assert_eq!(histogram("durable_jobs_job_wait_seconds", &retry).len(), 2);
     // Storage calls are timed by operation.
-    assert!(!histogram("durable_jobs_storage_call_duration_seconds", &[("operation", "dequeue")]).is_empty());
+    assert!(!histogram(
+        "durable_jobs_storage_call_duration_seconds",
+        &[("operation", "dequeue")]
+    )
+    .is_empty());
 }
 
 #[tokio::test]
@@ -174,13 +202,19 @@ async fn cancels_reclaims_and_sampled_gauges() {
     let (queue, clock) = setup();
     queue.register_fn("m_g", |_: ()| async { Ok::<_, TaskError>(()) });
     let on = JobOptions::new().queue("mq2");
-    let cancelled = queue.enqueue("m_g", &(), on.clone()).await.expect("enqueue");
+    let cancelled = queue
+        .enqueue("m_g", &(), on.clone())
+        .await
+        .expect("enqueue");
     assert!(queue.cancel(cancelled).await.expect("cancel"));
     let labels_g = [("queue", "mq2"), ("task", "m_g")];
     assert_eq!(counter("durable_jobs_jobs_cancelled_total", &labels_g), 1);
 
     // A job claimed by a worker that then died comes back through the sweep.
-    queue.enqueue("m_g", &(), on.clone()).await.expect("enqueue");
+    queue
+        .enqueue("m_g", &(), on.clone())
+        .await
+        .expect("enqueue");
     let claimed = queue
         .storage()
         .inner()
@@ -197,7 +231,10 @@ async fn cancels_reclaims_and_sampled_gauges() {
     assert_eq!(claimed.len(), 1);
     clock.advance(Duration::from_secs(31));
     for _ in 0..2 {
-        queue.enqueue("m_g", &(), on.clone()).await.expect("enqueue");
+        queue
+            .enqueue("m_g", &(), on.clone())
+            .await
+            .expect("enqueue");
     }
     let worker = std::sync::Arc::new(
         Worker::new(
@@ -225,7 +262,10 @@ async fn cancels_reclaims_and_sampled_gauges() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(
-        gauge("durable_jobs_jobs", &[("queue", "mq2"), ("status", "cancelled")]),
+        gauge(
+            "durable_jobs_jobs",
+            &[("queue", "mq2"), ("status", "cancelled")]
+        ),
         Some(1.0)
     );
     worker.shutdown_handle().shutdown();

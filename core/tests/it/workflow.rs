@@ -1,7 +1,7 @@
 //! Durable calls: checkpointed results, replay on retry, nesting, determinism.
 
-use durable_jobs::Storage;
 use super::{setup, worker};
+use durable_jobs::Storage;
 use durable_jobs::{call, JobContext, JobOptions, JobStatus, NoRetry, TaskError};
 use serde_json::json;
 use std::collections::HashMap;

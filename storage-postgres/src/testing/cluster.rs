@@ -64,11 +64,8 @@ impl ThrowawayCluster {
             .and_then(|l| l.local_addr())
             .map_err(|e| format!("no free port: {e}"))?
             .port();
-        let dir: PathBuf = std::env::temp_dir().join(format!(
-            "durable-jobs-pg-{}-{}",
-            std::process::id(),
-            port
-        ));
+        let dir: PathBuf =
+            std::env::temp_dir().join(format!("durable-jobs-pg-{}-{}", std::process::id(), port));
         std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         let data = dir.join("data");
         if as_root {
@@ -82,10 +79,15 @@ impl ThrowawayCluster {
             )?;
         }
         let mut initdb = pg_command("initdb", as_root);
-        initdb
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"]);
+        initdb.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ]);
         run(initdb, "initdb")?;
         let mut cluster = ThrowawayCluster {
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),

@@ -3,14 +3,15 @@
 //! a schema upgraded from version 5.
 
 use crate::schema;
+use chrono::{DateTime, Utc};
 use durable_jobs::{
-    AttemptOutcome, Checkpoint, CheckpointOutcome, Completion, DequeueParams, NewJob,
+    AttemptOutcome, Checkpoint, CheckpointOutcome, Completion, DequeueParams, JobStatus, NewJob,
     SpawnChildrenParams, Storage,
 };
 use durable_jobs_postgres::sqlx::{self, AssertSqlSafe};
 use durable_jobs_postgres::testing::{server_url, unique_schema};
 use durable_jobs_postgres::{PostgresOptions, PostgresStorage, LATEST_VERSION};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::Duration;
 
 fn params(holder: &str, limit: usize) -> DequeueParams {
@@ -25,7 +26,8 @@ fn params(holder: &str, limit: usize) -> DequeueParams {
 }
 
 /// The batch completion appends each job's attempt in the same statement, and the
-/// history is stored on the row as a JSON array an operator can read with SQL.
+/// history is stored on the row as an array of the schema's `attempt` composite type,
+/// which an operator can read with SQL.
 #[tokio::test]
 async fn complete_many_records_each_attempt_on_the_row() {
     let t = schema().await;
@@ -64,20 +66,199 @@ async fn complete_many_records_each_attempt_on_the_row() {
         assert_eq!(Some(a.started_at), c.job.started_at);
         assert!(a.finished_at.is_some_and(|f| f >= a.started_at));
     }
-    let stored: Value = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT attempts FROM \"{}\".jobs WHERE id = $1",
+    // Stored as an array of the schema's own composite type, readable with plain SQL.
+    let (udt_schema, udt_name): (String, String) = sqlx::query_as(
+        "SELECT udt_schema::text, udt_name::text FROM information_schema.columns
+         WHERE table_schema = $1 AND table_name = 'jobs' AND column_name = 'attempts'",
+    )
+    .bind(t.schema())
+    .fetch_one(s.pool())
+    .await
+    .expect("attempts column");
+    assert_eq!(
+        (udt_schema.as_str(), udt_name.as_str()),
+        (t.schema(), "_attempt")
+    );
+    type Stored = (
+        Option<i32>,
+        Option<i32>,
+        Option<String>,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+        Option<String>,
+        Option<String>,
+    );
+    let stored: Stored = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT cardinality(attempts), (attempts[1]).attempt, (attempts[1]).worker,
+                (attempts[1]).started_at, (attempts[1]).finished_at, (attempts[1]).outcome,
+                (attempts[1]).error
+         FROM \"{}\".jobs WHERE id = $1",
         t.schema()
     )))
     .bind(claimed[0].job.id)
     .fetch_one(s.pool())
     .await
-    .expect("attempts column");
-    let record = &stored[0];
-    assert_eq!(record["attempt"], json!(1));
-    assert_eq!(record["worker"], json!("batch"));
-    assert_eq!(record["outcome"], json!("completed"));
-    assert_eq!(record["error"], Value::Null);
-    assert!(record["started_at"].is_string() && record["finished_at"].is_string());
+    .expect("stored attempt");
+    let (len, attempt, worker, started_at, finished_at, outcome, error) = stored;
+    assert_eq!(
+        (len, attempt, worker.as_deref(), outcome.as_deref(), error),
+        (Some(1), Some(1), Some("batch"), Some("completed"), None)
+    );
+    assert_eq!(started_at, claimed[0].job.started_at);
+    assert!(finished_at.is_some_and(|f| started_at.is_some_and(|s| f >= s)));
+    t.drop_schema().await.expect("drop");
+}
+
+/// The history's type is qualified by the configured schema wherever it is named: in a
+/// schema whose name needs quoting, next to another schema with its own type, attempts
+/// are recorded and listed in order, and each schema drops (with its type) by
+/// `DROP SCHEMA ... CASCADE`.
+#[tokio::test]
+async fn history_type_is_per_schema_and_quoted() {
+    let url = server_url().expect("server");
+    let mut storages = Vec::new();
+    for prefix in ["DJ_Mixed_Case", "dj_other"] {
+        let s = PostgresStorage::connect_with(
+            &url,
+            PostgresOptions::new()
+                .schema(unique_schema(prefix))
+                .max_connections(2),
+        )
+        .await
+        .expect("connect");
+        s.migrate().await.expect("migrate");
+        storages.push(s);
+    }
+    for s in &storages {
+        let mut job = NewJob::new("t", json!(0));
+        job.max_attempts = 3;
+        let id = s.enqueue(job).await.expect("enqueue").id;
+        let c = s.dequeue(params("w1", 1)).await.expect("claim").remove(0);
+        s.fail(
+            &c.lease,
+            durable_jobs::Failure {
+                error: "it's \"quoted\"".into(),
+                retry_in: Some(Duration::ZERO),
+            },
+        )
+        .await
+        .expect("fail");
+        let c = s.dequeue(params("w2", 1)).await.expect("claim").remove(0);
+        s.release(&c.lease).await.expect("release");
+        let c = s.dequeue(params("w3", 1)).await.expect("claim").remove(0);
+        let history = s.list_attempts(id).await.expect("attempts");
+        let got: Vec<_> = history
+            .iter()
+            .map(|a| {
+                (
+                    a.attempt,
+                    a.worker.as_deref(),
+                    a.outcome,
+                    a.error.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    1,
+                    Some("w1"),
+                    AttemptOutcome::Retrying,
+                    Some("it's \"quoted\"")
+                ),
+                (2, Some("w2"), AttemptOutcome::Released, None),
+                (2, Some("w3"), AttemptOutcome::Running, None),
+            ],
+            "{}",
+            s.schema()
+        );
+        assert!(history[2].finished_at.is_none());
+        s.complete(&c.lease, json!(1)).await.expect("complete");
+        assert_eq!(
+            s.list_attempts(id)
+                .await
+                .expect("attempts")
+                .iter()
+                .map(|a| a.outcome)
+                .collect::<Vec<_>>(),
+            [
+                AttemptOutcome::Retrying,
+                AttemptOutcome::Released,
+                AttemptOutcome::Completed
+            ]
+        );
+    }
+    for s in &storages {
+        sqlx::query(AssertSqlSafe(format!(
+            "DROP SCHEMA \"{}\" CASCADE",
+            s.schema()
+        )))
+        .execute(s.pool())
+        .await
+        .expect("drop");
+    }
+}
+
+/// Finished counts come by queue (byte order), then status in lifecycle order
+/// (completed, failed, cancelled), not by the status's text.
+#[tokio::test]
+async fn finished_counts_are_ordered_by_queue_then_lifecycle() {
+    let t = schema().await;
+    let s = t.storage();
+    let since = s.now().await.expect("now");
+    for queue in ["b", "B", "a"] {
+        let on = |payload: i32| {
+            let mut job = NewJob::new("t", json!(payload));
+            job.queue = queue.into();
+            job.max_attempts = 1;
+            job
+        };
+        let cancelled = s.enqueue(on(0)).await.expect("enqueue").id;
+        assert!(s.cancel(cancelled).await.expect("cancel"));
+        for outcome in ["fail", "complete"] {
+            s.enqueue(on(1)).await.expect("enqueue");
+            let c = s
+                .dequeue(DequeueParams {
+                    queues: vec![queue.into()],
+                    ..params("w", 1)
+                })
+                .await
+                .expect("claim")
+                .remove(0);
+            if outcome == "fail" {
+                s.fail(
+                    &c.lease,
+                    durable_jobs::Failure {
+                        error: "x".into(),
+                        retry_in: None,
+                    },
+                )
+                .await
+                .expect("fail");
+            } else {
+                s.complete(&c.lease, json!(1)).await.expect("complete");
+            }
+        }
+    }
+    let got: Vec<_> = s
+        .finished_counts(since)
+        .await
+        .expect("finished_counts")
+        .into_iter()
+        .map(|c| (c.queue, c.status, c.count))
+        .collect();
+    let mut want = Vec::new();
+    for queue in ["B", "a", "b"] {
+        for status in [
+            JobStatus::Completed,
+            JobStatus::Failed,
+            JobStatus::Cancelled,
+        ] {
+            want.push((queue.to_string(), status, 1));
+        }
+    }
+    assert_eq!(got, want);
     t.drop_schema().await.expect("drop");
 }
 
