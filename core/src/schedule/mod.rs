@@ -131,15 +131,25 @@ impl Schedule {
         })
     }
 
-    /// Fires on a cron expression (five fields, or six/seven with seconds first), as the
-    /// `cron` crate reads it: day of week 1-7 counts from Sunday (`1` is Sunday, or use
-    /// names: `MON-FRI`), and a day must match both the day of month and the day of
-    /// week. An invalid expression is an error when the schedule is added. Crontab
-    /// entries ([`crontab`]) read their fields as Unix cron does instead.
+    /// Fires on a cron expression.
+    ///
+    /// Five numeric fields (`minute hour day-of-month month day-of-week`) read as Unix
+    /// cron and graphile-worker read them: day of week 0-7 where 0 and 7 are Sunday and 1
+    /// is Monday, so `0 9 * * 1-5` fires on weekdays; when both the day of month and the
+    /// day of week are restricted, a day matching either fires. Expressions with names
+    /// (`MON-FRI`, `JAN`) or with six or seven fields (seconds first) read as the `cron`
+    /// crate reads them (day of week 1-7 from Sunday; both day fields must match). An
+    /// invalid expression is an error when the schedule is added.
     pub fn cron(expr: &str) -> Self {
-        Self::with_spec(Spec::Cron {
+        let unix =
+            expr.split_whitespace().count() == 5 && !expr.chars().any(|c| c.is_ascii_alphabetic());
+        let mut schedule = Self::with_spec(Spec::Cron {
             expr: expr.to_string(),
-        })
+        });
+        if unix {
+            schedule.cron_dialect = CronDialect::Unix;
+        }
+        schedule
     }
 
     /// The task each tick enqueues, with its arguments.

@@ -409,3 +409,42 @@ async fn add_crontab_adds_every_line_or_none() {
     assert_eq!((job.priority, job.max_attempts), (-5, 3));
     assert_eq!(job.run_at, clock.now());
 }
+
+/// `Schedule::cron` reads five numeric fields as Unix cron does (1 is Monday), so the
+/// common weekday expression fires Monday to Friday, as it does with names.
+#[test]
+fn five_numeric_cron_fields_read_as_unix_cron() {
+    let at = |s: &str| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .expect("a valid time")
+            .with_timezone(&chrono::Utc)
+    };
+    for expr in ["0 9 * * 1-5", "0 9 * * MON-FRI"] {
+        let weekdays = Schedule::cron(expr);
+        // 2026-01-01 is a Thursday.
+        let mut t = at("2026-01-01T10:00:00Z");
+        let mut fired = Vec::new();
+        for _ in 0..3 {
+            t = weekdays.next_after(t).expect("a next tick");
+            fired.push(t);
+        }
+        assert_eq!(
+            fired,
+            [
+                at("2026-01-02T09:00:00Z"),
+                at("2026-01-05T09:00:00Z"),
+                at("2026-01-06T09:00:00Z")
+            ],
+            "{expr}: Friday, then Monday and Tuesday"
+        );
+    }
+    // Sunday is 0 or 7.
+    let sunday = at("2026-01-04T09:00:00Z");
+    for expr in ["0 9 * * 0", "0 9 * * 7"] {
+        assert_eq!(
+            Schedule::cron(expr).next_after(at("2026-01-01T10:00:00Z")),
+            Some(sunday),
+            "{expr}"
+        );
+    }
+}
