@@ -3,7 +3,7 @@
 //! [`crate::Queue`], [`crate::Worker`], workflows, the scheduler and the maintenance
 //! services reach the backend only through [`InstrumentedStorage`], so what every storage
 //! call needs is written here once: a `tracing` span per call, a duration histogram and an
-//! error counter by operation and [`StorageErrorKind`], and the [`StorageLayer`]s an
+//! error counter by operation and [`crate::StorageErrorKind`], and the [`StorageLayer`]s an
 //! application (or the benchmark's profiler) adds to watch calls without forwarding them.
 //! The worker's loops retry transient failures with [`Backoff`].
 

@@ -18,7 +18,7 @@
 //! | `durable_jobs_storage_call_duration_seconds` | histogram | operation |
 //! | `durable_jobs_storage_errors_total` | counter | operation, kind |
 //!
-//! Per-job metrics go through handles cached per queue and task ([`JobMetrics`]), so a
+//! Per-job metrics go through handles cached per queue and task, so a
 //! job pays a map lookup, not a label allocation and a registry lookup per metric. The
 //! gauges are sampled by the worker's maintenance loop every
 //! [`crate::WorkerOptions::metrics_interval`] with one counts query, never per job.

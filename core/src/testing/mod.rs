@@ -118,8 +118,7 @@ macro_rules! storage_conformance_tests {
 }
 
 /// Expands to one `#[test]` per workflow conformance case (suspend, children, signals,
-/// subtree cancellation, deletion) for a [`ConformanceHarness`] whose storage reports
-/// [`crate::Capabilities::workflows`].
+/// subtree cancellation, deletion) for a [`ConformanceHarness`].
 #[macro_export]
 macro_rules! storage_workflow_conformance_tests {
     ($harness:ty) => {
@@ -171,8 +170,7 @@ macro_rules! engine_conformance_tests {
 }
 
 /// Expands to one `#[test]` per operations conformance case (job-key modes, serial keys,
-/// flags, paused queues, schedules, management calls) for a [`ConformanceHarness`]
-/// whose storage reports [`crate::Capabilities::operations`].
+/// flags, paused queues, schedules, management calls) for a [`ConformanceHarness`].
 #[macro_export]
 macro_rules! storage_operations_conformance_tests {
     ($harness:ty) => {
@@ -197,8 +195,7 @@ macro_rules! storage_operations_conformance_tests {
 
 /// Expands to one `#[test]` per engine operations case: schedules racing across
 /// schedulers, catch-up, no-overlap, pause and validation; serial keys through a worker;
-/// retrying a failed workflow by hand. For storages reporting
-/// [`crate::Capabilities::operations`].
+/// retrying a failed workflow by hand.
 #[macro_export]
 macro_rules! engine_operations_conformance_tests {
     ($harness:ty) => {
