@@ -123,6 +123,37 @@
 //! SELECT durable_jobs.send_signal(42, 'shipped', '{"tracking": "XY123"}'::jsonb);
 //! ```
 //!
+//! # SQL worker protocol
+//! Workers in any language can take and finish jobs through SQL (migration 7). A worker
+//! loop, each statement autocommitted:
+//! ```sql
+//! -- Claim one due job (or get no row): task filter, lease length, optional queues.
+//! SELECT id, task, payload, attempt FROM durable_jobs.get_job(
+//!     'billing-worker:host-1:4711', task_identifiers => ARRAY['send_invoice'],
+//!     job_expiry => interval '5 minutes');
+//! -- ... run it, then either
+//! SELECT durable_jobs.complete_job('billing-worker:host-1:4711', 42, '{"sent": true}'::jsonb);
+//! -- or
+//! SELECT durable_jobs.fail_job('billing-worker:host-1:4711', 42, 'SMTP timeout');
+//! -- and loop; when get_job returns no row, sleep or LISTEN "durable_jobs:durable_jobs".
+//! ```
+//! `get_job(worker_id, task_identifiers DEFAULT NULL, job_expiry DEFAULT '4 hours',
+//! queue_names DEFAULT NULL)` claims like the Rust workers (priority, then run_at, then
+//! id; skipping paused queues, jobs not yet due and serial keys already running) with
+//! `FOR UPDATE SKIP LOCKED`, and returns the job row leased to `worker_id` until now +
+//! `job_expiry`. A job that outlives its lease is reclaimed by the lease sweep
+//! (`Storage::release_stale_locks`, which a Rust worker's lease sweeper runs; with SQL
+//! workers only, call it periodically) and runs again.
+//!
+//! `complete_job` and `fail_job` are fenced: they succeed only while the job is running
+//! under an unexpired lease held by `worker_id`. Otherwise they raise SQLSTATE `DJ001`
+//! (message `...: lease lost: job ... is not held by worker ...`) and change nothing; a
+//! job that does not exist raises `P0002`. Give each worker process its own id: the
+//! fence is the holder's name. `fail_job` retries after `least(2^attempt s, 1 hour)`
+//! while attempts remain (2 s, 4 s, 8 s, ...), else fails the job for good. Both append
+//! the attempt to the job's history and wake a waiting parent on a final write, like the
+//! Rust completion. SQL workers renew no lease: pick a `job_expiry` longer than a run.
+//!
 //! # Testing
 //! The `testing` feature adds the `testing` module: it finds a server (or starts a throwaway one)
 //! and gives each test its own schema, on a test clock that tests move forward instead of

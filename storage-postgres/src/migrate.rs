@@ -53,10 +53,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "timeline",
         sql: include_str!("../migrations/006_timeline.sql"),
     },
+    Migration {
+        version: 7,
+        name: "sql_worker",
+        sql: include_str!("../migrations/007_sql_worker.sql"),
+    },
 ];
 
 /// The newest schema version this library knows.
-pub const LATEST_VERSION: i64 = 6;
+pub const LATEST_VERSION: i64 = 7;
 
 /// A migration's SQL for `schema` (validate the name first), as [`run`] executes it: for
 /// review, or to apply by hand in a controlled rollout.

@@ -136,7 +136,9 @@ impl TestSchema {
             "CREATE TABLE {q}.test_clock (offset_us bigint NOT NULL);
              INSERT INTO {q}.test_clock VALUES (0);
              CREATE FUNCTION {q}.test_now() RETURNS timestamptz LANGUAGE sql STABLE AS
-                 $$ SELECT now() + (SELECT offset_us FROM {q}.test_clock) * interval '1 microsecond' $$;"
+                 $$ SELECT now() + (SELECT offset_us FROM {q}.test_clock) * interval '1 microsecond' $$;
+             CREATE OR REPLACE FUNCTION {q}.clock_now() RETURNS timestamptz LANGUAGE sql STABLE AS
+                 $$ SELECT {q}.test_now() $$;"
         )))
         .execute(storage.pool())
         .await

@@ -10,6 +10,7 @@ mod migrate;
 mod operations;
 mod pool;
 mod sql_api;
+mod sql_worker;
 mod timeline;
 mod workflow;
 
