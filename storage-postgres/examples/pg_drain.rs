@@ -78,12 +78,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         report.failed,
         report.lost,
     );
-    sqlx::query(AssertSqlSafe(format!(
-        "DROP SCHEMA \"{}\" CASCADE",
-        pg.schema()
-    )))
-    .execute(pg.pool())
-    .await?;
+    for name in [
+        durable_jobs_postgres::migrate::graphile_schema(pg.schema()),
+        pg.schema().to_string(),
+    ] {
+        sqlx::query(AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS \"{name}\" CASCADE"
+        )))
+        .execute(pg.pool())
+        .await?;
+    }
     if completed != jobs as u64 || report.completed != jobs as u64 {
         return Err(format!(
             "expected {jobs} completed jobs, found {completed} in storage, {} in the report",

@@ -109,12 +109,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     pg.migrate().await?;
     let outcome = measure(&pg, steps, parallel).await;
     // The schema goes whether or not the measurement succeeded.
-    sqlx::query(AssertSqlSafe(format!(
-        "DROP SCHEMA \"{}\" CASCADE",
-        pg.schema()
-    )))
-    .execute(pg.pool())
-    .await?;
+    for name in [
+        durable_jobs_postgres::migrate::graphile_schema(pg.schema()),
+        pg.schema().to_string(),
+    ] {
+        sqlx::query(AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS \"{name}\" CASCADE"
+        )))
+        .execute(pg.pool())
+        .await?;
+    }
     pg.pool().close().await;
     outcome
 }

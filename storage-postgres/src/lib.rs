@@ -123,6 +123,53 @@
 //! SELECT durable_jobs.send_signal(42, 'shipped', '{"tracking": "XY123"}'::jsonb);
 //! ```
 //!
+//! # graphile-worker's SQL API
+//! Migration 8 installs graphile-worker's SQL functions, with graphile's signatures and
+//! semantics, in a schema of their own next to the library's: the schema name followed
+//! by `_graphile` (`durable_jobs_graphile` by default; [`migrate::graphile_schema`]).
+//! Callers opt in by replacing `graphile_worker.` with it (or by putting it on their
+//! `search_path`). It is a separate schema because graphile's `add_job` has two more
+//! defaulted arguments than `durable_jobs.add_job`: an overload beside it would make
+//! existing short calls ambiguous, and changing it would change what existing callers'
+//! `queue_name`, `max_attempts` and `job_key` mean. The native functions above keep their
+//! own semantics.
+//! ```sql
+//! SELECT * FROM durable_jobs_graphile.add_job('generate_report', '{"id": 7}',
+//!     queue_name => 'reports', job_key => 'report:7', job_key_mode => 'preserve_run_at',
+//!     run_at => now() + interval '5 min', priority => 1, flags => ARRAY['slow']);
+//! SELECT * FROM durable_jobs_graphile.add_jobs(ARRAY[
+//!     ('a', '{}', NULL, NULL, NULL, NULL, NULL, NULL)::durable_jobs_graphile.job_spec]);
+//! SELECT durable_jobs_graphile.remove_job('report:7');
+//! SELECT * FROM durable_jobs_graphile.complete_jobs(ARRAY[1, 2]);
+//! SELECT * FROM durable_jobs_graphile.permanently_fail_jobs(ARRAY[3], 'bad data');
+//! SELECT * FROM durable_jobs_graphile.reschedule_jobs(ARRAY[4], run_at => now(),
+//!     priority => 0, attempts => 0, max_attempts => 25);
+//! ```
+//! They return rows of `durable_jobs.jobs`. As in graphile:
+//! - `queue_name` serializes: it becomes the job's serial key (one running job per name
+//!   across all workers); the job stays on the routing queue `default`, so any worker
+//!   serving `default` runs it.
+//! - `max_attempts` defaults to 25; `priority` runs smaller numbers first (stored
+//!   negated, since larger runs first here).
+//! - `job_key_mode`: `replace` (the default) updates the waiting job holding the key
+//!   (task, payload, run_at, queue_name, priority, max_attempts, flags; attempts reset;
+//!   two array payloads are concatenated); `preserve_run_at` does the same but keeps its
+//!   `run_at`; `unsafe_dedupe` returns the holder unchanged. In `replace` and
+//!   `preserve_run_at` a running holder keeps running without the key and will not retry,
+//!   and a new job gets the key.
+//! - Bad input raises graphile's SQLSTATEs: `GWBKM` (unknown `job_key_mode`), `GWBID`
+//!   (identifier not 1 to 128 characters), `GWBQN` (`queue_name` over 128), `GWBJK`
+//!   (`job_key` empty or over 512), `GWBMA` (`max_attempts` below 1).
+//! - `remove_job`, `complete_jobs`, `permanently_fail_jobs` (default reason `Manually
+//!   marked as failed`) and `reschedule_jobs` leave running (and waiting) jobs alone;
+//!   `remove_job` on a running holder only takes its key and its retries.
+//!
+//! Differences: a key is held only by unfinished jobs (so `unsafe_dedupe` does not match
+//! a completed or failed job); removed jobs are cancelled and completed jobs kept (graphile
+//! deletes both); `complete_jobs`, `permanently_fail_jobs` and `reschedule_jobs` act on
+//! pending, retrying and failed jobs, and `reschedule_jobs` makes a failed job with
+//! attempts left `retrying` again.
+//!
 //! # SQL worker protocol
 //! Workers in any language can take and finish jobs through SQL (migration 7). A worker
 //! loop, each statement autocommitted:

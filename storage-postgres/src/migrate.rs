@@ -17,7 +17,8 @@ pub struct Migration {
     pub version: i64,
     /// A short name.
     pub name: &'static str,
-    /// The SQL, with `{schema}`, `{schema_lit}` and `{channel}` placeholders.
+    /// The SQL, with `{schema}`, `{schema_lit}`, `{channel}` and `{graphile_schema}` (the
+    /// graphile-compatible schema, see [`graphile_schema`]) placeholders.
     pub sql: &'static str,
 }
 
@@ -58,15 +59,27 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "sql_worker",
         sql: include_str!("../migrations/007_sql_worker.sql"),
     },
+    Migration {
+        version: 8,
+        name: "graphile_compat",
+        sql: include_str!("../migrations/008_graphile_compat.sql"),
+    },
 ];
 
 /// The newest schema version this library knows.
-pub const LATEST_VERSION: i64 = 7;
+pub const LATEST_VERSION: i64 = 8;
+
+/// The name of the schema migration 8 creates next to `schema` for graphile-worker's
+/// SQL API: `schema` followed by `_graphile` (`durable_jobs_graphile` by default).
+pub fn graphile_schema(schema: &str) -> String {
+    format!("{schema}_graphile")
+}
 
 /// A migration's SQL for `schema` (validate the name first), as [`run`] executes it: for
 /// review, or to apply by hand in a controlled rollout.
 pub fn render(sql: &str, schema: &str) -> String {
-    sql.replace("{schema_lit}", &quote_literal(schema))
+    sql.replace("{graphile_schema}", &quote_ident(&graphile_schema(schema)))
+        .replace("{schema_lit}", &quote_literal(schema))
         .replace("{schema}", &quote_ident(schema))
         .replace("{channel}", &quote_literal(&channel(schema)))
 }
@@ -168,5 +181,9 @@ mod tests {
         assert!(!sql.contains("{schema"));
         let sql = render(MIGRATIONS[1].sql, "My_Schema");
         assert!(!sql.contains("{schema"));
+        let sql = render(MIGRATIONS[7].sql, "My_Schema");
+        assert!(sql.contains("CREATE SCHEMA IF NOT EXISTS \"My_Schema_graphile\""));
+        assert!(sql.contains("RETURNS \"My_Schema\".jobs"));
+        assert!(!sql.contains("{schema") && !sql.contains("{graphile_schema"));
     }
 }

@@ -90,12 +90,9 @@ async fn postgres_never_migrated_schema_is_refused_then_migrate_creates_it() {
     let list = db.run(&["--json", "jobs", "list"]).ok().json();
     assert_eq!(list["jobs"][0]["id"], id);
 
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA \"{schema}\" CASCADE"
-    )))
-    .execute(t.storage().pool())
-    .await
-    .unwrap();
+    durable_jobs_postgres::testing::drop_schemas(t.storage().pool(), &schema)
+        .await
+        .unwrap();
     t.drop_schema().await.unwrap();
 }
 

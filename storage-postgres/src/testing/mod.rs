@@ -187,14 +187,26 @@ impl TestSchema {
     /// # Errors
     /// [`Error::Storage`] when the drop fails.
     pub async fn drop_schema(self) -> Result<()> {
-        let q = quote_ident(self.schema());
-        let res = sqlx::query(AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {q} CASCADE")))
-            .execute(self.storage.pool())
-            .await
-            .map_err(db);
+        let res = drop_schemas(self.storage.pool(), self.schema()).await;
         self.storage.pool().close().await;
         res.map(|_| ())
     }
+}
+
+/// Drops `schema` and the graphile-compatible schema migration 8 makes beside it
+/// (`<schema>_graphile`), for tests that make a schema of their own.
+///
+/// # Errors
+/// [`Error::Storage`] when a drop fails.
+pub async fn drop_schemas(pool: &sqlx::PgPool, schema: &str) -> Result<()> {
+    for name in [crate::migrate::graphile_schema(schema), schema.to_string()] {
+        let q = quote_ident(&name);
+        sqlx::query(AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {q} CASCADE")))
+            .execute(pool)
+            .await
+            .map_err(db)?;
+    }
+    Ok(())
 }
 
 /// The [`ConformanceHarness`] for PostgreSQL: a fresh schema per test.

@@ -187,8 +187,7 @@ async fn a_schema_left_at_an_older_version_is_a_schema_error_until_migrated() {
         .expect("enqueue")
         .id;
     assert!(s.get_job(id).await.expect("get").is_some());
-    sqlx::query(AssertSqlSafe(format!("DROP SCHEMA \"{name}\" CASCADE")))
-        .execute(s.pool())
+    durable_jobs_postgres::testing::drop_schemas(s.pool(), &name)
         .await
         .expect("drop");
 }

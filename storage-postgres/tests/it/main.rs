@@ -4,6 +4,7 @@
 mod conformance;
 mod enqueue;
 mod errors;
+mod graphile_compat;
 mod hot_paths;
 mod listen;
 mod migrate;

@@ -65,8 +65,7 @@ async fn concurrent_migrations_from_many_pools_apply_once() {
     .await
     .expect("regclass");
     assert_eq!(sqlx_table, None);
-    sqlx::query(AssertSqlSafe(format!("DROP SCHEMA \"{name}\" CASCADE")))
-        .execute(s.pool())
+    durable_jobs_postgres::testing::drop_schemas(s.pool(), &name)
         .await
         .expect("drop");
 }
@@ -130,8 +129,7 @@ async fn a_mixed_case_schema_is_quoted_everywhere() {
         .expect("enqueue")
         .id;
     assert!(s.get_job(id).await.expect("get").is_some());
-    sqlx::query(AssertSqlSafe(format!("DROP SCHEMA \"{name}\" CASCADE")))
-        .execute(s.pool())
+    durable_jobs_postgres::testing::drop_schemas(s.pool(), &name)
         .await
         .expect("drop");
 }
@@ -231,8 +229,7 @@ async fn upgrading_a_version_2_schema_keeps_its_jobs() {
     s.complete(&claimed[0].lease, serde_json::json!("done"))
         .await
         .expect("complete");
-    sqlx::query(AssertSqlSafe(format!("DROP SCHEMA \"{name}\" CASCADE")))
-        .execute(s.pool())
+    durable_jobs_postgres::testing::drop_schemas(s.pool(), &name)
         .await
         .expect("drop");
 }

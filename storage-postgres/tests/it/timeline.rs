@@ -190,13 +190,9 @@ async fn history_type_is_per_schema_and_quoted() {
         );
     }
     for s in &storages {
-        sqlx::query(AssertSqlSafe(format!(
-            "DROP SCHEMA \"{}\" CASCADE",
-            s.schema()
-        )))
-        .execute(s.pool())
-        .await
-        .expect("drop");
+        durable_jobs_postgres::testing::drop_schemas(s.pool(), s.schema())
+            .await
+            .expect("drop");
     }
 }
 
@@ -440,8 +436,7 @@ async fn upgrading_a_version_5_schema_keeps_checkpoints_and_jobs() {
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].outcome, AttemptOutcome::Completed);
     assert_eq!(history[0].worker.as_deref(), Some("old-worker"));
-    sqlx::query(AssertSqlSafe(format!("DROP SCHEMA \"{name}\" CASCADE")))
-        .execute(s.pool())
+    durable_jobs_postgres::testing::drop_schemas(s.pool(), &name)
         .await
         .expect("drop");
 }
