@@ -79,29 +79,26 @@ impl JobMetrics {
     }
 }
 
-/// Handles per (queue, task), made on first use. A worker keeps one.
+/// Handles per (queue, task), made on first use. A worker keeps one. Keyed by queue,
+/// then task, so a lookup hashes two borrowed strs and allocates nothing.
 #[derive(Debug, Default)]
 pub(crate) struct MetricsCache {
-    by_key: RwLock<HashMap<(String, String), Arc<JobMetrics>>>,
+    by_queue: RwLock<HashMap<String, HashMap<String, Arc<JobMetrics>>>>,
 }
 
 impl MetricsCache {
     /// The handles for a queue and task.
     pub(crate) fn get(&self, queue: &str, task: &str) -> Arc<JobMetrics> {
         {
-            let map = self.by_key.read().unwrap_or_else(|e| e.into_inner());
-            // A tuple key of borrowed strs cannot look up owned Strings without an
-            // allocation, so the map is searched by its small number of entries' halves.
-            if let Some(m) = map
-                .iter()
-                .find(|((q, t), _)| q == queue && t == task)
-                .map(|(_, m)| m.clone())
-            {
-                return m;
+            let map = self.by_queue.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(m) = map.get(queue).and_then(|tasks| tasks.get(task)) {
+                return m.clone();
             }
         }
-        let mut map = self.by_key.write().unwrap_or_else(|e| e.into_inner());
-        map.entry((queue.to_string(), task.to_string()))
+        let mut map = self.by_queue.write().unwrap_or_else(|e| e.into_inner());
+        map.entry(queue.to_string())
+            .or_default()
+            .entry(task.to_string())
             .or_insert_with(|| Arc::new(JobMetrics::new(queue, task)))
             .clone()
     }
