@@ -1,4 +1,5 @@
-//! The shared storage conformance suite on the memory backend.
+//! Every conformance suite (storage calls, and the engine through a real Queue and
+//! Worker) on the memory backend with a manual clock.
 
 use async_trait::async_trait;
 use durable_jobs::testing::ConformanceHarness;
@@ -30,8 +31,4 @@ impl ConformanceHarness for Memory {
     async fn teardown(self) {}
 }
 
-durable_jobs::storage_conformance_tests!(Memory);
-durable_jobs::storage_workflow_conformance_tests!(Memory);
-durable_jobs::engine_conformance_tests!(Memory);
-durable_jobs::storage_operations_conformance_tests!(Memory);
-durable_jobs::engine_operations_conformance_tests!(Memory);
+durable_jobs::conformance_tests!(Memory);

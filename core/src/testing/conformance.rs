@@ -1,5 +1,5 @@
 //! The storage conformance cases. Each takes a harness holding a fresh storage; the
-//! [`crate::storage_conformance_tests`] macro turns them into one test each.
+//! [`crate::conformance_tests`] macro turns them into one test each.
 
 use super::ConformanceHarness;
 use crate::job::{Checkpoint, CheckpointOutcome, JobId, JobStatus, NewJob};

@@ -2,10 +2,18 @@
 //! and helpers for users' own tests.
 
 pub mod conformance;
-pub mod engine;
+pub mod engine_calls;
+pub mod engine_children;
+pub mod engine_events;
+pub mod engine_execution;
 pub mod engine_observability;
+pub mod engine_retries;
+pub mod engine_schedules;
+pub mod engine_shutdown;
+pub mod engine_waits;
 pub mod observability_conformance;
 pub mod operations_conformance;
+mod support;
 pub mod timeline_conformance;
 pub mod workflow_conformance;
 
@@ -70,13 +78,21 @@ impl<F: Future<Output = ()> + ?Sized> Future for CatchUnwind<F> {
     }
 }
 
-/// Expands to one `#[test]` per conformance case for a [`ConformanceHarness`] type.
+/// Expands to one `#[test]` per conformance case, every suite, for a
+/// [`ConformanceHarness`] type: the storage contract (claims, leases, workflows,
+/// operations, observability, timelines) called directly, and the engine (a real
+/// [`crate::Queue`] and [`crate::Worker`]) on top of it. This is the one entry point a
+/// backend needs; each suite's cases land in a module named for the suite, so
+/// `cargo nextest run engine_retries::` runs one concern.
 ///
 /// ```ignore
-/// durable_jobs::storage_conformance_tests!(MyHarness);
+/// durable_jobs::conformance_tests!(MyHarness);
 /// ```
+///
+/// A new conformance file adds its cases here with one `__conformance_cases!` line (its
+/// module, then its cases); backends change nothing.
 #[macro_export]
-macro_rules! storage_conformance_tests {
+macro_rules! conformance_tests {
     ($harness:ty) => {
         $crate::__conformance_cases!(conformance, $harness;
             claims_by_priority_then_run_at_then_id,
@@ -114,14 +130,6 @@ macro_rules! storage_conformance_tests {
             attempt_history_records_reclaims_cancels_and_goes_with_the_job,
             finished_counts_since_a_time,
         );
-    };
-}
-
-/// Expands to one `#[test]` per workflow conformance case (suspend, children, signals,
-/// subtree cancellation, deletion) for a [`ConformanceHarness`].
-#[macro_export]
-macro_rules! storage_workflow_conformance_tests {
-    ($harness:ty) => {
         $crate::__conformance_cases!(workflow_conformance, $harness;
             suspended_job_wakes_at_its_time,
             suspended_job_without_timer_waits_for_a_signal,
@@ -134,46 +142,6 @@ macro_rules! storage_workflow_conformance_tests {
             cancel_cascades_to_descendants,
             delete_job_removes_job_and_checkpoints,
         );
-    };
-}
-
-/// Expands to one `#[test]` per engine conformance case: the workflow primitives
-/// (steps, calls, sleep, signals, children, bundles, cancellation, versioning) driven
-/// through a real queue and worker on the harness's storage.
-#[macro_export]
-macro_rules! engine_conformance_tests {
-    ($harness:ty) => {
-        $crate::__conformance_cases!(engine, $harness;
-            step_runs_once_across_retries,
-            retried_workflow_runs_only_unfinished_calls,
-            sleep_frees_the_slot_and_resumes_on_time,
-            signals_wake_waiting_jobs_in_order,
-            signal_timeout_gives_up_at_a_fixed_deadline,
-            peek_and_drain_signals,
-            fan_out_collects_results_in_order,
-            fan_out_fail_fast_cancels_the_rest,
-            fan_out_threshold,
-            bundles_report_when_done,
-            cancel_reaches_children_and_running_handlers,
-            versioning_keeps_old_runs_on_their_branch,
-            handlers_finish_whether_or_not_they_wait,
-            slow_first_polls_move_later_handlers_to_tasks,
-            heartbeats_renew_running_and_buffered_leases,
-        );
-        $crate::__conformance_cases!(engine_observability, $harness;
-            worker_registers_renews_and_leaves,
-            dead_workers_show_as_dead_then_go,
-            reclaimed_leases_are_events,
-            suspend_cancel_and_schedule_ticks_are_events,
-        );
-    };
-}
-
-/// Expands to one `#[test]` per operations conformance case (job-key modes, serial keys,
-/// flags, paused queues, schedules, management calls) for a [`ConformanceHarness`].
-#[macro_export]
-macro_rules! storage_operations_conformance_tests {
-    ($harness:ty) => {
         $crate::__conformance_cases!(operations_conformance, $harness;
             job_key_replace_updates_the_waiting_job,
             job_key_preserve_run_at_keeps_the_time,
@@ -190,38 +158,101 @@ macro_rules! storage_operations_conformance_tests {
             purge_finished_removes_old_jobs,
             list_filters_by_tag_and_time,
         );
-    };
-}
-
-/// Expands to one `#[test]` per engine operations case: schedules racing across
-/// schedulers, catch-up, no-overlap, pause and validation; serial keys through a worker;
-/// retrying a failed workflow by hand.
-#[macro_export]
-macro_rules! engine_operations_conformance_tests {
-    ($harness:ty) => {
-        $crate::__conformance_cases!(engine, $harness;
+        $crate::__conformance_cases!(engine_execution, $harness;
+            jobs_run_by_priority_then_age,
+            delayed_jobs_wait_for_the_clock,
+            every_registration_form_runs_and_stores_its_result,
+            arguments_that_do_not_fit_are_refused_at_enqueue,
+            payload_that_does_not_deserialize_fails_without_retry,
+            dedupe_key_returns_the_existing_job,
+            a_panicking_handler_fails_its_attempt_and_the_worker_lives_on,
+            a_job_past_its_timeout_fails_the_attempt,
+            each_queue_has_its_own_concurrency,
+            serial_keys_run_one_at_a_time_through_the_worker,
+            a_local_enqueue_wakes_an_idle_worker_at_once,
+            handlers_finish_whether_or_not_they_wait,
+            slow_first_polls_move_later_handlers_to_tasks,
+            heartbeats_keep_a_long_job_leased,
+            heartbeats_renew_running_and_buffered_leases,
+            a_dead_workers_job_is_reclaimed_and_its_lease_fenced,
+            job_context_reports_the_attempt,
+        );
+        $crate::__conformance_cases!(engine_retries, $harness;
+            retries_back_off_exponentially_then_fail_for_good,
+            default_backoff_has_jitter_within_bounds,
+            no_retry_fails_at_once,
+            retry_after_sets_the_delay,
+            a_per_task_policy_replaces_the_default,
+            std_errors_convert_with_question_mark_and_retry,
+            retry_by_hand_keeps_or_drops_checkpoints,
+        );
+        $crate::__conformance_cases!(engine_shutdown, $harness;
+            shutdown_returns_unfinished_jobs_without_spending_an_attempt,
+            a_handler_sees_cancellation_and_can_finish_within_the_grace_period,
+            prefetched_jobs_run_and_are_released_unspent_at_shutdown,
+        );
+        $crate::__conformance_cases!(engine_events, $harness;
+            hooks_see_start_complete_retry_and_fail,
+            the_event_stream_reports_each_step_in_order,
+            a_slow_subscriber_learns_it_missed_events,
+        );
+        $crate::__conformance_cases!(engine_calls, $harness;
+            step_runs_once_across_retries,
+            retried_workflow_runs_only_unfinished_calls,
+            a_retried_workflow_runs_only_the_unfinished_calls,
+            nested_calls_two_levels_deep_replay_correctly,
+            a_partly_finished_nested_call_resumes_inside_itself,
+            a_replay_that_meets_another_name_is_a_non_determinism_error,
+            terminal_call_errors_are_checkpointed_and_retryable_ones_are_not,
+            calling_an_unknown_task_fails_the_job_clearly,
+            versioning_keeps_old_runs_on_their_branch,
+        );
+        $crate::__conformance_cases!(engine_waits, $harness;
+            sleep_frees_the_slot_and_resumes_on_time,
+            signals_wake_waiting_jobs_in_order,
+            signal_timeout_gives_up_at_a_fixed_deadline,
+            peek_and_drain_signals,
+        );
+        $crate::__conformance_cases!(engine_children, $harness;
+            fan_out_collects_results_in_order,
+            fan_out_fail_fast_cancels_the_rest,
+            fan_out_threshold,
+            bundles_report_when_done,
+            cancel_reaches_children_and_running_handlers,
+        );
+        $crate::__conformance_cases!(engine_schedules, $harness;
             racing_schedulers_enqueue_each_tick_once,
             missed_ticks_follow_the_catch_up_rule,
             schedules_no_overlap_pause_and_validation,
-            serial_keys_run_one_at_a_time_through_the_worker,
-            retry_by_hand_keeps_or_drops_checkpoints,
+        );
+        $crate::__conformance_cases!(engine_observability, $harness;
+            worker_registers_renews_and_leaves,
+            dead_workers_show_as_dead_then_go,
+            reclaimed_leases_are_events,
+            suspend_cancel_and_schedule_ticks_are_events,
         );
     };
 }
 
 /// Expands each named case of a conformance module into a `#[test]` that runs it on a
-/// fresh harness. Used by the public conformance macros.
+/// fresh harness, inside a module named for the conformance module (so names stay unique
+/// across suites and a filter can pick one suite).
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_cases {
     ($module:ident, $harness:ty; $($case:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $case() {
-                $crate::testing::run_case::<$harness, _>(|h| {
-                    Box::pin($crate::testing::$module::$case(h))
-                });
-            }
-        )*
+        mod $module {
+            // The harness is named where the entry point was invoked, one module up.
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[test]
+                fn $case() {
+                    $crate::testing::run_case::<$harness, _>(|h| {
+                        Box::pin($crate::testing::$module::$case(h))
+                    });
+                }
+            )*
+        }
     };
 }

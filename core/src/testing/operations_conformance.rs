@@ -1,5 +1,5 @@
 //! Conformance cases for job-key modes, serial keys, flags, paused queues, schedules and
-//! the management calls. The [`crate::storage_operations_conformance_tests`] macro turns
+//! the management calls. The [`crate::conformance_tests`] macro turns
 //! them into one test each.
 
 use super::ConformanceHarness;

@@ -1,5 +1,5 @@
 //! Conformance cases for the workflow calls: suspend and wake, children, signals,
-//! cancellation of subtrees, deletion. The [`crate::storage_workflow_conformance_tests`]
+//! cancellation of subtrees, deletion. The [`crate::conformance_tests`]
 //! macro turns them into one test each.
 
 use super::ConformanceHarness;

@@ -1,16 +1,13 @@
-//! Engine tests on the memory backend with a manual clock: no sleeping for time to pass.
+//! Core tests on the memory backend with a manual clock: validation that needs no
+//! storage, and what needs a process-wide recorder or subscriber (metrics, tracing) or
+//! is about time zones. Engine behaviour is in the conformance suite, on every backend.
 
 mod enqueue;
-mod events;
-mod execution;
 mod metrics;
-mod retries;
-mod shutdown;
 mod time_zones;
 mod tracing;
-mod workflow;
 
-use durable_jobs::{JobId, JobStatus, ManualClock, Queue, Worker, WorkerOptions};
+use durable_jobs::{ManualClock, Queue, Worker, WorkerOptions};
 use durable_jobs_memory::MemoryStorage;
 use std::sync::Arc;
 
@@ -28,14 +25,4 @@ pub fn worker(queue: &Queue, concurrency: usize) -> Worker {
         WorkerOptions::new().queue("default", concurrency),
     )
     .expect("valid worker options")
-}
-
-/// The job's status.
-pub async fn status(queue: &Queue, id: JobId) -> JobStatus {
-    queue
-        .get_job(id)
-        .await
-        .expect("get_job")
-        .expect("job exists")
-        .status
 }

@@ -8,12 +8,10 @@ mod graphile_compat;
 mod hot_paths;
 mod listen;
 mod migrate;
-mod operations;
 mod pool;
 mod sql_api;
 mod sql_worker;
 mod timeline;
-mod workflow;
 
 use durable_jobs_postgres::testing::TestSchema;
 use std::future::Future;

@@ -1,5 +1,5 @@
-//! The shared storage, workflow, engine and operations conformance suites on a fresh SQLite file per
-//! test, and on an in-memory database.
+//! Every conformance suite (storage calls, and the engine through a real Queue and
+//! Worker) on a fresh SQLite file per test, and on an in-memory database.
 
 use crate::TempDb;
 use async_trait::async_trait;
@@ -41,11 +41,7 @@ impl ConformanceHarness for Sqlite {
     }
 }
 
-durable_jobs::storage_conformance_tests!(Sqlite);
-durable_jobs::storage_workflow_conformance_tests!(Sqlite);
-durable_jobs::engine_conformance_tests!(Sqlite);
-durable_jobs::storage_operations_conformance_tests!(Sqlite);
-durable_jobs::engine_operations_conformance_tests!(Sqlite);
+durable_jobs::conformance_tests!(Sqlite);
 
 /// The same suite on an in-memory database (one shared connection, reads through the
 /// writer thread).
@@ -82,9 +78,5 @@ mod in_memory {
         }
     }
 
-    durable_jobs::storage_conformance_tests!(SqliteMemory);
-    durable_jobs::storage_workflow_conformance_tests!(SqliteMemory);
-    durable_jobs::engine_conformance_tests!(SqliteMemory);
-    durable_jobs::storage_operations_conformance_tests!(SqliteMemory);
-    durable_jobs::engine_operations_conformance_tests!(SqliteMemory);
+    durable_jobs::conformance_tests!(SqliteMemory);
 }

@@ -1,12 +1,17 @@
-//! Graceful shutdown.
+//! Engine conformance for stopping: graceful shutdown releases unfinished and buffered
+//! jobs unspent, and handlers see the stop as cancellation.
 
-use super::setup;
-use durable_jobs::{Event, JobContext, JobOptions, JobStatus, TaskError, Worker, WorkerOptions};
+use super::support::plain_queue;
+use super::ConformanceHarness;
+use crate::{Event, JobContext, JobOptions, JobStatus, TaskError, Worker, WorkerOptions};
 use std::time::Duration;
 
-#[tokio::test]
-async fn shutdown_returns_unfinished_jobs_without_spending_an_attempt() {
-    let (queue, _clock) = setup();
+/// Shutdown returns jobs whose handlers outlive the grace period, without spending an
+/// attempt.
+pub async fn shutdown_returns_unfinished_jobs_without_spending_an_attempt<H: ConformanceHarness>(
+    h: &H,
+) {
+    let queue = plain_queue(h);
     queue.register_fn("stuck", |_: ()| async {
         std::future::pending::<()>().await;
         Ok::<_, TaskError>(())
@@ -41,9 +46,14 @@ async fn shutdown_returns_unfinished_jobs_without_spending_an_attempt() {
     }
 }
 
-#[tokio::test]
-async fn a_handler_sees_cancellation_and_can_finish_within_the_grace_period() {
-    let (queue, _clock) = setup();
+/// A handler sees the shutdown as cancellation and can still finish within the grace
+/// period.
+pub async fn a_handler_sees_cancellation_and_can_finish_within_the_grace_period<
+    H: ConformanceHarness,
+>(
+    h: &H,
+) {
+    let queue = plain_queue(h);
     queue.register("polite", |ctx: JobContext, _: ()| async move {
         ctx.cancelled().await;
         assert!(ctx.is_cancelled());
@@ -72,9 +82,11 @@ async fn a_handler_sees_cancellation_and_can_finish_within_the_grace_period() {
     assert_eq!(job.result, Some(serde_json::json!("wrapped up")));
 }
 
-#[tokio::test]
-async fn prefetched_jobs_run_and_are_released_unspent_at_shutdown() {
-    let (queue, _clock) = setup();
+/// Prefetched jobs run; those still buffered at shutdown are released unspent.
+pub async fn prefetched_jobs_run_and_are_released_unspent_at_shutdown<H: ConformanceHarness>(
+    h: &H,
+) {
+    let queue = plain_queue(h);
     queue.register_fn("quick", |n: u32| async move { Ok::<_, TaskError>(n) });
     queue
         .enqueue_many("quick", 0..50u32, JobOptions::new())

@@ -1,12 +1,14 @@
-//! Hooks and the event stream.
+//! Engine conformance for hooks and the event stream: what each outcome reports, in what
+//! order, and what a lagging subscriber learns.
 
-use super::{setup, worker};
-use durable_jobs::{Event, EventStreamError, JobOptions, NoRetry, TaskError};
+use super::support::{plain_queue, worker};
+use super::ConformanceHarness;
+use crate::{Event, EventStreamError, JobOptions, NoRetry, TaskError};
 use std::sync::{Arc, Mutex};
 
-#[tokio::test]
-async fn hooks_see_start_complete_retry_and_fail() {
-    let (queue, _clock) = setup();
+/// Hooks see each start, completion, retry and failure, with the job they concern.
+pub async fn hooks_see_start_complete_retry_and_fail<H: ConformanceHarness>(h: &H) {
+    let queue = plain_queue(h);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = |tag: &'static str| {
         let seen = seen.clone();
@@ -54,9 +56,10 @@ async fn hooks_see_start_complete_retry_and_fail() {
     assert_eq!(got, want);
 }
 
-#[tokio::test]
-async fn the_event_stream_reports_each_step_in_order() {
-    let (queue, _clock) = setup();
+/// The event stream reports a worker start, a job's start and completion, and the worker
+/// stop, in that order.
+pub async fn the_event_stream_reports_each_step_in_order<H: ConformanceHarness>(h: &H) {
+    let queue = plain_queue(h);
     queue.register_fn("t", |n: i32| async move { Ok::<_, TaskError>(n * 10) });
     let mut events = queue.events();
     let id = queue
@@ -96,12 +99,13 @@ async fn the_event_stream_reports_each_step_in_order() {
     );
 }
 
-#[tokio::test]
-async fn a_slow_subscriber_learns_it_missed_events() {
-    let (queue, _clock) = setup();
+/// A subscriber that falls behind the event buffer learns how many events it missed, and
+/// the stream goes on.
+pub async fn a_slow_subscriber_learns_it_missed_events<H: ConformanceHarness>(h: &H) {
+    let queue = plain_queue(h);
     queue.register_fn("t", |_: ()| async { Ok::<_, TaskError>(()) });
     let mut events = queue.events();
-    let n = durable_jobs::event::DEFAULT_EVENT_CAPACITY;
+    let n = crate::event::DEFAULT_EVENT_CAPACITY;
     queue
         .enqueue_many("t", std::iter::repeat_n((), n), JobOptions::new())
         .await

@@ -1,14 +1,18 @@
-//! Retries: backoff with jitter, NoRetry, RetryAfter, exhaustion, per-task policy.
+//! Engine conformance for retries: backoff with jitter, `NoRetry`, `RetryAfter`, per-task
+//! policies, and retrying failed jobs by hand.
 
-use super::{setup, status, worker};
-use durable_jobs::{Event, JobOptions, JobStatus, NoRetry, RetryAfter, RetryPolicy, TaskError};
+use super::support::{job, plain_queue, queue, status, worker, Runs};
+use super::ConformanceHarness;
+use crate::{
+    Event, JobContext, JobOptions, JobStatus, NoRetry, RetryAfter, RetryPolicy, TaskError,
+};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-#[tokio::test]
-async fn retries_back_off_exponentially_then_fail_for_good() {
-    let (queue, clock) = setup();
+/// Retries back off exponentially (no jitter here), are not due a second early, and the
+/// job fails for good once its attempts are spent.
+pub async fn retries_back_off_exponentially_then_fail_for_good<H: ConformanceHarness>(h: &H) {
+    let queue = plain_queue(h);
     queue.set_default_retry_policy(
         RetryPolicy::exponential(Duration::from_secs(10), Duration::from_secs(3600))
             .with_jitter(0.0),
@@ -33,10 +37,12 @@ async fn retries_back_off_exponentially_then_fail_for_good() {
             other => panic!("expected a retry event, got {other:?}"),
         }
         assert_eq!(status(&queue, id).await, JobStatus::Retrying);
-        // Not yet due one second before the delay ends.
-        clock.advance(Duration::from_secs(delays[delays.len() - 1] - 1));
+        // Not yet due five seconds before the delay ends (the margin covers the real time
+        // that also passes on a database clock).
+        h.advance(Duration::from_secs(delays[delays.len() - 1] - 5))
+            .await;
         assert_eq!(w.drain().await.expect("drain").retried, 0);
-        clock.advance(Duration::from_secs(1));
+        h.advance(Duration::from_secs(5)).await;
     }
     assert_eq!(delays, vec![10, 20, 40]);
     assert_eq!(w.drain().await.expect("drain").failed, 1);
@@ -45,9 +51,9 @@ async fn retries_back_off_exponentially_then_fail_for_good() {
     assert_eq!(job.last_error.as_deref(), Some("still broken"));
 }
 
-#[tokio::test]
-async fn default_backoff_has_jitter_within_bounds() {
-    let (queue, _clock) = setup();
+/// The default backoff spreads retries with jitter within its bounds.
+pub async fn default_backoff_has_jitter_within_bounds<H: ConformanceHarness>(h: &H) {
+    let queue = plain_queue(h);
     queue.register_fn("flaky", |_: ()| async {
         Err::<(), _>(TaskError::retry("no"))
     });
@@ -80,9 +86,9 @@ async fn default_backoff_has_jitter_within_bounds() {
     );
 }
 
-#[tokio::test]
-async fn no_retry_fails_at_once() {
-    let (queue, _clock) = setup();
+/// `NoRetry` fails the job at once, whatever attempts remain.
+pub async fn no_retry_fails_at_once<H: ConformanceHarness>(h: &H) {
+    let queue = plain_queue(h);
     queue.register_fn("fatal", |_: ()| async {
         Err::<(), TaskError>(NoRetry("card declined").into())
     });
@@ -96,9 +102,9 @@ async fn no_retry_fails_at_once() {
     assert_eq!(job.last_error.as_deref(), Some("card declined"));
 }
 
-#[tokio::test]
-async fn retry_after_sets_the_delay() {
-    let (queue, clock) = setup();
+/// `RetryAfter` sets the delay before the next attempt.
+pub async fn retry_after_sets_the_delay<H: ConformanceHarness>(h: &H) {
+    let queue = plain_queue(h);
     let calls = Arc::new(AtomicU32::new(0));
     let c = calls.clone();
     queue.register_fn("limited", move |_: ()| {
@@ -118,16 +124,18 @@ async fn retry_after_sets_the_delay() {
         .expect("enqueue");
     let w = worker(&queue, 1);
     w.drain().await.expect("drain");
-    clock.advance(Duration::from_secs(89));
+    // Ten seconds short: the margin covers the real time that also passes on a database
+    // clock.
+    h.advance(Duration::from_secs(80)).await;
     assert_eq!(w.drain().await.expect("drain").completed, 0);
-    clock.advance(Duration::from_secs(1));
+    h.advance(Duration::from_secs(10)).await;
     assert_eq!(w.drain().await.expect("drain").completed, 1);
     assert_eq!(status(&queue, id).await, JobStatus::Completed);
 }
 
-#[tokio::test]
-async fn a_per_task_policy_replaces_the_default() {
-    let (queue, clock) = setup();
+/// A per-task retry policy replaces the default.
+pub async fn a_per_task_policy_replaces_the_default<H: ConformanceHarness>(h: &H) {
+    let queue = plain_queue(h);
     queue.register_fn("quick", |_: ()| async {
         Err::<(), _>(TaskError::retry("x"))
     });
@@ -141,14 +149,14 @@ async fn a_per_task_policy_replaces_the_default() {
         .expect("enqueue");
     let w = worker(&queue, 1);
     w.drain().await.expect("drain");
-    clock.advance(Duration::from_secs(2));
+    h.advance(Duration::from_secs(2)).await;
     assert_eq!(w.drain().await.expect("drain").failed, 1);
     assert_eq!(status(&queue, id).await, JobStatus::Failed);
 }
 
-#[tokio::test]
-async fn std_errors_convert_with_question_mark_and_retry() {
-    let (queue, _clock) = setup();
+/// A standard error returned with `?` is a retryable failure carrying its message.
+pub async fn std_errors_convert_with_question_mark_and_retry<H: ConformanceHarness>(h: &H) {
+    let queue = plain_queue(h);
     queue.register_fn("parse", |s: String| async move {
         let n: i64 = s.parse()?;
         Ok::<_, TaskError>(n)
@@ -164,4 +172,42 @@ async fn std_errors_convert_with_question_mark_and_retry() {
         .as_deref()
         .unwrap_or("")
         .contains("invalid digit"));
+}
+
+/// A failed workflow retried by hand keeping its checkpoints resumes after its finished
+/// steps; retried from scratch it starts over.
+pub async fn retry_by_hand_keeps_or_drops_checkpoints<H: ConformanceHarness>(h: &H) {
+    let q = queue(h);
+    let runs = Runs::default();
+    let r = runs.clone();
+    q.register("flow", move |ctx: JobContext, _: ()| {
+        let r = r.clone();
+        async move {
+            let r1 = r.clone();
+            ctx.step("first", move |_| async move {
+                Ok::<_, TaskError>(r1.hit("first"))
+            })
+            .await?;
+            if r.hit("gate") == 1 {
+                return Err(crate::NoRetry("needs a human").into());
+            }
+            Ok::<_, TaskError>("done")
+        }
+    });
+    let id = q
+        .enqueue("flow", &(), JobOptions::new())
+        .await
+        .expect("enqueue");
+    worker(&q, 1).drain().await.expect("drain");
+    assert_eq!(job(&q, id).await.status, JobStatus::Failed);
+    assert_eq!(q.retry_jobs(&[id], true).await.expect("retry"), 1);
+    worker(&q, 1).drain().await.expect("drain");
+    assert_eq!(job(&q, id).await.status, JobStatus::Completed);
+    assert_eq!(
+        runs.get("first"),
+        1,
+        "kept checkpoints: the step did not run again"
+    );
+    let details = q.job_details(id).await.expect("details").expect("exists");
+    assert_eq!(details.checkpoints.len(), 1);
 }
