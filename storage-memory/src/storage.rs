@@ -111,6 +111,32 @@ impl MemoryStorage {
         }
     }
 
+    /// Marks a job finished with `status` (completed, failed or cancelled, now) the way a
+    /// write from outside the library would: it wakes nobody, the job's parent included.
+    /// For tests of the recovery [`Storage::release_stale_locks`] makes (a parent left
+    /// waiting on a finished child); returns false when there is no such job or `status`
+    /// is not a finished one.
+    pub fn finish_out_of_band(&self, id: JobId, status: JobStatus) -> bool {
+        if !status.is_finished() {
+            return false;
+        }
+        let now = self.clock.now();
+        let mut st = self.lock();
+        let Some(job) = st.jobs.get(&id).cloned() else {
+            return false;
+        };
+        if job.status.is_claimable() || job.status == JobStatus::Waiting {
+            st.unready(&job);
+        }
+        st.end_lease(id);
+        if let Some(j) = st.jobs.get_mut(&id) {
+            j.status = status;
+            j.completed_at = Some(now);
+            j.updated_at = now;
+        }
+        true
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every mutation below keeps the state consistent before it can panic, so a
         // poisoned lock still guards valid data.
@@ -400,6 +426,28 @@ impl State {
         }
     }
 
+    /// Wakes waiting parents, not yet due, one of whose children finished after the
+    /// parent last changed: the state a write from outside the library can leave (here
+    /// every final write wakes its parent under the same lock). Looks at every parent
+    /// link: this backend holds test-sized data. Returns how many it woke.
+    fn heal_waiting_parents(&mut self, now: DateTime<Utc>) -> u64 {
+        let stuck: BTreeSet<JobId> = self
+            .parents
+            .iter()
+            .filter_map(|(child, parent)| {
+                let (c, p) = (self.jobs.get(child)?, self.jobs.get(parent)?);
+                let finished_since =
+                    c.status.is_finished() && c.completed_at.is_some_and(|at| at > p.updated_at);
+                (p.status == JobStatus::Waiting && p.run_at > now && finished_since)
+                    .then_some(*parent)
+            })
+            .collect();
+        for &parent in &stuck {
+            self.wake_job(parent, now);
+        }
+        stuck.len() as u64
+    }
+
     /// The job and all its descendants, parents before children.
     fn subtree(&self, root: JobId) -> Vec<JobId> {
         let mut out = vec![root];
@@ -658,14 +706,13 @@ impl Storage for MemoryStorage {
                 }
             }
         }
-        if !released.is_empty() {
+        let parents_woken = self.lock().heal_waiting_parents(now);
+        if !released.is_empty() || parents_woken > 0 {
             self.wake();
         }
-        // A parent here is woken in the same lock as its child's final write, so no
-        // crash can leave one waiting: there is nothing to heal.
         Ok(StaleLocks {
             released,
-            parents_woken: 0,
+            parents_woken,
         })
     }
 

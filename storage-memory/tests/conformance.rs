@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use durable_jobs::testing::ConformanceHarness;
-use durable_jobs::{DynStorage, ManualClock};
+use durable_jobs::{DynStorage, JobId, JobStatus, ManualClock};
 use durable_jobs_memory::MemoryStorage;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +29,9 @@ impl ConformanceHarness for Memory {
         self.clock.advance(by);
     }
     async fn teardown(self) {}
+    async fn finish_out_of_band(&self, job: JobId, status: JobStatus) -> bool {
+        self.storage.finish_out_of_band(job, status)
+    }
 }
 
 durable_jobs::conformance_tests!(Memory);

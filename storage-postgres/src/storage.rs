@@ -22,6 +22,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, PgPool, Row};
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -59,6 +60,9 @@ struct Inner {
     ops: OperationsSql,
     wake: Arc<watch::Sender<u64>>,
     listener: Mutex<Option<ListenerTask>>,
+    /// Where the next healing sweep of waiting parents starts (a parent id; 0 from the
+    /// start).
+    heal_after: AtomicI64,
 }
 
 impl std::fmt::Debug for PostgresStorage {
@@ -149,6 +153,7 @@ impl PostgresStorage {
                 options,
                 wake: Arc::new(wake),
                 listener: Mutex::new(None),
+                heal_after: AtomicI64::new(0),
             }),
         }
     }
@@ -194,6 +199,11 @@ impl PostgresStorage {
     }
 
     /// Wakes this process's idle workers now (other processes hear the NOTIFY).
+    /// The healing sweep's cursor (see `heal_waiting_parents`).
+    pub(crate) fn heal_cursor(&self) -> &AtomicI64 {
+        &self.inner.heal_after
+    }
+
     pub(crate) fn wake_local(&self) {
         listen::bump(&self.inner.wake);
     }
@@ -554,13 +564,10 @@ impl Storage for PostgresStorage {
             self.wake_local();
         }
         released.sort_by_key(|j| j.job_id);
-        // No healing sweep of waiting parents (parents_woken stays 0): a child's final
-        // write wakes its parent in the child's own transaction (the `jobs_wake_parent`
-        // trigger), so only a state written by hand, outside the library, could leave a
-        // parent waiting on a finished child.
+        let parents_woken = self.heal_waiting_parents().await?;
         Ok(StaleLocks {
             released,
-            parents_woken: 0,
+            parents_woken,
         })
     }
 

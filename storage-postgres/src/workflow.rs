@@ -18,6 +18,7 @@ use durable_jobs::{
 };
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, Row};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Suspends a running job; its attempt is recorded as `suspended` under the number it ran
@@ -90,6 +91,36 @@ const DELETE_JOB: &str = "DELETE FROM {schema}.jobs WHERE id = $1 AND status <> 
 
 const JOB_STATUS: &str = "SELECT status FROM {schema}.jobs WHERE id = $1";
 
+/// Heals one window of parents (after parent id $1, at most $2 of them, walking the
+/// `jobs_parent` index, so only jobs that have children are looked at): a waiting parent
+/// not yet due, one of whose children finished after the parent last changed, becomes
+/// due now. Only a write from outside the library can leave that state (a child's final
+/// write wakes its parent in its own transaction, through `jobs_wake_parent`); a parent
+/// healed needlessly re-runs and suspends again. Returns how many were healed and the
+/// window's last parent id (NULL when the window was empty: the next sweep wraps around).
+const HEAL: &str = "
+WITH win AS (
+    SELECT DISTINCT parent_id AS id FROM {schema}.jobs
+    WHERE parent_id > $1
+    ORDER BY parent_id
+    LIMIT $2
+),
+healed AS (
+    UPDATE {schema}.jobs AS p
+    SET run_at = {now}, updated_at = {now}
+    FROM win
+    WHERE p.id = win.id AND p.status = 'waiting' AND p.run_at > {now}
+      AND EXISTS (
+          SELECT 1 FROM {schema}.jobs AS c
+          WHERE c.parent_id = p.id AND c.status IN ('completed', 'failed', 'cancelled')
+            AND c.completed_at > p.updated_at)
+    RETURNING p.id
+)
+SELECT (SELECT count(*) FROM healed), (SELECT max(id) FROM win)";
+
+/// How many parents one sweep examines for healing.
+const HEAL_WINDOW: i64 = 1000;
+
 /// The workflow statements for one schema.
 #[derive(Debug, Clone)]
 pub(crate) struct WorkflowSql {
@@ -101,6 +132,7 @@ pub(crate) struct WorkflowSql {
     peek_signal: Arc<str>,
     delete_job: Arc<str>,
     job_status: Arc<str>,
+    heal: Arc<str>,
 }
 
 impl WorkflowSql {
@@ -115,6 +147,7 @@ impl WorkflowSql {
             peek_signal: r(PEEK_SIGNAL),
             delete_job: r(DELETE_JOB),
             job_status: r(JOB_STATUS),
+            heal: r(HEAL),
         }
     }
 }
@@ -126,6 +159,28 @@ fn lease_lost(lease: &Lease) -> Error {
 }
 
 impl PostgresStorage {
+    /// Heals the next window of waiting parents (see [`HEAL`]), moving the storage's heal
+    /// cursor on; returns how many parents it woke.
+    pub(crate) async fn heal_waiting_parents(&self) -> Result<u64> {
+        let after = self.heal_cursor().load(Ordering::Relaxed);
+        let row = sqlx::query(AssertSqlSafe(self.wf().heal.clone()))
+            .bind(after)
+            .bind(HEAL_WINDOW)
+            .fetch_one(self.pool())
+            .await
+            .map_err(db)?;
+        let healed: i64 = row.try_get(0).map_err(db)?;
+        let last: Option<i64> = row.try_get(1).map_err(db)?;
+        // Concurrent sweeps of one storage may both read the cursor; each heals what it
+        // finds, and healing twice is harmless.
+        self.heal_cursor()
+            .store(last.unwrap_or(0), Ordering::Relaxed);
+        if healed > 0 {
+            self.wake_local();
+        }
+        Ok(u64::try_from(healed).unwrap_or(0))
+    }
+
     pub(crate) async fn suspend_job(
         &self,
         lease: &Lease,

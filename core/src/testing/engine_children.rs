@@ -1,7 +1,7 @@
 //! Engine conformance for child jobs: fan-out and fan-in, fail-fast and thresholds,
 //! bundles, and cancellation reaching children and running handlers.
 
-use super::support::{job, queue, worker, Runs};
+use super::support::{job, queue, until_finished, worker, Runs};
 use super::ConformanceHarness;
 use crate::storage::Storage;
 use crate::{
@@ -12,18 +12,59 @@ use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Registers `square`: a negative number fails for good, zero runs until the job is
+/// cancelled (so it is still running when a parent decides), others return their square.
 fn register_children(q: &Queue, runs: &Runs) {
     let r = runs.clone();
-    q.register("square", move |_ctx: JobContext, n: i64| {
+    q.register("square", move |ctx: JobContext, n: i64| {
         let r = r.clone();
         async move {
             r.hit("square");
             if n < 0 {
                 return Err(crate::NoRetry(format!("negative: {n}")).into());
             }
+            if n == 0 {
+                ctx.cancelled().await;
+            }
             Ok::<_, TaskError>(n * n)
         }
     });
+}
+
+/// The statuses of `parent`'s children, by their arguments.
+async fn children_by_arg(q: &Queue, parent: JobId) -> Vec<(i64, JobStatus)> {
+    let mut kids: Vec<(i64, JobStatus)> = q
+        .storage()
+        .list_jobs(crate::JobFilter {
+            parent_id: Some(parent),
+            ..Default::default()
+        })
+        .await
+        .expect("list children")
+        .into_iter()
+        .map(|k| (k.payload.as_i64().expect("an int argument"), k.status))
+        .collect();
+    kids.sort_by_key(|(n, _)| *n);
+    kids
+}
+
+/// Runs a worker with room for every parent and child at once until each of `parents`
+/// has finished. Children left running (zero) see their cancellation or the shutdown.
+async fn run_until_finished(q: &Queue, parents: &[JobId]) {
+    let w = Worker::new(
+        q.clone(),
+        WorkerOptions::new()
+            .queue("default", 8)
+            .heartbeat_interval(Duration::from_millis(20)),
+    )
+    .expect("options");
+    w.run_until(async {
+        for &p in parents {
+            until_finished(q, p).await;
+        }
+    })
+    .await
+    .expect("run");
 }
 
 /// Fan-out waits without a slot and fans in typed results in order.
@@ -53,7 +94,8 @@ pub async fn fan_out_collects_results_in_order<H: ConformanceHarness>(h: &H) {
     assert_eq!(runs.get("square"), 4, "no child ran twice");
 }
 
-/// Fail-fast fails the parent on the first failed child and cancels the rest.
+/// Fail-fast fails the parent on the first failed child and cancels the rest: the two
+/// siblings still running (they only end when cancelled) are cancelled by the parent.
 pub async fn fan_out_fail_fast_cancels_the_rest<H: ConformanceHarness>(h: &H) {
     let q = queue(h);
     let runs = Runs::default();
@@ -64,18 +106,28 @@ pub async fn fan_out_fail_fast_cancels_the_rest<H: ConformanceHarness>(h: &H) {
             .await?;
         Ok::<_, TaskError>(out.len())
     });
-    // The failing child runs first (higher id order with equal priority: it is first).
     let id = q
-        .enqueue("parent", &vec![-5, 1, 2], JobOptions::new())
+        .enqueue("parent", &vec![0, -5, 0], JobOptions::new())
         .await
         .expect("enqueue");
-    worker(&q, 1).drain().await.expect("drain");
+    run_until_finished(&q, &[id]).await;
     let j = job(&q, id).await;
     assert_eq!(j.status, JobStatus::Failed);
     assert!(j.last_error.unwrap_or_default().contains("negative: -5"));
+    assert_eq!(
+        children_by_arg(&q, id).await,
+        vec![
+            (-5, JobStatus::Failed),
+            (0, JobStatus::Cancelled),
+            (0, JobStatus::Cancelled)
+        ],
+        "the siblings of the failed child were cancelled"
+    );
+    assert_eq!(runs.get("square"), 3, "no child ran twice");
 }
 
-/// A threshold succeeds once enough children completed.
+/// A threshold succeeds once enough children completed and cancels the one still running;
+/// one that can no longer be met fails and cancels the rest too.
 pub async fn fan_out_threshold<H: ConformanceHarness>(h: &H) {
     let q = queue(h);
     let runs = Runs::default();
@@ -90,16 +142,43 @@ pub async fn fan_out_threshold<H: ConformanceHarness>(h: &H) {
         },
     );
     let ok = q
-        .enqueue("parent", &(vec![1, -1, 2], 2), JobOptions::new())
+        .enqueue("parent", &(vec![1, 0, 2], 2), JobOptions::new())
         .await
         .expect("enqueue");
     let impossible = q
-        .enqueue("parent", &(vec![-1, -2, 3], 2), JobOptions::new())
+        .enqueue("parent", &(vec![-1, -2, 0], 2), JobOptions::new())
         .await
         .expect("enqueue");
-    worker(&q, 2).drain().await.expect("drain");
+    run_until_finished(&q, &[ok, impossible]).await;
     assert_eq!(job(&q, ok).await.result, Some(json!(2)));
-    assert_eq!(job(&q, impossible).await.status, JobStatus::Failed);
+    assert_eq!(
+        children_by_arg(&q, ok).await,
+        vec![
+            (0, JobStatus::Cancelled),
+            (1, JobStatus::Completed),
+            (2, JobStatus::Completed)
+        ],
+        "the child not needed was cancelled"
+    );
+    let failed = job(&q, impossible).await;
+    assert_eq!(failed.status, JobStatus::Failed);
+    assert!(
+        failed
+            .last_error
+            .unwrap_or_default()
+            .contains("only 1 of 3 children can complete, 2 needed"),
+        "the failure says why"
+    );
+    assert_eq!(
+        children_by_arg(&q, impossible).await,
+        vec![
+            (-2, JobStatus::Failed),
+            (-1, JobStatus::Failed),
+            (0, JobStatus::Cancelled)
+        ],
+        "the child left running was cancelled"
+    );
+    assert_eq!(runs.get("square"), 6, "no child ran twice");
 }
 
 /// A bundle tracks its jobs as one unit, reports once, and can delete them on success.

@@ -175,39 +175,63 @@ pub async fn std_errors_convert_with_question_mark_and_retry<H: ConformanceHarne
 }
 
 /// A failed workflow retried by hand keeping its checkpoints resumes after its finished
-/// steps; retried from scratch it starts over.
+/// steps; retried from scratch it starts over, its step running again.
 pub async fn retry_by_hand_keeps_or_drops_checkpoints<H: ConformanceHarness>(h: &H) {
     let q = queue(h);
     let runs = Runs::default();
     let r = runs.clone();
-    q.register("flow", move |ctx: JobContext, _: ()| {
+    // The step of each job counts its runs per job; the job fails for good (needing a
+    // human) on its first pass after the step, and completes on its second.
+    q.register("flow", move |ctx: JobContext, name: String| {
         let r = r.clone();
         async move {
-            let r1 = r.clone();
+            let (r1, step) = (r.clone(), format!("{name}:step"));
             ctx.step("first", move |_| async move {
-                Ok::<_, TaskError>(r1.hit("first"))
+                Ok::<_, TaskError>(r1.hit(&step))
             })
             .await?;
-            if r.hit("gate") == 1 {
+            if r.hit(&format!("{name}:gate")) == 1 {
                 return Err(crate::NoRetry("needs a human").into());
             }
             Ok::<_, TaskError>("done")
         }
     });
-    let id = q
-        .enqueue("flow", &(), JobOptions::new())
-        .await
-        .expect("enqueue");
+    let mut ids = Vec::new();
+    for name in ["keep", "drop"] {
+        ids.push(
+            q.enqueue("flow", &name, JobOptions::new())
+                .await
+                .expect("enqueue"),
+        );
+    }
+    let (keep, drop) = (ids[0], ids[1]);
     worker(&q, 1).drain().await.expect("drain");
-    assert_eq!(job(&q, id).await.status, JobStatus::Failed);
-    assert_eq!(q.retry_jobs(&[id], true).await.expect("retry"), 1);
+    for &id in &ids {
+        assert_eq!(job(&q, id).await.status, JobStatus::Failed);
+    }
+    assert_eq!(q.retry_jobs(&[keep], true).await.expect("retry"), 1);
+    assert_eq!(q.retry_jobs(&[drop], false).await.expect("retry"), 1);
+    let dropped = q.job_details(drop).await.expect("details").expect("exists");
+    assert!(
+        dropped.checkpoints.is_empty(),
+        "retried from scratch: no checkpoint left"
+    );
     worker(&q, 1).drain().await.expect("drain");
-    assert_eq!(job(&q, id).await.status, JobStatus::Completed);
+    for &id in &ids {
+        assert_eq!(job(&q, id).await.status, JobStatus::Completed);
+    }
     assert_eq!(
-        runs.get("first"),
+        runs.get("keep:step"),
         1,
         "kept checkpoints: the step did not run again"
     );
-    let details = q.job_details(id).await.expect("details").expect("exists");
-    assert_eq!(details.checkpoints.len(), 1);
+    assert_eq!(
+        runs.get("drop:step"),
+        2,
+        "dropped checkpoints: the step ran again"
+    );
+    for id in ids {
+        let details = q.job_details(id).await.expect("details").expect("exists");
+        assert_eq!(details.checkpoints.len(), 1);
+    }
 }

@@ -1,10 +1,13 @@
 //! Engine conformance for stopping: graceful shutdown releases unfinished and buffered
-//! jobs unspent, and handlers see the stop as cancellation.
+//! jobs unspent, handlers see the stop as cancellation, and a handler whose lease is lost
+//! is cancelled and then dropped.
 
-use super::support::plain_queue;
+use super::support::{expect_event, plain_queue, status, PATIENCE};
 use super::ConformanceHarness;
 use crate::{Event, JobContext, JobOptions, JobStatus, TaskError, Worker, WorkerOptions};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::oneshot;
 
 /// Shutdown returns jobs whose handlers outlive the grace period, without spending an
 /// attempt.
@@ -129,5 +132,95 @@ pub async fn prefetched_jobs_run_and_are_released_unspent_at_shutdown<H: Conform
     for id in ids {
         let job = queue.get_job(id).await.expect("get").expect("exists");
         assert_eq!((job.status, job.attempt), (JobStatus::Pending, 0));
+    }
+}
+
+/// Sends on its channel when dropped: proof that a handler's future was dropped.
+struct OnDrop(Option<oneshot::Sender<()>>);
+
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A handler whose lease is lost (here: its job is cancelled while it runs) sees
+/// `cancelled()` fire while the worker runs on, and one that ignores it is dropped after
+/// the grace period; neither outcome is written.
+pub async fn a_lost_lease_cancels_the_handler_and_drops_it_after_the_grace<
+    H: ConformanceHarness,
+>(
+    h: &H,
+) {
+    let queue = plain_queue(h);
+    let (saw_tx, saw_rx) = oneshot::channel::<()>();
+    let saw = Arc::new(Mutex::new(Some(saw_tx)));
+    queue.register("polite", move |ctx: JobContext, _: ()| {
+        let saw = saw.clone();
+        async move {
+            ctx.cancelled().await;
+            if let Some(tx) = saw.lock().expect("lock").take() {
+                let _ = tx.send(());
+            }
+            Ok::<_, TaskError>("wrapped up")
+        }
+    });
+    let (dropped_tx, dropped_rx) = oneshot::channel::<()>();
+    let guard = Arc::new(Mutex::new(Some(OnDrop(Some(dropped_tx)))));
+    queue.register("stubborn", move |_ctx: JobContext, _: ()| {
+        let guard = guard.lock().expect("lock").take();
+        async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+            Ok::<_, TaskError>("never")
+        }
+    });
+    let mut events = queue.events();
+    let polite = queue
+        .enqueue("polite", &(), JobOptions::new())
+        .await
+        .expect("enqueue");
+    let stubborn = queue
+        .enqueue("stubborn", &(), JobOptions::new())
+        .await
+        .expect("enqueue");
+    let w = Worker::new(
+        queue.clone(),
+        WorkerOptions::new()
+            .queue("default", 2)
+            .heartbeat_interval(Duration::from_millis(20))
+            .shutdown_grace(Duration::from_millis(200)),
+    )
+    .expect("options");
+    let report = w
+        .run_until(async {
+            for _ in 0..2 {
+                expect_event(&mut events, "a start", |e| {
+                    matches!(e, Event::Started { .. })
+                })
+                .await;
+            }
+            assert!(queue.cancel(polite).await.expect("cancel"));
+            assert!(queue.cancel(stubborn).await.expect("cancel"));
+            tokio::time::timeout(PATIENCE, saw_rx)
+                .await
+                .expect("the polite handler saw its lost lease while the worker ran")
+                .expect("reported");
+            tokio::time::timeout(PATIENCE, dropped_rx)
+                .await
+                .expect("the stubborn handler was dropped while the worker ran")
+                .expect("reported");
+        })
+        .await
+        .expect("run");
+    assert_eq!(
+        (report.completed, report.released, report.lost),
+        (0, 0, 2),
+        "neither outcome was written"
+    );
+    for id in [polite, stubborn] {
+        assert_eq!(status(&queue, id).await, JobStatus::Cancelled);
     }
 }

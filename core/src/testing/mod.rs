@@ -35,6 +35,17 @@ pub trait ConformanceHarness: Send + Sync + Sized + 'static {
     async fn advance(&self, by: Duration);
     /// Removes what `setup` created.
     async fn teardown(self);
+
+    /// Marks `job` finished with `status` (completed, failed or cancelled, now) the way a
+    /// write from outside the library would: an operator's hand edit, or a crash of a
+    /// version that wrote in two steps. It wakes nobody, its parent included, which is
+    /// the state the healing sweep of [`crate::Storage::release_stale_locks`] repairs.
+    /// Returns false where the harness cannot write past its storage (cases that need it
+    /// then stop there, and say so on stderr).
+    async fn finish_out_of_band(&self, job: crate::JobId, status: crate::JobStatus) -> bool {
+        let _ = (job, status);
+        false
+    }
 }
 
 /// Runs one conformance case on a fresh multi-thread runtime: setup, case, teardown.
@@ -139,6 +150,7 @@ macro_rules! conformance_tests {
             signal_to_finished_or_missing_job_is_refused,
             spawn_children_writes_children_and_checkpoint,
             child_final_write_wakes_waiting_parent,
+            release_stale_locks_heals_parents_left_waiting,
             cancel_cascades_to_descendants,
             delete_job_removes_job_and_checkpoints,
         );
@@ -190,6 +202,7 @@ macro_rules! conformance_tests {
             shutdown_returns_unfinished_jobs_without_spending_an_attempt,
             a_handler_sees_cancellation_and_can_finish_within_the_grace_period,
             prefetched_jobs_run_and_are_released_unspent_at_shutdown,
+            a_lost_lease_cancels_the_handler_and_drops_it_after_the_grace,
         );
         $crate::__conformance_cases!(engine_events, $harness;
             hooks_see_start_complete_retry_and_fail,

@@ -95,3 +95,20 @@ pub(super) async fn until_status(q: &Queue, id: JobId, want: JobStatus) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Waits until the job is finished (completed, failed or cancelled), failing after
+/// [`PATIENCE`].
+pub(super) async fn until_finished(q: &Queue, id: JobId) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let now = status(q, id).await;
+        if now.is_finished() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {id} is still {now:?} after {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -44,23 +44,65 @@ async fn run(
         return Err(TaskError::from_engine(crate::Error::UnknownTask(job.task)));
     };
     let timeout = job.timeout();
-    let ctx = JobContext::new(job, lease, queue, shared.stopping.subscribe(), lost);
+    let job_id = job.id;
+    let ctx = JobContext::new(job, lease, queue, shared.stopping.subscribe(), lost.clone());
     let fut = handler.run(ctx.clone(), &ctx.job().payload);
-    let result = match timeout {
-        Some(limit) => match tokio::time::timeout(limit, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(TaskError::retry(format!(
-                "attempt timed out after {limit:?}"
-            ))),
-        },
-        None => fut.await,
+    let timed = async move {
+        match timeout {
+            Some(limit) => match tokio::time::timeout(limit, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(TaskError::retry(format!(
+                    "attempt timed out after {limit:?}"
+                ))),
+            },
+            None => fut.await,
+        }
     };
+    let result = unless_lost(timed, lost, shared.opts.shutdown_grace, job_id).await;
     // A workflow primitive that asked to suspend wins over what the handler made of its
     // error, unless the lease is gone.
     match (ctx.suspend_request(), &result) {
         (Some(_), Err(e)) if e.kind() == TaskErrorKind::LeaseLost => result,
         (Some(wake_at), _) => Err(TaskError::suspend(wake_at)),
         (None, _) => result,
+    }
+}
+
+/// Runs the handler until it returns, or until its lease has been lost (the job was
+/// cancelled or reclaimed, so another attempt may already run) and then at most `grace`
+/// more: the handler sees the loss through [`JobContext::cancelled`] and may wrap up, and
+/// one that does not is dropped, ending as a lost lease (nothing is written for it). The
+/// grace is the worker's shutdown grace: a lost lease stops a handler as a shutdown would.
+async fn unless_lost<F>(
+    handler: F,
+    mut lost: tokio::sync::watch::Receiver<bool>,
+    grace: std::time::Duration,
+    job_id: crate::JobId,
+) -> Result<Value, TaskError>
+where
+    F: Future<Output = Result<Value, TaskError>>,
+{
+    tokio::pin!(handler);
+    let lost_now = tokio::select! {
+        biased;
+        r = &mut handler => return r,
+        // An error means the signal's sender is gone without a loss: the attempt ended
+        // on the worker's side, and the handler runs to its end.
+        l = lost.wait_for(|l| *l) => l.is_ok(),
+    };
+    if !lost_now {
+        return handler.await;
+    }
+    match tokio::time::timeout(grace, &mut handler).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!(
+                job_id,
+                ?grace,
+                "lease lost: the handler did not return within the grace period and was dropped"
+            );
+            Err(TaskError::from_engine(crate::Error::LeaseLost { job_id }))
+        }
     }
 }
 

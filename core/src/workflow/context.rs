@@ -103,7 +103,9 @@ impl JobContext {
         *self.shared.cancel.borrow() || *self.shared.lost.borrow()
     }
 
-    /// Resolves when the worker starts shutting down or the job is cancelled.
+    /// Resolves when the worker starts shutting down or the job's lease is lost (it was
+    /// cancelled or reclaimed). After a lost lease the handler has the worker's shutdown
+    /// grace period to return; then it is dropped, and nothing it returns is written.
     pub async fn cancelled(&self) {
         let mut stop = self.shared.cancel.clone();
         let mut lost = self.shared.lost.clone();

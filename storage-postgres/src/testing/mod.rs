@@ -22,7 +22,9 @@ use crate::storage::micros;
 use crate::{PostgresOptions, PostgresStorage};
 use async_trait::async_trait;
 use durable_jobs::testing::ConformanceHarness;
-use durable_jobs::{DynStorage, Error, Result, Storage, StorageError, StorageErrorKind};
+use durable_jobs::{
+    DynStorage, Error, JobId, JobStatus, Result, Storage, StorageError, StorageErrorKind,
+};
 use sqlx::AssertSqlSafe;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -235,6 +237,30 @@ impl ConformanceHarness for PostgresHarness {
     async fn teardown(self) {
         if let Err(e) = self.0.drop_schema().await {
             panic!("postgres conformance teardown: {e}");
+        }
+    }
+
+    /// Writes the row with the `jobs_wake_parent` trigger disabled, in one transaction
+    /// (the table is this test's own, in its own schema).
+    async fn finish_out_of_band(&self, job: JobId, status: JobStatus) -> bool {
+        let q = quote_ident(self.0.schema());
+        let sql = format!(
+            "BEGIN;
+             ALTER TABLE {q}.jobs DISABLE TRIGGER jobs_wake_parent;
+             UPDATE {q}.jobs SET status = '{status}', completed_at = {q}.test_now(),
+                 updated_at = {q}.test_now(), lease_holder = NULL, lease_token = NULL,
+                 lease_expires_at = NULL
+             WHERE id = {job};
+             ALTER TABLE {q}.jobs ENABLE TRIGGER jobs_wake_parent;
+             COMMIT;",
+            status = status.as_str(),
+        );
+        match sqlx::raw_sql(AssertSqlSafe(sql))
+            .execute(self.0.storage().pool())
+            .await
+        {
+            Ok(_) => true,
+            Err(e) => panic!("postgres conformance out-of-band write: {e}"),
         }
     }
 }
