@@ -1,4 +1,6 @@
 //! Bundles: jobs enqueued together and tracked as one unit, with no workflow parent.
+//! The tracking job and its members are written in one storage transaction
+//! ([`crate::Storage::enqueue_with_children`]): all of them or none.
 //!
 //! A bundle is a small tracking job (task [`BUNDLE_TASK`]) that is the parent of its
 //! members. Each member's final write wakes it in the same transaction; when every member
@@ -138,14 +140,14 @@ impl Queue {
         let traceparent = context.to_traceparent();
         tracker.trace_context = Some(traceparent.clone());
         async {
-            let bundle = self.storage().enqueue(tracker).await?.id;
             for j in &mut jobs {
-                j.parent_id = Some(bundle);
                 j.trace_context = Some(traceparent.clone());
             }
-            self.storage().enqueue_many(jobs).await?;
+            // One write: a crash part-way leaves no tracker without its members (which
+            // would never finish) and no member without its tracker.
+            let (bundle, _) = self.storage().enqueue_with_children(tracker, jobs).await?;
             self.wake();
-            Ok(bundle)
+            Ok(bundle.id)
         }
         .instrument(span)
         .await

@@ -207,6 +207,25 @@ impl Storage for InstrumentedStorage {
         Ok(out)
     }
 
+    async fn enqueue_with_children(
+        &self,
+        parent: NewJob,
+        children: Vec<NewJob>,
+    ) -> Result<(Enqueued, Vec<Enqueued>)> {
+        let groups = EnqueueGroups::of(std::slice::from_ref(&parent));
+        let child_groups = EnqueueGroups::of(&children);
+        let (parent, children) = self
+            .observe(
+                "enqueue_with_children",
+                |(_, c): &(Enqueued, Vec<Enqueued>)| c.len() + 1,
+                self.inner.enqueue_with_children(parent, children),
+            )
+            .await?;
+        groups.count(|_| parent.created);
+        child_groups.count(|i| children.get(i).is_some_and(|e| e.created));
+        Ok((parent, children))
+    }
+
     async fn get_job(&self, job_id: JobId) -> Result<Option<Job>> {
         self.observe("get_job", one, self.inner.get_job(job_id))
             .await

@@ -237,10 +237,17 @@ impl HandlerEntry {
         F: Fn(A) -> Result<R, TaskError> + Send + Sync + 'static,
     {
         let f = Arc::new(f);
-        Self::new_async(name, move |_ctx: JobContext, args: A| {
+        Self::new_async(name, move |ctx: JobContext, args: A| {
             let f = f.clone();
+            // Counted until the thread returns, even when this future is dropped first
+            // (a timeout, a shutdown): the worker holds the lease that long.
+            let token = ctx.blocking_thread();
             async move {
-                match tokio::task::spawn_blocking(move || f(args)).await {
+                let run = move || {
+                    let _running = token;
+                    f(args)
+                };
+                match tokio::task::spawn_blocking(run).await {
                     Ok(r) => r,
                     Err(e) => Err(TaskError::retry(format!(
                         "handler panicked: {}",

@@ -501,6 +501,29 @@ impl Storage for MemoryStorage {
         Ok(out)
     }
 
+    async fn enqueue_with_children(
+        &self,
+        parent: NewJob,
+        children: Vec<NewJob>,
+    ) -> Result<(Enqueued, Vec<Enqueued>)> {
+        let now = self.clock.now();
+        let out = {
+            // One lock: no other call sees the parent without its children.
+            let mut st = self.lock();
+            let parent = st.insert(parent, now);
+            let children = children
+                .into_iter()
+                .map(|mut c| {
+                    c.parent_id = Some(parent.id);
+                    st.insert(c, now)
+                })
+                .collect();
+            (parent, children)
+        };
+        self.wake();
+        Ok(out)
+    }
+
     async fn dequeue(&self, params: DequeueParams) -> Result<Vec<ClaimedJob>> {
         let now = self.clock.now();
         let expires_at = add(now, params.lease_duration);

@@ -335,6 +335,33 @@ impl Storage for PostgresStorage {
             .ok_or_else(|| storage(StorageErrorKind::Other, "enqueue returned no row"))
     }
 
+    async fn enqueue_with_children(
+        &self,
+        parent: NewJob,
+        children: Vec<NewJob>,
+    ) -> Result<(Enqueued, Vec<Enqueued>)> {
+        let mut tx = self.pool().begin().await.map_err(db)?;
+        let parent = crate::tx::insert_jobs(&mut tx, self.sql(), vec![parent])
+            .await?
+            .pop()
+            .ok_or_else(|| storage(StorageErrorKind::Other, "enqueue returned no row"))?;
+        let children = children
+            .into_iter()
+            .map(|mut c| {
+                c.parent_id = Some(parent.id);
+                c
+            })
+            .collect::<Vec<_>>();
+        let children = if children.is_empty() {
+            Vec::new()
+        } else {
+            crate::tx::insert_jobs(&mut tx, self.sql(), children).await?
+        };
+        tx.commit().await.map_err(db)?;
+        self.wake_local();
+        Ok((parent, children))
+    }
+
     async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         if jobs.is_empty() {
             return Ok(Vec::new());

@@ -334,6 +334,30 @@ impl Storage for SqliteStorage {
         Ok(out)
     }
 
+    async fn enqueue_with_children(
+        &self,
+        parent: NewJob,
+        children: Vec<NewJob>,
+    ) -> Result<(Enqueued, Vec<Enqueued>)> {
+        let now = self.now_dt();
+        // One write closure is one transaction on the writer thread.
+        let out = self
+            .write(move |c| {
+                let parent = crate::enqueue::insert_job(c, &parent, now)?;
+                let children = children
+                    .into_iter()
+                    .map(|mut child| {
+                        child.parent_id = Some(parent.id);
+                        crate::enqueue::insert_job(c, &child, now)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((parent, children))
+            })
+            .await?;
+        self.wake();
+        Ok(out)
+    }
+
     async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         if jobs.is_empty() {
             return Ok(Vec::new());

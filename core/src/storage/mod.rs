@@ -138,6 +138,18 @@ pub trait Storage: Send + Sync + 'static {
     /// [`crate::Error::InvalidState`] for a running job.
     async fn delete_job(&self, job_id: JobId) -> Result<bool>;
 
+    // Parent and children in one write (atomic bundles).
+
+    /// Inserts `parent`, then `children` with their `parent_id` set to the parent's id,
+    /// in one transaction: all of them or none, whatever stops it part-way (a crash, an
+    /// error). Returns the parent's result and each child's, in order; dedupe keys follow
+    /// the rule of [`Storage::enqueue`] (a parent that already exists gets the children).
+    async fn enqueue_with_children(
+        &self,
+        parent: NewJob,
+        children: Vec<NewJob>,
+    ) -> Result<(Enqueued, Vec<Enqueued>)>;
+
     // ----- Leases: claiming and finishing attempts -----
 
     /// Atomically claims up to `limit` due, claimable jobs from the given queues and

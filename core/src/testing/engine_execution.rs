@@ -2,7 +2,8 @@
 //! concurrency, serial keys, wake-ups, inline and spawned handlers, heartbeats and reclaims.
 
 use super::support::{
-    expect_event, job, plain_queue, queue, status, until_status, worker, PATIENCE,
+    expect_event, job, plain_queue, queue, status, until_status, worker, BlockingProbe, PATIENCE,
+    WATCH_WINDOW,
 };
 use super::ConformanceHarness;
 use crate::storage::{DequeueParams, Storage};
@@ -786,4 +787,59 @@ pub async fn dedupe_key_returns_the_existing_job<H: ConformanceHarness>(h: &H) {
         .await
         .expect("enqueue");
     assert_ne!(a, c);
+}
+
+/// A blocking handler past its job's timeout cannot be stopped: the worker holds the lease
+/// (renewing it) until the thread returns, so no second attempt starts beside it; then
+/// the attempt fails as timed out and the retry runs.
+pub async fn a_blocking_handler_past_its_timeout_holds_its_lease_until_it_returns<
+    H: ConformanceHarness,
+>(
+    h: &H,
+) {
+    let q = queue(h);
+    let probe = BlockingProbe::default();
+    let open = probe.register(&q);
+    let mut events = q.events();
+    let id = q
+        .enqueue(
+            "slow",
+            &(),
+            JobOptions::new()
+                .retries(1)
+                .timeout(Duration::from_millis(20)),
+        )
+        .await
+        .expect("enqueue");
+    let w = Worker::new(
+        q.clone(),
+        WorkerOptions::new()
+            .queue("default", 2)
+            .heartbeat_interval(Duration::from_millis(20)),
+    )
+    .expect("options");
+    let report = w
+        .run_until(async {
+            expect_event(&mut events, "the first start", |e| {
+                matches!(e, Event::Started { attempt: 1, .. })
+            })
+            .await;
+            // Well past the timeout: a retry would have started by now.
+            tokio::time::sleep(WATCH_WINDOW).await;
+            assert_eq!(
+                probe.starts(),
+                1,
+                "a second attempt started beside the thread"
+            );
+            let j = job(&q, id).await;
+            assert_eq!((j.status, j.attempt), (JobStatus::Running, 1));
+            open.send(()).expect("open the gate");
+            until_status(&q, id, JobStatus::Completed).await;
+        })
+        .await
+        .expect("run");
+    assert!(!probe.overlapped(), "two attempts ran at once");
+    assert_eq!((report.retried, report.completed), (1, 1));
+    let j = job(&q, id).await;
+    assert_eq!(j.attempt, 2);
 }

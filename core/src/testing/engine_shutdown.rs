@@ -2,8 +2,9 @@
 //! jobs unspent, handlers see the stop as cancellation, and a handler whose lease is lost
 //! is cancelled and then dropped.
 
-use super::support::{expect_event, plain_queue, status, PATIENCE};
+use super::support::{expect_event, plain_queue, status, BlockingProbe, PATIENCE, WATCH_WINDOW};
 use super::ConformanceHarness;
+use crate::storage::{DequeueParams, Storage};
 use crate::{Event, JobContext, JobOptions, JobStatus, TaskError, Worker, WorkerOptions};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -223,4 +224,69 @@ pub async fn a_lost_lease_cancels_the_handler_and_drops_it_after_the_grace<
     for id in [polite, stubborn] {
         assert_eq!(status(&queue, id).await, JobStatus::Cancelled);
     }
+}
+
+/// A blocking handler still running at the end of the shutdown grace cannot be stopped:
+/// the worker holds the lease (renewing it) until the thread returns, so no other worker
+/// can claim the job meanwhile; then it releases the job unspent.
+pub async fn a_blocking_handler_past_the_shutdown_grace_holds_its_lease_until_it_returns<
+    H: ConformanceHarness,
+>(
+    h: &H,
+) {
+    let queue = plain_queue(h);
+    let probe = BlockingProbe::default();
+    let open = probe.register(&queue);
+    let mut events = queue.events();
+    let id = queue
+        .enqueue("slow", &(), JobOptions::new())
+        .await
+        .expect("enqueue");
+    let w = Worker::new(
+        queue.clone(),
+        WorkerOptions::new()
+            .heartbeat_interval(Duration::from_millis(20))
+            .shutdown_grace(Duration::from_millis(20)),
+    )
+    .expect("options");
+    let stop = w.shutdown_handle();
+    let run = tokio::spawn(async move { w.run().await });
+    expect_event(&mut events, "the start", |e| {
+        matches!(e, Event::Started { .. })
+    })
+    .await;
+    stop.shutdown();
+    // Well past the grace: the job would have been released by now.
+    tokio::time::sleep(WATCH_WINDOW).await;
+    let j = queue.get_job(id).await.expect("get").expect("exists");
+    assert_eq!(
+        (j.status, j.attempt),
+        (JobStatus::Running, 1),
+        "released while its thread ran"
+    );
+    let other = queue
+        .storage()
+        .dequeue(DequeueParams {
+            queues: vec!["default".into()],
+            tasks: vec!["slow".into()],
+            limit: 1,
+            lease_duration: Duration::from_secs(30),
+            holder: "another worker".into(),
+            forbidden_flags: Vec::new(),
+        })
+        .await
+        .expect("claim");
+    assert!(other.is_empty(), "another worker claimed the job");
+    open.send(()).expect("open the gate");
+    let report = tokio::time::timeout(PATIENCE, run)
+        .await
+        .expect("the worker stopped once the thread returned")
+        .expect("join")
+        .expect("run");
+    // The thread returned its result after the attempt was given up: the job is
+    // released unspent, to run again.
+    assert_eq!(report.released, 1);
+    let j = queue.get_job(id).await.expect("get").expect("exists");
+    assert_eq!((j.status, j.attempt), (JobStatus::Pending, 0));
+    assert_eq!(probe.starts(), 1);
 }

@@ -188,6 +188,7 @@ macro_rules! conformance_tests {
             heartbeats_renew_running_and_buffered_leases,
             a_dead_workers_job_is_reclaimed_and_its_lease_fenced,
             job_context_reports_the_attempt,
+            a_blocking_handler_past_its_timeout_holds_its_lease_until_it_returns,
         );
         $crate::__conformance_cases!(engine_retries, $harness;
             retries_back_off_exponentially_then_fail_for_good,
@@ -203,6 +204,7 @@ macro_rules! conformance_tests {
             a_handler_sees_cancellation_and_can_finish_within_the_grace_period,
             prefetched_jobs_run_and_are_released_unspent_at_shutdown,
             a_lost_lease_cancels_the_handler_and_drops_it_after_the_grace,
+            a_blocking_handler_past_the_shutdown_grace_holds_its_lease_until_it_returns,
         );
         $crate::__conformance_cases!(engine_events, $harness;
             hooks_see_start_complete_retry_and_fail,

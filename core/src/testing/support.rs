@@ -11,6 +11,50 @@ use std::time::Duration;
 /// Generous: a loaded CI machine, not the code under test, decides how long these take.
 pub(super) const PATIENCE: Duration = Duration::from_secs(30);
 
+/// How long a test watches for something that must not happen (a second attempt starting
+/// beside a first one). A correct build passes however long it is; only catching a broken
+/// one depends on it, and it is many times the few milliseconds that takes.
+pub(super) const WATCH_WINDOW: Duration = Duration::from_millis(300);
+
+/// A blocking handler's side of a gate: the first run of `slow` blocks until the test
+/// opens the gate; every run counts itself and notes whether another run was inside at
+/// the same time.
+#[derive(Clone, Default)]
+pub(super) struct BlockingProbe {
+    running: Arc<std::sync::atomic::AtomicUsize>,
+    starts: Arc<std::sync::atomic::AtomicUsize>,
+    overlapped: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl BlockingProbe {
+    /// Registers task `slow` as a blocking handler; returns the gate's opener.
+    pub(super) fn register(&self, q: &Queue) -> std::sync::mpsc::Sender<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (open, gate) = std::sync::mpsc::channel::<()>();
+        let gate = Arc::new(Mutex::new(gate));
+        let probe = self.clone();
+        q.register_blocking("slow", move |_: ()| {
+            if probe.running.fetch_add(1, SeqCst) > 0 {
+                probe.overlapped.store(true, SeqCst);
+            }
+            if probe.starts.fetch_add(1, SeqCst) == 0 {
+                let _ = gate.lock().expect("gate lock").recv();
+            }
+            probe.running.fetch_sub(1, SeqCst);
+            Ok::<_, crate::TaskError>(())
+        });
+        open
+    }
+    /// How many runs started.
+    pub(super) fn starts(&self) -> usize {
+        self.starts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    /// True when two runs were inside at once.
+    pub(super) fn overlapped(&self) -> bool {
+        self.overlapped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// Counts side effects per name, to prove what ran how often.
 #[derive(Clone, Default)]
 pub(super) struct Runs(Arc<Mutex<HashMap<String, u32>>>);

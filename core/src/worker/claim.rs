@@ -5,6 +5,7 @@ use super::complete::{Finish, RunMeta};
 use super::execute::{classify, execute, Ended};
 use super::options::QueueConfig;
 use super::shared::{Shared, NOT_IDLE};
+use super::threads::AttemptThreads;
 use crate::instrumented::Backoff;
 use crate::storage::Storage;
 use crate::storage::{ClaimedJob, DequeueParams};
@@ -26,6 +27,8 @@ type Outcome = Result<Value, TaskError>;
 struct Running {
     set: JoinSet<Outcome>,
     meta: HashMap<Id, RunMeta>,
+    /// Each spawned attempt's blocking threads.
+    threads: HashMap<Id, AttemptThreads>,
     /// False once handlers' first polls ran long [`SLOW_STARTS_IN_A_ROW`] times in a row:
     /// from then on every handler of this loop starts as a task of its own, so slow
     /// starts cannot stall the loop again.
@@ -64,8 +67,9 @@ impl Running {
             .num_microseconds()
             .unwrap_or(0);
         meta.metrics.wait.record(waited.max(0) as f64 / 1e6);
+        let threads = AttemptThreads::new();
         let mut fut: Pin<Box<dyn Future<Output = Outcome> + Send>> =
-            Box::pin(execute(shared.clone(), c, lost));
+            Box::pin(execute(shared.clone(), c, lost, threads.clone()));
         if self.inline {
             let t0 = Instant::now();
             let mut cx = Context::from_waker(Waker::noop());
@@ -88,11 +92,12 @@ impl Running {
         }
         let handle = self.set.spawn(fut);
         self.meta.insert(handle.id(), meta);
+        self.threads.insert(handle.id(), threads);
     }
 
     fn finish(
         &mut self,
-        shared: &Shared,
+        shared: &Arc<Shared>,
         done: Result<(Id, Outcome), JoinError>,
         out: &mpsc::UnboundedSender<Finish>,
     ) {
@@ -101,9 +106,27 @@ impl Running {
             Err(e) if e.is_panic() => (e.id(), Ended::Panicked(panic_message(e.into_panic()))),
             Err(e) => (e.id(), Ended::Aborted),
         };
+        let threads = self.threads.remove(&id);
         let Some(meta) = self.meta.remove(&id) else {
             return;
         };
+        // Aborted at shutdown while a blocking thread still runs: release the job (and
+        // stop renewing its lease) only once the thread returned, so no second attempt
+        // can start beside it. The task holds a sender, so the completer waits for it.
+        if let (Ended::Aborted, Some(threads)) = (&ended, threads) {
+            if threads.running() > 0 {
+                tracing::warn!(
+                    job_id = meta.job_id,
+                    "a blocking handler's thread outlived the shutdown grace; the lease is held until it returns"
+                );
+                let (shared, out) = (shared.clone(), out.clone());
+                tokio::spawn(async move {
+                    threads.all_returned().await;
+                    settle(&shared, meta, Ended::Aborted, &out);
+                });
+                return;
+            }
+        }
         settle(shared, meta, ended, out);
     }
 }
@@ -131,6 +154,7 @@ pub(crate) async fn run_queue(
     let mut running = Running {
         set: JoinSet::new(),
         meta: HashMap::new(),
+        threads: HashMap::new(),
         inline: true,
         slow_starts: 0,
     };
@@ -252,7 +276,11 @@ pub(crate) async fn run_queue(
 
 /// Waits for running jobs up to the grace period, then aborts the rest; aborted jobs are
 /// released without spending their attempt.
-async fn shut_down(shared: &Shared, mut running: Running, out: &mpsc::UnboundedSender<Finish>) {
+async fn shut_down(
+    shared: &Arc<Shared>,
+    mut running: Running,
+    out: &mpsc::UnboundedSender<Finish>,
+) {
     let deadline = tokio::time::Instant::now() + shared.opts.shutdown_grace;
     while running.len() > 0 {
         tokio::select! {

@@ -2,6 +2,7 @@
 
 use super::complete::{Finish, RunMeta};
 use super::shared::Shared;
+use super::threads::AttemptThreads;
 use crate::event::Event;
 use crate::storage::ClaimedJob;
 use crate::task::{TaskError, TaskErrorKind};
@@ -20,9 +21,10 @@ pub(crate) fn execute(
     shared: Arc<Shared>,
     claimed: ClaimedJob,
     lost: tokio::sync::watch::Receiver<bool>,
+    threads: AttemptThreads,
 ) -> impl Future<Output = Result<Value, TaskError>> + Send + 'static {
     let (span, context) = trace::attempt_span(&claimed.job, claimed.lease.attempt, &shared.name);
-    trace::in_attempt(context, run(shared, claimed, lost)).instrument(span)
+    trace::in_attempt(context, run(shared, claimed, lost, threads)).instrument(span)
 }
 
 /// One attempt: hooks and events, the handler, the job's timeout.
@@ -30,6 +32,7 @@ async fn run(
     shared: Arc<Shared>,
     claimed: ClaimedJob,
     lost: tokio::sync::watch::Receiver<bool>,
+    threads: AttemptThreads,
 ) -> Result<Value, TaskError> {
     let ClaimedJob { job, lease } = claimed;
     let queue = shared.queue.clone();
@@ -45,7 +48,14 @@ async fn run(
     };
     let timeout = job.timeout();
     let job_id = job.id;
-    let ctx = JobContext::new(job, lease, queue, shared.stopping.subscribe(), lost.clone());
+    let ctx = JobContext::new(
+        job,
+        lease,
+        queue,
+        shared.stopping.subscribe(),
+        lost.clone(),
+        threads.clone(),
+    );
     let fut = handler.run(ctx.clone(), &ctx.job().payload);
     let timed = async move {
         match timeout {
@@ -59,6 +69,16 @@ async fn run(
         }
     };
     let result = unless_lost(timed, lost, shared.opts.shutdown_grace, job_id).await;
+    // A blocking handler's thread outlives a future dropped at its timeout (or after a
+    // lost lease): the outcome, which may let the job be claimed again, waits for it,
+    // while the heartbeat keeps renewing the lease.
+    if threads.running() > 0 {
+        tracing::warn!(
+            job_id,
+            "a blocking handler's thread outlived its attempt; the lease is held until it returns"
+        );
+        threads.all_returned().await;
+    }
     // A workflow primitive that asked to suspend wins over what the handler made of its
     // error, unless the lease is gone.
     match (ctx.suspend_request(), &result) {

@@ -12,10 +12,12 @@ const HEARTBEAT_BATCH: usize = 1000;
 /// Renews every held lease (running or buffered) each heartbeat interval, in batches of
 /// [`HEARTBEAT_BATCH`] through [`crate::Storage::heartbeat_many`], and the worker's
 /// registry entry. A lease found lost is dropped from the set and its handler told; its
-/// later writes are refused by storage anyway.
+/// later writes are refused by storage anyway. Runs until the run's last outcome is
+/// written, so leases stay renewed through the shutdown grace, and past it while a
+/// blocking handler's thread still runs.
 pub(crate) async fn run_heartbeats(shared: Arc<Shared>) {
     let every = shared.opts.heartbeat_every();
-    let mut stop = shared.stopping.subscribe();
+    let mut stop = shared.finished.subscribe();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

@@ -8,6 +8,7 @@ mod heartbeat;
 mod options;
 mod registry;
 pub(crate) mod shared;
+pub(crate) mod threads;
 
 pub use health::{WorkerHealth, WorkerState};
 pub use options::{
@@ -259,6 +260,7 @@ impl Worker {
         if let Err(e) = tasks.completer.await {
             tracing::error!(error = %e, "completer ended abnormally");
         }
+        shared.finished.send_replace(true);
         // A finished run leaves the handle ready for the next one.
         self.shutdown.send_replace(false);
         for t in [tasks.heartbeat, tasks.sweeper]

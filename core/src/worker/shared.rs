@@ -23,6 +23,10 @@ pub(crate) struct Shared {
     pub(crate) tasks: Vec<String>,
     /// True once the run is stopping; handlers see it as cancellation.
     pub(crate) stopping: watch::Sender<bool>,
+    /// True once the run's last outcome is written (the completer ended): leases are
+    /// renewed until then, through the shutdown grace and past it for a blocking
+    /// handler's thread.
+    pub(crate) finished: watch::Sender<bool>,
     /// Bumped by the worker itself when work may have appeared (retries, releases,
     /// reclaimed leases).
     pub(crate) internal_wake: watch::Sender<u64>,
@@ -83,6 +87,7 @@ impl Shared {
         health: Arc<HealthState>,
     ) -> Self {
         let (stopping, _) = watch::channel(false);
+        let (finished, _) = watch::channel(false);
         let (internal_wake, _) = watch::channel(0);
         let storage_wake = queue.storage().wakeups();
         let queue_wake = queue.subscribe_wake();
@@ -93,6 +98,7 @@ impl Shared {
             opts,
             name,
             stopping,
+            finished,
             internal_wake,
             storage_wake,
             queue_wake,

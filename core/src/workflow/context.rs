@@ -6,6 +6,7 @@ use crate::error::Result;
 use crate::job::{Checkpoint, Job, JobId, Lease};
 use crate::queue::Queue;
 use crate::storage::Storage;
+use crate::worker::threads::{AttemptThreads, ThreadToken};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -32,6 +33,8 @@ struct Shared {
     lost: watch::Receiver<bool>,
     /// Set when a workflow primitive asked to suspend, with its wake time.
     suspend: Mutex<Option<Option<DateTime<Utc>>>>,
+    /// The blocking threads this attempt's handler started.
+    threads: AttemptThreads,
 }
 
 impl std::fmt::Debug for JobContext {
@@ -51,6 +54,7 @@ impl JobContext {
         queue: Queue,
         cancel: watch::Receiver<bool>,
         lost: watch::Receiver<bool>,
+        threads: AttemptThreads,
     ) -> Self {
         JobContext {
             shared: Arc::new(Shared {
@@ -61,10 +65,17 @@ impl JobContext {
                 cancel,
                 lost,
                 suspend: Mutex::new(None),
+                threads,
             }),
             scope: CheckpointKey::root(),
             next_call: Arc::new(AtomicU32::new(0)),
         }
+    }
+
+    /// Counts in a blocking thread this attempt starts; the worker holds the lease until
+    /// the token is dropped.
+    pub(crate) fn blocking_thread(&self) -> ThreadToken {
+        self.shared.threads.start()
     }
 
     /// The running job's id.
