@@ -34,9 +34,10 @@ fn enqueue_and_kill(target: &[&str], rng: &mut Rng) {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn bundle_enqueuer");
-        let stdout = child.stdout.take().expect("piped stdout");
+        // Kept open until the kill: the enqueuer writes a line per bundle.
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         let mut first = String::new();
-        BufReader::new(stdout)
+        stdout
             .read_line(&mut first)
             .expect("read the enqueuer's output");
         assert!(
@@ -46,6 +47,7 @@ fn enqueue_and_kill(target: &[&str], rng: &mut Rng) {
         // The kill moment is the random part of this test: anywhere in the next enqueues.
         std::thread::sleep(Duration::from_millis(rng.below(40)));
         kill(child);
+        drop(stdout);
     }
 }
 

@@ -448,16 +448,23 @@ pub async fn each_queue_has_its_own_concurrency<H: ConformanceHarness>(h: &H) {
         }
     });
     let (gate_tx, gate_rx) = tokio::sync::watch::channel(false);
+    let (solo_tx, mut solo_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let solo_running = Arc::new(AtomicUsize::new(0));
     let solo_max = Arc::new(AtomicUsize::new(0));
     let solo_started = Arc::new(AtomicUsize::new(0));
-    let (sr, sm, ss) = (solo_running.clone(), solo_max.clone(), solo_started.clone());
+    let (sr, sm, ss) = (
+        solo_running.clone(),
+        solo_max.clone(),
+        solo_started.clone(),
+    );
     queue.register_fn("solo", move |_: ()| {
         let (sr, sm, ss, mut gate) = (sr.clone(), sm.clone(), ss.clone(), gate_rx.clone());
+        let started = solo_tx.clone();
         async move {
             let now = sr.fetch_add(1, Ordering::SeqCst) + 1;
             sm.fetch_max(now, Ordering::SeqCst);
             ss.fetch_add(1, Ordering::SeqCst);
+            let _ = started.send(());
             let _ = gate.wait_for(|open| *open).await;
             sr.fetch_sub(1, Ordering::SeqCst);
             Ok::<_, TaskError>(())
@@ -486,18 +493,15 @@ pub async fn each_queue_has_its_own_concurrency<H: ConformanceHarness>(h: &H) {
     .expect("options");
     let report = w
         .run_until(async {
-            let mut pairs_done = 0;
-            let mut solo_seen = false;
-            while pairs_done < 10 || !solo_seen {
-                match expect_event(&mut events, "a pair completed or a solo started", |e| {
-                    matches!(e, Event::Completed { task, .. } if task == "pair")
-                        || matches!(e, Event::Started { task, .. } if task == "solo")
-                })
+            tokio::time::timeout(PATIENCE, solo_rx.recv())
                 .await
-                {
-                    Event::Completed { .. } => pairs_done += 1,
-                    _ => solo_seen = true,
-                }
+                .expect("a solo job started")
+                .expect("the handler reported");
+            for _ in 0..10 {
+                expect_event(&mut events, "a pair completed", |e| {
+                    matches!(e, Event::Completed { task, .. } if task == "pair")
+                })
+                .await;
             }
             assert_eq!(
                 solo_started.load(Ordering::SeqCst),
