@@ -2,13 +2,27 @@
 //! that tests move forward instead of sleeping.
 
 use chrono::{DateTime, Utc};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Notify;
+
+/// What [`Clock::sleep`] returns: resolves once the duration has passed on that clock.
+pub type ClockSleep = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// A source of the current time.
 pub trait Clock: Send + Sync + 'static {
     /// Now.
     fn now(&self) -> DateTime<Utc>;
+
+    /// Resolves once `duration` has passed on this clock. A worker's timers (poll
+    /// interval, heartbeats, lease sweeps, scheduler passes) wait on it, so a worker
+    /// given a [`ManualClock`] (see [`crate::WorkerOptions::clock`]) follows virtual time.
+    /// The default waits on tokio's timer: real time.
+    fn sleep(&self, duration: Duration) -> ClockSleep {
+        Box::pin(tokio::time::sleep(duration))
+    }
 }
 
 /// The system's wall clock.
@@ -27,6 +41,8 @@ type Listener = Box<dyn Fn() + Send + Sync>;
 #[derive(Clone)]
 pub struct ManualClock {
     inner: Arc<Mutex<ManualInner>>,
+    /// Wakes [`Clock::sleep`]ers after every change of time.
+    changed: Arc<Notify>,
 }
 
 struct ManualInner {
@@ -65,6 +81,7 @@ impl ManualClock {
                 now,
                 listeners: Vec::new(),
             })),
+            changed: Arc::new(Notify::new()),
         }
     }
 
@@ -76,6 +93,8 @@ impl ManualClock {
         for l in &inner.listeners {
             l();
         }
+        drop(inner);
+        self.changed.notify_waiters();
     }
 
     /// Sets the time (forward or back), then tells listeners.
@@ -85,6 +104,8 @@ impl ManualClock {
         for l in &inner.listeners {
             l();
         }
+        drop(inner);
+        self.changed.notify_waiters();
     }
 
     /// Calls `f` after every change of time.
@@ -101,5 +122,29 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
         self.lock().now
+    }
+
+    /// Resolves once the clock has been moved to `duration` after the time of the call
+    /// or later; real time plays no part.
+    fn sleep(&self, duration: Duration) -> ClockSleep {
+        let clock = self.clone();
+        let deadline = self
+            .now()
+            .checked_add_signed(
+                chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX),
+            )
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        Box::pin(async move {
+            loop {
+                // Registered before the time is read, so a move in between is not missed.
+                let changed = clock.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if clock.now() >= deadline {
+                    return;
+                }
+                changed.await;
+            }
+        })
     }
 }

@@ -13,7 +13,7 @@ pub(crate) async fn run_sweeper(shared: Arc<Shared>) {
     loop {
         sweep_once(&shared).await;
         tokio::select! {
-            _ = tokio::time::sleep(shared.opts.sweep_interval) => {}
+            _ = shared.opts.clock.sleep(shared.opts.sweep_interval) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }

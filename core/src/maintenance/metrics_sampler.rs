@@ -15,7 +15,7 @@ pub(crate) async fn run_sampler(shared: Arc<Shared>) {
             Err(e) => tracing::debug!(error = %e, "could not sample job counts; will retry"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(shared.opts.metrics_interval) => {}
+            _ = shared.opts.clock.sleep(shared.opts.metrics_interval) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }

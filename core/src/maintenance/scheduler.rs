@@ -11,7 +11,7 @@ pub(crate) async fn run_scheduler(shared: Arc<Shared>) {
     loop {
         pass(&shared).await;
         tokio::select! {
-            _ = tokio::time::sleep(shared.opts.scheduler_interval) => {}
+            _ = shared.opts.clock.sleep(shared.opts.scheduler_interval) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }

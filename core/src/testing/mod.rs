@@ -4,6 +4,7 @@
 pub mod conformance;
 pub mod engine;
 pub mod engine_observability;
+pub mod kit;
 pub mod observability_conformance;
 pub mod operations_conformance;
 pub mod timeline_conformance;

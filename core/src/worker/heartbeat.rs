@@ -18,7 +18,7 @@ pub(crate) async fn run_heartbeats(shared: Arc<Shared>) {
     let mut stop = shared.stopping.subscribe();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = shared.opts.clock.sleep(every) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         registry::renew(&shared).await;

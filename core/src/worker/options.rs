@@ -1,7 +1,9 @@
 //! Worker options and their validation.
 
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::options::validate_queue_name;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Jobs one queue runs at once when no concurrency is given. Defaults to 10.
@@ -71,6 +73,38 @@ pub struct WorkerOptions {
     pub(crate) scheduler_interval: Duration,
     pub(crate) metrics_interval: Duration,
     pub(crate) worker_retention: Duration,
+    pub(crate) clock: TimerClock,
+}
+
+/// The clock a worker's timers wait on: `None` for tokio's timer (real time). Options
+/// compare equal when both use real time or share one clock.
+#[derive(Clone, Default)]
+pub(crate) struct TimerClock(Option<Arc<dyn Clock>>);
+
+impl TimerClock {
+    /// Resolves once `duration` has passed on this clock.
+    pub(crate) fn sleep(&self, duration: Duration) -> crate::clock::ClockSleep {
+        match &self.0 {
+            Some(clock) => clock.sleep(duration),
+            None => Box::pin(tokio::time::sleep(duration)),
+        }
+    }
+}
+
+impl PartialEq for TimerClock {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Debug for TimerClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TimerClock")
+    }
 }
 
 impl Default for WorkerOptions {
@@ -93,6 +127,7 @@ impl Default for WorkerOptions {
             scheduler_interval: DEFAULT_SCHEDULER_INTERVAL,
             metrics_interval: DEFAULT_METRICS_INTERVAL,
             worker_retention: DEFAULT_WORKER_RETENTION,
+            clock: TimerClock::default(),
         }
     }
 }
@@ -221,6 +256,18 @@ impl WorkerOptions {
     /// sweep removes them. Defaults to [`DEFAULT_WORKER_RETENTION`].
     pub fn worker_retention(mut self, keep: Duration) -> Self {
         self.worker_retention = keep;
+        self
+    }
+
+    /// The clock the worker's timers follow: the poll interval, heartbeats, lease sweeps,
+    /// scheduler passes and metric samples wait until that much time has passed on it.
+    /// Defaults to the system clock (tokio's timer). Give it the [`crate::ManualClock`] a
+    /// memory storage runs on, and moving that clock fires the timers, so a test never
+    /// waits in real time for a poll, a sweep or a schedule tick. Handler timeouts, the
+    /// shutdown grace and the backoff after a failed storage call stay on real time: they
+    /// bound work that takes real time.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = TimerClock(Some(Arc::new(clock)));
         self
     }
 

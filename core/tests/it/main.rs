@@ -6,6 +6,7 @@ mod execution;
 mod metrics;
 mod retries;
 mod shutdown;
+mod testkit;
 mod time_zones;
 mod tracing;
 mod workflow;
