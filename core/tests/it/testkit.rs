@@ -20,8 +20,7 @@ const DAY: Duration = Duration::from_secs(86_400);
 
 /// A kit on fresh memory storage and its manual clock.
 fn kit() -> TestKit {
-    let clock = ManualClock::new();
-    TestKit::new(Arc::new(MemoryStorage::with_clock(clock.clone())), clock)
+    MemoryStorage::test_kit()
 }
 
 /// Counts calls; shared between a test and its handlers.

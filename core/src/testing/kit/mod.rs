@@ -12,13 +12,11 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), durable_jobs::testing::kit::KitError> {
-//! use durable_jobs::testing::kit::{JobMatcher, TestKit};
-//! use durable_jobs::{JobContext, JobOptions, ManualClock, TaskError};
-//! use std::sync::Arc;
+//! use durable_jobs::testing::kit::JobMatcher;
+//! use durable_jobs::{JobContext, JobOptions, TaskError};
 //! use std::time::Duration;
 //!
-//! let clock = ManualClock::new();
-//! let kit = TestKit::new(Arc::new(durable_jobs_memory::MemoryStorage::with_clock(clock.clone())), clock);
+//! let kit = durable_jobs_memory::MemoryStorage::test_kit(); // feature `testing`
 //! kit.queue().register("remind", |ctx: JobContext, user: String| async move {
 //!     ctx.sleep(Duration::from_secs(3 * 86_400)).await?; // three days, durably
 //!     Ok::<_, TaskError>(format!("reminded {user}"))
@@ -141,7 +139,8 @@ pub struct TestKit {
 
 impl TestKit {
     /// A kit over `storage`, which must read its time from `clock` (for the memory
-    /// backend: `MemoryStorage::with_clock(clock.clone())`). Register handlers on
+    /// backend: `MemoryStorage::with_clock(clock.clone())`, or `MemoryStorage::test_kit()`
+    /// for both at once; SQLite: `SqliteOptions::manual_clock`). Register handlers on
     /// [`TestKit::queue`].
     pub fn new(storage: DynStorage, clock: ManualClock) -> Self {
         TestKit {
