@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// What [`Clock::sleep`] returns: resolves once the duration has passed on that clock.
+/// What [`Clock::sleep_until`] returns: resolves once that clock reads the deadline.
 pub type ClockSleep = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// A source of the current time.
@@ -16,12 +16,13 @@ pub trait Clock: Send + Sync + 'static {
     /// Now.
     fn now(&self) -> DateTime<Utc>;
 
-    /// Resolves once `duration` has passed on this clock. A worker's timers (poll
+    /// Resolves once this clock reads `deadline` or later. A worker's timers (poll
     /// interval, heartbeats, lease sweeps, scheduler passes) wait on it, so a worker
     /// given a [`ManualClock`] (see [`crate::WorkerOptions::clock`]) follows virtual time.
-    /// The default waits on tokio's timer: real time.
-    fn sleep(&self, duration: Duration) -> ClockSleep {
-        Box::pin(tokio::time::sleep(duration))
+    /// The default waits on tokio's timer for the time left until `deadline`: real time.
+    fn sleep_until(&self, deadline: DateTime<Utc>) -> ClockSleep {
+        let left = (deadline - self.now()).to_std().unwrap_or_default();
+        Box::pin(tokio::time::sleep(left))
     }
 }
 
@@ -41,7 +42,7 @@ type Listener = Box<dyn Fn() + Send + Sync>;
 #[derive(Clone)]
 pub struct ManualClock {
     inner: Arc<Mutex<ManualInner>>,
-    /// Wakes [`Clock::sleep`]ers after every change of time.
+    /// Wakes [`Clock::sleep_until`]ers after every change of time.
     changed: Arc<Notify>,
 }
 
@@ -124,16 +125,10 @@ impl Clock for ManualClock {
         self.lock().now
     }
 
-    /// Resolves once the clock has been moved to `duration` after the time of the call
-    /// or later; real time plays no part.
-    fn sleep(&self, duration: Duration) -> ClockSleep {
+    /// Resolves once the clock has been moved to `deadline` or later; real time plays
+    /// no part.
+    fn sleep_until(&self, deadline: DateTime<Utc>) -> ClockSleep {
         let clock = self.clone();
-        let deadline = self
-            .now()
-            .checked_add_signed(
-                chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX),
-            )
-            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         Box::pin(async move {
             loop {
                 // Registered before the time is read, so a move in between is not missed.

@@ -2,6 +2,7 @@
 
 use super::registry;
 use super::shared::Shared;
+use super::timer::Ticker;
 use crate::storage::Storage;
 use std::sync::Arc;
 
@@ -14,11 +15,15 @@ const HEARTBEAT_BATCH: usize = 1000;
 /// registry entry. A lease found lost is dropped from the set and its handler told; its
 /// later writes are refused by storage anyway.
 pub(crate) async fn run_heartbeats(shared: Arc<Shared>) {
-    let every = shared.opts.heartbeat_every();
+    let mut every = Ticker::new(
+        &shared.opts.clock,
+        shared.started,
+        shared.opts.heartbeat_every(),
+    );
     let mut stop = shared.stopping.subscribe();
     loop {
         tokio::select! {
-            _ = shared.opts.clock.sleep(every) => {}
+            _ = every.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         registry::renew(&shared).await;

@@ -8,6 +8,7 @@ mod heartbeat;
 mod options;
 mod registry;
 pub(crate) mod shared;
+pub(crate) mod timer;
 
 pub use health::{WorkerHealth, WorkerState};
 pub use options::{

@@ -1,5 +1,6 @@
 //! Worker options and their validation.
 
+use super::timer::TimerClock;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::options::validate_queue_name;
@@ -74,37 +75,6 @@ pub struct WorkerOptions {
     pub(crate) metrics_interval: Duration,
     pub(crate) worker_retention: Duration,
     pub(crate) clock: TimerClock,
-}
-
-/// The clock a worker's timers wait on: `None` for tokio's timer (real time). Options
-/// compare equal when both use real time or share one clock.
-#[derive(Clone, Default)]
-pub(crate) struct TimerClock(Option<Arc<dyn Clock>>);
-
-impl TimerClock {
-    /// Resolves once `duration` has passed on this clock.
-    pub(crate) fn sleep(&self, duration: Duration) -> crate::clock::ClockSleep {
-        match &self.0 {
-            Some(clock) => clock.sleep(duration),
-            None => Box::pin(tokio::time::sleep(duration)),
-        }
-    }
-}
-
-impl PartialEq for TimerClock {
-    fn eq(&self, other: &Self) -> bool {
-        match (&self.0, &other.0) {
-            (None, None) => true,
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            _ => false,
-        }
-    }
-}
-
-impl std::fmt::Debug for TimerClock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TimerClock")
-    }
 }
 
 impl Default for WorkerOptions {
@@ -267,7 +237,7 @@ impl WorkerOptions {
     /// shutdown grace and the backoff after a failed storage call stay on real time: they
     /// bound work that takes real time.
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = TimerClock(Some(Arc::new(clock)));
+        self.clock = TimerClock::new(Arc::new(clock));
         self
     }
 

@@ -2,13 +2,17 @@
 //! enqueue assertions, inline mode and `perform_job`; and worker timers that follow an
 //! injected clock. No test here waits in real time for virtual time to pass: each would
 //! hang (and fail at its guard) or fail its clock reading if the clock were not followed.
+//!
+//! Every case runs on each backend whose time comes from a manual clock: memory and a
+//! SQLite file. (PostgreSQL reads the server's `now()`, which no test clock moves.)
 
 use durable_jobs::testing::kit::{JobMatcher, KitError, TestKit};
 use durable_jobs::{
-    Error, Event, JobContext, JobOptions, JobStatus, ManualClock, Queue, RetryPolicy, Schedule,
-    StorageCall, StorageLayer, TaskError, Worker, WorkerOptions,
+    DynStorage, Error, Event, JobContext, JobOptions, JobStatus, ManualClock, Queue, RetryPolicy,
+    Schedule, StorageCall, StorageLayer, TaskError, Worker, WorkerOptions,
 };
 use durable_jobs_memory::MemoryStorage;
+use durable_jobs_sqlite::{SqliteOptions, SqliteStorage};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -18,9 +22,112 @@ use tokio::sync::Notify;
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
 
-/// A kit on fresh memory storage and its manual clock.
-fn kit() -> TestKit {
-    MemoryStorage::test_kit()
+/// A fresh storage on a manual clock, and what to close when the case ends.
+struct Backend {
+    clock: ManualClock,
+    storage: DynStorage,
+    sqlite: Option<(SqliteStorage, tempfile::TempDir)>,
+}
+
+impl Backend {
+    fn memory() -> Self {
+        let clock = ManualClock::new();
+        Backend {
+            storage: Arc::new(MemoryStorage::with_clock(clock.clone())),
+            clock,
+            sqlite: None,
+        }
+    }
+
+    async fn sqlite() -> Self {
+        let clock = ManualClock::new();
+        let dir = tempfile::Builder::new()
+            .prefix("durable-jobs-testkit-")
+            .tempdir()
+            .expect("create a temporary directory");
+        let db = SqliteStorage::open_with(
+            dir.path().join("jobs.db"),
+            SqliteOptions::new().manual_clock(clock.clone()),
+        )
+        .await
+        .expect("open sqlite storage");
+        Backend {
+            storage: Arc::new(db.clone()),
+            clock,
+            sqlite: Some((db, dir)),
+        }
+    }
+
+    /// A kit on this backend.
+    fn kit(&self) -> TestKit {
+        TestKit::new(self.storage.clone(), self.clock.clone())
+    }
+
+    async fn close(self) {
+        if let Some((db, dir)) = self.sqlite {
+            db.close().await;
+            dir.close().expect("remove the temporary directory");
+        }
+    }
+}
+
+/// One `#[tokio::test]` per case and backend: `memory::case` and `sqlite::case`.
+macro_rules! on_clocked_backends {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let b = super::Backend::memory();
+                    super::$case(&b).await;
+                    b.close().await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let b = super::Backend::sqlite().await;
+                    super::$case(&b).await;
+                    b.close().await;
+                }
+            )*
+        }
+    };
+}
+
+on_clocked_backends!(
+    week_long_workflow_runs_on_virtual_time,
+    signal_timeout_fires_at_its_deadline_when_nobody_signals,
+    run_until_idle_leaves_a_job_waiting_for_a_signal_alone,
+    run_for_fires_each_schedule_tick_and_stops_at_its_bound,
+    a_job_that_never_settles_is_an_error_not_a_hang,
+    inline_mode_runs_the_job_before_enqueue_returns,
+    perform_job_returns_what_the_handler_returned,
+    enqueue_assertions_match_and_show_what_was_enqueued,
+    scheduler_passes_follow_the_workers_clock,
+    heartbeats_follow_the_workers_clock,
+);
+
+#[tokio::test]
+async fn memory_storage_makes_a_kit_on_its_own_clock() {
+    let kit = MemoryStorage::test_kit();
+    kit.queue()
+        .register("nap", |ctx: JobContext, (): ()| async move {
+            ctx.sleep(DAY).await?;
+            Ok::<_, TaskError>(())
+        });
+    let job = kit
+        .enqueue("nap", &(), JobOptions::new().delay(HOUR))
+        .await
+        .expect("enqueue");
+    let report = kit.run_until_idle().await.expect("run");
+    assert_eq!(report.virtual_elapsed(), HOUR + DAY);
+    assert_eq!(
+        kit.job(job.id).await.expect("job").status,
+        JobStatus::Completed
+    );
 }
 
 /// Counts calls; shared between a test and its handlers.
@@ -73,9 +180,8 @@ fn register_order(kit: &TestKit, reserved: &Counter, charged: &Counter) {
     });
 }
 
-#[tokio::test]
-async fn week_long_workflow_runs_on_virtual_time() {
-    let kit = kit();
+async fn week_long_workflow_runs_on_virtual_time(b: &Backend) {
+    let kit = b.kit();
     let (reserved, charged) = (Counter::default(), Counter::default());
     register_order(&kit, &reserved, &charged);
     let start = kit.now();
@@ -126,9 +232,8 @@ async fn week_long_workflow_runs_on_virtual_time() {
     );
 }
 
-#[tokio::test]
-async fn signal_timeout_fires_at_its_deadline_when_nobody_signals() {
-    let kit = kit();
+async fn signal_timeout_fires_at_its_deadline_when_nobody_signals(b: &Backend) {
+    let kit = b.kit();
     let (reserved, charged) = (Counter::default(), Counter::default());
     register_order(&kit, &reserved, &charged);
     let start = kit.now();
@@ -149,9 +254,8 @@ async fn signal_timeout_fires_at_its_deadline_when_nobody_signals() {
     assert_eq!(kit.now() - start, expected);
 }
 
-#[tokio::test]
-async fn run_until_idle_leaves_a_job_waiting_for_a_signal_alone() {
-    let kit = kit();
+async fn run_until_idle_leaves_a_job_waiting_for_a_signal_alone(b: &Backend) {
+    let kit = b.kit();
     kit.queue()
         .register("await_approval", |ctx: JobContext, (): ()| async move {
             let ok: bool = ctx.wait_for_signal("approved").await?;
@@ -174,9 +278,8 @@ async fn run_until_idle_leaves_a_job_waiting_for_a_signal_alone() {
     assert_eq!(kit.job(id).await.expect("job").result, Some(json!(true)));
 }
 
-#[tokio::test]
-async fn run_for_fires_each_schedule_tick_and_stops_at_its_bound() {
-    let kit = kit();
+async fn run_for_fires_each_schedule_tick_and_stops_at_its_bound(b: &Backend) {
+    let kit = b.kit();
     let runs = Counter::default();
     let r = runs.clone();
     kit.queue()
@@ -201,9 +304,8 @@ async fn run_for_fires_each_schedule_tick_and_stops_at_its_bound() {
     assert_eq!((idle.jumps, runs.get()), (0, 24));
 }
 
-#[tokio::test]
-async fn a_job_that_never_settles_is_an_error_not_a_hang() {
-    let kit = kit().max_jumps(20);
+async fn a_job_that_never_settles_is_an_error_not_a_hang(b: &Backend) {
+    let kit = b.kit().max_jumps(20);
     kit.queue()
         .register("flaky", |_ctx: JobContext, (): ()| async move {
             Err::<(), _>(TaskError::retry_after(HOUR, "still down"))
@@ -218,9 +320,8 @@ async fn a_job_that_never_settles_is_an_error_not_a_hang() {
     }
 }
 
-#[tokio::test]
-async fn inline_mode_runs_the_job_before_enqueue_returns() {
-    let kit = kit().inline(true);
+async fn inline_mode_runs_the_job_before_enqueue_returns(b: &Backend) {
+    let kit = b.kit().inline(true);
     kit.queue()
         .register("add", |_ctx: JobContext, (a, b): (i64, i64)| async move {
             Ok::<_, TaskError>(a + b)
@@ -275,9 +376,8 @@ async fn inline_mode_runs_the_job_before_enqueue_returns() {
     assert_eq!(job.status, JobStatus::Pending);
 }
 
-#[tokio::test]
-async fn perform_job_returns_what_the_handler_returned() {
-    let kit = kit();
+async fn perform_job_returns_what_the_handler_returned(b: &Backend) {
+    let kit = b.kit();
     kit.queue()
         .register("add", |_ctx: JobContext, (a, b): (i64, i64)| async move {
             Ok::<_, TaskError>(a + b)
@@ -334,9 +434,8 @@ async fn perform_job_returns_what_the_handler_returned() {
     ));
 }
 
-#[tokio::test]
-async fn enqueue_assertions_match_and_show_what_was_enqueued() {
-    let kit = kit();
+async fn enqueue_assertions_match_and_show_what_was_enqueued(b: &Backend) {
+    let kit = b.kit();
     kit.queue()
         .register("send_email", |_ctx: JobContext, _mail: Value| async move {
             Ok::<_, TaskError>(())
@@ -420,10 +519,9 @@ async fn panic_message(task: tokio::task::JoinHandle<()>) -> String {
 /// real time instead of the manual clock. Not a measure of speed.
 const GUARD: Duration = Duration::from_secs(60);
 
-#[tokio::test]
-async fn scheduler_passes_follow_the_workers_clock() {
-    let clock = ManualClock::new();
-    let queue = Queue::new(Arc::new(MemoryStorage::with_clock(clock.clone())));
+async fn scheduler_passes_follow_the_workers_clock(b: &Backend) {
+    let clock = b.clock.clone();
+    let queue = Queue::new(b.storage.clone());
     queue.register("tick", |_ctx: JobContext, (): ()| async move {
         Ok::<_, TaskError>(())
     });
@@ -475,12 +573,11 @@ impl StorageLayer for HeartbeatSeen {
     }
 }
 
-#[tokio::test]
-async fn heartbeats_follow_the_workers_clock() {
-    let clock = ManualClock::new();
+async fn heartbeats_follow_the_workers_clock(b: &Backend) {
+    let clock = b.clock.clone();
     let beat = Arc::new(Notify::new());
     let queue = Queue::with_layers(
-        Arc::new(MemoryStorage::with_clock(clock.clone())),
+        b.storage.clone(),
         vec![Arc::new(HeartbeatSeen(beat.clone()))],
     );
     let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
