@@ -9,7 +9,7 @@
 use durable_jobs::testing::kit::{JobMatcher, KitError, TestKit};
 use durable_jobs::{
     DynStorage, Error, Event, JobContext, JobOptions, JobStatus, ManualClock, Queue, RetryPolicy,
-    Schedule, StorageCall, StorageLayer, TaskError, Worker, WorkerOptions,
+    Schedule, Storage, StorageCall, StorageLayer, TaskError, Worker, WorkerOptions,
 };
 use durable_jobs_memory::MemoryStorage;
 use durable_jobs_sqlite::{SqliteOptions, SqliteStorage};
@@ -108,6 +108,8 @@ on_clocked_backends!(
     enqueue_assertions_match_and_show_what_was_enqueued,
     scheduler_passes_follow_the_workers_clock,
     heartbeats_follow_the_workers_clock,
+    a_dead_workers_job_runs_again_when_its_lease_expires,
+    named_worker_queues_limit_what_runs,
 );
 
 #[tokio::test]
@@ -630,4 +632,73 @@ async fn heartbeats_follow_the_workers_clock(b: &Backend) {
     let report = run.await.expect("join").expect("worker run");
     assert!(done.is_ok(), "the job did not complete");
     assert_eq!((report.completed, report.lost), (1, 0), "{report:?}");
+}
+
+async fn a_dead_workers_job_runs_again_when_its_lease_expires(b: &Backend) {
+    let kit = b.kit();
+    kit.queue()
+        .register("work", |ctx: JobContext, (): ()| async move {
+            Ok::<_, TaskError>(ctx.attempt())
+        });
+    let id = kit
+        .queue()
+        .enqueue("work", &(), JobOptions::new())
+        .await
+        .expect("enqueue");
+    // A worker elsewhere claims the job with a 5-minute lease and dies holding it.
+    let claimed = kit
+        .queue()
+        .storage()
+        .dequeue(durable_jobs::DequeueParams {
+            queues: vec!["default".into()],
+            tasks: vec!["work".into()],
+            limit: 1,
+            lease_duration: Duration::from_secs(300),
+            holder: "dead".into(),
+            forbidden_flags: Vec::new(),
+        })
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    let report = kit.run_until_idle().await.expect("run");
+    // The run jumped to the lease's expiry, swept it, and ran the second attempt.
+    assert_eq!(
+        report.virtual_elapsed(),
+        Duration::from_secs(300),
+        "{report:?}"
+    );
+    let job = kit.job(id).await.expect("job");
+    assert_eq!(
+        (job.status, job.result),
+        (JobStatus::Completed, Some(json!(2)))
+    );
+}
+
+async fn named_worker_queues_limit_what_runs(b: &Backend) {
+    let kit = b
+        .kit()
+        .worker_options(WorkerOptions::new().queue("mail", 1));
+    kit.queue()
+        .register("noop", |_ctx: JobContext, (): ()| async move {
+            Ok::<_, TaskError>(())
+        });
+    let mail = kit
+        .queue()
+        .enqueue("noop", &(), JobOptions::new().queue("mail"))
+        .await
+        .expect("enqueue");
+    let other = kit
+        .queue()
+        .enqueue("noop", &(), JobOptions::new().queue("reports"))
+        .await
+        .expect("enqueue");
+    kit.run_until_idle().await.expect("run");
+    assert_eq!(
+        kit.job(mail).await.expect("job").status,
+        JobStatus::Completed
+    );
+    assert_eq!(
+        kit.job(other).await.expect("job").status,
+        JobStatus::Pending
+    );
 }
