@@ -161,7 +161,9 @@ impl TestKit {
     }
 
     /// Inline mode: [`TestKit::enqueue`] runs the job (and whatever else is due, such as
-    /// the jobs it enqueues) before it returns. Off by default.
+    /// the jobs it enqueues) before it returns. Off by default. Jobs that the code under
+    /// test enqueues through the [`Queue`] itself run at the next run of the kit: call
+    /// [`TestKit::run_due`] after it.
     pub fn inline(mut self, on: bool) -> Self {
         self.inline = on;
         self
