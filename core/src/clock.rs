@@ -143,3 +143,28 @@ impl Clock for ManualClock {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::{Context, Poll, Waker};
+
+    fn ready(sleep: &mut ClockSleep) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        sleep.as_mut().poll(&mut cx) == Poll::Ready(())
+    }
+
+    #[test]
+    fn manual_sleep_ends_when_the_clock_reaches_its_deadline() {
+        let clock = ManualClock::new();
+        let deadline = clock.now() + chrono::Duration::hours(1);
+        let mut sleep = clock.sleep_until(deadline);
+        assert!(!ready(&mut sleep));
+        clock.advance(Duration::from_secs(3599));
+        assert!(!ready(&mut sleep), "a second early");
+        clock.advance(Duration::from_secs(1));
+        assert!(ready(&mut sleep));
+        // A deadline already passed ends at once.
+        assert!(ready(&mut clock.sleep_until(deadline)));
+    }
+}

@@ -113,3 +113,39 @@ fn plus(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     t.checked_add_signed(chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX))
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    /// Polls one tick once: true when it was due.
+    fn ticks(t: &mut Ticker) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        let tick = t.tick();
+        let mut tick = std::pin::pin!(tick);
+        tick.as_mut().poll(&mut cx) == Poll::Ready(())
+    }
+
+    #[test]
+    fn clock_ticks_count_from_the_anchor_and_skip_after_a_jump() {
+        let clock = ManualClock::new();
+        let start = clock.now();
+        let timer = TimerClock::new(Arc::new(clock.clone()));
+        let mut t = Ticker::new(&timer, start, Duration::from_secs(10));
+        assert!(!ticks(&mut t));
+        clock.advance(Duration::from_secs(10));
+        assert!(ticks(&mut t), "due 10 s after the anchor");
+        assert!(!ticks(&mut t), "the next is 20 s after it");
+        // A jump over several ticks fires one, then counts on from the jump.
+        clock.advance(Duration::from_secs(35));
+        assert!(ticks(&mut t));
+        assert!(!ticks(&mut t));
+        clock.advance(Duration::from_secs(9));
+        assert!(!ticks(&mut t));
+        clock.advance(Duration::from_secs(1));
+        assert!(ticks(&mut t));
+    }
+}
