@@ -2,13 +2,28 @@
 //! that tests move forward instead of sleeping.
 
 use chrono::{DateTime, Utc};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Notify;
+
+/// What [`Clock::sleep_until`] returns: resolves once that clock reads the deadline.
+pub type ClockSleep = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// A source of the current time.
 pub trait Clock: Send + Sync + 'static {
     /// Now.
     fn now(&self) -> DateTime<Utc>;
+
+    /// Resolves once this clock reads `deadline` or later. A worker's timers (poll
+    /// interval, heartbeats, lease sweeps, scheduler passes) wait on it, so a worker
+    /// given a [`ManualClock`] (see [`crate::WorkerOptions::clock`]) follows virtual time.
+    /// The default waits on tokio's timer for the time left until `deadline`: real time.
+    fn sleep_until(&self, deadline: DateTime<Utc>) -> ClockSleep {
+        let left = (deadline - self.now()).to_std().unwrap_or_default();
+        Box::pin(tokio::time::sleep(left))
+    }
 }
 
 /// The system's wall clock.
@@ -27,6 +42,8 @@ type Listener = Box<dyn Fn() + Send + Sync>;
 #[derive(Clone)]
 pub struct ManualClock {
     inner: Arc<Mutex<ManualInner>>,
+    /// Wakes [`Clock::sleep_until`]ers after every change of time.
+    changed: Arc<Notify>,
 }
 
 struct ManualInner {
@@ -65,6 +82,7 @@ impl ManualClock {
                 now,
                 listeners: Vec::new(),
             })),
+            changed: Arc::new(Notify::new()),
         }
     }
 
@@ -76,6 +94,8 @@ impl ManualClock {
         for l in &inner.listeners {
             l();
         }
+        drop(inner);
+        self.changed.notify_waiters();
     }
 
     /// Sets the time (forward or back), then tells listeners.
@@ -85,6 +105,8 @@ impl ManualClock {
         for l in &inner.listeners {
             l();
         }
+        drop(inner);
+        self.changed.notify_waiters();
     }
 
     /// Calls `f` after every change of time.
@@ -101,5 +123,48 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
         self.lock().now
+    }
+
+    /// Resolves once the clock has been moved to `deadline` or later; real time plays
+    /// no part.
+    fn sleep_until(&self, deadline: DateTime<Utc>) -> ClockSleep {
+        let clock = self.clone();
+        Box::pin(async move {
+            loop {
+                // Registered before the time is read, so a move in between is not missed.
+                let changed = clock.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if clock.now() >= deadline {
+                    return;
+                }
+                changed.await;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::{Context, Poll, Waker};
+
+    fn ready(sleep: &mut ClockSleep) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        sleep.as_mut().poll(&mut cx) == Poll::Ready(())
+    }
+
+    #[test]
+    fn manual_sleep_ends_when_the_clock_reaches_its_deadline() {
+        let clock = ManualClock::new();
+        let deadline = clock.now() + chrono::Duration::hours(1);
+        let mut sleep = clock.sleep_until(deadline);
+        assert!(!ready(&mut sleep));
+        clock.advance(Duration::from_secs(3599));
+        assert!(!ready(&mut sleep), "a second early");
+        clock.advance(Duration::from_secs(1));
+        assert!(ready(&mut sleep));
+        // A deadline already passed ends at once.
+        assert!(ready(&mut clock.sleep_until(deadline)));
     }
 }

@@ -94,6 +94,14 @@ impl MemoryStorage {
         storage
     }
 
+    /// A [`TestKit`](durable_jobs::testing::kit::TestKit) on fresh memory storage and a
+    /// new [`ManualClock`]: its workers run on virtual time (feature `testing`).
+    #[cfg(feature = "testing")]
+    pub fn test_kit() -> durable_jobs::testing::kit::TestKit {
+        let clock = ManualClock::new();
+        durable_jobs::testing::kit::TestKit::new(Arc::new(Self::with_clock(clock.clone())), clock)
+    }
+
     /// Storage on any clock.
     pub fn with_custom_clock(clock: Arc<dyn Clock>) -> Self {
         Self::build(clock)

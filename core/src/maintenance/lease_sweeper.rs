@@ -4,16 +4,22 @@ use crate::event::Event;
 use crate::job::JobStatus;
 use crate::storage::Storage;
 use crate::worker::shared::Shared;
+use crate::worker::timer::Ticker;
 use std::sync::Arc;
 
 /// Sweeps expired leases every sweep interval until the worker stops. Recovery is keyed
 /// on lease expiry, never on worker names, so any live worker recovers any dead one's jobs.
 pub(crate) async fn run_sweeper(shared: Arc<Shared>) {
     let mut stop = shared.stopping.subscribe();
+    let mut every = Ticker::new(
+        &shared.opts.clock,
+        shared.started,
+        shared.opts.sweep_interval,
+    );
     loop {
         sweep_once(&shared).await;
         tokio::select! {
-            _ = tokio::time::sleep(shared.opts.sweep_interval) => {}
+            _ = every.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }

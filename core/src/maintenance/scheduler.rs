@@ -2,16 +2,22 @@
 
 use crate::storage::Storage;
 use crate::worker::shared::Shared;
+use crate::worker::timer::Ticker;
 use std::sync::Arc;
 
 /// Runs a scheduler pass every scheduler interval until the worker stops. Any number of
 /// workers may run this; each tick is enqueued once.
 pub(crate) async fn run_scheduler(shared: Arc<Shared>) {
     let mut stop = shared.stopping.subscribe();
+    let mut every = Ticker::new(
+        &shared.opts.clock,
+        shared.started,
+        shared.opts.scheduler_interval,
+    );
     loop {
         pass(&shared).await;
         tokio::select! {
-            _ = tokio::time::sleep(shared.opts.scheduler_interval) => {}
+            _ = every.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }

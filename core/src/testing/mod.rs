@@ -11,6 +11,7 @@ pub mod engine_retries;
 pub mod engine_schedules;
 pub mod engine_shutdown;
 pub mod engine_waits;
+pub mod kit;
 pub mod observability_conformance;
 pub mod operations_conformance;
 mod support;

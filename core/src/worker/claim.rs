@@ -251,7 +251,15 @@ pub(crate) async fn run_queue(
                 running.finish(&shared, done, &out);
             }
             _ = wakes.changed(), if backoff.is_zero() => st.maybe_more = true,
-            _ = tokio::time::sleep(if backoff.is_zero() { shared.opts.poll_interval } else { backoff }) => {
+            // Polls follow the worker's clock; the backoff after a failed claim waits
+            // in real time, as the outage it waits out does.
+            _ = async {
+                if backoff.is_zero() {
+                    shared.opts.clock.sleep(shared.opts.poll_interval).await;
+                } else {
+                    tokio::time::sleep(backoff).await;
+                }
+            } => {
                 st.maybe_more = true;
                 // The wait is over; the backoff's step stays, so the next failure waits
                 // longer, until a claim succeeds.

@@ -2,6 +2,7 @@
 
 use super::registry;
 use super::shared::Shared;
+use super::timer::Ticker;
 use crate::storage::Storage;
 use std::sync::Arc;
 
@@ -16,11 +17,15 @@ const HEARTBEAT_BATCH: usize = 1000;
 /// written, so leases stay renewed through the shutdown grace, and past it while a
 /// blocking handler's thread still runs.
 pub(crate) async fn run_heartbeats(shared: Arc<Shared>) {
-    let every = shared.opts.heartbeat_every();
+    let mut every = Ticker::new(
+        &shared.opts.clock,
+        shared.started,
+        shared.opts.heartbeat_every(),
+    );
     let mut stop = shared.finished.subscribe();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = every.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         registry::renew(&shared).await;

@@ -9,6 +9,7 @@ mod options;
 mod registry;
 pub(crate) mod shared;
 pub(crate) mod threads;
+pub(crate) mod timer;
 
 pub use health::{WorkerHealth, WorkerState};
 pub use options::{

@@ -1,7 +1,10 @@
 //! Worker options and their validation.
 
+use super::timer::TimerClock;
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::options::validate_queue_name;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Jobs one queue runs at once when no concurrency is given. Defaults to 10.
@@ -71,6 +74,7 @@ pub struct WorkerOptions {
     pub(crate) scheduler_interval: Duration,
     pub(crate) metrics_interval: Duration,
     pub(crate) worker_retention: Duration,
+    pub(crate) clock: TimerClock,
 }
 
 impl Default for WorkerOptions {
@@ -93,6 +97,7 @@ impl Default for WorkerOptions {
             scheduler_interval: DEFAULT_SCHEDULER_INTERVAL,
             metrics_interval: DEFAULT_METRICS_INTERVAL,
             worker_retention: DEFAULT_WORKER_RETENTION,
+            clock: TimerClock::default(),
         }
     }
 }
@@ -221,6 +226,18 @@ impl WorkerOptions {
     /// sweep removes them. Defaults to [`DEFAULT_WORKER_RETENTION`].
     pub fn worker_retention(mut self, keep: Duration) -> Self {
         self.worker_retention = keep;
+        self
+    }
+
+    /// The clock the worker's timers follow: the poll interval, heartbeats, lease sweeps,
+    /// scheduler passes and metric samples wait until that much time has passed on it.
+    /// Defaults to the system clock (tokio's timer). Give it the [`crate::ManualClock`] a
+    /// memory storage runs on, and moving that clock fires the timers, so a test never
+    /// waits in real time for a poll, a sweep or a schedule tick. Handler timeouts, the
+    /// shutdown grace and the backoff after a failed storage call stay on real time: they
+    /// bound work that takes real time.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = TimerClock::new(Arc::new(clock));
         self
     }
 

@@ -49,6 +49,8 @@ pub(crate) struct Shared {
     pub(crate) health: Arc<HealthState>,
     /// An error retrying cannot fix: the run stops and returns it.
     fatal: Mutex<Option<Error>>,
+    /// When the run started, on the clock its timers follow: their ticks count from here.
+    pub(crate) started: chrono::DateTime<chrono::Utc>,
 }
 
 /// What a run did, counted as outcomes are written.
@@ -92,6 +94,7 @@ impl Shared {
         let storage_wake = queue.storage().wakeups();
         let queue_wake = queue.subscribe_wake();
         let loops = opts.queues.len();
+        let started = opts.clock.now();
         Shared {
             tasks: queue.task_names(),
             queue,
@@ -110,6 +113,7 @@ impl Shared {
             metrics: MetricsCache::default(),
             health,
             fatal: Mutex::new(None),
+            started,
         }
     }
 

@@ -4,6 +4,7 @@
 
 mod enqueue;
 mod metrics;
+mod testkit;
 mod time_zones;
 mod tracing;
 
