@@ -58,6 +58,8 @@ struct Inner {
     wf: WorkflowSql,
     ops: OperationsSql,
     wake: Arc<watch::Sender<u64>>,
+    /// Bumped by `finished:<id>` notifications (see `Storage::finishes`).
+    finished: Arc<watch::Sender<u64>>,
     listener: Mutex<Option<ListenerTask>>,
 }
 
@@ -139,6 +141,7 @@ impl PostgresStorage {
 
     fn build(pool: PgPool, options: PostgresOptions) -> Self {
         let (wake, _) = watch::channel(0);
+        let (finished, _) = watch::channel(0);
         let now = crate::sql::now_expr(&options.schema, options.uses_test_clock());
         PostgresStorage {
             inner: Arc::new(Inner {
@@ -148,6 +151,7 @@ impl PostgresStorage {
                 pool,
                 options,
                 wake: Arc::new(wake),
+                finished: Arc::new(finished),
                 listener: Mutex::new(None),
             }),
         }
@@ -191,6 +195,30 @@ impl PostgresStorage {
 
     pub(crate) fn ops(&self) -> &OperationsSql {
         &self.inner.ops
+    }
+
+    /// Starts the LISTEN task when listening is on and it is not running: with the first
+    /// subscriber, so storages that never wait hold no LISTEN connection, and again when
+    /// it died with the runtime it ran on.
+    fn ensure_listener(&self) {
+        if !self.inner.options.listen {
+            return;
+        }
+        let mut slot = self
+            .inner
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_none_or(|t| t.is_finished()) {
+            *slot = listen::spawn(
+                &self.pool().connect_options(),
+                self.channel(),
+                listen::Counters {
+                    wake: self.inner.wake.clone(),
+                    finished: self.inner.finished.clone(),
+                },
+            );
+        }
     }
 
     /// Wakes this process's idle workers now (other processes hear the NOTIFY).
@@ -272,6 +300,7 @@ pub(crate) fn job_from_row(row: &PgRow) -> Result<Job> {
         tags: col!("tags"),
         flags: col!("flags"),
         serial_key: col!("serial_key"),
+        progress: col!("progress"),
     })
 }
 
@@ -475,6 +504,30 @@ impl Storage for PostgresStorage {
         Ok(())
     }
 
+    async fn snooze(&self, lease: &Lease, delay: Duration) -> Result<()> {
+        let done = sqlx::query(AssertSqlSafe(self.sql().snooze.clone()))
+            .bind(lease.job_id)
+            .bind(lease.token)
+            .bind(micros(delay))
+            .execute(self.pool())
+            .await
+            .map_err(db)?
+            .rows_affected();
+        lease_held(done, lease)
+    }
+
+    async fn set_progress(&self, lease: &Lease, progress: Value) -> Result<()> {
+        let done = sqlx::query(AssertSqlSafe(self.sql().set_progress.clone()))
+            .bind(lease.job_id)
+            .bind(lease.token)
+            .bind(progress)
+            .execute(self.pool())
+            .await
+            .map_err(db)?
+            .rows_affected();
+        lease_held(done, lease)
+    }
+
     async fn heartbeat(&self, lease: &Lease, extend: Duration) -> Result<Lease> {
         let expires_at: Option<DateTime<Utc>> =
             sqlx::query_scalar(AssertSqlSafe(self.sql().heartbeat.clone()))
@@ -576,6 +629,7 @@ impl Storage for PostgresStorage {
             .bind(checkpoint.name)
             .bind(ok)
             .bind(err)
+            .bind(checkpoint.args_hash)
             .execute(self.pool())
             .await
             .map_err(db)?
@@ -601,6 +655,7 @@ impl Storage for PostgresStorage {
                         None => CheckpointOutcome::Ok(ok.unwrap_or(Value::Null)),
                     },
                     created_at: row.try_get(4).map_err(db)?,
+                    args_hash: row.try_get(5).map_err(db)?,
                 })
             })
             .collect()
@@ -785,23 +840,25 @@ impl Storage for PostgresStorage {
     }
 
     fn wakeups(&self) -> Option<watch::Receiver<u64>> {
-        if self.inner.options.listen {
-            // The listener starts with the first subscriber, so storages that never run
-            // a worker hold no LISTEN connection.
-            let mut slot = self
-                .inner
-                .listener
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            // (Re)start it when missing, or when it died with the runtime it ran on.
-            if slot.as_ref().is_none_or(|t| t.is_finished()) {
-                *slot = listen::spawn(
-                    &self.pool().connect_options(),
-                    self.channel(),
-                    self.inner.wake.clone(),
-                );
-            }
-        }
+        self.ensure_listener();
         Some(self.inner.wake.subscribe())
+    }
+
+    fn finishes(&self) -> Option<watch::Receiver<u64>> {
+        self.ensure_listener();
+        Some(self.inner.finished.subscribe())
+    }
+
+    async fn watch_job(&self, job_id: JobId) -> Result<Option<Job>> {
+        let row = sqlx::query(AssertSqlSafe(self.sql().watch_job.clone()))
+            .bind(job_id)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(db)?;
+        match row {
+            Some(row) => job_from_row(&row).map(Some),
+            // Finished or missing: a fresh statement sees a finish that raced the update.
+            None => self.get_job(job_id).await,
+        }
     }
 }

@@ -421,6 +421,20 @@ impl Storage for SqliteStorage {
         Ok(())
     }
 
+    async fn snooze(&self, lease: &Lease, delay: Duration) -> Result<()> {
+        let now = self.now_us();
+        let lease = lease.clone();
+        self.write(move |c| query::snooze(c, &lease, delay, now))
+            .await
+    }
+
+    async fn set_progress(&self, lease: &Lease, progress: Value) -> Result<()> {
+        let now = self.now_us();
+        let lease = lease.clone();
+        self.write(move |c| query::set_progress(c, &lease, &progress, now))
+            .await
+    }
+
     async fn heartbeat(&self, lease: &Lease, extend: Duration) -> Result<Lease> {
         let now = self.now_us();
         let lease = lease.clone();
@@ -516,6 +530,12 @@ impl Storage for SqliteStorage {
     }
 
     fn wakeups(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.inner.wake.subscribe())
+    }
+
+    /// The wake counter: the commit watcher bumps it for every commit to the file, from
+    /// any process, which covers every final write.
+    fn finishes(&self) -> Option<watch::Receiver<u64>> {
         Some(self.inner.wake.subscribe())
     }
 
