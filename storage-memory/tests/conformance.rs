@@ -35,3 +35,7 @@ durable_jobs::storage_workflow_conformance_tests!(Memory);
 durable_jobs::engine_conformance_tests!(Memory);
 durable_jobs::storage_operations_conformance_tests!(Memory);
 durable_jobs::engine_operations_conformance_tests!(Memory);
+durable_jobs::results_conformance_tests!(Memory);
+durable_jobs::snooze_conformance_tests!(Memory);
+durable_jobs::progress_conformance_tests!(Memory);
+durable_jobs::determinism_conformance_tests!(Memory);

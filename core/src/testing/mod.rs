@@ -2,10 +2,14 @@
 //! and helpers for users' own tests.
 
 pub mod conformance;
+pub mod determinism_conformance;
 pub mod engine;
 pub mod engine_observability;
 pub mod observability_conformance;
 pub mod operations_conformance;
+pub mod progress_conformance;
+pub mod results_conformance;
+pub mod snooze_conformance;
 pub mod timeline_conformance;
 pub mod workflow_conformance;
 
@@ -205,6 +209,60 @@ macro_rules! engine_operations_conformance_tests {
             schedules_no_overlap_pause_and_validation,
             serial_keys_run_one_at_a_time_through_the_worker,
             retry_by_hand_keeps_or_drops_checkpoints,
+        );
+    };
+}
+
+/// Expands to one `#[test]` per awaitable-results case ([`crate::Queue::wait_for`],
+/// [`crate::Queue::submit`]) for a [`ConformanceHarness`].
+#[macro_export]
+macro_rules! results_conformance_tests {
+    ($harness:ty) => {
+        $crate::__conformance_cases!(results_conformance, $harness;
+            wait_for_returns_the_typed_result,
+            wait_for_reports_failure_with_the_last_error,
+            wait_for_reports_cancellation,
+            wait_for_times_out_and_reports_bad_ids_and_types,
+            wait_for_wakes_on_the_storage_notification,
+        );
+    };
+}
+
+/// Expands to one `#[test]` per snooze case ([`crate::Snooze`], the storage's `snooze`
+/// and the per-task limit) for a [`ConformanceHarness`].
+#[macro_export]
+macro_rules! snooze_conformance_tests {
+    ($harness:ty) => {
+        $crate::__conformance_cases!(snooze_conformance, $harness;
+            snooze_reschedules_without_spending_an_attempt,
+            snoozing_handler_runs_again_with_its_attempts_intact,
+            snooze_limit_fails_the_job,
+        );
+    };
+}
+
+/// Expands to one `#[test]` per progress case ([`crate::JobContext::progress`], the
+/// storage's `set_progress`) for a [`ConformanceHarness`].
+#[macro_export]
+macro_rules! progress_conformance_tests {
+    ($harness:ty) => {
+        $crate::__conformance_cases!(progress_conformance, $harness;
+            progress_is_stored_fenced_and_kept,
+            handler_progress_is_an_event_and_in_job_details,
+        );
+    };
+}
+
+/// Expands to one `#[test]` per determinism case (hashed call arguments checked on
+/// replay, strict or warn per task) for a [`ConformanceHarness`].
+#[macro_export]
+macro_rules! determinism_conformance_tests {
+    ($harness:ty) => {
+        $crate::__conformance_cases!(determinism_conformance, $harness;
+            argument_hashes_roundtrip_with_checkpoints,
+            changed_arguments_fail_a_strict_replay,
+            changed_arguments_warn_and_keep_the_stored_result,
+            checkpoints_without_a_hash_are_not_checked,
         );
     };
 }

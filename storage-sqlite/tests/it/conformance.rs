@@ -46,6 +46,10 @@ durable_jobs::storage_workflow_conformance_tests!(Sqlite);
 durable_jobs::engine_conformance_tests!(Sqlite);
 durable_jobs::storage_operations_conformance_tests!(Sqlite);
 durable_jobs::engine_operations_conformance_tests!(Sqlite);
+durable_jobs::results_conformance_tests!(Sqlite);
+durable_jobs::snooze_conformance_tests!(Sqlite);
+durable_jobs::progress_conformance_tests!(Sqlite);
+durable_jobs::determinism_conformance_tests!(Sqlite);
 
 /// The same suite on an in-memory database (one shared connection, reads through the
 /// writer thread).
@@ -87,4 +91,8 @@ mod in_memory {
     durable_jobs::engine_conformance_tests!(SqliteMemory);
     durable_jobs::storage_operations_conformance_tests!(SqliteMemory);
     durable_jobs::engine_operations_conformance_tests!(SqliteMemory);
+    durable_jobs::results_conformance_tests!(SqliteMemory);
+    durable_jobs::snooze_conformance_tests!(SqliteMemory);
+    durable_jobs::progress_conformance_tests!(SqliteMemory);
+    durable_jobs::determinism_conformance_tests!(SqliteMemory);
 }
