@@ -99,6 +99,60 @@ pub enum Error {
     /// The worker or queue was shut down.
     #[error("shut down")]
     Shutdown,
+
+    // ----- Awaiting results and call arguments (issue 15) -----
+    /// A job waited for with [`crate::Queue::wait_for`] failed for good; `error` is its
+    /// last error.
+    #[error("job {job_id} failed: {error}")]
+    JobFailed {
+        /// The job.
+        job_id: JobId,
+        /// Its last error (empty when none was recorded).
+        error: String,
+    },
+    /// A job waited for with [`crate::Queue::wait_for`] was cancelled; `error` is the
+    /// last error of an attempt before it, if any.
+    #[error("job {job_id} was cancelled{}", .error.as_deref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
+    JobCancelled {
+        /// The job.
+        job_id: JobId,
+        /// The last attempt's error, if one failed before the cancellation.
+        error: Option<String>,
+    },
+    /// [`crate::Queue::wait_for`] gave up: the job had not finished within the timeout.
+    /// The job itself is untouched and may still finish.
+    #[error("job {job_id} did not finish within {timeout:?}")]
+    WaitTimeout {
+        /// The job.
+        job_id: JobId,
+        /// How long the caller waited.
+        timeout: std::time::Duration,
+    },
+    /// A completed job's stored result does not deserialize into the type asked for.
+    #[error("the result of job {job_id} does not fit the expected type: {message}")]
+    InvalidResult {
+        /// The job.
+        job_id: JobId,
+        /// The serde error message.
+        message: String,
+    },
+    /// A replayed call found a checkpoint recorded by the same task with other
+    /// arguments: the workflow's code or inputs changed under it. Reported under
+    /// [`crate::Determinism::Strict`] (the default); [`crate::Determinism::Warn`] logs it,
+    /// sends [`crate::Event::NonDeterminism`] and returns the stored result.
+    #[error("non-determinism in job {job_id} at checkpoint `{key}`: `{name}` was recorded with arguments hashed {recorded} but is now called with arguments hashed {found}")]
+    ArgumentsChanged {
+        /// The job being replayed.
+        job_id: JobId,
+        /// The checkpoint key where the mismatch happened.
+        key: String,
+        /// The called task.
+        name: String,
+        /// The hash of the arguments stored with the checkpoint.
+        recorded: String,
+        /// The hash of the arguments given on replay.
+        found: String,
+    },
 }
 
 impl Error {

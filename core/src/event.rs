@@ -104,6 +104,42 @@ pub enum Event {
         /// The job the tick created.
         job_id: JobId,
     },
+    /// The handler snoozed: the job runs again after `delay` without spending the
+    /// attempt.
+    Snoozed {
+        /// The job.
+        job_id: JobId,
+        /// Its task.
+        task: String,
+        /// The attempt that snoozed (the next run has the same number).
+        attempt: i32,
+        /// How long until it runs again.
+        delay: Duration,
+    },
+    /// A running handler reported its progress ([`crate::JobContext::progress`]).
+    Progress {
+        /// The job.
+        job_id: JobId,
+        /// Its task.
+        task: String,
+        /// The attempt that reported it.
+        attempt: i32,
+        /// The progress value, as stored on the job.
+        progress: Value,
+    },
+    /// A replayed call met a checkpoint recorded with other arguments (see
+    /// [`crate::Error::ArgumentsChanged`]). Sent in both [`crate::Determinism`] modes;
+    /// under `Warn` the call then returns the stored result.
+    NonDeterminism {
+        /// The job being replayed.
+        job_id: JobId,
+        /// The checkpoint key.
+        key: String,
+        /// The called task.
+        name: String,
+        /// What differed.
+        message: String,
+    },
     /// A worker started serving its queues.
     WorkerStarted {
         /// The worker's name.
@@ -126,6 +162,9 @@ impl Event {
             | Event::Failed { job_id, .. }
             | Event::LeaseReclaimed { job_id, .. }
             | Event::Suspended { job_id, .. }
+            | Event::Snoozed { job_id, .. }
+            | Event::Progress { job_id, .. }
+            | Event::NonDeterminism { job_id, .. }
             | Event::Cancelled { job_id }
             | Event::ScheduleFired { job_id, .. } => Some(*job_id),
             Event::BundleFinished { bundle_id, .. } => Some(*bundle_id),

@@ -263,6 +263,15 @@ impl Storage for InstrumentedStorage {
             .await
     }
 
+    fn finishes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.finishes()
+    }
+
+    async fn watch_job(&self, job_id: JobId) -> Result<Option<Job>> {
+        self.observe("watch_job", one, self.inner.watch_job(job_id))
+            .await
+    }
+
     async fn dequeue(&self, params: DequeueParams) -> Result<Vec<ClaimedJob>> {
         self.observe("dequeue", Vec::len, self.inner.dequeue(params))
             .await
@@ -302,6 +311,20 @@ impl Storage for InstrumentedStorage {
             "heartbeat_many",
             Vec::len,
             self.inner.heartbeat_many(leases, extend),
+        )
+        .await
+    }
+
+    async fn snooze(&self, lease: &Lease, delay: Duration) -> Result<()> {
+        self.observe("snooze", one, self.inner.snooze(lease, delay))
+            .await
+    }
+
+    async fn set_progress(&self, lease: &Lease, progress: Value) -> Result<()> {
+        self.observe(
+            "set_progress",
+            one,
+            self.inner.set_progress(lease, progress),
         )
         .await
     }

@@ -185,6 +185,10 @@ pub struct Job {
     /// At most one job per serial key runs at a time.
     #[serde(default)]
     pub serial_key: Option<String>,
+    /// The last progress its handler reported ([`crate::JobContext::progress`]); kept
+    /// after the job finishes.
+    #[serde(default)]
+    pub progress: Option<Value>,
 }
 
 impl Job {
@@ -332,6 +336,10 @@ pub struct Checkpoint {
     /// When storage wrote it (set by storage; ignored on a write).
     #[serde(default)]
     pub created_at: Option<DateTime<Utc>>,
+    /// A hash of the call's arguments (`fnv1a64:<hex>`), checked on replay; `None` for
+    /// steps, signals, children and checkpoints written before arguments were hashed.
+    #[serde(default)]
+    pub args_hash: Option<String>,
 }
 
 /// The stored outcome of a checkpointed call: only successes and terminal errors are kept.

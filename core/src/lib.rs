@@ -12,6 +12,7 @@ pub mod manage;
 pub mod metric;
 pub mod options;
 pub mod queue;
+pub mod result;
 pub mod retry;
 pub mod schedule;
 pub mod storage;
@@ -33,7 +34,8 @@ pub use job::{
 };
 pub use manage::{JobDetails, WorkerInfo};
 pub use options::JobOptions;
-pub use queue::Queue;
+pub use queue::{Queue, DEFAULT_MAX_SNOOZES};
+pub use result::JobHandle;
 pub use retry::RetryPolicy;
 pub use schedule::{CatchUp, Schedule, ScheduleInfo, ScheduleRecord, SchedulerReport};
 pub use storage::{
@@ -41,9 +43,9 @@ pub use storage::{
     DequeueParams, DynStorage, Failure, JobFilter, ManualOutcome, QueueCount, ReleasedJob,
     SpawnChildrenParams, StaleLocks, Storage, TakeSignalsParams, WorkerQueue, WorkerRecord,
 };
-pub use task::{NoRetry, RetryAfter, Task, TaskError, TaskErrorKind};
+pub use task::{NoRetry, RetryAfter, Snooze, Task, TaskError, TaskErrorKind};
 pub use trace::TraceContext;
 pub use worker::{
     QueueConfig, ShutdownHandle, Worker, WorkerHealth, WorkerOptions, WorkerReport, WorkerState,
 };
-pub use workflow::{call, CheckpointKey, ChildResult, FanOut, JobContext};
+pub use workflow::{call, CheckpointKey, ChildResult, Determinism, FanOut, JobContext};

@@ -10,6 +10,7 @@ use crate::retry::RetryPolicy;
 use crate::storage::{DynStorage, Storage};
 use crate::task::{HandlerEntry, Task, TaskError};
 use crate::trace;
+use crate::workflow::Determinism;
 use crate::workflow::JobContext;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -19,6 +20,10 @@ use std::future::Future;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::sync::{broadcast, watch};
 use tracing::Instrument;
+
+/// How many times a job may snooze when its task sets no limit
+/// ([`Queue::set_max_snoozes`]).
+pub const DEFAULT_MAX_SNOOZES: u32 = 100;
 
 /// Handlers, hooks and the event stream over one storage. Cloning shares them all.
 ///
@@ -47,6 +52,12 @@ struct QueueInner {
     events: broadcast::Sender<Event>,
     wake: watch::Sender<u64>,
     registration_errors: RwLock<Vec<String>>,
+    /// Bumped after this process wrote a job's final outcome, for local waiters.
+    finished: watch::Sender<u64>,
+    /// How often a waiter re-reads its job when no notification comes.
+    wait_poll: RwLock<std::time::Duration>,
+    max_snoozes: RwLock<HashMap<String, u32>>,
+    determinism: RwLock<HashMap<String, Determinism>>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -82,6 +93,7 @@ impl Queue {
     fn with_storage(storage: InstrumentedStorage) -> Self {
         let (events, _) = broadcast::channel(DEFAULT_EVENT_CAPACITY);
         let (wake, _) = watch::channel(0);
+        let (finished, _) = watch::channel(0);
         let queue = Queue {
             inner: Arc::new(QueueInner {
                 storage,
@@ -92,6 +104,10 @@ impl Queue {
                 events,
                 wake,
                 registration_errors: RwLock::default(),
+                finished,
+                wait_poll: RwLock::new(crate::result::DEFAULT_WAIT_POLL),
+                max_snoozes: RwLock::default(),
+                determinism: RwLock::default(),
             }),
         };
         queue.register_builtins();
@@ -168,6 +184,48 @@ impl Queue {
             .get(task)
             .copied()
             .unwrap_or_else(|| *read(&self.inner.default_retry))
+    }
+
+    /// Sets how many times jobs of `task` may snooze ([`crate::Snooze`]) before a
+    /// snooze fails the job instead; [`DEFAULT_MAX_SNOOZES`] when not set.
+    pub fn set_max_snoozes(&self, task: &str, limit: u32) -> &Self {
+        write(&self.inner.max_snoozes).insert(task.to_string(), limit);
+        self
+    }
+
+    /// How many times jobs of `task` may snooze.
+    pub fn max_snoozes(&self, task: &str) -> u32 {
+        read(&self.inner.max_snoozes)
+            .get(task)
+            .copied()
+            .unwrap_or(DEFAULT_MAX_SNOOZES)
+    }
+
+    /// Sets what a replay of a job of `task` does when a call's arguments differ from
+    /// the ones its checkpoint recorded ([`Determinism::Strict`] when not set).
+    pub fn set_determinism(&self, task: &str, mode: Determinism) -> &Self {
+        write(&self.inner.determinism).insert(task.to_string(), mode);
+        self
+    }
+
+    /// What a replay of a job of `task` does when a call's arguments changed.
+    pub fn determinism(&self, task: &str) -> Determinism {
+        read(&self.inner.determinism)
+            .get(task)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Sets how often [`Queue::wait_for`] re-reads a job when no notification arrives
+    /// (the fallback for notifications lost with a dropped connection, or a backend
+    /// without them); [`crate::result::DEFAULT_WAIT_POLL`] when not set.
+    pub fn set_wait_poll_interval(&self, every: std::time::Duration) -> &Self {
+        *write(&self.inner.wait_poll) = every;
+        self
+    }
+
+    pub(crate) fn wait_poll_interval(&self) -> std::time::Duration {
+        *read(&self.inner.wait_poll)
     }
 
     /// The registered task names, sorted.
@@ -331,6 +389,7 @@ impl Queue {
                 crate::metric::job_cancelled(&job.queue, &job.task);
             }
             self.emit(Event::Cancelled { job_id: id });
+            self.bump_finished();
         }
         Ok(cancelled)
     }
@@ -425,6 +484,15 @@ impl Queue {
 
     pub(crate) fn subscribe_wake(&self) -> watch::Receiver<u64> {
         self.inner.wake.subscribe()
+    }
+
+    /// Tells this process's waiters that jobs may have finished.
+    pub(crate) fn bump_finished(&self) {
+        self.inner.finished.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub(crate) fn subscribe_finished(&self) -> watch::Receiver<u64> {
+        self.inner.finished.subscribe()
     }
 }
 

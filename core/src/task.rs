@@ -30,6 +30,10 @@ pub enum TaskErrorKind {
     /// and frees its worker slot until the time given, or until it is woken. Propagate it
     /// with `?`; it is not a failure.
     Suspend(Option<chrono::DateTime<chrono::Utc>>),
+    /// Snooze: run the job again after this delay without spending an attempt (see
+    /// [`Snooze`]). A task may snooze a limited number of times
+    /// ([`crate::Queue::set_max_snoozes`]); past that the job fails.
+    Snooze(Duration),
 }
 
 /// The error a handler returns. Any `std::error::Error` converts into a retryable
@@ -91,6 +95,14 @@ impl TaskError {
         Self::new(TaskErrorKind::Suspend(wake_at), message)
     }
 
+    /// The outcome that reschedules the job after `delay` without spending an attempt.
+    pub fn snooze(delay: Duration) -> Self {
+        Self::new(
+            TaskErrorKind::Snooze(delay),
+            format!("snoozed for {delay:?}"),
+        )
+    }
+
     /// True when this is a suspension rather than a failure.
     pub fn is_suspend(&self) -> bool {
         matches!(self.kind, TaskErrorKind::Suspend(_))
@@ -110,7 +122,7 @@ impl TaskError {
         use crate::Error as E;
         let kind = match &err {
             E::LeaseLost { .. } => TaskErrorKind::LeaseLost,
-            E::NonDeterminism { .. } => TaskErrorKind::NonDeterminism,
+            E::NonDeterminism { .. } | E::ArgumentsChanged { .. } => TaskErrorKind::NonDeterminism,
             E::UnknownTask(_)
             | E::InvalidPayload { .. }
             | E::PayloadTooLarge { .. }
@@ -159,6 +171,26 @@ pub struct RetryAfter<E>(pub Duration, pub E);
 impl<E: fmt::Display> From<RetryAfter<E>> for TaskError {
     fn from(e: RetryAfter<E>) -> Self {
         TaskError::retry_after(e.0, e.1)
+    }
+}
+
+/// Reschedules the job after this delay without spending an attempt, as River's and
+/// Oban's snooze: for a job that finds it is too early (a resource not ready yet, a
+/// rate limit upstream) rather than failing. The attempt is recorded as `snoozed` in the
+/// job's history. After [`crate::Queue::max_snoozes`] snoozes the job fails instead.
+///
+/// ```
+/// use durable_jobs::{Snooze, TaskError};
+/// use std::time::Duration;
+/// let later: TaskError = Snooze(Duration::from_secs(30)).into();
+/// assert!(!later.is_retryable());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snooze(pub Duration);
+
+impl From<Snooze> for TaskError {
+    fn from(s: Snooze) -> Self {
+        TaskError::snooze(s.0)
     }
 }
 

@@ -47,6 +47,8 @@ struct State {
     workers: BTreeMap<String, WorkerRecord>,
     /// Ended attempts per job, oldest first.
     attempts: HashMap<JobId, Vec<AttemptRecord>>,
+    /// Bumped by every final write, for `Queue::wait_for` (see `Storage::finishes`).
+    finished: Option<Arc<watch::Sender<u64>>>,
 }
 
 #[derive(Default, Clone)]
@@ -109,9 +111,11 @@ impl MemoryStorage {
 
     fn build(clock: Arc<dyn Clock>) -> Self {
         let (tx, _) = watch::channel(0);
+        let (finished, _) = watch::channel(0);
         MemoryStorage {
             state: Arc::new(Mutex::new(State {
                 next_id: 1,
+                finished: Some(Arc::new(finished)),
                 ..State::default()
             })),
             clock,
@@ -212,6 +216,7 @@ impl State {
             tags: new.tags,
             flags: new.flags,
             serial_key: new.serial_key,
+            progress: None,
         };
         self.make_ready(&job);
         self.jobs.insert(id, job);
@@ -373,6 +378,9 @@ impl State {
                     self.dedupe.remove(&key);
                 }
             }
+        }
+        if let Some(finished) = &self.finished {
+            finished.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 
@@ -684,6 +692,31 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
+    async fn snooze(&self, lease: &Lease, delay: Duration) -> Result<()> {
+        let now = self.clock.now();
+        let mut st = self.lock();
+        st.leased(lease)?;
+        st.close_attempt(lease.job_id, AttemptOutcome::Snoozed, None, now);
+        let job = st.leased(lease)?;
+        job.attempt -= 1;
+        let status = if job.attempt > 0 {
+            JobStatus::Retrying
+        } else {
+            JobStatus::Pending
+        };
+        st.requeue(lease.job_id, status, add(now, delay), now);
+        Ok(())
+    }
+
+    async fn set_progress(&self, lease: &Lease, progress: Value) -> Result<()> {
+        let now = self.clock.now();
+        let mut st = self.lock();
+        let job = st.leased(lease)?;
+        job.progress = Some(progress);
+        job.updated_at = now;
+        Ok(())
+    }
+
     async fn heartbeat(&self, lease: &Lease, extend: Duration) -> Result<Lease> {
         let expires_at = add(self.clock.now(), extend);
         self.lock().renew(lease, expires_at)
@@ -859,6 +892,10 @@ impl Storage for MemoryStorage {
         Some(self.wake.subscribe())
     }
 
+    fn finishes(&self) -> Option<watch::Receiver<u64>> {
+        self.lock().finished.as_ref().map(|f| f.subscribe())
+    }
+
     async fn suspend(&self, lease: &Lease, wake_at: Option<DateTime<Utc>>) -> Result<()> {
         let now = self.clock.now();
         {
@@ -904,6 +941,7 @@ impl Storage for MemoryStorage {
                     name: name.to_string(),
                     outcome: CheckpointOutcome::Ok(serde_json::json!(ids)),
                     created_at: Some(now),
+                    args_hash: None,
                 },
             );
             ids
@@ -959,6 +997,7 @@ impl Storage for MemoryStorage {
                     name: format!("signal:{name}"),
                     outcome: CheckpointOutcome::Ok(Value::Array(taken.clone())),
                     created_at: Some(self.clock.now()),
+                    args_hash: None,
                 },
             );
         }

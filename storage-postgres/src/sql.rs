@@ -12,7 +12,7 @@ use std::sync::Arc;
 /// them by position. Every statement that returns jobs selects exactly these, so rows
 /// are decoded without a by-name lookup per column, and a claim does not send the columns
 /// no `Job` holds (the wake request, the attempt history).
-pub(crate) const JOB_COLUMNS: [&str; 25] = [
+pub(crate) const JOB_COLUMNS: [&str; 26] = [
     "id",
     "task",
     "payload",
@@ -38,6 +38,7 @@ pub(crate) const JOB_COLUMNS: [&str; 25] = [
     "tags",
     "flags",
     "serial_key",
+    "progress",
 ];
 
 /// The position of `name` in [`JOB_COLUMNS`], for decoding by position; used in const
@@ -390,6 +391,29 @@ WITH u AS (
 )
 SELECT u.id, pg_notify({channel}, '') FROM u";
 
+/// Snoozes: like `RELEASE`, but due after the delay (recorded as `snoozed`), and without
+/// a NOTIFY: the job is not due now. $1 id, $2 token, $3 delay (µs).
+const SNOOZE: &str = "
+UPDATE {schema}.jobs
+SET attempts = {history},
+    attempt = attempt - 1,
+    status = CASE WHEN attempt - 1 > 0 THEN 'retrying' ELSE 'pending' END,
+    run_at = {now} + $3::bigint * interval '1 microsecond',
+    lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = {now}
+WHERE id = $1 AND status = 'running' AND lease_token = $2";
+
+/// Stores a running job's progress. $1 id, $2 token, $3 progress.
+const SET_PROGRESS: &str = "
+UPDATE {schema}.jobs SET progress = $3::jsonb, updated_at = {now}
+WHERE id = $1 AND status = 'running' AND lease_token = $2";
+
+/// Marks an unfinished job as awaited, so its final write sends a NOTIFY, and returns it.
+/// No row: the job is finished or missing (a fresh read tells which). $1 id.
+const WATCH_JOB: &str = "
+UPDATE {schema}.jobs SET awaited = true
+WHERE id = $1 AND status IN {unfinished}
+RETURNING {job_columns}";
+
 /// Renews a lease. $1 id, $2 token, $3 extension (µs).
 const HEARTBEAT: &str = "
 UPDATE {schema}.jobs
@@ -448,22 +472,22 @@ FROM u LEFT JOIN notified ON true";
 
 /// Stores a checkpoint if the lease is current, written now; the row lock on the job
 /// keeps a concurrent reclaim from slipping in between the check and the write.
-/// $1 job id, $2 token, $3 key, $4 name, $5 ok (JSON text), $6 err.
+/// $1 job id, $2 token, $3 key, $4 name, $5 ok (JSON text), $6 err, $7 arguments' hash.
 const CHECKPOINT: &str = "
 WITH held AS (
     SELECT id FROM {schema}.jobs
     WHERE id = $1 AND status = 'running' AND lease_token = $2
     FOR SHARE
 )
-INSERT INTO {schema}.checkpoints (job_id, key, name, ok, err, created_at)
-SELECT held.id, $3, $4, $5::jsonb, $6, {now} FROM held
+INSERT INTO {schema}.checkpoints (job_id, key, name, ok, err, created_at, args_hash)
+SELECT held.id, $3, $4, $5::jsonb, $6, {now}, $7 FROM held
 ON CONFLICT (job_id, key) DO UPDATE
 SET name = excluded.name, ok = excluded.ok, err = excluded.err,
-    created_at = excluded.created_at";
+    created_at = excluded.created_at, args_hash = excluded.args_hash";
 
 /// Read by position in this order (see `list_checkpoints`).
 const LIST_CHECKPOINTS: &str = "
-SELECT key, name, ok, err, created_at FROM {schema}.checkpoints WHERE job_id = $1
+SELECT key, name, ok, err, created_at, args_hash FROM {schema}.checkpoints WHERE job_id = $1
 ORDER BY key";
 
 const DELETE_CHECKPOINTS: &str = "DELETE FROM {schema}.checkpoints WHERE job_id = $1";
@@ -532,6 +556,9 @@ pub(crate) struct Sql {
     pub fail_retry: Arc<str>,
     pub fail_terminal: Arc<str>,
     pub release: Arc<str>,
+    pub snooze: Arc<str>,
+    pub set_progress: Arc<str>,
+    pub watch_job: Arc<str>,
     pub heartbeat: Arc<str>,
     pub heartbeat_many: Arc<str>,
     pub reclaim: Arc<str>,
@@ -600,6 +627,9 @@ impl Sql {
                 "$3::text",
             )),
             release: r(&with_history(RELEASE, AttemptOutcome::Released, "NULL")),
+            snooze: r(&with_history(SNOOZE, AttemptOutcome::Snoozed, "NULL")),
+            set_progress: r(SET_PROGRESS),
+            watch_job: r(WATCH_JOB),
             heartbeat: r(HEARTBEAT),
             heartbeat_many: r(HEARTBEAT_MANY),
             reclaim: r(&with_history(

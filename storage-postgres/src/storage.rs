@@ -59,6 +59,8 @@ struct Inner {
     wf: WorkflowSql,
     ops: OperationsSql,
     wake: Arc<watch::Sender<u64>>,
+    /// Bumped by `finished:<id>` notifications (see `Storage::finishes`).
+    finished: Arc<watch::Sender<u64>>,
     listener: Mutex<Option<ListenerTask>>,
     /// Where the next healing sweep of waiting parents starts (a parent id; 0 from the
     /// start).
@@ -143,6 +145,7 @@ impl PostgresStorage {
 
     fn build(pool: PgPool, options: PostgresOptions) -> Self {
         let (wake, _) = watch::channel(0);
+        let (finished, _) = watch::channel(0);
         let now = crate::sql::now_expr(&options.schema, options.uses_test_clock());
         PostgresStorage {
             inner: Arc::new(Inner {
@@ -152,6 +155,7 @@ impl PostgresStorage {
                 pool,
                 options,
                 wake: Arc::new(wake),
+                finished: Arc::new(finished),
                 listener: Mutex::new(None),
                 heal_after: AtomicI64::new(0),
             }),
@@ -196,6 +200,30 @@ impl PostgresStorage {
 
     pub(crate) fn ops(&self) -> &OperationsSql {
         &self.inner.ops
+    }
+
+    /// Starts the LISTEN task when listening is on and it is not running: with the first
+    /// subscriber, so storages that never wait hold no LISTEN connection, and again when
+    /// it died with the runtime it ran on.
+    fn ensure_listener(&self) {
+        if !self.inner.options.listen {
+            return;
+        }
+        let mut slot = self
+            .inner
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_none_or(|t| t.is_finished()) {
+            *slot = listen::spawn(
+                &self.pool().connect_options(),
+                self.channel(),
+                listen::Counters {
+                    wake: self.inner.wake.clone(),
+                    finished: self.inner.finished.clone(),
+                },
+            );
+        }
     }
 
     /// Wakes this process's idle workers now (other processes hear the NOTIFY).
@@ -282,6 +310,7 @@ pub(crate) fn job_from_row(row: &PgRow) -> Result<Job> {
         tags: col!("tags"),
         flags: col!("flags"),
         serial_key: col!("serial_key"),
+        progress: col!("progress"),
     })
 }
 
@@ -512,6 +541,30 @@ impl Storage for PostgresStorage {
         Ok(())
     }
 
+    async fn snooze(&self, lease: &Lease, delay: Duration) -> Result<()> {
+        let done = sqlx::query(AssertSqlSafe(self.sql().snooze.clone()))
+            .bind(lease.job_id)
+            .bind(lease.token)
+            .bind(micros(delay))
+            .execute(self.pool())
+            .await
+            .map_err(db)?
+            .rows_affected();
+        lease_held(done, lease)
+    }
+
+    async fn set_progress(&self, lease: &Lease, progress: Value) -> Result<()> {
+        let done = sqlx::query(AssertSqlSafe(self.sql().set_progress.clone()))
+            .bind(lease.job_id)
+            .bind(lease.token)
+            .bind(progress)
+            .execute(self.pool())
+            .await
+            .map_err(db)?
+            .rows_affected();
+        lease_held(done, lease)
+    }
+
     async fn heartbeat(&self, lease: &Lease, extend: Duration) -> Result<Lease> {
         let expires_at: Option<DateTime<Utc>> =
             sqlx::query_scalar(AssertSqlSafe(self.sql().heartbeat.clone()))
@@ -610,6 +663,7 @@ impl Storage for PostgresStorage {
             .bind(checkpoint.name)
             .bind(ok)
             .bind(err)
+            .bind(checkpoint.args_hash)
             .execute(self.pool())
             .await
             .map_err(db)?
@@ -635,6 +689,7 @@ impl Storage for PostgresStorage {
                         None => CheckpointOutcome::Ok(ok.unwrap_or(Value::Null)),
                     },
                     created_at: row.try_get(4).map_err(db)?,
+                    args_hash: row.try_get(5).map_err(db)?,
                 })
             })
             .collect()
@@ -819,23 +874,25 @@ impl Storage for PostgresStorage {
     }
 
     fn wakeups(&self) -> Option<watch::Receiver<u64>> {
-        if self.inner.options.listen {
-            // The listener starts with the first subscriber, so storages that never run
-            // a worker hold no LISTEN connection.
-            let mut slot = self
-                .inner
-                .listener
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            // (Re)start it when missing, or when it died with the runtime it ran on.
-            if slot.as_ref().is_none_or(|t| t.is_finished()) {
-                *slot = listen::spawn(
-                    &self.pool().connect_options(),
-                    self.channel(),
-                    self.inner.wake.clone(),
-                );
-            }
-        }
+        self.ensure_listener();
         Some(self.inner.wake.subscribe())
+    }
+
+    fn finishes(&self) -> Option<watch::Receiver<u64>> {
+        self.ensure_listener();
+        Some(self.inner.finished.subscribe())
+    }
+
+    async fn watch_job(&self, job_id: JobId) -> Result<Option<Job>> {
+        let row = sqlx::query(AssertSqlSafe(self.sql().watch_job.clone()))
+            .bind(job_id)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(db)?;
+        match row {
+            Some(row) => job_from_row(&row).map(Some),
+            // Finished or missing: a fresh statement sees a finish that raced the update.
+            None => self.get_job(job_id).await,
+        }
     }
 }

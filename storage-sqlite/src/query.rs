@@ -20,7 +20,7 @@ pub(crate) const JOB_COLUMNS: &str =
     "id, task, payload, queue, priority, status, attempt, max_attempts, \
      run_at, lease_holder, lease_token, lease_expires_at, last_error, result, dedupe_key, \
      timeout_ms, created_at, started_at, completed_at, updated_at, trace_context, \
-     parent_id, serial_key, flags, tags";
+     parent_id, serial_key, flags, tags, progress";
 
 pub(crate) const UNFINISHED: &str = "('pending', 'retrying', 'running', 'waiting')";
 
@@ -65,6 +65,20 @@ const RELEASE: &str = concat!(
      lease_expires_at = NULL WHERE id = ?1 AND status = 'running' AND lease_token = ?2"
 );
 
+/// Snoozes: like `RELEASE`, but due at `?4` and recorded as `snoozed`.
+const SNOOZE: &str = concat!(
+    "UPDATE durable_jobs SET attempt = attempt - 1, \
+     status = CASE WHEN attempt - 1 > 0 THEN 'retrying' ELSE 'pending' END, \
+     run_at = ?4, updated_at = ?3, ",
+    append_attempt!("snoozed", "?3", "NULL"),
+    ", lease_holder = NULL, lease_token = NULL, \
+     lease_expires_at = NULL WHERE id = ?1 AND status = 'running' AND lease_token = ?2"
+);
+
+/// Stores a running job's progress. Fenced.
+const SET_PROGRESS: &str = "UPDATE durable_jobs SET progress = ?3, updated_at = ?4 \
+     WHERE id = ?1 AND status = 'running' AND lease_token = ?2";
+
 const HEARTBEAT: &str = "UPDATE durable_jobs SET lease_expires_at = ?3, updated_at = ?4 \
      WHERE id = ?1 AND status = 'running' AND lease_token = ?2";
 
@@ -98,7 +112,7 @@ const FAIL_CORRUPT: &str = concat!(
 );
 
 const SAVE_CHECKPOINT: &str = "INSERT OR REPLACE INTO durable_jobs_checkpoints \
-     (job_id, key, name, ok, value, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+     (job_id, key, name, ok, value, created_at, args_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
 /// The history and what the current attempt needs, without the job's other columns (so
 /// a row whose payload does not decode still shows its attempts).
@@ -156,6 +170,7 @@ pub(crate) fn job_from_row(row: &Row<'_>) -> QResult<Job> {
     let token: Option<i64> = row.get(10)?;
     let expires: Option<i64> = row.get(11)?;
     let result: Option<String> = row.get(13)?;
+    let progress: Option<String> = row.get(25)?;
     let lease = match (holder, token, expires) {
         (Some(holder), Some(token), Some(exp)) => Some(LeaseInfo {
             holder,
@@ -188,6 +203,7 @@ pub(crate) fn job_from_row(row: &Row<'_>) -> QResult<Job> {
         serial_key: row.get(22)?,
         flags: string_list("flags", row.get(23)?)?,
         tags: string_list("tags", row.get(24)?)?,
+        progress: progress.map(|p| parse_json("progress", &p)).transpose()?,
     })
 }
 
@@ -437,6 +453,39 @@ pub(crate) fn release(conn: &Connection, lease: &Lease, now: i64) -> QResult<()>
     Ok(())
 }
 
+/// Snoozes a running job for `delay` without spending its attempt. Fenced.
+pub(crate) fn snooze(conn: &Connection, lease: &Lease, delay: Duration, now: i64) -> QResult<()> {
+    let n = conn.prepare_cached(SNOOZE)?.execute(params![
+        lease.job_id,
+        lease.token,
+        now,
+        after(now, delay)
+    ])?;
+    if n == 0 {
+        return lease_lost(lease);
+    }
+    Ok(())
+}
+
+/// Stores a running job's progress. Fenced.
+pub(crate) fn set_progress(
+    conn: &Connection,
+    lease: &Lease,
+    progress: &Value,
+    now: i64,
+) -> QResult<()> {
+    let n = conn.prepare_cached(SET_PROGRESS)?.execute(params![
+        lease.job_id,
+        lease.token,
+        json_text(progress)?,
+        now
+    ])?;
+    if n == 0 {
+        return lease_lost(lease);
+    }
+    Ok(())
+}
+
 /// Extends a lease. Fenced.
 pub(crate) fn heartbeat(
     conn: &Connection,
@@ -529,7 +578,8 @@ pub(crate) fn save_checkpoint(
         cp.name,
         ok,
         value,
-        now
+        now,
+        cp.args_hash
     ])?;
     Ok(())
 }
@@ -537,7 +587,7 @@ pub(crate) fn save_checkpoint(
 /// A job's checkpoints in key order.
 pub(crate) fn checkpoints(conn: &Connection, job_id: JobId) -> QResult<Vec<Checkpoint>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT key, name, ok, value, created_at FROM durable_jobs_checkpoints \
+        "SELECT key, name, ok, value, created_at, args_hash FROM durable_jobs_checkpoints \
          WHERE job_id = ?1 ORDER BY key",
     )?;
     let mut rows = stmt.query([job_id])?;
@@ -554,6 +604,7 @@ pub(crate) fn checkpoints(conn: &Connection, job_id: JobId) -> QResult<Vec<Check
                 CheckpointOutcome::Err(value)
             },
             created_at: opt_time("created_at", row.get(4)?)?,
+            args_hash: row.get(5)?,
         });
     }
     Ok(out)
@@ -720,6 +771,7 @@ mod tests {
             FAIL_RETRY,
             FAIL_TERMINAL,
             RELEASE,
+            SNOOZE,
             RECLAIM,
             FAIL_CORRUPT,
             crate::workflow::SUSPEND,

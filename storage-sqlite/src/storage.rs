@@ -58,6 +58,9 @@ struct Inner {
     readers: Option<Arc<Readers>>,
     clock: Arc<dyn Clock>,
     wake: Arc<watch::Sender<u64>>,
+    /// Bumped after each of this storage's writes and by the watcher for other
+    /// connections' commits: what `Queue::wait_for` watches (see `Storage::finishes`).
+    finished: Arc<watch::Sender<u64>>,
     /// Notices other processes' commits; `None` in memory or when switched off.
     watcher: Option<Watcher>,
     path: Option<PathBuf>,
@@ -201,6 +204,8 @@ impl SqliteStorage {
     ) -> Result<Self> {
         let (tx, _) = watch::channel(0u64);
         let wake = Arc::new(tx);
+        let (finished, _) = watch::channel(0u64);
+        let finished = Arc::new(finished);
         if let Some(clock) = &options.manual_clock {
             let w = Arc::downgrade(&wake);
             clock.on_change(move || {
@@ -213,7 +218,8 @@ impl SqliteStorage {
             (Some(p), Some(every)) => {
                 let (p, o) = (p.clone(), options.clone());
                 let open = move || open_file(&p, &o, read_flags());
-                Some(Watcher::start(open, every, Arc::downgrade(&wake)).await?)
+                let wakes = vec![Arc::downgrade(&wake), Arc::downgrade(&finished)];
+                Some(Watcher::start(open, every, wakes).await?)
             }
             _ => None,
         };
@@ -223,6 +229,7 @@ impl SqliteStorage {
                 readers,
                 clock: options.clock,
                 wake,
+                finished,
                 watcher,
                 path,
                 heal_cursor: AtomicI64::new(0),
@@ -276,7 +283,13 @@ impl SqliteStorage {
         R: Send + 'static,
         F: FnOnce(&Connection) -> QResult<R> + Send + 'static,
     {
-        self.inner.writer.run(f).await
+        let out = self.inner.writer.run(f).await;
+        if out.is_ok() {
+            // Any write may be a job's final one; waiters re-read theirs (only those
+            // waiting pay for it).
+            self.inner.finished.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        out
     }
 
     fn now_dt(&self) -> DateTime<Utc> {
@@ -445,6 +458,20 @@ impl Storage for SqliteStorage {
         Ok(())
     }
 
+    async fn snooze(&self, lease: &Lease, delay: Duration) -> Result<()> {
+        let now = self.now_us();
+        let lease = lease.clone();
+        self.write(move |c| query::snooze(c, &lease, delay, now))
+            .await
+    }
+
+    async fn set_progress(&self, lease: &Lease, progress: Value) -> Result<()> {
+        let now = self.now_us();
+        let lease = lease.clone();
+        self.write(move |c| query::set_progress(c, &lease, &progress, now))
+            .await
+    }
+
     async fn heartbeat(&self, lease: &Lease, extend: Duration) -> Result<Lease> {
         let now = self.now_us();
         let lease = lease.clone();
@@ -541,6 +568,12 @@ impl Storage for SqliteStorage {
 
     fn wakeups(&self) -> Option<watch::Receiver<u64>> {
         Some(self.inner.wake.subscribe())
+    }
+
+    /// Bumped by this storage's writes and, through the commit watcher, by every other
+    /// connection's commits to the file, from any process.
+    fn finishes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.inner.finished.subscribe())
     }
 
     async fn suspend(&self, lease: &Lease, wake_at: Option<DateTime<Utc>>) -> Result<()> {

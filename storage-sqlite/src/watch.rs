@@ -26,14 +26,15 @@ pub(crate) struct Watcher {
 
 impl Watcher {
     /// Starts a thread that opens its own read connection with `open` (off the async
-    /// runtime) and checks it every `every`. Resolves once the thread has read its first
+    /// runtime) and checks it every `every`, bumping every counter in `wakes` (the
+    /// workers' wake-ups and the waiters' finishes) on a change. Resolves once the thread has read its first
     /// `data_version`: a commit made after this returns is always noticed (before, a
     /// commit racing the thread's start could be taken for the baseline and its wake
     /// lost).
     pub(crate) async fn start(
         open: impl FnOnce() -> Result<Connection> + Send + 'static,
         every: Duration,
-        wake: Weak<watch::Sender<u64>>,
+        wakes: Vec<Weak<watch::Sender<u64>>>,
     ) -> Result<Watcher> {
         let (stop, stop_rx) = mpsc::channel::<()>();
         let (stopped_tx, stopped) = oneshot::channel();
@@ -58,11 +59,19 @@ impl Watcher {
                 // Waits `every` between checks; a stop (or a dropped handle) ends it.
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(every) {
                     // The storage is gone: nothing left to wake.
-                    let Some(wake) = wake.upgrade() else { break };
+                    let Some(live) = wakes
+                        .iter()
+                        .map(Weak::upgrade)
+                        .collect::<Option<Vec<_>>>()
+                    else {
+                        break;
+                    };
                     match data_version(&conn) {
                         Ok(v) if v != last => {
                             last = v;
-                            wake.send_modify(|n| *n = n.wrapping_add(1));
+                            for wake in live {
+                                wake.send_modify(|n| *n = n.wrapping_add(1));
+                            }
                         }
                         Ok(_) => {}
                         // A busy or failing read only delays a wake-up; the workers'

@@ -1,12 +1,17 @@
 //! Several OS processes on one PostgreSQL schema: every job runs exactly once, and a
-//! worker SIGKILLed mid-job loses its lease, whose job is reclaimed and finished.
+//! worker SIGKILLed mid-job loses its lease, whose job is reclaimed and finished; a
+//! waiter hears of a job another process finished.
 
-use durable_jobs::{Error, Failure, JobFilter, JobStatus, NewJob, Storage};
+use durable_jobs::{
+    Error, Failure, JobFilter, JobStatus, NewJob, Queue, Storage, StorageCall, StorageLayer,
+};
 use durable_jobs_postgres::testing::TestSchema;
+use durable_jobs_postgres::{PostgresOptions, PostgresStorage};
 use durable_jobs_tests::pg;
 use serde_json::json;
 use std::collections::HashMap;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn spawn_worker(t: &TestSchema, mode: &str, extra: &[&str]) -> Child {
@@ -188,5 +193,81 @@ async fn a_sigkilled_worker_loses_its_lease_and_the_job_completes_elsewhere() {
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].status, JobStatus::Completed);
     assert_ne!(after[0].result, Some(json!("stale")));
+    t.drop_schema().await.expect("drop");
+}
+
+/// Tells the test when the waiting queue's storage answered `watch_job`: the waiter has
+/// read its job as unfinished and marked it awaited.
+struct Watched(Arc<tokio::sync::Notify>);
+
+impl StorageLayer for Watched {
+    fn on_call(&self, call: &StorageCall<'_>) {
+        if call.operation == "watch_job" && call.error.is_none() {
+            self.0.notify_one();
+        }
+    }
+}
+
+/// A waiter in this process is woken by the NOTIFY of a job finished in another OS
+/// process (a pg_worker), and of a job cancelled through another pool. It polls once an
+/// hour, so only the notification can wake it within the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_wakes_when_another_process_finishes_the_job() {
+    let t = setup().await;
+    let seen = Arc::new(tokio::sync::Notify::new());
+    let waiting = Queue::with_layers(
+        Arc::new(t.storage().clone()),
+        vec![Arc::new(Watched(seen.clone()))],
+    );
+    waiting.set_wait_poll_interval(Duration::from_secs(3600));
+    let bound = Duration::from_secs(120);
+
+    let id = t
+        .storage()
+        .enqueue(NewJob::new(pg::TASK, json!("await me")))
+        .await
+        .expect("enqueue")
+        .id;
+    let waiter = {
+        let q = waiting.clone();
+        tokio::spawn(async move { q.wait_for::<()>(id, bound).await })
+    };
+    seen.notified().await;
+    let out = wait_with_deadline(spawn_worker(&t, "drain", &[]), bound).await;
+    assert_success(&out);
+    waiter.await.expect("waiter").expect("completed elsewhere");
+    let runs = pg::executions(t.storage()).await.expect("executions");
+    assert_eq!(runs.len(), 1);
+    assert_ne!(
+        runs[0].2,
+        i32::try_from(std::process::id()).expect("pid fits"),
+        "run by the other process"
+    );
+
+    let other = PostgresStorage::connect_with(
+        t.url(),
+        PostgresOptions::new()
+            .schema(t.schema())
+            .max_connections(1)
+            .listen(false),
+    )
+    .await
+    .expect("second pool");
+    let id = other
+        .enqueue(NewJob::new(pg::TASK, json!("cancel me")))
+        .await
+        .expect("enqueue")
+        .id;
+    let waiter = {
+        let q = waiting.clone();
+        tokio::spawn(async move { q.wait_for::<()>(id, bound).await })
+    };
+    seen.notified().await;
+    assert!(other.cancel(id).await.expect("cancel"));
+    match waiter.await.expect("waiter") {
+        Err(Error::JobCancelled { job_id, .. }) => assert_eq!(job_id, id),
+        r => panic!("expected JobCancelled, got {r:?}"),
+    }
+    other.pool().close().await;
     t.drop_schema().await.expect("drop");
 }

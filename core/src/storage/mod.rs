@@ -150,6 +150,23 @@ pub trait Storage: Send + Sync + 'static {
         children: Vec<NewJob>,
     ) -> Result<(Enqueued, Vec<Enqueued>)>;
 
+    // Awaiting results (issue 15): what `Queue::wait_for` waits on.
+
+    /// A channel that changes whenever a job watched with [`Storage::watch_job`] may have
+    /// finished, here or (where the backend can tell) in another process. Waiters re-read
+    /// their job when it changes and poll as a fallback; `None` means polling only.
+    fn finishes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
+    /// The job as it is now, after asking the backend to announce its final write on
+    /// [`Storage::finishes`] (PostgreSQL marks the row, so that write sends a NOTIFY to
+    /// every process). A waiter subscribes first, then calls this, so a finish racing the
+    /// call is either seen in the job returned or announced. The default only reads it.
+    async fn watch_job(&self, job_id: JobId) -> Result<Option<Job>> {
+        self.get_job(job_id).await
+    }
+
     // ----- Leases: claiming and finishing attempts -----
 
     /// Atomically claims up to `limit` due, claimable jobs from the given queues and
@@ -197,6 +214,17 @@ pub trait Storage: Send + Sync + 'static {
         }
         Ok(out)
     }
+
+    // Snooze and progress (issue 15).
+
+    /// Snoozes a running job: it becomes claimable again at now + `delay` (pending, or
+    /// retrying when an earlier attempt ran) without spending its attempt, and the attempt
+    /// is recorded as [`AttemptOutcome::Snoozed`]. Fenced.
+    async fn snooze(&self, lease: &Lease, delay: Duration) -> Result<()>;
+
+    /// Stores the running job's progress (any JSON value), replacing the previous one;
+    /// [`Storage::get_job`] returns it in [`Job::progress`]. Fenced.
+    async fn set_progress(&self, lease: &Lease, progress: Value) -> Result<()>;
 
     /// Returns running jobs whose lease expired to retrying (attempts left) or failed
     /// (attempts exhausted), and heals waiting parents (see the trait docs). Returns the

@@ -80,11 +80,13 @@ pub enum AttemptOutcome {
     Reclaimed,
     /// The job was cancelled while this attempt ran.
     Cancelled,
+    /// The handler snoozed: the job runs again later without spending the attempt.
+    Snoozed,
 }
 
 impl AttemptOutcome {
     /// Every outcome.
-    pub const ALL: [AttemptOutcome; 8] = [
+    pub const ALL: [AttemptOutcome; 9] = [
         AttemptOutcome::Running,
         AttemptOutcome::Completed,
         AttemptOutcome::Retrying,
@@ -93,6 +95,7 @@ impl AttemptOutcome {
         AttemptOutcome::Suspended,
         AttemptOutcome::Reclaimed,
         AttemptOutcome::Cancelled,
+        AttemptOutcome::Snoozed,
     ];
 
     /// The outcome's stable name, as stored (`completed`, `retrying`, ...).
@@ -106,6 +109,7 @@ impl AttemptOutcome {
             AttemptOutcome::Suspended => "suspended",
             AttemptOutcome::Reclaimed => "reclaimed",
             AttemptOutcome::Cancelled => "cancelled",
+            AttemptOutcome::Snoozed => "snoozed",
         }
     }
 

@@ -259,6 +259,7 @@ pub async fn stale_lease_cannot_checkpoint<H: ConformanceHarness>(h: &H) {
         name: "step".into(),
         outcome: CheckpointOutcome::Ok(json!("stale")),
         created_at: None,
+        args_hash: None,
     };
     assert_lease_lost(s.checkpoint(&old.lease, cp).await);
     assert!(s
@@ -467,6 +468,7 @@ pub async fn checkpoints_roundtrip<H: ConformanceHarness>(h: &H) {
         name: name.into(),
         outcome,
         created_at: None,
+        args_hash: None,
     };
     s.checkpoint(&lease, cp("0", "a", CheckpointOutcome::Ok(json!(1))))
         .await

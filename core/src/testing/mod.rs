@@ -2,6 +2,7 @@
 //! and helpers for users' own tests.
 
 pub mod conformance;
+pub mod determinism_conformance;
 pub mod engine_calls;
 pub mod engine_children;
 pub mod engine_events;
@@ -14,6 +15,9 @@ pub mod engine_waits;
 pub mod kit;
 pub mod observability_conformance;
 pub mod operations_conformance;
+pub mod progress_conformance;
+pub mod results_conformance;
+pub mod snooze_conformance;
 mod support;
 pub mod timeline_conformance;
 pub mod workflow_conformance;
@@ -246,6 +250,28 @@ macro_rules! conformance_tests {
             dead_workers_show_as_dead_then_go,
             reclaimed_leases_are_events,
             suspend_cancel_and_schedule_ticks_are_events,
+        );
+        $crate::__conformance_cases!(results_conformance, $harness;
+            wait_for_returns_the_typed_result,
+            wait_for_reports_failure_with_the_last_error,
+            wait_for_reports_cancellation,
+            wait_for_times_out_and_reports_bad_ids_and_types,
+            wait_for_wakes_on_the_storage_notification,
+        );
+        $crate::__conformance_cases!(snooze_conformance, $harness;
+            snooze_reschedules_without_spending_an_attempt,
+            snoozing_handler_runs_again_with_its_attempts_intact,
+            snooze_limit_fails_the_job,
+        );
+        $crate::__conformance_cases!(progress_conformance, $harness;
+            progress_is_stored_fenced_and_kept,
+            handler_progress_is_an_event_and_in_job_details,
+        );
+        $crate::__conformance_cases!(determinism_conformance, $harness;
+            argument_hashes_roundtrip_with_checkpoints,
+            changed_arguments_fail_a_strict_replay,
+            changed_arguments_warn_and_keep_the_stored_result,
+            checkpoints_without_a_hash_are_not_checked,
         );
     };
 }

@@ -346,6 +346,7 @@ pub async fn retry_jobs_requeues_failed_jobs<H: ConformanceHarness>(h: &H) {
             name: "a".into(),
             outcome: CheckpointOutcome::Ok(json!(1)),
             created_at: None,
+            args_hash: None,
         };
         s.checkpoint(&c.lease, cp).await.expect("save");
         s.fail(
@@ -469,6 +470,7 @@ pub async fn purge_finished_removes_old_jobs<H: ConformanceHarness>(h: &H) {
         name: "a".into(),
         outcome: CheckpointOutcome::Ok(json!(1)),
         created_at: None,
+        args_hash: None,
     };
     s.checkpoint(&c.lease, cp).await.expect("save");
     s.complete(&c.lease, json!(null)).await.expect("complete");

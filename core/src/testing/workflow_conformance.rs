@@ -399,6 +399,7 @@ pub async fn delete_job_removes_job_and_checkpoints<H: ConformanceHarness>(h: &H
         name: "a".into(),
         outcome: crate::CheckpointOutcome::Ok(json!(1)),
         created_at: None,
+        args_hash: None,
     };
     s.checkpoint(&c.lease, cp).await.expect("save");
     assert!(matches!(

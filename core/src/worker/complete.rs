@@ -64,6 +64,12 @@ pub(crate) enum Finish {
         meta: RunMeta,
         wake_at: Option<chrono::DateTime<chrono::Utc>>,
     },
+    /// Run the job again after `delay` without spending the attempt, unless its task's
+    /// snooze limit is reached (then it fails).
+    Snooze {
+        meta: RunMeta,
+        delay: Duration,
+    },
     /// Return the job without spending the attempt (shutdown).
     Release {
         meta: RunMeta,
@@ -135,6 +141,10 @@ async fn write_batch(shared: &Shared, mut buf: Vec<Finish>) {
                     });
                 }
             }
+            Finish::Snooze { meta, delay } => {
+                woke = true;
+                write_snooze(shared, meta, delay).await;
+            }
             Finish::Lost { meta } => {
                 tracing::warn!(job_id = meta.job_id, "lease lost while the handler ran");
                 shared.counters.lost.fetch_add(1, Ordering::Relaxed);
@@ -150,6 +160,8 @@ async fn write_batch(shared: &Shared, mut buf: Vec<Finish>) {
     if woke {
         shared.bump_internal_wake();
     }
+    // Waiters in this process look at their jobs again (one may have finished).
+    shared.queue.bump_finished();
     shared.in_flight.fetch_sub(n, Ordering::SeqCst);
     shared.progress.notify_waiters();
 }
@@ -231,6 +243,43 @@ async fn write_failure(shared: &Shared, meta: RunMeta, error: String, retry_in: 
         },
     };
     shared.queue.emit(event);
+}
+
+/// Snoozes the job, or fails it for good when its task's snooze limit is reached. The
+/// snoozes so far are the `snoozed` attempts in its history: read only on this path, so
+/// the limit costs nothing to jobs that never snooze.
+async fn write_snooze(shared: &Shared, meta: RunMeta, delay: Duration) {
+    let storage = shared.queue.storage();
+    let limit = shared.queue.max_snoozes(&meta.task);
+    let snoozed = match with_retries(|| storage.list_attempts(meta.job_id)).await {
+        Ok(history) => history
+            .iter()
+            .filter(|a| a.outcome == crate::storage::AttemptOutcome::Snoozed)
+            .count(),
+        Err(e) => {
+            tracing::error!(job_id = meta.job_id, error = %e, "could not read the snooze count; the job will be reclaimed when its lease expires");
+            return;
+        }
+    };
+    if snoozed >= limit as usize {
+        let error = format!(
+            "snoozed {snoozed} times, the limit for task `{}` (Queue::set_max_snoozes)",
+            meta.task
+        );
+        write_failure(shared, meta, error, None).await;
+        return;
+    }
+    let r = with_retries(|| storage.snooze(&meta.lease, delay)).await;
+    let ok = r.is_ok();
+    count(shared, r, |c| &c.snoozed, &meta);
+    if ok && shared.queue.observed() {
+        shared.queue.emit(Event::Snoozed {
+            job_id: meta.job_id,
+            task: meta.task,
+            attempt: meta.attempt,
+            delay,
+        });
+    }
 }
 
 fn count<T>(

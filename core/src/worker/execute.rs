@@ -148,6 +148,7 @@ pub(crate) fn classify(shared: &Shared, meta: RunMeta, ended: Ended) -> Finish {
     let retry_in = match err.kind() {
         TaskErrorKind::LeaseLost => return Finish::Lost { meta },
         TaskErrorKind::Suspend(wake_at) => return Finish::Suspend { meta, wake_at },
+        TaskErrorKind::Snooze(delay) => return Finish::Snooze { meta, delay },
         TaskErrorKind::Retry if attempts_left => {
             Some(shared.queue.retry_policy(&meta.task).delay(meta.attempt))
         }

@@ -61,6 +61,7 @@ pub(crate) struct Counters {
     pub(crate) retried: AtomicU64,
     pub(crate) released: AtomicU64,
     pub(crate) suspended: AtomicU64,
+    pub(crate) snoozed: AtomicU64,
     pub(crate) lost: AtomicU64,
 }
 
@@ -77,6 +78,8 @@ pub struct WorkerReport {
     pub released: u64,
     /// Workflow runs that suspended to wait (sleep, signal, children).
     pub suspended: u64,
+    /// Attempts that snoozed: rescheduled without spending the attempt.
+    pub snoozed: u64,
     /// Outcomes not written because the lease was lost (reclaimed or cancelled).
     pub lost: u64,
 }
@@ -177,6 +180,7 @@ impl Shared {
             retried: c.retried.load(Ordering::Relaxed),
             released: c.released.load(Ordering::Relaxed),
             suspended: c.suspended.load(Ordering::Relaxed),
+            snoozed: c.snoozed.load(Ordering::Relaxed),
             lost: c.lost.load(Ordering::Relaxed),
         }
     }

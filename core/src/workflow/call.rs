@@ -20,7 +20,10 @@ use tracing::{Instrument, Span};
 /// returned as is, and `?` then retries the whole job, which replays finished calls from
 /// their checkpoints. The call's position is fixed when `call` is invoked, so calls must
 /// be made in a deterministic order; a replay that meets a different task name at a
-/// stored position fails the job with [`Error::NonDeterminism`].
+/// stored position fails the job with [`Error::NonDeterminism`]. A hash of the arguments
+/// is stored with the checkpoint; a replay with other arguments fails the job with
+/// [`Error::ArgumentsChanged`], or, for a task set to [`crate::Determinism::Warn`],
+/// logs it, sends [`crate::Event::NonDeterminism`] and returns the stored result.
 ///
 /// # Errors
 /// The called handler's error; a non-retryable error for an unknown task, arguments that
@@ -53,10 +56,12 @@ where
     async move {
         let args = args?;
         let task = name.clone();
+        let hash = super::args_hash(&args);
         checkpointed(
             &ctx,
             key,
             &name,
+            Some(hash),
             &recorder,
             move |child: JobContext| async move {
                 let handler = child
@@ -71,13 +76,15 @@ where
     .instrument(span)
 }
 
-/// Runs `run` once in the nested scope `key` and checkpoints its outcome under `name`;
-/// on replay returns the recorded outcome without running. Shared by calls and steps;
-/// `span` is the call's or step's span, which gets its `replayed` field here.
+/// Runs `run` once in the nested scope `key` and checkpoints its outcome under `name`
+/// with the call's `args_hash` (none for steps); on replay returns the recorded outcome
+/// without running. Shared by calls and steps; `span` is the call's or step's span,
+/// which gets its `replayed` field here.
 pub(crate) async fn checkpointed<T, F, Fut>(
     ctx: &JobContext,
     key: CheckpointKey,
     name: &str,
+    args_hash: Option<String>,
     span: &Span,
     run: F,
 ) -> Result<T, TaskError>
@@ -86,7 +93,7 @@ where
     F: FnOnce(JobContext) -> Fut,
     Fut: Future<Output = Result<Value, TaskError>>,
 {
-    let recorded = ctx.recorded(&key, name).await?;
+    let recorded = ctx.recorded(&key, name, args_hash.as_deref()).await?;
     span.record("replayed", recorded.is_some());
     let outcome = match recorded {
         Some(outcome) => outcome,
@@ -103,6 +110,7 @@ where
                 name: name.to_string(),
                 outcome: outcome.clone(),
                 created_at: None,
+                args_hash,
             })
             .await
             .map_err(TaskError::from_engine)?;

@@ -125,7 +125,7 @@ impl JobContext {
     ) -> Result<Vec<JobId>, TaskError> {
         let engine = TaskError::from_engine;
         let name = format!("spawn:{task}");
-        if let Some(outcome) = self.recorded(key, &name).await? {
+        if let Some(outcome) = self.recorded(key, &name, None).await? {
             return match outcome {
                 CheckpointOutcome::Ok(v) => serde_json::from_value(v).map_err(|e| {
                     TaskError::no_retry(format!("stored child ids at `{key}` are unreadable: {e}"))
@@ -174,6 +174,7 @@ impl JobContext {
             name,
             outcome: CheckpointOutcome::Ok(json!(ids)),
             created_at: None,
+            args_hash: None,
         })
         .await
         .map_err(engine)?;
@@ -191,7 +192,7 @@ impl JobContext {
     ) -> Result<Vec<ChildResult<Value>>, TaskError> {
         let engine = TaskError::from_engine;
         let name = format!("join:{task}");
-        if let Some(outcome) = self.recorded(key, &name).await? {
+        if let Some(outcome) = self.recorded(key, &name, None).await? {
             return match outcome {
                 CheckpointOutcome::Ok(v) => serde_json::from_value::<Vec<StoredChild>>(v)
                     .map(|list| list.into_iter().map(StoredChild::into_result).collect())
@@ -223,6 +224,7 @@ impl JobContext {
             name,
             outcome: outcome.clone(),
             created_at: None,
+            args_hash: None,
         })
         .await
         .map_err(engine)?;

@@ -127,6 +127,33 @@ impl JobContext {
         }
     }
 
+    /// Reports the job's progress (any serializable value: a percentage, a count, an
+    /// object): stored on the job, replacing the last report, returned by
+    /// [`Queue::get_job`] and [`Queue::job_details`], and sent as
+    /// [`crate::Event::Progress`]. Fenced by the lease, like every write of the attempt.
+    ///
+    /// # Errors
+    /// [`crate::Error::LeaseLost`] once the job was reclaimed or cancelled;
+    /// [`crate::Error::Serialization`]; storage errors.
+    pub async fn progress<P: serde::Serialize + ?Sized>(&self, progress: &P) -> Result<()> {
+        let value = serde_json::to_value(progress)?;
+        let queue = &self.shared.queue;
+        let event = queue.observed().then(|| value.clone());
+        queue
+            .storage()
+            .set_progress(&self.shared.lease, value)
+            .await?;
+        if let Some(progress) = event {
+            queue.emit(crate::Event::Progress {
+                job_id: self.job_id(),
+                task: self.shared.job.task.clone(),
+                attempt: self.attempt(),
+                progress,
+            });
+        }
+        Ok(())
+    }
+
     /// The storage clock's now.
     pub(crate) async fn now(&self) -> Result<DateTime<Utc>> {
         self.shared.queue.storage().now().await
@@ -195,27 +222,69 @@ impl JobContext {
 
     /// The outcome recorded at `key` on an earlier run, checking that it was recorded by
     /// the same call: a different name means the code changed under a running workflow,
-    /// which is a non-determinism error, never a silently wrong result.
+    /// which is a non-determinism error, never a silently wrong result. With
+    /// `args_hash`, a checkpoint that recorded another hash is reported as the job's
+    /// task's [`crate::Determinism`] says; one that recorded none is not checked.
     pub(crate) async fn recorded(
         &self,
         key: &CheckpointKey,
         name: &str,
+        args_hash: Option<&str>,
     ) -> std::result::Result<Option<crate::CheckpointOutcome>, crate::TaskError> {
         let stored = self
             .checkpoint(key)
             .await
             .map_err(crate::TaskError::from_engine)?;
-        match stored {
-            Some(cp) if cp.name != name => Err(crate::TaskError::from_engine(
+        let Some(cp) = stored else {
+            return Ok(None);
+        };
+        if cp.name != name {
+            return Err(crate::TaskError::from_engine(
                 crate::Error::NonDeterminism {
                     job_id: self.job_id(),
                     key: key.to_string(),
                     recorded: cp.name,
                     found: name.to_string(),
                 },
-            )),
-            Some(cp) => Ok(Some(cp.outcome)),
-            None => Ok(None),
+            ));
+        }
+        if let (Some(recorded), Some(found)) = (cp.args_hash.as_deref(), args_hash) {
+            if recorded != found {
+                self.arguments_changed(key, name, recorded, found)?;
+            }
+        }
+        Ok(Some(cp.outcome))
+    }
+
+    /// Reports a replayed call whose arguments changed: an error under
+    /// [`crate::Determinism::Strict`], a warning under `Warn`; an event in both.
+    fn arguments_changed(
+        &self,
+        key: &CheckpointKey,
+        name: &str,
+        recorded: &str,
+        found: &str,
+    ) -> std::result::Result<(), crate::TaskError> {
+        let err = crate::Error::ArgumentsChanged {
+            job_id: self.job_id(),
+            key: key.to_string(),
+            name: name.to_string(),
+            recorded: recorded.to_string(),
+            found: found.to_string(),
+        };
+        let queue = &self.shared.queue;
+        queue.emit(crate::Event::NonDeterminism {
+            job_id: self.job_id(),
+            key: key.to_string(),
+            name: name.to_string(),
+            message: err.to_string(),
+        });
+        match queue.determinism(&self.shared.job.task) {
+            crate::Determinism::Strict => Err(crate::TaskError::from_engine(err)),
+            crate::Determinism::Warn => {
+                tracing::warn!(job_id = self.job_id(), key = %key, name, error = %err, "replaying with changed arguments; returning the stored result");
+                Ok(())
+            }
         }
     }
 

@@ -1,9 +1,10 @@
 //! Durable workflows: the job context, checkpointed calls and steps, durable sleep,
-//! signals, child jobs and versioning.
+//! signals, child jobs, versioning, progress and the determinism of call arguments.
 
 mod call;
 mod children;
 mod context;
+mod determinism;
 mod key;
 mod signal;
 mod sleep;
@@ -13,4 +14,6 @@ mod version;
 pub use call::call;
 pub use children::{ChildResult, FanOut};
 pub use context::JobContext;
+pub(crate) use determinism::args_hash;
+pub use determinism::Determinism;
 pub use key::CheckpointKey;

@@ -72,6 +72,7 @@ impl JobContext {
                 name: signal_name(&name),
                 outcome: CheckpointOutcome::Ok(Value::Array(Vec::new())),
                 created_at: None,
+                args_hash: None,
             })
             .await
             .map_err(engine)?;
@@ -132,6 +133,7 @@ impl JobContext {
                         name: signal_name(&name),
                         outcome: CheckpointOutcome::Ok(Value::Array(taken.clone())),
                         created_at: None,
+                        args_hash: None,
                     };
                     if taken.is_empty() {
                         ctx.save_checkpoint(cp).await.map_err(engine)?;
@@ -151,7 +153,7 @@ impl JobContext {
         key: &CheckpointKey,
         name: &str,
     ) -> Result<Option<Vec<Value>>, TaskError> {
-        let Some(outcome) = self.recorded(key, &signal_name(name)).await? else {
+        let Some(outcome) = self.recorded(key, &signal_name(name), None).await? else {
             return Ok(None);
         };
         match outcome {
@@ -185,6 +187,7 @@ impl JobContext {
                 name: signal_name(name),
                 outcome: CheckpointOutcome::Ok(Value::Array(taken.clone())),
                 created_at: None,
+                args_hash: None,
             })
             .await
             .map_err(TaskError::from_engine)?;
@@ -216,6 +219,7 @@ impl JobContext {
             name: deadline_name(name),
             outcome: CheckpointOutcome::Ok(serde_json::json!(at)),
             created_at: None,
+            args_hash: None,
         })
         .await
         .map_err(engine)?;

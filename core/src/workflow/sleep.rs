@@ -49,7 +49,7 @@ impl JobContext {
         let ctx = self.clone();
         async move {
             let engine = TaskError::from_engine;
-            let wake_at: DateTime<Utc> = match ctx.recorded(&key, SLEEP).await? {
+            let wake_at: DateTime<Utc> = match ctx.recorded(&key, SLEEP, None).await? {
                 Some(CheckpointOutcome::Ok(v)) => serde_json::from_value(v).map_err(|e| {
                     TaskError::no_retry(format!("stored wake time at `{key}` is unreadable: {e}"))
                 })?,
@@ -67,6 +67,7 @@ impl JobContext {
                         name: SLEEP.into(),
                         outcome: CheckpointOutcome::Ok(serde_json::json!(at)),
                         created_at: None,
+                        args_hash: None,
                     })
                     .await
                     .map_err(engine)?;

@@ -40,7 +40,7 @@ impl JobContext {
         let name = name.to_string();
         async move {
             let label = name.clone();
-            checkpointed(&ctx, key, &name, &recorder, move |child| async move {
+            checkpointed(&ctx, key, &name, None, &recorder, move |child| async move {
                 let value = f(child).await?;
                 serde_json::to_value(&value).map_err(|e| {
                     TaskError::no_retry(format!(

@@ -60,6 +60,7 @@ impl JobContext {
                 name: format!("version:{change_id}"),
                 outcome: CheckpointOutcome::Ok(serde_json::json!(v)),
                 created_at: None,
+                args_hash: None,
             })
             .await
             .map_err(engine)?;

@@ -331,6 +331,7 @@ async fn every_checkpoint_write_records_its_time() {
             outcome: CheckpointOutcome::Ok(json!(1)),
             // Ignored on a write.
             created_at: Some(chrono::DateTime::UNIX_EPOCH),
+            args_hash: None,
         },
     )
     .await

@@ -79,6 +79,7 @@ async fn version_one_file_is_upgraded_on_open() {
             name: "step".into(),
             outcome: durable_jobs::CheckpointOutcome::Ok(json!(1)),
             created_at: None,
+            args_hash: None,
         },
     )
     .await
@@ -454,6 +455,7 @@ async fn version_five_file_gains_the_timeline_on_upgrade() {
             name: "next".into(),
             outcome: durable_jobs::CheckpointOutcome::Ok(json!(8)),
             created_at: None,
+            args_hash: None,
         },
     )
     .await
