@@ -211,6 +211,7 @@ pub mod migrate;
 pub mod options;
 
 mod error;
+mod exec;
 mod filter;
 mod operations;
 mod sql;
