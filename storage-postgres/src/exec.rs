@@ -111,7 +111,10 @@ pub(crate) trait Fetch: Sized + Send {
     }
 
     /// Exactly one row (`RowNotFound` otherwise).
-    fn fetch_one_on<'a>(self, db: Db<'a>) -> impl Future<Output = sqlx::Result<Self::Out>> + Send + 'a
+    fn fetch_one_on<'a>(
+        self,
+        db: Db<'a>,
+    ) -> impl Future<Output = sqlx::Result<Self::Out>> + Send + 'a
     where
         Self: 'a,
     {
@@ -138,7 +141,10 @@ pub(crate) trait Exec: Fetch {
         Self: 'c;
 
     /// Runs it; the result counts the rows it affected.
-    fn execute_on<'a>(self, db: Db<'a>) -> impl Future<Output = sqlx::Result<PgQueryResult>> + Send + 'a
+    fn execute_on<'a>(
+        self,
+        db: Db<'a>,
+    ) -> impl Future<Output = sqlx::Result<PgQueryResult>> + Send + 'a
     where
         Self: 'a,
     {

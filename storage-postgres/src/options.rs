@@ -320,9 +320,8 @@ mod tests {
                 ..
             })
         ));
-        let direct = PostgresOptions::new().pgbouncer_transaction_mode(Some(
-            "postgres://postgres@127.0.0.1:5432/postgres",
-        ));
+        let direct = PostgresOptions::new()
+            .pgbouncer_transaction_mode(Some("postgres://postgres@127.0.0.1:5432/postgres"));
         assert!(direct.validate().is_ok() && direct.listens());
         assert!(!PostgresOptions::new()
             .pgbouncer_transaction_mode(None)

@@ -836,11 +836,7 @@ impl Storage for PostgresStorage {
                 .unwrap_or_else(|e| e.into_inner());
             // (Re)start it when missing, or when it died with the runtime it ran on.
             if slot.as_ref().is_none_or(|t| t.is_finished()) {
-                *slot = listen::spawn(
-                    &connect,
-                    self.channel(),
-                    self.inner.wake.clone(),
-                );
+                *slot = listen::spawn(&connect, self.channel(), self.inner.wake.clone());
             }
         }
         Some(self.inner.wake.subscribe())

@@ -108,11 +108,7 @@ fn is_plain(job: &NewJob) -> bool {
 }
 
 /// Inserts `jobs` in one statement, in order (see [`insert_jobs`]).
-async fn insert_bulk(
-    mut conn: Db<'_>,
-    sql: &Sql,
-    jobs: Vec<NewJob>,
-) -> Result<Vec<Enqueued>> {
+async fn insert_bulk(mut conn: Db<'_>, sql: &Sql, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
@@ -234,11 +230,7 @@ async fn insert_bulk(
 }
 
 /// Inserts plain jobs (see [`is_plain`]) with the lean statement; every job is created.
-async fn insert_plain(
-    mut conn: Db<'_>,
-    sql: &Sql,
-    jobs: Vec<NewJob>,
-) -> Result<Vec<Enqueued>> {
+async fn insert_plain(mut conn: Db<'_>, sql: &Sql, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
     let n = jobs.len();
     if let Some(first) = jobs.first() {
         if jobs.iter().all(|j| same_columns(first, j)) {
@@ -304,11 +296,7 @@ fn same_columns(a: &NewJob, b: &NewJob) -> bool {
 }
 
 /// Inserts plain jobs that differ only in their payload (see [`same_columns`]).
-async fn insert_uniform(
-    mut conn: Db<'_>,
-    sql: &Sql,
-    jobs: Vec<NewJob>,
-) -> Result<Vec<Enqueued>> {
+async fn insert_uniform(mut conn: Db<'_>, sql: &Sql, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
     let n = jobs.len();
     let payload = jobs
         .iter()

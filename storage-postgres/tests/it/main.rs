@@ -9,6 +9,7 @@ mod hot_paths;
 mod listen;
 mod migrate;
 mod operations;
+mod pgbouncer;
 mod pool;
 mod sql_api;
 mod sql_worker;
