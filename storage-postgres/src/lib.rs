@@ -207,6 +207,7 @@
 //! each transaction may run on another server connection and no session state survives:
 //! ```no_run
 //! # async fn example() -> durable_jobs::Result<()> {
+//! use durable_jobs::Storage;
 //! use durable_jobs_postgres::{PostgresOptions, PostgresStorage};
 //! let storage = PostgresStorage::connect_with(
 //!     "postgres://app@pgbouncer:6432/app",
