@@ -9,6 +9,7 @@
 //! this crate's one sqlx.
 
 use crate::error::db;
+use crate::exec::{Db, Fetch};
 use crate::storage::job_from_row;
 use chrono::{DateTime, Utc};
 use durable_jobs::{Error, Job, JobFilter, QueueCount, Result};
@@ -18,7 +19,7 @@ use sea_query::{
     SelectStatement, TableRef,
 };
 use sqlx::postgres::{PgArguments, PgRow};
-use sqlx::{AssertSqlSafe, PgPool, Postgres, Row};
+use sqlx::{AssertSqlSafe, Postgres, Row};
 use std::str::FromStr;
 
 /// The listing's page size when the filter sets none (as the trait documents).
@@ -85,13 +86,13 @@ pub(crate) fn counts_query(schema: &str) -> SelectStatement {
 }
 
 /// Jobs matching a filter, by ascending id.
-pub(crate) async fn list_jobs(pool: &PgPool, schema: &str, f: &JobFilter) -> Result<Vec<Job>> {
+pub(crate) async fn list_jobs(pool: Db<'_>, schema: &str, f: &JobFilter) -> Result<Vec<Job>> {
     let rows = fetch(pool, render(list_query(schema, f))?).await?;
     rows.iter().map(job_from_row).collect()
 }
 
 /// Jobs per queue and status, ordered by queue then status.
-pub(crate) async fn counts(pool: &PgPool, schema: &str) -> Result<Vec<QueueCount>> {
+pub(crate) async fn counts(pool: Db<'_>, schema: &str) -> Result<Vec<QueueCount>> {
     let rows = fetch(pool, render(counts_query(schema))?).await?;
     rows.iter()
         .map(|row| {
@@ -116,12 +117,12 @@ fn render(q: SelectStatement) -> Result<(String, Vec<Bind>)> {
 }
 
 /// Runs a rendered query.
-async fn fetch(pool: &PgPool, (sql, binds): (String, Vec<Bind>)) -> Result<Vec<PgRow>> {
+async fn fetch(pool: Db<'_>, (sql, binds): (String, Vec<Bind>)) -> Result<Vec<PgRow>> {
     let mut query = sqlx::query(AssertSqlSafe(sql));
     for value in binds {
         query = value.bind_to(query);
     }
-    query.fetch_all(pool).await.map_err(db)
+    query.fetch_all_on(pool).await.map_err(db)
 }
 
 /// One value to bind, in the Rust type whose PostgreSQL type the column expects.

@@ -201,6 +201,30 @@
 //! the attempt to the job's history and wake a waiting parent on a final write, like the
 //! Rust completion. SQL workers renew no lease: pick a `job_expiry` longer than a run.
 //!
+//! # Behind pgBouncer in transaction mode
+//! With [`PostgresOptions::pgbouncer_transaction_mode`] the storage works through a
+//! connection pooler in transaction mode (pgBouncer's `pool_mode = transaction`), where
+//! each transaction may run on another server connection and no session state survives:
+//! ```no_run
+//! # async fn example() -> durable_jobs::Result<()> {
+//! use durable_jobs::Storage;
+//! use durable_jobs_postgres::{PostgresOptions, PostgresStorage};
+//! let storage = PostgresStorage::connect_with(
+//!     "postgres://app@pgbouncer:6432/app",
+//!     // LISTEN goes to the server itself; `None` leaves other processes polling.
+//!     PostgresOptions::new().pgbouncer_transaction_mode(Some("postgres://app@db:5432/app")),
+//! )
+//! .await?;
+//! storage.migrate().await?;
+//! # Ok(()) }
+//! ```
+//! Every statement then runs without a named prepared statement and inside a
+//! transaction: sqlx sends a statement with parameters as two exchanges (Parse and
+//! Describe, then Bind and Execute), and outside a transaction the pooler may hand the
+//! second to another server connection. The option's rustdoc lists the rest. Tested by
+//! running the conformance suites through a real pgBouncer
+//! ([`testing::PgBouncerHarness`]).
+//!
 //! # Testing
 //! The `testing` feature adds the `testing` module: it finds a server (or starts a throwaway one)
 //! and gives each test its own schema, on a test clock that tests move forward instead of
@@ -211,6 +235,7 @@ pub mod migrate;
 pub mod options;
 
 mod error;
+mod exec;
 mod filter;
 mod operations;
 mod sql;

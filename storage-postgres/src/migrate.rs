@@ -4,6 +4,11 @@
 //! `_sqlx_migrations`). All pending migrations run in one transaction that first takes a
 //! transaction-scoped advisory lock keyed on the schema, so concurrent `migrate()` calls
 //! from many processes apply each migration exactly once.
+//!
+//! Migrating keeps no session state and its statements run unnamed, inside that
+//! transaction, so it works through a connection pooler in transaction mode
+//! (pgBouncer's `pool_mode = transaction`) as well as directly. (It runs rarely: parsing
+//! its few statements each time costs nothing that matters.)
 
 use crate::error::{db, db_context};
 use crate::options::{channel, quote_ident, quote_literal};
@@ -94,6 +99,7 @@ pub async fn run(pool: &PgPool, schema: &str) -> Result<()> {
     let q = quote_ident(schema);
     let mut tx = pool.begin().await.map_err(db)?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .persistent(false)
         .bind(format!("durable_jobs.migrate:{schema}"))
         .execute(&mut *tx)
         .await
@@ -130,6 +136,7 @@ pub async fn run(pool: &PgPool, schema: &str) -> Result<()> {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO {q}.migrations (version, name) VALUES ($1, $2)"
         )))
+        .persistent(false)
         .bind(m.version)
         .bind(m.name)
         .execute(&mut *tx)
@@ -146,6 +153,7 @@ async fn current_version(conn: &mut sqlx::PgConnection, schema: &str) -> Result<
         "SELECT max(version) FROM {}.migrations",
         quote_ident(schema)
     )))
+    .persistent(false)
     .fetch_one(conn)
     .await
     .map_err(db)?;
@@ -153,17 +161,22 @@ async fn current_version(conn: &mut sqlx::PgConnection, schema: &str) -> Result<
 }
 
 /// The applied schema version, or 0 when the schema or its migrations table is missing.
+/// (In a transaction, with unnamed statements, for the reason in the module docs.)
 pub(crate) async fn version(pool: &PgPool, schema: &str) -> Result<i64> {
+    let mut tx = pool.begin().await.map_err(db)?;
     let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .persistent(false)
         .bind(format!("{}.migrations", quote_ident(schema)))
-        .fetch_one(pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(db)?;
-    if !exists {
-        return Ok(0);
-    }
-    let mut conn = pool.acquire().await.map_err(db)?;
-    current_version(&mut conn, schema).await
+    let version = if exists {
+        current_version(&mut tx, schema).await?
+    } else {
+        0
+    };
+    tx.commit().await.map_err(db)?;
+    Ok(version)
 }
 
 #[cfg(test)]

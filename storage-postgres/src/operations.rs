@@ -3,6 +3,7 @@
 //! and flags live in the enqueue and claim statements (`sql.rs`, `tx.rs`).
 
 use crate::error::{db, storage};
+use crate::exec::{Exec, Fetch};
 use crate::sql::render;
 use crate::storage::PostgresStorage;
 use chrono::{DateTime, Utc};
@@ -164,7 +165,7 @@ impl PostgresStorage {
             .bind(name)
             .bind(serde_json::to_string(&definition)?)
             .bind(now)
-            .execute(self.pool())
+            .execute_on(self.db())
             .await
             .map_err(db)?;
         Ok(())
@@ -172,7 +173,7 @@ impl PostgresStorage {
 
     pub(crate) async fn schedule_rows(&self) -> Result<Vec<ScheduleRecord>> {
         let rows = sqlx::query(AssertSqlSafe(self.ops().schedules.clone()))
-            .fetch_all(self.pool())
+            .fetch_all_on(self.db())
             .await
             .map_err(db)?;
         rows.iter()
@@ -193,7 +194,7 @@ impl PostgresStorage {
             sqlx::query(AssertSqlSafe(self.ops().pause_schedule.clone()))
                 .bind(name)
                 .bind(paused)
-                .execute(self.pool())
+                .execute_on(self.db())
                 .await
                 .map_err(db)?
                 .rows_affected()
@@ -205,7 +206,7 @@ impl PostgresStorage {
         Ok(
             sqlx::query(AssertSqlSafe(self.ops().delete_schedule.clone()))
                 .bind(name)
-                .execute(self.pool())
+                .execute_on(self.db())
                 .await
                 .map_err(db)?
                 .rows_affected()
@@ -228,13 +229,13 @@ impl PostgresStorage {
             .bind(name)
             .bind(from)
             .bind(to)
-            .fetch_optional(&mut *tx)
+            .fetch_optional_on(self.on(&mut tx))
             .await
             .map_err(db)?;
         if moved.is_none() {
             return Ok(None);
         }
-        let ids: Vec<JobId> = crate::tx::insert_jobs(&mut tx, self.sql(), jobs)
+        let ids: Vec<JobId> = crate::tx::insert_jobs(self.on(&mut tx), self.sql(), jobs)
             .await?
             .iter()
             .map(|e| e.id)
@@ -243,7 +244,7 @@ impl PostgresStorage {
             sqlx::query(AssertSqlSafe(self.ops().set_last_job.clone()))
                 .bind(name)
                 .bind(last)
-                .execute(&mut *tx)
+                .execute_on(self.on(&mut tx))
                 .await
                 .map_err(db)?;
         }
@@ -265,14 +266,14 @@ impl PostgresStorage {
         for &id in ids {
             let done = sqlx::query(AssertSqlSafe(self.ops().retry_job.clone()))
                 .bind(id)
-                .execute(&mut *tx)
+                .execute_on(self.on(&mut tx))
                 .await
                 .map_err(db)?
                 .rows_affected();
             if done > 0 && !keep_checkpoints {
                 sqlx::query(AssertSqlSafe(self.sql().delete_checkpoints.clone()))
                     .bind(id)
-                    .execute(&mut *tx)
+                    .execute_on(self.on(&mut tx))
                     .await
                     .map_err(db)?;
             }
@@ -293,7 +294,7 @@ impl PostgresStorage {
         let done = sqlx::query(AssertSqlSafe(self.ops().reschedule.clone()))
             .bind(job_id)
             .bind(run_at)
-            .execute(self.pool())
+            .execute_on(self.db())
             .await
             .map_err(db)?
             .rows_affected();
@@ -303,7 +304,7 @@ impl PostgresStorage {
         }
         let exists: bool = sqlx::query_scalar(AssertSqlSafe(self.sql().job_exists.clone()))
             .bind(job_id)
-            .fetch_one(self.pool())
+            .fetch_one_on(self.db())
             .await
             .map_err(db)?;
         if exists {
@@ -326,7 +327,7 @@ impl PostgresStorage {
             .bind(ids)
             .bind(result)
             .bind(error)
-            .execute(self.pool())
+            .execute_on(self.db())
             .await
             .map_err(db)?
             .rows_affected())
@@ -335,7 +336,7 @@ impl PostgresStorage {
     pub(crate) async fn purge_rows(&self, older_than: DateTime<Utc>) -> Result<u64> {
         Ok(sqlx::query(AssertSqlSafe(self.ops().purge.clone()))
             .bind(older_than)
-            .execute(self.pool())
+            .execute_on(self.db())
             .await
             .map_err(db)?
             .rows_affected())
@@ -349,7 +350,7 @@ impl PostgresStorage {
         };
         sqlx::query(AssertSqlSafe(sql.clone()))
             .bind(queue)
-            .execute(self.pool())
+            .execute_on(self.db())
             .await
             .map_err(db)?;
         if !paused {
@@ -360,7 +361,7 @@ impl PostgresStorage {
 
     pub(crate) async fn paused_queue_rows(&self) -> Result<Vec<String>> {
         sqlx::query_scalar(AssertSqlSafe(self.ops().paused_queues.clone()))
-            .fetch_all(self.pool())
+            .fetch_all_on(self.db())
             .await
             .map_err(db)
     }
@@ -374,7 +375,7 @@ impl PostgresStorage {
             .bind(&worker.version)
             .bind(worker.started_at)
             .bind(worker.lease_ms)
-            .execute(self.pool())
+            .execute_on(self.db())
             .await
             .map_err(db)?;
         Ok(())
@@ -383,7 +384,7 @@ impl PostgresStorage {
     pub(crate) async fn touch_worker_row(&self, name: &str) -> Result<bool> {
         Ok(sqlx::query(AssertSqlSafe(self.ops().touch_worker.clone()))
             .bind(name)
-            .execute(self.pool())
+            .execute_on(self.db())
             .await
             .map_err(db)?
             .rows_affected()
@@ -394,7 +395,7 @@ impl PostgresStorage {
         Ok(
             sqlx::query(AssertSqlSafe(self.ops().deregister_worker.clone()))
                 .bind(name)
-                .execute(self.pool())
+                .execute_on(self.db())
                 .await
                 .map_err(db)?
                 .rows_affected()
@@ -404,7 +405,7 @@ impl PostgresStorage {
 
     pub(crate) async fn worker_rows(&self) -> Result<Vec<WorkerRecord>> {
         sqlx::query(AssertSqlSafe(self.ops().list_workers.clone()))
-            .fetch_all(self.pool())
+            .fetch_all_on(self.db())
             .await
             .map_err(db)?
             .iter()
@@ -415,7 +416,7 @@ impl PostgresStorage {
     pub(crate) async fn prune_worker_rows(&self, before: DateTime<Utc>) -> Result<u64> {
         Ok(sqlx::query(AssertSqlSafe(self.ops().prune_workers.clone()))
             .bind(before)
-            .execute(self.pool())
+            .execute_on(self.db())
             .await
             .map_err(db)?
             .rows_affected())
@@ -425,7 +426,7 @@ impl PostgresStorage {
     async fn notify_all(&self) -> Result<()> {
         sqlx::query("SELECT pg_notify($1, '')")
             .bind(self.channel())
-            .execute(self.pool())
+            .execute_on(self.db())
             .await
             .map_err(db)?;
         self.wake_local();

@@ -1,6 +1,8 @@
 //! Options for [`crate::PostgresStorage`]: the schema it lives in and its connection pool.
 
 use durable_jobs::{Error, Result};
+use sqlx::postgres::PgConnectOptions;
+use std::str::FromStr;
 use std::time::Duration;
 
 /// The schema that holds the library's tables when none is set.
@@ -32,6 +34,8 @@ pub struct PostgresOptions {
     pub(crate) acquire_timeout: Duration,
     pub(crate) ping_idle_after: Duration,
     pub(crate) listen: bool,
+    pub(crate) pgbouncer: bool,
+    pub(crate) direct_url: Option<String>,
     #[cfg(feature = "testing")]
     pub(crate) test_clock: bool,
 }
@@ -52,6 +56,8 @@ impl PostgresOptions {
             acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
             ping_idle_after: DEFAULT_PING_IDLE_AFTER,
             listen: true,
+            pgbouncer: false,
+            direct_url: None,
             #[cfg(feature = "testing")]
             test_clock: false,
         }
@@ -109,6 +115,55 @@ impl PostgresOptions {
         self
     }
 
+    /// Runs behind a connection pooler in transaction mode (pgBouncer's
+    /// `pool_mode = transaction`, as most hosted PostgreSQL offers), where each
+    /// transaction may run on another server connection and nothing outlives it:
+    ///
+    /// - every statement runs without a named prepared statement (parsed afresh each
+    ///   time, so sqlx's statement cache is not used) and inside a transaction, which
+    ///   keeps one server connection for both of sqlx's exchanges with the server
+    ///   (one or two more round trips per statement than without this option);
+    /// - no session state is used: migrations lock with a transaction-level advisory
+    ///   lock, settings are `SET LOCAL`, there are no temporary tables;
+    /// - the connection does not send the `extra_float_digits` startup parameter, which
+    ///   pgBouncer refuses unless told to ignore it;
+    /// - LISTEN, which needs a session, goes to `direct_url` (the server itself, bypassing
+    ///   the pooler, e.g. `postgres://app@db-primary:5432/app`); with `None`, workers in
+    ///   other processes notice new jobs by polling (this process's own enqueues still
+    ///   wake its workers at once).
+    ///
+    /// It applies to the pool [`crate::PostgresStorage::connect_with`] opens and to the
+    /// statements the storage runs on a pool given to `from_pool_with` (configure that
+    /// pool without `extra_float_digits` yourself). Statements of your own behind the
+    /// pooler need the same care: `.persistent(false)` inside a transaction. Call
+    /// [`crate::PostgresStorage::enqueue_in_tx`] inside a transaction too. Off by default.
+    ///
+    /// ```
+    /// use durable_jobs_postgres::PostgresOptions;
+    /// let behind_pgbouncer = PostgresOptions::new()
+    ///     .pgbouncer_transaction_mode(Some("postgres://app@db-primary:5432/app"));
+    /// assert!(behind_pgbouncer.validate().is_ok());
+    /// let polling = PostgresOptions::new().pgbouncer_transaction_mode(None);
+    /// assert!(polling.validate().is_ok());
+    /// ```
+    pub fn pgbouncer_transaction_mode(mut self, direct_url: Option<&str>) -> Self {
+        self.pgbouncer = true;
+        self.direct_url = direct_url.map(str::to_string);
+        self
+    }
+
+    /// True when the storage runs behind a transaction-mode pooler
+    /// ([`Self::pgbouncer_transaction_mode`]).
+    pub fn is_pgbouncer_transaction_mode(&self) -> bool {
+        self.pgbouncer
+    }
+
+    /// True when [`durable_jobs::Storage::wakeups`] opens a LISTEN connection: LISTEN is
+    /// on and, behind a transaction-mode pooler, a direct URL was given.
+    pub fn listens(&self) -> bool {
+        self.listen && (!self.pgbouncer || self.direct_url.is_some())
+    }
+
     #[cfg(feature = "testing")]
     pub(crate) fn uses_test_clock(&self) -> bool {
         self.test_clock
@@ -141,6 +196,9 @@ impl PostgresOptions {
                 option: "acquire_timeout",
                 message: "expected a positive duration, found 0".into(),
             });
+        }
+        if let Some(url) = &self.direct_url {
+            direct_connect_options(url)?;
         }
         Ok(())
     }
@@ -181,6 +239,18 @@ pub fn validate_schema(schema: &str) -> Result<()> {
         return bad("`pg_` is reserved by PostgreSQL");
     }
     Ok(())
+}
+
+/// The connect options of a direct URL (see
+/// [`PostgresOptions::pgbouncer_transaction_mode`]).
+///
+/// # Errors
+/// [`Error::InvalidOption`] for `direct_url` when it does not parse.
+pub(crate) fn direct_connect_options(url: &str) -> Result<PgConnectOptions> {
+    PgConnectOptions::from_str(url).map_err(|e| Error::InvalidOption {
+        option: "direct_url",
+        message: format!("expected postgres://user@host:port/database, found an invalid URL: {e}"),
+    })
 }
 
 /// `schema` quoted as an SQL identifier.
@@ -241,6 +311,22 @@ mod tests {
             .acquire_timeout(Duration::ZERO)
             .validate()
             .is_err());
+        assert!(matches!(
+            PostgresOptions::new()
+                .pgbouncer_transaction_mode(Some("not a url"))
+                .validate(),
+            Err(Error::InvalidOption {
+                option: "direct_url",
+                ..
+            })
+        ));
+        let direct = PostgresOptions::new()
+            .pgbouncer_transaction_mode(Some("postgres://postgres@127.0.0.1:5432/postgres"));
+        assert!(direct.validate().is_ok() && direct.listens());
+        assert!(!PostgresOptions::new()
+            .pgbouncer_transaction_mode(None)
+            .listens());
+        assert!(PostgresOptions::new().listens());
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(quote_literal("it's"), "'it''s'");
     }

@@ -1,6 +1,7 @@
 //! [`PostgresStorage`]: the [`Storage`] implementation on PostgreSQL.
 
 use crate::error::{db, db_context, storage};
+use crate::exec::{Db, Exec, Fetch};
 use crate::listen::{self, ListenerTask};
 use crate::migrate;
 use crate::operations::OperationsSql;
@@ -19,7 +20,7 @@ use durable_jobs::{
 };
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{AssertSqlSafe, PgPool, Row};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::atomic::AtomicI64;
@@ -98,6 +99,13 @@ impl PostgresStorage {
                 "expected postgres://user@host:port/database, found an invalid URL: {e}"
             ),
         })?;
+        // pgBouncer refuses startup parameters it does not know unless told to ignore
+        // them; PostgreSQL 12 and later print floats exactly without this one anyway.
+        let connect = if options.pgbouncer {
+            connect.extra_float_digits(None)
+        } else {
+            connect
+        };
         let ping_idle_after = options.ping_idle_after;
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
@@ -167,6 +175,23 @@ impl PostgresStorage {
         &self.inner.pool
     }
 
+    /// Where a statement runs: on the pool, each in a transaction of its own behind a
+    /// transaction-mode pooler (see [`crate::exec`]).
+    pub(crate) fn db(&self) -> Db<'_> {
+        Db::Pool {
+            pool: &self.inner.pool,
+            pooler: self.inner.options.pgbouncer,
+        }
+    }
+
+    /// Where a statement inside a transaction runs: on its connection.
+    pub(crate) fn on<'c>(&self, conn: &'c mut PgConnection) -> Db<'c> {
+        Db::Conn {
+            conn,
+            pooler: self.inner.options.pgbouncer,
+        }
+    }
+
     /// The schema holding the library's tables.
     pub fn schema(&self) -> &str {
         &self.inner.options.schema
@@ -206,9 +231,9 @@ impl PostgresStorage {
     /// subscriber, so storages that never wait hold no LISTEN connection, and again when
     /// it died with the runtime it ran on.
     fn ensure_listener(&self) {
-        if !self.inner.options.listen {
+        let Some(connect) = self.listen_options() else {
             return;
-        }
+        };
         let mut slot = self
             .inner
             .listener
@@ -216,13 +241,28 @@ impl PostgresStorage {
             .unwrap_or_else(|e| e.into_inner());
         if slot.as_ref().is_none_or(|t| t.is_finished()) {
             *slot = listen::spawn(
-                &self.pool().connect_options(),
+                &connect,
                 self.channel(),
                 listen::Counters {
                     wake: self.inner.wake.clone(),
                     finished: self.inner.finished.clone(),
                 },
             );
+        }
+    }
+
+    /// Where the listener connects, when there is one: the pool's server, or behind a
+    /// transaction-mode pooler (where LISTEN would hold a server connection that the
+    /// pooler hands to other clients) the direct URL.
+    fn listen_options(&self) -> Option<PgConnectOptions> {
+        let options = &self.inner.options;
+        if !options.listens() {
+            return None;
+        }
+        match (&options.direct_url, options.pgbouncer) {
+            // Validated when the storage was built.
+            (Some(url), true) => crate::options::direct_connect_options(url).ok(),
+            _ => Some((*self.pool().connect_options()).clone()),
         }
     }
 
@@ -240,7 +280,7 @@ impl PostgresStorage {
         let done = sqlx::query(AssertSqlSafe(sql.clone()))
             .bind(lease.job_id)
             .bind(lease.token)
-            .execute(self.pool())
+            .execute_on(self.db())
             .await
             .map_err(db)?
             .rows_affected();
@@ -344,7 +384,7 @@ impl Storage for PostgresStorage {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(self.inner.options.listen, true, true)
+        Capabilities::new(self.inner.options.listens(), true, true)
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -353,7 +393,7 @@ impl Storage for PostgresStorage {
 
     async fn now(&self) -> Result<DateTime<Utc>> {
         sqlx::query_scalar(AssertSqlSafe(self.sql().now.clone()))
-            .fetch_one(self.pool())
+            .fetch_one_on(self.db())
             .await
             .map_err(db)
     }
@@ -395,15 +435,16 @@ impl Storage for PostgresStorage {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let out = if jobs.iter().any(crate::tx::replaces) {
-            // Several statements: one transaction keeps the batch all-or-nothing.
+        let out = if jobs.iter().any(crate::tx::replaces) || self.inner.options.pgbouncer {
+            // Several statements: one transaction keeps the batch all-or-nothing (and,
+            // behind a transaction-mode pooler, on one server connection).
             let mut tx = self.pool().begin().await.map_err(db)?;
-            let out = crate::tx::insert_jobs(&mut tx, self.sql(), jobs).await?;
+            let out = crate::tx::insert_jobs(self.on(&mut tx), self.sql(), jobs).await?;
             tx.commit().await.map_err(db)?;
             out
         } else {
             let mut conn = self.pool().acquire().await.map_err(db)?;
-            crate::tx::insert_jobs(&mut conn, self.sql(), jobs).await?
+            crate::tx::insert_jobs(self.on(&mut conn), self.sql(), jobs).await?
         };
         // Autocommitted: this process's workers may look now; others get the NOTIFY.
         self.wake_local();
@@ -427,7 +468,7 @@ impl Storage for PostgresStorage {
             .bind(token)
             .bind(micros(params.lease_duration))
             .bind(&params.forbidden_flags)
-            .fetch_all(self.pool())
+            .fetch_all_on(self.db())
             .await
             .map_err(db)?;
         let mut out = Vec::with_capacity(rows.len());
@@ -465,7 +506,7 @@ impl Storage for PostgresStorage {
             .bind(lease.job_id)
             .bind(lease.token)
             .bind(serde_json::to_string(&result)?)
-            .execute(self.pool())
+            .execute_on(self.db())
             .await
             .map_err(db)?
             .rows_affected();
@@ -495,7 +536,7 @@ impl Storage for PostgresStorage {
             .bind(&ids)
             .bind(&tokens)
             .bind(&results)
-            .fetch_all(self.pool())
+            .fetch_all_on(self.db())
             .await
             .map_err(db)?;
         let mut done = HashSet::with_capacity(rows.len());
@@ -531,7 +572,7 @@ impl Storage for PostgresStorage {
                 .bind(lease.token)
                 .bind(failure.error),
         };
-        let done = q.execute(self.pool()).await.map_err(db)?.rows_affected();
+        let done = q.execute_on(self.db()).await.map_err(db)?.rows_affected();
         lease_held(done, lease)
     }
 
@@ -571,7 +612,7 @@ impl Storage for PostgresStorage {
                 .bind(lease.job_id)
                 .bind(lease.token)
                 .bind(micros(extend))
-                .fetch_optional(self.pool())
+                .fetch_optional_on(self.db())
                 .await
                 .map_err(db)?;
         match expires_at {
@@ -599,7 +640,7 @@ impl Storage for PostgresStorage {
             .bind(&ids)
             .bind(&tokens)
             .bind(micros(extend))
-            .fetch_all(self.pool())
+            .fetch_all_on(self.db())
             .await
             .map_err(db)?;
         // Each renewed row, with the token it runs under (a heartbeat leaves it as is).
@@ -626,7 +667,7 @@ impl Storage for PostgresStorage {
 
     async fn release_stale_locks(&self) -> Result<StaleLocks> {
         let rows = sqlx::query(AssertSqlSafe(self.sql().reclaim.clone()))
-            .fetch_all(self.pool())
+            .fetch_all_on(self.db())
             .await
             .map_err(db)?;
         let mut released = Vec::with_capacity(rows.len());
@@ -664,7 +705,7 @@ impl Storage for PostgresStorage {
             .bind(ok)
             .bind(err)
             .bind(checkpoint.args_hash)
-            .execute(self.pool())
+            .execute_on(self.db())
             .await
             .map_err(db)?
             .rows_affected();
@@ -674,7 +715,7 @@ impl Storage for PostgresStorage {
     async fn list_checkpoints(&self, job_id: JobId) -> Result<Vec<Checkpoint>> {
         let rows = sqlx::query(AssertSqlSafe(self.sql().list_checkpoints.clone()))
             .bind(job_id)
-            .fetch_all(self.pool())
+            .fetch_all_on(self.db())
             .await
             .map_err(db)?;
         rows.iter()
@@ -699,7 +740,7 @@ impl Storage for PostgresStorage {
         Ok(
             sqlx::query(AssertSqlSafe(self.sql().delete_checkpoints.clone()))
                 .bind(job_id)
-                .execute(self.pool())
+                .execute_on(self.db())
                 .await
                 .map_err(db)?
                 .rows_affected(),
@@ -709,24 +750,24 @@ impl Storage for PostgresStorage {
     async fn get_job(&self, job_id: JobId) -> Result<Option<Job>> {
         let row = sqlx::query(AssertSqlSafe(self.sql().get_job.clone()))
             .bind(job_id)
-            .fetch_optional(self.pool())
+            .fetch_optional_on(self.db())
             .await
             .map_err(db)?;
         row.as_ref().map(job_from_row).transpose()
     }
 
     async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>> {
-        crate::filter::list_jobs(self.pool(), self.schema(), &filter).await
+        crate::filter::list_jobs(self.db(), self.schema(), &filter).await
     }
 
     async fn counts(&self) -> Result<Vec<QueueCount>> {
-        crate::filter::counts(self.pool(), self.schema()).await
+        crate::filter::counts(self.db(), self.schema()).await
     }
 
     async fn finished_counts(&self, since: DateTime<Utc>) -> Result<Vec<QueueCount>> {
         let rows = sqlx::query(AssertSqlSafe(self.sql().finished_counts.clone()))
             .bind(since)
-            .fetch_all(self.pool())
+            .fetch_all_on(self.db())
             .await
             .map_err(db)?;
         let mut counts = rows
@@ -750,7 +791,7 @@ impl Storage for PostgresStorage {
     async fn list_attempts(&self, job_id: JobId) -> Result<Vec<AttemptRecord>> {
         let rows = sqlx::query(AssertSqlSafe(self.sql().list_attempts.clone()))
             .bind(job_id)
-            .fetch_all(self.pool())
+            .fetch_all_on(self.db())
             .await
             .map_err(db)?;
         rows.iter().map(attempt_from_row).collect()
@@ -759,7 +800,7 @@ impl Storage for PostgresStorage {
     async fn cancel(&self, job_id: JobId) -> Result<bool> {
         let cancelled: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(self.sql().cancel.clone()))
             .bind(job_id)
-            .fetch_all(self.pool())
+            .fetch_all_on(self.db())
             .await
             .map_err(db)?;
         if cancelled.contains(&job_id) {
@@ -767,7 +808,7 @@ impl Storage for PostgresStorage {
         }
         let exists: bool = sqlx::query_scalar(AssertSqlSafe(self.sql().job_exists.clone()))
             .bind(job_id)
-            .fetch_one(self.pool())
+            .fetch_one_on(self.db())
             .await
             .map_err(db)?;
         if exists {

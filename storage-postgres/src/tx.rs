@@ -13,6 +13,7 @@
 //! ```
 
 use crate::error::{db, storage};
+use crate::exec::{Db, Exec, Fetch};
 use crate::sql::Sql;
 use crate::storage::{micros, PostgresStorage};
 use durable_jobs::job::KeyMode;
@@ -23,13 +24,16 @@ use std::collections::HashMap;
 impl PostgresStorage {
     /// Enqueues a job on the caller's connection or transaction (`&mut tx` for a
     /// `sqlx::Transaction`): the job exists only if that transaction commits, and workers
-    /// in every process are woken by the NOTIFY PostgreSQL delivers at commit.
+    /// in every process are woken by the NOTIFY PostgreSQL delivers at commit. Behind a
+    /// transaction-mode pooler
+    /// ([`crate::PostgresOptions::pgbouncer_transaction_mode`]) pass a transaction: its
+    /// statements then run unnamed on the transaction's server connection.
     ///
     /// # Errors
     /// [`durable_jobs::Error::Storage`] when the statement fails (the caller's
     /// transaction is then aborted, as with any failed statement).
     pub async fn enqueue_in_tx(&self, conn: &mut PgConnection, job: NewJob) -> Result<Enqueued> {
-        let mut out = insert_jobs(conn, self.sql(), vec![job]).await?;
+        let mut out = insert_jobs(self.on(conn), self.sql(), vec![job]).await?;
         out.pop()
             .ok_or_else(|| storage(StorageErrorKind::Other, "enqueue returned no row"))
     }
@@ -44,7 +48,7 @@ impl PostgresStorage {
         conn: &mut PgConnection,
         jobs: Vec<NewJob>,
     ) -> Result<Vec<Enqueued>> {
-        insert_jobs(conn, self.sql(), jobs).await
+        insert_jobs(self.on(conn), self.sql(), jobs).await
     }
 }
 
@@ -63,27 +67,27 @@ pub(crate) fn replaces(job: &NewJob) -> bool {
 /// inside a bulk statement maps to its first occurrence; a key held by an unfinished job
 /// maps to that job.
 pub(crate) async fn insert_jobs(
-    conn: &mut PgConnection,
+    mut conn: Db<'_>,
     sql: &Sql,
     jobs: Vec<NewJob>,
 ) -> Result<Vec<Enqueued>> {
     if !jobs.iter().any(replaces) {
-        return insert_bulk(conn, sql, jobs).await;
+        return insert_bulk(conn.re(), sql, jobs).await;
     }
     let mut out = Vec::with_capacity(jobs.len());
     let mut run = Vec::new();
     for job in jobs {
         if replaces(&job) {
             if !run.is_empty() {
-                out.extend(insert_bulk(conn, sql, std::mem::take(&mut run)).await?);
+                out.extend(insert_bulk(conn.re(), sql, std::mem::take(&mut run)).await?);
             }
-            out.push(replace_one(conn, sql, job).await?);
+            out.push(replace_one(conn.re(), sql, job).await?);
         } else {
             run.push(job);
         }
     }
     if !run.is_empty() {
-        out.extend(insert_bulk(conn, sql, run).await?);
+        out.extend(insert_bulk(conn.re(), sql, run).await?);
     }
     Ok(out)
 }
@@ -104,16 +108,12 @@ fn is_plain(job: &NewJob) -> bool {
 }
 
 /// Inserts `jobs` in one statement, in order (see [`insert_jobs`]).
-async fn insert_bulk(
-    conn: &mut PgConnection,
-    sql: &Sql,
-    jobs: Vec<NewJob>,
-) -> Result<Vec<Enqueued>> {
+async fn insert_bulk(mut conn: Db<'_>, sql: &Sql, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
     if jobs.iter().all(is_plain) {
-        return insert_plain(conn, sql, jobs).await;
+        return insert_plain(conn.re(), sql, jobs).await;
     }
     let n = jobs.len();
     let mut task = Vec::with_capacity(n);
@@ -167,7 +167,7 @@ async fn insert_bulk(
         .bind(&flags)
         .bind(&tags)
         .bind(&trace_context)
-        .fetch_all(&mut *conn)
+        .fetch_all_on(conn.re())
         .await
         .map_err(db)?;
     if rows.len() != n {
@@ -196,7 +196,7 @@ async fn insert_bulk(
             .collect();
         let found: HashMap<String, i64> = sqlx::query(AssertSqlSafe(sql.by_dedupe_keys.clone()))
             .bind(&keys)
-            .fetch_all(&mut *conn)
+            .fetch_all_on(conn.re())
             .await
             .map_err(db)?
             .iter()
@@ -230,15 +230,11 @@ async fn insert_bulk(
 }
 
 /// Inserts plain jobs (see [`is_plain`]) with the lean statement; every job is created.
-async fn insert_plain(
-    conn: &mut PgConnection,
-    sql: &Sql,
-    jobs: Vec<NewJob>,
-) -> Result<Vec<Enqueued>> {
+async fn insert_plain(mut conn: Db<'_>, sql: &Sql, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
     let n = jobs.len();
     if let Some(first) = jobs.first() {
         if jobs.iter().all(|j| same_columns(first, j)) {
-            return insert_uniform(conn, sql, jobs).await;
+            return insert_uniform(conn.re(), sql, jobs).await;
         }
     }
     let mut task = Vec::with_capacity(n);
@@ -277,7 +273,7 @@ async fn insert_plain(
         .bind(&parent_id)
         .bind(&serial_key)
         .bind(&trace_context)
-        .fetch_all(&mut *conn)
+        .fetch_all_on(conn.re())
         .await
         .map_err(db)?;
     plain_ids(n, ids)
@@ -300,11 +296,7 @@ fn same_columns(a: &NewJob, b: &NewJob) -> bool {
 }
 
 /// Inserts plain jobs that differ only in their payload (see [`same_columns`]).
-async fn insert_uniform(
-    conn: &mut PgConnection,
-    sql: &Sql,
-    jobs: Vec<NewJob>,
-) -> Result<Vec<Enqueued>> {
+async fn insert_uniform(mut conn: Db<'_>, sql: &Sql, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
     let n = jobs.len();
     let payload = jobs
         .iter()
@@ -325,7 +317,7 @@ async fn insert_uniform(
         .bind(first.parent_id)
         .bind(&first.serial_key)
         .bind(&first.trace_context)
-        .fetch_all(&mut *conn)
+        .fetch_all_on(conn.re())
         .await
         .map_err(db)?;
     plain_ids(n, ids)
@@ -350,7 +342,7 @@ fn plain_ids(n: usize, mut ids: Vec<i64>) -> Result<Vec<Enqueued>> {
 /// Writes one replace-mode keyed job: a claimable holder of the key takes the new
 /// payload and options (and run_at, unless preserved) and keeps its id; a holder that
 /// runs or waits mid-workflow gives up its key and a new job is created.
-async fn replace_one(conn: &mut PgConnection, sql: &Sql, job: NewJob) -> Result<Enqueued> {
+async fn replace_one(mut conn: Db<'_>, sql: &Sql, job: NewJob) -> Result<Enqueued> {
     let payload = serde_json::to_string(&job.payload)?;
     // Twice at most: a holder that is not claimable gives up its key, then the insert
     // meets no conflict (or a claimable job that a racing enqueue just created).
@@ -371,7 +363,7 @@ async fn replace_one(conn: &mut PgConnection, sql: &Sql, job: NewJob) -> Result<
             .bind(&job.tags)
             .bind(job.key_mode == KeyMode::PreserveRunAt)
             .bind(&job.trace_context)
-            .fetch_optional(&mut *conn)
+            .fetch_optional_on(conn.re())
             .await
             .map_err(db)?;
         if let Some(row) = row {
@@ -382,7 +374,7 @@ async fn replace_one(conn: &mut PgConnection, sql: &Sql, job: NewJob) -> Result<
         }
         sqlx::query(AssertSqlSafe(sql.release_key.clone()))
             .bind(&job.dedupe_key)
-            .execute(&mut *conn)
+            .execute_on(conn.re())
             .await
             .map_err(db)?;
     }

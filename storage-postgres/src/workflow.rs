@@ -8,6 +8,7 @@
 //! transaction.
 
 use crate::error::{db, storage};
+use crate::exec::{Exec, Fetch};
 use crate::sql::{render, with_history};
 use crate::storage::PostgresStorage;
 use chrono::{DateTime, Utc};
@@ -190,7 +191,7 @@ impl PostgresStorage {
             .bind(lease.job_id)
             .bind(lease.token)
             .bind(wake_at.unwrap_or_else(far_future))
-            .fetch_optional(self.pool())
+            .fetch_optional_on(self.db())
             .await
             .map_err(db)?;
         match due {
@@ -219,7 +220,7 @@ impl PostgresStorage {
         let held = sqlx::query(AssertSqlSafe(self.wf().hold.clone()))
             .bind(lease.job_id)
             .bind(lease.token)
-            .fetch_optional(&mut *tx)
+            .fetch_optional_on(self.on(&mut tx))
             .await
             .map_err(db)?;
         if held.is_none() {
@@ -232,7 +233,7 @@ impl PostgresStorage {
                 j
             })
             .collect();
-        let ids: Vec<JobId> = crate::tx::insert_jobs(&mut tx, self.sql(), jobs)
+        let ids: Vec<JobId> = crate::tx::insert_jobs(self.on(&mut tx), self.sql(), jobs)
             .await?
             .iter()
             .map(|e| e.id)
@@ -242,7 +243,7 @@ impl PostgresStorage {
             .bind(key)
             .bind(name)
             .bind(serde_json::to_string(&ids)?)
-            .execute(&mut *tx)
+            .execute_on(self.on(&mut tx))
             .await
             .map_err(db)?;
         tx.commit().await.map_err(db)?;
@@ -256,7 +257,7 @@ impl PostgresStorage {
                 .bind(job_id)
                 .bind(name)
                 .bind(serde_json::to_string(&payload)?)
-                .fetch_one(self.pool())
+                .fetch_one_on(self.db())
                 .await
                 .map_err(db)?;
         match status.as_deref() {
@@ -288,7 +289,7 @@ impl PostgresStorage {
             .bind(name)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .bind(key)
-            .fetch_one(self.pool())
+            .fetch_one_on(self.db())
             .await
             .map_err(db)?;
         let held: bool = row.try_get("held").map_err(db)?;
@@ -308,7 +309,7 @@ impl PostgresStorage {
         sqlx::query_scalar(AssertSqlSafe(self.wf().peek_signal.clone()))
             .bind(job_id)
             .bind(name)
-            .fetch_optional(self.pool())
+            .fetch_optional_on(self.db())
             .await
             .map_err(db)
     }
@@ -316,7 +317,7 @@ impl PostgresStorage {
     pub(crate) async fn delete_one_job(&self, job_id: JobId) -> Result<bool> {
         let deleted = sqlx::query(AssertSqlSafe(self.wf().delete_job.clone()))
             .bind(job_id)
-            .execute(self.pool())
+            .execute_on(self.db())
             .await
             .map_err(db)?
             .rows_affected();
@@ -326,7 +327,7 @@ impl PostgresStorage {
         let status: Option<String> =
             sqlx::query_scalar(AssertSqlSafe(self.wf().job_status.clone()))
                 .bind(job_id)
-                .fetch_optional(self.pool())
+                .fetch_optional_on(self.db())
                 .await
                 .map_err(db)?;
         match status {

@@ -32,8 +32,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 mod cluster;
+mod pgbouncer;
 
 pub use cluster::ThrowawayCluster;
+pub use pgbouncer::{
+    shared_pgbouncer, PgBouncer, PgBouncerHarness, PGBOUNCER_PACKAGE, SHARED_POOL_SIZE,
+};
 
 /// The URL tried when `DATABASE_URL` is unset.
 pub const LOCAL_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";

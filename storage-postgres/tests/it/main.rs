@@ -8,6 +8,7 @@ mod graphile_compat;
 mod hot_paths;
 mod listen;
 mod migrate;
+mod pgbouncer;
 mod pool;
 mod sql_api;
 mod sql_worker;
