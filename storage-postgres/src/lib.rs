@@ -213,6 +213,7 @@ pub mod options;
 mod error;
 mod filter;
 mod operations;
+mod retention;
 mod sql;
 mod storage;
 #[cfg(feature = "testing")]

@@ -64,10 +64,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "graphile_compat",
         sql: include_str!("../migrations/008_graphile_compat.sql"),
     },
+    Migration {
+        version: 9,
+        name: "retention_claims",
+        sql: include_str!("../migrations/009_retention_claims.sql"),
+    },
 ];
 
 /// The newest schema version this library knows.
-pub const LATEST_VERSION: i64 = 8;
+pub const LATEST_VERSION: i64 = 9;
 
 /// The name of the schema migration 8 creates next to `schema` for graphile-worker's
 /// SQL API: `schema` followed by `_graphile` (`durable_jobs_graphile` by default).

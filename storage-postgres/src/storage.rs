@@ -5,6 +5,7 @@ use crate::listen::{self, ListenerTask};
 use crate::migrate;
 use crate::operations::OperationsSql;
 use crate::options::{channel, PostgresOptions};
+use crate::retention::RetentionSql;
 use crate::sql::Sql;
 use crate::workflow::WorkflowSql;
 use async_trait::async_trait;
@@ -14,8 +15,8 @@ use durable_jobs::{
     AdvanceScheduleParams, AttemptOutcome, AttemptRecord, Capabilities, Checkpoint,
     CheckpointOutcome, ClaimedJob, Completion, DequeueParams, Enqueued, Error, Failure, Job,
     JobFilter, JobId, JobStatus, Lease, LeaseInfo, ManualOutcome, NewJob, QueueCount, ReleasedJob,
-    Result, ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage, StorageErrorKind,
-    TakeSignalsParams, WorkerRecord,
+    Result, RetentionBatch, RetentionPurged, ScheduleRecord, SpawnChildrenParams, StaleLocks,
+    Storage, StorageErrorKind, TakeSignalsParams, WorkerRecord,
 };
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
@@ -57,6 +58,7 @@ struct Inner {
     sql: Sql,
     wf: WorkflowSql,
     ops: OperationsSql,
+    retention: RetentionSql,
     wake: Arc<watch::Sender<u64>>,
     listener: Mutex<Option<ListenerTask>>,
 }
@@ -145,6 +147,7 @@ impl PostgresStorage {
                 sql: Sql::new(&options.schema, &now),
                 wf: WorkflowSql::new(&options.schema, &now),
                 ops: OperationsSql::new(&options.schema, &now),
+                retention: RetentionSql::new(&options.schema, &now),
                 pool,
                 options,
                 wake: Arc::new(wake),
@@ -191,6 +194,10 @@ impl PostgresStorage {
 
     pub(crate) fn ops(&self) -> &OperationsSql {
         &self.inner.ops
+    }
+
+    pub(crate) fn retention_sql(&self) -> &RetentionSql {
+        &self.inner.retention
     }
 
     /// Wakes this process's idle workers now (other processes hear the NOTIFY).
@@ -754,6 +761,10 @@ impl Storage for PostgresStorage {
 
     async fn purge_finished(&self, older_than: DateTime<Utc>) -> Result<u64> {
         self.purge_rows(older_than).await
+    }
+
+    async fn purge_retained(&self, batch: RetentionBatch) -> Result<RetentionPurged> {
+        self.purge_retained_rows(batch).await
     }
 
     async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<()> {

@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 /// The newest schema version this library knows. A file at a higher version is refused
 /// with [`Error::SchemaTooNew`].
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 struct Migration {
     version: i64,
@@ -49,6 +49,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 6,
         name: "timeline",
         sql: include_str!("../migrations/0006_timeline.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "retention_claims",
+        sql: include_str!("../migrations/0007_retention_claims.sql"),
     },
 ];
 

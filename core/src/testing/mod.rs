@@ -6,6 +6,7 @@ pub mod engine;
 pub mod engine_observability;
 pub mod observability_conformance;
 pub mod operations_conformance;
+pub mod retention_conformance;
 pub mod timeline_conformance;
 pub mod workflow_conformance;
 
@@ -205,6 +206,22 @@ macro_rules! engine_operations_conformance_tests {
             schedules_no_overlap_pause_and_validation,
             serial_keys_run_one_at_a_time_through_the_worker,
             retry_by_hand_keeps_or_drops_checkpoints,
+        );
+    };
+}
+
+/// Expands to one `#[test]` per retention conformance case: the storage's bounded purge
+/// batches per final status, whole workflow trees, racing batches, and a worker's
+/// retention pass, for a [`ConformanceHarness`].
+#[macro_export]
+macro_rules! storage_retention_conformance_tests {
+    ($harness:ty) => {
+        $crate::__conformance_cases!(retention_conformance, $harness;
+            retention_deletes_each_status_after_its_own_retention,
+            retention_batches_are_bounded_and_oldest_first,
+            retention_takes_children_with_their_root,
+            racing_retention_batches_delete_each_job_once,
+            worker_purges_by_its_policy,
         );
     };
 }

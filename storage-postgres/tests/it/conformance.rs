@@ -3,3 +3,4 @@
 use durable_jobs_postgres::testing::PostgresHarness;
 
 durable_jobs::storage_conformance_tests!(PostgresHarness);
+durable_jobs::storage_retention_conformance_tests!(PostgresHarness);
