@@ -140,6 +140,16 @@ pub enum Event {
         /// What differed.
         message: String,
     },
+    /// A retention batch deleted finished jobs (roots and their descendants), counted by
+    /// final status.
+    JobsPurged {
+        /// Completed jobs deleted.
+        completed: u64,
+        /// Failed jobs deleted.
+        failed: u64,
+        /// Cancelled jobs deleted.
+        cancelled: u64,
+    },
     /// A worker started serving its queues.
     WorkerStarted {
         /// The worker's name.
@@ -153,7 +163,7 @@ pub enum Event {
 }
 
 impl Event {
-    /// The job the event is about; `None` for worker events.
+    /// The job the event is about; `None` for worker and retention events.
     pub fn job_id(&self) -> Option<JobId> {
         match self {
             Event::Started { job_id, .. }
@@ -168,7 +178,9 @@ impl Event {
             | Event::Cancelled { job_id }
             | Event::ScheduleFired { job_id, .. } => Some(*job_id),
             Event::BundleFinished { bundle_id, .. } => Some(*bundle_id),
-            Event::WorkerStarted { .. } | Event::WorkerStopped { .. } => None,
+            Event::WorkerStarted { .. }
+            | Event::WorkerStopped { .. }
+            | Event::JobsPurged { .. } => None,
         }
     }
 }

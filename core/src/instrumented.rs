@@ -11,8 +11,8 @@ use crate::error::{Error, Result};
 use crate::job::{Checkpoint, Enqueued, Job, JobId, Lease, NewJob};
 use crate::storage::{
     AdvanceScheduleParams, AttemptRecord, Capabilities, ClaimedJob, Completion, DequeueParams,
-    DynStorage, Failure, JobFilter, ManualOutcome, QueueCount, ScheduleRecord, SpawnChildrenParams,
-    StaleLocks, Storage, TakeSignalsParams, WorkerRecord,
+    DynStorage, Failure, JobFilter, ManualOutcome, QueueCount, RetentionBatch, RetentionPurged,
+    ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage, TakeSignalsParams, WorkerRecord,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -475,6 +475,15 @@ impl Storage for InstrumentedStorage {
     async fn purge_finished(&self, older_than: DateTime<Utc>) -> Result<u64> {
         self.observe("purge_finished", one, self.inner.purge_finished(older_than))
             .await
+    }
+
+    async fn purge_retained(&self, batch: RetentionBatch) -> Result<RetentionPurged> {
+        self.observe(
+            "purge_retained",
+            |p: &RetentionPurged| p.jobs() as usize,
+            self.inner.purge_retained(batch),
+        )
+        .await
     }
 
     async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<()> {

@@ -32,6 +32,10 @@ pub use job::{
     Checkpoint, CheckpointOutcome, Enqueued, Job, JobId, JobStatus, KeyMode, Lease, LeaseInfo,
     NewJob,
 };
+pub use maintenance::retention::{
+    RetentionPolicy, DEFAULT_KEEP_CANCELLED, DEFAULT_KEEP_COMPLETED, DEFAULT_KEEP_FAILED,
+    DEFAULT_RETENTION_BATCH, DEFAULT_RETENTION_INTERVAL,
+};
 pub use manage::{JobDetails, WorkerInfo};
 pub use options::JobOptions;
 pub use queue::{Queue, DEFAULT_MAX_SNOOZES};
@@ -41,7 +45,8 @@ pub use schedule::{CatchUp, Schedule, ScheduleInfo, ScheduleRecord, SchedulerRep
 pub use storage::{
     AdvanceScheduleParams, AttemptOutcome, AttemptRecord, Capabilities, ClaimedJob, Completion,
     DequeueParams, DynStorage, Failure, JobFilter, ManualOutcome, QueueCount, ReleasedJob,
-    SpawnChildrenParams, StaleLocks, Storage, TakeSignalsParams, WorkerQueue, WorkerRecord,
+    RetentionBatch, RetentionPurged, SpawnChildrenParams, StaleLocks, Storage, TakeSignalsParams,
+    WorkerQueue, WorkerRecord,
 };
 pub use task::{NoRetry, RetryAfter, Snooze, Task, TaskError, TaskErrorKind};
 pub use trace::TraceContext;

@@ -15,6 +15,7 @@
 //! | `durable_jobs_job_duration_seconds` | histogram | queue, task |
 //! | `durable_jobs_job_wait_seconds` | histogram | queue, task |
 //! | `durable_jobs_jobs` | gauge | queue, status |
+//! | `durable_jobs_jobs_purged_total` | counter | status |
 //! | `durable_jobs_storage_call_duration_seconds` | histogram | operation |
 //! | `durable_jobs_storage_errors_total` | counter | operation, kind |
 //!
@@ -50,6 +51,8 @@ pub const JOB_DURATION_SECONDS: &str = "durable_jobs_job_duration_seconds";
 pub const JOB_WAIT_SECONDS: &str = "durable_jobs_job_wait_seconds";
 /// Jobs per queue and status, sampled.
 pub const JOBS: &str = "durable_jobs_jobs";
+/// Finished jobs deleted by the retention purge, by final status.
+pub const JOBS_PURGED_TOTAL: &str = "durable_jobs_jobs_purged_total";
 
 /// The metric handles for one queue and task.
 #[derive(Debug)]
@@ -122,6 +125,20 @@ pub(crate) fn job_reclaimed(queue: &str, task: &str, failed: bool) {
 pub(crate) fn job_cancelled(queue: &str, task: &str) {
     metrics::counter!(JOBS_CANCELLED_TOTAL, "queue" => queue.to_string(), "task" => task.to_string())
         .increment(1);
+}
+
+/// Counts finished jobs deleted by a retention batch. Labelled by status only: the
+/// batch deletes whole trees in one statement and does not read their queues.
+pub(crate) fn jobs_purged(purged: &crate::storage::RetentionPurged) {
+    for (status, n) in [
+        ("completed", purged.completed),
+        ("failed", purged.failed),
+        ("cancelled", purged.cancelled),
+    ] {
+        if n > 0 {
+            metrics::counter!(JOBS_PURGED_TOTAL, "status" => status).increment(n);
+        }
+    }
 }
 
 /// Sets the per-queue, per-status gauges from one counts query. Statuses that no

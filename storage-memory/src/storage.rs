@@ -7,8 +7,8 @@ use durable_jobs::{
     AdvanceScheduleParams, Capabilities, Checkpoint, CheckpointOutcome, ClaimedJob, Clock,
     Completion, DequeueParams, Enqueued, Error, Failure, Job, JobFilter, JobId, JobStatus, KeyMode,
     Lease, LeaseInfo, ManualClock, ManualOutcome, NewJob, QueueCount, ReleasedJob, Result,
-    ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage, SystemClock, TakeSignalsParams,
-    WorkerRecord,
+    RetentionBatch, RetentionPurged, ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage,
+    SystemClock, TakeSignalsParams, WorkerRecord,
 };
 use durable_jobs::{AttemptOutcome, AttemptRecord};
 use serde_json::Value;
@@ -409,6 +409,7 @@ impl State {
             }
         }
         self.jobs.remove(&job_id);
+        self.children.remove(&job_id);
         self.checkpoints.remove(&job_id);
         self.attempts.remove(&job_id);
         self.extras.remove(&job_id);
@@ -418,6 +419,65 @@ impl State {
                 kids.retain(|k| *k != job_id);
             }
         }
+    }
+
+    /// One retention batch (see [`Storage::purge_retained`]). The state's mutex is the
+    /// lock: one batch runs at a time, so it is never busy. Memory keeps no index on the
+    /// finish time: the batch scans the finished jobs (a test backend's sizes), and still
+    /// deletes at most `limit` trees, oldest finish first.
+    fn purge_retained(&mut self, batch: RetentionBatch) -> RetentionPurged {
+        let cut = |status: JobStatus| match status {
+            JobStatus::Completed => batch.completed_before,
+            JobStatus::Failed => batch.failed_before,
+            JobStatus::Cancelled => batch.cancelled_before,
+            _ => None,
+        };
+        let mut due: Vec<(DateTime<Utc>, JobId)> = self
+            .jobs
+            .values()
+            .filter(|j| {
+                let root = j.parent_id.is_none_or(|p| !self.jobs.contains_key(&p));
+                let before = cut(j.status);
+                root && matches!((j.completed_at, before), (Some(t), Some(b)) if t < b)
+            })
+            .filter_map(|j| j.completed_at.map(|t| (t, j.id)))
+            .collect();
+        due.sort_unstable();
+        let mut out = RetentionPurged::default();
+        for (_, root) in due {
+            if out.roots as usize >= batch.limit {
+                break;
+            }
+            let Some(tree) = self.finished_tree(root) else {
+                continue;
+            };
+            out.roots += 1;
+            for id in tree {
+                if let Some(job) = self.jobs.get(&id).cloned() {
+                    match job.status {
+                        JobStatus::Completed => out.completed += 1,
+                        JobStatus::Failed => out.failed += 1,
+                        _ => out.cancelled += 1,
+                    }
+                    self.remove_job(&job);
+                }
+            }
+        }
+        out
+    }
+
+    /// A job and all its descendants, or `None` when any of them is unfinished.
+    fn finished_tree(&self, root: JobId) -> Option<Vec<JobId>> {
+        let mut tree = vec![root];
+        let mut i = 0;
+        while let Some(&id) = tree.get(i) {
+            if !self.jobs.get(&id).is_some_and(|j| j.status.is_finished()) {
+                return None;
+            }
+            tree.extend(self.children.get(&id).into_iter().flatten().copied());
+            i += 1;
+        }
+        Some(tree)
     }
 
     /// Wakes a job: due now if waiting or pending, a wake request if running.
@@ -1199,6 +1259,10 @@ impl Storage for MemoryStorage {
             st.remove_job(j);
         }
         Ok(doomed.len() as u64)
+    }
+
+    async fn purge_retained(&self, batch: RetentionBatch) -> Result<RetentionPurged> {
+        Ok(self.lock().purge_retained(batch))
     }
 
     async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<()> {

@@ -238,6 +238,7 @@ mod error;
 mod exec;
 mod filter;
 mod operations;
+mod retention;
 mod sql;
 mod storage;
 #[cfg(feature = "testing")]

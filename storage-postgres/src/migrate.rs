@@ -70,6 +70,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/008_graphile_compat.sql"),
     },
     Migration {
+        version: 9,
+        name: "retention_claims",
+        sql: include_str!("../migrations/009_retention_claims.sql"),
+    },
+    Migration {
         version: 10,
         name: "results_progress",
         sql: include_str!("../migrations/010_results_progress.sql"),

@@ -6,6 +6,7 @@ use crate::listen::{self, ListenerTask};
 use crate::migrate;
 use crate::operations::OperationsSql;
 use crate::options::{channel, PostgresOptions};
+use crate::retention::RetentionSql;
 use crate::sql::Sql;
 use crate::workflow::WorkflowSql;
 use async_trait::async_trait;
@@ -15,8 +16,8 @@ use durable_jobs::{
     AdvanceScheduleParams, AttemptOutcome, AttemptRecord, Capabilities, Checkpoint,
     CheckpointOutcome, ClaimedJob, Completion, DequeueParams, Enqueued, Error, Failure, Job,
     JobFilter, JobId, JobStatus, Lease, LeaseInfo, ManualOutcome, NewJob, QueueCount, ReleasedJob,
-    Result, ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage, StorageErrorKind,
-    TakeSignalsParams, WorkerRecord,
+    Result, RetentionBatch, RetentionPurged, ScheduleRecord, SpawnChildrenParams, StaleLocks,
+    Storage, StorageErrorKind, TakeSignalsParams, WorkerRecord,
 };
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
@@ -59,6 +60,7 @@ struct Inner {
     sql: Sql,
     wf: WorkflowSql,
     ops: OperationsSql,
+    retention: RetentionSql,
     wake: Arc<watch::Sender<u64>>,
     /// Bumped by `finished:<id>` notifications (see `Storage::finishes`).
     finished: Arc<watch::Sender<u64>>,
@@ -160,6 +162,7 @@ impl PostgresStorage {
                 sql: Sql::new(&options.schema, &now),
                 wf: WorkflowSql::new(&options.schema, &now),
                 ops: OperationsSql::new(&options.schema, &now),
+                retention: RetentionSql::new(&options.schema, &now),
                 pool,
                 options,
                 wake: Arc::new(wake),
@@ -264,6 +267,10 @@ impl PostgresStorage {
             (Some(url), true) => crate::options::direct_connect_options(url).ok(),
             _ => Some((*self.pool().connect_options()).clone()),
         }
+    }
+
+    pub(crate) fn retention_sql(&self) -> &RetentionSql {
+        &self.inner.retention
     }
 
     /// Wakes this process's idle workers now (other processes hear the NOTIFY).
@@ -884,6 +891,10 @@ impl Storage for PostgresStorage {
 
     async fn purge_finished(&self, older_than: DateTime<Utc>) -> Result<u64> {
         self.purge_rows(older_than).await
+    }
+
+    async fn purge_retained(&self, batch: RetentionBatch) -> Result<RetentionPurged> {
+        self.purge_retained_rows(batch).await
     }
 
     async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<()> {

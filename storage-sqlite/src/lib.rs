@@ -132,6 +132,7 @@ mod operations;
 mod options;
 mod query;
 mod reader;
+mod retention;
 mod storage;
 mod watch;
 mod workers;

@@ -51,6 +51,11 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0006_timeline.sql"),
     },
     Migration {
+        version: 7,
+        name: "retention_claims",
+        sql: include_str!("../migrations/0007_retention_claims.sql"),
+    },
+    Migration {
         version: 8,
         name: "results_progress",
         sql: include_str!("../migrations/0008_results_progress.sql"),

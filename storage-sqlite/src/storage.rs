@@ -7,6 +7,7 @@ use crate::operations;
 use crate::options::SqliteOptions;
 use crate::query::{self, micros};
 use crate::reader::Readers;
+use crate::retention;
 use crate::watch::Watcher;
 use crate::workers;
 use crate::workflow;
@@ -17,8 +18,8 @@ use durable_jobs::job::new_lease_token;
 use durable_jobs::{
     AdvanceScheduleParams, AttemptRecord, Capabilities, Checkpoint, ClaimedJob, Clock, Completion,
     DequeueParams, Enqueued, Failure, Job, JobFilter, JobId, Lease, ManualOutcome, NewJob,
-    QueueCount, Result, ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage,
-    TakeSignalsParams, WorkerRecord,
+    QueueCount, Result, RetentionBatch, RetentionPurged, ScheduleRecord, SpawnChildrenParams,
+    StaleLocks, Storage, TakeSignalsParams, WorkerRecord,
 };
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
@@ -725,6 +726,11 @@ impl Storage for SqliteStorage {
     async fn purge_finished(&self, older_than: DateTime<Utc>) -> Result<u64> {
         let cutoff = query::micros(older_than);
         self.write(move |c| operations::purge_finished(c, cutoff))
+            .await
+    }
+
+    async fn purge_retained(&self, batch: RetentionBatch) -> Result<RetentionPurged> {
+        self.write(move |c| retention::purge_retained(c, batch))
             .await
     }
 

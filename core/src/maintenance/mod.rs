@@ -2,4 +2,5 @@
 
 pub(crate) mod lease_sweeper;
 pub(crate) mod metrics_sampler;
+pub(crate) mod retention;
 pub(crate) mod scheduler;

@@ -17,6 +17,7 @@ pub use params::{
     AdvanceScheduleParams, ClaimedJob, Completion, DequeueParams, Failure, JobFilter,
     ManualOutcome, QueueCount, ReleasedJob, SpawnChildrenParams, StaleLocks, TakeSignalsParams,
 };
+pub use params::{RetentionBatch, RetentionPurged};
 pub use record::{AttemptOutcome, AttemptRecord, ScheduleRecord, WorkerQueue, WorkerRecord};
 
 use crate::error::Result;
@@ -316,6 +317,18 @@ pub trait Storage: Send + Sync + 'static {
     /// Deletes finished jobs (completed, failed, cancelled) that finished before
     /// `older_than`, with their checkpoints and signals. Returns how many.
     async fn purge_finished(&self, older_than: DateTime<Utc>) -> Result<u64>;
+
+    // ----- Operations: retention (the automatic purge) -----
+
+    /// One bounded batch of the retention purge. Deletes up to `batch.limit` root jobs
+    /// (jobs without a parent, or whose parent is gone) whose final status has a cut-off
+    /// and that finished before it, oldest finish first, each with all its descendants,
+    /// checkpoints, signals and attempt history. A tree with any unfinished descendant
+    /// is kept whole, and a child is never deleted on its own while its root exists. The
+    /// batch runs under a lock shared by every process using this storage (taken inside
+    /// the batch's transaction); when another batch holds it, nothing is deleted and the
+    /// result says `busy`.
+    async fn purge_retained(&self, batch: RetentionBatch) -> Result<RetentionPurged>;
 
     /// Pauses or resumes a queue: nothing is claimed from a paused queue.
     async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<()>;

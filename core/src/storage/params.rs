@@ -164,3 +164,42 @@ impl StaleLocks {
         self.released.len() as u64 + self.parents_woken
     }
 }
+
+/// One bounded batch of the retention purge ([`super::Storage::purge_retained`]): the
+/// finish-time cut-off per final status (`None` keeps that status forever) and the most
+/// workflow trees (a root job with its descendants) deleted in one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionBatch {
+    /// Completed jobs that finished before this go.
+    pub completed_before: Option<DateTime<Utc>>,
+    /// Failed jobs that finished before this go.
+    pub failed_before: Option<DateTime<Utc>>,
+    /// Cancelled jobs that finished before this go.
+    pub cancelled_before: Option<DateTime<Utc>>,
+    /// The most root jobs (each with its descendants) deleted by this batch.
+    pub limit: usize,
+}
+
+/// What one retention batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionPurged {
+    /// True when another process held the retention lock: nothing was deleted, and the
+    /// caller tries again at its next interval.
+    pub busy: bool,
+    /// Root jobs deleted (each with its descendants). Below the batch limit means no
+    /// more jobs were due for deletion when the batch ran.
+    pub roots: u64,
+    /// Completed jobs deleted, roots and descendants.
+    pub completed: u64,
+    /// Failed jobs deleted, roots and descendants.
+    pub failed: u64,
+    /// Cancelled jobs deleted, roots and descendants.
+    pub cancelled: u64,
+}
+
+impl RetentionPurged {
+    /// Every job deleted, roots and descendants.
+    pub fn jobs(&self) -> u64 {
+        self.completed + self.failed + self.cancelled
+    }
+}

@@ -17,6 +17,7 @@ pub mod observability_conformance;
 pub mod operations_conformance;
 pub mod progress_conformance;
 pub mod results_conformance;
+pub mod retention_conformance;
 pub mod snooze_conformance;
 mod support;
 pub mod timeline_conformance;
@@ -272,6 +273,13 @@ macro_rules! conformance_tests {
             changed_arguments_fail_a_strict_replay,
             changed_arguments_warn_and_keep_the_stored_result,
             checkpoints_without_a_hash_are_not_checked,
+        );
+        $crate::__conformance_cases!(retention_conformance, $harness;
+            retention_deletes_each_status_after_its_own_retention,
+            retention_batches_are_bounded_and_oldest_first,
+            retention_takes_children_with_their_root,
+            racing_retention_batches_delete_each_job_once,
+            worker_purges_by_its_policy,
         );
     };
 }

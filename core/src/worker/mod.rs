@@ -23,7 +23,7 @@ pub use shared::WorkerReport;
 
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::maintenance::{lease_sweeper, metrics_sampler, scheduler};
+use crate::maintenance::{lease_sweeper, metrics_sampler, retention, scheduler};
 use crate::queue::Queue;
 use health::HealthState;
 use shared::Shared;
@@ -189,6 +189,7 @@ impl Worker {
         if self.opts.scheduler {
             scheduler::pass(&shared).await;
         }
+        retention::pass(&shared).await;
         let handles = self.spawn_tasks(&shared);
         let mut shutdown = self.shutdown.subscribe();
         loop {
@@ -245,6 +246,8 @@ impl Worker {
                 .opts
                 .scheduler
                 .then(|| tokio::spawn(scheduler::run_scheduler(shared.clone()))),
+            retention: (!self.opts.retention.keeps_everything())
+                .then(|| tokio::spawn(retention::run_retention(shared.clone()))),
         }
     }
 
@@ -268,6 +271,7 @@ impl Worker {
             .into_iter()
             .chain(tasks.scheduler)
             .chain(tasks.metrics)
+            .chain(tasks.retention)
         {
             let _ = t.await;
         }
@@ -296,6 +300,7 @@ struct Tasks {
     sweeper: tokio::task::JoinHandle<()>,
     scheduler: Option<tokio::task::JoinHandle<()>>,
     metrics: Option<tokio::task::JoinHandle<()>>,
+    retention: Option<tokio::task::JoinHandle<()>>,
 }
 
 async fn shutdown_signal() {

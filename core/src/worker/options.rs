@@ -3,6 +3,9 @@
 use super::timer::TimerClock;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
+use crate::maintenance::retention::{
+    RetentionPolicy, DEFAULT_RETENTION_BATCH, DEFAULT_RETENTION_INTERVAL,
+};
 use crate::options::validate_queue_name;
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,6 +78,9 @@ pub struct WorkerOptions {
     pub(crate) metrics_interval: Duration,
     pub(crate) worker_retention: Duration,
     pub(crate) clock: TimerClock,
+    pub(crate) retention: RetentionPolicy,
+    pub(crate) retention_interval: Duration,
+    pub(crate) retention_batch: usize,
 }
 
 impl Default for WorkerOptions {
@@ -98,6 +104,9 @@ impl Default for WorkerOptions {
             metrics_interval: DEFAULT_METRICS_INTERVAL,
             worker_retention: DEFAULT_WORKER_RETENTION,
             clock: TimerClock::default(),
+            retention: RetentionPolicy::default(),
+            retention_interval: DEFAULT_RETENTION_INTERVAL,
+            retention_batch: DEFAULT_RETENTION_BATCH,
         }
     }
 }
@@ -241,6 +250,28 @@ impl WorkerOptions {
         self
     }
 
+    /// How long finished jobs are kept, per final status, before this worker's retention
+    /// purge deletes them. Defaults to [`RetentionPolicy::default`] (completed and
+    /// cancelled 1 day, failed 7 days); [`RetentionPolicy::keep_forever`] turns it off.
+    pub fn retention(mut self, policy: RetentionPolicy) -> Self {
+        self.retention = policy;
+        self
+    }
+
+    /// How often this worker runs the retention purge. Defaults to
+    /// [`DEFAULT_RETENTION_INTERVAL`].
+    pub fn retention_interval(mut self, every: Duration) -> Self {
+        self.retention_interval = every;
+        self
+    }
+
+    /// The most workflow trees one retention batch deletes. Defaults to
+    /// [`DEFAULT_RETENTION_BATCH`].
+    pub fn retention_batch(mut self, n: usize) -> Self {
+        self.retention_batch = n;
+        self
+    }
+
     pub(crate) fn validate(mut self) -> Result<Self> {
         if self.queues.is_empty() {
             self.queues.push(QueueConfig {
@@ -271,6 +302,7 @@ impl WorkerOptions {
             ("lease_duration", self.lease_duration),
             ("sweep_interval", self.sweep_interval),
             ("scheduler_interval", self.scheduler_interval),
+            ("retention_interval", self.retention_interval),
         ];
         for (name, d) in positive {
             if d.is_zero() {
@@ -295,6 +327,7 @@ impl WorkerOptions {
             || self.max_claim_batch == 0
             || self.completion_writers == 0
             || self.claims_in_flight == 0
+            || self.retention_batch == 0
         {
             return Err(invalid("batch", "batch sizes must be at least 1".into()));
         }
