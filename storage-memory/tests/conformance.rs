@@ -35,3 +35,6 @@ durable_jobs::storage_workflow_conformance_tests!(Memory);
 durable_jobs::engine_conformance_tests!(Memory);
 durable_jobs::storage_operations_conformance_tests!(Memory);
 durable_jobs::engine_operations_conformance_tests!(Memory);
+
+// Paused time: in-process storage waits on nothing outside the runtime.
+durable_jobs::simulation_tests!(Memory, seeds = 300, paused_time = true);

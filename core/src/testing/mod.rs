@@ -4,8 +4,10 @@
 pub mod conformance;
 pub mod engine;
 pub mod engine_observability;
+pub mod fault;
 pub mod observability_conformance;
 pub mod operations_conformance;
+pub mod simulation;
 pub mod timeline_conformance;
 pub mod workflow_conformance;
 
