@@ -54,6 +54,17 @@ pub(crate) async fn run<H: ConformanceHarness>(
     let client = Queue::new(storage.clone());
     scenario::register(&client, shared);
     let mut rec = Record::default();
+    // The application enqueues through failing storage too: an error after the write
+    // committed makes it enqueue again (a dedupe key keeps that to one job).
+    let producer_plan = FaultPlan::new(rng.next_u64())
+        .error_before(rng.below(80) as u32)?
+        .error_after(rng.below(80) as u32)?;
+    let producer = Queue::new(Arc::new(
+        FaultStorage::new(storage.clone(), producer_plan)
+            .with_log(shared.log.clone())
+            .with_owner("producer"),
+    ));
+    scenario::register(&producer, shared);
     if scenario.schedule {
         let every = Schedule::every(TICK_PERIOD)
             .task(TICK_TASK, &serde_json::json!({}))
@@ -70,7 +81,7 @@ pub(crate) async fn run<H: ConformanceHarness>(
         .pause(rng.below(20) as u32)?;
     let (pause_tx, mut pause_rx) = mpsc::unbounded_channel::<PausedCall>();
     for round in 0..scenario.rounds {
-        act(&client, &scenario, round, &mut rec).await?;
+        act(&client, &producer, &scenario, round, &mut rec).await?;
         let workers = rng.range(1, 2);
         let mut set = Vec::new();
         for i in 0..workers {
@@ -97,13 +108,16 @@ pub(crate) async fn run<H: ConformanceHarness>(
 /// The driver's actions of one round: enqueue, signal, cancel.
 async fn act(
     client: &Queue,
+    producer: &Queue,
     scenario: &Scenario,
     round: usize,
     rec: &mut Record,
 ) -> crate::Result<()> {
-    for item in scenario.items.iter().filter(|i| i.round == round) {
-        let id = enqueue(client, item).await?;
-        rec.enqueued.push((item.clone(), id));
+    for (n, item) in scenario.items.iter().enumerate() {
+        if item.round == round {
+            let id = enqueue_retrying(producer, n, item).await?;
+            rec.enqueued.push((item.clone(), id));
+        }
     }
     send_signals(client, rec, |item| item.signal_round == round).await?;
     let cancels: Vec<JobId> = rec
@@ -120,8 +134,24 @@ async fn act(
     Ok(())
 }
 
-async fn enqueue(client: &Queue, item: &Item) -> crate::Result<JobId> {
-    let opts = || JobOptions::new().retries(ATTEMPTS);
+/// Enqueues an item as an application would through a flaky connection: again on a
+/// transient error.
+async fn enqueue_retrying(producer: &Queue, n: usize, item: &Item) -> crate::Result<JobId> {
+    let mut tries = 0;
+    loop {
+        match enqueue(producer, n, item).await {
+            Err(e) if e.is_transient() && tries < 50 => tries += 1,
+            other => return other,
+        }
+    }
+}
+
+async fn enqueue(client: &Queue, n: usize, item: &Item) -> crate::Result<JobId> {
+    let opts = || {
+        JobOptions::new()
+            .retries(ATTEMPTS)
+            .dedupe_key(format!("item-{n}"))
+    };
     match &item.kind {
         Kind::Plain(p) => client.enqueue_raw("sim.plain", serde_json::to_value(p)?, opts()).await,
         Kind::Doomed => {
@@ -133,7 +163,7 @@ async fn enqueue(client: &Queue, item: &Item) -> crate::Result<JobId> {
         Kind::Bundle(members) => {
             let items = members
                 .iter()
-                .map(|p| BundleItem::new("sim.plain", p, opts()))
+                .map(|p| BundleItem::new("sim.plain", p, JobOptions::new().retries(ATTEMPTS)))
                 .collect();
             client.enqueue_bundle(items, BundleOptions::new()).await
         }
