@@ -7,8 +7,7 @@ use super::scenario::{self, Item, Kind, Scenario, Shared, ATTEMPTS, TICK_PERIOD,
 use crate::testing::fault::{FaultPlan, FaultStorage, PausedCall};
 use crate::testing::ConformanceHarness;
 use crate::{
-    BundleItem, BundleOptions, CatchUp, JobId, JobOptions, Queue, Schedule, Worker,
-    WorkerOptions,
+    BundleItem, BundleOptions, CatchUp, JobId, JobOptions, Queue, Schedule, Worker, WorkerOptions,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -153,13 +152,21 @@ async fn enqueue(client: &Queue, n: usize, item: &Item) -> crate::Result<JobId> 
             .dedupe_key(format!("item-{n}"))
     };
     match &item.kind {
-        Kind::Plain(p) => client.enqueue_raw("sim.plain", serde_json::to_value(p)?, opts()).await,
+        Kind::Plain(p) => {
+            client
+                .enqueue_raw("sim.plain", serde_json::to_value(p)?, opts())
+                .await
+        }
         Kind::Doomed => {
             client
                 .enqueue_raw("sim.doomed", serde_json::Value::Null, opts())
                 .await
         }
-        Kind::Flow(ops) => client.enqueue_raw("sim.flow", serde_json::to_value(ops)?, opts()).await,
+        Kind::Flow(ops) => {
+            client
+                .enqueue_raw("sim.flow", serde_json::to_value(ops)?, opts())
+                .await
+        }
         Kind::Bundle(members) => {
             let items = members
                 .iter()

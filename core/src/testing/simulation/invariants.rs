@@ -108,9 +108,7 @@ fn outcomes(rec: &Record, by_id: &HashMap<JobId, &Job>, v: &mut Vec<String>) {
                 j.task, j.status, j.last_error
             ));
         }
-        if want == JobStatus::Failed
-            && !j.last_error.as_deref().unwrap_or("").contains("doomed")
-        {
+        if want == JobStatus::Failed && !j.last_error.as_deref().unwrap_or("").contains("doomed") {
             v.push(format!(
                 "job {id} failed with {:?}, not its own error",
                 j.last_error
@@ -162,7 +160,9 @@ fn parents(
             .flatten()
             .filter(|c| c.name.starts_with("spawn:"))
             .filter_map(|c| match &c.outcome {
-                CheckpointOutcome::Ok(ids) => serde_json::from_value::<Vec<JobId>>(ids.clone()).ok(),
+                CheckpointOutcome::Ok(ids) => {
+                    serde_json::from_value::<Vec<JobId>>(ids.clone()).ok()
+                }
                 _ => None,
             })
             .flatten()
@@ -216,7 +216,10 @@ fn reruns(
     let mut completed: HashMap<JobId, u64> = HashMap::new();
     for r in records.iter().filter(|r| r.backend_ok) {
         for (job, key) in &r.checkpoints {
-            commits.entry((*job, key.as_str())).or_default().push((r.started, r.ended));
+            commits
+                .entry((*job, key.as_str()))
+                .or_default()
+                .push((r.started, r.ended));
         }
         if r.call == "complete" || r.call == "complete_many" {
             for w in r.writes.iter().filter(|w| w.accepted) {
@@ -234,7 +237,16 @@ fn reruns(
     for e in execs {
         if e.key.is_empty() {
             if completed.get(&e.job_id).is_some_and(|&end| end < e.seq) {
-                v.push(format!("job {}: its handler started again after its completion committed", e.job_id));
+                // A handler that starts under a lease already replaced (a worker that
+                // held a claimed job while stopped) is a zombie, refused at its writes.
+                if replaced_before(claims, e.job_id, e.token, e.seq) {
+                    obs.zombie_runs += 1;
+                } else {
+                    v.push(format!(
+                        "job {}: its handler started again after its completion committed",
+                        e.job_id
+                    ));
+                }
             }
             continue;
         }
@@ -262,14 +274,18 @@ fn one_final_write(records: &[CallRecord], v: &mut Vec<String>) {
     let mut per_job: HashMap<JobId, u32> = HashMap::new();
     for r in records.iter().filter(|r| FINAL_WRITES.contains(&r.call)) {
         for w in r.writes.iter().filter(|w| w.accepted) {
-            *per_lease.entry((w.lease.job_id, w.lease.token)).or_default() += 1;
+            *per_lease
+                .entry((w.lease.job_id, w.lease.token))
+                .or_default() += 1;
             if r.call.starts_with("complete") {
                 *per_job.entry(w.lease.job_id).or_default() += 1;
             }
         }
     }
     for ((job, token), n) in per_lease.into_iter().filter(|(_, n)| *n > 1) {
-        v.push(format!("job {job}: {n} final writes accepted under lease {token}"));
+        v.push(format!(
+            "job {job}: {n} final writes accepted under lease {token}"
+        ));
     }
     for (job, n) in per_job.into_iter().filter(|(_, n)| *n > 1) {
         v.push(format!("job {job}: {n} completions accepted"));
@@ -282,7 +298,9 @@ fn no_stale_writes(records: &[CallRecord], claims: &Claims, v: &mut Vec<String>)
     let mut ended: HashMap<(JobId, i64), u64> = HashMap::new();
     for r in records.iter().filter(|r| FINAL_WRITES.contains(&r.call)) {
         for w in r.writes.iter().filter(|w| w.accepted) {
-            let e = ended.entry((w.lease.job_id, w.lease.token)).or_insert(r.ended);
+            let e = ended
+                .entry((w.lease.job_id, w.lease.token))
+                .or_insert(r.ended);
             *e = (*e).min(r.ended);
         }
     }
@@ -323,7 +341,11 @@ fn ticks(jobs: &[Job], v: &mut Vec<String>) {
     let period = chrono::Duration::seconds(TICK_PERIOD.as_secs() as i64);
     for w in parsed.windows(2) {
         if w[1] - w[0] != period {
-            let what = if w[1] == w[0] { "fired twice" } else { "skipped after" };
+            let what = if w[1] == w[0] {
+                "fired twice"
+            } else {
+                "skipped after"
+            };
             v.push(format!("schedule tick {} {what}", w[0]));
         }
     }

@@ -121,7 +121,9 @@ pub fn run_seed<H: ConformanceHarness>(
     if options.paused_time {
         builder.start_paused(true);
     }
-    let rt = builder.build().expect("build a tokio runtime for the simulation");
+    let rt = builder
+        .build()
+        .expect("build a tokio runtime for the simulation");
     rt.block_on(async {
         let h = H::setup().await;
         let shared = Arc::new(scenario::Shared::default());

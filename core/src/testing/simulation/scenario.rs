@@ -51,10 +51,7 @@ impl Shared {
     }
 
     pub(crate) fn execs(&self) -> Vec<Exec> {
-        self.execs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.execs.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 

@@ -34,8 +34,8 @@ use crate::error::{Error, Result, StorageError, StorageErrorKind};
 use crate::job::{Checkpoint, Enqueued, Job, JobId, Lease, NewJob};
 use crate::storage::{
     AdvanceScheduleParams, AttemptRecord, Capabilities, ClaimedJob, Completion, DequeueParams,
-    DynStorage, Failure, JobFilter, ManualOutcome, QueueCount, ScheduleRecord,
-    SpawnChildrenParams, StaleLocks, Storage, TakeSignalsParams, WorkerRecord,
+    DynStorage, Failure, JobFilter, ManualOutcome, QueueCount, ScheduleRecord, SpawnChildrenParams,
+    StaleLocks, Storage, TakeSignalsParams, WorkerRecord,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -623,7 +623,8 @@ impl Storage for FaultStorage {
     }
 
     async fn delete_job(&self, job_id: JobId) -> Result<bool> {
-        self.write("delete_job", self.inner.delete_job(job_id)).await
+        self.write("delete_job", self.inner.delete_job(job_id))
+            .await
     }
 
     async fn dequeue(&self, params: DequeueParams) -> Result<Vec<ClaimedJob>> {
@@ -640,8 +641,13 @@ impl Storage for FaultStorage {
     }
 
     async fn complete(&self, lease: &Lease, result: Value) -> Result<()> {
-        self.fenced("complete", lease, Vec::new(), self.inner.complete(lease, result))
-            .await
+        self.fenced(
+            "complete",
+            lease,
+            Vec::new(),
+            self.inner.complete(lease, result),
+        )
+        .await
     }
 
     async fn complete_many(&self, items: Vec<Completion>) -> Result<Vec<Result<()>>> {
@@ -724,23 +730,30 @@ impl Storage for FaultStorage {
     }
 
     async fn suspend(&self, lease: &Lease, wake_at: Option<DateTime<Utc>>) -> Result<()> {
-        self.fenced("suspend", lease, Vec::new(), self.inner.suspend(lease, wake_at))
-            .await
+        self.fenced(
+            "suspend",
+            lease,
+            Vec::new(),
+            self.inner.suspend(lease, wake_at),
+        )
+        .await
     }
 
     async fn spawn_children(&self, params: SpawnChildrenParams<'_>) -> Result<Vec<JobId>> {
         let lease = params.lease.clone();
         let key = vec![params.key.to_string()];
-        self.fenced("spawn_children", &lease, key, self.inner.spawn_children(params))
-            .await
+        self.fenced(
+            "spawn_children",
+            &lease,
+            key,
+            self.inner.spawn_children(params),
+        )
+        .await
     }
 
     async fn send_signal(&self, job_id: JobId, name: &str, payload: Value) -> Result<()> {
-        self.write(
-            "send_signal",
-            self.inner.send_signal(job_id, name, payload),
-        )
-        .await
+        self.write("send_signal", self.inner.send_signal(job_id, name, payload))
+            .await
     }
 
     async fn take_signals(&self, params: TakeSignalsParams<'_>) -> Result<Vec<Value>> {
@@ -810,11 +823,8 @@ impl Storage for FaultStorage {
     }
 
     async fn retry_jobs(&self, ids: &[JobId], keep_checkpoints: bool) -> Result<u64> {
-        self.write(
-            "retry_jobs",
-            self.inner.retry_jobs(ids, keep_checkpoints),
-        )
-        .await
+        self.write("retry_jobs", self.inner.retry_jobs(ids, keep_checkpoints))
+            .await
     }
 
     async fn reschedule_job(&self, job_id: JobId, run_at: DateTime<Utc>) -> Result<bool> {
