@@ -38,3 +38,4 @@ durable_jobs::engine_operations_conformance_tests!(Memory);
 
 // Paused time: in-process storage waits on nothing outside the runtime.
 durable_jobs::simulation_tests!(Memory, seeds = 300, paused_time = true);
+durable_jobs::fault_conformance_tests!(Memory);

@@ -4,30 +4,33 @@
 //! the lease meanwhile), and crashes: after the crash point every call fails, as if the
 //! process had died between two storage calls.
 //!
-//! Wrap any [`DynStorage`] and give the wrapper to the worker under test, keeping the
-//! backend itself for assertions:
+//! Wrap any [`DynStorage`] and give the wrapper to the worker under test
+//! (`Queue::new(Arc::new(faulty))`), keeping the backend itself for assertions. A
+//! [`FaultLog`] shared by several wrappers records every call on one sequence: what was
+//! injected, what the backend accepted, which leases were claimed.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-//! use durable_jobs::testing::fault::{FaultLog, FaultPlan, FaultStorage};
-//! use durable_jobs::{JobContext, JobOptions, Queue, TaskError, Worker, WorkerOptions};
+//! use durable_jobs::testing::fault::{FaultPlan, FaultStorage, Injected};
+//! use durable_jobs::{JobFilter, NewJob, Storage};
 //! use std::sync::Arc;
 //!
-//! let backend: durable_jobs::DynStorage = Arc::new(durable_jobs_memory::MemoryStorage::new());
-//! let log = FaultLog::new();
-//! // One call in ten fails before reaching the backend, one write in ten after it committed.
-//! let plan = FaultPlan::new(7).error_before(100)?.error_after(100)?;
-//! let faulty = FaultStorage::new(backend.clone(), plan).with_log(log.clone());
-//! let queue = Queue::new(Arc::new(faulty));
-//! queue.register("add", |_ctx: JobContext, (a, b): (i64, i64)| async move { Ok::<_, TaskError>(a + b) });
-//! let client = Queue::new(backend.clone());
-//! let id = client.enqueue_raw("add", serde_json::json!([2, 3]), JobOptions::new()).await?;
-//! let worker = Worker::new(queue, WorkerOptions::new().queue("default", 1))?;
-//! let _ = worker.drain().await;
-//! assert!(log.records().iter().any(|r| r.call == "dequeue"));
-//! # let _ = id; Ok::<(), durable_jobs::Error>(())
+//! let backend = Arc::new(durable_jobs_memory::MemoryStorage::new());
+//! // Every write fails after it committed, as when a connection drops after the commit.
+//! let faulty = FaultStorage::new(backend.clone(), FaultPlan::new(7).error_after(1000)?);
+//! assert!(faulty.enqueue(NewJob::new("t", serde_json::json!(1))).await.is_err());
+//! assert_eq!(backend.list_jobs(JobFilter::default()).await?.len(), 1);
+//! // A crash: every later call fails and reaches nothing.
+//! faulty.crash();
+//! assert!(faulty.enqueue(NewJob::new("t", serde_json::json!(2))).await.is_err());
+//! assert_eq!(backend.list_jobs(JobFilter::default()).await?.len(), 1);
+//! let injected: Vec<_> = faulty.log().records().iter().map(|r| r.injected).collect();
+//! assert_eq!(injected, [Some(Injected::ErrorAfter), Some(Injected::Crashed)]);
+//! # Ok::<(), durable_jobs::Error>(())
 //! # }).unwrap();
 //! ```
+
+pub mod conformance;
 
 use super::simulation::rng::Rng;
 use crate::error::{Error, Result, StorageError, StorageErrorKind};
@@ -876,5 +879,84 @@ impl Storage for FaultStorage {
     async fn prune_workers(&self, before: DateTime<Utc>) -> Result<u64> {
         self.write("prune_workers", self.inner.prune_workers(before))
             .await
+    }
+}
+
+/// Expands to one `#[test]` per case of [`conformance`]: the fault wrapper's errors,
+/// crash and pause on the harness's backend.
+///
+/// ```ignore
+/// durable_jobs::fault_conformance_tests!(MyHarness);
+/// ```
+#[macro_export]
+macro_rules! fault_conformance_tests {
+    ($harness:ty) => {
+        mod fault_conformance {
+            use super::*;
+            $crate::__fault_cases!($harness;
+                error_before_reaches_nothing,
+                error_after_commits_and_reports_an_error,
+                crash_refuses_every_later_call,
+                paused_write_past_its_lease_is_refused,
+                same_seed_injects_the_same_faults,
+            );
+        }
+    };
+}
+
+/// Expands each named fault case into a `#[test]`. Used by
+/// [`crate::fault_conformance_tests`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __fault_cases {
+    ($harness:ty; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::testing::run_case::<$harness, _>(|h| {
+                    Box::pin($crate::testing::fault::conformance::$case(h))
+                });
+            }
+        )*
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FaultPlan, Injected};
+    use crate::Error;
+
+    #[test]
+    fn rates_are_checked() {
+        let over = FaultPlan::new(1).error_before(1_001);
+        assert!(matches!(
+            over,
+            Err(Error::InvalidOption {
+                option: "error_before",
+                ..
+            })
+        ));
+        let total = FaultPlan::new(1)
+            .error_before(600)
+            .and_then(|p| p.error_after(600));
+        assert!(matches!(
+            total,
+            Err(Error::InvalidOption {
+                option: "fault_plan",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn reads_are_never_failed_after_or_paused() {
+        let plan = FaultPlan::new(9)
+            .error_after(500)
+            .and_then(|p| p.pause(500))
+            .expect("plan");
+        for n in 0..500 {
+            assert_eq!(plan.decide(n, super::Class::Read), None);
+            assert_ne!(plan.decide(n, super::Class::Write), Some(Injected::Pause));
+        }
     }
 }
