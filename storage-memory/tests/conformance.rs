@@ -35,3 +35,7 @@ impl ConformanceHarness for Memory {
 }
 
 durable_jobs::conformance_tests!(Memory);
+
+// Paused time: in-process storage waits on nothing outside the runtime.
+durable_jobs::simulation_tests!(Memory, seeds = 300, paused_time = true);
+durable_jobs::fault_conformance_tests!(Memory);

@@ -96,3 +96,7 @@ mod in_memory {
 
     durable_jobs::conformance_tests!(SqliteMemory);
 }
+
+// Real time: the writer thread is outside the runtime, so a paused clock would jump.
+durable_jobs::simulation_tests!(Sqlite, seeds = 4, paused_time = false);
+durable_jobs::fault_conformance_tests!(Sqlite);
