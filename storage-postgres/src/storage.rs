@@ -417,7 +417,7 @@ impl Storage for PostgresStorage {
         children: Vec<NewJob>,
     ) -> Result<(Enqueued, Vec<Enqueued>)> {
         let mut tx = self.pool().begin().await.map_err(db)?;
-        let parent = crate::tx::insert_jobs(&mut tx, self.sql(), vec![parent])
+        let parent = crate::tx::insert_jobs(self.on(&mut tx), self.sql(), vec![parent])
             .await?
             .pop()
             .ok_or_else(|| storage(StorageErrorKind::Other, "enqueue returned no row"))?;
@@ -431,7 +431,7 @@ impl Storage for PostgresStorage {
         let children = if children.is_empty() {
             Vec::new()
         } else {
-            crate::tx::insert_jobs(&mut tx, self.sql(), children).await?
+            crate::tx::insert_jobs(self.on(&mut tx), self.sql(), children).await?
         };
         tx.commit().await.map_err(db)?;
         self.wake_local();

@@ -51,6 +51,7 @@ async fn finished(s: &DynStorage, status: JobStatus) -> JobId {
         name: "step".into(),
         outcome: CheckpointOutcome::Ok(json!(1)),
         created_at: None,
+        args_hash: None,
     };
     s.checkpoint(&c.lease, cp).await.expect("checkpoint");
     match status {

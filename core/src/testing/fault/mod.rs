@@ -38,7 +38,7 @@ use crate::job::{Checkpoint, Enqueued, Job, JobId, Lease, NewJob};
 use crate::storage::{
     AdvanceScheduleParams, AttemptRecord, Capabilities, ClaimedJob, Completion, DequeueParams,
     DynStorage, Failure, JobFilter, ManualOutcome, QueueCount, ScheduleRecord, SpawnChildrenParams,
-    StaleLocks, Storage, TakeSignalsParams, WorkerRecord,
+    RetentionBatch, RetentionPurged, StaleLocks, Storage, TakeSignalsParams, WorkerRecord,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -630,6 +630,26 @@ impl Storage for FaultStorage {
             .await
     }
 
+    async fn enqueue_with_children(
+        &self,
+        parent: NewJob,
+        children: Vec<NewJob>,
+    ) -> Result<(Enqueued, Vec<Enqueued>)> {
+        self.write(
+            "enqueue_with_children",
+            self.inner.enqueue_with_children(parent, children),
+        )
+        .await
+    }
+
+    fn finishes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.finishes()
+    }
+
+    async fn watch_job(&self, job_id: JobId) -> Result<Option<Job>> {
+        self.read("watch_job", self.inner.watch_job(job_id)).await
+    }
+
     async fn dequeue(&self, params: DequeueParams) -> Result<Vec<ClaimedJob>> {
         self.run(
             "dequeue",
@@ -676,6 +696,21 @@ impl Storage for FaultStorage {
     async fn release(&self, lease: &Lease) -> Result<()> {
         self.fenced("release", lease, Vec::new(), self.inner.release(lease))
             .await
+    }
+
+    async fn snooze(&self, lease: &Lease, delay: Duration) -> Result<()> {
+        self.fenced("snooze", lease, Vec::new(), self.inner.snooze(lease, delay))
+            .await
+    }
+
+    async fn set_progress(&self, lease: &Lease, progress: Value) -> Result<()> {
+        self.fenced(
+            "set_progress",
+            lease,
+            Vec::new(),
+            self.inner.set_progress(lease, progress),
+        )
+        .await
     }
 
     async fn heartbeat(&self, lease: &Lease, extend: Duration) -> Result<Lease> {
@@ -842,6 +877,11 @@ impl Storage for FaultStorage {
 
     async fn purge_finished(&self, older_than: DateTime<Utc>) -> Result<u64> {
         self.write("purge_finished", self.inner.purge_finished(older_than))
+            .await
+    }
+
+    async fn purge_retained(&self, batch: RetentionBatch) -> Result<RetentionPurged> {
+        self.write("purge_retained", self.inner.purge_retained(batch))
             .await
     }
 

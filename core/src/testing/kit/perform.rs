@@ -76,12 +76,14 @@ impl TestKit {
         // Held for the attempt: a dropped sender would read as a cancellation.
         let (_stop, stop_rx) = tokio::sync::watch::channel(false);
         let (_lost, lost_rx) = tokio::sync::watch::channel(false);
+        let threads = crate::worker::threads::AttemptThreads::new();
         let ctx = JobContext::new(
             claimed.job,
             lease.clone(),
             self.queue.clone(),
             stop_rx,
             lost_rx,
+            threads.clone(),
         );
         let fut = handler.run(ctx.clone(), &ctx.job().payload);
         let mut outcome = match (CatchUnwind(fut)).await {
@@ -91,6 +93,9 @@ impl TestKit {
                 panic_message(panic)
             ))),
         };
+        // A blocking thread the handler started outlives its future: the attempt ends
+        // when the last one returns, as on a worker.
+        threads.all_returned().await;
         if let Some(wake_at) = ctx.suspend_request() {
             if !matches!(&outcome, Err(e) if e.kind() == TaskErrorKind::LeaseLost) {
                 outcome = Err(TaskError::suspend(wake_at));
