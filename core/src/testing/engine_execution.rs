@@ -452,11 +452,7 @@ pub async fn each_queue_has_its_own_concurrency<H: ConformanceHarness>(h: &H) {
     let solo_running = Arc::new(AtomicUsize::new(0));
     let solo_max = Arc::new(AtomicUsize::new(0));
     let solo_started = Arc::new(AtomicUsize::new(0));
-    let (sr, sm, ss) = (
-        solo_running.clone(),
-        solo_max.clone(),
-        solo_started.clone(),
-    );
+    let (sr, sm, ss) = (solo_running.clone(), solo_max.clone(), solo_started.clone());
     queue.register_fn("solo", move |_: ()| {
         let (sr, sm, ss, mut gate) = (sr.clone(), sm.clone(), ss.clone(), gate_rx.clone());
         let started = solo_tx.clone();
@@ -498,9 +494,11 @@ pub async fn each_queue_has_its_own_concurrency<H: ConformanceHarness>(h: &H) {
                 .expect("a solo job started")
                 .expect("the handler reported");
             for _ in 0..10 {
-                expect_event(&mut events, "a pair completed", |e| {
-                    matches!(e, Event::Completed { task, .. } if task == "pair")
-                })
+                expect_event(
+                    &mut events,
+                    "a pair completed",
+                    |e| matches!(e, Event::Completed { task, .. } if task == "pair"),
+                )
                 .await;
             }
             assert_eq!(
@@ -589,12 +587,14 @@ pub async fn heartbeats_keep_a_long_job_leased<H: ConformanceHarness>(h: &H) {
         }
     };
     // Move virtual time 20s at a time, past the 30s lease several times over; after each
-    // step wait until a heartbeat has renewed the lease beyond the new now.
+    // step wait until a heartbeat has renewed the lease from the new now: more than 10s
+    // ahead of it, which a renewal from before the step (at most now - 20s + 30s) is not.
+    // So the lease never runs out, whenever the heartbeats come.
     for _ in 0..4 {
         h.advance(Duration::from_secs(20)).await;
-        let now = storage.now().await.expect("now");
+        let renewed_after = storage.now().await.expect("now") + chrono::Duration::seconds(10);
         tokio::time::timeout(PATIENCE, async {
-            while expiry().await <= now {
+            while expiry().await <= renewed_after {
                 tokio::task::yield_now().await;
             }
         })
