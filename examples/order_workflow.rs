@@ -5,10 +5,12 @@
 //! Two orders run. The first is shipped (this program sends the signal, as a warehouse
 //! system would); the second never is, so its wait times out after two seconds and the
 //! workflow refunds instead. Every step is checkpointed: kill the program at any point and
-//! run it again, and finished steps are not repeated.
+//! run it again, and finished steps are not repeated. The workflow reports its progress
+//! as it goes, and the program waits for each order's typed receipt with
+//! `Queue::wait_for`.
 
 use durable_jobs::{
-    call, Event, FanOut, JobContext, JobOptions, JobStatus, Queue, TaskError, Worker, WorkerOptions,
+    call, Error, FanOut, JobContext, JobOptions, Queue, TaskError, Worker, WorkerOptions,
 };
 use durable_jobs_sqlite::SqliteStorage;
 use serde::{Deserialize, Serialize};
@@ -21,6 +23,15 @@ struct Order {
     sku: String,
     cents: u64,
     email: String,
+}
+
+/// What an order workflow returns: `wait_for` decodes the stored result into it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Receipt {
+    reservation: String,
+    charge: String,
+    shipped: bool,
+    notified: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -48,7 +59,10 @@ fn register(queue: &Queue) {
     );
     queue.register("order", |ctx: JobContext, order: Order| async move {
         let reservation: String = call(&ctx, "reserve_stock", &order.sku).await?;
+        ctx.progress("stock reserved").await?;
         let charge: String = call(&ctx, "charge_card", &order.cents).await?;
+        ctx.progress("card charged; waiting for the warehouse")
+            .await?;
         // Waits without holding a worker slot; the deadline is fixed on the first run.
         let shipped: Option<Shipment> = ctx
             .wait_for_signal_timeout("shipped", Duration::from_secs(2))
@@ -74,12 +88,13 @@ fn register(queue: &Queue) {
         let sent = ctx
             .fan_out::<String, _>("notify", notes, JobOptions::new(), FanOut::CollectAll)
             .await?;
-        Ok::<_, TaskError>(serde_json::json!({
-            "reservation": reservation,
-            "charge": charge,
-            "shipped": shipped.is_some(),
-            "notified": sent.into_iter().filter_map(Result::ok).collect::<Vec<_>>(),
-        }))
+        ctx.progress("customer notified").await?;
+        Ok::<_, TaskError>(Receipt {
+            reservation,
+            charge,
+            shipped: shipped.is_some(),
+            notified: sent.into_iter().filter_map(Result::ok).collect(),
+        })
     });
 }
 
@@ -99,50 +114,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let lost = queue.enqueue("order", &order(2), JobOptions::new()).await?;
     println!("orders {shipped} and {lost} enqueued into {path}");
 
-    let mut events = queue.events();
     let worker = Worker::new(queue.clone(), WorkerOptions::new().queue("default", 8))?;
-    let q = queue.clone();
-    let report = worker
-        .run_until(async move {
-            let mut signalled = false;
-            let mut done = 0;
-            while done < 2 {
-                // The warehouse ships order 1 once its workflow waits for the signal.
-                if !signalled {
-                    if let Ok(Some(job)) = q.get_job(shipped).await {
-                        if job.status == JobStatus::Waiting {
-                            let s = Shipment {
-                                carrier: "DHL".into(),
-                                tracking: "JD0142".into(),
-                            };
-                            if q.signal(shipped, "shipped", &s).await.is_ok() {
-                                println!("warehouse: order {shipped} shipped");
-                                signalled = true;
-                            }
-                        }
-                    }
-                }
-                match tokio::time::timeout(Duration::from_millis(100), events.recv()).await {
-                    Ok(Ok(Event::Completed { job_id, .. } | Event::Failed { job_id, .. }))
-                        if job_id == shipped || job_id == lost =>
-                    {
-                        done += 1
-                    }
-                    Ok(Err(durable_jobs::EventStreamError::Closed)) => return,
-                    _ => {}
-                }
-            }
-        })
-        .await?;
-    println!("worker: {report:?}");
+    let stop = worker.shutdown_handle();
+    let running = tokio::spawn(async move { worker.run().await });
+
+    // The warehouse ships order 1. A signal is stored with the job until its workflow
+    // asks for it, so it may come before the workflow waits.
+    let s = Shipment {
+        carrier: "DHL".into(),
+        tracking: "JD0142".into(),
+    };
+    queue.signal(shipped, "shipped", &s).await?;
+    println!("warehouse: order {shipped} shipped");
+
+    // Each wait wakes when the job finishes (the SQLite commit watcher or this process's
+    // own worker tells it), with polling as a fallback.
     for id in [shipped, lost] {
+        match queue.wait_for::<Receipt>(id, Duration::from_secs(60)).await {
+            Ok(receipt) => println!("order job {id}: {receipt:?}"),
+            Err(Error::JobFailed { error, .. }) => println!("order job {id} failed: {error}"),
+            Err(e) => return Err(e.into()),
+        }
         if let Some(job) = queue.get_job(id).await? {
-            println!(
-                "order job {id}: {} {}",
-                job.status,
-                job.result.unwrap_or_default()
-            );
+            println!("  last progress: {}", job.progress.unwrap_or_default());
         }
     }
+    stop.shutdown();
+    let report = running.await??;
+    println!("worker: {report:?}");
     Ok(())
 }

@@ -1,12 +1,14 @@
 //! Several OS processes on one SQLite file: no job runs twice, none is lost, and a
-//! worker SIGKILLed mid-job leaves an intact file whose job is reclaimed and finished.
+//! worker SIGKILLed mid-job leaves an intact file whose job is reclaimed and finished; a
+//! waiter hears of a job another process finished.
 
-use durable_jobs::{JobStatus, NewJob, Storage};
+use durable_jobs::{JobStatus, NewJob, Queue, Storage, StorageCall, StorageLayer};
 use durable_jobs_sqlite::SqliteStorage;
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 struct Files {
@@ -224,4 +226,49 @@ async fn sigkilled_worker_leaves_an_intact_file_and_its_job_is_reclaimed() {
     assert_ne!(runs[0].2, crashed_pid);
     storage.close().await;
     assert_eq!(integrity(&files.db()), "ok");
+}
+
+/// Tells the test when the waiting queue's storage answered `watch_job`: the waiter has
+/// read its job as unfinished.
+struct Watched(Arc<tokio::sync::Notify>);
+
+impl StorageLayer for Watched {
+    fn on_call(&self, call: &StorageCall<'_>) {
+        if call.operation == "watch_job" && call.error.is_none() {
+            self.0.notify_one();
+        }
+    }
+}
+
+/// A waiter in this process is woken through the commit watcher when a worker in another
+/// OS process finishes its job. It polls once an hour, so only the watcher can wake it
+/// within the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_wakes_when_another_process_finishes_the_job() {
+    let files = Files::new();
+    let storage = SqliteStorage::open(files.db()).await.expect("open");
+    let seen = Arc::new(tokio::sync::Notify::new());
+    let waiting = Queue::with_layers(
+        Arc::new(storage.clone()),
+        vec![Arc::new(Watched(seen.clone()))],
+    );
+    waiting.set_wait_poll_interval(Duration::from_secs(3600));
+    let bound = Duration::from_secs(120);
+    let id = storage
+        .enqueue(NewJob::new("record", json!("await me")))
+        .await
+        .expect("enqueue")
+        .id;
+    let waiter = {
+        let q = waiting.clone();
+        tokio::spawn(async move { q.wait_for::<()>(id, bound).await })
+    };
+    seen.notified().await;
+    let out = wait_with_deadline(spawn_worker(&files, "drain", &[]), bound);
+    assert_success(&out);
+    waiter.await.expect("waiter").expect("completed elsewhere");
+    let runs = executions(&files.log());
+    assert_eq!(runs.len(), 1);
+    assert_ne!(runs[0].2, std::process::id(), "run by the other process");
+    storage.close().await;
 }

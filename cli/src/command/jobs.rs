@@ -161,6 +161,11 @@ pub async fn show(db: &Db, id: JobId, ctx: Ctx) -> Result<(), CliError> {
         Some(r) => text.push_str(&output::json_block(r, 2)),
         None => text.push_str("  -\n"),
     }
+    // Only jobs whose handler reported progress show it, the last report.
+    if let Some(p) = &job.progress {
+        text.push_str("\nprogress:\n");
+        text.push_str(&output::json_block(p, 2));
+    }
     text.push_str("\nlast error:\n");
     match &job.last_error {
         Some(e) => text.push_str(&output::indent_block(&output::clean_keep_lines(e), 2)),

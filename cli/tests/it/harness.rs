@@ -139,6 +139,7 @@ pub fn app_queue(storage: durable_jobs::DynStorage) -> Queue {
         let reserved: String = ctx
             .step("reserve", |_ctx| async move { Ok("reserved".to_string()) })
             .await?;
+        ctx.progress(&json!({ "step": "reserved" })).await?;
         let notes = ctx
             .fan_out::<Value, _>(
                 "echo",

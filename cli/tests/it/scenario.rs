@@ -140,6 +140,13 @@ pub fn read_commands(db: &DbArgs, s: &Seeded) {
     assert_eq!(shown["job"]["status"], "completed");
     assert_eq!(shown["job"]["payload"], 1299);
     assert_eq!(shown["job"]["result"]["receipt"], "charged 1299");
+    assert_eq!(shown["job"]["progress"]["step"], "reserved");
+    let text = db.run(&["jobs", "show", &s.workflow.to_string()]).ok();
+    assert!(
+        text.stdout.contains("\nprogress:\n") && text.stdout.contains("\"reserved\""),
+        "{}",
+        text.stdout
+    );
     let kinds: Vec<(&str, &str)> = shown["checkpoints"]
         .as_array()
         .unwrap()

@@ -58,9 +58,7 @@ pub async fn handler_progress_is_an_event_and_in_job_details<H: ConformanceHarne
     let q = Queue::new(h.storage());
     q.register("import", |ctx: JobContext, rows: u32| async move {
         for done in 1..=rows {
-            ctx.progress(&json!({ "done": done, "of": rows }))
-                .await
-                .map_err(TaskError::from_engine)?;
+            ctx.progress(&json!({ "done": done, "of": rows })).await?;
         }
         Ok::<_, TaskError>(rows)
     });

@@ -131,11 +131,22 @@ impl JobContext {
     /// object): stored on the job, replacing the last report, returned by
     /// [`Queue::get_job`] and [`Queue::job_details`], and sent as
     /// [`crate::Event::Progress`]. Fenced by the lease, like every write of the attempt.
+    /// Not checkpointed: a retried attempt reports again from where it is.
     ///
     /// # Errors
-    /// [`crate::Error::LeaseLost`] once the job was reclaimed or cancelled;
-    /// [`crate::Error::Serialization`]; storage errors.
-    pub async fn progress<P: serde::Serialize + ?Sized>(&self, progress: &P) -> Result<()> {
+    /// As the other primitives a handler propagates with `?`: a lost lease (the job was
+    /// reclaimed or cancelled) stops the attempt, a value that does not serialize fails
+    /// the job, storage trouble retries it.
+    pub async fn progress<P: serde::Serialize + ?Sized>(
+        &self,
+        progress: &P,
+    ) -> std::result::Result<(), crate::TaskError> {
+        self.write_progress(progress)
+            .await
+            .map_err(crate::TaskError::from_engine)
+    }
+
+    async fn write_progress<P: serde::Serialize + ?Sized>(&self, progress: &P) -> Result<()> {
         let value = serde_json::to_value(progress)?;
         let queue = &self.shared.queue;
         let event = queue.observed().then(|| value.clone());

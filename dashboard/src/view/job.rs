@@ -104,6 +104,13 @@ pub(crate) async fn show(
             html::json_block(result, "result")
         );
     }
+    if let Some(progress) = &job.progress {
+        w!(
+            body,
+            "<section><h2>Progress</h2>{}</section>",
+            html::json_block(progress, "progress")
+        );
+    }
     if let Some(error) = &job.last_error {
         w!(
             body,

@@ -210,6 +210,8 @@ fn register(queue: &Queue) {
                 Ok::<_, TaskError>(format!("receipt-{order}"))
             })
             .await?;
+        ctx.progress(&json!({"step": "charged", "order": order}))
+            .await?;
         let notified: Vec<Result<String, String>> = ctx
             .fan_out(
                 "notify",

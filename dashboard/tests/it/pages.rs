@@ -255,6 +255,8 @@ pub fn a_workflow_shows_its_timeline_and_children(backend: Backend) {
         "every checkpoint has its time"
     );
     assert!(text_of(&b, "#result").contains("receipt-42"));
+    // The last progress the handler reported.
+    assert!(text_of(&b, "#progress").contains("\"step\": \"charged\""));
     assert!(
         !b.find_all("#attempts tr[data-attempt]").is_empty(),
         "the attempt history"
