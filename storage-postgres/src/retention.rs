@@ -14,7 +14,7 @@ use sqlx::{AssertSqlSafe, Row};
 const TRY_LOCK: &str = "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))";
 
 /// One batch. `roots` takes, per final status, the oldest jobs finished before that
-/// status's cut-off along `jobs_retention` (status, completed_at): each branch is one
+/// status's cut-off along `jobs_finished` (status, completed_at): each branch is one
 /// index range that stops at its cut-off or its limit, whatever else the table holds.
 /// A root is a job without a parent, or whose parent is gone (deleted by hand). `tree`
 /// adds every descendant through `jobs_parent`; a tree with an unfinished member is
