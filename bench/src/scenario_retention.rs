@@ -19,10 +19,11 @@ async fn seed_finished(pg: &Pg) -> Result<(), String> {
          SELECT 'noop', '{{}}', (ARRAY['completed', 'failed', 'cancelled'])[i % 3 + 1], 1,
                 now() - interval '9 days', now() - interval '9 days',
                 now() - CASE WHEN i % 3 = 1 THEN interval '9 days' ELSE interval '2 days' END
-         FROM generate_series(1, {FINISHED}) AS i;
-         VACUUM ANALYZE {{jobs}}"
+         FROM generate_series(1, {FINISHED}) AS i"
     ))
-    .await
+    .await?;
+    // (VACUUM refuses to run in the implicit transaction of a multi-statement call.)
+    pg.sql("VACUUM ANALYZE {jobs}").await
 }
 
 /// What the workers' retention pass does, through the public storage call: batches of
