@@ -11,6 +11,8 @@ USAGE:
 OPTIONS:
   --backend LIST        backends to run: postgres,sqlite,memory        [all]
   --scenario LIST       enqueue,drain,latency,raw,steps,heartbeat       [all]
+                        and, on PostgreSQL only when named (each seeds
+                        millions of rows): backlog, retention
   --systems LIST        on Postgres: ours,graphile                      [both]
   --jobs N              jobs per enqueue/drain scenario                 [100000]
   --runs K              repeat every scenario K times, report medians   [1]
@@ -231,7 +233,16 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
     check(
         "--scenario",
         &c.scenarios,
-        &["enqueue", "drain", "latency", "raw", "steps", "heartbeat"],
+        &[
+            "enqueue",
+            "drain",
+            "latency",
+            "raw",
+            "steps",
+            "heartbeat",
+            "backlog",
+            "retention",
+        ],
     )?;
     check("--systems", &c.systems, &["ours", "graphile"])?;
     if c.jobs == 0

@@ -9,6 +9,8 @@ mod pgdb;
 mod profile;
 mod raw_sql;
 mod report;
+mod scenario_backlog;
+mod scenario_retention;
 mod stats;
 
 use ours::Backend;
@@ -230,6 +232,12 @@ async fn postgres(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>
     }
     if cfg.scenario("heartbeat") {
         heartbeats(cfg, res, errors, sec, Backend::Postgres).await;
+    }
+    if cfg.scenario("backlog") {
+        scenario_backlog::run(cfg, res, errors).await;
+    }
+    if cfg.scenario("retention") {
+        scenario_retention::run(cfg, res, errors).await;
     }
     if cfg.scenario("raw") {
         // No library at all: its figure sits in the first column.

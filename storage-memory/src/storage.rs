@@ -14,6 +14,7 @@ use durable_jobs::{AttemptOutcome, AttemptRecord};
 use serde_json::Value;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -613,26 +614,35 @@ impl Storage for MemoryStorage {
             }
             let Some(set) = st.ready.get(q) else { continue };
             let mut taken = 0;
-            for key in set.iter() {
-                if taken >= params.limit {
-                    break;
-                }
-                if key.1 > now {
-                    continue;
-                }
-                let Some(job) = st.jobs.get(&key.2) else {
-                    continue;
-                };
-                if !params.tasks.is_empty() && !params.tasks.contains(&job.task) {
-                    continue;
-                }
-                if let Some(e) = st.extras.get(&key.2) {
-                    if e.flags.iter().any(|f| params.forbidden_flags.contains(f)) {
+            // One range per priority, ending at run_at <= now, then a jump to the next
+            // priority: jobs due later and parked workflows are never visited.
+            let mut next = set.first().copied();
+            while let (Some(first), true) = (next, taken < params.limit) {
+                let due =
+                    (first.0, DateTime::<Utc>::MIN_UTC, JobId::MIN)..=(first.0, now, JobId::MAX);
+                for key in set.range(due) {
+                    if taken >= params.limit {
+                        break;
+                    }
+                    let Some(job) = st.jobs.get(&key.2) else {
+                        continue;
+                    };
+                    if !params.tasks.is_empty() && !params.tasks.contains(&job.task) {
                         continue;
                     }
+                    if let Some(e) = st.extras.get(&key.2) {
+                        if e.flags.iter().any(|f| params.forbidden_flags.contains(f)) {
+                            continue;
+                        }
+                    }
+                    picked.push(*key);
+                    taken += 1;
                 }
-                picked.push(*key);
-                taken += 1;
+                let past = (first.0, DateTime::<Utc>::MAX_UTC, JobId::MAX);
+                next = set
+                    .range((Bound::Excluded(past), Bound::Unbounded))
+                    .next()
+                    .copied();
             }
         }
         picked.sort();

@@ -8,7 +8,7 @@ use durable_jobs::{JobId, RetentionBatch, RetentionPurged};
 use rusqlite::{params, Connection};
 
 /// The oldest root jobs of one final status that finished before a cut-off, along
-/// `durable_jobs_retention` (status, completed_at): one index range that stops at the
+/// `durable_jobs_finished` (status, completed_at, queue): one index range that stops at the
 /// cut-off or the limit. A root has no parent, or its parent is gone. ?1 status,
 /// ?2 cut-off (µs), ?3 limit.
 const DUE_ROOTS: &str = "SELECT id, completed_at FROM durable_jobs AS j \

@@ -1,4 +1,5 @@
-//! The hot paths' lean statements: plain bulk enqueue and batch completion.
+//! The hot paths' lean statements: plain bulk enqueue, batch completion, the claim's commit
+//! mode, and the retention batch's cross-process lock.
 
 use crate::schema;
 use chrono::{Duration as ChronoDuration, Utc};
@@ -240,5 +241,41 @@ async fn claim_relaxes_synchronous_commit_for_its_own_transaction_only() {
     assert_eq!(s.dequeue(params(10)).await.expect("claim").len(), 3);
     // One connection in the pool: this runs where the claim ran.
     assert_eq!(show().await, server);
+    t.drop_schema().await.expect("drop");
+}
+
+/// A retention batch that meets the retention lock held (by another process's batch:
+/// here a transaction holding the same transaction-scoped advisory lock) deletes nothing
+/// and says it was busy; once that transaction ends, the next batch runs. The lock is
+/// transaction-scoped, so it can never outlive its batch on a pooled connection.
+#[tokio::test]
+async fn retention_batch_is_busy_while_another_holds_the_lock() {
+    let t = schema().await;
+    let s = t.storage();
+    let id = s
+        .enqueue(NewJob::new("t", json!(1)))
+        .await
+        .expect("enqueue")
+        .id;
+    let c = s.dequeue(params(1)).await.expect("dequeue").remove(0);
+    s.complete(&c.lease, json!(null)).await.expect("complete");
+    let batch = durable_jobs::RetentionPolicy::keep_forever()
+        .completed(Some(Duration::ZERO))
+        .batch(s.now().await.expect("now") + ChronoDuration::seconds(1), 10);
+    let mut other = s.pool().begin().await.expect("begin");
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("durable_jobs.retention:{}", t.schema()))
+        .execute(&mut *other)
+        .await
+        .expect("lock");
+    let p = s.purge_retained(batch).await.expect("purge");
+    assert!(p.busy, "{p:?}");
+    assert_eq!(p.jobs(), 0);
+    assert!(s.get_job(id).await.expect("get").is_some());
+    other.rollback().await.expect("rollback");
+    let p = s.purge_retained(batch).await.expect("purge");
+    assert!(!p.busy);
+    assert_eq!((p.roots, p.completed), (1, 1));
+    assert!(s.get_job(id).await.expect("get").is_none());
     t.drop_schema().await.expect("drop");
 }
