@@ -132,18 +132,36 @@ fn outcome(ctx: &JobContext) -> serde_json::Value {
     })
 }
 
+/// Connects and migrates, again while the server is restarting (the test restarts it at
+/// any time, also while a replacement worker starts).
+async fn connect(args: &Args) -> durable_jobs::Result<PostgresStorage> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let attempt = async {
+            let storage = PostgresStorage::connect_with(
+                &args.url,
+                PostgresOptions::new().schema(&args.schema).max_connections(
+                    u32::try_from(args.concurrency)
+                        .unwrap_or(u32::MAX)
+                        .saturating_add(4),
+                ),
+            )
+            .await?;
+            storage.migrate().await?;
+            Ok::<_, durable_jobs::Error>(storage)
+        };
+        match attempt.await {
+            Err(e) if e.is_transient() && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args()?;
-    let storage = PostgresStorage::connect_with(
-        &args.url,
-        PostgresOptions::new().schema(&args.schema).max_connections(
-            u32::try_from(args.concurrency)
-                .unwrap_or(u32::MAX)
-                .saturating_add(4),
-        ),
-    )
-    .await?;
-    storage.migrate().await?;
+    let storage = connect(&args).await?;
     let log = Log {
         file: Arc::new(
             OpenOptions::new()
