@@ -270,6 +270,9 @@ async fn workers_killed_stopped_and_a_server_restart_lose_nothing() {
                 let live: Vec<usize> = (0..workers.len())
                     .filter(|&i| !stopped.contains(&workers[i].id()))
                     .collect();
+                if live.is_empty() {
+                    continue;
+                }
                 let pick = live[rng.below(live.len() as u64) as usize];
                 let mut victim = workers.swap_remove(pick);
                 killed.insert(victim.id());

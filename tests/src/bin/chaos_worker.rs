@@ -13,7 +13,7 @@
 //!   `{attempt, token, pid}` (its checkpoint); the workflow returns the same.
 //!
 //! `<micros>` is the wall clock when the execution started. The worker runs until SIGTERM
-//! or Ctrl-C, then shuts down gracefully and prints its report
+//! (also one sent while it still connects), then shuts down gracefully and prints its report
 //! (`completed=.. lost=..`).
 
 use durable_jobs::{DynStorage, JobContext, Queue, Storage, TaskError, Worker, WorkerOptions};
@@ -160,6 +160,9 @@ async fn connect(args: &Args) -> durable_jobs::Result<PostgresStorage> {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    // Listening first: a SIGTERM that arrives while the worker still connects is kept
+    // (the default action would kill it before it could report).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let args = parse_args()?;
     let storage = connect(&args).await?;
     let log = Log {
@@ -206,7 +209,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             .poll_interval(Duration::from_millis(50))
             .metrics_interval(Duration::ZERO),
     )?;
-    let report = worker.run_until_signal().await?;
+    let report = worker
+        .run_until(async move {
+            term.recv().await;
+        })
+        .await?;
     println!(
         "completed={} failed={} retried={} released={} lost={}",
         report.completed, report.failed, report.retried, report.released, report.lost
