@@ -13,7 +13,7 @@
 //!   `{attempt, token, pid}` (its checkpoint); the workflow returns the same.
 //!
 //! `<micros>` is the wall clock when the execution started. The worker runs until SIGTERM
-//! or Ctrl-C, then shuts down gracefully and prints its report
+//! (also one sent while it still connects), then shuts down gracefully and prints its report
 //! (`completed=.. lost=..`).
 
 use durable_jobs::{DynStorage, JobContext, Queue, Storage, TaskError, Worker, WorkerOptions};
@@ -132,18 +132,39 @@ fn outcome(ctx: &JobContext) -> serde_json::Value {
     })
 }
 
+/// Connects and migrates, again while the server is restarting (the test restarts it at
+/// any time, also while a replacement worker starts).
+async fn connect(args: &Args) -> durable_jobs::Result<PostgresStorage> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let attempt = async {
+            let storage = PostgresStorage::connect_with(
+                &args.url,
+                PostgresOptions::new().schema(&args.schema).max_connections(
+                    u32::try_from(args.concurrency)
+                        .unwrap_or(u32::MAX)
+                        .saturating_add(4),
+                ),
+            )
+            .await?;
+            storage.migrate().await?;
+            Ok::<_, durable_jobs::Error>(storage)
+        };
+        match attempt.await {
+            Err(e) if e.is_transient() && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    // Listening first: a SIGTERM that arrives while the worker still connects is kept
+    // (the default action would kill it before it could report).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let args = parse_args()?;
-    let storage = PostgresStorage::connect_with(
-        &args.url,
-        PostgresOptions::new().schema(&args.schema).max_connections(
-            u32::try_from(args.concurrency)
-                .unwrap_or(u32::MAX)
-                .saturating_add(4),
-        ),
-    )
-    .await?;
-    storage.migrate().await?;
+    let storage = connect(&args).await?;
     let log = Log {
         file: Arc::new(
             OpenOptions::new()
@@ -188,7 +209,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             .poll_interval(Duration::from_millis(50))
             .metrics_interval(Duration::ZERO),
     )?;
-    let report = worker.run_until_signal().await?;
+    let report = worker
+        .run_until(async move {
+            term.recv().await;
+        })
+        .await?;
     println!(
         "completed={} failed={} retried={} released={} lost={}",
         report.completed, report.failed, report.retried, report.released, report.lost

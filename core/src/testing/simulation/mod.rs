@@ -21,8 +21,9 @@
 //!
 //! [`run_seeds`] runs the seeds a test asks for, or `DJ_SIM_SEEDS=<n>` seeds, or the one
 //! seed `DJ_SIM_SEED=<seed>`; a failing seed panics with its violations and the command
-//! that replays it. On the memory backend the run uses tokio's paused clock, so worker
-//! timers and backoffs cost no real time. [`crate::simulation_tests`] instantiates it for
+//! that replays it, and `DJ_SIM_TRACE=1` prints the failing jobs' calls and executions.
+//! On the memory backend the run uses tokio's paused clock, so worker timers and backoffs
+//! cost no real time. [`crate::simulation_tests`] instantiates it for
 //! a [`ConformanceHarness`].
 
 mod driver;
@@ -47,6 +48,32 @@ pub struct SimOptions {
 pub const SEEDS_ENV: &str = "DJ_SIM_SEEDS";
 /// Runs only this seed (to replay a failure).
 pub const SEED_ENV: &str = "DJ_SIM_SEED";
+/// Set (to anything) to print, for a failing seed, every storage call and execution of
+/// the jobs its violations name.
+pub const TRACE_ENV: &str = "DJ_SIM_TRACE";
+
+/// Prints the calls and executions of the jobs named (`job <id>`) in `violations`.
+fn trace(violations: &[String], shared: &scenario::Shared) {
+    let jobs: std::collections::BTreeSet<i64> = violations
+        .iter()
+        .flat_map(|v| v.split("job ").skip(1))
+        .filter_map(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .collect();
+    for r in shared.log.records() {
+        let leases = r.claimed.iter().chain(r.writes.iter().map(|w| &w.lease));
+        if leases.clone().any(|l| jobs.contains(&l.job_id)) {
+            eprintln!("{r:?}");
+        }
+    }
+    for e in shared.execs() {
+        if jobs.contains(&e.job_id) {
+            eprintln!("{e:?}");
+        }
+    }
+}
 
 impl SimOptions {
     /// `seeds` seeds from seed 1, for the tests of `package` (named in the replay
@@ -135,6 +162,9 @@ pub fn run_seed<H: ConformanceHarness>(
                 .await
                 .map_err(|e| vec![format!("reading the final state failed: {e}")])?;
             if !violations.is_empty() {
+                if std::env::var_os(TRACE_ENV).is_some() {
+                    trace(&violations, &shared);
+                }
                 return Err(violations);
             }
             let faults = shared.log.injected_counts().iter().sum();
@@ -165,7 +195,19 @@ pub fn run_seeds<H: ConformanceHarness>(options: SimOptions) {
     let mut total = SeedReport::default();
     let seeds = options.seeds();
     for &seed in &seeds {
-        match run_seed::<H>(seed, &options) {
+        // A panic inside the run (an engine bug, a harness failure) names its seed too.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_seed::<H>(seed, &options)
+        }))
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic without a message");
+            Err(vec![format!("the run panicked: {message}")])
+        });
+        match outcome {
             Ok(r) => {
                 total.jobs += r.jobs;
                 total.executions += r.executions;
@@ -179,7 +221,8 @@ pub fn run_seeds<H: ConformanceHarness>(options: SimOptions) {
                 let shown: Vec<&String> = violations.iter().take(20).collect();
                 panic!(
                     "simulation seed {seed} failed ({} violations):\n  {}\nreplay it with: \
-                     {SEED_ENV}={seed} cargo test -p {} simulation -- --nocapture",
+                     {SEED_ENV}={seed} cargo test -p {} simulation -- --nocapture \
+                     (add {TRACE_ENV}=1 for the jobs' calls and executions)",
                     violations.len(),
                     shown
                         .iter()
