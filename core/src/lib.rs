@@ -37,9 +37,10 @@ pub use queue::Queue;
 pub use retry::RetryPolicy;
 pub use schedule::{CatchUp, Schedule, ScheduleInfo, ScheduleRecord, SchedulerReport};
 pub use storage::{
-    AdvanceScheduleParams, AttemptOutcome, AttemptRecord, Capabilities, ClaimedJob, Completion,
-    DequeueParams, DynStorage, Failure, JobFilter, ManualOutcome, QueueCount, ReleasedJob,
-    SpawnChildrenParams, StaleLocks, Storage, TakeSignalsParams, WorkerQueue, WorkerRecord,
+    AdvanceScheduleParams, AttemptOutcome, AttemptRecord, Capabilities, CheckpointWrite,
+    ClaimedJob, Completion, DequeueParams, DynStorage, Failure, JobFilter, ManualOutcome,
+    QueueCount, ReleasedJob, SpawnChildrenParams, StaleLocks, Storage, TakeSignalsParams,
+    WorkerQueue, WorkerRecord,
 };
 pub use task::{NoRetry, RetryAfter, Task, TaskError, TaskErrorKind};
 pub use trace::TraceContext;

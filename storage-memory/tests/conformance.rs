@@ -35,3 +35,4 @@ durable_jobs::storage_workflow_conformance_tests!(Memory);
 durable_jobs::engine_conformance_tests!(Memory);
 durable_jobs::storage_operations_conformance_tests!(Memory);
 durable_jobs::engine_operations_conformance_tests!(Memory);
+durable_jobs::storage_checkpoint_conformance_tests!(Memory);

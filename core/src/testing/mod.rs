@@ -1,6 +1,7 @@
 //! Test support (feature `testing`): the storage conformance suite every backend runs,
 //! and helpers for users' own tests.
 
+pub mod checkpoint_conformance;
 pub mod conformance;
 pub mod engine;
 pub mod engine_observability;
@@ -205,6 +206,19 @@ macro_rules! engine_operations_conformance_tests {
             schedules_no_overlap_pause_and_validation,
             serial_keys_run_one_at_a_time_through_the_worker,
             retry_by_hand_keeps_or_drops_checkpoints,
+        );
+    };
+}
+
+/// Expands to one `#[test]` per group-commit conformance case:
+/// [`crate::Storage::checkpoint_many`] fencing each item of a mixed batch, and concurrent
+/// steps of several jobs through a worker.
+#[macro_export]
+macro_rules! storage_checkpoint_conformance_tests {
+    ($harness:ty) => {
+        $crate::__conformance_cases!(checkpoint_conformance, $harness;
+            checkpoint_many_fences_each_item,
+            concurrent_steps_are_stored_and_replayed,
         );
     };
 }

@@ -44,7 +44,14 @@ async fn run(
         return Err(TaskError::from_engine(crate::Error::UnknownTask(job.task)));
     };
     let timeout = job.timeout();
-    let ctx = JobContext::new(job, lease, queue, shared.stopping.subscribe(), lost);
+    let ctx = JobContext::new(
+        job,
+        lease,
+        queue,
+        shared.checkpoints.clone(),
+        shared.stopping.subscribe(),
+        lost,
+    );
     let fut = handler.run(ctx.clone(), &ctx.job().payload);
     let result = match timeout {
         Some(limit) => match tokio::time::timeout(limit, fut).await {

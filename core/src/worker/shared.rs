@@ -7,6 +7,7 @@ use crate::job::{JobId, Lease};
 use crate::metric::MetricsCache;
 use crate::queue::Queue;
 use crate::storage::Storage;
+use crate::workflow::CheckpointCommitter;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,6 +46,8 @@ pub(crate) struct Shared {
     pub(crate) health: Arc<HealthState>,
     /// An error retrying cannot fix: the run stops and returns it.
     fatal: Mutex<Option<Error>>,
+    /// The writer that group-commits the checkpoints of every job this run executes.
+    pub(crate) checkpoints: CheckpointCommitter,
 }
 
 /// What a run did, counted as outcomes are written.
@@ -87,6 +90,9 @@ impl Shared {
         let storage_wake = queue.storage().wakeups();
         let queue_wake = queue.subscribe_wake();
         let loops = opts.queues.len();
+        // Through the queue's instrumented handle, so checkpoint writes are observed
+        // like every other storage call.
+        let queue_storage = queue.storage().clone();
         Shared {
             tasks: queue.task_names(),
             queue,
@@ -104,6 +110,7 @@ impl Shared {
             metrics: MetricsCache::default(),
             health,
             fatal: Mutex::new(None),
+            checkpoints: CheckpointCommitter::start(Arc::new(queue_storage)),
         }
     }
 

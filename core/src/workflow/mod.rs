@@ -3,6 +3,7 @@
 
 mod call;
 mod children;
+mod commit;
 mod context;
 mod key;
 mod signal;
@@ -12,5 +13,6 @@ mod version;
 
 pub use call::call;
 pub use children::{ChildResult, FanOut};
+pub(crate) use commit::CheckpointCommitter;
 pub use context::JobContext;
 pub use key::CheckpointKey;

@@ -10,3 +10,8 @@ mod engine {
     use durable_jobs_postgres::testing::PostgresHarness;
     durable_jobs::engine_conformance_tests!(PostgresHarness);
 }
+
+mod checkpoints {
+    use durable_jobs_postgres::testing::PostgresHarness;
+    durable_jobs::storage_checkpoint_conformance_tests!(PostgresHarness);
+}
