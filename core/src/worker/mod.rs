@@ -8,6 +8,7 @@ mod heartbeat;
 mod options;
 mod registry;
 pub(crate) mod shared;
+mod sizing;
 
 pub use health::{WorkerHealth, WorkerState};
 pub use options::{
@@ -18,6 +19,7 @@ pub use options::{
     DEFAULT_WORKER_RETENTION,
 };
 pub use shared::WorkerReport;
+pub use sizing::DEFAULT_MAX_PREFETCH;
 
 use crate::error::{Error, Result};
 use crate::event::Event;
