@@ -10,9 +10,9 @@ USAGE:
 
 OPTIONS:
   --backend LIST        backends to run: postgres,sqlite,memory        [all]
-  --scenario LIST       enqueue,drain,latency,raw,steps,heartbeat       [all]
-                        and, on PostgreSQL only when named (each seeds
-                        millions of rows): backlog, retention
+  --scenario LIST       enqueue,drain,latency,raw,steps,heartbeat,workflow  [all]
+                        and, on PostgreSQL only when named: backlog,
+                        retention (each seeds millions of rows), soak
   --systems LIST        on Postgres: ours,graphile                      [both]
   --jobs N              jobs per enqueue/drain scenario                 [100000]
   --runs K              repeat every scenario K times, report medians   [1]
@@ -26,7 +26,11 @@ OPTIONS:
   --pool N              max Postgres connections per system             [20]
   --database-url URL    server to create bench_<pid>_<n> databases on
                         [env DATABASE_URL, else postgres://postgres@127.0.0.1:5432/postgres]
-  --prefetch N          our WorkerOptions::prefetch (its local queue)        [0, the default]
+  --prefetch N          our WorkerOptions::prefetch (its local queue)   [sized by the worker]
+  --workflows N         three-step workflows in the workflow scenario   [10000]
+  --workflow-concurrency N  both sides' worker concurrency there        [100]
+  --duration SECS       how long the soak runs                          [600]
+  --soak-rate R         the soak's steady enqueue rate, jobs/s          [500]
   --worker LIST         more of our WorkerOptions for drains, key=value:
                         claim-batch, claims-in-flight, completion-batch,
                         completion-writers                          [library defaults]
@@ -58,8 +62,16 @@ pub struct Config {
     pub database_url: String,
     pub timeout: Duration,
     pub profile: bool,
-    /// Our `WorkerOptions::prefetch`.
-    pub prefetch: usize,
+    /// Our `WorkerOptions::prefetch` (None: the worker sizes its local queue).
+    pub prefetch: Option<usize>,
+    /// Workflows in the workflow scenario.
+    pub workflows: usize,
+    /// Both sides' worker concurrency in the workflow scenario.
+    pub workflow_concurrency: usize,
+    /// How long the soak runs.
+    pub soak_duration: Duration,
+    /// The soak's enqueue rate, jobs/s.
+    pub soak_rate: f64,
     /// `--worker key=value,...`: WorkerOptions tuning (None: library default).
     pub claim_batch: Option<usize>,
     /// See `claim_batch`.
@@ -115,7 +127,7 @@ fn check(flag: &str, got: &[String], allowed: &[&str]) -> Result<(), String> {
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, String> {
     let mut c = Config {
         backends: list("postgres,sqlite,memory"),
-        scenarios: list("enqueue,drain,latency,raw,steps,heartbeat"),
+        scenarios: list("enqueue,drain,latency,raw,steps,heartbeat,workflow"),
         systems: list("ours,graphile"),
         jobs: 100_000,
         runs: 1,
@@ -131,7 +143,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string()),
         timeout: Duration::from_secs(300),
         profile: false,
-        prefetch: 0,
+        prefetch: None,
+        workflows: 10_000,
+        workflow_concurrency: 100,
+        soak_duration: Duration::from_secs(600),
+        soak_rate: 500.0,
         claim_batch: None,
         claims_in_flight: None,
         completion_batch: None,
@@ -184,6 +200,10 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
             "--timeout",
             "--prefetch",
             "--worker",
+            "--workflows",
+            "--workflow-concurrency",
+            "--duration",
+            "--soak-rate",
         ];
         if !TAKES_VALUE.contains(&flag.as_str()) {
             return Err(format!("unknown option `{flag}` (see --help)"));
@@ -208,7 +228,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
             "--raw-batches" => c.raw_batches = nums(&flag, &value)?,
             "--raw-workers" => c.raw_workers = nums(&flag, &value)?,
             "--pool" => c.pool = num(&flag, &value)?,
-            "--prefetch" => c.prefetch = num(&flag, &value)?,
+            "--prefetch" => c.prefetch = Some(num(&flag, &value)?),
+            "--workflows" => c.workflows = num(&flag, &value)?,
+            "--workflow-concurrency" => c.workflow_concurrency = num(&flag, &value)?,
+            "--duration" => c.soak_duration = Duration::from_secs(num(&flag, &value)?),
+            "--soak-rate" => c.soak_rate = num(&flag, &value)?,
             "--worker" => {
                 for kv in list(&value) {
                     let (k, v) = kv
@@ -242,6 +266,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
             "heartbeat",
             "backlog",
             "retention",
+            "workflow",
+            "soak",
         ],
     )?;
     check("--systems", &c.systems, &["ours", "graphile"])?;
@@ -250,6 +276,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
         || c.batch == 0
         || c.latency_jobs == 0
         || c.raw_workers.contains(&0)
+        || c.workflows == 0
+        || c.workflow_concurrency == 0
     {
         return Err("--jobs, --runs, --batch, --latency-jobs and --raw-workers must be > 0".into());
     }
@@ -258,6 +286,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
     }
     if c.raw_batches.contains(&0) {
         return Err("--raw-batches needs positive numbers".into());
+    }
+    if c.soak_rate.is_nan() || c.soak_rate <= 0.0 || c.soak_duration.is_zero() {
+        return Err("--soak-rate and --duration must be > 0".into());
     }
     if c.latency_rate.is_nan() || c.latency_rate <= 0.0 {
         return Err("--latency-rate must be > 0".into());
@@ -315,7 +346,7 @@ mod tests {
         ]))
         .unwrap()
         .unwrap();
-        assert_eq!((c.jobs, c.runs, c.batch, c.prefetch), (5, 2, 3, 11));
+        assert_eq!((c.jobs, c.runs, c.batch, c.prefetch), (5, 2, 3, Some(11)));
         assert_eq!(c.claim_batch, Some(12));
         assert!(c.profile && c.instrumented);
         assert!(!parse(args(&[])).unwrap().unwrap().instrumented);

@@ -11,7 +11,10 @@ mod raw_sql;
 mod report;
 mod scenario_backlog;
 mod scenario_retention;
+mod scenario_soak;
+mod scenario_workflow;
 mod stats;
+mod underway;
 
 use ours::Backend;
 use report::{Results, Side, Target};
@@ -72,11 +75,8 @@ async fn main() {
         cfg.latency_rate,
         cfg.pool
     );
-    if cfg.prefetch > 0 {
-        println!(
-            "our workers run with WorkerOptions::prefetch({})",
-            cfg.prefetch
-        );
+    if let Some(n) = cfg.prefetch {
+        println!("our workers run with WorkerOptions::prefetch({n})");
     }
     println!(
         "machine: {} cores, load average at start {}",
@@ -238,6 +238,12 @@ async fn postgres(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>
     }
     if cfg.scenario("retention") {
         scenario_retention::run(cfg, res, errors).await;
+    }
+    if cfg.scenario("workflow") {
+        scenario_workflow::run(cfg, res, errors, run).await;
+    }
+    if cfg.scenario("soak") {
+        scenario_soak::run(cfg, res, errors).await;
     }
     if cfg.scenario("raw") {
         // No library at all: its figure sits in the first column.

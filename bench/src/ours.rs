@@ -236,9 +236,10 @@ pub async fn drain(cfg: &Config, backend: Backend, concurrency: usize) -> Result
 /// Our worker's options in the drain and latency scenarios: one queue at `concurrency`,
 /// plus `--prefetch` and `--worker` tuning where given.
 fn drain_options(cfg: &Config, concurrency: usize) -> WorkerOptions {
-    let mut o = WorkerOptions::new()
-        .queue("default", concurrency)
-        .prefetch(cfg.prefetch);
+    let mut o = WorkerOptions::new().queue("default", concurrency);
+    if let Some(n) = cfg.prefetch {
+        o = o.prefetch(n);
+    }
     if let Some(n) = cfg.claim_batch {
         o = o.max_claim_batch(n);
     }

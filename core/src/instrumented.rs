@@ -10,9 +10,10 @@
 use crate::error::{Error, Result};
 use crate::job::{Checkpoint, Enqueued, Job, JobId, Lease, NewJob};
 use crate::storage::{
-    AdvanceScheduleParams, AttemptRecord, Capabilities, ClaimedJob, Completion, DequeueParams,
-    DynStorage, Failure, JobFilter, ManualOutcome, QueueCount, RetentionBatch, RetentionPurged,
-    ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage, TakeSignalsParams, WorkerRecord,
+    AdvanceScheduleParams, AttemptRecord, Capabilities, CheckpointWrite, ClaimedJob, Completion,
+    DequeueParams, DynStorage, Failure, JobFilter, ManualOutcome, QueueCount, RetentionBatch,
+    RetentionPurged, ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage, TakeSignalsParams,
+    WorkerRecord,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -396,6 +397,17 @@ impl Storage for InstrumentedStorage {
     async fn peek_signal(&self, job_id: JobId, name: &str) -> Result<Option<Value>> {
         self.observe("peek_signal", one, self.inner.peek_signal(job_id, name))
             .await
+    }
+
+    // ----- Workflows: group-committed checkpoints -----
+
+    async fn checkpoint_many(&self, items: Vec<CheckpointWrite>) -> Result<Vec<Result<()>>> {
+        self.observe(
+            "checkpoint_many",
+            Vec::len,
+            self.inner.checkpoint_many(items),
+        )
+        .await
     }
 
     async fn upsert_schedule(

@@ -43,9 +43,10 @@ pub use result::JobHandle;
 pub use retry::RetryPolicy;
 pub use schedule::{CatchUp, Schedule, ScheduleInfo, ScheduleRecord, SchedulerReport};
 pub use storage::{
-    AdvanceScheduleParams, AttemptOutcome, AttemptRecord, Capabilities, ClaimedJob, Completion,
-    DequeueParams, DynStorage, Failure, JobFilter, ManualOutcome, QueueCount, ReleasedJob,
-    RetentionBatch, RetentionPurged, SpawnChildrenParams, StaleLocks, Storage, TakeSignalsParams,
+    AdvanceScheduleParams, AttemptOutcome, AttemptRecord, Capabilities, CheckpointWrite,
+    ClaimedJob, Completion, DequeueParams, DynStorage, Failure, JobFilter, ManualOutcome,
+    QueueCount, ReleasedJob, RetentionBatch, RetentionPurged, SpawnChildrenParams, StaleLocks,
+    Storage, TakeSignalsParams,
     WorkerQueue, WorkerRecord,
 };
 pub use task::{NoRetry, RetryAfter, Snooze, Task, TaskError, TaskErrorKind};

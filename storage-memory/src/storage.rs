@@ -10,7 +10,7 @@ use durable_jobs::{
     RetentionBatch, RetentionPurged, ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage,
     SystemClock, TakeSignalsParams, WorkerRecord,
 };
-use durable_jobs::{AttemptOutcome, AttemptRecord};
+use durable_jobs::{AttemptOutcome, AttemptRecord, CheckpointWrite};
 use serde_json::Value;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -1080,6 +1080,28 @@ impl Storage for MemoryStorage {
             .signals
             .get(&(job_id, name.to_string()))
             .and_then(|q| q.front().cloned()))
+    }
+
+    // ----- Workflows: group-committed checkpoints -----
+
+    async fn checkpoint_many(&self, items: Vec<CheckpointWrite>) -> Result<Vec<Result<()>>> {
+        let now = self.clock.now();
+        // One lock for the batch: the items land together, as one commit would.
+        let mut st = self.lock();
+        Ok(items
+            .into_iter()
+            .map(|item| {
+                st.leased(&item.lease)?;
+                st.checkpoints.entry(item.lease.job_id).or_default().insert(
+                    item.checkpoint.key.clone(),
+                    Checkpoint {
+                        created_at: Some(now),
+                        ..item.checkpoint
+                    },
+                );
+                Ok(())
+            })
+            .collect())
     }
 
     async fn delete_job(&self, job_id: JobId) -> Result<bool> {

@@ -845,6 +845,15 @@ impl Storage for PostgresStorage {
         self.peek_job_signal(job_id, name).await
     }
 
+    // ----- Workflows: group-committed checkpoints -----
+
+    async fn checkpoint_many(
+        &self,
+        items: Vec<durable_jobs::CheckpointWrite>,
+    ) -> Result<Vec<Result<()>>> {
+        self.checkpoint_jobs(items).await
+    }
+
     async fn delete_job(&self, job_id: JobId) -> Result<bool> {
         self.delete_one_job(job_id).await
     }

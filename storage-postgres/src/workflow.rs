@@ -14,12 +14,13 @@ use crate::storage::PostgresStorage;
 use chrono::{DateTime, Utc};
 use durable_jobs::job::far_future;
 use durable_jobs::{
-    AttemptOutcome, Error, JobId, Lease, Result, SpawnChildrenParams, StorageErrorKind,
-    TakeSignalsParams,
+    AttemptOutcome, CheckpointOutcome, CheckpointWrite, Error, JobId, Lease, Result,
+    SpawnChildrenParams, StorageErrorKind, TakeSignalsParams,
 };
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, Row};
 use std::sync::atomic::Ordering;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Suspends a running job; its attempt is recorded as `suspended` under the number it ran
@@ -50,6 +51,32 @@ INSERT INTO {schema}.checkpoints (job_id, key, name, ok, created_at)
 VALUES ($1, $2, $3, $4::jsonb, {now})
 ON CONFLICT (job_id, key) DO UPDATE
 SET name = excluded.name, ok = excluded.ok, err = NULL, created_at = excluded.created_at";
+
+/// Stores many checkpoints in one statement, each fenced by its own lease: the rows of
+/// the batch's running jobs are share-locked (in id order, so two batches never lock in
+/// opposite orders) and only items whose token is the row's current one are written.
+/// Returns the locked rows' ids and tokens, from which each item's result follows.
+/// $1 job ids, $2 tokens, $3 keys, $4 names, $5 ok values (JSON text), $6 errors, $7
+/// argument hashes; one element per item, no (job, key) twice.
+const CHECKPOINT_MANY: &str = "
+WITH held AS (
+    SELECT j.id, j.lease_token FROM {schema}.jobs AS j
+    WHERE j.id = ANY($1::bigint[]) AND j.status = 'running'
+    ORDER BY j.id
+    FOR SHARE
+),
+ins AS (
+    INSERT INTO {schema}.checkpoints (job_id, key, name, ok, err, created_at, args_hash)
+    SELECT d.job_id, d.key, d.name, d.ok::jsonb, d.err, {now}, d.args_hash
+    FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::text[])
+        AS d(job_id, token, key, name, ok, err, args_hash)
+    JOIN held ON held.id = d.job_id AND held.lease_token = d.token
+    ON CONFLICT (job_id, key) DO UPDATE
+    SET name = excluded.name, ok = excluded.ok, err = excluded.err,
+        created_at = excluded.created_at, args_hash = excluded.args_hash
+)
+SELECT id, lease_token FROM held";
 
 /// $1 job, $2 name, $3 payload (JSON text).
 const SEND_SIGNAL: &str = "SELECT {schema}.send_signal($1, $2, $3::jsonb) AS status";
@@ -128,6 +155,7 @@ pub(crate) struct WorkflowSql {
     suspend: Arc<str>,
     hold: Arc<str>,
     put_checkpoint: Arc<str>,
+    checkpoint_many: Arc<str>,
     send_signal: Arc<str>,
     take_signals: Arc<str>,
     peek_signal: Arc<str>,
@@ -143,6 +171,7 @@ impl WorkflowSql {
             suspend: r(&with_history(SUSPEND, AttemptOutcome::Suspended, "NULL")),
             hold: r(HOLD),
             put_checkpoint: r(PUT_CHECKPOINT),
+            checkpoint_many: r(CHECKPOINT_MANY),
             send_signal: r(SEND_SIGNAL),
             take_signals: r(TAKE_SIGNALS),
             peek_signal: r(PEEK_SIGNAL),
@@ -338,5 +367,81 @@ impl PostgresStorage {
                 operation: "delete",
             }),
         }
+    }
+
+    /// [`durable_jobs::Storage::checkpoint_many`]: one statement, one commit.
+    pub(crate) async fn checkpoint_jobs(
+        &self,
+        items: Vec<CheckpointWrite>,
+    ) -> Result<Vec<Result<()>>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One row per (job, token, key): a later item replaces an earlier one, as
+        // sequential writes would, and the upsert never meets one row twice.
+        let mut slot: HashMap<(JobId, i64, &str), usize> = HashMap::with_capacity(items.len());
+        let mut rows: Vec<&CheckpointWrite> = Vec::with_capacity(items.len());
+        for item in &items {
+            let k = (
+                item.lease.job_id,
+                item.lease.token,
+                item.checkpoint.key.as_str(),
+            );
+            match slot.get(&k) {
+                Some(&i) => rows[i] = item,
+                None => {
+                    slot.insert(k, rows.len());
+                    rows.push(item);
+                }
+            }
+        }
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut tokens = Vec::with_capacity(rows.len());
+        let mut keys = Vec::with_capacity(rows.len());
+        let mut names = Vec::with_capacity(rows.len());
+        let mut oks: Vec<Option<String>> = Vec::with_capacity(rows.len());
+        let mut errs: Vec<Option<String>> = Vec::with_capacity(rows.len());
+        let mut hashes: Vec<Option<&str>> = Vec::with_capacity(rows.len());
+        for item in rows {
+            hashes.push(item.checkpoint.args_hash.as_deref());
+            ids.push(item.lease.job_id);
+            tokens.push(item.lease.token);
+            keys.push(item.checkpoint.key.as_str());
+            names.push(item.checkpoint.name.as_str());
+            match &item.checkpoint.outcome {
+                CheckpointOutcome::Ok(v) => {
+                    oks.push(Some(serde_json::to_string(v)?));
+                    errs.push(None);
+                }
+                CheckpointOutcome::Err(e) => {
+                    oks.push(None);
+                    errs.push(Some(e.clone()));
+                }
+            }
+        }
+        let held = sqlx::query(AssertSqlSafe(self.wf().checkpoint_many.clone()))
+            .bind(&ids)
+            .bind(&tokens)
+            .bind(&keys)
+            .bind(&names)
+            .bind(&oks)
+            .bind(&errs)
+            .bind(&hashes)
+            .fetch_all_on(self.db())
+            .await
+            .map_err(db)?;
+        let mut current = HashMap::with_capacity(held.len());
+        for row in &held {
+            let id: i64 = row.try_get(0).map_err(db)?;
+            let token: Option<i64> = row.try_get(1).map_err(db)?;
+            current.insert(id, token);
+        }
+        Ok(items
+            .iter()
+            .map(|item| match current.get(&item.lease.job_id) {
+                Some(&Some(token)) if token == item.lease.token => Ok(()),
+                _ => Err(lease_lost(&item.lease)),
+            })
+            .collect())
     }
 }

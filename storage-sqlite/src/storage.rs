@@ -15,6 +15,7 @@ use crate::writer::{Writer, WriterConfig};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use durable_jobs::job::new_lease_token;
+use durable_jobs::CheckpointWrite;
 use durable_jobs::{
     AdvanceScheduleParams, AttemptRecord, Capabilities, Checkpoint, ClaimedJob, Clock, Completion,
     DequeueParams, Enqueued, Failure, Job, JobFilter, JobId, Lease, ManualOutcome, NewJob,
@@ -635,6 +636,28 @@ impl Storage for SqliteStorage {
         let name = name.to_string();
         self.read(move |c| workflow::peek_signal(c, job_id, &name))
             .await
+    }
+
+    // ----- Workflows: group-committed checkpoints -----
+
+    async fn checkpoint_many(&self, items: Vec<CheckpointWrite>) -> Result<Vec<Result<()>>> {
+        let now = self.now_us();
+        // One transaction (one commit) on the writer thread for the whole batch; a lease
+        // no longer held fails its own items only.
+        self.write(move |conn| {
+            let mut out = Vec::with_capacity(items.len());
+            for item in &items {
+                out.push(
+                    match query::save_checkpoint(conn, &item.lease, &item.checkpoint, now) {
+                        Ok(()) => Ok(()),
+                        Err(crate::error::QueryError::Other(e)) if e.is_lease_lost() => Err(e),
+                        Err(e) => return Err(e),
+                    },
+                );
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn delete_job(&self, job_id: JobId) -> Result<bool> {

@@ -14,8 +14,9 @@ pub mod params;
 pub mod record;
 
 pub use params::{
-    AdvanceScheduleParams, ClaimedJob, Completion, DequeueParams, Failure, JobFilter,
-    ManualOutcome, QueueCount, ReleasedJob, SpawnChildrenParams, StaleLocks, TakeSignalsParams,
+    AdvanceScheduleParams, CheckpointWrite, ClaimedJob, Completion, DequeueParams, Failure,
+    JobFilter, ManualOutcome, QueueCount, ReleasedJob, SpawnChildrenParams, StaleLocks,
+    TakeSignalsParams,
 };
 pub use params::{RetentionBatch, RetentionPurged};
 pub use record::{AttemptOutcome, AttemptRecord, ScheduleRecord, WorkerQueue, WorkerRecord};
@@ -269,6 +270,22 @@ pub trait Storage: Send + Sync + 'static {
 
     /// The oldest unconsumed signal named `name` for a job, without consuming it.
     async fn peek_signal(&self, job_id: JobId, name: &str) -> Result<Option<Value>>;
+
+    // ----- Workflows: group-committed checkpoints -----
+
+    /// Stores many checkpoints, as [`Storage::checkpoint`] stores one, in one write where
+    /// the backend can (one transaction, one commit): concurrent durable calls and steps
+    /// share it. One result per item, in order; each item is fenced by its own lease, and
+    /// a lease no longer held gives [`crate::Error::LeaseLost`] for its items only,
+    /// storing nothing for them. Items of one job with the same key are applied in order
+    /// (the last wins). The default stores them one by one.
+    async fn checkpoint_many(&self, items: Vec<CheckpointWrite>) -> Result<Vec<Result<()>>> {
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            out.push(self.checkpoint(&item.lease, item.checkpoint).await);
+        }
+        Ok(out)
+    }
 
     // ----- Schedules -----
 

@@ -1,7 +1,7 @@
 //! What storage calls take and return: claim and completion items, filters, counts, and
 //! one params struct per call with more than three arguments.
 
-use crate::job::{Job, JobId, JobStatus, Lease, NewJob};
+use crate::job::{Checkpoint, Job, JobId, JobStatus, Lease, NewJob};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -202,4 +202,14 @@ impl RetentionPurged {
     pub fn jobs(&self) -> u64 {
         self.completed + self.failed + self.cancelled
     }
+}
+
+/// One checkpoint of a [`super::Storage::checkpoint_many`] batch: what
+/// [`super::Storage::checkpoint`] takes, as one item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointWrite {
+    /// The lease of the job the checkpoint belongs to: this item is fenced by it.
+    pub lease: Lease,
+    /// The checkpoint to store.
+    pub checkpoint: Checkpoint,
 }

@@ -1,6 +1,7 @@
 //! Test support (feature `testing`): the storage conformance suite every backend runs,
 //! and helpers for users' own tests.
 
+pub mod checkpoint_conformance;
 pub mod conformance;
 pub mod determinism_conformance;
 pub mod engine_calls;
@@ -282,6 +283,10 @@ macro_rules! conformance_tests {
             retention_takes_children_with_their_root,
             racing_retention_batches_delete_each_job_once,
             worker_purges_by_its_policy,
+        );
+        $crate::__conformance_cases!(checkpoint_conformance, $harness;
+            checkpoint_many_fences_each_item,
+            concurrent_steps_are_stored_and_replayed,
         );
     };
 }

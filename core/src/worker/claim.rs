@@ -6,6 +6,7 @@ use super::execute::{classify, execute, Ended};
 use super::options::QueueConfig;
 use super::shared::{Shared, NOT_IDLE};
 use super::threads::AttemptThreads;
+use super::sizing::Sizer;
 use crate::instrumented::Backoff;
 use crate::storage::Storage;
 use crate::storage::{ClaimedJob, DequeueParams};
@@ -26,6 +27,8 @@ type Outcome = Result<Value, TaskError>;
 
 struct Running {
     set: JoinSet<Outcome>,
+    /// Sizes the local queue from handler durations and claim round trips.
+    sizer: Sizer,
     meta: HashMap<Id, RunMeta>,
     /// Each spawned attempt's blocking threads.
     threads: HashMap<Id, AttemptThreads>,
@@ -82,9 +85,11 @@ impl Running {
             }
             match first {
                 Ok(Poll::Ready(outcome)) => {
+                    self.sizer.handler_ran(meta.started.elapsed());
                     return settle(shared, meta, Ended::Returned(outcome), out);
                 }
                 Err(panic) => {
+                    self.sizer.handler_ran(meta.started.elapsed());
                     return settle(shared, meta, Ended::Panicked(panic_message(panic)), out);
                 }
                 Ok(Poll::Pending) => {}
@@ -110,6 +115,7 @@ impl Running {
         let Some(meta) = self.meta.remove(&id) else {
             return;
         };
+        self.sizer.handler_ran(meta.started.elapsed());
         // Aborted at shutdown while a blocking thread still runs: release the job (and
         // stop renewing its lease) only once the thread returned, so no second attempt
         // can start beside it. The task holds a sender, so the completer waits for it.
@@ -153,6 +159,11 @@ pub(crate) async fn run_queue(
 ) {
     let mut running = Running {
         set: JoinSet::new(),
+        sizer: Sizer::new(
+            shared.opts.prefetch,
+            cfg.concurrency,
+            shared.opts.lease_duration,
+        ),
         meta: HashMap::new(),
         threads: HashMap::new(),
         inline: true,
@@ -160,8 +171,6 @@ pub(crate) async fn run_queue(
     };
     let mut wakes = shared.wakes();
     let mut stop = shared.stopping.subscribe();
-    // Jobs held at once: running plus prefetched into the local buffer.
-    let capacity = cfg.concurrency + shared.opts.prefetch;
     let mut st = ClaimState {
         buffer: VecDeque::new(),
         maybe_more: true,
@@ -170,10 +179,6 @@ pub(crate) async fn run_queue(
         backoff: Backoff::default(),
         claiming: 0,
     };
-    let batch = capacity.min(shared.opts.max_claim_batch);
-    // Refill only once a good share of the batch is free, so a busy queue claims in
-    // batches instead of one job per finished job.
-    let refill_at = (batch / 2).max(1);
     // Claims run as tasks, up to `claims_in_flight` at once, so one claim's round trip
     // does not stall the next while slots are free.
     let mut claims: JoinSet<ClaimOutcome> = JoinSet::new();
@@ -190,13 +195,21 @@ pub(crate) async fn run_queue(
             running.finish(&shared, done, &out);
         }
         while let Some(done) = claims.try_join_next() {
-            st.take(&shared, index, done, &running, &claims);
+            st.take(&shared, index, done, &mut running, &claims);
         }
         if shared.is_stopping() {
             break;
         }
+        // Jobs held at once: running plus the local queue, whose depth follows what the
+        // loop measures (or the user's fixed prefetch).
+        let capacity = cfg.concurrency + running.sizer.local_queue();
+        let batch = capacity.min(shared.opts.max_claim_batch);
+        // Refill only once a good share of the batch is free, so a busy queue claims in
+        // batches instead of one job per finished job.
+        let refill_at = (batch / 2).max(1);
         let held = running.len() + st.buffer.len() + st.claiming;
-        let free = capacity - held;
+        // The depth can shrink below what is already held.
+        let free = capacity.saturating_sub(held);
         let in_flight_cap = if st.probing {
             1
         } else {
@@ -216,10 +229,13 @@ pub(crate) async fn run_queue(
             let storage = shared.queue.storage().clone();
             let p = params(want);
             claims.spawn(async move {
+                let sent = Instant::now();
+                let result = storage.dequeue(p).await;
                 ClaimOutcome {
                     generation,
                     want,
-                    result: storage.dequeue(p).await,
+                    took: sent.elapsed(),
+                    result,
                 }
             });
             // Let the claim task send its query now: handlers started in place below
@@ -245,7 +261,7 @@ pub(crate) async fn run_queue(
         tokio::select! {
             _ = stop.changed() => {}
             Some(done) = claims.join_next(), if !claims.is_empty() => {
-                st.take(&shared, index, done, &running, &claims);
+                st.take(&shared, index, done, &mut running, &claims);
             }
             Some(done) = running.set.join_next_with_id(), if running.len() > 0 => {
                 running.finish(&shared, done, &out);
@@ -269,7 +285,7 @@ pub(crate) async fn run_queue(
     }
     // Claims still in flight may have leased jobs: take them into the buffer to release.
     while let Some(done) = claims.join_next().await {
-        st.take(&shared, index, done, &running, &claims);
+        st.take(&shared, index, done, &mut running, &claims);
     }
     // Prefetched jobs never started: give them back at once, attempt unspent.
     for (c, _) in st.buffer {
@@ -309,6 +325,8 @@ struct ClaimOutcome {
     generation: u64,
     /// How many jobs it asked for.
     want: usize,
+    /// Its round trip.
+    took: Duration,
     result: crate::Result<Vec<ClaimedJob>>,
 }
 
@@ -338,7 +356,7 @@ impl ClaimState {
         shared: &Shared,
         index: usize,
         done: Result<ClaimOutcome, JoinError>,
-        running: &Running,
+        running: &mut Running,
         claims: &JoinSet<ClaimOutcome>,
     ) {
         let outcome = match done {
@@ -359,6 +377,10 @@ impl ClaimState {
                     shared.health.contact();
                 } else {
                     shared.health.claimed();
+                    // Round trips of claims that found work size the local queue: an
+                    // idle poll's is shorter than one under load and says nothing about
+                    // how long the slots wait for jobs.
+                    running.sizer.claim_took(outcome.took);
                 }
                 // A short claim means the queue looked drained, unless a wake came after
                 // the claim began: the loop may have consumed that wake while the claim

@@ -52,6 +52,7 @@ async fn run(
         job,
         lease,
         queue,
+        shared.checkpoints.clone(),
         shared.stopping.subscribe(),
         lost.clone(),
         threads.clone(),

@@ -10,6 +10,7 @@ mod registry;
 pub(crate) mod shared;
 pub(crate) mod threads;
 pub(crate) mod timer;
+mod sizing;
 
 pub use health::{WorkerHealth, WorkerState};
 pub use options::{
@@ -20,6 +21,7 @@ pub use options::{
     DEFAULT_WORKER_RETENTION,
 };
 pub use shared::WorkerReport;
+pub use sizing::DEFAULT_MAX_PREFETCH;
 
 use crate::error::{Error, Result};
 use crate::event::Event;

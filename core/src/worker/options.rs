@@ -68,7 +68,7 @@ pub struct WorkerOptions {
     pub(crate) shutdown_grace: Duration,
     pub(crate) completion_batch: usize,
     pub(crate) completion_writers: usize,
-    pub(crate) prefetch: usize,
+    pub(crate) prefetch: Option<usize>,
     pub(crate) claims_in_flight: usize,
     pub(crate) max_claim_batch: usize,
     pub(crate) name: Option<String>,
@@ -94,7 +94,7 @@ impl Default for WorkerOptions {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             completion_batch: DEFAULT_COMPLETION_BATCH,
             completion_writers: DEFAULT_COMPLETION_WRITERS,
-            prefetch: 0,
+            prefetch: None,
             claims_in_flight: DEFAULT_CLAIMS_IN_FLIGHT,
             max_claim_batch: DEFAULT_MAX_CLAIM_BATCH,
             name: None,
@@ -173,9 +173,16 @@ impl WorkerOptions {
     /// Claims up to this many jobs ahead of free slots into a local queue per routing
     /// queue (graphile-worker's local queue), so short jobs do not wait for a claim round
     /// trip each. Prefetched jobs are leased (and renewed) like running ones, and released
-    /// unspent at shutdown; other workers cannot take them meanwhile. Defaults to 0.
+    /// unspent at shutdown; other workers cannot take them meanwhile.
+    ///
+    /// By default each routing queue sizes its local queue from what it measures: deep
+    /// enough that its slots stay busy for four claim round trips at the rate its handlers
+    /// finish, never deeper than the jobs its slots start within a tenth of the lease, and
+    /// at most [`super::sizing::DEFAULT_MAX_PREFETCH`]. Quick jobs thus get a deep local
+    /// queue and slow ones none. Setting a depth here (0 turns the local queue off)
+    /// replaces that sizing.
     pub fn prefetch(mut self, n: usize) -> Self {
-        self.prefetch = n;
+        self.prefetch = Some(n);
         self
     }
 

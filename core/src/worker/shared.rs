@@ -7,6 +7,7 @@ use crate::job::{JobId, Lease};
 use crate::metric::MetricsCache;
 use crate::queue::Queue;
 use crate::storage::Storage;
+use crate::workflow::CheckpointCommitter;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -51,6 +52,8 @@ pub(crate) struct Shared {
     fatal: Mutex<Option<Error>>,
     /// When the run started, on the clock its timers follow: their ticks count from here.
     pub(crate) started: chrono::DateTime<chrono::Utc>,
+    /// The writer that group-commits the checkpoints of every job this run executes.
+    pub(crate) checkpoints: CheckpointCommitter,
 }
 
 /// What a run did, counted as outcomes are written.
@@ -98,6 +101,9 @@ impl Shared {
         let queue_wake = queue.subscribe_wake();
         let loops = opts.queues.len();
         let started = opts.clock.now();
+        // Through the queue's instrumented handle, so checkpoint writes are observed
+        // like every other storage call.
+        let queue_storage = queue.storage().clone();
         Shared {
             tasks: queue.task_names(),
             queue,
@@ -117,6 +123,7 @@ impl Shared {
             health,
             fatal: Mutex::new(None),
             started,
+            checkpoints: CheckpointCommitter::start(Arc::new(queue_storage)),
         }
     }
 

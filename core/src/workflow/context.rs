@@ -1,6 +1,7 @@
 //! The context a handler receives: which job it runs, its lease, cancellation, and the
 //! checkpoint scope that durable calls use.
 
+use super::commit::CheckpointCommitter;
 use super::key::CheckpointKey;
 use crate::error::Result;
 use crate::job::{Checkpoint, Job, JobId, Lease};
@@ -25,6 +26,8 @@ struct Shared {
     job: Job,
     lease: Lease,
     queue: Queue,
+    /// The worker run's checkpoint writer, shared by every job it runs.
+    committer: CheckpointCommitter,
     /// Loaded on the first durable call, so plain jobs never read checkpoints.
     checkpoints: OnceCell<Mutex<HashMap<String, Checkpoint>>>,
     /// True once the worker shuts down.
@@ -52,6 +55,7 @@ impl JobContext {
         job: Job,
         lease: Lease,
         queue: Queue,
+        committer: CheckpointCommitter,
         cancel: watch::Receiver<bool>,
         lost: watch::Receiver<bool>,
         threads: AttemptThreads,
@@ -61,6 +65,7 @@ impl JobContext {
                 job,
                 lease,
                 queue,
+                committer,
                 checkpoints: OnceCell::new(),
                 cancel,
                 lost,
@@ -299,13 +304,14 @@ impl JobContext {
         }
     }
 
-    /// Stores a checkpoint, fenced by the lease, and remembers it for this attempt.
+    /// Stores a checkpoint, fenced by the lease, and remembers it for this attempt. The
+    /// write is group-committed with the other checkpoints in flight on this worker, and
+    /// returns once this one is durable.
     pub(crate) async fn save_checkpoint(&self, checkpoint: Checkpoint) -> Result<()> {
         let map = self.loaded().await?;
         self.shared
-            .queue
-            .storage()
-            .checkpoint(&self.shared.lease, checkpoint.clone())
+            .committer
+            .save(&self.shared.lease, checkpoint.clone())
             .await?;
         lock(map).insert(checkpoint.key.clone(), checkpoint);
         Ok(())

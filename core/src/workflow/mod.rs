@@ -3,6 +3,7 @@
 
 mod call;
 mod children;
+mod commit;
 mod context;
 mod determinism;
 mod key;
@@ -13,6 +14,7 @@ mod version;
 
 pub use call::call;
 pub use children::{ChildResult, FanOut};
+pub(crate) use commit::CheckpointCommitter;
 pub use context::JobContext;
 pub(crate) use determinism::args_hash;
 pub use determinism::Determinism;

@@ -36,7 +36,7 @@ use super::simulation::rng::Rng;
 use crate::error::{Error, Result, StorageError, StorageErrorKind};
 use crate::job::{Checkpoint, Enqueued, Job, JobId, Lease, NewJob};
 use crate::storage::{
-    AdvanceScheduleParams, AttemptRecord, Capabilities, ClaimedJob, Completion, DequeueParams,
+    AdvanceScheduleParams, AttemptRecord, Capabilities, CheckpointWrite, ClaimedJob, Completion, DequeueParams,
     DynStorage, Failure, JobFilter, ManualOutcome, QueueCount, ScheduleRecord, SpawnChildrenParams,
     RetentionBatch, RetentionPurged, StaleLocks, Storage, TakeSignalsParams, WorkerRecord,
 };
@@ -681,6 +681,21 @@ impl Storage for FaultStorage {
             Class::Fenced,
             &leases,
             self.inner.complete_many(items),
+            Box::new(move |results: &Vec<Result<()>>, r| {
+                r.writes = item_writes(&described, results);
+            }),
+        )
+        .await
+    }
+
+    async fn checkpoint_many(&self, items: Vec<CheckpointWrite>) -> Result<Vec<Result<()>>> {
+        let leases: Vec<Lease> = items.iter().map(|c| c.lease.clone()).collect();
+        let described = leases.clone();
+        self.run(
+            "checkpoint_many",
+            Class::Fenced,
+            &leases,
+            self.inner.checkpoint_many(items),
             Box::new(move |results: &Vec<Result<()>>, r| {
                 r.writes = item_writes(&described, results);
             }),

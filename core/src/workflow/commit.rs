@@ -1,0 +1,269 @@
+//! Group commit for checkpoints: the durable calls and steps of every job a worker runs
+//! hand their checkpoints to one writer, which stores whatever arrived while its previous
+//! write was in flight with one [`Storage::checkpoint_many`] call (one statement and one
+//! commit on PostgreSQL, one transaction on SQLite). Each caller resumes only once its
+//! own item is durable, with its own item's result: a lease lost for one job fails only
+//! that job's checkpoint.
+//!
+//! Batching adds no waiting: a lone checkpoint is written at once, and items queue up only
+//! while a write is already in flight (as the worker's completions do).
+
+use crate::error::{Error, Result, StorageError, StorageErrorKind};
+use crate::job::{Checkpoint, Lease};
+use crate::storage::{CheckpointWrite, DynStorage};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// The most checkpoints stored by one write.
+const MAX_BATCH: usize = 1000;
+
+/// What one batch write returns: one result per item, in order.
+type Written = Result<Vec<Result<()>>>;
+
+/// Writes one batch (in production, [`Storage::checkpoint_many`]).
+type WriteFn =
+    dyn Fn(Vec<CheckpointWrite>) -> Pin<Box<dyn Future<Output = Written> + Send>> + Send + Sync;
+
+/// One checkpoint waiting for the writer, with the caller to answer.
+struct Pending {
+    item: CheckpointWrite,
+    done: oneshot::Sender<Result<()>>,
+}
+
+/// A handle on one worker run's checkpoint writer. Cheap to clone; the writer task ends
+/// once every handle is gone.
+#[derive(Clone)]
+pub(crate) struct CheckpointCommitter {
+    tx: mpsc::UnboundedSender<Pending>,
+}
+
+impl CheckpointCommitter {
+    /// Starts a writer over `storage` (on the current tokio runtime).
+    pub(crate) fn start(storage: DynStorage) -> Self {
+        Self::with_writer(Arc::new(move |items| {
+            let s = storage.clone();
+            Box::pin(async move { s.checkpoint_many(items).await })
+        }))
+    }
+
+    /// Starts a writer that stores batches with `write`.
+    fn with_writer(write: Arc<WriteFn>) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_writer(rx, write));
+        CheckpointCommitter { tx }
+    }
+
+    /// Stores `checkpoint` for the job `lease` holds, fenced by that lease, together with
+    /// whatever other checkpoints are waiting; returns once it is durable.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] when the lease is no longer the job's current one (nothing is
+    /// stored); the storage's error when the batch's write failed.
+    pub(crate) async fn save(&self, lease: &Lease, checkpoint: Checkpoint) -> Result<()> {
+        let (done, answer) = oneshot::channel();
+        let item = CheckpointWrite {
+            lease: lease.clone(),
+            checkpoint,
+        };
+        if self.tx.send(Pending { item, done }).is_err() {
+            return Err(unanswered("the checkpoint writer is gone"));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(unanswered("the checkpoint write ended without an answer")))
+    }
+}
+
+/// The error for a checkpoint whose write gave no answer: whether it was stored is
+/// unknown, so the attempt retries (storing it again replaces the same key).
+fn unanswered(why: &str) -> Error {
+    Error::Storage(StorageError::new(StorageErrorKind::Other, why))
+}
+
+/// The writer: takes every waiting item (up to [`MAX_BATCH`]), writes them with one call,
+/// answers each caller with its own item's result, and repeats until every handle is gone.
+async fn run_writer(mut rx: mpsc::UnboundedReceiver<Pending>, write: Arc<WriteFn>) {
+    let mut buf = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut buf, MAX_BATCH).await > 0 {
+        let (items, waiters): (Vec<_>, Vec<_>) = buf.drain(..).map(|p| (p.item, p.done)).unzip();
+        let n = items.len();
+        // A task of its own, so a panic inside the storage fails this batch only and
+        // the writer lives on for the next.
+        let written = match tokio::spawn(write(items)).await {
+            Ok(w) => w,
+            Err(e) => Err(unanswered(&format!("the checkpoint write panicked: {e}"))),
+        };
+        match written {
+            Ok(results) if results.len() == n => {
+                for (done, r) in waiters.into_iter().zip(results) {
+                    // A caller that stopped waiting (its handler was aborted) needs no
+                    // answer.
+                    let _ = done.send(r);
+                }
+            }
+            Ok(results) => {
+                let e = format!(
+                    "checkpoint_many returned {} results for {n} items",
+                    results.len()
+                );
+                for done in waiters {
+                    let _ = done.send(Err(Error::Storage(StorageError::new(
+                        StorageErrorKind::Other,
+                        e.clone(),
+                    ))));
+                }
+            }
+            Err(e) => {
+                // Every item of the batch gets the failure, with its kind (a transient
+                // error stays transient) and message.
+                let kind = e.storage_kind().unwrap_or(StorageErrorKind::Other);
+                let message = e.to_string();
+                let mut first = Some(e);
+                for done in waiters {
+                    let err = match first.take() {
+                        Some(e) => e,
+                        None => Error::Storage(StorageError::new(kind, message.clone())),
+                    };
+                    let _ = done.send(Err(err));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::CheckpointOutcome;
+    use std::sync::Mutex;
+    use tokio::sync::Notify;
+
+    fn lease(job_id: i64) -> Lease {
+        Lease {
+            job_id,
+            attempt: 1,
+            token: job_id * 10,
+            expires_at: chrono::Utc::now(),
+        }
+    }
+
+    fn cp(key: &str) -> Checkpoint {
+        Checkpoint {
+            key: key.into(),
+            name: "step".into(),
+            outcome: CheckpointOutcome::Ok(serde_json::json!(key)),
+            created_at: None,
+            args_hash: None,
+        }
+    }
+
+    /// A writer that records each batch's keys, holds its first write until released,
+    /// and loses the lease of job 2.
+    struct Gate {
+        batches: Mutex<Vec<Vec<String>>>,
+        entered: Notify,
+        release: Notify,
+    }
+
+    fn gated() -> (Arc<Gate>, Arc<WriteFn>) {
+        let gate = Arc::new(Gate {
+            batches: Mutex::new(Vec::new()),
+            entered: Notify::new(),
+            release: Notify::new(),
+        });
+        let g = gate.clone();
+        let write: Arc<WriteFn> = Arc::new(move |items: Vec<CheckpointWrite>| {
+            let g = g.clone();
+            Box::pin(async move {
+                let first = {
+                    let mut b = g.batches.lock().unwrap();
+                    b.push(items.iter().map(|i| i.checkpoint.key.clone()).collect());
+                    b.len() == 1
+                };
+                if first {
+                    g.entered.notify_one();
+                    g.release.notified().await;
+                }
+                Ok(items
+                    .iter()
+                    .map(|i| match i.lease.job_id {
+                        2 => Err(Error::LeaseLost { job_id: 2 }),
+                        _ => Ok(()),
+                    })
+                    .collect())
+            })
+        });
+        (gate, write)
+    }
+
+    /// Items that arrive while a write is in flight go out together in the next write,
+    /// and each caller gets its own item's result: job 2's lost lease fails its item only.
+    #[tokio::test]
+    async fn waiting_items_share_the_next_write() {
+        let (gate, write) = gated();
+        let c = CheckpointCommitter::with_writer(write);
+        let first = tokio::spawn({
+            let c = c.clone();
+            async move { c.save(&lease(1), cp("a")).await }
+        });
+        gate.entered.notified().await;
+        // The first write is held: these three queue up behind it. One poll each sends
+        // the item (the send happens before the first wait).
+        let leases = [lease(1), lease(2), lease(3)];
+        let mut rest: Vec<_> = leases
+            .iter()
+            .zip(["b", "c", "d"])
+            .map(|(l, k)| Box::pin(c.save(l, cp(k))))
+            .collect();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        for f in &mut rest {
+            assert!(f.as_mut().poll(&mut cx).is_pending());
+        }
+        gate.release.notify_one();
+        assert!(first.await.unwrap().is_ok());
+        let mut results = Vec::new();
+        for f in rest {
+            results.push(f.await);
+        }
+        assert!(results[0].is_ok());
+        assert!(matches!(results[1], Err(Error::LeaseLost { job_id: 2 })));
+        assert!(results[2].is_ok());
+        let batches = gate.batches.lock().unwrap().clone();
+        assert_eq!(
+            batches,
+            vec![
+                vec!["a".to_string()],
+                vec!["b".into(), "c".into(), "d".into()]
+            ]
+        );
+    }
+
+    /// A batch whose write fails gives every caller the failure with its kind; a write
+    /// that panics fails its batch only, and the writer goes on.
+    #[tokio::test]
+    async fn failed_and_panicked_writes_answer_every_caller() {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n = calls.clone();
+        let write: Arc<WriteFn> = Arc::new(move |items: Vec<CheckpointWrite>| {
+            let call = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                match call {
+                    0 => Err(Error::Storage(StorageError::new(
+                        StorageErrorKind::Unavailable,
+                        "down",
+                    ))),
+                    1 => panic!("storage bug"),
+                    _ => Ok(items.iter().map(|_| Ok(())).collect()),
+                }
+            })
+        });
+        let c = CheckpointCommitter::with_writer(write);
+        let l = lease(1);
+        let e = c.save(&l, cp("a")).await.unwrap_err();
+        assert_eq!(e.storage_kind(), Some(StorageErrorKind::Unavailable));
+        assert!(c.save(&l, cp("b")).await.is_err());
+        assert!(c.save(&l, cp("c")).await.is_ok());
+    }
+}
