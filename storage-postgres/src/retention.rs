@@ -2,6 +2,7 @@
 //! a transaction-scoped advisory lock so one batch runs at a time across processes.
 
 use crate::error::db;
+use crate::exec::Fetch;
 use crate::sql::render;
 use crate::storage::PostgresStorage;
 use durable_jobs::{Result, RetentionBatch, RetentionPurged};
@@ -94,7 +95,7 @@ impl PostgresStorage {
         let mut tx = self.pool().begin().await.map_err(db)?;
         let locked: bool = sqlx::query_scalar(TRY_LOCK)
             .bind(&sql.lock_name)
-            .fetch_one(&mut *tx)
+            .fetch_one_on(self.on(&mut tx))
             .await
             .map_err(db)?;
         if !locked {
@@ -108,7 +109,7 @@ impl PostgresStorage {
             .bind(batch.failed_before)
             .bind(batch.cancelled_before)
             .bind(limit)
-            .fetch_one(&mut *tx)
+            .fetch_one_on(self.on(&mut tx))
             .await
             .map_err(db)?;
         tx.commit().await.map_err(db)?;

@@ -594,7 +594,7 @@ impl Storage for PostgresStorage {
             .bind(lease.job_id)
             .bind(lease.token)
             .bind(micros(delay))
-            .execute(self.pool())
+            .execute_on(self.db())
             .await
             .map_err(db)?
             .rows_affected();
@@ -606,7 +606,7 @@ impl Storage for PostgresStorage {
             .bind(lease.job_id)
             .bind(lease.token)
             .bind(progress)
-            .execute(self.pool())
+            .execute_on(self.db())
             .await
             .map_err(db)?
             .rows_affected();
@@ -947,7 +947,7 @@ impl Storage for PostgresStorage {
     async fn watch_job(&self, job_id: JobId) -> Result<Option<Job>> {
         let row = sqlx::query(AssertSqlSafe(self.sql().watch_job.clone()))
             .bind(job_id)
-            .fetch_optional(self.pool())
+            .fetch_optional_on(self.db())
             .await
             .map_err(db)?;
         match row {

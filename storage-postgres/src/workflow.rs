@@ -196,7 +196,7 @@ impl PostgresStorage {
         let row = sqlx::query(AssertSqlSafe(self.wf().heal.clone()))
             .bind(after)
             .bind(HEAL_WINDOW)
-            .fetch_one(self.pool())
+            .fetch_one_on(self.db())
             .await
             .map_err(db)?;
         let healed: i64 = row.try_get(0).map_err(db)?;
