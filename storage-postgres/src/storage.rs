@@ -173,7 +173,9 @@ impl PostgresStorage {
         }
     }
 
-    /// The connection pool.
+    /// The connection pool. Behind a transaction-mode pooler
+    /// ([`PostgresOptions::pgbouncer_transaction_mode`]) run your own statements on it
+    /// with `.persistent(false)` inside a transaction.
     pub fn pool(&self) -> &PgPool {
         &self.inner.pool
     }

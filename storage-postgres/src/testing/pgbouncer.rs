@@ -42,6 +42,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug)]
 pub struct PgBouncer {
     child: Child,
+    /// Stopped on drop, so it never signals a pid reused after this one ended.
+    watchdog: Option<Child>,
     dir: PathBuf,
     port: u16,
     url: String,
@@ -113,6 +115,7 @@ impl PgBouncer {
             .map_err(|e| format!("start {}: {e}", binary.display()))?;
         let mut bouncer = PgBouncer {
             child,
+            watchdog: None,
             url: format!(
                 "postgres://{}@127.0.0.1:{port}/{}",
                 server.user, server.database
@@ -120,7 +123,7 @@ impl PgBouncer {
             dir,
             port,
         };
-        bouncer.watch()?;
+        bouncer.watchdog = Some(bouncer.watch()?);
         bouncer.wait_listening()?;
         Ok(bouncer)
     }
@@ -168,7 +171,7 @@ impl PgBouncer {
 
     /// Starts a watchdog that outlives this process: once the process is gone (even by
     /// SIGKILL), it kills pgBouncer and removes its directory.
-    fn watch(&self) -> Result<(), String> {
+    fn watch(&self) -> Result<Child, String> {
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 1; done; kill -9 {child} 2>/dev/null; rm -rf '{dir}'",
             pid = std::process::id(),
@@ -181,13 +184,16 @@ impl PgBouncer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map(drop)
             .map_err(|e| format!("start the pgbouncer watchdog: {e}"))
     }
 }
 
 impl Drop for PgBouncer {
     fn drop(&mut self) {
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
