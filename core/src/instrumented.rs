@@ -10,9 +10,9 @@
 use crate::error::{Error, Result};
 use crate::job::{Checkpoint, Enqueued, Job, JobId, Lease, NewJob};
 use crate::storage::{
-    AdvanceScheduleParams, AttemptRecord, Capabilities, ClaimedJob, Completion, DequeueParams,
-    DynStorage, Failure, JobFilter, ManualOutcome, QueueCount, ScheduleRecord, SpawnChildrenParams,
-    StaleLocks, Storage, TakeSignalsParams, WorkerRecord,
+    AdvanceScheduleParams, AttemptRecord, Capabilities, ClaimedJob, Completion, DeletedBatch,
+    DequeueParams, DynStorage, Failure, JobFilter, ManualOutcome, QueueCount, ScheduleRecord,
+    SpawnChildrenParams, StaleLocks, Storage, TakeSignalsParams, WorkerRecord,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -242,6 +242,15 @@ impl Storage for InstrumentedStorage {
     async fn delete_job(&self, job_id: JobId) -> Result<bool> {
         self.observe("delete_job", one, self.inner.delete_job(job_id))
             .await
+    }
+
+    async fn delete_jobs(&self, filter: JobFilter) -> Result<DeletedBatch> {
+        self.observe(
+            "delete_jobs",
+            |b: &DeletedBatch| usize::try_from(b.deleted).unwrap_or(usize::MAX),
+            self.inner.delete_jobs(filter),
+        )
+        .await
     }
 
     async fn dequeue(&self, params: DequeueParams) -> Result<Vec<ClaimedJob>> {

@@ -185,6 +185,9 @@ pub struct Job {
     /// At most one job per serial key runs at a time.
     #[serde(default)]
     pub serial_key: Option<String>,
+    /// Key/value pairs set at enqueue, to find the job by (see [`crate::metadata`]).
+    #[serde(default)]
+    pub metadata: crate::metadata::Metadata,
 }
 
 impl Job {
@@ -245,6 +248,9 @@ pub struct NewJob {
     /// [`crate::Queue`] from the current span).
     #[serde(default)]
     pub trace_context: Option<String>,
+    /// Key/value pairs to find the job by (validated by [`crate::JobOptions::build`]).
+    #[serde(default)]
+    pub metadata: crate::metadata::Metadata,
 }
 
 /// What enqueueing a job whose key an unfinished job already holds does (the key is
@@ -298,6 +304,7 @@ impl NewJob {
             flags: Vec::new(),
             tags: Vec::new(),
             trace_context: None,
+            metadata: crate::metadata::Metadata::new(),
         }
     }
 

@@ -9,6 +9,7 @@ pub mod instrumented;
 pub mod job;
 mod maintenance;
 pub mod manage;
+pub mod metadata;
 pub mod metric;
 pub mod options;
 pub mod queue;
@@ -32,14 +33,16 @@ pub use job::{
     NewJob,
 };
 pub use manage::{JobDetails, WorkerInfo};
+pub use metadata::Metadata;
 pub use options::JobOptions;
 pub use queue::Queue;
 pub use retry::RetryPolicy;
 pub use schedule::{CatchUp, Schedule, ScheduleInfo, ScheduleRecord, SchedulerReport};
 pub use storage::{
     AdvanceScheduleParams, AttemptOutcome, AttemptRecord, Capabilities, ClaimedJob, Completion,
-    DequeueParams, DynStorage, Failure, JobFilter, ManualOutcome, QueueCount, ReleasedJob,
-    SpawnChildrenParams, StaleLocks, Storage, TakeSignalsParams, WorkerQueue, WorkerRecord,
+    DeletedBatch, DequeueParams, DynStorage, Failure, JobFilter, ManualOutcome, QueueCount,
+    ReleasedJob, SpawnChildrenParams, StaleLocks, Storage, TakeSignalsParams, WorkerQueue,
+    WorkerRecord,
 };
 pub use task::{NoRetry, RetryAfter, Task, TaskError, TaskErrorKind};
 pub use trace::TraceContext;

@@ -66,6 +66,59 @@ impl Queue {
         self.storage().delete_job(id).await
     }
 
+    /// Deletes every job matching `filter` that is not running, in batches of at most
+    /// `batch_size` matching jobs (each batch one transaction), and returns how many jobs
+    /// were deleted. `filter.limit` is ignored; `filter.after_id` is where it starts.
+    ///
+    /// A matching job goes with all its descendants (a workflow's children, a bundle's
+    /// members), and a job whose parent still exists never matches on its own: a
+    /// workflow's child is deleted only with its root, never out from under it. A job
+    /// whose tree has a running job is left whole (cancel it first). "Older than" is
+    /// [`JobFilter::created_before`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), durable_jobs::Error> {
+    /// use durable_jobs::{JobFilter, JobStatus, Queue};
+    /// # let queue = Queue::new(std::sync::Arc::new(durable_jobs_memory::MemoryStorage::new()));
+    /// let filter = JobFilter {
+    ///     statuses: vec![JobStatus::Failed],
+    ///     metadata: Some(("tenant".into(), "acme".into())),
+    ///     ..JobFilter::default()
+    /// };
+    /// let deleted = queue.delete_jobs(filter, 500).await?;
+    /// # let _ = deleted; Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidOption`] for a zero batch size or a malformed filter, and
+    /// storage errors (jobs deleted by earlier batches stay deleted).
+    pub async fn delete_jobs(&self, filter: JobFilter, batch_size: usize) -> Result<u64> {
+        if batch_size == 0 {
+            return Err(crate::Error::InvalidOption {
+                option: "batch_size",
+                message: "expected at least 1".into(),
+            });
+        }
+        filter.validate()?;
+        let mut deleted = 0;
+        let mut after_id = filter.after_id;
+        loop {
+            let batch = self
+                .storage()
+                .delete_jobs(JobFilter {
+                    after_id,
+                    limit: Some(batch_size),
+                    ..filter.clone()
+                })
+                .await?;
+            deleted += batch.deleted;
+            match batch.last_id {
+                Some(last) => after_id = Some(last),
+                None => return Ok(deleted),
+            }
+        }
+    }
+
     /// Jobs per queue and final status that finished at or after `since` (for "the last
     /// hour" on a dashboard).
     ///
@@ -75,7 +128,7 @@ impl Queue {
         self.storage().finished_counts(since).await
     }
 
-    /// Jobs matching `filter` (status, queue, task, tag, parent, created time), by
+    /// Jobs matching `filter` (status, queue, task, tag, metadata, parent, created time), by
     /// ascending id; page with `after_id` and `limit`.
     ///
     /// # Errors

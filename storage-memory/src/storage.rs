@@ -5,10 +5,10 @@ use chrono::{DateTime, Utc};
 use durable_jobs::job::{far_future, new_lease_token};
 use durable_jobs::{
     AdvanceScheduleParams, Capabilities, Checkpoint, CheckpointOutcome, ClaimedJob, Clock,
-    Completion, DequeueParams, Enqueued, Error, Failure, Job, JobFilter, JobId, JobStatus, KeyMode,
-    Lease, LeaseInfo, ManualClock, ManualOutcome, NewJob, QueueCount, ReleasedJob, Result,
-    ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage, SystemClock, TakeSignalsParams,
-    WorkerRecord,
+    Completion, DeletedBatch, DequeueParams, Enqueued, Error, Failure, Job, JobFilter, JobId,
+    JobStatus, KeyMode, Lease, LeaseInfo, ManualClock, ManualOutcome, NewJob, QueueCount,
+    ReleasedJob, Result, ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage, SystemClock,
+    TakeSignalsParams, WorkerRecord,
 };
 use durable_jobs::{AttemptOutcome, AttemptRecord};
 use serde_json::Value;
@@ -178,6 +178,7 @@ impl State {
             tags: new.tags,
             flags: new.flags,
             serial_key: new.serial_key,
+            metadata: new.metadata,
         };
         self.make_ready(&job);
         self.jobs.insert(id, job);
@@ -225,6 +226,7 @@ impl State {
             j.tags = new.tags.clone();
             j.flags = new.flags.clone();
             j.serial_key = new.serial_key.clone();
+            j.metadata = new.metadata.clone();
         }
         self.extras.insert(
             id,
@@ -376,6 +378,27 @@ impl State {
                 kids.retain(|k| *k != job_id);
             }
         }
+    }
+
+    /// True when `j` matches every term of `filter` (its limit aside).
+    fn matches(&self, j: &Job, filter: &JobFilter) -> bool {
+        (filter.statuses.is_empty() || filter.statuses.contains(&j.status))
+            && filter.queue.as_ref().is_none_or(|q| *q == j.queue)
+            && filter.task.as_ref().is_none_or(|t| *t == j.task)
+            && filter.after_id.is_none_or(|a| j.id > a)
+            && filter
+                .parent_id
+                .is_none_or(|p| self.parents.get(&j.id) == Some(&p))
+            && filter
+                .tag
+                .as_ref()
+                .is_none_or(|t| self.extras.get(&j.id).is_some_and(|e| e.tags.contains(t)))
+            && filter
+                .metadata
+                .as_ref()
+                .is_none_or(|(k, v)| durable_jobs::metadata::matches(&j.metadata, k, v))
+            && filter.created_after.is_none_or(|t| j.created_at >= t)
+            && filter.created_before.is_none_or(|t| j.created_at < t)
     }
 
     /// Wakes a job: due now if waiting or pending, a wake request if running.
@@ -706,27 +729,12 @@ impl Storage for MemoryStorage {
     }
 
     async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>> {
+        filter.validate()?;
         let st = self.lock();
         let mut jobs: Vec<&Job> = st
             .jobs
             .values()
-            .filter(|j| filter.statuses.is_empty() || filter.statuses.contains(&j.status))
-            .filter(|j| filter.queue.as_ref().is_none_or(|q| *q == j.queue))
-            .filter(|j| filter.task.as_ref().is_none_or(|t| *t == j.task))
-            .filter(|j| filter.after_id.is_none_or(|a| j.id > a))
-            .filter(|j| {
-                filter
-                    .parent_id
-                    .is_none_or(|p| st.parents.get(&j.id) == Some(&p))
-            })
-            .filter(|j| {
-                filter
-                    .tag
-                    .as_ref()
-                    .is_none_or(|t| st.extras.get(&j.id).is_some_and(|e| e.tags.contains(t)))
-            })
-            .filter(|j| filter.created_after.is_none_or(|t| j.created_at >= t))
-            .filter(|j| filter.created_before.is_none_or(|t| j.created_at < t))
+            .filter(|j| st.matches(j, &filter))
             .collect();
         jobs.sort_by_key(|j| j.id);
         Ok(jobs
@@ -909,6 +917,42 @@ impl Storage for MemoryStorage {
         }
         st.remove_job(&job);
         Ok(true)
+    }
+
+    async fn delete_jobs(&self, filter: JobFilter) -> Result<DeletedBatch> {
+        filter.validate()?;
+        let mut st = self.lock();
+        let st = &mut *st;
+        let mut candidates: Vec<JobId> = st
+            .jobs
+            .values()
+            .filter(|j| j.status != JobStatus::Running)
+            .filter(|j| j.parent_id.is_none_or(|p| !st.jobs.contains_key(&p)))
+            .filter(|j| st.matches(j, &filter))
+            .map(|j| j.id)
+            .collect();
+        candidates.sort_unstable();
+        candidates.truncate(filter.limit.unwrap_or(100));
+        let mut deleted = 0;
+        for &root in &candidates {
+            let tree: Vec<Job> = st
+                .subtree(root)
+                .iter()
+                .filter_map(|id| st.jobs.get(id).cloned())
+                .collect();
+            if tree.iter().any(|j| j.status == JobStatus::Running) {
+                continue;
+            }
+            for job in &tree {
+                st.remove_job(job);
+                st.children.remove(&job.id);
+                deleted += 1;
+            }
+        }
+        Ok(DeletedBatch {
+            deleted,
+            last_id: candidates.last().copied(),
+        })
     }
 
     async fn upsert_schedule(

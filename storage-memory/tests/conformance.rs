@@ -35,3 +35,5 @@ durable_jobs::storage_workflow_conformance_tests!(Memory);
 durable_jobs::engine_conformance_tests!(Memory);
 durable_jobs::storage_operations_conformance_tests!(Memory);
 durable_jobs::engine_operations_conformance_tests!(Memory);
+durable_jobs::storage_metadata_conformance_tests!(Memory);
+durable_jobs::storage_delete_conformance_tests!(Memory);

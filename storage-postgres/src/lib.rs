@@ -210,6 +210,7 @@ pub mod listen;
 pub mod migrate;
 pub mod options;
 
+mod delete;
 mod error;
 mod filter;
 mod operations;

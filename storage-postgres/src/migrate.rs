@@ -64,10 +64,17 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "graphile_compat",
         sql: include_str!("../migrations/008_graphile_compat.sql"),
     },
+    // Issue 15's metadata: the file carries the number assigned to this change (011);
+    // the version is the next free one on this branch, renumbered at merge.
+    Migration {
+        version: 9,
+        name: "metadata",
+        sql: include_str!("../migrations/011_metadata.sql"),
+    },
 ];
 
 /// The newest schema version this library knows.
-pub const LATEST_VERSION: i64 = 8;
+pub const LATEST_VERSION: i64 = 9;
 
 /// The name of the schema migration 8 creates next to `schema` for graphile-worker's
 /// SQL API: `schema` followed by `_graphile` (`durable_jobs_graphile` by default).

@@ -12,7 +12,7 @@ use std::sync::Arc;
 /// them by position. Every statement that returns jobs selects exactly these, so rows
 /// are decoded without a by-name lookup per column, and a claim does not send the columns
 /// no `Job` holds (the wake request, the attempt history).
-pub(crate) const JOB_COLUMNS: [&str; 25] = [
+pub(crate) const JOB_COLUMNS: [&str; 26] = [
     "id",
     "task",
     "payload",
@@ -38,6 +38,7 @@ pub(crate) const JOB_COLUMNS: [&str; 25] = [
     "tags",
     "flags",
     "serial_key",
+    "metadata",
 ];
 
 /// The position of `name` in [`JOB_COLUMNS`], for decoding by position; used in const
@@ -198,10 +199,11 @@ const ENQUEUE: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::int[],
                          $6::timestamptz[], $7::bigint[], $8::text[], $9::bigint[], $10::bigint[],
-                         $11::text[], $12::text[], $13::text[], $14::text[])
+                         $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])
         WITH ORDINALITY AS t(task, payload, queue, priority, max_attempts,
                              run_at, delay_us, dedupe_key, timeout_ms, parent_id,
-                             serial_key, flags_json, tags_json, trace_context, ord)
+                             serial_key, flags_json, tags_json, trace_context,
+                             metadata_json, ord)
 ),
 ranked AS (
     SELECT i.*, row_number() OVER (PARTITION BY i.dedupe_key ORDER BY i.ord) AS rn
@@ -214,7 +216,7 @@ numbered AS (
 ins AS (
     INSERT INTO {schema}.jobs
         (id, task, payload, queue, priority, max_attempts, run_at, dedupe_key, timeout_ms,
-         parent_id, serial_key, flags, tags, trace_context, created_at, updated_at)
+         parent_id, serial_key, flags, tags, trace_context, metadata, created_at, updated_at)
     SELECT id, task, payload::jsonb, queue, priority, max_attempts,
            coalesce(run_at, {now} + coalesce(delay_us, 0) * interval '1 microsecond'),
            dedupe_key, timeout_ms, parent_id, serial_key,
@@ -222,7 +224,7 @@ ins AS (
                 ELSE ARRAY(SELECT jsonb_array_elements_text(flags_json::jsonb)) END,
            CASE WHEN tags_json IS NULL THEN '{}'::text[]
                 ELSE ARRAY(SELECT jsonb_array_elements_text(tags_json::jsonb)) END,
-           trace_context, {now}, {now}
+           trace_context, coalesce(metadata_json::jsonb, '{}'::jsonb), {now}, {now}
     FROM numbered
     ORDER BY id
     ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN {unfinished}
@@ -282,20 +284,21 @@ RETURNING id";
 /// One replace-mode keyed job (see `tx::replace_one`). $1 task, $2 payload, $3 queue,
 /// $4 priority, $5 max attempts, $6 run_at, $7 delay (µs), $8 key, $9 timeout,
 /// $10 parent, $11 serial key, $12 flags, $13 tags, $14 keep the holder's run_at,
-/// $15 trace context. A replaced job takes the replacing enqueue's trace context with
+/// $15 trace context, $16 metadata. A replaced job takes the replacing enqueue's trace context with
 /// its payload: the run it makes is the one that enqueue asked for.
 const REPLACE_KEYED: &str = "
 INSERT INTO {schema}.jobs AS j
     (task, payload, queue, priority, max_attempts, run_at, dedupe_key, timeout_ms,
-     parent_id, serial_key, flags, tags, trace_context, created_at, updated_at)
+     parent_id, serial_key, flags, tags, trace_context, metadata, created_at, updated_at)
 VALUES ($1, $2::jsonb, $3, $4, $5,
         coalesce($6, {now} + coalesce($7, 0) * interval '1 microsecond'),
-        $8, $9, $10, $11, $12, $13, $15, {now}, {now})
+        $8, $9, $10, $11, $12, $13, $15, $16, {now}, {now})
 ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN {unfinished}
 DO UPDATE SET task = excluded.task, payload = excluded.payload, queue = excluded.queue,
     priority = excluded.priority, max_attempts = excluded.max_attempts,
     timeout_ms = excluded.timeout_ms, serial_key = excluded.serial_key,
     flags = excluded.flags, tags = excluded.tags, trace_context = excluded.trace_context,
+    metadata = excluded.metadata,
     run_at = CASE WHEN $14 THEN j.run_at ELSE excluded.run_at END,
     attempt = 0, status = 'pending', last_error = NULL, updated_at = {now}
 WHERE j.status IN ('pending', 'retrying')

@@ -12,10 +12,10 @@ use chrono::{DateTime, Utc};
 use durable_jobs::job::new_lease_token;
 use durable_jobs::{
     AdvanceScheduleParams, AttemptOutcome, AttemptRecord, Capabilities, Checkpoint,
-    CheckpointOutcome, ClaimedJob, Completion, DequeueParams, Enqueued, Error, Failure, Job,
-    JobFilter, JobId, JobStatus, Lease, LeaseInfo, ManualOutcome, NewJob, QueueCount, ReleasedJob,
-    Result, ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage, StorageErrorKind,
-    TakeSignalsParams, WorkerRecord,
+    CheckpointOutcome, ClaimedJob, Completion, DeletedBatch, DequeueParams, Enqueued, Error,
+    Failure, Job, JobFilter, JobId, JobStatus, Lease, LeaseInfo, ManualOutcome, NewJob, QueueCount,
+    ReleasedJob, Result, ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage,
+    StorageErrorKind, TakeSignalsParams, WorkerRecord,
 };
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
@@ -272,6 +272,10 @@ pub(crate) fn job_from_row(row: &PgRow) -> Result<Job> {
         tags: col!("tags"),
         flags: col!("flags"),
         serial_key: col!("serial_key"),
+        metadata: {
+            let metadata: sqlx::types::Json<durable_jobs::Metadata> = col!("metadata");
+            metadata.0
+        },
     })
 }
 
@@ -627,6 +631,7 @@ impl Storage for PostgresStorage {
     }
 
     async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>> {
+        filter.validate()?;
         crate::filter::list_jobs(self.pool(), self.schema(), &filter).await
     }
 
@@ -710,6 +715,11 @@ impl Storage for PostgresStorage {
 
     async fn delete_job(&self, job_id: JobId) -> Result<bool> {
         self.delete_one_job(job_id).await
+    }
+
+    async fn delete_jobs(&self, filter: JobFilter) -> Result<DeletedBatch> {
+        filter.validate()?;
+        crate::delete::delete_jobs(self.pool(), self.schema(), &filter).await
     }
 
     async fn upsert_schedule(

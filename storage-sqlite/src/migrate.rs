@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 /// The newest schema version this library knows. A file at a higher version is refused
 /// with [`Error::SchemaTooNew`].
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 struct Migration {
     version: i64,
@@ -49,6 +49,13 @@ const MIGRATIONS: &[Migration] = &[
         version: 6,
         name: "timeline",
         sql: include_str!("../migrations/0006_timeline.sql"),
+    },
+    // Issue 15's metadata: the file carries the number assigned to this change (9);
+    // the version is the next free one on this branch, renumbered at merge.
+    Migration {
+        version: 7,
+        name: "metadata",
+        sql: include_str!("../migrations/0009_metadata.sql"),
     },
 ];
 

@@ -20,7 +20,7 @@ pub(crate) const JOB_COLUMNS: &str =
     "id, task, payload, queue, priority, status, attempt, max_attempts, \
      run_at, lease_holder, lease_token, lease_expires_at, last_error, result, dedupe_key, \
      timeout_ms, created_at, started_at, completed_at, updated_at, trace_context, \
-     parent_id, serial_key, flags, tags";
+     parent_id, serial_key, flags, tags, metadata";
 
 pub(crate) const UNFINISHED: &str = "('pending', 'retrying', 'running', 'waiting')";
 
@@ -149,6 +149,14 @@ fn string_list(column: &str, text: Option<String>) -> QResult<Vec<String>> {
     }
 }
 
+/// The job's metadata object as stored (NULL is empty).
+fn metadata_object(text: Option<String>) -> QResult<durable_jobs::Metadata> {
+    match text {
+        None => Ok(durable_jobs::Metadata::new()),
+        Some(t) => Ok(serde_json::from_str(&t).map_err(|e| bad_json("metadata", e))?),
+    }
+}
+
 pub(crate) fn job_from_row(row: &Row<'_>) -> QResult<Job> {
     let payload: String = row.get(2)?;
     let status: String = row.get(5)?;
@@ -188,6 +196,7 @@ pub(crate) fn job_from_row(row: &Row<'_>) -> QResult<Job> {
         serial_key: row.get(22)?,
         flags: string_list("flags", row.get(23)?)?,
         tags: string_list("tags", row.get(24)?)?,
+        metadata: metadata_object(row.get(25)?)?,
     })
 }
 

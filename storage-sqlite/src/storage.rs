@@ -16,8 +16,8 @@ use chrono::{DateTime, Utc};
 use durable_jobs::job::new_lease_token;
 use durable_jobs::{
     AdvanceScheduleParams, AttemptRecord, Capabilities, Checkpoint, ClaimedJob, Clock, Completion,
-    DequeueParams, Enqueued, Failure, Job, JobFilter, JobId, Lease, ManualOutcome, NewJob,
-    QueueCount, Result, ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage,
+    DeletedBatch, DequeueParams, Enqueued, Failure, Job, JobFilter, JobId, Lease, ManualOutcome,
+    NewJob, QueueCount, Result, ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage,
     TakeSignalsParams, WorkerRecord,
 };
 use rusqlite::{Connection, OpenFlags};
@@ -485,6 +485,7 @@ impl Storage for SqliteStorage {
     }
 
     async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>> {
+        filter.validate()?;
         self.read(move |c| filter::list_jobs(c, &filter)).await
     }
 
@@ -581,6 +582,11 @@ impl Storage for SqliteStorage {
 
     async fn delete_job(&self, job_id: JobId) -> Result<bool> {
         self.write(move |c| workflow::delete_job(c, job_id)).await
+    }
+
+    async fn delete_jobs(&self, filter: JobFilter) -> Result<DeletedBatch> {
+        filter.validate()?;
+        self.write(move |c| filter::delete_jobs(c, &filter)).await
     }
 
     async fn upsert_schedule(

@@ -14,7 +14,7 @@ pub mod params;
 pub mod record;
 
 pub use params::{
-    AdvanceScheduleParams, ClaimedJob, Completion, DequeueParams, Failure, JobFilter,
+    AdvanceScheduleParams, ClaimedJob, Completion, DeletedBatch, DequeueParams, Failure, JobFilter,
     ManualOutcome, QueueCount, ReleasedJob, SpawnChildrenParams, StaleLocks, TakeSignalsParams,
 };
 pub use record::{AttemptOutcome, AttemptRecord, ScheduleRecord, WorkerQueue, WorkerRecord};
@@ -137,6 +137,24 @@ pub trait Storage: Send + Sync + 'static {
     /// # Errors
     /// [`crate::Error::InvalidState`] for a running job.
     async fn delete_job(&self, job_id: JobId) -> Result<bool>;
+
+    // ----- Jobs: delete by filter -----
+
+    /// Deletes one bounded batch of jobs matching `filter`, in one transaction, and
+    /// reports where the next batch starts ([`crate::Queue::delete_jobs`] loops).
+    ///
+    /// The candidates are the jobs matching every term of `filter` (its `after_id`
+    /// included) that are not running and are roots: no parent, or a parent that no
+    /// longer exists. At most `filter.limit` of them (default 100), by ascending id. Each
+    /// candidate is deleted together with all its descendants (a workflow's children, a
+    /// bundle's members, and theirs), with their checkpoints, signals and history; a
+    /// candidate any job of whose tree is running is left whole. So a workflow's child is
+    /// never deleted out from under its parent: it goes only with its root.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidOption`] for a malformed filter ([`JobFilter::validate`]),
+    /// and storage errors.
+    async fn delete_jobs(&self, filter: JobFilter) -> Result<DeletedBatch>;
 
     // ----- Leases: claiming and finishing attempts -----
 

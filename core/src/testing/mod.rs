@@ -2,8 +2,10 @@
 //! and helpers for users' own tests.
 
 pub mod conformance;
+pub mod delete_conformance;
 pub mod engine;
 pub mod engine_observability;
+pub mod metadata_conformance;
 pub mod observability_conformance;
 pub mod operations_conformance;
 pub mod timeline_conformance;
@@ -205,6 +207,33 @@ macro_rules! engine_operations_conformance_tests {
             schedules_no_overlap_pause_and_validation,
             serial_keys_run_one_at_a_time_through_the_worker,
             retry_by_hand_keeps_or_drops_checkpoints,
+        );
+    };
+}
+
+/// Expands to one `#[test]` per metadata conformance case (stored at enqueue, read
+/// back, matched by key and value) for a [`ConformanceHarness`].
+#[macro_export]
+macro_rules! storage_metadata_conformance_tests {
+    ($harness:ty) => {
+        $crate::__conformance_cases!(metadata_conformance, $harness;
+            metadata_is_stored_and_read_back,
+            list_filters_by_metadata_key_and_value,
+        );
+    };
+}
+
+/// Expands to one `#[test]` per delete-by-filter conformance case (bounded batches,
+/// every filter term, never a running job, children only with their root) for a
+/// [`ConformanceHarness`].
+#[macro_export]
+macro_rules! storage_delete_conformance_tests {
+    ($harness:ty) => {
+        $crate::__conformance_cases!(delete_conformance, $harness;
+            delete_jobs_runs_in_bounded_batches,
+            delete_jobs_honours_every_filter_term,
+            delete_jobs_never_deletes_a_running_job,
+            delete_jobs_takes_children_only_with_their_root,
         );
     };
 }

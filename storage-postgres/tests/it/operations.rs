@@ -10,3 +10,13 @@ mod engine {
     use durable_jobs_postgres::testing::PostgresHarness;
     durable_jobs::engine_operations_conformance_tests!(PostgresHarness);
 }
+
+mod metadata {
+    use durable_jobs_postgres::testing::PostgresHarness;
+    durable_jobs::storage_metadata_conformance_tests!(PostgresHarness);
+}
+
+mod delete {
+    use durable_jobs_postgres::testing::PostgresHarness;
+    durable_jobs::storage_delete_conformance_tests!(PostgresHarness);
+}

@@ -46,6 +46,8 @@ durable_jobs::storage_workflow_conformance_tests!(Sqlite);
 durable_jobs::engine_conformance_tests!(Sqlite);
 durable_jobs::storage_operations_conformance_tests!(Sqlite);
 durable_jobs::engine_operations_conformance_tests!(Sqlite);
+durable_jobs::storage_metadata_conformance_tests!(Sqlite);
+durable_jobs::storage_delete_conformance_tests!(Sqlite);
 
 /// The same suite on an in-memory database (one shared connection, reads through the
 /// writer thread).
@@ -87,4 +89,6 @@ mod in_memory {
     durable_jobs::engine_conformance_tests!(SqliteMemory);
     durable_jobs::storage_operations_conformance_tests!(SqliteMemory);
     durable_jobs::engine_operations_conformance_tests!(SqliteMemory);
+    durable_jobs::storage_metadata_conformance_tests!(SqliteMemory);
+    durable_jobs::storage_delete_conformance_tests!(SqliteMemory);
 }
