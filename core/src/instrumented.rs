@@ -444,6 +444,20 @@ impl Storage for InstrumentedStorage {
             .await
     }
 
+    async fn set_key_limit(&self, key: &str, max_running: Option<u32>) -> Result<()> {
+        self.observe(
+            "set_key_limit",
+            one,
+            self.inner.set_key_limit(key, max_running),
+        )
+        .await
+    }
+
+    async fn key_limits(&self) -> Result<Vec<(String, u32)>> {
+        self.observe("key_limits", Vec::len, self.inner.key_limits())
+            .await
+    }
+
     async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<()> {
         self.observe(
             "set_queue_paused",

@@ -14,6 +14,9 @@ use std::time::Duration;
 /// [`Queue::list_jobs`] and [`JobFilter::parent_id`].
 pub const DETAILS_CHILDREN_LIMIT: usize = 100;
 
+/// The largest running cap [`Queue::set_key_limit`] accepts.
+pub const MAX_KEY_LIMIT: u32 = 100_000;
+
 /// A job with what a timeline of it needs: its checkpoints (with the time each was
 /// written), its attempt history and its children.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -224,6 +227,47 @@ impl Queue {
         self.storage().set_queue_paused(queue, false).await?;
         self.wake();
         Ok(())
+    }
+
+    /// Lets up to `max_running` jobs of serial key `key` run at once across every worker
+    /// and process (a concurrency cap per key; serial keys run one at a time unless a
+    /// limit says otherwise). Jobs take a key with [`crate::JobOptions::serial_key`].
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidOption`] for an empty key or a limit outside 1 to
+    /// [`MAX_KEY_LIMIT`], and storage errors.
+    pub async fn set_key_limit(&self, key: &str, max_running: u32) -> Result<()> {
+        if key.is_empty() {
+            return Err(crate::Error::InvalidOption {
+                option: "key",
+                message: "expected a non-empty key".into(),
+            });
+        }
+        if !(1..=MAX_KEY_LIMIT).contains(&max_running) {
+            return Err(crate::Error::InvalidOption {
+                option: "max_running",
+                message: format!("expected 1 to {MAX_KEY_LIMIT}, found {max_running}"),
+            });
+        }
+        self.storage().set_key_limit(key, Some(max_running)).await?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Removes a key's limit: its jobs run one at a time again.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn clear_key_limit(&self, key: &str) -> Result<()> {
+        self.storage().set_key_limit(key, None).await
+    }
+
+    /// The keys with a limit, by key.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn key_limits(&self) -> Result<Vec<(String, u32)>> {
+        self.storage().key_limits().await
     }
 
     /// The paused queues.

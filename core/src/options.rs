@@ -88,7 +88,8 @@ impl JobOptions {
     }
 
     /// Runs at most one job with this key at a time, across all workers (graphile's named
-    /// queues). Jobs of one key run one after another in claim order.
+    /// queues), or as many as [`crate::Queue::set_key_limit`] allows for the key (a
+    /// fleet-wide concurrency cap). Jobs of one key start in claim order.
     pub fn serial_key(mut self, key: impl Into<String>) -> Self {
         self.serial_key = Some(key.into());
         self

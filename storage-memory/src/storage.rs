@@ -41,7 +41,9 @@ struct State {
     /// Serial key, flags and tags per job.
     extras: HashMap<JobId, Extras>,
     /// The running job of each serial key.
-    serial_running: HashMap<String, JobId>,
+    serial_running: HashMap<String, HashSet<JobId>>,
+    /// How many jobs of a serial key may run at once, where not 1.
+    key_limits: BTreeMap<String, u32>,
     schedules: BTreeMap<String, ScheduleRecord>,
     paused_queues: BTreeSet<String>,
     workers: BTreeMap<String, WorkerRecord>,
@@ -321,8 +323,11 @@ impl State {
             }
         }
         if let Some(key) = self.extras.get(&id).and_then(|e| e.serial_key.clone()) {
-            if self.serial_running.get(&key) == Some(&id) {
-                self.serial_running.remove(&key);
+            if let Some(running) = self.serial_running.get_mut(&key) {
+                running.remove(&id);
+                if running.is_empty() {
+                    self.serial_running.remove(&key);
+                }
             }
         }
     }
@@ -517,7 +522,11 @@ impl Storage for MemoryStorage {
         let mut batch_keys = HashSet::new();
         picked.retain(
             |key| match st.extras.get(&key.2).and_then(|e| e.serial_key.as_ref()) {
-                Some(k) => !st.serial_running.contains_key(k) && batch_keys.insert(k.clone()),
+                Some(k) => {
+                    let running = st.serial_running.get(k).map_or(0, HashSet::len);
+                    let limit = st.key_limits.get(k).copied().unwrap_or(1) as usize;
+                    running < limit && batch_keys.insert(k.clone())
+                }
                 None => true,
             },
         );
@@ -543,7 +552,7 @@ impl Storage for MemoryStorage {
             });
             st.running.insert((expires_at, job.id));
             if let Some(k) = st.extras.get(&job.id).and_then(|e| e.serial_key.clone()) {
-                st.serial_running.insert(k, job.id);
+                st.serial_running.entry(k).or_default().insert(job.id);
             }
             out.push(ClaimedJob {
                 lease: Lease {
@@ -1126,6 +1135,27 @@ impl Storage for MemoryStorage {
             st.remove_job(j);
         }
         Ok(doomed.len() as u64)
+    }
+
+    async fn set_key_limit(&self, key: &str, max_running: Option<u32>) -> Result<()> {
+        {
+            let mut st = self.lock();
+            match max_running {
+                Some(n) => st.key_limits.insert(key.to_string(), n),
+                None => st.key_limits.remove(key),
+            };
+        }
+        self.wake();
+        Ok(())
+    }
+
+    async fn key_limits(&self) -> Result<Vec<(String, u32)>> {
+        Ok(self
+            .lock()
+            .key_limits
+            .iter()
+            .map(|(k, n)| (k.clone(), *n))
+            .collect())
     }
 
     async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<()> {

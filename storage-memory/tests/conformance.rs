@@ -37,3 +37,4 @@ durable_jobs::storage_operations_conformance_tests!(Memory);
 durable_jobs::engine_operations_conformance_tests!(Memory);
 durable_jobs::storage_metadata_conformance_tests!(Memory);
 durable_jobs::storage_delete_conformance_tests!(Memory);
+durable_jobs::storage_flow_conformance_tests!(Memory);

@@ -64,12 +64,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "graphile_compat",
         sql: include_str!("../migrations/008_graphile_compat.sql"),
     },
-    // Issue 15's metadata: the file carries the number assigned to this change (011);
-    // the version is the next free one on this branch, renumbered at merge.
+    // Issue 15's metadata and key limits: the file carries the number assigned to this
+    // change (011); the version is the next free one on this branch, renumbered at merge.
     Migration {
         version: 9,
-        name: "metadata",
-        sql: include_str!("../migrations/011_metadata.sql"),
+        name: "metadata_key_limits",
+        sql: include_str!("../migrations/011_metadata_key_limits.sql"),
     },
 ];
 

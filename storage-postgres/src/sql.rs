@@ -100,8 +100,9 @@ const UNFINISHED: &str = "('pending', 'retrying', 'running', 'waiting')";
 
 /// One batch claim from a single queue (what workers ask for). The first CTE walks the
 /// `jobs_claimable` partial index in claim order, skipping rows other claimers hold,
-/// jobs carrying a forbidden flag, a paused queue, and serial keys already running; the
-/// serial-key CTEs let at most one job per key through (see `serial_slots`); the UPDATE
+/// jobs carrying a forbidden flag, a paused queue, and serial keys running as many jobs
+/// as their limit (`key_limits`, 1 by default); the serial-key CTEs let at most one job
+/// per key through, into a free slot number (see `serial_slots`); the UPDATE
 /// leases what remains.
 ///
 /// A claim commits without waiting for its WAL to reach disk (`synchronous_commit` is
@@ -124,8 +125,9 @@ WITH cand AS (
       AND NOT (flags && $7::text[])
       AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL
       AND NOT EXISTS (SELECT 1 FROM {schema}.paused_queues p WHERE p.queue = $1)
-      AND (serial_key IS NULL OR NOT EXISTS (
-          SELECT 1 FROM {schema}.serial_slots s WHERE s.serial_key = jobs.serial_key))
+      AND (serial_key IS NULL OR (
+          SELECT count(*) FROM {schema}.serial_slots s WHERE s.serial_key = jobs.serial_key)
+          < {schema}.key_limit(jobs.serial_key))
     ORDER BY priority DESC, run_at, id
     LIMIT $3
     FOR UPDATE SKIP LOCKED
@@ -149,15 +151,17 @@ WITH cand AS (
       AND (cardinality($2::text[]) = 0 OR task = ANY($2::text[]))
       AND NOT (flags && $7::text[])
       AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL
-      AND (serial_key IS NULL OR NOT EXISTS (
-          SELECT 1 FROM {schema}.serial_slots s WHERE s.serial_key = jobs.serial_key))
+      AND (serial_key IS NULL OR (
+          SELECT count(*) FROM {schema}.serial_slots s WHERE s.serial_key = jobs.serial_key)
+          < {schema}.key_limit(jobs.serial_key))
     ORDER BY priority DESC, run_at, id
     LIMIT $3
     FOR UPDATE SKIP LOCKED
 )
 {lease}";
 
-/// What both claims share: one job per serial key takes its key's slot, then the
+/// What both claims share: one job per serial key takes a free slot of its key (numbers
+/// 1 to the key's limit; a racing claimer that took the same number wins), then the
 /// UPDATE leases the claimed jobs, found by primary key from an array of their ids. (A
 /// join with the claimed rows let the planner, which cannot know how many rows the CTEs
 /// yield and guesses about 200, hash them against a scan of the whole table once fresh
@@ -169,9 +173,15 @@ firsts AS (
     ORDER BY serial_key, priority DESC, run_at, id
 ),
 slots AS (
-    INSERT INTO {schema}.serial_slots (serial_key, job_id)
-    SELECT serial_key, id FROM firsts
-    ON CONFLICT (serial_key) DO NOTHING
+    INSERT INTO {schema}.serial_slots (serial_key, slot, job_id)
+    SELECT f.serial_key, free.slot, f.id FROM firsts f
+    CROSS JOIN LATERAL (
+        SELECT n AS slot FROM generate_series(1, {schema}.key_limit(f.serial_key)) AS n
+        WHERE NOT EXISTS (SELECT 1 FROM {schema}.serial_slots x
+                          WHERE x.serial_key = f.serial_key AND x.slot = n)
+        LIMIT 1
+    ) free
+    ON CONFLICT (serial_key, slot) DO NOTHING
     RETURNING job_id
 ),
 c AS (

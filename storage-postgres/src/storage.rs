@@ -774,6 +774,14 @@ impl Storage for PostgresStorage {
         self.paused_queue_rows().await
     }
 
+    async fn set_key_limit(&self, key: &str, max_running: Option<u32>) -> Result<()> {
+        self.set_key_limit_row(key, max_running).await
+    }
+
+    async fn key_limits(&self) -> Result<Vec<(String, u32)>> {
+        self.key_limit_rows().await
+    }
+
     async fn register_worker(&self, worker: WorkerRecord) -> Result<()> {
         self.register_worker_row(worker).await
     }

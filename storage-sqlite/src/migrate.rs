@@ -50,12 +50,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "timeline",
         sql: include_str!("../migrations/0006_timeline.sql"),
     },
-    // Issue 15's metadata: the file carries the number assigned to this change (9);
-    // the version is the next free one on this branch, renumbered at merge.
+    // Issue 15's metadata and key limits: the file carries the number assigned to this
+    // change (9); the version is the next free one on this branch, renumbered at merge.
     Migration {
         version: 7,
-        name: "metadata",
-        sql: include_str!("../migrations/0009_metadata.sql"),
+        name: "metadata_key_limits",
+        sql: include_str!("../migrations/0009_metadata_key_limits.sql"),
     },
 ];
 

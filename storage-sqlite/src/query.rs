@@ -258,10 +258,11 @@ fn claimable_terms(t: &str, shape: ClaimShape) -> String {
 /// running in the same step, inside the writer's `BEGIN IMMEDIATE` transaction, so no
 /// other connection can claim them in between.
 ///
-/// Serial keys: a keyed job qualifies only when no job of its key is running (the small
+/// Serial keys: a keyed job qualifies only when fewer jobs of its key run than the key's
+/// limit (1 unless `durable_jobs_key_limits` says otherwise; counted through the small
 /// index of running keys) and it is the first claimable job of its key in claim order
 /// (the index of claimable keyed jobs), so a batch never takes two jobs of one key and
-/// each key runs in order. Unkeyed jobs pass on `serial_key IS NULL`.
+/// each key starts in order. Unkeyed jobs pass on `serial_key IS NULL`.
 pub(crate) fn claim_sql(shape: ClaimShape) -> String {
     format!(
         "UPDATE durable_jobs SET status = 'running', attempt = attempt + 1, \
@@ -269,8 +270,10 @@ pub(crate) fn claim_sql(shape: ClaimShape) -> String {
          updated_at = ?4, wake_requested = 0 \
          WHERE id IN (SELECT j.id FROM durable_jobs j WHERE {outer} \
            AND (j.serial_key IS NULL OR (\
-             NOT EXISTS (SELECT 1 FROM durable_jobs r \
+             (SELECT count(*) FROM durable_jobs r \
                WHERE r.serial_key = j.serial_key AND r.status = 'running') \
+             < coalesce((SELECT l.max_running FROM durable_jobs_key_limits l \
+               WHERE l.serial_key = j.serial_key), 1) \
              AND j.id = (SELECT k.id FROM durable_jobs k \
                WHERE k.serial_key = j.serial_key AND {inner} \
                ORDER BY k.priority DESC, k.run_at, k.id LIMIT 1))) \

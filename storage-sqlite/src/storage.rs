@@ -691,6 +691,18 @@ impl Storage for SqliteStorage {
         self.read(operations::paused_queues).await
     }
 
+    async fn set_key_limit(&self, key: &str, max_running: Option<u32>) -> Result<()> {
+        let key = key.to_string();
+        self.write(move |c| operations::set_key_limit(c, &key, max_running))
+            .await?;
+        self.wake();
+        Ok(())
+    }
+
+    async fn key_limits(&self) -> Result<Vec<(String, u32)>> {
+        self.read(operations::key_limits).await
+    }
+
     async fn register_worker(&self, worker: WorkerRecord) -> Result<()> {
         let now = self.now_us();
         self.write(move |c| workers::register_worker(c, &worker, now))

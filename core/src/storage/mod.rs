@@ -301,6 +301,17 @@ pub trait Storage: Send + Sync + 'static {
     /// The paused queues, sorted.
     async fn paused_queues(&self) -> Result<Vec<String>>;
 
+    // ----- Flow control: running caps per key -----
+
+    /// Sets how many jobs of a serial key may run at once across every worker (the
+    /// default, with no limit set, is 1); `None` removes the limit (back to 1). A claim
+    /// takes a job of a key only while fewer than its limit run. Lowering a limit below
+    /// what runs now stops no job: claims wait until enough finish.
+    async fn set_key_limit(&self, key: &str, max_running: Option<u32>) -> Result<()>;
+
+    /// The keys with a limit set, by key, with their limits.
+    async fn key_limits(&self) -> Result<Vec<(String, u32)>>;
+
     // ----- Workers: the registry -----
 
     /// Records a worker, or replaces the record of one with the same name; its

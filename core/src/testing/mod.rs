@@ -5,6 +5,7 @@ pub mod conformance;
 pub mod delete_conformance;
 pub mod engine;
 pub mod engine_observability;
+pub mod flow_conformance;
 pub mod metadata_conformance;
 pub mod observability_conformance;
 pub mod operations_conformance;
@@ -234,6 +235,17 @@ macro_rules! storage_delete_conformance_tests {
             delete_jobs_honours_every_filter_term,
             delete_jobs_never_deletes_a_running_job,
             delete_jobs_takes_children_only_with_their_root,
+        );
+    };
+}
+
+/// Expands to one `#[test]` per flow-control conformance case (running caps per key)
+/// for a [`ConformanceHarness`].
+#[macro_export]
+macro_rules! storage_flow_conformance_tests {
+    ($harness:ty) => {
+        $crate::__conformance_cases!(flow_conformance, $harness;
+            key_limit_caps_running_jobs_per_key,
         );
     };
 }

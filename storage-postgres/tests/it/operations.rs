@@ -20,3 +20,8 @@ mod delete {
     use durable_jobs_postgres::testing::PostgresHarness;
     durable_jobs::storage_delete_conformance_tests!(PostgresHarness);
 }
+
+mod flow {
+    use durable_jobs_postgres::testing::PostgresHarness;
+    durable_jobs::storage_flow_conformance_tests!(PostgresHarness);
+}

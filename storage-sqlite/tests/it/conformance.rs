@@ -48,6 +48,7 @@ durable_jobs::storage_operations_conformance_tests!(Sqlite);
 durable_jobs::engine_operations_conformance_tests!(Sqlite);
 durable_jobs::storage_metadata_conformance_tests!(Sqlite);
 durable_jobs::storage_delete_conformance_tests!(Sqlite);
+durable_jobs::storage_flow_conformance_tests!(Sqlite);
 
 /// The same suite on an in-memory database (one shared connection, reads through the
 /// writer thread).
@@ -91,4 +92,5 @@ mod in_memory {
     durable_jobs::engine_operations_conformance_tests!(SqliteMemory);
     durable_jobs::storage_metadata_conformance_tests!(SqliteMemory);
     durable_jobs::storage_delete_conformance_tests!(SqliteMemory);
+    durable_jobs::storage_flow_conformance_tests!(SqliteMemory);
 }

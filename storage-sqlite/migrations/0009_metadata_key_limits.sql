@@ -4,3 +4,11 @@
 -- arbitrary key, so a metadata term narrows what the other terms (status, queue, time,
 -- the id order) already select.
 ALTER TABLE durable_jobs ADD COLUMN metadata TEXT;
+
+-- Flow control: how many jobs of a serial key may run at once, where not 1 (a key with
+-- no row runs one job at a time). The claim counts the key's running jobs through
+-- durable_jobs_serial_running and compares with this.
+CREATE TABLE durable_jobs_key_limits (
+    serial_key  TEXT    PRIMARY KEY,
+    max_running INTEGER NOT NULL CHECK (max_running >= 1)
+);
