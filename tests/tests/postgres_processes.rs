@@ -3,7 +3,7 @@
 
 use durable_jobs::{Error, Failure, JobFilter, JobStatus, NewJob, Storage};
 use durable_jobs_postgres::testing::TestSchema;
-use durable_jobs_tests::pg;
+use durable_jobs_tests::{capped, pg};
 use serde_json::json;
 use std::collections::HashMap;
 use std::process::{Child, Command, Output, Stdio};
@@ -188,5 +188,36 @@ async fn a_sigkilled_worker_loses_its_lease_and_the_job_completes_elsewhere() {
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].status, JobStatus::Completed);
     assert_ne!(after[0].result, Some(json!("stale")));
+    t.drop_schema().await.expect("drop");
+}
+
+/// A key's running limit holds across processes: three worker processes with eight
+/// slots each run 24 jobs of one key limited to 3, each job holding its slot until three
+/// run; the recorded starts and ends never have more than three open at once, and
+/// reach three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_limit_caps_running_jobs_across_processes() {
+    let t = setup().await;
+    let queue = durable_jobs::Queue::new(std::sync::Arc::new(t.storage().clone()));
+    queue.set_key_limit(capped::KEY, 3).await.expect("limit");
+    let n = 24;
+    t.storage()
+        .enqueue_many(capped::jobs(n))
+        .await
+        .expect("enqueue");
+    let workers: Vec<Child> = (0..3)
+        .map(|_| spawn_worker(&t, "capped", &["--concurrency", "8", "--limit", "3"]))
+        .collect();
+    let mut completed = 0;
+    for w in workers {
+        let out = wait_with_deadline(w, Duration::from_secs(120)).await;
+        assert_success(&out);
+        completed += reported_completed(&out);
+    }
+    assert_eq!(completed, n as u64);
+    let events = pg::capped_events(t.storage()).await.expect("events");
+    assert_eq!(events.len(), 2 * n, "a start and an end per job");
+    let started: Vec<bool> = events.iter().map(|e| e.0).collect();
+    assert_eq!(capped::max_overlap(&started), 3, "{events:?}");
     t.drop_schema().await.expect("drop");
 }

@@ -3,6 +3,7 @@
 
 use durable_jobs::{JobStatus, NewJob, Storage};
 use durable_jobs_sqlite::SqliteStorage;
+use durable_jobs_tests::capped;
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -222,6 +223,50 @@ async fn sigkilled_worker_leaves_an_intact_file_and_its_job_is_reclaimed() {
     assert_eq!(runs[0].0, id);
     assert_eq!(runs[0].1, 2);
     assert_ne!(runs[0].2, crashed_pid);
+    storage.close().await;
+    assert_eq!(integrity(&files.db()), "ok");
+}
+
+/// A key's running limit holds across processes on one file: two worker processes with
+/// eight slots each run 24 jobs of one key limited to 3, each job holding its slot until
+/// three run; the logged starts and ends never have more than three open at once, and
+/// reach three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_limit_caps_running_jobs_across_processes() {
+    let files = Files::new();
+    let storage = SqliteStorage::open(files.db()).await.expect("open");
+    let queue = durable_jobs::Queue::new(std::sync::Arc::new(storage.clone()));
+    queue.set_key_limit(capped::KEY, 3).await.expect("limit");
+    let n = 24;
+    storage
+        .enqueue_many(capped::jobs(n))
+        .await
+        .expect("enqueue");
+    let extra = ["--concurrency", "8", "--limit", "3"];
+    let a = spawn_worker(&files, "capped", &extra);
+    let b = spawn_worker(&files, "capped", &extra);
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        (
+            wait_with_deadline(a, Duration::from_secs(120)),
+            wait_with_deadline(b, Duration::from_secs(120)),
+        )
+    })
+    .await
+    .expect("wait for workers");
+    assert_success(&a);
+    assert_success(&b);
+    assert_eq!(reported_completed(&a) + reported_completed(&b), n as u64);
+    let text = std::fs::read_to_string(files.log()).expect("log");
+    let started: Vec<bool> = text
+        .lines()
+        .map(|l| match l.split(' ').next() {
+            Some("start") => true,
+            Some("end") => false,
+            _ => panic!("malformed log line `{l}`"),
+        })
+        .collect();
+    assert_eq!(started.len(), 2 * n, "a start and an end per job");
+    assert_eq!(capped::max_overlap(&started), 3, "{text}");
     storage.close().await;
     assert_eq!(integrity(&files.db()), "ok");
 }
