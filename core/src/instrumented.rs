@@ -11,8 +11,8 @@ use crate::error::{Error, Result};
 use crate::job::{Checkpoint, Enqueued, Job, JobId, Lease, NewJob};
 use crate::storage::{
     AdvanceScheduleParams, AttemptRecord, Capabilities, ClaimedJob, Completion, DeletedBatch,
-    DequeueParams, DynStorage, Failure, JobFilter, ManualOutcome, QueueCount, ScheduleRecord,
-    SpawnChildrenParams, StaleLocks, Storage, TakeSignalsParams, WorkerRecord,
+    DequeueParams, DynStorage, Failure, JobFilter, ManualOutcome, QueueCount, RateLimit,
+    ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage, TakeSignalsParams, WorkerRecord,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -456,6 +456,24 @@ impl Storage for InstrumentedStorage {
     async fn key_limits(&self) -> Result<Vec<(String, u32)>> {
         self.observe("key_limits", Vec::len, self.inner.key_limits())
             .await
+    }
+
+    async fn set_queue_rate_limit(&self, queue: &str, limit: Option<RateLimit>) -> Result<()> {
+        self.observe(
+            "set_queue_rate_limit",
+            one,
+            self.inner.set_queue_rate_limit(queue, limit),
+        )
+        .await
+    }
+
+    async fn queue_rate_limits(&self) -> Result<Vec<(String, RateLimit)>> {
+        self.observe(
+            "queue_rate_limits",
+            Vec::len,
+            self.inner.queue_rate_limits(),
+        )
+        .await
     }
 
     async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<()> {

@@ -41,8 +41,8 @@ pub use schedule::{CatchUp, Schedule, ScheduleInfo, ScheduleRecord, SchedulerRep
 pub use storage::{
     AdvanceScheduleParams, AttemptOutcome, AttemptRecord, Capabilities, ClaimedJob, Completion,
     DeletedBatch, DequeueParams, DynStorage, Failure, JobFilter, ManualOutcome, QueueCount,
-    ReleasedJob, SpawnChildrenParams, StaleLocks, Storage, TakeSignalsParams, WorkerQueue,
-    WorkerRecord,
+    RateLimit, ReleasedJob, SpawnChildrenParams, StaleLocks, Storage, TakeSignalsParams,
+    WorkerQueue, WorkerRecord,
 };
 pub use task::{NoRetry, RetryAfter, Task, TaskError, TaskErrorKind};
 pub use trace::TraceContext;

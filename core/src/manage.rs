@@ -14,6 +14,9 @@ use std::time::Duration;
 /// [`Queue::list_jobs`] and [`JobFilter::parent_id`].
 pub const DETAILS_CHILDREN_LIMIT: usize = 100;
 
+/// The longest window [`Queue::set_queue_rate_limit`] accepts (366 days).
+pub const MAX_RATE_PERIOD: Duration = Duration::from_secs(366 * 24 * 3600);
+
 /// The largest running cap [`Queue::set_key_limit`] accepts.
 pub const MAX_KEY_LIMIT: u32 = 100_000;
 
@@ -268,6 +271,59 @@ impl Queue {
     /// Storage errors.
     pub async fn key_limits(&self) -> Result<Vec<(String, u32)>> {
         self.storage().key_limits().await
+    }
+
+    /// Lets at most `max_starts` jobs of `queue` start per `period` across every worker
+    /// and process (a rate limit, in fixed windows that open at the first start after
+    /// the previous one closed).
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidQueueName`]; [`crate::Error::InvalidOption`] for zero starts
+    /// or a period outside 1 ms to 366 days; storage errors.
+    pub async fn set_queue_rate_limit(
+        &self,
+        queue: &str,
+        max_starts: u32,
+        period: Duration,
+    ) -> Result<()> {
+        crate::options::validate_queue_name(queue)?;
+        if max_starts == 0 {
+            return Err(crate::Error::InvalidOption {
+                option: "max_starts",
+                message: "expected at least 1".into(),
+            });
+        }
+        if period < Duration::from_millis(1) || period > MAX_RATE_PERIOD {
+            return Err(crate::Error::InvalidOption {
+                option: "period",
+                message: format!("expected 1ms to {MAX_RATE_PERIOD:?}, found {period:?}"),
+            });
+        }
+        let limit = crate::storage::RateLimit { max_starts, period };
+        self.storage()
+            .set_queue_rate_limit(queue, Some(limit))
+            .await?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Removes a queue's rate limit.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidQueueName`] and storage errors.
+    pub async fn clear_queue_rate_limit(&self, queue: &str) -> Result<()> {
+        crate::options::validate_queue_name(queue)?;
+        self.storage().set_queue_rate_limit(queue, None).await?;
+        self.wake();
+        Ok(())
+    }
+
+    /// The queues with a rate limit, by queue.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn queue_rate_limits(&self) -> Result<Vec<(String, crate::storage::RateLimit)>> {
+        self.storage().queue_rate_limits().await
     }
 
     /// The paused queues.

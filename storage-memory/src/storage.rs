@@ -10,7 +10,7 @@ use durable_jobs::{
     ReleasedJob, Result, ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage, SystemClock,
     TakeSignalsParams, WorkerRecord,
 };
-use durable_jobs::{AttemptOutcome, AttemptRecord};
+use durable_jobs::{AttemptOutcome, AttemptRecord, RateLimit};
 use serde_json::Value;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -44,11 +44,43 @@ struct State {
     serial_running: HashMap<String, HashSet<JobId>>,
     /// How many jobs of a serial key may run at once, where not 1.
     key_limits: BTreeMap<String, u32>,
+    /// Rate-limited queues and their current windows.
+    rate_limits: BTreeMap<String, RateWindow>,
     schedules: BTreeMap<String, ScheduleRecord>,
     paused_queues: BTreeSet<String>,
     workers: BTreeMap<String, WorkerRecord>,
     /// Ended attempts per job, oldest first.
     attempts: HashMap<JobId, Vec<AttemptRecord>>,
+}
+
+/// A queue's rate limit and its current window.
+struct RateWindow {
+    limit: RateLimit,
+    /// When the current window opened (`None`: none yet).
+    opened: Option<DateTime<Utc>>,
+    /// Starts in the current window.
+    starts: u32,
+}
+
+impl RateWindow {
+    fn is_open(&self, now: DateTime<Utc>) -> bool {
+        self.opened
+            .is_some_and(|at| add(at, self.limit.period) > now)
+    }
+
+    /// Starts left in the window at `now`.
+    fn left(&self, now: DateTime<Utc>) -> usize {
+        let used = if self.is_open(now) { self.starts } else { 0 };
+        self.limit.max_starts.saturating_sub(used) as usize
+    }
+
+    fn record(&mut self, now: DateTime<Utc>, n: u32) {
+        if !self.is_open(now) {
+            self.opened = Some(now);
+            self.starts = 0;
+        }
+        self.starts += n;
+    }
 }
 
 #[derive(Default, Clone)]
@@ -493,9 +525,13 @@ impl Storage for MemoryStorage {
                 continue;
             }
             let Some(set) = st.ready.get(q) else { continue };
+            let cap = st
+                .rate_limits
+                .get(q)
+                .map_or(params.limit, |w| w.left(now).min(params.limit));
             let mut taken = 0;
             for key in set.iter() {
-                if taken >= params.limit {
+                if taken >= cap {
                     break;
                 }
                 if key.1 > now {
@@ -531,6 +567,19 @@ impl Storage for MemoryStorage {
             },
         );
         picked.truncate(params.limit);
+        let mut started: HashMap<String, u32> = HashMap::new();
+        for key in &picked {
+            if let Some(job) = st.jobs.get(&key.2) {
+                if st.rate_limits.contains_key(&job.queue) {
+                    *started.entry(job.queue.clone()).or_default() += 1;
+                }
+            }
+        }
+        for (queue, n) in started {
+            if let Some(w) = st.rate_limits.get_mut(&queue) {
+                w.record(now, n);
+            }
+        }
         let token = new_lease_token();
         let mut out = Vec::with_capacity(picked.len());
         for key in picked {
@@ -1155,6 +1204,40 @@ impl Storage for MemoryStorage {
             .key_limits
             .iter()
             .map(|(k, n)| (k.clone(), *n))
+            .collect())
+    }
+
+    async fn set_queue_rate_limit(&self, queue: &str, limit: Option<RateLimit>) -> Result<()> {
+        {
+            let mut st = self.lock();
+            match limit {
+                Some(limit) => {
+                    // A changed limit keeps the current window and its count.
+                    let w = st
+                        .rate_limits
+                        .entry(queue.to_string())
+                        .or_insert(RateWindow {
+                            limit,
+                            opened: None,
+                            starts: 0,
+                        });
+                    w.limit = limit;
+                }
+                None => {
+                    st.rate_limits.remove(queue);
+                }
+            }
+        }
+        self.wake();
+        Ok(())
+    }
+
+    async fn queue_rate_limits(&self) -> Result<Vec<(String, RateLimit)>> {
+        Ok(self
+            .lock()
+            .rate_limits
+            .iter()
+            .map(|(q, w)| (q.clone(), w.limit))
             .collect())
     }
 

@@ -105,3 +105,15 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- Flow control: at most max_starts claims per period from a queue. One row per limited
+-- queue holds its current (fixed) window: opened at the first start after the previous
+-- one closed, with the starts the claims counted in it. The claim locks the row, so
+-- claimers of a limited queue take turns; queues without a row claim as before.
+CREATE TABLE {schema}.queue_rate_limits (
+    queue      text COLLATE "C" PRIMARY KEY,
+    max_starts integer NOT NULL CHECK (max_starts >= 1),
+    period_us  bigint  NOT NULL CHECK (period_us >= 1),
+    opened_at  timestamptz,
+    starts     integer NOT NULL DEFAULT 0
+);

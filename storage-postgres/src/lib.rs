@@ -31,7 +31,8 @@
 //! - **Operations**: job-key modes (dedupe, replace, preserve_run_at) through
 //!   `INSERT ... ON CONFLICT`; serial keys through `serial_slots` rows numbered 1 to the
 //!   key's limit (`key_limits`, 1 by default; taken inside the claim, freed by a trigger
-//!   when the job stops running); flags,
+//!   when the job stops running); rate limits per queue through a window row in
+//!   `queue_rate_limits` that the single-queue claim locks, reads and counts into; flags,
 //!   tags, paused queues, schedules (the cursor moves by compare-and-set) and the
 //!   management calls.
 //! - **Observability**: each job stores the enqueuing span's trace context (a nullable
@@ -215,6 +216,7 @@ mod delete;
 mod error;
 mod filter;
 mod operations;
+mod rate;
 mod sql;
 mod storage;
 #[cfg(feature = "testing")]

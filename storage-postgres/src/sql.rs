@@ -116,7 +116,13 @@ const UNFINISHED: &str = "('pending', 'retrying', 'running', 'waiting')";
 /// $1 queue, $2 tasks (empty = any), $3 limit, $4 holder, $5 token, $6 lease (µs),
 /// $7 forbidden flags.
 const CLAIM: &str = "
-WITH cand AS (
+WITH rl AS (
+    SELECT greatest(r.max_starts - CASE WHEN {rate_window_open} THEN r.starts ELSE 0 END, 0)
+           AS room
+    FROM {schema}.queue_rate_limits r WHERE r.queue = $1
+    FOR UPDATE
+),
+cand AS (
     SELECT id, serial_key, priority, run_at FROM {schema}.jobs
     WHERE status IN ('pending', 'retrying', 'waiting')
       AND queue = $1
@@ -129,7 +135,7 @@ WITH cand AS (
           SELECT count(*) FROM {schema}.serial_slots s WHERE s.serial_key = jobs.serial_key)
           < {schema}.key_limit(jobs.serial_key))
     ORDER BY priority DESC, run_at, id
-    LIMIT $3
+    LIMIT least($3, coalesce((SELECT room FROM rl), $3))
     FOR UPDATE SKIP LOCKED
 )
 {lease}";
@@ -200,6 +206,24 @@ SET status = 'running',
     updated_at = {now}
 WHERE j.id = ANY(ARRAY(SELECT id FROM c))
 RETURNING {job_columns_j}";
+
+/// A rate-limited queue's window is open (on the row aliased `r`): it opened less than
+/// a period ago. NULL (no window yet) is not open.
+const RATE_WINDOW_OPEN: &str = "r.opened_at + r.period_us * interval '1 microsecond' > {now}";
+
+/// The single-queue claim's rate limit (see `queue_rate_limits`): `rl` above locks the
+/// queue's window row, so claimers of a limited queue take turns, and limits the
+/// candidates to the starts it has left; this counts what was claimed into the window,
+/// opening a new one when none is open. A queue without a limit has no row: one primary
+/// key lookup, no lock.
+const RATE_BUMP: &str = ",
+bump AS (
+    UPDATE {schema}.queue_rate_limits r
+    SET starts = CASE WHEN {rate_window_open} THEN r.starts ELSE 0 END
+                 + (SELECT count(*) FROM c),
+        opened_at = CASE WHEN {rate_window_open} THEN r.opened_at ELSE {now} END
+    WHERE r.queue = $1 AND EXISTS (SELECT 1 FROM c)
+)";
 
 /// Bulk insert in input order with dedupe keys (see `tx.rs` for the contract).
 /// Ids are drawn in input order before the insert so each input row knows its id; a
@@ -583,13 +607,33 @@ pub(crate) fn render(template: &str, schema: &str, now: &str) -> Arc<str> {
         .into()
 }
 
+/// The single-queue claim's template: [`CLAIM`] with the lease shared by both claims
+/// and the rate limit's count ([`RATE_BUMP`]) before its UPDATE.
+fn claim_template() -> String {
+    CLAIM
+        .replace(
+            "\n{lease}",
+            &LEASE.replacen(
+                "\nUPDATE {schema}.jobs AS j",
+                &format!("{RATE_BUMP}\nUPDATE {{schema}}.jobs AS j"),
+                1,
+            ),
+        )
+        .replace("{rate_window_open}", RATE_WINDOW_OPEN)
+}
+
+/// The several-queue claim's template: [`CLAIM_QUEUES`] with the shared lease.
+fn claim_queues_template() -> String {
+    CLAIM_QUEUES.replace("\n{lease}", LEASE)
+}
+
 impl Sql {
     /// Renders every statement for `schema` (already validated) with `now` as the clock.
     pub fn new(schema: &str, now: &str) -> Self {
         let r = |t: &str| render(t, schema, now);
         Sql {
-            claim: r(&CLAIM.replace("\n{lease}", LEASE)),
-            claim_queues: r(&CLAIM_QUEUES.replace("\n{lease}", LEASE)),
+            claim: r(&claim_template()),
+            claim_queues: r(&claim_queues_template()),
             enqueue: r(ENQUEUE),
             enqueue_plain: r(ENQUEUE_PLAIN),
             enqueue_uniform: r(ENQUEUE_UNIFORM),
@@ -636,8 +680,8 @@ impl Sql {
 #[cfg(all(test, feature = "testing"))]
 mod plan_tests {
     use super::{
-        render, with_history, CLAIM, CLAIM_QUEUES, COMPLETE_MANY, FINISHED_COUNTS, HEARTBEAT_MANY,
-        LEASE,
+        claim_queues_template, claim_template, render, with_history, COMPLETE_MANY,
+        FINISHED_COUNTS, HEARTBEAT_MANY,
     };
     use crate::options::quote_literal;
     use crate::testing::TestSchema;
@@ -797,10 +841,15 @@ mod plan_tests {
         for stats in ALL_STATS {
             let (t, mut conn) = jobs_with(stats, 20_000).await;
             for (name, template, queue_type, queue) in [
-                ("cl", CLAIM, "text", "'default'"),
-                ("clq", CLAIM_QUEUES, "text[]", "'{default}'::text[]"),
+                ("cl", claim_template(), "text", "'default'"),
+                (
+                    "clq",
+                    claim_queues_template(),
+                    "text[]",
+                    "'{default}'::text[]",
+                ),
             ] {
-                let stmt = render(&template.replace("\n{lease}", LEASE), t.schema(), "now()");
+                let stmt = render(&template, t.schema(), "now()");
                 let types = format!("{queue_type}, text[], bigint, text, bigint, bigint, text[]");
                 run(&mut conn, &format!("PREPARE {name}({types}) AS {stmt}")).await;
                 for mode in ["force_custom_plan", "force_generic_plan"] {
@@ -912,8 +961,11 @@ mod plan_tests {
         )
         .await
         .expect("enqueue");
-        for (name, template) in [("CLAIM", CLAIM), ("CLAIM_QUEUES", CLAIM_QUEUES)] {
-            let stmt = render(&template.replace("\n{lease}", LEASE), t.schema(), "now()");
+        for (name, template) in [
+            ("CLAIM", claim_template()),
+            ("CLAIM_QUEUES", claim_queues_template()),
+        ] {
+            let stmt = render(&template, t.schema(), "now()");
             let mut tx = s.pool().begin().await.expect("begin");
             let q = sqlx::query(AssertSqlSafe(stmt.to_string()));
             let q = if name == "CLAIM" {

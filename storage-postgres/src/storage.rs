@@ -14,7 +14,7 @@ use durable_jobs::{
     AdvanceScheduleParams, AttemptOutcome, AttemptRecord, Capabilities, Checkpoint,
     CheckpointOutcome, ClaimedJob, Completion, DeletedBatch, DequeueParams, Enqueued, Error,
     Failure, Job, JobFilter, JobId, JobStatus, Lease, LeaseInfo, ManualOutcome, NewJob, QueueCount,
-    ReleasedJob, Result, ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage,
+    RateLimit, ReleasedJob, Result, ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage,
     StorageErrorKind, TakeSignalsParams, WorkerRecord,
 };
 use serde_json::Value;
@@ -351,6 +351,12 @@ impl Storage for PostgresStorage {
     async fn dequeue(&self, params: DequeueParams) -> Result<Vec<ClaimedJob>> {
         if params.limit == 0 || params.queues.is_empty() {
             return Ok(Vec::new());
+        }
+        if params.queues.len() > 1 {
+            let limited = self.rate_limited_among(&params.queues).await?;
+            if !limited.is_empty() {
+                return self.dequeue_each(params).await;
+            }
         }
         let token = new_lease_token();
         // Workers claim per queue; that form lets the index give claim order directly.
@@ -780,6 +786,14 @@ impl Storage for PostgresStorage {
 
     async fn key_limits(&self) -> Result<Vec<(String, u32)>> {
         self.key_limit_rows().await
+    }
+
+    async fn set_queue_rate_limit(&self, queue: &str, limit: Option<RateLimit>) -> Result<()> {
+        self.set_rate_limit_row(queue, limit).await
+    }
+
+    async fn queue_rate_limits(&self) -> Result<Vec<(String, RateLimit)>> {
+        self.rate_limit_rows().await
     }
 
     async fn register_worker(&self, worker: WorkerRecord) -> Result<()> {

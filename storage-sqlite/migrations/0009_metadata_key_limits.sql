@@ -12,3 +12,14 @@ CREATE TABLE durable_jobs_key_limits (
     serial_key  TEXT    PRIMARY KEY,
     max_running INTEGER NOT NULL CHECK (max_running >= 1)
 );
+
+-- Flow control: at most max_starts claims per period from a queue. One row per limited
+-- queue holds its current (fixed) window: opened at the first start after the previous
+-- one closed, with the starts counted in it by the claims' own transactions.
+CREATE TABLE durable_jobs_rate_limits (
+    queue      TEXT    PRIMARY KEY,
+    max_starts INTEGER NOT NULL CHECK (max_starts >= 1),
+    period_us  INTEGER NOT NULL CHECK (period_us >= 1),
+    opened_at  INTEGER,
+    starts     INTEGER NOT NULL DEFAULT 0
+);

@@ -297,7 +297,10 @@ fn unpaused(conn: &Connection, queues: &[String]) -> QResult<Vec<String>> {
         .collect())
 }
 
-/// Claims up to `limit` due jobs; see [`durable_jobs::Storage::dequeue`].
+/// Claims up to `limit` due jobs; see [`durable_jobs::Storage::dequeue`]. With a
+/// rate-limited queue among those named, each queue is claimed in turn, the limited ones
+/// up to what their window has left, and their windows count the starts (all in the
+/// writer's transaction, so processes sharing the file respect the limit together).
 pub(crate) fn dequeue(
     conn: &Connection,
     p: &DequeueParams,
@@ -312,6 +315,45 @@ pub(crate) fn dequeue(
         return Ok(Vec::new());
     }
     let now_us = micros(now);
+    let windows = crate::rate::windows_left(conn, &queues, now_us)?;
+    let mut out = if windows.is_empty() {
+        claim(conn, p, &queues, p.limit, now_us, token)?
+    } else {
+        let mut out = Vec::new();
+        for queue in &queues {
+            let room = p.limit - out.len();
+            let cap = windows.get(queue).map_or(room, |left| room.min(*left));
+            if cap == 0 {
+                continue;
+            }
+            let got = claim(conn, p, std::slice::from_ref(queue), cap, now_us, token)?;
+            if windows.contains_key(queue) && !got.is_empty() {
+                crate::rate::record_starts(conn, queue, got.len(), now_us)?;
+            }
+            out.extend(got);
+        }
+        out
+    };
+    // RETURNING yields rows in no particular order; hand them out in claim order.
+    out.sort_by(|a, b| {
+        (std::cmp::Reverse(a.job.priority), a.job.run_at, a.job.id).cmp(&(
+            std::cmp::Reverse(b.job.priority),
+            b.job.run_at,
+            b.job.id,
+        ))
+    });
+    Ok(out)
+}
+
+/// One claim statement over `queues` (unpaused), for up to `limit` jobs.
+fn claim(
+    conn: &Connection,
+    p: &DequeueParams,
+    queues: &[String],
+    limit: usize,
+    now_us: i64,
+    token: i64,
+) -> QResult<Vec<ClaimedJob>> {
     let expires = after(now_us, p.lease_duration);
     let expires_at = time("lease_expires_at", expires)?;
     let mut args: Vec<SqlValue> = vec![
@@ -319,7 +361,7 @@ pub(crate) fn dequeue(
         SqlValue::Integer(token),
         SqlValue::Integer(expires),
         SqlValue::Integer(now_us),
-        SqlValue::Integer(i64::try_from(p.limit).unwrap_or(i64::MAX)),
+        SqlValue::Integer(i64::try_from(limit).unwrap_or(i64::MAX)),
     ];
     args.extend(queues.iter().map(|q| SqlValue::Text(q.clone())));
     args.extend(p.tasks.iter().map(|t| SqlValue::Text(t.clone())));
@@ -329,7 +371,7 @@ pub(crate) fn dequeue(
         tasks: p.tasks.len(),
         flags: p.forbidden_flags.len(),
     };
-    let mut out = Vec::with_capacity(p.limit.min(1024));
+    let mut out = Vec::with_capacity(limit.min(1024));
     let mut corrupt = Vec::new();
     {
         let mut stmt = conn.prepare_cached(&claim_sql(shape))?;
@@ -358,14 +400,6 @@ pub(crate) fn dequeue(
     for (id, e) in corrupt {
         fail_corrupt(conn, id, &e, now_us, token)?;
     }
-    // RETURNING yields rows in no particular order; hand them out in claim order.
-    out.sort_by(|a, b| {
-        (std::cmp::Reverse(a.job.priority), a.job.run_at, a.job.id).cmp(&(
-            std::cmp::Reverse(b.job.priority),
-            b.job.run_at,
-            b.job.id,
-        ))
-    });
     Ok(out)
 }
 

@@ -17,8 +17,8 @@ use durable_jobs::job::new_lease_token;
 use durable_jobs::{
     AdvanceScheduleParams, AttemptRecord, Capabilities, Checkpoint, ClaimedJob, Clock, Completion,
     DeletedBatch, DequeueParams, Enqueued, Failure, Job, JobFilter, JobId, Lease, ManualOutcome,
-    NewJob, QueueCount, Result, ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage,
-    TakeSignalsParams, WorkerRecord,
+    NewJob, QueueCount, RateLimit, Result, ScheduleRecord, SpawnChildrenParams, StaleLocks,
+    Storage, TakeSignalsParams, WorkerRecord,
 };
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
@@ -701,6 +701,18 @@ impl Storage for SqliteStorage {
 
     async fn key_limits(&self) -> Result<Vec<(String, u32)>> {
         self.read(operations::key_limits).await
+    }
+
+    async fn set_queue_rate_limit(&self, queue: &str, limit: Option<RateLimit>) -> Result<()> {
+        let queue = queue.to_string();
+        self.write(move |c| crate::rate::set_limit(c, &queue, limit))
+            .await?;
+        self.wake();
+        Ok(())
+    }
+
+    async fn queue_rate_limits(&self) -> Result<Vec<(String, RateLimit)>> {
+        self.read(crate::rate::limits).await
     }
 
     async fn register_worker(&self, worker: WorkerRecord) -> Result<()> {

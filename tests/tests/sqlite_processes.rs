@@ -270,3 +270,50 @@ async fn a_key_limit_caps_running_jobs_across_processes() {
     storage.close().await;
     assert_eq!(integrity(&files.db()), "ok");
 }
+
+/// A queue's rate limit holds across processes on one file: two draining worker
+/// processes start exactly 5 of 40 jobs of a queue limited to 5 starts per hour, then
+/// find nothing more to claim; the other 35 wait for the next window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_rate_limit_caps_starts_across_processes() {
+    let files = Files::new();
+    let storage = SqliteStorage::open(files.db()).await.expect("open");
+    let queue = durable_jobs::Queue::new(std::sync::Arc::new(storage.clone()));
+    queue
+        .set_queue_rate_limit("default", 5, Duration::from_secs(3600))
+        .await
+        .expect("limit");
+    let n = 40;
+    storage
+        .enqueue_many((0..n).map(|i| NewJob::new("record", json!(i))).collect())
+        .await
+        .expect("enqueue");
+    let a = spawn_worker(&files, "drain", &["--concurrency", "8"]);
+    let b = spawn_worker(&files, "drain", &["--concurrency", "8"]);
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        (
+            wait_with_deadline(a, Duration::from_secs(120)),
+            wait_with_deadline(b, Duration::from_secs(120)),
+        )
+    })
+    .await
+    .expect("wait for workers");
+    assert_success(&a);
+    assert_success(&b);
+    assert_eq!(reported_completed(&a) + reported_completed(&b), 5);
+    assert_eq!(executions(&files.log()).len(), 5);
+    let mut counts: Vec<(JobStatus, u64)> = storage
+        .counts()
+        .await
+        .expect("counts")
+        .iter()
+        .map(|c| (c.status, c.count))
+        .collect();
+    counts.sort();
+    assert_eq!(
+        counts,
+        vec![(JobStatus::Pending, 35), (JobStatus::Completed, 5)]
+    );
+    storage.close().await;
+    assert_eq!(integrity(&files.db()), "ok");
+}

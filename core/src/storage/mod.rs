@@ -15,7 +15,8 @@ pub mod record;
 
 pub use params::{
     AdvanceScheduleParams, ClaimedJob, Completion, DeletedBatch, DequeueParams, Failure, JobFilter,
-    ManualOutcome, QueueCount, ReleasedJob, SpawnChildrenParams, StaleLocks, TakeSignalsParams,
+    ManualOutcome, QueueCount, RateLimit, ReleasedJob, SpawnChildrenParams, StaleLocks,
+    TakeSignalsParams,
 };
 pub use record::{AttemptOutcome, AttemptRecord, ScheduleRecord, WorkerQueue, WorkerRecord};
 
@@ -311,6 +312,16 @@ pub trait Storage: Send + Sync + 'static {
 
     /// The keys with a limit set, by key, with their limits.
     async fn key_limits(&self) -> Result<Vec<(String, u32)>>;
+
+    // ----- Flow control: rate limits per queue -----
+
+    /// Sets a queue's rate limit (`None` removes it): a claim from the queue takes at most
+    /// what is left of the current window's starts, whichever processes claim. Claims
+    /// naming several queues, one of them limited, claim each queue in turn.
+    async fn set_queue_rate_limit(&self, queue: &str, limit: Option<RateLimit>) -> Result<()>;
+
+    /// The queues with a rate limit, by queue.
+    async fn queue_rate_limits(&self) -> Result<Vec<(String, RateLimit)>>;
 
     // ----- Workers: the registry -----
 

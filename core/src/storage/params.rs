@@ -93,6 +93,17 @@ impl JobFilter {
     }
 }
 
+/// A queue's rate limit: at most `max_starts` jobs start (are claimed) per `period`,
+/// across every worker. Windows are fixed: one opens at the first start after the
+/// previous one closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// Starts allowed per window.
+    pub max_starts: u32,
+    /// The window's length.
+    pub period: Duration,
+}
+
 /// What one [`super::Storage::delete_jobs`] batch did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DeletedBatch {

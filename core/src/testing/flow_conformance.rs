@@ -126,3 +126,78 @@ pub async fn key_limit_caps_running_jobs_per_key<H: ConformanceHarness>(h: &H) {
         );
     }
 }
+
+fn in_queue(queue: &str, payload: i64) -> NewJob {
+    let mut j = NewJob::new("t", json!(payload));
+    j.queue = queue.into();
+    j
+}
+
+/// A queue's rate limit caps its starts per window, however many claimers race; the
+/// window reopens after its period (by the storage clock); other queues are not held
+/// back, also in a claim naming several queues; clearing the limit lifts it.
+pub async fn queue_rate_limit_caps_starts_per_window<H: ConformanceHarness>(h: &H) {
+    let s = h.storage();
+    let queue = Queue::new(s.clone());
+    let hour = Duration::from_secs(3600);
+    queue
+        .set_queue_rate_limit("default", 2, hour)
+        .await
+        .expect("limit");
+    let mut limited = Vec::new();
+    for i in 0..6 {
+        limited.push(s.enqueue(in_queue("default", i)).await.expect("enqueue").id);
+    }
+    let free = s.enqueue(in_queue("free", 9)).await.expect("enqueue").id;
+    let limits = queue.queue_rate_limits().await.expect("limits");
+    assert_eq!(limits.len(), 1);
+    assert_eq!(limits[0].0, "default");
+    assert_eq!((limits[0].1.max_starts, limits[0].1.period), (2, hour));
+
+    let first = claim_all(&s).await;
+    assert_eq!(
+        ids(&first),
+        vec![limited[0], limited[1]],
+        "two starts per hour"
+    );
+    // Finishing frees no start: the window counts starts, not running jobs.
+    for c in &first {
+        s.complete(&c.lease, json!(null)).await.expect("complete");
+    }
+    assert!(claim_all(&s).await.is_empty());
+    h.advance(Duration::from_secs(1800)).await;
+    assert!(claim_all(&s).await.is_empty(), "half an hour: same window");
+
+    // A claim naming several queues takes the unlimited one and nothing of the other.
+    let mut both = params(10);
+    both.queues = vec!["default".into(), "free".into()];
+    let got = s.dequeue(both.clone()).await.expect("dequeue");
+    assert_eq!(ids(&got), vec![free]);
+
+    h.advance(Duration::from_secs(1801)).await;
+    let second = s.dequeue(both).await.expect("dequeue");
+    assert_eq!(
+        ids(&second),
+        vec![limited[2], limited[3]],
+        "a new window: two more"
+    );
+    assert!(claim_all(&s).await.is_empty());
+
+    queue
+        .clear_queue_rate_limit("default")
+        .await
+        .expect("clear");
+    assert!(queue.queue_rate_limits().await.expect("limits").is_empty());
+    assert_eq!(ids(&claim_all(&s).await), vec![limited[4], limited[5]]);
+
+    for (q, n, period) in [
+        ("default", 0, hour),
+        ("default", 1, Duration::ZERO),
+        ("bad queue", 1, hour),
+    ] {
+        assert!(
+            queue.set_queue_rate_limit(q, n, period).await.is_err(),
+            "{q:?} {n} {period:?}"
+        );
+    }
+}

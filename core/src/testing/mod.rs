@@ -239,13 +239,14 @@ macro_rules! storage_delete_conformance_tests {
     };
 }
 
-/// Expands to one `#[test]` per flow-control conformance case (running caps per key)
-/// for a [`ConformanceHarness`].
+/// Expands to one `#[test]` per flow-control conformance case (running caps per key,
+/// rate limits per queue) for a [`ConformanceHarness`].
 #[macro_export]
 macro_rules! storage_flow_conformance_tests {
     ($harness:ty) => {
         $crate::__conformance_cases!(flow_conformance, $harness;
             key_limit_caps_running_jobs_per_key,
+            queue_rate_limit_caps_starts_per_window,
         );
     };
 }
