@@ -105,12 +105,10 @@ pub enum JobsCommand {
         #[arg(required = true, value_name = "ID")]
         ids: Vec<JobId>,
     },
-    /// Delete jobs that are not running, with their checkpoints and signals.
-    Delete {
-        /// Job ids.
-        #[arg(required = true, value_name = "ID")]
-        ids: Vec<JobId>,
-    },
+    /// Delete jobs that are not running, with their checkpoints and signals: by id, or
+    /// every job matching filters (in batches; a matching job goes with its workflow
+    /// children, and a child of a live parent never matches on its own).
+    Delete(DeleteArgs),
     /// Delete finished jobs (completed, failed, cancelled) that finished longer ago than
     /// a duration.
     Purge {
@@ -139,6 +137,9 @@ pub struct ListArgs {
     /// Only jobs carrying this tag.
     #[arg(long, value_name = "TAG")]
     pub tag: Option<String>,
+    /// Only jobs whose metadata holds KEY with VALUE (see `enqueue --meta`).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = meta_arg)]
+    pub meta: Option<(String, serde_json::Value)>,
     /// Only children of this job.
     #[arg(long, value_name = "ID")]
     pub parent: Option<JobId>,
@@ -149,6 +150,46 @@ pub struct ListArgs {
     /// shown).
     #[arg(long, value_name = "ID")]
     pub after: Option<JobId>,
+}
+
+/// Arguments of `jobs delete`: ids, or filters (at least one) confirmed with `--yes`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("filters").multiple(true)
+    .args(["status", "queue", "task", "tag", "meta", "older_than"])))]
+pub struct DeleteArgs {
+    /// Job ids (instead of filters).
+    #[arg(
+        value_name = "ID",
+        conflicts_with = "filters",
+        required_unless_present = "filters"
+    )]
+    pub ids: Vec<JobId>,
+    /// Only these statuses (repeat or separate with commas); running jobs are never
+    /// deleted.
+    #[arg(long, value_name = "STATUS", value_delimiter = ',', value_parser = status_arg)]
+    pub status: Vec<JobStatus>,
+    /// Only this queue.
+    #[arg(long, value_name = "QUEUE")]
+    pub queue: Option<String>,
+    /// Only this task.
+    #[arg(long, value_name = "TASK")]
+    pub task: Option<String>,
+    /// Only jobs carrying this tag.
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
+    /// Only jobs whose metadata holds KEY with VALUE (VALUE as JSON if it parses as a
+    /// number, boolean or null, else as a string: tenant=acme, attempt=3).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = meta_arg)]
+    pub meta: Option<(String, serde_json::Value)>,
+    /// Only jobs created longer ago than this: 30s, 90m, 2h, 7d, 1w.
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub older_than: Option<Duration>,
+    /// At most this many matching jobs per transaction (1 to 10000).
+    #[arg(long, value_name = "N", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub batch_size: u64,
+    /// Delete without asking: without it, filters only count what they match.
+    #[arg(long)]
+    pub yes: bool,
 }
 
 /// Arguments of `enqueue`.
@@ -177,6 +218,10 @@ pub struct EnqueueArgs {
     /// A tag to find the job by (repeatable).
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,
+    /// A metadata pair to find the job by (repeatable): tenant=acme, attempt=3 (VALUE as
+    /// JSON if it parses as a number, boolean or null, else as a string).
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = meta_arg)]
+    pub meta: Vec<(String, serde_json::Value)>,
 }
 
 /// Arguments of `signal`.
@@ -265,6 +310,21 @@ fn finished_status_arg(s: &str) -> Result<JobStatus, String> {
     }
 }
 
+fn meta_arg(s: &str) -> Result<(String, serde_json::Value), String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, found `{s}`"))?;
+    if key.is_empty() {
+        return Err("the metadata key must not be empty".into());
+    }
+    let value = match serde_json::from_str::<serde_json::Value>(value) {
+        Ok(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => v,
+        Ok(serde_json::Value::Null) => serde_json::Value::Null,
+        _ => serde_json::Value::String(value.to_string()),
+    };
+    Ok((key.to_string(), value))
+}
+
 fn json_arg(s: &str) -> Result<serde_json::Value, String> {
     serde_json::from_str(s).map_err(|e| {
         format!("not valid JSON ({e}): write e.g. '{{\"id\": 1}}', 42, or '\"text\"' for a string")
@@ -289,6 +349,21 @@ mod tests {
             .contains("pending, retrying"));
         assert!(finished_status_arg("running").is_err());
         assert_eq!(finished_status_arg("cancelled"), Ok(JobStatus::Cancelled));
+    }
+
+    #[test]
+    fn metadata_terms_parse() {
+        use serde_json::json;
+        assert_eq!(
+            meta_arg("tenant=acme"),
+            Ok(("tenant".into(), json!("acme")))
+        );
+        assert_eq!(meta_arg("n=3"), Ok(("n".into(), json!(3))));
+        assert_eq!(meta_arg("ok=true"), Ok(("ok".into(), json!(true))));
+        assert_eq!(meta_arg("a=b=c"), Ok(("a".into(), json!("b=c"))));
+        assert_eq!(meta_arg("q=\"x\""), Ok(("q".into(), json!("\"x\""))));
+        assert!(meta_arg("tenant").is_err());
+        assert!(meta_arg("=x").is_err());
     }
 
     #[test]

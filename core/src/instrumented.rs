@@ -11,9 +11,9 @@ use crate::error::{Error, Result};
 use crate::job::{Checkpoint, Enqueued, Job, JobId, Lease, NewJob};
 use crate::storage::{
     AdvanceScheduleParams, AttemptRecord, Capabilities, CheckpointWrite, ClaimedJob, Completion,
-    DequeueParams, DynStorage, Failure, JobFilter, ManualOutcome, QueueCount, RetentionBatch,
-    RetentionPurged, ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage, TakeSignalsParams,
-    WorkerRecord,
+    DeletedBatch, DequeueParams, DynStorage, Failure, JobFilter, ManualOutcome, QueueCount,
+    RateLimit, RetentionBatch, RetentionPurged, ScheduleRecord, SpawnChildrenParams, StaleLocks,
+    Storage, TakeSignalsParams, WorkerRecord,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -273,6 +273,15 @@ impl Storage for InstrumentedStorage {
             .await
     }
 
+    async fn delete_jobs(&self, filter: JobFilter) -> Result<DeletedBatch> {
+        self.observe(
+            "delete_jobs",
+            |b: &DeletedBatch| usize::try_from(b.deleted).unwrap_or(usize::MAX),
+            self.inner.delete_jobs(filter),
+        )
+        .await
+    }
+
     async fn dequeue(&self, params: DequeueParams) -> Result<Vec<ClaimedJob>> {
         self.observe("dequeue", Vec::len, self.inner.dequeue(params))
             .await
@@ -494,6 +503,38 @@ impl Storage for InstrumentedStorage {
             "purge_retained",
             |p: &RetentionPurged| p.jobs() as usize,
             self.inner.purge_retained(batch),
+        )
+        .await
+    }
+
+    async fn set_key_limit(&self, key: &str, max_running: Option<u32>) -> Result<()> {
+        self.observe(
+            "set_key_limit",
+            one,
+            self.inner.set_key_limit(key, max_running),
+        )
+        .await
+    }
+
+    async fn key_limits(&self) -> Result<Vec<(String, u32)>> {
+        self.observe("key_limits", Vec::len, self.inner.key_limits())
+            .await
+    }
+
+    async fn set_queue_rate_limit(&self, queue: &str, limit: Option<RateLimit>) -> Result<()> {
+        self.observe(
+            "set_queue_rate_limit",
+            one,
+            self.inner.set_queue_rate_limit(queue, limit),
+        )
+        .await
+    }
+
+    async fn queue_rate_limits(&self) -> Result<Vec<(String, RateLimit)>> {
+        self.observe(
+            "queue_rate_limits",
+            Vec::len,
+            self.inner.queue_rate_limits(),
         )
         .await
     }

@@ -189,6 +189,9 @@ pub struct Job {
     /// after the job finishes.
     #[serde(default)]
     pub progress: Option<Value>,
+    /// Key/value pairs set at enqueue, to find the job by (see [`crate::metadata`]).
+    #[serde(default)]
+    pub metadata: crate::metadata::Metadata,
 }
 
 impl Job {
@@ -249,6 +252,9 @@ pub struct NewJob {
     /// [`crate::Queue`] from the current span).
     #[serde(default)]
     pub trace_context: Option<String>,
+    /// Key/value pairs to find the job by (validated by [`crate::JobOptions::build`]).
+    #[serde(default)]
+    pub metadata: crate::metadata::Metadata,
 }
 
 /// What enqueueing a job whose key an unfinished job already holds does (the key is
@@ -302,6 +308,7 @@ impl NewJob {
             flags: Vec::new(),
             tags: Vec::new(),
             trace_context: None,
+            metadata: crate::metadata::Metadata::new(),
         }
     }
 

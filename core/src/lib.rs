@@ -9,6 +9,7 @@ pub mod instrumented;
 pub mod job;
 mod maintenance;
 pub mod manage;
+pub mod metadata;
 pub mod metric;
 pub mod options;
 pub mod queue;
@@ -37,16 +38,17 @@ pub use maintenance::retention::{
     DEFAULT_RETENTION_BATCH, DEFAULT_RETENTION_INTERVAL,
 };
 pub use manage::{JobDetails, WorkerInfo};
+pub use metadata::Metadata;
 pub use options::JobOptions;
 pub use queue::{Queue, DEFAULT_MAX_SNOOZES};
 pub use result::JobHandle;
 pub use retry::RetryPolicy;
 pub use schedule::{CatchUp, Schedule, ScheduleInfo, ScheduleRecord, SchedulerReport};
 pub use storage::{
-    AdvanceScheduleParams, AttemptOutcome, AttemptRecord, Capabilities, CheckpointWrite,
-    ClaimedJob, Completion, DequeueParams, DynStorage, Failure, JobFilter, ManualOutcome,
-    QueueCount, ReleasedJob, RetentionBatch, RetentionPurged, SpawnChildrenParams, StaleLocks,
-    Storage, TakeSignalsParams,
+    AdvanceScheduleParams, AttemptOutcome, AttemptRecord, Capabilities, CheckpointWrite, ClaimedJob,
+    Completion, DeletedBatch, DequeueParams, DynStorage, Failure, JobFilter, ManualOutcome,
+    QueueCount, RateLimit, ReleasedJob, RetentionBatch, RetentionPurged, SpawnChildrenParams,
+    StaleLocks, Storage, TakeSignalsParams,
     WorkerQueue, WorkerRecord,
 };
 pub use task::{NoRetry, RetryAfter, Snooze, Task, TaskError, TaskErrorKind};

@@ -33,6 +33,7 @@ pub struct JobOptions {
     serial_key: Option<String>,
     flags: Vec<String>,
     tags: Vec<String>,
+    metadata: Option<Value>,
 }
 
 impl JobOptions {
@@ -87,7 +88,8 @@ impl JobOptions {
     }
 
     /// Runs at most one job with this key at a time, across all workers (graphile's named
-    /// queues). Jobs of one key run one after another in claim order.
+    /// queues), or as many as [`crate::Queue::set_key_limit`] allows for the key (a
+    /// fleet-wide concurrency cap). Jobs of one key start in claim order.
     pub fn serial_key(mut self, key: impl Into<String>) -> Self {
         self.serial_key = Some(key.into());
         self
@@ -105,6 +107,35 @@ impl JobOptions {
         self
     }
 
+    /// Sets the job's metadata: a JSON object of key/value pairs to find it by (replacing
+    /// pairs set before). Anything but an object is refused by [`JobOptions::build`].
+    ///
+    /// ```
+    /// use durable_jobs::JobOptions;
+    /// let opts = JobOptions::new().metadata(serde_json::json!({"tenant": "acme"}));
+    /// ```
+    pub fn metadata(mut self, metadata: Value) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+
+    /// Adds one metadata pair (`.meta("tenant", "acme")`), keeping the others.
+    pub fn meta(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        match &mut self.metadata {
+            Some(Value::Object(map)) => {
+                map.insert(key.into(), value.into());
+            }
+            // A non-object set by `metadata` stays, for `build` to refuse.
+            Some(_) => {}
+            None => {
+                let mut map = serde_json::Map::new();
+                map.insert(key.into(), value.into());
+                self.metadata = Some(Value::Object(map));
+            }
+        }
+        self
+    }
+
     /// Each attempt fails (and may retry) once it runs this long.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
@@ -115,7 +146,8 @@ impl JobOptions {
     ///
     /// # Errors
     /// [`Error::InvalidOption`] for `delay` together with `at`, a zero timeout, more than
-    /// [`MAX_RETRIES`] retries or an empty dedupe key; [`Error::InvalidQueueName`];
+    /// [`MAX_RETRIES`] retries, an empty dedupe key, or metadata that is not a JSON
+    /// object (see [`crate::metadata::validate_metadata`]); [`Error::InvalidQueueName`];
     /// [`Error::PayloadTooLarge`] past [`DEFAULT_MAX_PAYLOAD_BYTES`].
     pub fn build(&self, task: &str, payload: Value) -> Result<NewJob> {
         validate_task_name(task)?;
@@ -172,6 +204,10 @@ impl JobOptions {
                 });
             }
         }
+        let metadata = match &self.metadata {
+            Some(m) => crate::metadata::validate_metadata(m.clone())?,
+            None => crate::metadata::Metadata::new(),
+        };
         let queue = self.queue.clone().unwrap_or_else(|| DEFAULT_QUEUE.into());
         validate_queue_name(&queue)?;
         let size = payload_size(&payload);
@@ -198,6 +234,7 @@ impl JobOptions {
             flags: self.flags.clone(),
             tags: self.tags.clone(),
             trace_context: None,
+            metadata,
         })
     }
 }
@@ -309,5 +346,32 @@ mod tests {
             Err(Error::PayloadTooLarge { .. })
         ));
         assert!(JobOptions::new().build("", json!(null)).is_err());
+        let list = JobOptions::new().metadata(json!(["tenant"]));
+        assert!(matches!(
+            list.build("t", json!(null)),
+            Err(Error::InvalidOption {
+                option: "metadata",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn metadata_pairs_accumulate() {
+        let job = JobOptions::new()
+            .meta("tenant", "acme")
+            .meta("n", 2)
+            .build("t", json!(null))
+            .expect("valid");
+        assert_eq!(
+            Value::Object(job.metadata),
+            json!({"tenant": "acme", "n": 2})
+        );
+        let job = JobOptions::new()
+            .metadata(json!({"a": 1}))
+            .meta("b", true)
+            .build("t", json!(null))
+            .expect("valid");
+        assert_eq!(Value::Object(job.metadata), json!({"a": 1, "b": true}));
     }
 }

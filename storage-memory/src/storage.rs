@@ -5,12 +5,12 @@ use chrono::{DateTime, Utc};
 use durable_jobs::job::{far_future, new_lease_token};
 use durable_jobs::{
     AdvanceScheduleParams, Capabilities, Checkpoint, CheckpointOutcome, ClaimedJob, Clock,
-    Completion, DequeueParams, Enqueued, Error, Failure, Job, JobFilter, JobId, JobStatus, KeyMode,
-    Lease, LeaseInfo, ManualClock, ManualOutcome, NewJob, QueueCount, ReleasedJob, Result,
-    RetentionBatch, RetentionPurged, ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage,
-    SystemClock, TakeSignalsParams, WorkerRecord,
+    Completion, DeletedBatch, DequeueParams, Enqueued, Error, Failure, Job, JobFilter, JobId,
+    JobStatus, KeyMode, Lease, LeaseInfo, ManualClock, ManualOutcome, NewJob, QueueCount,
+    ReleasedJob, Result, RetentionBatch, RetentionPurged, ScheduleRecord, SpawnChildrenParams,
+    StaleLocks, Storage, SystemClock, TakeSignalsParams, WorkerRecord,
 };
-use durable_jobs::{AttemptOutcome, AttemptRecord, CheckpointWrite};
+use durable_jobs::{AttemptOutcome, AttemptRecord, CheckpointWrite, RateLimit};
 use serde_json::Value;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -42,7 +42,11 @@ struct State {
     /// Serial key, flags and tags per job.
     extras: HashMap<JobId, Extras>,
     /// The running job of each serial key.
-    serial_running: HashMap<String, JobId>,
+    serial_running: HashMap<String, HashSet<JobId>>,
+    /// How many jobs of a serial key may run at once, where not 1.
+    key_limits: BTreeMap<String, u32>,
+    /// Rate-limited queues and their current windows.
+    rate_limits: BTreeMap<String, RateWindow>,
     schedules: BTreeMap<String, ScheduleRecord>,
     paused_queues: BTreeSet<String>,
     workers: BTreeMap<String, WorkerRecord>,
@@ -50,6 +54,36 @@ struct State {
     attempts: HashMap<JobId, Vec<AttemptRecord>>,
     /// Bumped by every final write, for `Queue::wait_for` (see `Storage::finishes`).
     finished: Option<Arc<watch::Sender<u64>>>,
+}
+
+/// A queue's rate limit and its current window.
+struct RateWindow {
+    limit: RateLimit,
+    /// When the current window opened (`None`: none yet).
+    opened: Option<DateTime<Utc>>,
+    /// Starts in the current window.
+    starts: u32,
+}
+
+impl RateWindow {
+    fn is_open(&self, now: DateTime<Utc>) -> bool {
+        self.opened
+            .is_some_and(|at| add(at, self.limit.period) > now)
+    }
+
+    /// Starts left in the window at `now`.
+    fn left(&self, now: DateTime<Utc>) -> usize {
+        let used = if self.is_open(now) { self.starts } else { 0 };
+        self.limit.max_starts.saturating_sub(used) as usize
+    }
+
+    fn record(&mut self, now: DateTime<Utc>, n: u32) {
+        if !self.is_open(now) {
+            self.opened = Some(now);
+            self.starts = 0;
+        }
+        self.starts += n;
+    }
 }
 
 #[derive(Default, Clone)]
@@ -218,6 +252,7 @@ impl State {
             flags: new.flags,
             serial_key: new.serial_key,
             progress: None,
+            metadata: new.metadata,
         };
         self.make_ready(&job);
         self.jobs.insert(id, job);
@@ -265,6 +300,7 @@ impl State {
             j.tags = new.tags.clone();
             j.flags = new.flags.clone();
             j.serial_key = new.serial_key.clone();
+            j.metadata = new.metadata.clone();
         }
         self.extras.insert(
             id,
@@ -359,8 +395,11 @@ impl State {
             }
         }
         if let Some(key) = self.extras.get(&id).and_then(|e| e.serial_key.clone()) {
-            if self.serial_running.get(&key) == Some(&id) {
-                self.serial_running.remove(&key);
+            if let Some(running) = self.serial_running.get_mut(&key) {
+                running.remove(&id);
+                if running.is_empty() {
+                    self.serial_running.remove(&key);
+                }
             }
         }
     }
@@ -479,6 +518,27 @@ impl State {
             i += 1;
         }
         Some(tree)
+    }
+
+    /// True when `j` matches every term of `filter` (its limit aside).
+    fn matches(&self, j: &Job, filter: &JobFilter) -> bool {
+        (filter.statuses.is_empty() || filter.statuses.contains(&j.status))
+            && filter.queue.as_ref().is_none_or(|q| *q == j.queue)
+            && filter.task.as_ref().is_none_or(|t| *t == j.task)
+            && filter.after_id.is_none_or(|a| j.id > a)
+            && filter
+                .parent_id
+                .is_none_or(|p| self.parents.get(&j.id) == Some(&p))
+            && filter
+                .tag
+                .as_ref()
+                .is_none_or(|t| self.extras.get(&j.id).is_some_and(|e| e.tags.contains(t)))
+            && filter
+                .metadata
+                .as_ref()
+                .is_none_or(|(k, v)| durable_jobs::metadata::matches(&j.metadata, k, v))
+            && filter.created_after.is_none_or(|t| j.created_at >= t)
+            && filter.created_before.is_none_or(|t| j.created_at < t)
     }
 
     /// Wakes a job: due now if waiting or pending, a wake request if running.
@@ -613,15 +673,19 @@ impl Storage for MemoryStorage {
                 continue;
             }
             let Some(set) = st.ready.get(q) else { continue };
+            let cap = st
+                .rate_limits
+                .get(q)
+                .map_or(params.limit, |w| w.left(now).min(params.limit));
             let mut taken = 0;
             // One range per priority, ending at run_at <= now, then a jump to the next
             // priority: jobs due later and parked workflows are never visited.
             let mut next = set.first().copied();
-            while let (Some(first), true) = (next, taken < params.limit) {
+            while let (Some(first), true) = (next, taken < cap) {
                 let due =
                     (first.0, DateTime::<Utc>::MIN_UTC, JobId::MIN)..=(first.0, now, JobId::MAX);
                 for key in set.range(due) {
-                    if taken >= params.limit {
+                    if taken >= cap {
                         break;
                     }
                     let Some(job) = st.jobs.get(&key.2) else {
@@ -651,11 +715,28 @@ impl Storage for MemoryStorage {
         let mut batch_keys = HashSet::new();
         picked.retain(
             |key| match st.extras.get(&key.2).and_then(|e| e.serial_key.as_ref()) {
-                Some(k) => !st.serial_running.contains_key(k) && batch_keys.insert(k.clone()),
+                Some(k) => {
+                    let running = st.serial_running.get(k).map_or(0, HashSet::len);
+                    let limit = st.key_limits.get(k).copied().unwrap_or(1) as usize;
+                    running < limit && batch_keys.insert(k.clone())
+                }
                 None => true,
             },
         );
         picked.truncate(params.limit);
+        let mut started: HashMap<String, u32> = HashMap::new();
+        for key in &picked {
+            if let Some(job) = st.jobs.get(&key.2) {
+                if st.rate_limits.contains_key(&job.queue) {
+                    *started.entry(job.queue.clone()).or_default() += 1;
+                }
+            }
+        }
+        for (queue, n) in started {
+            if let Some(w) = st.rate_limits.get_mut(&queue) {
+                w.record(now, n);
+            }
+        }
         let token = new_lease_token();
         let mut out = Vec::with_capacity(picked.len());
         for key in picked {
@@ -677,7 +758,7 @@ impl Storage for MemoryStorage {
             });
             st.running.insert((expires_at, job.id));
             if let Some(k) = st.extras.get(&job.id).and_then(|e| e.serial_key.clone()) {
-                st.serial_running.insert(k, job.id);
+                st.serial_running.entry(k).or_default().insert(job.id);
             }
             out.push(ClaimedJob {
                 lease: Lease {
@@ -887,27 +968,12 @@ impl Storage for MemoryStorage {
     }
 
     async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>> {
+        filter.validate()?;
         let st = self.lock();
         let mut jobs: Vec<&Job> = st
             .jobs
             .values()
-            .filter(|j| filter.statuses.is_empty() || filter.statuses.contains(&j.status))
-            .filter(|j| filter.queue.as_ref().is_none_or(|q| *q == j.queue))
-            .filter(|j| filter.task.as_ref().is_none_or(|t| *t == j.task))
-            .filter(|j| filter.after_id.is_none_or(|a| j.id > a))
-            .filter(|j| {
-                filter
-                    .parent_id
-                    .is_none_or(|p| st.parents.get(&j.id) == Some(&p))
-            })
-            .filter(|j| {
-                filter
-                    .tag
-                    .as_ref()
-                    .is_none_or(|t| st.extras.get(&j.id).is_some_and(|e| e.tags.contains(t)))
-            })
-            .filter(|j| filter.created_after.is_none_or(|t| j.created_at >= t))
-            .filter(|j| filter.created_before.is_none_or(|t| j.created_at < t))
+            .filter(|j| st.matches(j, &filter))
             .collect();
         jobs.sort_by_key(|j| j.id);
         Ok(jobs
@@ -1120,6 +1186,42 @@ impl Storage for MemoryStorage {
         Ok(true)
     }
 
+    async fn delete_jobs(&self, filter: JobFilter) -> Result<DeletedBatch> {
+        filter.validate()?;
+        let mut st = self.lock();
+        let st = &mut *st;
+        let mut candidates: Vec<JobId> = st
+            .jobs
+            .values()
+            .filter(|j| j.status != JobStatus::Running)
+            .filter(|j| j.parent_id.is_none_or(|p| !st.jobs.contains_key(&p)))
+            .filter(|j| st.matches(j, &filter))
+            .map(|j| j.id)
+            .collect();
+        candidates.sort_unstable();
+        candidates.truncate(filter.limit.unwrap_or(100));
+        let mut deleted = 0;
+        for &root in &candidates {
+            let tree: Vec<Job> = st
+                .subtree(root)
+                .iter()
+                .filter_map(|id| st.jobs.get(id).cloned())
+                .collect();
+            if tree.iter().any(|j| j.status == JobStatus::Running) {
+                continue;
+            }
+            for job in &tree {
+                st.remove_job(job);
+                st.children.remove(&job.id);
+                deleted += 1;
+            }
+        }
+        Ok(DeletedBatch {
+            deleted,
+            last_id: candidates.last().copied(),
+        })
+    }
+
     async fn upsert_schedule(
         &self,
         name: &str,
@@ -1295,6 +1397,61 @@ impl Storage for MemoryStorage {
 
     async fn purge_retained(&self, batch: RetentionBatch) -> Result<RetentionPurged> {
         Ok(self.lock().purge_retained(batch))
+    }
+
+    async fn set_key_limit(&self, key: &str, max_running: Option<u32>) -> Result<()> {
+        {
+            let mut st = self.lock();
+            match max_running {
+                Some(n) => st.key_limits.insert(key.to_string(), n),
+                None => st.key_limits.remove(key),
+            };
+        }
+        self.wake();
+        Ok(())
+    }
+
+    async fn key_limits(&self) -> Result<Vec<(String, u32)>> {
+        Ok(self
+            .lock()
+            .key_limits
+            .iter()
+            .map(|(k, n)| (k.clone(), *n))
+            .collect())
+    }
+
+    async fn set_queue_rate_limit(&self, queue: &str, limit: Option<RateLimit>) -> Result<()> {
+        {
+            let mut st = self.lock();
+            match limit {
+                Some(limit) => {
+                    // A changed limit keeps the current window and its count.
+                    let w = st
+                        .rate_limits
+                        .entry(queue.to_string())
+                        .or_insert(RateWindow {
+                            limit,
+                            opened: None,
+                            starts: 0,
+                        });
+                    w.limit = limit;
+                }
+                None => {
+                    st.rate_limits.remove(queue);
+                }
+            }
+        }
+        self.wake();
+        Ok(())
+    }
+
+    async fn queue_rate_limits(&self) -> Result<Vec<(String, RateLimit)>> {
+        Ok(self
+            .lock()
+            .rate_limits
+            .iter()
+            .map(|(q, w)| (q.clone(), w.limit))
+            .collect())
     }
 
     async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<()> {

@@ -15,7 +15,8 @@
 //! transaction, which keeps one server connection from BEGIN to COMMIT.
 
 use sqlx::postgres::{PgArguments, PgQueryResult, PgRow};
-use sqlx::query::{Query, QueryScalar};
+use sqlx::query::{Query, QueryAs, QueryScalar};
+
 use sqlx::{FromRow, PgConnection, PgPool, Postgres};
 use std::future::Future;
 use std::pin::Pin;
@@ -194,6 +195,38 @@ impl<'q, O> Fetch for QueryScalar<'q, Postgres, O, PgArguments>
 where
     O: Send + Unpin,
     (O,): Send + Unpin + for<'r> FromRow<'r, PgRow>,
+{
+    type Out = O;
+
+    fn unnamed(self) -> Self {
+        self.persistent(false)
+    }
+
+    fn all<'c>(self, conn: &'c mut PgConnection) -> Fut<'c, Vec<O>>
+    where
+        Self: 'c,
+    {
+        Box::pin(self.fetch_all(conn))
+    }
+
+    fn one<'c>(self, conn: &'c mut PgConnection) -> Fut<'c, O>
+    where
+        Self: 'c,
+    {
+        Box::pin(self.fetch_one(conn))
+    }
+
+    fn optional<'c>(self, conn: &'c mut PgConnection) -> Fut<'c, Option<O>>
+    where
+        Self: 'c,
+    {
+        Box::pin(self.fetch_optional(conn))
+    }
+}
+
+impl<'q, O> Fetch for QueryAs<'q, Postgres, O, PgArguments>
+where
+    O: Send + Unpin + for<'r> FromRow<'r, PgRow>,
 {
     type Out = O;
 

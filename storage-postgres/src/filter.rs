@@ -38,6 +38,15 @@ pub(crate) fn list_query(schema: &str, f: &JobFilter) -> SelectStatement {
     let mut q = Query::select();
     q.columns(crate::sql::JOB_COLUMNS)
         .from(table(schema, "jobs"));
+    filter_terms(&mut q, f);
+    let limit = f.limit.unwrap_or(DEFAULT_LIMIT);
+    q.order_by("id", Order::Asc)
+        .limit(u64::try_from(limit).unwrap_or(u64::MAX));
+    q
+}
+
+/// Adds a filter's terms (all but its limit) to `q`, a select from the jobs table.
+pub(crate) fn filter_terms(q: &mut SelectStatement, f: &JobFilter) {
     if !f.statuses.is_empty() {
         q.and_where(Expr::col("status").is_in(f.statuses.iter().map(|s| s.as_str())));
     }
@@ -67,10 +76,16 @@ pub(crate) fn list_query(schema: &str, f: &JobFilter) -> SelectStatement {
     if let Some(a) = f.after_id {
         q.and_where(Expr::col("id").gt(a));
     }
-    let limit = f.limit.unwrap_or(DEFAULT_LIMIT);
-    q.order_by("id", Order::Asc)
-        .limit(u64::try_from(limit).unwrap_or(u64::MAX));
-    q
+    if let Some((key, value)) = &f.metadata {
+        // Containment of a one-pair object, which the partial GIN index `jobs_metadata`
+        // answers (its predicate stated, as for tags). For a scalar value (the filter
+        // was validated) containment is equality, numbers compared by value.
+        let pair = serde_json::json!({ key.as_str(): value }).to_string();
+        q.and_where(Expr::cust_with_values(
+            r#""metadata" @> CAST($1 AS jsonb) AND "metadata" <> CAST('{}' AS jsonb)"#,
+            [pair],
+        ));
+    }
 }
 
 /// The per-queue, per-status counts.
@@ -111,7 +126,7 @@ pub(crate) async fn counts(pool: Db<'_>, schema: &str) -> Result<Vec<QueueCount>
 /// which filter terms are set (and how many statuses), so sqlx's per-connection
 /// statement cache still hits for repeated listings. (Synchronous: sea-query's
 /// statements are not `Send`, so none is held across an await.)
-fn render(q: SelectStatement) -> Result<(String, Vec<Bind>)> {
+pub(crate) fn render(q: SelectStatement) -> Result<(String, Vec<Bind>)> {
     let (sql, values) = q.build(PostgresQueryBuilder);
     Ok((sql, bind(values)?))
 }
@@ -127,7 +142,7 @@ async fn fetch(pool: Db<'_>, (sql, binds): (String, Vec<Bind>)) -> Result<Vec<Pg
 
 /// One value to bind, in the Rust type whose PostgreSQL type the column expects.
 #[derive(Debug, Clone, PartialEq)]
-enum Bind {
+pub(crate) enum Bind {
     Text(Option<String>),
     TextArray(Option<Vec<String>>),
     Int4(Option<i32>),
@@ -138,7 +153,18 @@ enum Bind {
 type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 
 impl Bind {
-    fn bind_to(self, q: PgQuery<'_>) -> PgQuery<'_> {
+    pub(crate) fn bind_to(self, q: PgQuery<'_>) -> PgQuery<'_> {
+        match self {
+            Bind::Text(v) => q.bind(v),
+            Bind::TextArray(v) => q.bind(v),
+            Bind::Int4(v) => q.bind(v),
+            Bind::Int8(v) => q.bind(v),
+            Bind::Timestamptz(v) => q.bind(v),
+        }
+    }
+
+    /// As [`Bind::bind_to`], for a query that returns one column.
+    pub(crate) fn bind_scalar_to<O>(self, q: PgScalar<'_, O>) -> PgScalar<'_, O> {
         match self {
             Bind::Text(v) => q.bind(v),
             Bind::TextArray(v) => q.bind(v),
@@ -148,6 +174,8 @@ impl Bind {
         }
     }
 }
+
+type PgScalar<'q, O> = sqlx::query::QueryScalar<'q, Postgres, O, PgArguments>;
 
 /// sea-query's collected values as sqlx binds. Only the kinds these queries produce are
 /// accepted; anything else is a bug in this module, reported as a storage error rather
@@ -213,6 +241,7 @@ mod tests {
             created_before: DateTime::from_timestamp(2, 0),
             after_id: Some(3),
             limit: Some(5),
+            metadata: None,
         }
     }
 
@@ -317,6 +346,7 @@ mod db_tests {
             created_before: Some(created(ids[3])),
             after_id: Some(ids[0]),
             limit: Some(10),
+            metadata: None,
         };
         let got: Vec<i64> = s
             .list_jobs(f.clone())
@@ -364,16 +394,34 @@ mod db_tests {
         t.drop_schema().await.expect("drop");
     }
 
+    /// A metadata term can use the partial GIN index `jobs_metadata`, as a tag uses
+    /// `jobs_tags`.
+    #[tokio::test]
+    async fn metadata_filter_can_use_the_metadata_index() {
+        let f = JobFilter {
+            metadata: Some(("tenant".into(), json!("acme"))),
+            ..JobFilter::default()
+        };
+        let plan = plan_with_indexes_only(&f).await;
+        assert!(plan.contains("jobs_metadata"), "{plan}");
+    }
+
     /// A tag lookup can use the partial GIN index `jobs_tags`: the query states the
     /// index's predicate, which the planner cannot derive from `@>` alone.
     #[tokio::test]
     async fn tag_filter_can_use_the_tag_index() {
-        let t = TestSchema::new().await.expect("schema");
         let f = JobFilter {
             tag: Some("eu".into()),
             ..JobFilter::default()
         };
-        let (sql, binds) = render(list_query(t.schema(), &f)).expect("render");
+        let plan = plan_with_indexes_only(&f).await;
+        assert!(plan.contains("jobs_tags"), "{plan}");
+    }
+
+    /// The plan of a listing on an empty schema, sequential scans forbidden.
+    async fn plan_with_indexes_only(f: &JobFilter) -> String {
+        let t = TestSchema::new().await.expect("schema");
+        let (sql, binds) = render(list_query(t.schema(), f)).expect("render");
         let mut tx = t.storage().pool().begin().await.expect("begin");
         // An empty table is cheapest to scan; forbid that so the plan shows whether the
         // index applies at all.
@@ -392,9 +440,8 @@ mod db_tests {
             .iter()
             .map(|r| r.get::<String, _>(0))
             .collect();
-        let plan = plan.join("\n");
-        assert!(plan.contains("jobs_tags"), "{plan}");
         tx.rollback().await.expect("rollback");
         t.drop_schema().await.expect("drop");
+        plan.join("\n")
     }
 }

@@ -29,8 +29,10 @@
 //!   final write wakes its parent in the same transaction (a trigger); cancelling a job
 //!   cancels its unfinished descendants.
 //! - **Operations**: job-key modes (dedupe, replace, preserve_run_at) through
-//!   `INSERT ... ON CONFLICT`; serial keys through a `serial_slots` row per running key
-//!   (taken inside the claim, freed by a trigger when the job stops running); flags,
+//!   `INSERT ... ON CONFLICT`; serial keys through `serial_slots` rows numbered 1 to the
+//!   key's limit (`key_limits`, 1 by default; taken inside the claim, freed by a trigger
+//!   when the job stops running); rate limits per queue through a window row in
+//!   `queue_rate_limits` that the single-queue claim locks, reads and counts into; flags,
 //!   tags, paused queues, schedules (the cursor moves by compare-and-set) and the
 //!   management calls.
 //! - **Observability**: each job stores the enqueuing span's trace context (a nullable
@@ -234,10 +236,12 @@ pub mod listen;
 pub mod migrate;
 pub mod options;
 
+mod delete;
 mod error;
 mod exec;
 mod filter;
 mod operations;
+mod rate;
 mod retention;
 mod sql;
 mod storage;

@@ -79,10 +79,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "results_progress",
         sql: include_str!("../migrations/010_results_progress.sql"),
     },
+    Migration {
+        version: 11,
+        name: "metadata_key_limits",
+        sql: include_str!("../migrations/011_metadata_key_limits.sql"),
+    },
 ];
 
 /// The newest schema version this library knows.
-pub const LATEST_VERSION: i64 = 10;
+pub const LATEST_VERSION: i64 = 11;
 
 /// The name of the schema migration 8 creates next to `schema` for graphile-worker's
 /// SQL API: `schema` followed by `_graphile` (`durable_jobs_graphile` by default).

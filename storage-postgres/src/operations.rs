@@ -359,6 +359,53 @@ impl PostgresStorage {
         Ok(())
     }
 
+    pub(crate) async fn set_key_limit_row(
+        &self,
+        key: &str,
+        max_running: Option<u32>,
+    ) -> Result<()> {
+        let table = format!("{}.key_limits", crate::options::quote_ident(self.schema()));
+        match max_running {
+            Some(n) => {
+                sqlx::query(AssertSqlSafe(format!(
+                    "INSERT INTO {table} (serial_key, max_running) VALUES ($1, $2) \
+                     ON CONFLICT (serial_key) DO UPDATE SET max_running = excluded.max_running"
+                )))
+                .bind(key)
+                .bind(i32::try_from(n).unwrap_or(i32::MAX))
+                .execute_on(self.db())
+                .await
+                .map_err(db)?;
+                // A raised limit may make jobs claimable now.
+                self.wake_local();
+            }
+            None => {
+                sqlx::query(AssertSqlSafe(format!(
+                    "DELETE FROM {table} WHERE serial_key = $1"
+                )))
+                .bind(key)
+                .execute_on(self.db())
+                .await
+                .map_err(db)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn key_limit_rows(&self) -> Result<Vec<(String, u32)>> {
+        let table = format!("{}.key_limits", crate::options::quote_ident(self.schema()));
+        let rows: Vec<(String, i32)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT serial_key, max_running FROM {table} ORDER BY serial_key"
+        )))
+        .fetch_all_on(self.db())
+        .await
+        .map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .map(|(k, n)| (k, u32::try_from(n).unwrap_or(1)))
+            .collect())
+    }
+
     pub(crate) async fn paused_queue_rows(&self) -> Result<Vec<String>> {
         sqlx::query_scalar(AssertSqlSafe(self.ops().paused_queues.clone()))
             .fetch_all_on(self.db())

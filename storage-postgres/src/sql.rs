@@ -12,7 +12,7 @@ use std::sync::Arc;
 /// them by position. Every statement that returns jobs selects exactly these, so rows
 /// are decoded without a by-name lookup per column, and a claim does not send the columns
 /// no `Job` holds (the wake request, the attempt history).
-pub(crate) const JOB_COLUMNS: [&str; 26] = [
+pub(crate) const JOB_COLUMNS: [&str; 27] = [
     "id",
     "task",
     "payload",
@@ -39,6 +39,7 @@ pub(crate) const JOB_COLUMNS: [&str; 26] = [
     "flags",
     "serial_key",
     "progress",
+    "metadata",
 ];
 
 /// The position of `name` in [`JOB_COLUMNS`], for decoding by position; used in const
@@ -108,9 +109,11 @@ const UNFINISHED: &str = "('pending', 'retrying', 'running', 'waiting')";
 /// due instead of filtering every later one. Claim order (priority desc, run_at, id) is
 /// the order the ranges are read in. A paused queue stops the claim before any index
 /// page is read (a one-time filter on the `prios` anchor). Within a range, rows other
-/// claimers hold, jobs carrying a forbidden flag and serial keys already running are
-/// skipped row by row; the serial-key CTEs let at most one job per key through (see
-/// `serial_slots`); the UPDATE leases what remains.
+/// claimers hold, jobs carrying a forbidden flag and serial keys running as many jobs as
+/// their limit (`key_limits`, 1 by default) are skipped row by row; `rl` caps the claim
+/// at what the queue's rate limit leaves in its window; the serial-key CTEs let at most
+/// one job per key through, into a free slot number (see `serial_slots`); the UPDATE
+/// leases what remains.
 ///
 /// A claim commits without waiting for its WAL to reach disk (`synchronous_commit` is
 /// turned off for this one transaction; the claim always runs autocommitted on the pool).
@@ -123,7 +126,13 @@ const UNFINISHED: &str = "('pending', 'retrying', 'running', 'waiting')";
 /// $1 queue, $2 tasks (empty = any), $3 limit, $4 holder, $5 token, $6 lease (µs),
 /// $7 forbidden flags.
 const CLAIM: &str = "
-WITH RECURSIVE prios AS (
+WITH RECURSIVE rl AS (
+    SELECT greatest(r.max_starts - CASE WHEN {rate_window_open} THEN r.starts ELSE 0 END, 0)
+           AS room
+    FROM {schema}.queue_rate_limits r WHERE r.queue = $1
+    FOR UPDATE
+),
+prios AS (
     (SELECT a.priority FROM {schema}.jobs AS a
      WHERE a.status IN ('pending', 'retrying', 'waiting')
        AND a.queue = $1
@@ -150,14 +159,15 @@ cand AS (
           AND c.run_at <= {now}
           AND (cardinality($2::text[]) = 0 OR c.task = ANY($2::text[]))
           AND NOT (c.flags && $7::text[])
-          AND (c.serial_key IS NULL OR NOT EXISTS (
-              SELECT 1 FROM {schema}.serial_slots s WHERE s.serial_key = c.serial_key))
+          AND (c.serial_key IS NULL OR (
+              SELECT count(*) FROM {schema}.serial_slots s WHERE s.serial_key = c.serial_key)
+              < {schema}.key_limit(c.serial_key))
         ORDER BY c.run_at, c.id
-        LIMIT $3
+        LIMIT least($3, coalesce((SELECT room FROM rl), $3))
         FOR UPDATE SKIP LOCKED
     ) AS due
     WHERE prios.priority IS NOT NULL
-    LIMIT $3
+    LIMIT least($3, coalesce((SELECT room FROM rl), $3))
 )
 {lease}";
 
@@ -178,15 +188,17 @@ WITH cand AS (
       AND (cardinality($2::text[]) = 0 OR task = ANY($2::text[]))
       AND NOT (flags && $7::text[])
       AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL
-      AND (serial_key IS NULL OR NOT EXISTS (
-          SELECT 1 FROM {schema}.serial_slots s WHERE s.serial_key = jobs.serial_key))
+      AND (serial_key IS NULL OR (
+          SELECT count(*) FROM {schema}.serial_slots s WHERE s.serial_key = jobs.serial_key)
+          < {schema}.key_limit(jobs.serial_key))
     ORDER BY priority DESC, run_at, id
     LIMIT $3
     FOR UPDATE SKIP LOCKED
 )
 {lease}";
 
-/// What both claims share: one job per serial key takes its key's slot, then the
+/// What both claims share: one job per serial key takes a free slot of its key (numbers
+/// 1 to the key's limit; a racing claimer that took the same number wins), then the
 /// UPDATE leases the claimed jobs, found by primary key from an array of their ids. (A
 /// join with the claimed rows let the planner, which cannot know how many rows the CTEs
 /// yield and guesses about 200, hash them against a scan of the whole table once fresh
@@ -198,9 +210,15 @@ firsts AS (
     ORDER BY serial_key, priority DESC, run_at, id
 ),
 slots AS (
-    INSERT INTO {schema}.serial_slots (serial_key, job_id)
-    SELECT serial_key, id FROM firsts
-    ON CONFLICT (serial_key) DO NOTHING
+    INSERT INTO {schema}.serial_slots (serial_key, slot, job_id)
+    SELECT f.serial_key, free.slot, f.id FROM firsts f
+    CROSS JOIN LATERAL (
+        SELECT n AS slot FROM generate_series(1, {schema}.key_limit(f.serial_key)) AS n
+        WHERE NOT EXISTS (SELECT 1 FROM {schema}.serial_slots x
+                          WHERE x.serial_key = f.serial_key AND x.slot = n)
+        LIMIT 1
+    ) free
+    ON CONFLICT (serial_key, slot) DO NOTHING
     RETURNING job_id
 ),
 c AS (
@@ -220,6 +238,24 @@ SET status = 'running',
 WHERE j.id = ANY(ARRAY(SELECT id FROM c))
 RETURNING {job_columns_j}";
 
+/// A rate-limited queue's window is open (on the row aliased `r`): it opened less than
+/// a period ago. NULL (no window yet) is not open.
+const RATE_WINDOW_OPEN: &str = "r.opened_at + r.period_us * interval '1 microsecond' > {now}";
+
+/// The single-queue claim's rate limit (see `queue_rate_limits`): `rl` above locks the
+/// queue's window row, so claimers of a limited queue take turns, and limits the
+/// candidates to the starts it has left; this counts what was claimed into the window,
+/// opening a new one when none is open. A queue without a limit has no row: one primary
+/// key lookup, no lock.
+const RATE_BUMP: &str = ",
+bump AS (
+    UPDATE {schema}.queue_rate_limits r
+    SET starts = CASE WHEN {rate_window_open} THEN r.starts ELSE 0 END
+                 + (SELECT count(*) FROM c),
+        opened_at = CASE WHEN {rate_window_open} THEN r.opened_at ELSE {now} END
+    WHERE r.queue = $1 AND EXISTS (SELECT 1 FROM c)
+)";
+
 /// Bulk insert in input order with dedupe keys (see `tx.rs` for the contract).
 /// Ids are drawn in input order before the insert so each input row knows its id; a
 /// duplicate key inside the batch maps to its first occurrence; a key held by an
@@ -228,10 +264,11 @@ const ENQUEUE: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::int[],
                          $6::timestamptz[], $7::bigint[], $8::text[], $9::bigint[], $10::bigint[],
-                         $11::text[], $12::text[], $13::text[], $14::text[])
+                         $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])
         WITH ORDINALITY AS t(task, payload, queue, priority, max_attempts,
                              run_at, delay_us, dedupe_key, timeout_ms, parent_id,
-                             serial_key, flags_json, tags_json, trace_context, ord)
+                             serial_key, flags_json, tags_json, trace_context,
+                             metadata_json, ord)
 ),
 ranked AS (
     SELECT i.*, row_number() OVER (PARTITION BY i.dedupe_key ORDER BY i.ord) AS rn
@@ -244,7 +281,7 @@ numbered AS (
 ins AS (
     INSERT INTO {schema}.jobs
         (id, task, payload, queue, priority, max_attempts, run_at, dedupe_key, timeout_ms,
-         parent_id, serial_key, flags, tags, trace_context, created_at, updated_at)
+         parent_id, serial_key, flags, tags, trace_context, metadata, created_at, updated_at)
     SELECT id, task, payload::jsonb, queue, priority, max_attempts,
            coalesce(run_at, {now} + coalesce(delay_us, 0) * interval '1 microsecond'),
            dedupe_key, timeout_ms, parent_id, serial_key,
@@ -252,7 +289,7 @@ ins AS (
                 ELSE ARRAY(SELECT jsonb_array_elements_text(flags_json::jsonb)) END,
            CASE WHEN tags_json IS NULL THEN '{}'::text[]
                 ELSE ARRAY(SELECT jsonb_array_elements_text(tags_json::jsonb)) END,
-           trace_context, {now}, {now}
+           trace_context, coalesce(metadata_json::jsonb, '{}'::jsonb), {now}, {now}
     FROM numbered
     ORDER BY id
     ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN {unfinished}
@@ -312,20 +349,21 @@ RETURNING id";
 /// One replace-mode keyed job (see `tx::replace_one`). $1 task, $2 payload, $3 queue,
 /// $4 priority, $5 max attempts, $6 run_at, $7 delay (µs), $8 key, $9 timeout,
 /// $10 parent, $11 serial key, $12 flags, $13 tags, $14 keep the holder's run_at,
-/// $15 trace context. A replaced job takes the replacing enqueue's trace context with
+/// $15 trace context, $16 metadata. A replaced job takes the replacing enqueue's trace context with
 /// its payload: the run it makes is the one that enqueue asked for.
 const REPLACE_KEYED: &str = "
 INSERT INTO {schema}.jobs AS j
     (task, payload, queue, priority, max_attempts, run_at, dedupe_key, timeout_ms,
-     parent_id, serial_key, flags, tags, trace_context, created_at, updated_at)
+     parent_id, serial_key, flags, tags, trace_context, metadata, created_at, updated_at)
 VALUES ($1, $2::jsonb, $3, $4, $5,
         coalesce($6, {now} + coalesce($7, 0) * interval '1 microsecond'),
-        $8, $9, $10, $11, $12, $13, $15, {now}, {now})
+        $8, $9, $10, $11, $12, $13, $15, $16, {now}, {now})
 ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN {unfinished}
 DO UPDATE SET task = excluded.task, payload = excluded.payload, queue = excluded.queue,
     priority = excluded.priority, max_attempts = excluded.max_attempts,
     timeout_ms = excluded.timeout_ms, serial_key = excluded.serial_key,
     flags = excluded.flags, tags = excluded.tags, trace_context = excluded.trace_context,
+    metadata = excluded.metadata,
     run_at = CASE WHEN $14 THEN j.run_at ELSE excluded.run_at END,
     attempt = 0, status = 'pending', last_error = NULL, updated_at = {now}
 WHERE j.status IN ('pending', 'retrying')
@@ -626,13 +664,33 @@ pub(crate) fn render(template: &str, schema: &str, now: &str) -> Arc<str> {
         .into()
 }
 
+/// The single-queue claim's template: [`CLAIM`] with the lease shared by both claims
+/// and the rate limit's count ([`RATE_BUMP`]) before its UPDATE.
+fn claim_template() -> String {
+    CLAIM
+        .replace(
+            "\n{lease}",
+            &LEASE.replacen(
+                "\nUPDATE {schema}.jobs AS j",
+                &format!("{RATE_BUMP}\nUPDATE {{schema}}.jobs AS j"),
+                1,
+            ),
+        )
+        .replace("{rate_window_open}", RATE_WINDOW_OPEN)
+}
+
+/// The several-queue claim's template: [`CLAIM_QUEUES`] with the shared lease.
+fn claim_queues_template() -> String {
+    CLAIM_QUEUES.replace("\n{lease}", LEASE)
+}
+
 impl Sql {
     /// Renders every statement for `schema` (already validated) with `now` as the clock.
     pub fn new(schema: &str, now: &str) -> Self {
         let r = |t: &str| render(t, schema, now);
         Sql {
-            claim: r(&CLAIM.replace("\n{lease}", LEASE)),
-            claim_queues: r(&CLAIM_QUEUES.replace("\n{lease}", LEASE)),
+            claim: r(&claim_template()),
+            claim_queues: r(&claim_queues_template()),
             enqueue: r(ENQUEUE),
             enqueue_plain: r(ENQUEUE_PLAIN),
             enqueue_uniform: r(ENQUEUE_UNIFORM),
@@ -682,8 +740,8 @@ impl Sql {
 #[cfg(all(test, feature = "testing"))]
 mod plan_tests {
     use super::{
-        render, with_history, CLAIM, CLAIM_QUEUES, COMPLETE_MANY, FINISHED_COUNTS, HEARTBEAT_MANY,
-        LEASE,
+        claim_queues_template, claim_template, render, with_history, COMPLETE_MANY,
+        FINISHED_COUNTS, HEARTBEAT_MANY,
     };
     use crate::options::quote_literal;
     use crate::testing::TestSchema;
@@ -843,10 +901,15 @@ mod plan_tests {
         for stats in ALL_STATS {
             let (t, mut conn) = jobs_with(stats, 20_000).await;
             for (name, template, queue_type, queue) in [
-                ("cl", CLAIM, "text", "'default'"),
-                ("clq", CLAIM_QUEUES, "text[]", "'{default}'::text[]"),
+                ("cl", claim_template(), "text", "'default'"),
+                (
+                    "clq",
+                    claim_queues_template(),
+                    "text[]",
+                    "'{default}'::text[]",
+                ),
             ] {
-                let stmt = render(&template.replace("\n{lease}", LEASE), t.schema(), "now()");
+                let stmt = render(&template, t.schema(), "now()");
                 let types = format!("{queue_type}, text[], bigint, text, bigint, bigint, text[]");
                 run(&mut conn, &format!("PREPARE {name}({types}) AS {stmt}")).await;
                 for mode in ["force_custom_plan", "force_generic_plan"] {
@@ -1034,7 +1097,7 @@ mod plan_tests {
                 .collect();
             t.storage().enqueue_many(jobs).await.expect("enqueue");
             run(&mut conn, &format!("VACUUM ANALYZE {q}.jobs")).await;
-            let stmt = render(&CLAIM.replace("\n{lease}", LEASE), t.schema(), "now()");
+            let stmt = render(&super::claim_template(), t.schema(), "now()");
             run(
                 &mut conn,
                 &format!(
@@ -1080,8 +1143,11 @@ mod plan_tests {
         )
         .await
         .expect("enqueue");
-        for (name, template) in [("CLAIM", CLAIM), ("CLAIM_QUEUES", CLAIM_QUEUES)] {
-            let stmt = render(&template.replace("\n{lease}", LEASE), t.schema(), "now()");
+        for (name, template) in [
+            ("CLAIM", claim_template()),
+            ("CLAIM_QUEUES", claim_queues_template()),
+        ] {
+            let stmt = render(&template, t.schema(), "now()");
             let mut tx = s.pool().begin().await.expect("begin");
             let q = sqlx::query(AssertSqlSafe(stmt.to_string()));
             let q = if name == "CLAIM" {

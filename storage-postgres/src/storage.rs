@@ -14,10 +14,10 @@ use chrono::{DateTime, Utc};
 use durable_jobs::job::new_lease_token;
 use durable_jobs::{
     AdvanceScheduleParams, AttemptOutcome, AttemptRecord, Capabilities, Checkpoint,
-    CheckpointOutcome, ClaimedJob, Completion, DequeueParams, Enqueued, Error, Failure, Job,
-    JobFilter, JobId, JobStatus, Lease, LeaseInfo, ManualOutcome, NewJob, QueueCount, ReleasedJob,
-    Result, RetentionBatch, RetentionPurged, ScheduleRecord, SpawnChildrenParams, StaleLocks,
-    Storage, StorageErrorKind, TakeSignalsParams, WorkerRecord,
+    CheckpointOutcome, ClaimedJob, Completion, DeletedBatch, DequeueParams, Enqueued, Error,
+    Failure, Job, JobFilter, JobId, JobStatus, Lease, LeaseInfo, ManualOutcome, NewJob, QueueCount,
+    RateLimit, ReleasedJob, Result, RetentionBatch, RetentionPurged, ScheduleRecord,
+    SpawnChildrenParams, StaleLocks, Storage, StorageErrorKind, TakeSignalsParams, WorkerRecord,
 };
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
@@ -360,6 +360,10 @@ pub(crate) fn job_from_row(row: &PgRow) -> Result<Job> {
         flags: col!("flags"),
         serial_key: col!("serial_key"),
         progress: col!("progress"),
+        metadata: {
+            let metadata: sqlx::types::Json<durable_jobs::Metadata> = col!("metadata");
+            metadata.0
+        },
     })
 }
 
@@ -463,6 +467,12 @@ impl Storage for PostgresStorage {
     async fn dequeue(&self, params: DequeueParams) -> Result<Vec<ClaimedJob>> {
         if params.limit == 0 || params.queues.is_empty() {
             return Ok(Vec::new());
+        }
+        if params.queues.len() > 1 {
+            let limited = self.rate_limited_among(&params.queues).await?;
+            if !limited.is_empty() {
+                return self.dequeue_each(params).await;
+            }
         }
         let token = new_lease_token();
         // Workers claim per queue; that form lets the index give claim order directly.
@@ -766,6 +776,7 @@ impl Storage for PostgresStorage {
     }
 
     async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>> {
+        filter.validate()?;
         crate::filter::list_jobs(self.db(), self.schema(), &filter).await
     }
 
@@ -860,6 +871,11 @@ impl Storage for PostgresStorage {
         self.delete_one_job(job_id).await
     }
 
+    async fn delete_jobs(&self, filter: JobFilter) -> Result<DeletedBatch> {
+        filter.validate()?;
+        crate::delete::delete_jobs(self, &filter).await
+    }
+
     async fn upsert_schedule(
         &self,
         name: &str,
@@ -914,6 +930,22 @@ impl Storage for PostgresStorage {
 
     async fn paused_queues(&self) -> Result<Vec<String>> {
         self.paused_queue_rows().await
+    }
+
+    async fn set_key_limit(&self, key: &str, max_running: Option<u32>) -> Result<()> {
+        self.set_key_limit_row(key, max_running).await
+    }
+
+    async fn key_limits(&self) -> Result<Vec<(String, u32)>> {
+        self.key_limit_rows().await
+    }
+
+    async fn set_queue_rate_limit(&self, queue: &str, limit: Option<RateLimit>) -> Result<()> {
+        self.set_rate_limit_row(queue, limit).await
+    }
+
+    async fn queue_rate_limits(&self) -> Result<Vec<(String, RateLimit)>> {
+        self.rate_limit_rows().await
     }
 
     async fn register_worker(&self, worker: WorkerRecord) -> Result<()> {

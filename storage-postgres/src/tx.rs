@@ -102,9 +102,21 @@ fn json_list(items: &[String]) -> Result<Option<String>> {
 }
 
 /// True when `job` can take the plain insert: no dedupe key (nothing to look up or
-/// conflict with) and no flags or tags (no per-row array to unpack).
+/// conflict with), no flags or tags (no per-row array to unpack) and no metadata.
 fn is_plain(job: &NewJob) -> bool {
-    job.dedupe_key.is_none() && job.flags.is_empty() && job.tags.is_empty()
+    job.dedupe_key.is_none()
+        && job.flags.is_empty()
+        && job.tags.is_empty()
+        && job.metadata.is_empty()
+}
+
+/// Metadata for the bulk statement: a JSON object, or NULL for none (the common case).
+fn metadata_json(job: &NewJob) -> Result<Option<String>> {
+    if job.metadata.is_empty() {
+        Ok(None)
+    } else {
+        Ok(Some(serde_json::to_string(&job.metadata)?))
+    }
 }
 
 /// Inserts `jobs` in one statement, in order (see [`insert_jobs`]).
@@ -130,7 +142,9 @@ async fn insert_bulk(mut conn: Db<'_>, sql: &Sql, jobs: Vec<NewJob>) -> Result<V
     let mut flags = Vec::with_capacity(n);
     let mut tags = Vec::with_capacity(n);
     let mut trace_context = Vec::with_capacity(n);
+    let mut metadata = Vec::with_capacity(n);
     for j in jobs {
+        metadata.push(metadata_json(&j)?);
         trace_context.push(j.trace_context);
         flags.push(json_list(&j.flags)?);
         tags.push(json_list(&j.tags)?);
@@ -167,6 +181,7 @@ async fn insert_bulk(mut conn: Db<'_>, sql: &Sql, jobs: Vec<NewJob>) -> Result<V
         .bind(&flags)
         .bind(&tags)
         .bind(&trace_context)
+        .bind(&metadata)
         .fetch_all_on(conn.re())
         .await
         .map_err(db)?;
@@ -363,6 +378,7 @@ async fn replace_one(mut conn: Db<'_>, sql: &Sql, job: NewJob) -> Result<Enqueue
             .bind(&job.tags)
             .bind(job.key_mode == KeyMode::PreserveRunAt)
             .bind(&job.trace_context)
+            .bind(sqlx::types::Json(&job.metadata))
             .fetch_optional_on(conn.re())
             .await
             .map_err(db)?;

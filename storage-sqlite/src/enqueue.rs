@@ -10,8 +10,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 const INSERT_JOB: &str = "INSERT INTO durable_jobs (task, payload, queue, priority, status, \
      max_attempts, run_at, dedupe_key, timeout_ms, created_at, updated_at, parent_id, \
-     serial_key, flags, trace_context, tags) \
-     VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14)";
+     serial_key, flags, trace_context, tags, metadata) \
+     VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
 
 const FIND_KEY_HOLDER: &str = "SELECT id, status FROM durable_jobs WHERE dedupe_key = ?1 \
      AND status IN ('pending', 'retrying', 'running', 'waiting')";
@@ -22,7 +22,7 @@ const FIND_KEY_HOLDER: &str = "SELECT id, status FROM durable_jobs WHERE dedupe_
 const REPLACE_HOLDER: &str = "UPDATE durable_jobs SET task = ?2, payload = ?3, queue = ?4, \
      priority = ?5, max_attempts = ?6, timeout_ms = ?7, serial_key = ?8, flags = ?9, \
      run_at = coalesce(?10, run_at), attempt = 0, status = 'pending', last_error = NULL, \
-     updated_at = ?11, trace_context = ?12, tags = ?13 WHERE id = ?1";
+     updated_at = ?11, trace_context = ?12, tags = ?13, metadata = ?14 WHERE id = ?1";
 
 /// A running or suspended holder gives its key up to the job being enqueued.
 const DROP_KEY: &str = "UPDATE durable_jobs SET dedupe_key = NULL WHERE id = ?1";
@@ -36,6 +36,14 @@ fn list_text(items: &[String]) -> QResult<Option<String>> {
         return Ok(None);
     }
     Ok(Some(serde_json::to_string(items).map_err(Error::from)?))
+}
+
+/// Metadata as stored on the job row: a JSON object, or NULL when empty.
+fn metadata_text(metadata: &durable_jobs::Metadata) -> QResult<Option<String>> {
+    if metadata.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(serde_json::to_string(metadata).map_err(Error::from)?))
 }
 
 fn insert_tags(conn: &Connection, id: JobId, tags: &[String]) -> QResult<()> {
@@ -79,6 +87,7 @@ pub(crate) fn insert_job(conn: &Connection, job: &NewJob, now: DateTime<Utc>) ->
                         now_us,
                         job.trace_context,
                         list_text(&job.tags)?,
+                        metadata_text(&job.metadata)?,
                     ])?;
                     conn.prepare_cached("DELETE FROM durable_jobs_tags WHERE job_id = ?1")?
                         .execute([id])?;
@@ -106,6 +115,7 @@ pub(crate) fn insert_job(conn: &Connection, job: &NewJob, now: DateTime<Utc>) ->
         list_text(&job.flags)?,
         job.trace_context,
         list_text(&job.tags)?,
+        metadata_text(&job.metadata)?,
     ])?;
     let id = conn.last_insert_rowid();
     insert_tags(conn, id, &job.tags)?;

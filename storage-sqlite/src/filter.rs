@@ -7,10 +7,13 @@
 use crate::error::QResult;
 use crate::query::{job_from_row, JOB_COLUMNS};
 use crate::workflow::micros_ceil;
-use durable_jobs::{Job, JobFilter, QueueCount, StorageErrorKind};
+use durable_jobs::{DeletedBatch, Job, JobFilter, JobId, QueueCount, StorageErrorKind};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params_from_iter, Connection};
-use sea_query::{Expr, ExprTrait, Func, Order, Query, SelectStatement, SqliteQueryBuilder};
+use sea_query::{
+    Expr, ExprTrait, Func, Order, Query, SelectStatement, SqliteQueryBuilder, Value as SeaValue,
+};
+use serde_json::Value;
 
 const JOBS: &str = "durable_jobs";
 const TAGS: &str = "durable_jobs_tags";
@@ -24,6 +27,15 @@ const DEFAULT_LIMIT: usize = 100;
 pub(crate) fn list_query(f: &JobFilter) -> SelectStatement {
     let mut q = Query::select();
     q.columns(JOB_COLUMNS.split(", ")).from(JOBS);
+    filter_terms(&mut q, f);
+    let limit = f.limit.unwrap_or(DEFAULT_LIMIT);
+    q.order_by("id", Order::Asc)
+        .limit(u64::try_from(limit).unwrap_or(u64::MAX));
+    q
+}
+
+/// Adds a filter's terms (all but its limit) to `q`, a select from the jobs table.
+fn filter_terms(q: &mut SelectStatement, f: &JobFilter) {
     if !f.statuses.is_empty() {
         q.and_where(Expr::col("status").is_in(f.statuses.iter().map(|s| s.as_str())));
     }
@@ -57,10 +69,95 @@ pub(crate) fn list_query(f: &JobFilter) -> SelectStatement {
     if let Some(a) = f.after_id {
         q.and_where(Expr::col("id").gt(a));
     }
+    if let Some((key, value)) = &f.metadata {
+        q.and_where(metadata_term(key, value));
+    }
+}
+
+/// `metadata` holds `key` with a value equal to `value` (a scalar: the filter was
+/// validated), compared as every backend does: strings exactly, numbers by value
+/// (SQLite compares an integer and a real numerically), booleans and null by type.
+/// `json_each` compares the key as a plain string, so keys with dots or quotes need no
+/// JSON-path escaping.
+fn metadata_term(key: &str, value: &Value) -> Expr {
+    const EACH: &str = "EXISTS (SELECT 1 FROM json_each(durable_jobs.metadata) AS m \
+                        WHERE m.key = ? AND ";
+    let key = key.to_string();
+    match value {
+        Value::String(s) => Expr::cust_with_values(
+            format!("{EACH}m.type = 'text' AND m.atom = ?)"),
+            [SeaValue::from(key), SeaValue::from(s.clone())],
+        ),
+        Value::Number(n) => {
+            let n = match n.as_i64() {
+                Some(i) => SeaValue::from(i),
+                None => SeaValue::from(n.as_f64().unwrap_or(f64::NAN)),
+            };
+            Expr::cust_with_values(
+                format!("{EACH}m.type IN ('integer', 'real') AND m.atom = ?)"),
+                [SeaValue::from(key), n],
+            )
+        }
+        Value::Bool(true) => Expr::cust_with_values(format!("{EACH}m.type = 'true')"), [key]),
+        Value::Bool(false) => Expr::cust_with_values(format!("{EACH}m.type = 'false')"), [key]),
+        // Objects and arrays were refused by `JobFilter::validate`; null is left.
+        _ => Expr::cust_with_values(format!("{EACH}m.type = 'null')"), [key]),
+    }
+}
+
+/// The ids of one delete batch's candidates (see `Storage::delete_jobs`): matching,
+/// not running, roots (no parent, or a parent that is gone), by ascending id.
+fn delete_candidates_query(f: &JobFilter) -> SelectStatement {
+    let mut q = Query::select();
+    q.column("id").from(JOBS);
+    filter_terms(&mut q, f);
+    q.and_where(Expr::col("status").ne("running"));
+    q.and_where(Expr::cust(
+        "(parent_id IS NULL OR NOT EXISTS \
+         (SELECT 1 FROM durable_jobs p WHERE p.id = durable_jobs.parent_id))",
+    ));
     let limit = f.limit.unwrap_or(DEFAULT_LIMIT);
     q.order_by("id", Order::Asc)
         .limit(u64::try_from(limit).unwrap_or(u64::MAX));
     q
+}
+
+/// Deletes one batch (see `Storage::delete_jobs`); runs in the writer's transaction, so
+/// nothing can start running between the check and the delete. Each candidate's tree
+/// is walked through the parent index; a tree with a running job stays whole.
+pub(crate) fn delete_jobs(conn: &Connection, f: &JobFilter) -> QResult<DeletedBatch> {
+    let (sql, values) = delete_candidates_query(f).build(SqliteQueryBuilder);
+    let candidates: Vec<JobId> = conn
+        .prepare_cached(&sql)?
+        .query_map(params_from_iter(bind(values)?), |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut children = conn
+        .prepare_cached("SELECT id, status = 'running' FROM durable_jobs WHERE parent_id = ?1")?;
+    let mut delete = conn.prepare_cached("DELETE FROM durable_jobs WHERE id = ?1")?;
+    let mut deleted = 0;
+    for &root in &candidates {
+        let mut tree = vec![root];
+        let mut running = false;
+        let mut i = 0;
+        while i < tree.len() && !running {
+            let kids: Vec<(JobId, bool)> = children
+                .query_map([tree[i]], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            running = kids.iter().any(|(_, r)| *r);
+            tree.extend(kids.into_iter().map(|(id, _)| id));
+            i += 1;
+        }
+        if running {
+            continue;
+        }
+        for id in tree {
+            deleted += delete.execute([id])? as u64;
+        }
+    }
+    Ok(DeletedBatch {
+        deleted,
+        last_id: candidates.last().copied(),
+    })
 }
 
 /// Jobs matching a filter, by ascending id.
@@ -112,9 +209,12 @@ fn bind(values: sea_query::Values) -> QResult<Vec<SqlValue>> {
                 V::BigInt(Some(i)) => SqlValue::Integer(i),
                 V::Int(Some(i)) => SqlValue::Integer(i.into()),
                 V::BigUnsigned(Some(u)) => SqlValue::Integer(i64::try_from(u).unwrap_or(i64::MAX)),
-                V::String(None) | V::BigInt(None) | V::Int(None) | V::BigUnsigned(None) => {
-                    SqlValue::Null
-                }
+                V::Double(Some(f)) => SqlValue::Real(f),
+                V::String(None)
+                | V::BigInt(None)
+                | V::Int(None)
+                | V::BigUnsigned(None)
+                | V::Double(None) => SqlValue::Null,
                 other => {
                     return Err(crate::error::error(
                         StorageErrorKind::Other,
@@ -146,6 +246,7 @@ mod tests {
             created_before: chrono::DateTime::from_timestamp(2, 0),
             after_id: Some(3),
             limit: Some(5),
+            metadata: Some((hostile.into(), serde_json::json!(hostile))),
         };
         let (sql, values) = list_query(&f).build(SqliteQueryBuilder);
         assert!(!sql.contains(hostile), "{sql}");

@@ -131,6 +131,7 @@ mod migrate;
 mod operations;
 mod options;
 mod query;
+mod rate;
 mod reader;
 mod retention;
 mod storage;

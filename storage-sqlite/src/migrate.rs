@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 /// The newest schema version this library knows. A file at a higher version is refused
 /// with [`Error::SchemaTooNew`].
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 struct Migration {
     version: i64,
@@ -59,6 +59,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 8,
         name: "results_progress",
         sql: include_str!("../migrations/0008_results_progress.sql"),
+    },
+    Migration {
+        version: 9,
+        name: "metadata_key_limits",
+        sql: include_str!("../migrations/0009_metadata_key_limits.sql"),
     },
 ];
 

@@ -280,3 +280,28 @@ pub(crate) fn paused_queues(conn: &Connection) -> QResult<Vec<String>> {
     let rows = stmt.query_map([], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+/// Sets or removes a serial key's running limit.
+pub(crate) fn set_key_limit(conn: &Connection, key: &str, max_running: Option<u32>) -> QResult<()> {
+    match max_running {
+        Some(n) => conn
+            .prepare_cached(
+                "INSERT INTO durable_jobs_key_limits (serial_key, max_running) VALUES (?1, ?2) \
+                 ON CONFLICT (serial_key) DO UPDATE SET max_running = excluded.max_running",
+            )?
+            .execute(params![key, n])?,
+        None => conn
+            .prepare_cached("DELETE FROM durable_jobs_key_limits WHERE serial_key = ?1")?
+            .execute([key])?,
+    };
+    Ok(())
+}
+
+/// The keys with a running limit, by key.
+pub(crate) fn key_limits(conn: &Connection) -> QResult<Vec<(String, u32)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT serial_key, max_running FROM durable_jobs_key_limits ORDER BY serial_key",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

@@ -20,7 +20,7 @@ pub(crate) const JOB_COLUMNS: &str =
     "id, task, payload, queue, priority, status, attempt, max_attempts, \
      run_at, lease_holder, lease_token, lease_expires_at, last_error, result, dedupe_key, \
      timeout_ms, created_at, started_at, completed_at, updated_at, trace_context, \
-     parent_id, serial_key, flags, tags, progress";
+     parent_id, serial_key, flags, tags, progress, metadata";
 
 pub(crate) const UNFINISHED: &str = "('pending', 'retrying', 'running', 'waiting')";
 
@@ -163,6 +163,14 @@ fn string_list(column: &str, text: Option<String>) -> QResult<Vec<String>> {
     }
 }
 
+/// The job's metadata object as stored (NULL is empty).
+fn metadata_object(text: Option<String>) -> QResult<durable_jobs::Metadata> {
+    match text {
+        None => Ok(durable_jobs::Metadata::new()),
+        Some(t) => Ok(serde_json::from_str(&t).map_err(|e| bad_json("metadata", e))?),
+    }
+}
+
 pub(crate) fn job_from_row(row: &Row<'_>) -> QResult<Job> {
     let payload: String = row.get(2)?;
     let status: String = row.get(5)?;
@@ -204,6 +212,7 @@ pub(crate) fn job_from_row(row: &Row<'_>) -> QResult<Job> {
         flags: string_list("flags", row.get(23)?)?,
         tags: string_list("tags", row.get(24)?)?,
         progress: progress.map(|p| parse_json("progress", &p)).transpose()?,
+        metadata: metadata_object(row.get(26)?)?,
     })
 }
 
@@ -269,10 +278,11 @@ fn claimable_terms(t: &str, shape: ClaimShape) -> String {
 /// with run_at at the far future) are never visited. [`dequeue`] runs it once per
 /// priority, highest first.
 ///
-/// Serial keys: a keyed job qualifies only when no job of its key is running (the small
+/// Serial keys: a keyed job qualifies only when fewer jobs of its key run than the key's
+/// limit (1 unless `durable_jobs_key_limits` says otherwise; counted through the small
 /// index of running keys) and it is the first claimable job of its key in claim order
 /// (the index of claimable keyed jobs, over every priority), so a batch never takes two
-/// jobs of one key and each key runs in order. Unkeyed jobs pass on `serial_key IS NULL`.
+/// jobs of one key and each key starts in order. Unkeyed jobs pass on `serial_key IS NULL`.
 pub(crate) fn claim_sql(shape: ClaimShape) -> String {
     format!(
         "UPDATE durable_jobs SET status = 'running', attempt = attempt + 1, \
@@ -280,8 +290,10 @@ pub(crate) fn claim_sql(shape: ClaimShape) -> String {
          updated_at = ?4, wake_requested = 0 \
          WHERE id IN (SELECT j.id FROM durable_jobs j WHERE {outer} AND j.priority = ?{prio} \
            AND (j.serial_key IS NULL OR (\
-             NOT EXISTS (SELECT 1 FROM durable_jobs r \
+             (SELECT count(*) FROM durable_jobs r \
                WHERE r.serial_key = j.serial_key AND r.status = 'running') \
+             < coalesce((SELECT l.max_running FROM durable_jobs_key_limits l \
+               WHERE l.serial_key = j.serial_key), 1) \
              AND j.id = (SELECT k.id FROM durable_jobs k \
                WHERE k.serial_key = j.serial_key AND {inner} \
                ORDER BY k.priority DESC, k.run_at, k.id LIMIT 1))) \
@@ -324,7 +336,10 @@ fn unpaused(conn: &Connection, queues: &[String]) -> QResult<Vec<String>> {
         .collect())
 }
 
-/// Claims up to `limit` due jobs; see [`durable_jobs::Storage::dequeue`].
+/// Claims up to `limit` due jobs; see [`durable_jobs::Storage::dequeue`]. With a
+/// rate-limited queue among those named, each queue is claimed in turn, the limited ones
+/// up to what their window has left, and their windows count the starts (all in the
+/// writer's transaction, so processes sharing the file respect the limit together).
 pub(crate) fn dequeue(
     conn: &Connection,
     p: &DequeueParams,
@@ -339,6 +354,45 @@ pub(crate) fn dequeue(
         return Ok(Vec::new());
     }
     let now_us = micros(now);
+    let windows = crate::rate::windows_left(conn, &queues, now_us)?;
+    let mut out = if windows.is_empty() {
+        claim(conn, p, &queues, p.limit, now_us, token)?
+    } else {
+        let mut out = Vec::new();
+        for queue in &queues {
+            let room = p.limit - out.len();
+            let cap = windows.get(queue).map_or(room, |left| room.min(*left));
+            if cap == 0 {
+                continue;
+            }
+            let got = claim(conn, p, std::slice::from_ref(queue), cap, now_us, token)?;
+            if windows.contains_key(queue) && !got.is_empty() {
+                crate::rate::record_starts(conn, queue, got.len(), now_us)?;
+            }
+            out.extend(got);
+        }
+        out
+    };
+    // RETURNING yields rows in no particular order; hand them out in claim order.
+    out.sort_by(|a, b| {
+        (std::cmp::Reverse(a.job.priority), a.job.run_at, a.job.id).cmp(&(
+            std::cmp::Reverse(b.job.priority),
+            b.job.run_at,
+            b.job.id,
+        ))
+    });
+    Ok(out)
+}
+
+/// One claim statement over `queues` (unpaused), for up to `limit` jobs.
+fn claim(
+    conn: &Connection,
+    p: &DequeueParams,
+    queues: &[String],
+    limit: usize,
+    now_us: i64,
+    token: i64,
+) -> QResult<Vec<ClaimedJob>> {
     let expires = after(now_us, p.lease_duration);
     let expires_at = time("lease_expires_at", expires)?;
     let mut args: Vec<SqlValue> = vec![
@@ -346,7 +400,7 @@ pub(crate) fn dequeue(
         SqlValue::Integer(token),
         SqlValue::Integer(expires),
         SqlValue::Integer(now_us),
-        SqlValue::Integer(i64::try_from(p.limit).unwrap_or(i64::MAX)),
+        SqlValue::Integer(i64::try_from(limit).unwrap_or(i64::MAX)),
     ];
     args.extend(queues.iter().map(|q| SqlValue::Text(q.clone())));
     args.extend(p.tasks.iter().map(|t| SqlValue::Text(t.clone())));
@@ -356,16 +410,16 @@ pub(crate) fn dequeue(
         tasks: p.tasks.len(),
         flags: p.forbidden_flags.len(),
     };
-    let mut out = Vec::with_capacity(p.limit.min(1024));
+    let mut out = Vec::with_capacity(limit.min(1024));
     let mut corrupt = Vec::new();
     let sql = claim_sql(shape);
     let mut below = i64::MAX;
-    while out.len() + corrupt.len() < p.limit {
-        let Some(priority) = next_priority(conn, &queues, below)? else {
+    while out.len() + corrupt.len() < limit {
+        let Some(priority) = next_priority(conn, queues, below)? else {
             break;
         };
         below = priority;
-        let left = p.limit - out.len() - corrupt.len();
+        let left = limit - out.len() - corrupt.len();
         args[4] = SqlValue::Integer(i64::try_from(left).unwrap_or(i64::MAX));
         let mut stmt = conn.prepare_cached(&sql)?;
         let bound = args.iter().cloned().chain([SqlValue::Integer(priority)]);
@@ -394,14 +448,6 @@ pub(crate) fn dequeue(
     for (id, e) in corrupt {
         fail_corrupt(conn, id, &e, now_us, token)?;
     }
-    // RETURNING yields rows in no particular order; hand them out in claim order.
-    out.sort_by(|a, b| {
-        (std::cmp::Reverse(a.job.priority), a.job.run_at, a.job.id).cmp(&(
-            std::cmp::Reverse(b.job.priority),
-            b.job.run_at,
-            b.job.id,
-        ))
-    });
     Ok(out)
 }
 

@@ -18,9 +18,9 @@ use durable_jobs::job::new_lease_token;
 use durable_jobs::CheckpointWrite;
 use durable_jobs::{
     AdvanceScheduleParams, AttemptRecord, Capabilities, Checkpoint, ClaimedJob, Clock, Completion,
-    DequeueParams, Enqueued, Failure, Job, JobFilter, JobId, Lease, ManualOutcome, NewJob,
-    QueueCount, Result, RetentionBatch, RetentionPurged, ScheduleRecord, SpawnChildrenParams,
-    StaleLocks, Storage, TakeSignalsParams, WorkerRecord,
+    DeletedBatch, DequeueParams, Enqueued, Failure, Job, JobFilter, JobId, Lease, ManualOutcome,
+    NewJob, QueueCount, RateLimit, Result, RetentionBatch, RetentionPurged, ScheduleRecord,
+    SpawnChildrenParams, StaleLocks, Storage, TakeSignalsParams, WorkerRecord,
 };
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
@@ -538,6 +538,7 @@ impl Storage for SqliteStorage {
     }
 
     async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>> {
+        filter.validate()?;
         self.read(move |c| filter::list_jobs(c, &filter)).await
     }
 
@@ -664,6 +665,11 @@ impl Storage for SqliteStorage {
         self.write(move |c| workflow::delete_job(c, job_id)).await
     }
 
+    async fn delete_jobs(&self, filter: JobFilter) -> Result<DeletedBatch> {
+        filter.validate()?;
+        self.write(move |c| filter::delete_jobs(c, &filter)).await
+    }
+
     async fn upsert_schedule(
         &self,
         name: &str,
@@ -769,6 +775,30 @@ impl Storage for SqliteStorage {
 
     async fn paused_queues(&self) -> Result<Vec<String>> {
         self.read(operations::paused_queues).await
+    }
+
+    async fn set_key_limit(&self, key: &str, max_running: Option<u32>) -> Result<()> {
+        let key = key.to_string();
+        self.write(move |c| operations::set_key_limit(c, &key, max_running))
+            .await?;
+        self.wake();
+        Ok(())
+    }
+
+    async fn key_limits(&self) -> Result<Vec<(String, u32)>> {
+        self.read(operations::key_limits).await
+    }
+
+    async fn set_queue_rate_limit(&self, queue: &str, limit: Option<RateLimit>) -> Result<()> {
+        let queue = queue.to_string();
+        self.write(move |c| crate::rate::set_limit(c, &queue, limit))
+            .await?;
+        self.wake();
+        Ok(())
+    }
+
+    async fn queue_rate_limits(&self) -> Result<Vec<(String, RateLimit)>> {
+        self.read(crate::rate::limits).await
     }
 
     async fn register_worker(&self, worker: WorkerRecord) -> Result<()> {

@@ -12,8 +12,9 @@ fn q(storage: &PostgresStorage, sql: &str) -> String {
     sql.replace("{s}", &format!("\"{}\"", storage.schema()))
 }
 
-/// Creates `executions` (one row per handler run) and `blocked` (the lease a blocked
-/// worker holds) in the storage's schema.
+/// Creates `executions` (one row per handler run), `blocked` (the lease a blocked
+/// worker holds) and `capped_events` (starts and ends of the key-limit workload, in the
+/// order they happened) in the storage's schema.
 ///
 /// # Errors
 /// The database error, as text.
@@ -21,7 +22,8 @@ pub async fn create_tables(storage: &PostgresStorage) -> Result<(), String> {
     sqlx::raw_sql(AssertSqlSafe(q(
         storage,
         "CREATE TABLE {s}.executions (job_id bigint NOT NULL, attempt int NOT NULL, pid int NOT NULL);
-         CREATE TABLE {s}.blocked (job_id bigint NOT NULL, lease jsonb NOT NULL, pid int NOT NULL);",
+         CREATE TABLE {s}.blocked (job_id bigint NOT NULL, lease jsonb NOT NULL, pid int NOT NULL);
+         CREATE TABLE {s}.capped_events (seq bigserial PRIMARY KEY, started bool NOT NULL, job_id bigint NOT NULL);",
     )))
     .execute(storage.pool())
     .await
@@ -109,4 +111,56 @@ pub async fn blocked_lease(storage: &PostgresStorage) -> Result<Option<(Lease, i
             Ok(Some((lease, pid)))
         }
     }
+}
+
+/// Records that a capped job started (`true`) or ended (`false`), autocommitted, so the
+/// sequence orders the events of every process as they happened.
+///
+/// # Errors
+/// The database error, as text.
+pub async fn record_capped_event(
+    storage: &PostgresStorage,
+    started: bool,
+    job_id: i64,
+) -> Result<(), String> {
+    sqlx::query(AssertSqlSafe(q(
+        storage,
+        "INSERT INTO {s}.capped_events (started, job_id) VALUES ($1, $2)",
+    )))
+    .bind(started)
+    .bind(job_id)
+    .execute(storage.pool())
+    .await
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
+/// The capped workload's events in order: (started, job id).
+///
+/// # Errors
+/// The database error, as text.
+pub async fn capped_events(storage: &PostgresStorage) -> Result<Vec<(bool, i64)>, String> {
+    sqlx::query_as(AssertSqlSafe(q(
+        storage,
+        "SELECT started, job_id FROM {s}.capped_events ORDER BY seq",
+    )))
+    .fetch_all(storage.pool())
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// Capped jobs that recorded their start and not their end.
+///
+/// # Errors
+/// The database error, as text.
+pub async fn open_capped(storage: &PostgresStorage) -> Result<usize, String> {
+    let open: i64 = sqlx::query_scalar(AssertSqlSafe(q(
+        storage,
+        "SELECT count(*) FILTER (WHERE started) - count(*) FILTER (WHERE NOT started) \
+         FROM {s}.capped_events",
+    )))
+    .fetch_one(storage.pool())
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(usize::try_from(open).unwrap_or(0))
 }

@@ -7,7 +7,7 @@ use durable_jobs::{
 };
 use durable_jobs_postgres::testing::TestSchema;
 use durable_jobs_postgres::{PostgresOptions, PostgresStorage};
-use durable_jobs_tests::pg;
+use durable_jobs_tests::{capped, pg};
 use serde_json::json;
 use std::collections::HashMap;
 use std::process::{Child, Command, Output, Stdio};
@@ -269,5 +269,81 @@ async fn a_waiter_wakes_when_another_process_finishes_the_job() {
         r => panic!("expected JobCancelled, got {r:?}"),
     }
     other.pool().close().await;
+    t.drop_schema().await.expect("drop");
+}
+
+/// A key's running limit holds across processes: three worker processes with eight
+/// slots each run 24 jobs of one key limited to 3, each job holding its slot until three
+/// run; the recorded starts and ends never have more than three open at once, and
+/// reach three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_limit_caps_running_jobs_across_processes() {
+    let t = setup().await;
+    let queue = durable_jobs::Queue::new(std::sync::Arc::new(t.storage().clone()));
+    queue.set_key_limit(capped::KEY, 3).await.expect("limit");
+    let n = 24;
+    t.storage()
+        .enqueue_many(capped::jobs(n))
+        .await
+        .expect("enqueue");
+    let workers: Vec<Child> = (0..3)
+        .map(|_| spawn_worker(&t, "capped", &["--concurrency", "8", "--limit", "3"]))
+        .collect();
+    let mut completed = 0;
+    for w in workers {
+        let out = wait_with_deadline(w, Duration::from_secs(120)).await;
+        assert_success(&out);
+        completed += reported_completed(&out);
+    }
+    assert_eq!(completed, n as u64);
+    let events = pg::capped_events(t.storage()).await.expect("events");
+    assert_eq!(events.len(), 2 * n, "a start and an end per job");
+    let started: Vec<bool> = events.iter().map(|e| e.0).collect();
+    assert_eq!(capped::max_overlap(&started), 3, "{events:?}");
+    t.drop_schema().await.expect("drop");
+}
+
+/// A queue's rate limit holds across processes: three draining worker processes start
+/// exactly 5 of 40 jobs of a queue limited to 5 starts per hour, then find nothing more
+/// to claim; the other 35 wait for the next window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_rate_limit_caps_starts_across_processes() {
+    let t = setup().await;
+    let queue = durable_jobs::Queue::new(std::sync::Arc::new(t.storage().clone()));
+    queue
+        .set_queue_rate_limit("default", 5, Duration::from_secs(3600))
+        .await
+        .expect("limit");
+    let n = 40;
+    t.storage()
+        .enqueue_many(
+            (0..n)
+                .map(|i| NewJob::new(pg::TASK, json!({ "i": i })))
+                .collect(),
+        )
+        .await
+        .expect("enqueue");
+    let workers: Vec<Child> = (0..3).map(|_| spawn_worker(&t, "drain", &[])).collect();
+    let mut completed = 0;
+    for w in workers {
+        let out = wait_with_deadline(w, Duration::from_secs(120)).await;
+        assert_success(&out);
+        completed += reported_completed(&out);
+    }
+    assert_eq!(completed, 5, "five starts in the window");
+    assert_eq!(pg::executions(t.storage()).await.expect("runs").len(), 5);
+    let mut counts: Vec<(JobStatus, u64)> = t
+        .storage()
+        .counts()
+        .await
+        .expect("counts")
+        .iter()
+        .map(|c| (c.status, c.count))
+        .collect();
+    counts.sort();
+    assert_eq!(
+        counts,
+        vec![(JobStatus::Pending, 35), (JobStatus::Completed, 5)]
+    );
     t.drop_schema().await.expect("drop");
 }

@@ -4,6 +4,7 @@
 
 use durable_jobs::{JobStatus, NewJob, Queue, Storage, StorageCall, StorageLayer};
 use durable_jobs_sqlite::SqliteStorage;
+use durable_jobs_tests::capped;
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -271,4 +272,95 @@ async fn a_waiter_wakes_when_another_process_finishes_the_job() {
     assert_eq!(runs.len(), 1);
     assert_ne!(runs[0].2, std::process::id(), "run by the other process");
     storage.close().await;
+}
+
+/// A key's running limit holds across processes on one file: two worker processes with
+/// eight slots each run 24 jobs of one key limited to 3, each job holding its slot until
+/// three run; the logged starts and ends never have more than three open at once, and
+/// reach three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_limit_caps_running_jobs_across_processes() {
+    let files = Files::new();
+    let storage = SqliteStorage::open(files.db()).await.expect("open");
+    let queue = durable_jobs::Queue::new(std::sync::Arc::new(storage.clone()));
+    queue.set_key_limit(capped::KEY, 3).await.expect("limit");
+    let n = 24;
+    storage
+        .enqueue_many(capped::jobs(n))
+        .await
+        .expect("enqueue");
+    let extra = ["--concurrency", "8", "--limit", "3"];
+    let a = spawn_worker(&files, "capped", &extra);
+    let b = spawn_worker(&files, "capped", &extra);
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        (
+            wait_with_deadline(a, Duration::from_secs(120)),
+            wait_with_deadline(b, Duration::from_secs(120)),
+        )
+    })
+    .await
+    .expect("wait for workers");
+    assert_success(&a);
+    assert_success(&b);
+    assert_eq!(reported_completed(&a) + reported_completed(&b), n as u64);
+    let text = std::fs::read_to_string(files.log()).expect("log");
+    let started: Vec<bool> = text
+        .lines()
+        .map(|l| match l.split(' ').next() {
+            Some("start") => true,
+            Some("end") => false,
+            _ => panic!("malformed log line `{l}`"),
+        })
+        .collect();
+    assert_eq!(started.len(), 2 * n, "a start and an end per job");
+    assert_eq!(capped::max_overlap(&started), 3, "{text}");
+    storage.close().await;
+    assert_eq!(integrity(&files.db()), "ok");
+}
+
+/// A queue's rate limit holds across processes on one file: two draining worker
+/// processes start exactly 5 of 40 jobs of a queue limited to 5 starts per hour, then
+/// find nothing more to claim; the other 35 wait for the next window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_rate_limit_caps_starts_across_processes() {
+    let files = Files::new();
+    let storage = SqliteStorage::open(files.db()).await.expect("open");
+    let queue = durable_jobs::Queue::new(std::sync::Arc::new(storage.clone()));
+    queue
+        .set_queue_rate_limit("default", 5, Duration::from_secs(3600))
+        .await
+        .expect("limit");
+    let n = 40;
+    storage
+        .enqueue_many((0..n).map(|i| NewJob::new("record", json!(i))).collect())
+        .await
+        .expect("enqueue");
+    let a = spawn_worker(&files, "drain", &["--concurrency", "8"]);
+    let b = spawn_worker(&files, "drain", &["--concurrency", "8"]);
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        (
+            wait_with_deadline(a, Duration::from_secs(120)),
+            wait_with_deadline(b, Duration::from_secs(120)),
+        )
+    })
+    .await
+    .expect("wait for workers");
+    assert_success(&a);
+    assert_success(&b);
+    assert_eq!(reported_completed(&a) + reported_completed(&b), 5);
+    assert_eq!(executions(&files.log()).len(), 5);
+    let mut counts: Vec<(JobStatus, u64)> = storage
+        .counts()
+        .await
+        .expect("counts")
+        .iter()
+        .map(|c| (c.status, c.count))
+        .collect();
+    counts.sort();
+    assert_eq!(
+        counts,
+        vec![(JobStatus::Pending, 35), (JobStatus::Completed, 5)]
+    );
+    storage.close().await;
+    assert_eq!(integrity(&files.db()), "ok");
 }

@@ -29,6 +29,9 @@ pub async fn enqueue(db: &Db, args: EnqueueArgs, ctx: Ctx) -> Result<(), CliErro
     for tag in &args.tags {
         options = options.tag(tag.clone());
     }
+    for (key, value) in args.meta {
+        options = options.meta(key, value);
+    }
     let payload = args.payload.unwrap_or(Value::Null);
     // This process registers no handlers, so nothing can check the payload against the
     // task's argument type: build the job from options alone (what `Queue::enqueue_raw`

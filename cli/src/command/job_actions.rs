@@ -1,6 +1,7 @@
 //! `jobs retry|cancel|delete|purge`.
 
 use super::{for_each_job, Ctx};
+use crate::cli::DeleteArgs;
 use crate::database::Db;
 use crate::duration::format_duration;
 use crate::error::CliError;
@@ -84,6 +85,71 @@ pub async fn delete(db: &Db, ids: &[JobId], ctx: Ctx) -> Result<(), CliError> {
         }
     })
     .await
+}
+
+/// `jobs delete --status ... --older-than ... [--yes]`: without `--yes`, counts what the
+/// filters match and deletes nothing.
+pub async fn delete_matching(db: &Db, args: DeleteArgs, ctx: Ctx) -> Result<(), CliError> {
+    let created_before = match args.older_than {
+        None => None,
+        Some(age) => {
+            let now = db.storage().now().await?;
+            let age = chrono::Duration::from_std(age)
+                .map_err(|_| CliError::Usage("--older-than is too long".into()))?;
+            Some(now - age)
+        }
+    };
+    let filter = JobFilter {
+        statuses: args.status,
+        queue: args.queue,
+        task: args.task,
+        tag: args.tag,
+        metadata: args.meta,
+        created_before,
+        ..JobFilter::default()
+    };
+    if !args.yes {
+        let matching = count_matching(db, &filter).await?;
+        return Err(CliError::Refused(format!(
+            "{matching} job{} match (running jobs and children of a live parent never are \
+             deleted; a deleted job takes its children with it): add --yes to delete them",
+            if matching == 1 { "" } else { "s" }
+        )));
+    }
+    let batch = usize::try_from(args.batch_size).unwrap_or(usize::MAX);
+    let deleted = db.queue.delete_jobs(filter, batch).await?;
+    if ctx.json {
+        return output::print_json(&serde_json::json!({ "deleted": deleted }));
+    }
+    output::print(&format!(
+        "deleted {deleted} job{}\n",
+        if deleted == 1 { "" } else { "s" }
+    ));
+    Ok(())
+}
+
+/// How many jobs a delete's filter matches and could take (not running), page by page.
+async fn count_matching(db: &Db, filter: &JobFilter) -> Result<u64, CliError> {
+    let mut matching = 0;
+    let mut after_id = None;
+    loop {
+        let page = db
+            .queue
+            .list_jobs(JobFilter {
+                after_id,
+                limit: Some(PURGE_PAGE),
+                ..filter.clone()
+            })
+            .await?;
+        matching += page
+            .iter()
+            .filter(|j| j.status != JobStatus::Running)
+            .count() as u64;
+        if page.len() < PURGE_PAGE {
+            return Ok(matching);
+        }
+        after_id = page.last().map(|j| j.id);
+    }
 }
 
 fn running_refusal(id: JobId) -> CliError {

@@ -18,6 +18,7 @@ pub async fn list(db: &Db, args: ListArgs, ctx: Ctx) -> Result<(), CliError> {
         task: args.task,
         parent_id: args.parent,
         tag: args.tag,
+        metadata: args.meta,
         after_id: args.after,
         limit: Some(limit),
         ..JobFilter::default()
@@ -132,6 +133,14 @@ pub async fn show(db: &Db, id: JobId, ctx: Ctx) -> Result<(), CliError> {
     field("parent", output::opt(job.parent_id));
     field("tags", output::list(&job.tags));
     field("flags", output::list(&job.flags));
+    field(
+        "metadata",
+        if job.metadata.is_empty() {
+            "-".into()
+        } else {
+            output::clean(&serde_json::Value::Object(job.metadata.clone()).to_string())
+        },
+    );
     field("key", output::opt(job.dedupe_key.as_deref()));
     field("serial key", output::opt(job.serial_key.as_deref()));
     field(

@@ -55,7 +55,12 @@ async fn dispatch(db: &Db, command: Command, ctx: Ctx) -> Result<(), CliError> {
             keep_checkpoints,
         }) => job_actions::retry(db, &ids, keep_checkpoints, ctx).await,
         Command::Jobs(JobsCommand::Cancel { ids }) => job_actions::cancel(db, &ids, ctx).await,
-        Command::Jobs(JobsCommand::Delete { ids }) => job_actions::delete(db, &ids, ctx).await,
+        Command::Jobs(JobsCommand::Delete(args)) if !args.ids.is_empty() => {
+            job_actions::delete(db, &args.ids, ctx).await
+        }
+        Command::Jobs(JobsCommand::Delete(args)) => {
+            job_actions::delete_matching(db, args, ctx).await
+        }
         Command::Jobs(JobsCommand::Purge { older_than, status }) => {
             job_actions::purge(db, older_than, status, ctx).await
         }

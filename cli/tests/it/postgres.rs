@@ -33,6 +33,13 @@ async fn postgres_job_actions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_delete_by_filter() {
+    let (t, db, seeded) = seeded_schema().await;
+    scenario::delete_by_filter(&db, &seeded);
+    t.drop_schema().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_writes() {
     let (t, db, seeded) = seeded_schema().await;
     scenario::writes(&db, &seeded);

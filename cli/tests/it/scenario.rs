@@ -444,3 +444,93 @@ pub fn writes(db: &DbArgs, s: &Seeded) {
     db.run(&["schedules", "remove", "nightly-report"]).fails(1);
     assert_eq!(db.run(&["schedules", "list"]).ok().stdout, "no schedules\n");
 }
+
+/// `jobs delete` by filter: ids or filters, a count without `--yes`, batches with it;
+/// never a running job; a workflow's children go with it; metadata set by `enqueue
+/// --meta` is listed and deleted by `--meta`.
+pub fn delete_by_filter(db: &DbArgs, s: &Seeded) {
+    let id = |i: i64| i.to_string();
+    // Neither ids nor filters, or both: usage errors.
+    db.run(&["jobs", "delete"]).fails(2);
+    db.run(&["jobs", "delete", &id(s.failed), "--status", "failed"])
+        .fails(2);
+    db.run(&["jobs", "delete", "--meta", "no-equals-sign"])
+        .fails(2);
+
+    // Without --yes, a count and nothing deleted.
+    let line = db.run(&["jobs", "delete", "--status", "failed"]).fails(1);
+    assert!(line.contains("1 job match"), "{line}");
+    assert!(line.contains("--yes"), "{line}");
+    db.run(&["jobs", "show", &id(s.failed)]).ok();
+    let out = db
+        .run(&["--json", "jobs", "delete", "--status", "failed", "--yes"])
+        .ok()
+        .json();
+    assert_eq!(out["deleted"], 1, "{out:#}");
+    db.run(&["jobs", "show", &id(s.failed)]).fails(1);
+
+    // A running job is never deleted, even by name.
+    let out = db
+        .run(&["--json", "jobs", "delete", "--status", "running", "--yes"])
+        .ok()
+        .json();
+    assert_eq!(out["deleted"], 0, "{out:#}");
+    assert_eq!(status_of(db, s.running), "running");
+
+    // The completed roots go, the workflow with its children, one per batch.
+    let out = db
+        .run(&[
+            "--json",
+            "jobs",
+            "delete",
+            "--status",
+            "completed",
+            "--batch-size",
+            "1",
+            "--yes",
+        ])
+        .ok()
+        .json();
+    assert_eq!(out["deleted"], 2 + s.children.len(), "{out:#}");
+    db.run(&["jobs", "show", &id(s.workflow)]).fails(1);
+    for &child in &s.children {
+        db.run(&["jobs", "show", &id(child)]).fails(1);
+    }
+    db.run(&["jobs", "show", &id(s.completed)]).fails(1);
+
+    // Metadata: set at enqueue, listed and deleted by key and value.
+    for tenant in ["acme", "globex"] {
+        db.run(&[
+            "enqueue",
+            "echo",
+            "--meta",
+            &format!("tenant={tenant}"),
+            "--meta",
+            "n=3",
+        ])
+        .ok();
+    }
+    let listed = db
+        .run(&["--json", "jobs", "list", "--meta", "tenant=acme"])
+        .ok()
+        .json();
+    let jobs = listed["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{listed:#}");
+    assert_eq!(jobs[0]["metadata"]["tenant"], "acme");
+    assert_eq!(jobs[0]["metadata"]["n"], 3);
+    let shown = db.run(&["jobs", "show", &jobs[0]["id"].to_string()]).ok();
+    assert!(shown.stdout.contains(r#""tenant":"acme""#), "{shown:#?}");
+    let out = db
+        .run(&["--json", "jobs", "delete", "--meta", "n=3", "--yes"])
+        .ok()
+        .json();
+    assert_eq!(out["deleted"], 2, "{out:#}");
+
+    // Older than an hour: nothing here is.
+    let out = db
+        .run(&["--json", "jobs", "delete", "--older-than", "1h", "--yes"])
+        .ok()
+        .json();
+    assert_eq!(out["deleted"], 0, "{out:#}");
+    db.run(&["jobs", "show", &id(s.pending)]).ok();
+}

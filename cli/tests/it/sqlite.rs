@@ -41,6 +41,12 @@ async fn sqlite_job_actions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_delete_by_filter() {
+    let f = seeded_file().await;
+    scenario::delete_by_filter(&f.db, &f.seeded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_writes() {
     let f = seeded_file().await;
     scenario::writes(&f.db, &f.seeded);

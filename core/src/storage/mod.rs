@@ -14,8 +14,9 @@ pub mod params;
 pub mod record;
 
 pub use params::{
-    AdvanceScheduleParams, CheckpointWrite, ClaimedJob, Completion, DequeueParams, Failure,
-    JobFilter, ManualOutcome, QueueCount, ReleasedJob, SpawnChildrenParams, StaleLocks,
+    AdvanceScheduleParams, CheckpointWrite, ClaimedJob, Completion, DeletedBatch, DequeueParams,
+    Failure, JobFilter, ManualOutcome, QueueCount, RateLimit, ReleasedJob, SpawnChildrenParams,
+    StaleLocks,
     TakeSignalsParams,
 };
 pub use params::{RetentionBatch, RetentionPurged};
@@ -168,6 +169,24 @@ pub trait Storage: Send + Sync + 'static {
     async fn watch_job(&self, job_id: JobId) -> Result<Option<Job>> {
         self.get_job(job_id).await
     }
+
+    // ----- Jobs: delete by filter -----
+
+    /// Deletes one bounded batch of jobs matching `filter`, in one transaction, and
+    /// reports where the next batch starts ([`crate::Queue::delete_jobs`] loops).
+    ///
+    /// The candidates are the jobs matching every term of `filter` (its `after_id`
+    /// included) that are not running and are roots: no parent, or a parent that no
+    /// longer exists. At most `filter.limit` of them (default 100), by ascending id. Each
+    /// candidate is deleted together with all its descendants (a workflow's children, a
+    /// bundle's members, and theirs), with their checkpoints, signals and history; a
+    /// candidate any job of whose tree is running is left whole. So a workflow's child is
+    /// never deleted out from under its parent: it goes only with its root.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidOption`] for a malformed filter ([`JobFilter::validate`]),
+    /// and storage errors.
+    async fn delete_jobs(&self, filter: JobFilter) -> Result<DeletedBatch>;
 
     // ----- Leases: claiming and finishing attempts -----
 
@@ -352,6 +371,27 @@ pub trait Storage: Send + Sync + 'static {
 
     /// The paused queues, sorted.
     async fn paused_queues(&self) -> Result<Vec<String>>;
+
+    // ----- Flow control: running caps per key -----
+
+    /// Sets how many jobs of a serial key may run at once across every worker (the
+    /// default, with no limit set, is 1); `None` removes the limit (back to 1). A claim
+    /// takes a job of a key only while fewer than its limit run. Lowering a limit below
+    /// what runs now stops no job: claims wait until enough finish.
+    async fn set_key_limit(&self, key: &str, max_running: Option<u32>) -> Result<()>;
+
+    /// The keys with a limit set, by key, with their limits.
+    async fn key_limits(&self) -> Result<Vec<(String, u32)>>;
+
+    // ----- Flow control: rate limits per queue -----
+
+    /// Sets a queue's rate limit (`None` removes it): a claim from the queue takes at most
+    /// what is left of the current window's starts, whichever processes claim. Claims
+    /// naming several queues, one of them limited, claim each queue in turn.
+    async fn set_queue_rate_limit(&self, queue: &str, limit: Option<RateLimit>) -> Result<()>;
+
+    /// The queues with a rate limit, by queue.
+    async fn queue_rate_limits(&self) -> Result<Vec<(String, RateLimit)>>;
 
     // ----- Workers: the registry -----
 

@@ -69,10 +69,50 @@ pub struct JobFilter {
     pub created_after: Option<DateTime<Utc>>,
     /// Only jobs created before this time.
     pub created_before: Option<DateTime<Utc>>,
+    /// Only jobs whose metadata holds this key with this value (a string, number,
+    /// boolean or null; numbers compare by value). See [`crate::metadata`].
+    pub metadata: Option<(String, Value)>,
     /// Only jobs with an id greater than this (keyset pagination).
     pub after_id: Option<JobId>,
     /// At most this many jobs; `None` means a backend default of 100.
     pub limit: Option<usize>,
+}
+
+impl JobFilter {
+    /// Checks the filter's terms that can be malformed (the metadata term); backends call
+    /// it before querying.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidOption`] for a metadata term with an empty key or an object
+    /// or array value.
+    pub fn validate(&self) -> crate::Result<()> {
+        match &self.metadata {
+            Some((key, value)) => crate::metadata::validate_match(key, value),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A queue's rate limit: at most `max_starts` jobs start (are claimed) per `period`,
+/// across every worker. Windows are fixed: one opens at the first start after the
+/// previous one closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// Starts allowed per window.
+    pub max_starts: u32,
+    /// The window's length.
+    pub period: Duration,
+}
+
+/// What one [`super::Storage::delete_jobs`] batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeletedBatch {
+    /// Jobs deleted: the matching roots and their descendants.
+    pub deleted: u64,
+    /// The highest id among the candidates this batch examined (deleted or skipped
+    /// because part of their tree runs); the next batch starts after it. `None` when no
+    /// candidate was left: the delete is done.
+    pub last_id: Option<JobId>,
 }
 
 /// The number of jobs in one queue with one status.

@@ -3,6 +3,7 @@
 
 pub mod checkpoint_conformance;
 pub mod conformance;
+pub mod delete_conformance;
 pub mod determinism_conformance;
 pub mod engine_calls;
 pub mod engine_children;
@@ -14,7 +15,9 @@ pub mod engine_schedules;
 pub mod engine_shutdown;
 pub mod engine_waits;
 pub mod fault;
+pub mod flow_conformance;
 pub mod kit;
+pub mod metadata_conformance;
 pub mod observability_conformance;
 pub mod operations_conformance;
 pub mod progress_conformance;
@@ -287,6 +290,20 @@ macro_rules! conformance_tests {
         $crate::__conformance_cases!(checkpoint_conformance, $harness;
             checkpoint_many_fences_each_item,
             concurrent_steps_are_stored_and_replayed,
+        );
+        $crate::__conformance_cases!(metadata_conformance, $harness;
+            metadata_is_stored_and_read_back,
+            list_filters_by_metadata_key_and_value,
+        );
+        $crate::__conformance_cases!(delete_conformance, $harness;
+            delete_jobs_runs_in_bounded_batches,
+            delete_jobs_honours_every_filter_term,
+            delete_jobs_never_deletes_a_running_job,
+            delete_jobs_takes_children_only_with_their_root,
+        );
+        $crate::__conformance_cases!(flow_conformance, $harness;
+            key_limit_caps_running_jobs_per_key,
+            queue_rate_limit_caps_starts_per_window,
         );
     };
 }

@@ -2,8 +2,8 @@
 //! (`tests/postgres_*.rs`).
 //!
 //! ```text
-//! pg_worker --url URL --schema NAME --mode drain|block|finish
-//!           [--lease-ms N] [--concurrency N]
+//! pg_worker --url URL --schema NAME --mode drain|block|finish|capped
+//!           [--lease-ms N] [--concurrency N] [--limit N]
 //! ```
 //! Every mode migrates (concurrently with its siblings) and serves task `record` on
 //! queue `default`. Each execution inserts `(job id, attempt, pid)` into the schema's
@@ -13,10 +13,13 @@
 //!   test SIGKILLs it). It records no execution.
 //! - `finish`: runs until no job in the schema is unfinished (its sweeper reclaims
 //!   expired leases meanwhile), then exits.
+//! - `capped`: serves the key-limit workload instead (see `durable_jobs_tests::capped`;
+//!   `--limit` is the key's limit), recording each start and end in `capped_events`,
+//!   until no job in the schema is unfinished.
 
 use durable_jobs::{JobContext, Queue, Storage, TaskError, Worker, WorkerOptions};
 use durable_jobs_postgres::{PostgresOptions, PostgresStorage};
-use durable_jobs_tests::pg;
+use durable_jobs_tests::{capped, pg};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,12 +29,13 @@ struct Args {
     mode: String,
     lease: Duration,
     concurrency: usize,
+    limit: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let (mut url, mut schema, mut mode) = (None, None, None);
-    let (mut lease_ms, mut concurrency) = (30_000u64, 20usize);
+    let (mut lease_ms, mut concurrency, mut limit) = (30_000u64, 20usize, 1usize);
     while let Some(flag) = it.next() {
         let value = it
             .next()
@@ -44,6 +48,7 @@ fn parse_args() -> Result<Args, String> {
             "--concurrency" => {
                 concurrency = value.parse().map_err(|e| format!("--concurrency: {e}"))?
             }
+            "--limit" => limit = value.parse().map_err(|e| format!("--limit: {e}"))?,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -53,6 +58,7 @@ fn parse_args() -> Result<Args, String> {
         mode: mode.ok_or("--mode is required")?,
         lease: Duration::from_millis(lease_ms),
         concurrency,
+        limit,
     })
 }
 
@@ -99,8 +105,33 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             }
         },
     );
+    let capped_storage = storage.clone();
+    let limit = args.limit;
+    queue.register(
+        capped::QUEUE,
+        move |ctx: JobContext, _: serde_json::Value| {
+            let s = capped_storage.clone();
+            async move {
+                pg::record_capped_event(&s, true, ctx.job_id())
+                    .await
+                    .map_err(TaskError::retry)?;
+                capped::hold(&s, limit, || pg::open_capped(&s))
+                    .await
+                    .map_err(TaskError::retry)?;
+                pg::record_capped_event(&s, false, ctx.job_id())
+                    .await
+                    .map_err(TaskError::retry)?;
+                Ok::<_, TaskError>(())
+            }
+        },
+    );
+    let served = if args.mode == "capped" {
+        capped::QUEUE
+    } else {
+        "default"
+    };
     let options = WorkerOptions::new()
-        .queue("default", args.concurrency)
+        .queue(served, args.concurrency)
         .lease_duration(args.lease)
         .sweep_interval(Duration::from_millis(100))
         .poll_interval(Duration::from_millis(50));
@@ -108,7 +139,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let report = match args.mode.as_str() {
         "drain" => worker.drain().await?,
         "block" => worker.run().await?,
-        "finish" => {
+        "finish" | "capped" => {
             let s = storage.clone();
             worker
                 .run_until(async move {

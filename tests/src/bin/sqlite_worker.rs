@@ -2,8 +2,8 @@
 //! (`tests/sqlite_*.rs`).
 //!
 //! ```text
-//! sqlite_worker --db FILE --log FILE --mode drain|block|finish
-//!               [--marker FILE] [--lease-ms N] [--concurrency N]
+//! sqlite_worker --db FILE --log FILE --mode drain|block|finish|capped
+//!               [--marker FILE] [--lease-ms N] [--concurrency N] [--limit N]
 //! ```
 //! Every mode serves task `record` on queue `default`. Each execution appends one line,
 //! `<job id> <attempt> <pid>`, to the log with a single `O_APPEND` write, so lines from
@@ -13,9 +13,13 @@
 //!   test SIGKILLs it). It records nothing.
 //! - `finish`: runs until no job in the file is unfinished (its sweeper reclaims expired
 //!   leases meanwhile), then exits.
+//! - `capped`: serves the key-limit workload instead (see `durable_jobs_tests::capped`;
+//!   `--limit` is the key's limit), logging `start|end <job id> <pid>` lines, until no job
+//!   in the file is unfinished.
 
 use durable_jobs::{JobContext, Queue, Storage, TaskError, Worker, WorkerOptions};
 use durable_jobs_sqlite::SqliteStorage;
+use durable_jobs_tests::capped;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
@@ -29,12 +33,13 @@ struct Args {
     marker: Option<PathBuf>,
     lease: Duration,
     concurrency: usize,
+    limit: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let (mut db, mut log, mut mode, mut marker) = (None, None, None, None);
-    let (mut lease_ms, mut concurrency) = (30_000u64, 10usize);
+    let (mut lease_ms, mut concurrency, mut limit) = (30_000u64, 10usize, 1usize);
     while let Some(flag) = it.next() {
         let value = it
             .next()
@@ -48,6 +53,7 @@ fn parse_args() -> Result<Args, String> {
             "--concurrency" => {
                 concurrency = value.parse().map_err(|e| format!("--concurrency: {e}"))?
             }
+            "--limit" => limit = value.parse().map_err(|e| format!("--limit: {e}"))?,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -58,6 +64,7 @@ fn parse_args() -> Result<Args, String> {
         marker,
         lease: Duration::from_millis(lease_ms),
         concurrency,
+        limit,
     })
 }
 
@@ -85,6 +92,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
     let block = args.mode == "block";
     let marker = args.marker.clone();
+    let capped_log = Arc::clone(&log);
     queue.register(
         "record",
         move |ctx: JobContext, _args: serde_json::Value| {
@@ -112,8 +120,43 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             }
         },
     );
+    let capped_storage = storage.clone();
+    let limit = args.limit;
+    let capped_path = args.log.clone();
+    queue.register(
+        capped::QUEUE,
+        move |ctx: JobContext, _: serde_json::Value| {
+            let log = Arc::clone(&capped_log);
+            let storage = capped_storage.clone();
+            let log_path = capped_path.clone();
+            async move {
+                let line =
+                    |event: &str| format!("{event} {} {}\n", ctx.job_id(), std::process::id());
+                // One write call on an O_APPEND file: lines of several processes stay whole,
+                // in the order they were written.
+                (&*log)
+                    .write_all(line("start").as_bytes())
+                    .map_err(|e| TaskError::retry(format!("log: {e}")))?;
+                capped::hold(&storage, limit, || {
+                    let path = log_path.clone();
+                    async move { open_in_log(&path) }
+                })
+                .await
+                .map_err(TaskError::retry)?;
+                (&*log)
+                    .write_all(line("end").as_bytes())
+                    .map_err(|e| TaskError::retry(format!("log: {e}")))?;
+                Ok::<_, TaskError>(())
+            }
+        },
+    );
+    let served = if args.mode == "capped" {
+        capped::QUEUE
+    } else {
+        "default"
+    };
     let options = WorkerOptions::new()
-        .queue("default", args.concurrency)
+        .queue(served, args.concurrency)
         .lease_duration(args.lease)
         .sweep_interval(Duration::from_millis(100))
         .poll_interval(Duration::from_millis(50));
@@ -121,7 +164,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let report = match args.mode.as_str() {
         "drain" => worker.drain().await?,
         "block" => worker.run().await?,
-        "finish" => {
+        "finish" | "capped" => {
             let s = storage.clone();
             worker
                 .run_until(async move {
@@ -149,4 +192,18 @@ async fn all_finished(s: &SqliteStorage) -> bool {
             false
         }
     }
+}
+
+/// Capped jobs that logged their start and not their end, across every process.
+fn open_in_log(path: &std::path::Path) -> Result<usize, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("read log: {e}"))?;
+    let events: Vec<bool> = text
+        .lines()
+        .filter_map(|l| match l.split(' ').next() {
+            Some("start") => Some(true),
+            Some("end") => Some(false),
+            _ => None,
+        })
+        .collect();
+    Ok(capped::open_now(&events))
 }

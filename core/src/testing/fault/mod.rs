@@ -36,9 +36,9 @@ use super::simulation::rng::Rng;
 use crate::error::{Error, Result, StorageError, StorageErrorKind};
 use crate::job::{Checkpoint, Enqueued, Job, JobId, Lease, NewJob};
 use crate::storage::{
-    AdvanceScheduleParams, AttemptRecord, Capabilities, CheckpointWrite, ClaimedJob, Completion, DequeueParams,
+    AdvanceScheduleParams, AttemptRecord, Capabilities, CheckpointWrite, ClaimedJob, Completion, DeletedBatch, DequeueParams,
     DynStorage, Failure, JobFilter, ManualOutcome, QueueCount, ScheduleRecord, SpawnChildrenParams,
-    RetentionBatch, RetentionPurged, StaleLocks, Storage, TakeSignalsParams, WorkerRecord,
+    RateLimit, RetentionBatch, RetentionPurged, StaleLocks, Storage, TakeSignalsParams, WorkerRecord,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -892,6 +892,36 @@ impl Storage for FaultStorage {
 
     async fn purge_finished(&self, older_than: DateTime<Utc>) -> Result<u64> {
         self.write("purge_finished", self.inner.purge_finished(older_than))
+            .await
+    }
+
+    async fn delete_jobs(&self, filter: JobFilter) -> Result<DeletedBatch> {
+        self.write("delete_jobs", self.inner.delete_jobs(filter))
+            .await
+    }
+
+    async fn set_key_limit(&self, key: &str, max_running: Option<u32>) -> Result<()> {
+        self.write(
+            "set_key_limit",
+            self.inner.set_key_limit(key, max_running),
+        )
+        .await
+    }
+
+    async fn key_limits(&self) -> Result<Vec<(String, u32)>> {
+        self.read("key_limits", self.inner.key_limits()).await
+    }
+
+    async fn set_queue_rate_limit(&self, queue: &str, limit: Option<RateLimit>) -> Result<()> {
+        self.write(
+            "set_queue_rate_limit",
+            self.inner.set_queue_rate_limit(queue, limit),
+        )
+        .await
+    }
+
+    async fn queue_rate_limits(&self) -> Result<Vec<(String, RateLimit)>> {
+        self.read("queue_rate_limits", self.inner.queue_rate_limits())
             .await
     }
 
