@@ -178,7 +178,7 @@ impl WorkerOptions {
     /// By default each routing queue sizes its local queue from what it measures: deep
     /// enough that its slots stay busy for four claim round trips at the rate its handlers
     /// finish, never deeper than the jobs its slots start within a tenth of the lease, and
-    /// at most [`super::sizing::DEFAULT_MAX_PREFETCH`]. Quick jobs thus get a deep local
+    /// at most [`crate::worker::DEFAULT_MAX_PREFETCH`]. Quick jobs thus get a deep local
     /// queue and slow ones none. Setting a depth here (0 turns the local queue off)
     /// replaces that sizing.
     pub fn prefetch(mut self, n: usize) -> Self {
