@@ -47,7 +47,10 @@ impl Pg {
         )
         .await
         .map_err(|e| format!("connect: {e}"))?;
-        storage.migrate().await.map_err(|e| format!("migrate: {e}"))?;
+        storage
+            .migrate()
+            .await
+            .map_err(|e| format!("migrate: {e}"))?;
         Ok(Pg {
             db,
             storage: Arc::new(storage),
@@ -252,16 +255,36 @@ async fn measure(cfg: &Config, res: &mut Results) -> Result<(), String> {
     let (claim50, claim99, over, lat) = out?;
     let n = cfg.jobs;
     let rows = [
-        (format!("shallow drain {n} jobs, concurrency {c}"), ("jobs/s", true), None, flat),
-        (format!("drain {n} jobs over the backlog, concurrency {c}"), ("jobs/s", true), None, over),
+        (
+            format!("shallow drain {n} jobs, concurrency {c}"),
+            ("jobs/s", true),
+            None,
+            flat,
+        ),
+        (
+            format!("drain {n} jobs over the backlog, concurrency {c}"),
+            ("jobs/s", true),
+            None,
+            over,
+        ),
         (
             "backlog drain / shallow drain".to_string(),
             ("x", true),
             None,
             over / flat,
         ),
-        ("empty claim with the backlog, p50".to_string(), ("ms", false), Some(Target::AtMost(1.0)), claim50),
-        ("empty claim with the backlog, p99".to_string(), ("ms", false), None, claim99),
+        (
+            "empty claim with the backlog, p50".to_string(),
+            ("ms", false),
+            Some(Target::AtMost(1.0)),
+            claim50,
+        ),
+        (
+            "empty claim with the backlog, p99".to_string(),
+            ("ms", false),
+            None,
+            claim99,
+        ),
         (
             format!("idle latency with the backlog p50 ({}/s)", cfg.latency_rate),
             ("ms", false),

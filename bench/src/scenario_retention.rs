@@ -72,10 +72,38 @@ async fn measure(cfg: &Config, res: &mut Results) -> Result<(), String> {
         return Err(format!("the purge deleted {deleted} of {FINISHED} jobs"));
     }
     let n = cfg.jobs;
-    record(res, sec, &format!("drain {n} jobs, concurrency {c}, no purge"), ("jobs/s", true), None, alone);
-    record(res, sec, &format!("drain {n} jobs, concurrency {c}, purging {FINISHED}"), ("jobs/s", true), None, beside);
-    record(res, sec, "drain during purge / drain alone", ("x", true), None, beside / alone);
-    record(res, sec, &format!("purge {FINISHED} finished jobs during the drain"), ("jobs/s", true), None, deleted as f64 / secs);
+    record(
+        res,
+        sec,
+        &format!("drain {n} jobs, concurrency {c}, no purge"),
+        ("jobs/s", true),
+        None,
+        alone,
+    );
+    record(
+        res,
+        sec,
+        &format!("drain {n} jobs, concurrency {c}, purging {FINISHED}"),
+        ("jobs/s", true),
+        None,
+        beside,
+    );
+    record(
+        res,
+        sec,
+        "drain during purge / drain alone",
+        ("x", true),
+        None,
+        beside / alone,
+    );
+    record(
+        res,
+        sec,
+        &format!("purge {FINISHED} finished jobs during the drain"),
+        ("jobs/s", true),
+        None,
+        deleted as f64 / secs,
+    );
     Ok(())
 }
 

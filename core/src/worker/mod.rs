@@ -181,7 +181,8 @@ impl Worker {
     }
 
     /// Runs until no job is claimable right now and none is running, then returns what
-    /// it did. Jobs due later (delays, retry backoff) stay for a later run.
+    /// it did. Jobs due later (delays, retry backoff) stay for a later run. Like a lease
+    /// sweep and a scheduler pass, one retention pass runs first.
     ///
     /// # Errors
     /// As [`Worker::run`].

@@ -136,11 +136,20 @@ fn parents(
             children.entry(p).or_default().insert(j.id);
         }
     }
+    // A bundle's members are its children by construction, not by spawn checkpoints.
+    // Besides the recorded bundles, a bundle whose enqueue committed but reported an
+    // error (an injected fault after the write) was enqueued again by the producer: the
+    // first one is a bundle too, recognised by its task.
     let bundles: BTreeSet<JobId> = rec
         .enqueued
         .iter()
         .filter(|(i, _)| matches!(i.kind, Kind::Bundle(_)))
         .map(|(_, id)| *id)
+        .chain(
+            jobs.iter()
+                .filter(|j| j.task == crate::bundle::BUNDLE_TASK)
+                .map(|j| j.id),
+        )
         .collect();
     for j in jobs {
         let have = children.remove(&j.id).unwrap_or_default();
