@@ -45,11 +45,10 @@ pub use result::JobHandle;
 pub use retry::RetryPolicy;
 pub use schedule::{CatchUp, Schedule, ScheduleInfo, ScheduleRecord, SchedulerReport};
 pub use storage::{
-    AdvanceScheduleParams, AttemptOutcome, AttemptRecord, Capabilities, CheckpointWrite, ClaimedJob,
-    Completion, DeletedBatch, DequeueParams, DynStorage, Failure, JobFilter, ManualOutcome,
-    QueueCount, RateLimit, ReleasedJob, RetentionBatch, RetentionPurged, SpawnChildrenParams,
-    StaleLocks, Storage, TakeSignalsParams,
-    WorkerQueue, WorkerRecord,
+    AdvanceScheduleParams, AttemptOutcome, AttemptRecord, Capabilities, CheckpointWrite,
+    ClaimedJob, Completion, DeletedBatch, DequeueParams, DynStorage, Failure, JobFilter,
+    ManualOutcome, QueueCount, RateLimit, ReleasedJob, RetentionBatch, RetentionPurged,
+    SpawnChildrenParams, StaleLocks, Storage, TakeSignalsParams, WorkerQueue, WorkerRecord,
 };
 pub use task::{NoRetry, RetryAfter, Snooze, Task, TaskError, TaskErrorKind};
 pub use trace::TraceContext;

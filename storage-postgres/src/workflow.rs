@@ -19,8 +19,8 @@ use durable_jobs::{
 };
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, Row};
-use std::sync::atomic::Ordering;
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Suspends a running job; its attempt is recorded as `suspended` under the number it ran

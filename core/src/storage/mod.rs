@@ -16,8 +16,7 @@ pub mod record;
 pub use params::{
     AdvanceScheduleParams, CheckpointWrite, ClaimedJob, Completion, DeletedBatch, DequeueParams,
     Failure, JobFilter, ManualOutcome, QueueCount, RateLimit, ReleasedJob, SpawnChildrenParams,
-    StaleLocks,
-    TakeSignalsParams,
+    StaleLocks, TakeSignalsParams,
 };
 pub use params::{RetentionBatch, RetentionPurged};
 pub use record::{AttemptOutcome, AttemptRecord, ScheduleRecord, WorkerQueue, WorkerRecord};

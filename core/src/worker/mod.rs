@@ -8,9 +8,9 @@ mod heartbeat;
 mod options;
 mod registry;
 pub(crate) mod shared;
+mod sizing;
 pub(crate) mod threads;
 pub(crate) mod timer;
-mod sizing;
 
 pub use health::{WorkerHealth, WorkerState};
 pub use options::{

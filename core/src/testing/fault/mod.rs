@@ -36,9 +36,10 @@ use super::simulation::rng::Rng;
 use crate::error::{Error, Result, StorageError, StorageErrorKind};
 use crate::job::{Checkpoint, Enqueued, Job, JobId, Lease, NewJob};
 use crate::storage::{
-    AdvanceScheduleParams, AttemptRecord, Capabilities, CheckpointWrite, ClaimedJob, Completion, DeletedBatch, DequeueParams,
-    DynStorage, Failure, JobFilter, ManualOutcome, QueueCount, ScheduleRecord, SpawnChildrenParams,
-    RateLimit, RetentionBatch, RetentionPurged, StaleLocks, Storage, TakeSignalsParams, WorkerRecord,
+    AdvanceScheduleParams, AttemptRecord, Capabilities, CheckpointWrite, ClaimedJob, Completion,
+    DeletedBatch, DequeueParams, DynStorage, Failure, JobFilter, ManualOutcome, QueueCount,
+    RateLimit, RetentionBatch, RetentionPurged, ScheduleRecord, SpawnChildrenParams, StaleLocks,
+    Storage, TakeSignalsParams, WorkerRecord,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -901,11 +902,8 @@ impl Storage for FaultStorage {
     }
 
     async fn set_key_limit(&self, key: &str, max_running: Option<u32>) -> Result<()> {
-        self.write(
-            "set_key_limit",
-            self.inner.set_key_limit(key, max_running),
-        )
-        .await
+        self.write("set_key_limit", self.inner.set_key_limit(key, max_running))
+            .await
     }
 
     async fn key_limits(&self) -> Result<Vec<(String, u32)>> {

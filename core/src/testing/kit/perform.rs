@@ -81,9 +81,7 @@ impl TestKit {
             claimed.job,
             lease.clone(),
             self.queue.clone(),
-            crate::workflow::CheckpointCommitter::start(std::sync::Arc::new(
-                storage.clone(),
-            )),
+            crate::workflow::CheckpointCommitter::start(std::sync::Arc::new(storage.clone())),
             stop_rx,
             lost_rx,
             threads.clone(),
