@@ -325,6 +325,15 @@ impl Storage for InstrumentedStorage {
         .await
     }
 
+    async fn release_stale_locks(&self) -> Result<StaleLocks> {
+        self.observe(
+            "release_stale_locks",
+            |s: &StaleLocks| s.released.len(),
+            self.inner.release_stale_locks(),
+        )
+        .await
+    }
+
     async fn snooze(&self, lease: &Lease, delay: Duration) -> Result<()> {
         self.observe("snooze", one, self.inner.snooze(lease, delay))
             .await
@@ -335,15 +344,6 @@ impl Storage for InstrumentedStorage {
             "set_progress",
             one,
             self.inner.set_progress(lease, progress),
-        )
-        .await
-    }
-
-    async fn release_stale_locks(&self) -> Result<StaleLocks> {
-        self.observe(
-            "release_stale_locks",
-            |s: &StaleLocks| s.released.len(),
-            self.inner.release_stale_locks(),
         )
         .await
     }

@@ -235,6 +235,11 @@ pub trait Storage: Send + Sync + 'static {
         Ok(out)
     }
 
+    /// Returns running jobs whose lease expired to retrying (attempts left) or failed
+    /// (attempts exhausted), and heals waiting parents (see the trait docs). Returns the
+    /// jobs it released and how many parents it woke.
+    async fn release_stale_locks(&self) -> Result<StaleLocks>;
+
     // Snooze and progress (issue 15).
 
     /// Snoozes a running job: it becomes claimable again at now + `delay` (pending, or
@@ -245,11 +250,6 @@ pub trait Storage: Send + Sync + 'static {
     /// Stores the running job's progress (any JSON value), replacing the previous one;
     /// [`Storage::get_job`] returns it in [`Job::progress`]. Fenced.
     async fn set_progress(&self, lease: &Lease, progress: Value) -> Result<()>;
-
-    /// Returns running jobs whose lease expired to retrying (attempts left) or failed
-    /// (attempts exhausted), and heals waiting parents (see the trait docs). Returns the
-    /// jobs it released and how many parents it woke.
-    async fn release_stale_locks(&self) -> Result<StaleLocks>;
 
     // ----- Workflows: checkpoints, suspension, children, signals -----
 
