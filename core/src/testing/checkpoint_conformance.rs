@@ -1,7 +1,7 @@
 //! Conformance for group-committed checkpoints: [`crate::Storage::checkpoint_many`] on its
 //! own (each item fenced by its own lease in a mixed batch), and concurrent steps of
 //! several jobs through a real worker, whose checkpoints share writes. The
-//! [`crate::storage_checkpoint_conformance_tests`] macro turns them into one test each.
+//! [`crate::conformance_tests`] macro turns them into one test each.
 
 use super::ConformanceHarness;
 use crate::job::{Checkpoint, CheckpointOutcome, JobStatus, NewJob};

@@ -1,6 +1,6 @@
 //! Conformance cases for deleting jobs by filter in bounded batches: every filter term,
 //! never a running job, and a workflow's children only with their root. The
-//! [`crate::storage_delete_conformance_tests`] macro turns them into one test each.
+//! [`crate::conformance_tests`] macro turns them into one test each.
 
 use super::ConformanceHarness;
 use crate::job::{JobId, JobStatus, NewJob};

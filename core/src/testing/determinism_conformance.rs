@@ -1,6 +1,6 @@
 //! Determinism of call arguments: a checkpointed call stores a hash of its arguments,
 //! and a replay with other arguments is reported, strictly or as a warning per task.
-//! The [`crate::determinism_conformance_tests`] macro turns these cases into one test
+//! The [`crate::conformance_tests`] macro turns these cases into one test
 //! each.
 
 use super::ConformanceHarness;

@@ -1,5 +1,5 @@
 //! Conformance cases for flow control: a fleet-wide cap on running jobs per key,
-//! enforced by storage at claim time. The [`crate::storage_flow_conformance_tests`]
+//! enforced by storage at claim time. The [`crate::conformance_tests`]
 //! macro turns them into one test each.
 
 use super::ConformanceHarness;

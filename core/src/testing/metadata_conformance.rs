@@ -1,5 +1,5 @@
 //! Conformance cases for job metadata: stored at enqueue, read back on every job read,
-//! matched by key and value in listings. The [`crate::storage_metadata_conformance_tests`]
+//! matched by key and value in listings. The [`crate::conformance_tests`]
 //! macro turns them into one test each.
 
 use super::ConformanceHarness;

@@ -1,6 +1,6 @@
 //! Progress: what a running handler reports ([`crate::JobContext::progress`]), stored on
 //! the job, fenced by the lease, and sent as an event. The
-//! [`crate::progress_conformance_tests`] macro turns these cases into one test each.
+//! [`crate::conformance_tests`] macro turns these cases into one test each.
 
 use super::ConformanceHarness;
 use crate::job::NewJob;

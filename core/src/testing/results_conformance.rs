@@ -1,5 +1,5 @@
 //! Awaitable results: [`Queue::wait_for`] and [`Queue::submit`] through a real worker on
-//! each backend. The [`crate::results_conformance_tests`] macro turns them into one test
+//! each backend. The [`crate::conformance_tests`] macro turns them into one test
 //! each.
 //!
 //! Waits use a generous timeout only as a bound on a broken build; a passing case returns

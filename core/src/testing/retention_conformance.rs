@@ -1,7 +1,7 @@
 //! Conformance cases for automatic retention: the storage's bounded purge batches
 //! ([`crate::Storage::purge_retained`]) per final status, whole workflow trees, batches
 //! racing from several callers, and a worker's retention pass through a real
-//! [`crate::Queue`] and [`crate::Worker`]. The [`crate::storage_retention_conformance_tests`]
+//! [`crate::Queue`] and [`crate::Worker`]. The [`crate::conformance_tests`]
 //! macro turns them into one test each. Time moves with the harness's `advance`.
 
 use super::ConformanceHarness;

@@ -1,5 +1,5 @@
 //! Snooze: a handler outcome that runs the job again later without spending an attempt,
-//! up to a per-task limit. The [`crate::snooze_conformance_tests`] macro turns these
+//! up to a per-task limit. The [`crate::conformance_tests`] macro turns these
 //! cases into one test each.
 
 use super::ConformanceHarness;
