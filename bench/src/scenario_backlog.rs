@@ -104,10 +104,12 @@ pub(crate) async fn drain(
             .await
             .map_err(|e| format!("enqueue_many: {e}"))?;
     }
-    let opts = WorkerOptions::new()
+    let mut opts = WorkerOptions::new()
         .queue("default", concurrency(cfg))
-        .prefetch(cfg.prefetch)
         .retention(retention);
+    if let Some(n) = cfg.prefetch {
+        opts = opts.prefetch(n);
+    }
     let worker = Worker::new(queue, opts).map_err(|e| format!("worker: {e}"))?;
     let t0 = Instant::now();
     let mut waited = Err(String::new());
@@ -184,9 +186,10 @@ async fn latency(cfg: &Config, pg: &Pg) -> Result<Vec<f64>, String> {
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let producer = Queue::new(Arc::new(producer));
-    let opts = WorkerOptions::new()
-        .queue("default", cfg.latency_concurrency)
-        .prefetch(cfg.prefetch);
+    let mut opts = WorkerOptions::new().queue("default", cfg.latency_concurrency);
+    if let Some(n) = cfg.prefetch {
+        opts = opts.prefetch(n);
+    }
     let worker = Worker::new(queue, opts).map_err(|e| format!("worker: {e}"))?;
     let produce = async {
         let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / cfg.latency_rate));
