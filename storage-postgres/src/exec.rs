@@ -153,34 +153,46 @@ pub(crate) trait Exec: Fetch {
     }
 }
 
-impl<'q> Fetch for Query<'q, Postgres, PgArguments> {
-    type Out = PgRow;
+/// Implements [`Fetch`] for one of sqlx's query types: the three differ only in what a
+/// row decodes to, and each already has the `fetch_*` methods with those names.
+macro_rules! fetch_impl {
+    ($($gen:ident),* ; $ty:ty, $out:ty $(, where $($bound:tt)+)?) => {
+        impl<'q, $($gen),*> Fetch for $ty $(where $($bound)+)? {
+            type Out = $out;
 
-    fn unnamed(self) -> Self {
-        self.persistent(false)
-    }
+            fn unnamed(self) -> Self {
+                self.persistent(false)
+            }
 
-    fn all<'c>(self, conn: &'c mut PgConnection) -> Fut<'c, Vec<PgRow>>
-    where
-        Self: 'c,
-    {
-        Box::pin(self.fetch_all(conn))
-    }
+            fn all<'c>(self, conn: &'c mut PgConnection) -> Fut<'c, Vec<$out>>
+            where
+                Self: 'c,
+            {
+                Box::pin(self.fetch_all(conn))
+            }
 
-    fn one<'c>(self, conn: &'c mut PgConnection) -> Fut<'c, PgRow>
-    where
-        Self: 'c,
-    {
-        Box::pin(self.fetch_one(conn))
-    }
+            fn one<'c>(self, conn: &'c mut PgConnection) -> Fut<'c, $out>
+            where
+                Self: 'c,
+            {
+                Box::pin(self.fetch_one(conn))
+            }
 
-    fn optional<'c>(self, conn: &'c mut PgConnection) -> Fut<'c, Option<PgRow>>
-    where
-        Self: 'c,
-    {
-        Box::pin(self.fetch_optional(conn))
-    }
+            fn optional<'c>(self, conn: &'c mut PgConnection) -> Fut<'c, Option<$out>>
+            where
+                Self: 'c,
+            {
+                Box::pin(self.fetch_optional(conn))
+            }
+        }
+    };
 }
+
+fetch_impl!(; Query<'q, Postgres, PgArguments>, PgRow);
+fetch_impl!(O; QueryScalar<'q, Postgres, O, PgArguments>, O,
+    where O: Send + Unpin, (O,): Send + Unpin + for<'r> FromRow<'r, PgRow>);
+fetch_impl!(O; QueryAs<'q, Postgres, O, PgArguments>, O,
+    where O: Send + Unpin + for<'r> FromRow<'r, PgRow>);
 
 impl<'q> Exec for Query<'q, Postgres, PgArguments> {
     fn run<'c>(self, conn: &'c mut PgConnection) -> Fut<'c, PgQueryResult>
@@ -188,70 +200,5 @@ impl<'q> Exec for Query<'q, Postgres, PgArguments> {
         Self: 'c,
     {
         Box::pin(self.execute(conn))
-    }
-}
-
-impl<'q, O> Fetch for QueryScalar<'q, Postgres, O, PgArguments>
-where
-    O: Send + Unpin,
-    (O,): Send + Unpin + for<'r> FromRow<'r, PgRow>,
-{
-    type Out = O;
-
-    fn unnamed(self) -> Self {
-        self.persistent(false)
-    }
-
-    fn all<'c>(self, conn: &'c mut PgConnection) -> Fut<'c, Vec<O>>
-    where
-        Self: 'c,
-    {
-        Box::pin(self.fetch_all(conn))
-    }
-
-    fn one<'c>(self, conn: &'c mut PgConnection) -> Fut<'c, O>
-    where
-        Self: 'c,
-    {
-        Box::pin(self.fetch_one(conn))
-    }
-
-    fn optional<'c>(self, conn: &'c mut PgConnection) -> Fut<'c, Option<O>>
-    where
-        Self: 'c,
-    {
-        Box::pin(self.fetch_optional(conn))
-    }
-}
-
-impl<'q, O> Fetch for QueryAs<'q, Postgres, O, PgArguments>
-where
-    O: Send + Unpin + for<'r> FromRow<'r, PgRow>,
-{
-    type Out = O;
-
-    fn unnamed(self) -> Self {
-        self.persistent(false)
-    }
-
-    fn all<'c>(self, conn: &'c mut PgConnection) -> Fut<'c, Vec<O>>
-    where
-        Self: 'c,
-    {
-        Box::pin(self.fetch_all(conn))
-    }
-
-    fn one<'c>(self, conn: &'c mut PgConnection) -> Fut<'c, O>
-    where
-        Self: 'c,
-    {
-        Box::pin(self.fetch_one(conn))
-    }
-
-    fn optional<'c>(self, conn: &'c mut PgConnection) -> Fut<'c, Option<O>>
-    where
-        Self: 'c,
-    {
-        Box::pin(self.fetch_optional(conn))
     }
 }

@@ -275,12 +275,12 @@ impl PostgresStorage {
         &self.inner.retention
     }
 
-    /// Wakes this process's idle workers now (other processes hear the NOTIFY).
     /// The healing sweep's cursor (see `heal_waiting_parents`).
     pub(crate) fn heal_cursor(&self) -> &AtomicI64 {
         &self.inner.heal_after
     }
 
+    /// Wakes this process's idle workers now (other processes hear the NOTIFY).
     pub(crate) fn wake_local(&self) {
         listen::bump(&self.inner.wake);
     }

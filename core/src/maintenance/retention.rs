@@ -11,6 +11,7 @@
 use crate::event::Event;
 use crate::storage::{RetentionBatch, RetentionPurged, Storage};
 use crate::worker::shared::Shared;
+use crate::worker::timer::Ticker;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,10 +119,17 @@ impl RetentionPolicy {
 /// Runs a retention pass every retention interval until the worker stops.
 pub(crate) async fn run_retention(shared: Arc<Shared>) {
     let mut stop = shared.stopping.subscribe();
+    // On the worker's clock, like the other maintenance loops, so a test kit's virtual
+    // time fires it too.
+    let mut every = Ticker::new(
+        &shared.opts.clock,
+        shared.started,
+        shared.opts.retention_interval,
+    );
     loop {
         pass(&shared).await;
         tokio::select! {
-            _ = tokio::time::sleep(shared.opts.retention_interval) => {}
+            _ = every.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }
