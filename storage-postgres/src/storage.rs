@@ -68,6 +68,11 @@ struct Inner {
     /// Where the next healing sweep of waiting parents starts (a parent id; 0 from the
     /// start).
     heal_after: AtomicI64,
+    /// Whether the pool's connections may JIT-compile statements (see
+    /// [`crate::exec::NO_JIT_BEGIN`]): false for direct pools this crate opened (the
+    /// startup option turns it off), found out on first use for a pool the application
+    /// passed in; unused behind a transaction-mode pooler.
+    jit: tokio::sync::OnceCell<bool>,
 }
 
 impl std::fmt::Debug for PostgresStorage {
@@ -103,10 +108,12 @@ impl PostgresStorage {
         })?;
         // pgBouncer refuses startup parameters it does not know unless told to ignore
         // them; PostgreSQL 12 and later print floats exactly without this one anyway.
+        // Direct connections turn the JIT compiler off for good (see
+        // `exec::NO_JIT_BEGIN`); behind the pooler every statement's transaction does.
         let connect = if options.pgbouncer {
             connect.extra_float_digits(None)
         } else {
-            connect
+            connect.options([("jit", "off")])
         };
         let ping_idle_after = options.ping_idle_after;
         let pool = PgPoolOptions::new()
@@ -132,7 +139,13 @@ impl PostgresStorage {
                     " (is the server running and the URL right?)",
                 )
             })?;
-        Ok(Self::build(pool, options))
+        let pooler = options.pgbouncer;
+        let storage = Self::build(pool, options);
+        if !pooler {
+            // The startup option above turned JIT off.
+            let _ = storage.inner.jit.set(false);
+        }
+        Ok(storage)
     }
 
     /// Uses an existing pool with default options (schema [`crate::DEFAULT_SCHEMA`]).
@@ -169,6 +182,7 @@ impl PostgresStorage {
                 finished: Arc::new(finished),
                 listener: Mutex::new(None),
                 heal_after: AtomicI64::new(0),
+                jit: tokio::sync::OnceCell::new(),
             }),
         }
     }
@@ -187,6 +201,41 @@ impl PostgresStorage {
             pool: &self.inner.pool,
             pooler: self.inner.options.pgbouncer,
         }
+    }
+
+    /// Begins a transaction whose statements are never JIT-compiled (see
+    /// [`crate::exec::NO_JIT_BEGIN`]); a plain BEGIN where the connection already turned
+    /// JIT off.
+    pub(crate) async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        let tx = if !self.inner.options.pgbouncer && self.inner.jit.get() == Some(&false) {
+            self.inner.pool.begin().await
+        } else {
+            self.inner.pool.begin_with(crate::exec::NO_JIT_BEGIN).await
+        };
+        tx.map_err(db)
+    }
+
+    /// Whether this storage's statements outside a transaction may be JIT-compiled: the
+    /// pool was passed in and its connections have `jit` on. Asked once, on first use.
+    /// Never behind a transaction-mode pooler: each statement there runs in a
+    /// transaction of its own that turns JIT off (see [`crate::exec`]).
+    async fn may_jit(&self) -> Result<bool> {
+        if self.inner.options.pgbouncer {
+            return Ok(false);
+        }
+        self.inner
+            .jit
+            .get_or_try_init(|| async {
+                let on: bool = sqlx::query_scalar(
+                    "SELECT coalesce(current_setting('jit', true), 'off') = 'on'",
+                )
+                .fetch_one_on(self.db())
+                .await
+                .map_err(db)?;
+                Ok::<_, Error>(on)
+            })
+            .await
+            .copied()
     }
 
     /// Where a statement inside a transaction runs: on its connection.
@@ -422,7 +471,7 @@ impl Storage for PostgresStorage {
         parent: NewJob,
         children: Vec<NewJob>,
     ) -> Result<(Enqueued, Vec<Enqueued>)> {
-        let mut tx = self.pool().begin().await.map_err(db)?;
+        let mut tx = self.begin().await?;
         let parent = crate::tx::insert_jobs(self.on(&mut tx), self.sql(), vec![parent])
             .await?
             .pop()
@@ -451,7 +500,7 @@ impl Storage for PostgresStorage {
         let out = if jobs.iter().any(crate::tx::replaces) || self.inner.options.pgbouncer {
             // Several statements: one transaction keeps the batch all-or-nothing (and,
             // behind a transaction-mode pooler, on one server connection).
-            let mut tx = self.pool().begin().await.map_err(db)?;
+            let mut tx = self.begin().await?;
             let out = crate::tx::insert_jobs(self.on(&mut tx), self.sql(), jobs).await?;
             tx.commit().await.map_err(db)?;
             out
@@ -480,16 +529,23 @@ impl Storage for PostgresStorage {
             [queue] => sqlx::query(AssertSqlSafe(self.sql().claim.clone())).bind(queue),
             queues => sqlx::query(AssertSqlSafe(self.sql().claim_queues.clone())).bind(queues),
         };
-        let rows = query
+        let query = query
             .bind(&params.tasks)
             .bind(i64::try_from(params.limit).unwrap_or(i64::MAX))
             .bind(&params.holder)
             .bind(token)
             .bind(micros(params.lease_duration))
-            .bind(&params.forbidden_flags)
-            .fetch_all_on(self.db())
-            .await
-            .map_err(db)?;
+            .bind(&params.forbidden_flags);
+        // The claim is the statement JIT hurts most (see `exec::NO_JIT_BEGIN`): on a
+        // pool that may compile it, it runs in a transaction that turns JIT off.
+        let rows = if self.may_jit().await? {
+            let mut tx = self.begin().await?;
+            let rows = query.fetch_all_on(self.on(&mut tx)).await.map_err(db)?;
+            tx.commit().await.map_err(db)?;
+            rows
+        } else {
+            query.fetch_all_on(self.db()).await.map_err(db)?
+        };
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             let job = job_from_row(row)?;
@@ -989,5 +1045,133 @@ impl Storage for PostgresStorage {
             // Finished or missing: a fresh statement sees a finish that raced the update.
             None => self.get_job(job_id).await,
         }
+    }
+}
+
+/// No statement of the storage is JIT-compiled, whoever opened its connections.
+#[cfg(all(test, feature = "testing"))]
+mod jit_tests {
+    use super::PostgresStorage;
+    use crate::exec::Fetch;
+    use crate::testing::{PgBouncerHarness, TestSchema};
+    use crate::PostgresOptions;
+    use durable_jobs::{DequeueParams, NewJob, Storage};
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    use std::str::FromStr;
+    use std::time::Duration;
+
+    const JIT: &str = "SELECT current_setting('jit')";
+
+    /// A pool that compiles every statement: `jit` on and no cost threshold.
+    async fn jit_pool(url: &str) -> sqlx::PgPool {
+        let options = PgConnectOptions::from_str(url)
+            .expect("url")
+            .options([("jit", "on"), ("jit_above_cost", "0")]);
+        PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .expect("pool")
+    }
+
+    fn claim(limit: usize) -> DequeueParams {
+        DequeueParams {
+            queues: vec!["default".into()],
+            tasks: Vec::new(),
+            limit,
+            lease_duration: Duration::from_secs(60),
+            holder: "jit".into(),
+            forbidden_flags: Vec::new(),
+        }
+    }
+
+    /// The pool `connect_with` opens turns JIT off at connection start, so its
+    /// statements and transactions need nothing more.
+    #[tokio::test]
+    async fn connections_the_storage_opens_never_jit() {
+        let t = TestSchema::new().await.expect("schema");
+        let s = PostgresStorage::connect_with(
+            t.url(),
+            PostgresOptions::new().schema(t.schema()).listen(false),
+        )
+        .await
+        .expect("storage");
+        let jit: String = sqlx::query_scalar(JIT).fetch_one(s.pool()).await.expect("jit");
+        assert_eq!(jit, "off");
+        assert!(!s.may_jit().await.expect("may_jit"));
+        let mut tx = s.begin().await.expect("begin");
+        let jit: String = sqlx::query_scalar(JIT)
+            .fetch_one(&mut *tx)
+            .await
+            .expect("jit in tx");
+        assert_eq!(jit, "off");
+        tx.rollback().await.expect("rollback");
+        t.drop_schema().await.expect("drop");
+    }
+
+    /// A pool the application passed in keeps its own settings: the storage finds out
+    /// that it compiles, and its claims and transactions turn JIT off for themselves.
+    #[tokio::test]
+    async fn a_passed_in_pool_that_compiles_claims_without_jit() {
+        let t = TestSchema::new().await.expect("schema");
+        let pool = jit_pool(t.url()).await;
+        let s = PostgresStorage::from_pool_with(pool, PostgresOptions::new().schema(t.schema()))
+            .expect("storage");
+        assert!(s.may_jit().await.expect("may_jit"));
+        let mut tx = s.begin().await.expect("begin");
+        let jit: String = sqlx::query_scalar(JIT)
+            .fetch_one(&mut *tx)
+            .await
+            .expect("jit in tx");
+        assert_eq!(jit, "off", "a storage transaction turns JIT off");
+        tx.rollback().await.expect("rollback");
+        // Outside the storage's transactions the application's setting stands.
+        let jit: String = sqlx::query_scalar(JIT).fetch_one(s.pool()).await.expect("jit");
+        assert_eq!(jit, "on");
+        s.enqueue_many((0..3).map(|i| NewJob::new("t", serde_json::json!(i))).collect())
+            .await
+            .expect("enqueue");
+        let claimed = s.dequeue(claim(10)).await.expect("claim");
+        assert_eq!(claimed.len(), 3);
+        t.drop_schema().await.expect("drop");
+    }
+
+    /// A passed-in pool without JIT claims as a pool the storage opened does.
+    #[tokio::test]
+    async fn a_passed_in_pool_without_jit_is_taken_as_it_is() {
+        let t = TestSchema::new().await.expect("schema");
+        let options = PgConnectOptions::from_str(t.url())
+            .expect("url")
+            .options([("jit", "off")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .expect("pool");
+        let s = PostgresStorage::from_pool_with(pool, PostgresOptions::new().schema(t.schema()))
+            .expect("storage");
+        assert!(!s.may_jit().await.expect("may_jit"));
+        t.drop_schema().await.expect("drop");
+    }
+
+    /// Behind pgBouncer in transaction mode every statement runs in a transaction of its
+    /// own, which turns JIT off in the same round trip as its BEGIN.
+    #[tokio::test]
+    async fn statements_behind_pgbouncer_run_without_jit() {
+        let h = PgBouncerHarness::new().await.expect("pgbouncer");
+        let s = h.storage();
+        let jit: String = sqlx::query_scalar(JIT)
+            .fetch_one_on(s.db())
+            .await
+            .expect("jit");
+        assert_eq!(jit, "off");
+        let mut tx = s.begin().await.expect("begin");
+        let jit: String = sqlx::query_scalar(JIT)
+            .persistent(false)
+            .fetch_one(&mut *tx)
+            .await
+            .expect("jit in tx");
+        assert_eq!(jit, "off");
+        tx.rollback().await.expect("rollback");
     }
 }
