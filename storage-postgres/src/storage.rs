@@ -1096,7 +1096,10 @@ mod jit_tests {
         )
         .await
         .expect("storage");
-        let jit: String = sqlx::query_scalar(JIT).fetch_one(s.pool()).await.expect("jit");
+        let jit: String = sqlx::query_scalar(JIT)
+            .fetch_one(s.pool())
+            .await
+            .expect("jit");
         assert_eq!(jit, "off");
         assert!(!s.may_jit().await.expect("may_jit"));
         let mut tx = s.begin().await.expect("begin");
@@ -1126,11 +1129,18 @@ mod jit_tests {
         assert_eq!(jit, "off", "a storage transaction turns JIT off");
         tx.rollback().await.expect("rollback");
         // Outside the storage's transactions the application's setting stands.
-        let jit: String = sqlx::query_scalar(JIT).fetch_one(s.pool()).await.expect("jit");
-        assert_eq!(jit, "on");
-        s.enqueue_many((0..3).map(|i| NewJob::new("t", serde_json::json!(i))).collect())
+        let jit: String = sqlx::query_scalar(JIT)
+            .fetch_one(s.pool())
             .await
-            .expect("enqueue");
+            .expect("jit");
+        assert_eq!(jit, "on");
+        s.enqueue_many(
+            (0..3)
+                .map(|i| NewJob::new("t", serde_json::json!(i)))
+                .collect(),
+        )
+        .await
+        .expect("enqueue");
         let claimed = s.dequeue(claim(10)).await.expect("claim");
         assert_eq!(claimed.len(), 3);
         t.drop_schema().await.expect("drop");
