@@ -3,14 +3,16 @@
 //! production; the shared server runs with autovacuum off), reporting the tables' and
 //! indexes' sizes, dead tuples and the enqueue-to-start latency p99 over time.
 //!
-//! Finished jobs are removed as a deployment would: automatic retention is not on this
-//! branch yet, so the soak calls `purge_finished` every [`PURGE_EVERY`] for jobs finished
-//! more than [`KEEP`] ago, and says so in its output.
+//! Finished jobs are removed as a deployment would: by the worker's automatic retention,
+//! keeping completed jobs [`KEEP`] (the default keeps them a day, which a ten-minute soak
+//! would never reach) and running a purge pass every [`PURGE_EVERY`].
 
 use crate::cli::Config;
 use crate::report::{Results, Side};
 use crate::stats::percentile;
-use durable_jobs::{JobContext, JobOptions, Queue, Storage, TaskError, Worker, WorkerOptions};
+use durable_jobs::{
+    JobContext, JobOptions, Queue, RetentionPolicy, Storage, TaskError, Worker, WorkerOptions,
+};
 use durable_jobs_postgres::testing::ThrowawayCluster;
 use durable_jobs_postgres::{PostgresOptions, PostgresStorage};
 use serde::Deserialize;
@@ -19,7 +21,7 @@ use sqlx::{PgPool, Row};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// How often finished jobs are purged.
+/// How often the worker's retention pass runs.
 const PURGE_EVERY: Duration = Duration::from_secs(10);
 /// How long finished jobs are kept.
 const KEEP: Duration = Duration::from_secs(60);
@@ -79,8 +81,8 @@ async fn shape(admin: &PgPool) -> Result<Shape, String> {
 pub async fn run(cfg: &Config, res: &mut Results, errors: &mut Vec<String>) {
     let sec = "postgres soak (throwaway cluster, autovacuum on)";
     eprintln!(
-        "  soak: {} s at {}/s, concurrency {CONCURRENCY}, purge_finished every {:?} keeping {:?} \
-         (automatic retention is not on this branch)",
+        "  soak: {} s at {}/s, concurrency {CONCURRENCY}, automatic retention every {:?} \
+         keeping completed jobs {:?}",
         cfg.soak_duration.as_secs(),
         cfg.soak_rate,
         PURGE_EVERY,
@@ -139,7 +141,10 @@ async fn soak(cfg: &Config, url: &str) -> Result<Figures, String> {
     });
     let worker = Worker::new(
         queue.clone(),
-        WorkerOptions::new().queue("default", CONCURRENCY),
+        WorkerOptions::new()
+            .queue("default", CONCURRENCY)
+            .retention(RetentionPolicy::default().completed(Some(KEEP)))
+            .retention_interval(PURGE_EVERY),
     )
     .map_err(err("worker"))?;
     let sample_every = (cfg.soak_duration / 20).max(Duration::from_secs(5));
@@ -148,7 +153,7 @@ async fn soak(cfg: &Config, url: &str) -> Result<Figures, String> {
         let t0 = Instant::now();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (mut enqueued, mut next_purge, mut next_sample) = (0u64, PURGE_EVERY, sample_every);
+        let (mut enqueued, mut next_sample) = (0u64, sample_every);
         let mut after_minute: Option<(f64, f64)> = None;
         let mut last = (0.0, 0.0);
         eprintln!(
@@ -168,16 +173,6 @@ async fn soak(cfg: &Config, url: &str) -> Result<Figures, String> {
                     .await
                     .map_err(err("enqueue_many"))?;
                 enqueued = due;
-            }
-            if t0.elapsed() >= next_purge {
-                next_purge += PURGE_EVERY;
-                let now = queue.storage().now().await.map_err(err("now"))?;
-                let before = now - chrono::Duration::from_std(KEEP).unwrap_or_default();
-                queue
-                    .storage()
-                    .purge_finished(before)
-                    .await
-                    .map_err(err("purge_finished"))?;
             }
             if t0.elapsed() >= next_sample {
                 next_sample += sample_every;
