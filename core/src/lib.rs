@@ -55,4 +55,6 @@ pub use trace::TraceContext;
 pub use worker::{
     QueueConfig, ShutdownHandle, Worker, WorkerHealth, WorkerOptions, WorkerReport, WorkerState,
 };
-pub use workflow::{call, CheckpointKey, ChildResult, Determinism, FanOut, JobContext};
+pub use workflow::{
+    call, CheckpointKey, ChildResult, Determinism, FanOut, JobContext, TransactionalStep,
+};

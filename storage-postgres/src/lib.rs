@@ -244,6 +244,7 @@ mod operations;
 mod rate;
 mod retention;
 mod sql;
+mod step;
 mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -257,4 +258,5 @@ pub use options::{
 };
 /// Re-exported so users name the same sqlx version as this crate.
 pub use sqlx;
+pub use step::{PgStepFuture, PostgresStepExt};
 pub use storage::PostgresStorage;

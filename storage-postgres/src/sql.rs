@@ -552,6 +552,13 @@ ON CONFLICT (job_id, key) DO UPDATE
 SET name = excluded.name, ok = excluded.ok, err = excluded.err,
     created_at = excluded.created_at, args_hash = excluded.args_hash";
 
+/// Locks the job row for a transactional step and checks the lease, so no reclaim can
+/// start another attempt until the step's transaction ends. $1 job id, $2 token.
+const LOCK_LEASE: &str = "
+SELECT id FROM {schema}.jobs
+WHERE id = $1 AND status = 'running' AND lease_token = $2
+FOR SHARE";
+
 /// Read by position in this order (see `list_checkpoints`).
 const LIST_CHECKPOINTS: &str = "
 SELECT key, name, ok, err, created_at, args_hash FROM {schema}.checkpoints WHERE job_id = $1
@@ -630,6 +637,7 @@ pub(crate) struct Sql {
     pub heartbeat_many: Arc<str>,
     pub reclaim: Arc<str>,
     pub checkpoint: Arc<str>,
+    pub lock_lease: Arc<str>,
     pub list_checkpoints: Arc<str>,
     pub delete_checkpoints: Arc<str>,
     pub now: Arc<str>,
@@ -725,6 +733,7 @@ impl Sql {
                 "expired.reason",
             )),
             checkpoint: r(CHECKPOINT),
+            lock_lease: r(LOCK_LEASE),
             list_checkpoints: r(LIST_CHECKPOINTS),
             delete_checkpoints: r(DELETE_CHECKPOINTS),
             now: r(NOW),

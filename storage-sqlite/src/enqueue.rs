@@ -121,3 +121,64 @@ pub(crate) fn insert_job(conn: &Connection, job: &NewJob, now: DateTime<Utc>) ->
     insert_tags(conn, id, &job.tags)?;
     Ok(Enqueued { id, created: true })
 }
+
+impl crate::SqliteStorage {
+    /// Enqueues a job on the caller's own connection, inside the caller's transaction
+    /// (pass `&tx` for a `rusqlite::Transaction`): the job exists only if that
+    /// transaction commits. Synchronous, like rusqlite: call it where the transaction
+    /// lives (`tokio::task::spawn_blocking` in async code). On a connection with no
+    /// transaction open, the enqueue runs in one of its own.
+    ///
+    /// The connection must be on the same database file as this storage (the storage
+    /// created and migrated the tables). Open it with
+    /// `rusqlite::Connection::open(storage.path())` and give it a busy timeout
+    /// (`conn.busy_timeout(..)`), and begin write transactions with
+    /// `TransactionBehavior::Immediate`, so it waits for this storage's writer instead
+    /// of failing with `SQLITE_BUSY`. The job gets the storage clock's time. Workers of
+    /// any process notice the commit through their data-version watch
+    /// ([`crate::DEFAULT_WATCH_INTERVAL`]) or their poll. Inside
+    /// [`crate::SqliteStepExt::sqlite_step`], pass the step's connection.
+    ///
+    /// # Errors
+    /// [`durable_jobs::Error::Storage`] when a statement fails (kind `Schema` when the
+    /// file was never migrated); the caller's transaction is then left for the caller to
+    /// roll back.
+    pub fn enqueue_in_tx(&self, conn: &Connection, job: NewJob) -> durable_jobs::Result<Enqueued> {
+        let mut out = self.enqueue_many_in_tx(conn, vec![job])?;
+        out.pop().ok_or_else(|| {
+            durable_jobs::StorageError::new(
+                durable_jobs::StorageErrorKind::Other,
+                "enqueue returned no job",
+            )
+            .into()
+        })
+    }
+
+    /// Enqueues many jobs on the caller's connection, in order, with the same dedupe
+    /// rules as [`durable_jobs::Storage::enqueue_many`]; see [`Self::enqueue_in_tx`].
+    ///
+    /// # Errors
+    /// As [`Self::enqueue_in_tx`].
+    pub fn enqueue_many_in_tx(
+        &self,
+        conn: &Connection,
+        jobs: Vec<NewJob>,
+    ) -> durable_jobs::Result<Vec<Enqueued>> {
+        let now = self.now_dt();
+        let insert = |conn: &Connection| -> QResult<Vec<Enqueued>> {
+            jobs.iter().map(|j| insert_job(conn, j, now)).collect()
+        };
+        if conn.is_autocommit() {
+            let tx = rusqlite::Transaction::new_unchecked(
+                conn,
+                rusqlite::TransactionBehavior::Immediate,
+            )
+            .map_err(crate::error::storage)?;
+            let out = insert(&tx)?;
+            tx.commit().map_err(crate::error::storage)?;
+            Ok(out)
+        } else {
+            Ok(insert(conn)?)
+        }
+    }
+}

@@ -134,6 +134,7 @@ mod query;
 mod rate;
 mod reader;
 mod retention;
+mod step;
 mod storage;
 mod watch;
 mod workers;
@@ -146,4 +147,7 @@ pub use options::{
     DEFAULT_MAX_WRITE_BATCH, DEFAULT_READ_CONNECTIONS, DEFAULT_STATEMENT_CACHE,
     DEFAULT_WATCH_INTERVAL,
 };
+/// Re-exported so users name the same rusqlite version as this crate.
+pub use rusqlite;
+pub use step::SqliteStepExt;
 pub use storage::SqliteStorage;

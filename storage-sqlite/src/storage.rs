@@ -280,7 +280,7 @@ impl SqliteStorage {
     }
 
     /// Runs `f` in the writer's transaction; resolves once committed.
-    async fn write<R, F>(&self, f: F) -> Result<R>
+    pub(crate) async fn write<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> QResult<R> + Send + 'static,
@@ -294,15 +294,15 @@ impl SqliteStorage {
         out
     }
 
-    fn now_dt(&self) -> DateTime<Utc> {
+    pub(crate) fn now_dt(&self) -> DateTime<Utc> {
         self.inner.clock.now()
     }
 
-    fn now_us(&self) -> i64 {
+    pub(crate) fn now_us(&self) -> i64 {
         micros(self.inner.clock.now())
     }
 
-    fn wake(&self) {
+    pub(crate) fn wake(&self) {
         self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
     }
 }

@@ -10,6 +10,7 @@ mod key;
 mod signal;
 mod sleep;
 mod step;
+mod transactional;
 mod version;
 
 pub use call::call;
@@ -19,3 +20,4 @@ pub use context::JobContext;
 pub(crate) use determinism::args_hash;
 pub use determinism::Determinism;
 pub use key::CheckpointKey;
+pub use transactional::TransactionalStep;
