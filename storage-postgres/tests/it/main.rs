@@ -12,6 +12,7 @@ mod pgbouncer;
 mod pool;
 mod sql_api;
 mod sql_worker;
+mod step;
 mod timeline;
 
 use durable_jobs_postgres::testing::TestSchema;
