@@ -99,10 +99,13 @@
 //!     run_at       => now() + interval '5 min',  -- default now()
 //!     max_attempts => 5,                         -- default 4 (3 retries)
 //!     job_key      => 'welcome:a@b.c',           -- dedupe key
-//!     priority     => 10                         -- higher runs first; default 0
+//!     priority     => 10,                        -- higher runs first; default 0
+//!     metadata     => '{"tenant": "acme"}'       -- a JSON object (`Job::metadata`); default {}
 //! );
 //! ```
-//! It returns the job row. Unlike graphile-worker (whose default `job_key_mode` replaces
+//! It returns the job row. `metadata` follows the Rust API's rules (an object of at most
+//! 64 KiB with non-empty keys; SQLSTATE `22023` otherwise); it came with schema
+//! version 12, and earlier calls keep their meaning. Unlike graphile-worker (whose default `job_key_mode` replaces
 //! the existing job), a `job_key` held by an unfinished job returns that job unchanged,
 //! the same dedupe rule as the Rust API.
 //!

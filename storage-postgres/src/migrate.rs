@@ -84,10 +84,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "metadata_key_limits",
         sql: include_str!("../migrations/011_metadata_key_limits.sql"),
     },
+    Migration {
+        version: 12,
+        name: "add_job_metadata",
+        sql: include_str!("../migrations/012_add_job_metadata.sql"),
+    },
 ];
 
 /// The newest schema version this library knows.
-pub const LATEST_VERSION: i64 = 11;
+pub const LATEST_VERSION: i64 = 12;
 
 /// The name of the schema migration 8 creates next to `schema` for graphile-worker's
 /// SQL API: `schema` followed by `_graphile` (`durable_jobs_graphile` by default).

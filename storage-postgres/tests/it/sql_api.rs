@@ -272,3 +272,60 @@ async fn send_signal_from_sql_wakes_a_waiting_job() {
     );
     t.drop_schema().await.expect("drop");
 }
+
+/// add_job takes the job's metadata as its last argument (named or positional): stored
+/// as on the Rust API, matched by listings, checked by the same rules.
+#[tokio::test]
+async fn add_job_stores_metadata() {
+    let t = schema().await;
+    let s = t.storage();
+    let named: i64 = sqlx::query_scalar(AssertSqlSafe(q(
+        t.schema(),
+        "SELECT id FROM {s}.add_job('bill', metadata => '{\"tenant\": \"acme\", \"n\": 3}')",
+    )))
+    .fetch_one(s.pool())
+    .await
+    .expect("add_job with metadata");
+    let positional: i64 = sqlx::query_scalar(AssertSqlSafe(q(
+        t.schema(),
+        "SELECT id FROM {s}.add_job('bill', '{}', NULL, NULL, NULL, NULL, NULL, '{\"tenant\": \"globex\"}'::jsonb)",
+    )))
+    .fetch_one(s.pool())
+    .await
+    .expect("positional add_job with metadata");
+    let plain: i64 = sqlx::query_scalar(AssertSqlSafe(q(t.schema(), "SELECT id FROM {s}.add_job('bill')")))
+        .fetch_one(s.pool())
+        .await
+        .expect("add_job without metadata");
+
+    let job = s.get_job(named).await.expect("get").expect("exists");
+    assert_eq!(
+        serde_json::Value::Object(job.metadata),
+        json!({"tenant": "acme", "n": 3})
+    );
+    let job = s.get_job(plain).await.expect("get").expect("exists");
+    assert!(job.metadata.is_empty());
+    let acme = s
+        .list_jobs(JobFilter {
+            metadata: Some(("tenant".into(), json!("globex"))),
+            ..Default::default()
+        })
+        .await
+        .expect("list by metadata");
+    assert_eq!(acme.iter().map(|j| j.id).collect::<Vec<_>>(), vec![positional]);
+
+    for bad in [
+        "SELECT {s}.add_job('t', metadata => '[1, 2]')",
+        "SELECT {s}.add_job('t', metadata => '\"tenant\"')",
+        "SELECT {s}.add_job('t', metadata => '{\"\": 1}')",
+        "SELECT {s}.add_job('t', metadata => jsonb_build_object('big', repeat('x', 70000)))",
+    ] {
+        let err = sqlx::query(AssertSqlSafe(q(t.schema(), bad)))
+            .execute(s.pool())
+            .await
+            .expect_err(bad);
+        assert!(err.to_string().contains("add_job: metadata"), "{bad}: {err}");
+    }
+    assert_eq!(s.list_jobs(JobFilter::default()).await.expect("list").len(), 3);
+    t.drop_schema().await.expect("drop");
+}
