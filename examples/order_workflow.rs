@@ -5,14 +5,17 @@
 //! Two orders run. The first is shipped (this program sends the signal, as a warehouse
 //! system would); the second never is, so its wait times out after two seconds and the
 //! workflow refunds instead. Every step is checkpointed: kill the program at any point and
-//! run it again, and finished steps are not repeated. The workflow reports its progress
+//! run it again, and finished steps are not repeated. The card is charged in a
+//! transactional step: the payment row (in the application's `payments` table, in the
+//! same SQLite file) and the step's checkpoint commit in one transaction, so an order is
+//! charged exactly once even when the process dies in the middle of the charge. The workflow reports its progress
 //! as it goes, and the program waits for each order's typed receipt with
 //! `Queue::wait_for`.
 
 use durable_jobs::{
-    call, Error, FanOut, JobContext, JobOptions, Queue, TaskError, Worker, WorkerOptions,
+    call, Error, FanOut, JobContext, JobOptions, NoRetry, Queue, TaskError, Worker, WorkerOptions,
 };
-use durable_jobs_sqlite::SqliteStorage;
+use durable_jobs_sqlite::{SqliteStepExt, SqliteStorage};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,16 +43,18 @@ struct Shipment {
     tracking: String,
 }
 
-fn register(queue: &Queue) {
+/// The application's own table, in the jobs' SQLite file.
+const PAYMENTS: &str = "CREATE TABLE IF NOT EXISTS payments (
+    id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL, order_id INTEGER NOT NULL,
+    cents INTEGER NOT NULL)";
+
+fn register(queue: &Queue, storage: &SqliteStorage) {
     queue.register(
         "reserve_stock",
         |_ctx: JobContext, sku: String| async move {
             Ok::<_, TaskError>(format!("reservation for {sku}"))
         },
     );
-    queue.register("charge_card", |_ctx: JobContext, cents: u64| async move {
-        Ok::<_, TaskError>(format!("charge of {cents} cents"))
-    });
     queue.register(
         "notify",
         |_ctx: JobContext, (channel, text): (String, String)| async move {
@@ -57,52 +62,79 @@ fn register(queue: &Queue) {
             Ok::<_, TaskError>(channel)
         },
     );
-    queue.register("order", |ctx: JobContext, order: Order| async move {
-        let reservation: String = call(&ctx, "reserve_stock", &order.sku).await?;
-        ctx.progress("stock reserved").await?;
-        let charge: String = call(&ctx, "charge_card", &order.cents).await?;
-        ctx.progress("card charged; waiting for the warehouse")
-            .await?;
-        // Waits without holding a worker slot; the deadline is fixed on the first run.
-        let shipped: Option<Shipment> = ctx
-            .wait_for_signal_timeout("shipped", Duration::from_secs(2))
-            .await?;
-        let text = match &shipped {
-            Some(s) => format!(
-                "order {} shipped with {} ({})",
-                order.id, s.carrier, s.tracking
-            ),
-            None => {
-                ctx.step("refund", move |_ctx| async move {
-                    Ok::<_, TaskError>(format!("refunded {} cents", order.cents))
-                })
-                .await?;
-                format!(
-                    "order {} was not shipped in time and was refunded",
-                    order.id
-                )
-            }
-        };
-        let notes = ["email", "sms", "slack"]
-            .map(|c| (c.to_string(), format!("to {}: {text}", order.email)));
-        let sent = ctx
-            .fan_out::<String, _>("notify", notes, JobOptions::new(), FanOut::CollectAll)
-            .await?;
-        ctx.progress("customer notified").await?;
-        Ok::<_, TaskError>(Receipt {
-            reservation,
-            charge,
-            shipped: shipped.is_some(),
-            notified: sent.into_iter().filter_map(Result::ok).collect(),
-        })
+    let storage = storage.clone();
+    queue.register("order", move |ctx: JobContext, order: Order| {
+        let storage = storage.clone();
+        async move { order_workflow(ctx, storage, order).await }
     });
+}
+
+async fn order_workflow(
+    ctx: JobContext,
+    storage: SqliteStorage,
+    order: Order,
+) -> Result<Receipt, TaskError> {
+    let reservation: String = call(&ctx, "reserve_stock", &order.sku).await?;
+    ctx.progress("stock reserved").await?;
+    // The payment row commits with the step's checkpoint, or neither does.
+    let (job_id, order_id, cents) = (ctx.job_id(), order.id, order.cents);
+    // SQLite integers are signed 64-bit; the amount is stored as such.
+    let stored_cents = i64::try_from(cents).map_err(|e| NoRetry(e.to_string()))?;
+    let charge: String = ctx
+        .sqlite_step(&storage, "charge_card", move |conn| {
+            conn.execute(
+                "INSERT INTO payments (job_id, order_id, cents) VALUES (?1, ?2, ?3)",
+                (job_id, order_id, stored_cents),
+            )?;
+            Ok(format!(
+                "payment {} of {cents} cents",
+                conn.last_insert_rowid()
+            ))
+        })
+        .await?;
+    ctx.progress("card charged; waiting for the warehouse")
+        .await?;
+    // Waits without holding a worker slot; the deadline is fixed on the first run.
+    let shipped: Option<Shipment> = ctx
+        .wait_for_signal_timeout("shipped", Duration::from_secs(2))
+        .await?;
+    let text = match &shipped {
+        Some(s) => format!(
+            "order {} shipped with {} ({})",
+            order.id, s.carrier, s.tracking
+        ),
+        None => {
+            ctx.step("refund", move |_ctx| async move {
+                Ok::<_, TaskError>(format!("refunded {} cents", order.cents))
+            })
+            .await?;
+            format!(
+                "order {} was not shipped in time and was refunded",
+                order.id
+            )
+        }
+    };
+    let notes =
+        ["email", "sms", "slack"].map(|c| (c.to_string(), format!("to {}: {text}", order.email)));
+    let sent = ctx
+        .fan_out::<String, _>("notify", notes, JobOptions::new(), FanOut::CollectAll)
+        .await?;
+    ctx.progress("customer notified").await?;
+    Ok::<_, TaskError>(Receipt {
+        reservation,
+        charge,
+        shipped: shipped.is_some(),
+        notified: sent.into_iter().filter_map(Result::ok).collect(),
+    })
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::var("ORDER_DB").unwrap_or_else(|_| "orders.db".into());
-    let queue = Queue::new(Arc::new(SqliteStorage::open(&path).await?));
-    register(&queue);
+    let storage = SqliteStorage::open(&path).await?;
+    rusqlite::Connection::open(&path)?.execute_batch(PAYMENTS)?;
+    let queue = Queue::new(Arc::new(storage.clone()));
+    register(&queue, &storage);
 
     let order = |id: u32| Order {
         id,
@@ -138,6 +170,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         if let Some(job) = queue.get_job(id).await? {
             println!("  last progress: {}", job.progress.unwrap_or_default());
         }
+        let payments: i64 = rusqlite::Connection::open(&path)?.query_row(
+            "SELECT count(*) FROM payments WHERE job_id = ?1",
+            [id],
+            |r| r.get(0),
+        )?;
+        println!("  payments recorded: {payments}");
     }
     stop.shutdown();
     let report = running.await??;
