@@ -104,9 +104,11 @@ where
 {
     let engine = |e: Error| TaskError::from_engine(e);
     let lease = step.lease().clone();
-    let lost = || engine(Error::LeaseLost {
-        job_id: lease.job_id,
-    });
+    let lost = || {
+        engine(Error::LeaseLost {
+            job_id: lease.job_id,
+        })
+    };
     let mut tx = storage.pool().begin().await.map_err(|e| engine(db(e)))?;
     let held = sqlx::query_scalar::<_, i64>(AssertSqlSafe(storage.sql().lock_lease.clone()))
         .bind(lease.job_id)

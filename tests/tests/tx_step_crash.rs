@@ -51,9 +51,10 @@ async fn hung_in_the_step(backend: &[&str], job: JobId) -> Child {
 /// Runs a worker in `finish` mode to the job's end and checks it reports completion.
 async fn finish(backend: &[&str], job: JobId) {
     let child = spawn(backend, "finish", job);
-    let out = tokio::task::spawn_blocking(move || wait_with_deadline(child, Duration::from_secs(120)))
-        .await
-        .expect("wait for the finishing worker");
+    let out =
+        tokio::task::spawn_blocking(move || wait_with_deadline(child, Duration::from_secs(120)))
+            .await
+            .expect("wait for the finishing worker");
     assert_success(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("status completed"), "worker said: {stdout}");
@@ -64,7 +65,10 @@ async fn assert_charged_once(storage: &dyn Storage, job: JobId, payments: &[(i64
     assert_eq!(payments.len(), 1, "exactly one payment: {payments:?}");
     let (id, order, attempt) = payments[0];
     assert_eq!(order, 42);
-    assert!(attempt >= 2, "written by an attempt after the killed one: {payments:?}");
+    assert!(
+        attempt >= 2,
+        "written by an attempt after the killed one: {payments:?}"
+    );
     let j = storage.get_job(job).await.expect("get").expect("job");
     assert_eq!(j.status, JobStatus::Completed, "{j:?}");
     assert_eq!(j.result, Some(json!(id)));
@@ -84,7 +88,8 @@ async fn sqlite_step_killed_between_write_and_commit_charges_once() {
     let db = dir.path().join("jobs.db");
     let storage = SqliteStorage::open(&db).await.expect("open");
     let conn = rusqlite::Connection::open(&db).expect("open the business side");
-    conn.busy_timeout(Duration::from_secs(10)).expect("busy timeout");
+    conn.busy_timeout(Duration::from_secs(10))
+        .expect("busy timeout");
     conn.execute_batch(
         "CREATE TABLE payments (id INTEGER PRIMARY KEY, order_id INTEGER NOT NULL, \
          attempt INTEGER NOT NULL)",
@@ -109,7 +114,11 @@ async fn sqlite_step_killed_between_write_and_commit_charges_once() {
     assert!(payments().is_empty(), "the write is not committed yet");
     kill(child);
     assert!(payments().is_empty(), "the killed write rolled back");
-    assert!(storage.list_checkpoints(id).await.expect("checkpoints").is_empty());
+    assert!(storage
+        .list_checkpoints(id)
+        .await
+        .expect("checkpoints")
+        .is_empty());
 
     finish(&backend, id).await;
     assert_charged_once(&storage, id, &payments()).await;
@@ -141,9 +150,15 @@ async fn pg_step_killed_between_write_and_commit_charges_once() {
     let backend = ["--postgres", t.url(), "--schema", t.schema()];
 
     let child = hung_in_the_step(&backend, id).await;
-    assert!(payments().await.is_empty(), "the write is not committed yet");
+    assert!(
+        payments().await.is_empty(),
+        "the write is not committed yet"
+    );
     kill(child);
-    assert!(payments().await.is_empty(), "the killed write never commits");
+    assert!(
+        payments().await.is_empty(),
+        "the killed write never commits"
+    );
 
     finish(&backend, id).await;
     assert_charged_once(t.storage(), id, &payments().await).await;

@@ -293,10 +293,13 @@ async fn add_job_stores_metadata() {
     .fetch_one(s.pool())
     .await
     .expect("positional add_job with metadata");
-    let plain: i64 = sqlx::query_scalar(AssertSqlSafe(q(t.schema(), "SELECT id FROM {s}.add_job('bill')")))
-        .fetch_one(s.pool())
-        .await
-        .expect("add_job without metadata");
+    let plain: i64 = sqlx::query_scalar(AssertSqlSafe(q(
+        t.schema(),
+        "SELECT id FROM {s}.add_job('bill')",
+    )))
+    .fetch_one(s.pool())
+    .await
+    .expect("add_job without metadata");
 
     let job = s.get_job(named).await.expect("get").expect("exists");
     assert_eq!(
@@ -312,7 +315,10 @@ async fn add_job_stores_metadata() {
         })
         .await
         .expect("list by metadata");
-    assert_eq!(acme.iter().map(|j| j.id).collect::<Vec<_>>(), vec![positional]);
+    assert_eq!(
+        acme.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![positional]
+    );
 
     for bad in [
         "SELECT {s}.add_job('t', metadata => '[1, 2]')",
@@ -324,8 +330,14 @@ async fn add_job_stores_metadata() {
             .execute(s.pool())
             .await
             .expect_err(bad);
-        assert!(err.to_string().contains("add_job: metadata"), "{bad}: {err}");
+        assert!(
+            err.to_string().contains("add_job: metadata"),
+            "{bad}: {err}"
+        );
     }
-    assert_eq!(s.list_jobs(JobFilter::default()).await.expect("list").len(), 3);
+    assert_eq!(
+        s.list_jobs(JobFilter::default()).await.expect("list").len(),
+        3
+    );
     t.drop_schema().await.expect("drop");
 }

@@ -91,7 +91,10 @@ async fn write_commits_with_checkpoint_and_replays(t: &TestSchema, s: &PostgresS
     let q = queue(s);
     let runs = Arc::new(AtomicU32::new(0));
     register_order(&q, s, &table, &runs);
-    let id = q.enqueue("order", &7, JobOptions::new()).await.expect("enqueue");
+    let id = q
+        .enqueue("order", &7, JobOptions::new())
+        .await
+        .expect("enqueue");
     let report = worker(&q).drain().await.expect("drain");
     assert_eq!((report.retried, report.completed), (1, 1), "{report:?}");
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the closure ran once");
@@ -153,8 +156,14 @@ async fn failing_closure_rolls_its_write_back() {
             Ok::<_, TaskError>(paid)
         }
     });
-    let retried = q.enqueue("order", &1, JobOptions::new()).await.expect("enqueue");
-    let declined = q.enqueue("order", &2, JobOptions::new()).await.expect("enqueue");
+    let retried = q
+        .enqueue("order", &1, JobOptions::new())
+        .await
+        .expect("enqueue");
+    let declined = q
+        .enqueue("order", &2, JobOptions::new())
+        .await
+        .expect("enqueue");
     let report = worker(&q).drain().await.expect("drain");
     assert_eq!((report.completed, report.failed), (1, 1), "{report:?}");
     assert_eq!(payments(&t, &table).await, vec![(1, 1299)]);
@@ -198,14 +207,19 @@ async fn stale_lease_fails_the_step_and_rolls_the_write_back() {
                     Box::pin(async move { charge(c, &tb, order).await })
                 })
                 .await;
-            let kind = out.as_ref().map_or_else(|e| e.kind(), |_| TaskErrorKind::Retry);
+            let kind = out
+                .as_ref()
+                .map_or_else(|e| e.kind(), |_| TaskErrorKind::Retry);
             if let Some(tx) = tx.lock().expect("lock").take() {
                 let _ = tx.send(kind);
             }
             out
         }
     });
-    let id = q.enqueue("order", &3, JobOptions::new()).await.expect("enqueue");
+    let id = q
+        .enqueue("order", &3, JobOptions::new())
+        .await
+        .expect("enqueue");
     let (seen_tx, seen) = tokio::sync::oneshot::channel();
     worker(&q)
         .run_until(async move {
@@ -213,9 +227,16 @@ async fn stale_lease_fails_the_step_and_rolls_the_write_back() {
         })
         .await
         .expect("worker");
-    assert_eq!(seen.await.expect("step outcome"), Ok(TaskErrorKind::LeaseLost));
+    assert_eq!(
+        seen.await.expect("step outcome"),
+        Ok(TaskErrorKind::LeaseLost)
+    );
     assert!(payments(&t, &table).await.is_empty(), "rolled back");
-    assert!(s.list_checkpoints(id).await.expect("checkpoints").is_empty());
+    assert!(s
+        .list_checkpoints(id)
+        .await
+        .expect("checkpoints")
+        .is_empty());
     t.drop_schema().await.expect("drop");
 }
 
@@ -250,8 +271,13 @@ async fn step_enqueues_atomically_with_its_write() {
             Ok::<_, TaskError>(receipt)
         }
     });
-    q.register_fn("receipt", |_: serde_json::Value| async { Ok::<_, TaskError>(()) });
-    let id = q.enqueue("order", &5, JobOptions::new()).await.expect("enqueue");
+    q.register_fn("receipt", |_: serde_json::Value| async {
+        Ok::<_, TaskError>(())
+    });
+    let id = q
+        .enqueue("order", &5, JobOptions::new())
+        .await
+        .expect("enqueue");
     let report = worker(&q).drain().await.expect("drain");
     assert_eq!(report.completed, 2, "{report:?}");
     let receipts = s

@@ -3,8 +3,8 @@
 
 use crate::TempDb;
 use durable_jobs::{
-    CheckpointOutcome, JobContext, JobOptions, JobStatus, ManualClock, NoRetry, Queue,
-    RetryPolicy, Storage, TaskError, TaskErrorKind, Worker, WorkerOptions,
+    CheckpointOutcome, JobContext, JobOptions, JobStatus, ManualClock, NoRetry, Queue, RetryPolicy,
+    Storage, TaskError, TaskErrorKind, Worker, WorkerOptions,
 };
 use durable_jobs_sqlite::rusqlite::{self, Connection, TransactionBehavior};
 use durable_jobs_sqlite::{SqliteStepExt, SqliteStorage};
@@ -127,11 +127,21 @@ async fn failing_closure_rolls_its_write_back() {
             Ok::<_, TaskError>(paid)
         }
     });
-    let retried = q.enqueue("order", &1, JobOptions::new()).await.expect("enqueue");
-    let declined = q.enqueue("order", &2, JobOptions::new()).await.expect("enqueue");
+    let retried = q
+        .enqueue("order", &1, JobOptions::new())
+        .await
+        .expect("enqueue");
+    let declined = q
+        .enqueue("order", &2, JobOptions::new())
+        .await
+        .expect("enqueue");
     let report = worker(&q).drain().await.expect("drain");
     assert_eq!((report.completed, report.failed), (1, 1), "{report:?}");
-    assert_eq!(payments(&db), vec![(1, 1299)], "only the retried success is kept");
+    assert_eq!(
+        payments(&db),
+        vec![(1, 1299)],
+        "only the retried success is kept"
+    );
     let job = q.get_job(retried).await.expect("get").expect("job");
     assert_eq!(job.status, JobStatus::Completed);
     let job = q.get_job(declined).await.expect("get").expect("job");
@@ -167,23 +177,35 @@ async fn stale_lease_fails_the_step_and_rolls_the_write_back() {
             let out = ctx
                 .sqlite_step(&st, "charge", move |conn| charge(conn, order))
                 .await;
-            let kind = out.as_ref().map_or_else(|e| e.kind(), |_| TaskErrorKind::Retry);
+            let kind = out
+                .as_ref()
+                .map_or_else(|e| e.kind(), |_| TaskErrorKind::Retry);
             if let Some(tx) = tx.lock().expect("lock").take() {
                 let _ = tx.send(kind);
             }
             out
         }
     });
-    let id = q.enqueue("order", &3, JobOptions::new()).await.expect("enqueue");
+    let id = q
+        .enqueue("order", &3, JobOptions::new())
+        .await
+        .expect("enqueue");
     let w = worker(&q);
     let (seen_tx, seen) = tokio::sync::oneshot::channel();
     let run = w.run_until(async move {
         let _ = seen_tx.send(rx.await);
     });
     run.await.expect("worker");
-    assert_eq!(seen.await.expect("step outcome"), Ok(TaskErrorKind::LeaseLost));
+    assert_eq!(
+        seen.await.expect("step outcome"),
+        Ok(TaskErrorKind::LeaseLost)
+    );
     assert!(payments(&db).is_empty(), "the write was rolled back");
-    assert!(s.list_checkpoints(id).await.expect("checkpoints").is_empty());
+    assert!(s
+        .list_checkpoints(id)
+        .await
+        .expect("checkpoints")
+        .is_empty());
     s.close().await;
 }
 
@@ -245,7 +267,10 @@ async fn enqueue_in_the_callers_transaction() {
         }
     });
     q.register_fn("receipt", |_: i64| async { Ok::<_, TaskError>(()) });
-    let id = q.enqueue("order", &5, JobOptions::new()).await.expect("enqueue");
+    let id = q
+        .enqueue("order", &5, JobOptions::new())
+        .await
+        .expect("enqueue");
     let report = worker(&q).drain().await.expect("drain");
     assert_eq!(report.completed, 5, "{report:?}");
     let job = q.get_job(id).await.expect("get").expect("job");

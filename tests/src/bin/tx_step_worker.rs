@@ -141,8 +141,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let backend = match (&args.sqlite, &args.postgres) {
         (Some(path), _) => Backend::Sqlite(SqliteStorage::open(path).await?),
         (_, Some((url, schema))) => {
-            let s = PostgresStorage::connect_with(url, PostgresOptions::new().schema(schema))
-                .await?;
+            let s =
+                PostgresStorage::connect_with(url, PostgresOptions::new().schema(schema)).await?;
             s.migrate().await?;
             Backend::Postgres(s)
         }
