@@ -130,8 +130,8 @@ impl crate::SqliteStorage {
     /// transaction open, the enqueue runs in one of its own.
     ///
     /// The connection must be on the same database file as this storage (the storage
-    /// created and migrated the tables). Open it with
-    /// `rusqlite::Connection::open(storage.path())` and give it a busy timeout
+    /// created and migrated the tables): open the file at [`Self::path`] with
+    /// [`rusqlite::Connection::open`] and give it a busy timeout
     /// (`conn.busy_timeout(..)`), and begin write transactions with
     /// `TransactionBehavior::Immediate`, so it waits for this storage's writer instead
     /// of failing with `SQLITE_BUSY`. The job gets the storage clock's time. Workers of
