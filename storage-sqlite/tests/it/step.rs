@@ -281,3 +281,48 @@ async fn enqueue_in_the_callers_transaction() {
     assert_eq!(payments(&db), vec![(2, 1299), (5, 1299)]);
     s.close().await;
 }
+
+/// A replay that meets another step name at a transactional step's position is a
+/// non-determinism error, as for every step: the job fails and the closure never runs.
+#[tokio::test]
+async fn replay_under_another_name_is_non_determinism() {
+    let db = TempDb::fresh();
+    let (s, q) = setup(&db).await;
+    let st = s.clone();
+    q.register("order", move |ctx: JobContext, order: i64| {
+        let st = st.clone();
+        async move {
+            let name = if ctx.attempt() == 1 {
+                "charge"
+            } else {
+                "refund"
+            };
+            let paid: i64 = ctx
+                .sqlite_step(&st, name, move |conn| charge(conn, order))
+                .await?;
+            if ctx.attempt() == 1 {
+                return Err(TaskError::retry("crash after the charge"));
+            }
+            Ok::<_, TaskError>(paid)
+        }
+    });
+    let id = q
+        .enqueue("order", &9, JobOptions::new())
+        .await
+        .expect("enqueue");
+    let report = worker(&q).drain().await.expect("drain");
+    assert_eq!((report.retried, report.failed), (1, 1), "{report:?}");
+    let job = q.get_job(id).await.expect("get").expect("job");
+    assert_eq!(job.status, JobStatus::Failed);
+    let error = job.last_error.unwrap_or_default();
+    assert!(
+        error.contains("charge") && error.contains("refund"),
+        "{error}"
+    );
+    assert_eq!(
+        payments(&db),
+        vec![(9, 1299)],
+        "the second closure never ran"
+    );
+    s.close().await;
+}
