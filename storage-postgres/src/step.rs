@@ -41,9 +41,10 @@ pub type PgStepFuture<'c, T> = Pin<Box<dyn Future<Output = Result<T, TaskError>>
 /// Transactional workflow steps on PostgreSQL, for [`JobContext`].
 pub trait PostgresStepExt {
     /// Runs `f` once as a checkpointed step named `name`, inside one transaction on
-    /// `storage`'s pool that also writes the step's checkpoint: `f`'s writes commit
-    /// together with the checkpoint or not at all, so they happen exactly once however
-    /// often the job is retried or its worker dies.
+    /// `storage`'s pool (with JIT off, like the storage's own) that also writes the
+    /// step's checkpoint: `f`'s writes commit together with the checkpoint or not at
+    /// all, so they happen exactly once however often the job is retried or its worker
+    /// dies.
     ///
     /// The transaction first locks the job row (`FOR SHARE`) and checks that this
     /// attempt's lease is still the job's current one; a lease lost before or during
@@ -109,7 +110,7 @@ where
             job_id: lease.job_id,
         })
     };
-    let mut tx = storage.pool().begin().await.map_err(|e| engine(db(e)))?;
+    let mut tx = storage.begin().await.map_err(engine)?;
     let held = sqlx::query_scalar::<_, i64>(AssertSqlSafe(storage.sql().lock_lease.clone()))
         .bind(lease.job_id)
         .bind(lease.token)
