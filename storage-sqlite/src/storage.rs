@@ -359,6 +359,8 @@ impl Storage for SqliteStorage {
         let out = self
             .write(move |c| {
                 let parent = crate::enqueue::insert_job(c, &parent, now)?;
+                // A deduplicated parent already has its children: nothing new is added.
+                let children = if parent.created { children } else { Vec::new() };
                 let children = children
                     .into_iter()
                     .map(|mut child| {
