@@ -82,6 +82,19 @@ pub enum Event {
         /// True when no attempts were left and the job failed.
         failed: bool,
     },
+    /// A prefetched job was dropped from the worker's local queue without starting: its
+    /// lease was lost (another worker reclaimed the job, or it was cancelled) or had too
+    /// little time left to start safely. Its handler did not run on this worker.
+    LeaseDropped {
+        /// The job.
+        job_id: JobId,
+        /// Its task.
+        task: String,
+        /// The attempt the dropped lease belonged to.
+        attempt: i32,
+        /// Why, and what became of the job.
+        reason: LeaseDropReason,
+    },
     /// A workflow suspended to wait (sleep, signal, children) and gave up its slot.
     Suspended {
         /// The job.
@@ -171,6 +184,7 @@ impl Event {
             | Event::Retrying { job_id, .. }
             | Event::Failed { job_id, .. }
             | Event::LeaseReclaimed { job_id, .. }
+            | Event::LeaseDropped { job_id, .. }
             | Event::Suspended { job_id, .. }
             | Event::Snoozed { job_id, .. }
             | Event::Progress { job_id, .. }
@@ -183,6 +197,19 @@ impl Event {
             | Event::JobsPurged { .. } => None,
         }
     }
+}
+
+/// Why a prefetched job was dropped unstarted ([`Event::LeaseDropped`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LeaseDropReason {
+    /// The lease was no longer current: another worker holds the job, or it was
+    /// cancelled. Nothing was written; the job belongs to whoever holds it now.
+    Lost,
+    /// The lease had too little time left on the worker's clock to start the job safely
+    /// (its renewals had failed or stalled). The job was released, its attempt unspent,
+    /// and runs again on the next claim.
+    TooShort,
 }
 
 /// Why [`EventStream::recv`] returned no event.

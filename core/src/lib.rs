@@ -27,7 +27,7 @@ pub mod workflow;
 pub use bundle::{BundleItem, BundleOptions, BundleStatus, BUNDLE_TASK};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result, StorageError, StorageErrorKind};
-pub use event::{Event, EventStream, EventStreamError};
+pub use event::{Event, EventStream, EventStreamError, LeaseDropReason};
 pub use instrumented::{Backoff, InstrumentedStorage, StorageCall, StorageLayer};
 pub use job::{
     Checkpoint, CheckpointOutcome, Enqueued, Job, JobId, JobStatus, KeyMode, Lease, LeaseInfo,

@@ -648,6 +648,8 @@ impl Storage for MemoryStorage {
             // One lock: no other call sees the parent without its children.
             let mut st = self.lock();
             let parent = st.insert(parent, now);
+            // A deduplicated parent already has its children: nothing new is added.
+            let children = if parent.created { children } else { Vec::new() };
             let children = children
                 .into_iter()
                 .map(|mut c| {

@@ -483,7 +483,8 @@ impl Storage for PostgresStorage {
                 c
             })
             .collect::<Vec<_>>();
-        let children = if children.is_empty() {
+        // A deduplicated parent already has its children: nothing new is added.
+        let children = if children.is_empty() || !parent.created {
             Vec::new()
         } else {
             crate::tx::insert_jobs(self.on(&mut tx), self.sql(), children).await?

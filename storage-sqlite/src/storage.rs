@@ -18,9 +18,9 @@ use durable_jobs::job::new_lease_token;
 use durable_jobs::CheckpointWrite;
 use durable_jobs::{
     AdvanceScheduleParams, AttemptRecord, Capabilities, Checkpoint, ClaimedJob, Clock, Completion,
-    DeletedBatch, DequeueParams, Enqueued, Failure, Job, JobFilter, JobId, Lease, ManualOutcome,
-    NewJob, QueueCount, RateLimit, Result, RetentionBatch, RetentionPurged, ScheduleRecord,
-    SpawnChildrenParams, StaleLocks, Storage, TakeSignalsParams, WorkerRecord,
+    DeletedBatch, DequeueParams, Enqueued, Failure, Job, JobFilter, JobId, JobStatus, Lease,
+    ManualOutcome, NewJob, QueueCount, RateLimit, Result, RetentionBatch, RetentionPurged,
+    ScheduleRecord, SpawnChildrenParams, StaleLocks, Storage, TakeSignalsParams, WorkerRecord,
 };
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
@@ -29,6 +29,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+
+/// The row write of [`SqliteStorage::finish_out_of_band`]: the job's final state and
+/// nothing else (no parent woken, no attempt closed).
+const FINISH_OUT_OF_BAND: &str = "UPDATE durable_jobs SET status = ?1, completed_at = ?2, \
+     updated_at = ?2, lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL \
+     WHERE id = ?3";
 
 /// Jobs in a SQLite file (or in memory), shared safely by several processes on one
 /// machine. Cloning shares the same connections.
@@ -267,6 +273,30 @@ impl SqliteStorage {
         self.inner.writer.close().await;
     }
 
+    /// Marks a job finished with `status` (completed, failed or cancelled, now) the way a
+    /// write from outside the library would: one plain `UPDATE` of its row, which wakes
+    /// nobody, its parent included. For tests of the recovery that
+    /// [`Storage::release_stale_locks`] makes (a parent left waiting on a finished child)
+    /// where no second connection can reach the database, as in memory. Returns false
+    /// when there is no such job or `status` is not a finished one.
+    ///
+    /// # Errors
+    /// [`durable_jobs::Error::Storage`] when the write fails.
+    pub async fn finish_out_of_band(&self, job: JobId, status: JobStatus) -> Result<bool> {
+        if !status.is_finished() {
+            return Ok(false);
+        }
+        let now = micros(self.now_dt());
+        self.write(move |c| {
+            Ok(c.execute(
+                FINISH_OUT_OF_BAND,
+                rusqlite::params![status.as_str(), now, job],
+            )?)
+        })
+        .await
+        .map(|changed| changed == 1)
+    }
+
     /// Runs `f` on a read connection (or the writer in memory).
     async fn read<R, F>(&self, f: F) -> Result<R>
     where
@@ -359,6 +389,8 @@ impl Storage for SqliteStorage {
         let out = self
             .write(move |c| {
                 let parent = crate::enqueue::insert_job(c, &parent, now)?;
+                // A deduplicated parent already has its children: nothing new is added.
+                let children = if parent.created { children } else { Vec::new() };
                 let children = children
                     .into_iter()
                     .map(|mut child| {

@@ -144,8 +144,11 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Inserts `parent`, then `children` with their `parent_id` set to the parent's id,
     /// in one transaction: all of them or none, whatever stops it part-way (a crash, an
-    /// error). Returns the parent's result and each child's, in order; dedupe keys follow
-    /// the rule of [`Storage::enqueue`] (a parent that already exists gets the children).
+    /// error). Returns the parent's result and each child's, in order. The parent's
+    /// dedupe key follows the rule of [`Storage::enqueue`]; when it matches an unfinished
+    /// job (`created` false, in any [`crate::KeyMode`]), that job is the bundle and already
+    /// has its children: nothing else is inserted, and the children's list is empty.
+    /// Children's own dedupe keys follow the same rule.
     async fn enqueue_with_children(
         &self,
         parent: NewJob,

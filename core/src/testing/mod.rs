@@ -10,6 +10,7 @@ pub mod engine_children;
 pub mod engine_events;
 pub mod engine_execution;
 pub mod engine_observability;
+pub mod engine_prefetch;
 pub mod engine_retries;
 pub mod engine_schedules;
 pub mod engine_shutdown;
@@ -161,6 +162,7 @@ macro_rules! conformance_tests {
             stale_lease_cannot_suspend_spawn_or_take,
             signal_to_finished_or_missing_job_is_refused,
             spawn_children_writes_children_and_checkpoint,
+            bundle_with_a_deduplicated_parent_adds_no_children,
             child_final_write_wakes_waiting_parent,
             release_stale_locks_heals_parents_left_waiting,
             cancel_cascades_to_descendants,
@@ -217,6 +219,10 @@ macro_rules! conformance_tests {
             prefetched_jobs_run_and_are_released_unspent_at_shutdown,
             a_lost_lease_cancels_the_handler_and_drops_it_after_the_grace,
             a_blocking_handler_past_the_shutdown_grace_holds_its_lease_until_it_returns,
+        );
+        $crate::__conformance_cases!(engine_prefetch, $harness;
+            a_buffered_job_whose_lease_was_lost_never_starts,
+            a_buffered_job_whose_lease_ran_short_is_released_not_started,
         );
         $crate::__conformance_cases!(engine_events, $harness;
             hooks_see_start_complete_retry_and_fail,

@@ -3,7 +3,7 @@
 //! macro turns them into one test each.
 
 use super::ConformanceHarness;
-use crate::job::{JobId, JobStatus, NewJob};
+use crate::job::{JobId, JobStatus, KeyMode, NewJob};
 use crate::storage::SpawnChildrenParams;
 use crate::storage::TakeSignalsParams;
 use crate::storage::{ClaimedJob, DequeueParams, DynStorage, Failure, JobFilter};
@@ -212,6 +212,83 @@ pub async fn signal_to_finished_or_missing_job_is_refused<H: ConformanceHarness>
         s.send_signal(987_654_321, "x", json!(1)).await,
         Err(Error::JobNotFound(_))
     ));
+}
+
+/// A bundle whose parent's dedupe key an unfinished job holds is that job: nothing new
+/// is inserted (no parent, no children), and the answer says it was deduplicated, as
+/// `enqueue` does. In the replacing key modes too. Once the parent finished, the key
+/// makes a new bundle with its children.
+pub async fn bundle_with_a_deduplicated_parent_adds_no_children<H: ConformanceHarness>(h: &H) {
+    let s = h.storage();
+    let mut parent = NewJob::new("t", json!("parent"));
+    parent.dedupe_key = Some("bundle".into());
+    let kids = || vec![NewJob::new("t", json!(1)), NewJob::new("t", json!(2))];
+    let children_of = |id: JobId| {
+        let s = s.clone();
+        async move {
+            let mut ids: Vec<JobId> = s
+                .list_jobs(JobFilter {
+                    parent_id: Some(id),
+                    ..JobFilter::default()
+                })
+                .await
+                .expect("list children")
+                .iter()
+                .map(|j| j.id)
+                .collect();
+            ids.sort_unstable();
+            ids
+        }
+    };
+    let (first, children) = s
+        .enqueue_with_children(parent.clone(), kids())
+        .await
+        .expect("enqueue bundle");
+    assert!(first.created);
+    assert_eq!(children.len(), 2);
+    assert!(children.iter().all(|c| c.created));
+    let first_children: Vec<JobId> = children.iter().map(|c| c.id).collect();
+    for mode in [KeyMode::Dedupe, KeyMode::Replace, KeyMode::PreserveRunAt] {
+        let mut again = parent.clone();
+        again.key_mode = mode;
+        let (same, more) = s
+            .enqueue_with_children(again, kids())
+            .await
+            .expect("enqueue bundle again");
+        assert_eq!(same.id, first.id, "{mode:?}: the existing parent's id");
+        assert!(!same.created, "{mode:?}: reported as deduplicated");
+        assert!(more.is_empty(), "{mode:?}: no child enqueued, got {more:?}");
+    }
+    assert_eq!(children_of(first.id).await, first_children);
+    let all = s.list_jobs(JobFilter::default()).await.expect("list");
+    assert_eq!(
+        all.len(),
+        3,
+        "one parent and its two children, nothing more"
+    );
+    // Still deduplicated while the parent runs (it is first in claim order).
+    let running = claim(&s, first.id).await;
+    let (same, more) = s
+        .enqueue_with_children(parent.clone(), kids())
+        .await
+        .expect("enqueue bundle while the parent runs");
+    assert_eq!((same.id, same.created, more.len()), (first.id, false, 0));
+    assert_eq!(children_of(first.id).await, first_children);
+    // Finished, the key is free: a new bundle, with its own children.
+    s.complete(&running.lease, json!(null))
+        .await
+        .expect("complete");
+    let (fresh, fresh_children) = s
+        .enqueue_with_children(parent, kids())
+        .await
+        .expect("enqueue a new bundle");
+    assert!(fresh.created);
+    assert_ne!(fresh.id, first.id);
+    assert_eq!(fresh_children.len(), 2);
+    let mut fresh_ids: Vec<JobId> = fresh_children.iter().map(|c| c.id).collect();
+    fresh_ids.sort_unstable();
+    assert_eq!(children_of(fresh.id).await, fresh_ids);
+    assert_eq!(children_of(first.id).await, first_children);
 }
 
 /// Children and their checkpoint are written together; children list by parent.

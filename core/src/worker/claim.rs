@@ -4,9 +4,11 @@
 use super::complete::{Finish, RunMeta};
 use super::execute::{classify, execute, Ended};
 use super::options::QueueConfig;
-use super::shared::{Shared, NOT_IDLE};
+use super::prefetch::{self, Verdict};
+use super::shared::{HeldLease, Shared, NOT_IDLE};
 use super::sizing::Sizer;
 use super::threads::AttemptThreads;
+use super::timer::plus;
 use crate::instrumented::Backoff;
 use crate::storage::Storage;
 use crate::storage::{ClaimedJob, DequeueParams};
@@ -228,12 +230,15 @@ pub(crate) async fn run_queue(
             st.claiming += want;
             let storage = shared.queue.storage().clone();
             let p = params(want);
+            let clock = shared.opts.clock.clone();
             claims.spawn(async move {
+                let sent_at = clock.now();
                 let sent = Instant::now();
                 let result = storage.dequeue(p).await;
                 ClaimOutcome {
                     generation,
                     want,
+                    sent_at,
                     took: sent.elapsed(),
                     result,
                 }
@@ -245,16 +250,21 @@ pub(crate) async fn run_queue(
             continue;
         }
         // Claims go out first (above), then the buffered jobs start; those that finish in
-        // place free their slots at once, so look at claiming again before waiting.
-        let mut started = false;
+        // place free their slots at once, so look at claiming again before waiting. A
+        // buffered job whose lease was lost or ran short is dropped instead (see
+        // `prefetch`): its handler must not run beside the worker that holds it now.
+        let mut moved = false;
         while running.len() < cfg.concurrency {
             let Some((c, lost)) = st.buffer.pop_front() else {
                 break;
             };
-            running.start(&shared, c, lost, &out);
-            started = true;
+            match prefetch::judge(&shared, &c, &lost) {
+                Verdict::Start => running.start(&shared, c, lost, &out),
+                Verdict::Drop(reason) => prefetch::drop_unstarted(&shared, &c, reason, &out),
+            }
+            moved = true;
         }
-        if started {
+        if moved {
             continue;
         }
         let backoff = st.error_wait;
@@ -325,6 +335,8 @@ struct ClaimOutcome {
     generation: u64,
     /// How many jobs it asked for.
     want: usize,
+    /// When it was sent, on the worker's clock: the leases it took last from then.
+    sent_at: chrono::DateTime<chrono::Utc>,
     /// Its round trip.
     took: Duration,
     result: crate::Result<Vec<ClaimedJob>>,
@@ -397,10 +409,16 @@ impl ClaimState {
                 }
                 shared.in_flight.fetch_add(claimed.len(), Ordering::SeqCst);
                 // Leases are renewed from the claim on, buffered or running.
+                let lasts_until = plus(outcome.sent_at, shared.opts.lease_duration);
                 let mut leases = shared.leases();
                 for c in claimed {
-                    let (lost_tx, lost_rx) = watch::channel(false);
-                    leases.insert(c.job.id, (c.lease.clone(), lost_tx));
+                    let (lost, lost_rx) = watch::channel(false);
+                    let held = HeldLease {
+                        lease: c.lease.clone(),
+                        lost,
+                        lasts_until,
+                    };
+                    leases.insert(c.job.id, held);
                     self.buffer.push_back((c, lost_rx));
                 }
             }

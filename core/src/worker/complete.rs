@@ -2,7 +2,7 @@
 //! storage errors retried so an outage does not drop outcomes.
 
 use super::shared::Shared;
-use crate::event::Event;
+use crate::event::{Event, LeaseDropReason};
 use crate::job::{JobId, Lease};
 use crate::metric::JobMetrics;
 use crate::storage::Storage;
@@ -78,6 +78,12 @@ pub(crate) enum Finish {
     Lost {
         meta: RunMeta,
     },
+    /// A prefetched job dropped unstarted (see `prefetch`): nothing to write for a lost
+    /// lease, a fenced release for one too short to start.
+    Dropped {
+        meta: RunMeta,
+        reason: LeaseDropReason,
+    },
 }
 
 /// Writes outcomes as they arrive, with up to `completion_writers` writes in flight.
@@ -150,6 +156,10 @@ async fn write_batch(shared: &Shared, mut buf: Vec<Finish>) {
                 shared.counters.lost.fetch_add(1, Ordering::Relaxed);
                 meta.metrics.lost.increment(1);
             }
+            Finish::Dropped { meta, reason } => {
+                woke |= reason == LeaseDropReason::TooShort;
+                write_dropped(shared, meta, reason).await;
+            }
         }
     }
     if !completions.is_empty() {
@@ -207,6 +217,38 @@ async fn write_completions(shared: &Shared, items: Vec<(RunMeta, Value)>) {
             Err(e) => count::<()>(shared, Err(e), |c| &c.completed, &meta),
         }
     }
+}
+
+/// Settles a prefetched job dropped unstarted, then reports it. A lease too short to
+/// start is released through the fence: if the job was reclaimed meanwhile, storage
+/// refuses and the drop is reported as lost, since the job belongs to its new holder.
+async fn write_dropped(shared: &Shared, meta: RunMeta, reason: LeaseDropReason) {
+    let reason = match reason {
+        LeaseDropReason::TooShort => {
+            match with_retries(|| shared.queue.storage().release(&meta.lease)).await {
+                Ok(()) => {
+                    shared.counters.released.fetch_add(1, Ordering::Relaxed);
+                    LeaseDropReason::TooShort
+                }
+                Err(Error::LeaseLost { .. }) => LeaseDropReason::Lost,
+                Err(e) => {
+                    tracing::error!(job_id = meta.job_id, error = %e, "could not release a prefetched job; it will be reclaimed when its lease expires");
+                    return;
+                }
+            }
+        }
+        other => other,
+    };
+    if reason == LeaseDropReason::Lost {
+        shared.counters.lost.fetch_add(1, Ordering::Relaxed);
+        meta.metrics.lost.increment(1);
+    }
+    shared.queue.emit(Event::LeaseDropped {
+        job_id: meta.job_id,
+        task: meta.task,
+        attempt: meta.attempt,
+        reason,
+    });
 }
 
 async fn write_failure(shared: &Shared, meta: RunMeta, error: String, retry_in: Option<Duration>) {

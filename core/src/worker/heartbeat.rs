@@ -2,6 +2,7 @@
 
 use super::registry;
 use super::shared::Shared;
+use super::timer::plus;
 use super::timer::Ticker;
 use crate::storage::Storage;
 use std::sync::Arc;
@@ -29,8 +30,10 @@ pub(crate) async fn run_heartbeats(shared: Arc<Shared>) {
             _ = stop.wait_for(|s| *s) => return,
         }
         registry::renew(&shared).await;
-        let leases: Vec<_> = shared.leases().values().map(|(l, _)| l.clone()).collect();
+        let leases: Vec<_> = shared.leases().values().map(|h| h.lease.clone()).collect();
         for batch in leases.chunks(HEARTBEAT_BATCH) {
+            // A renewal lasts the lease from when it was sent, on the worker's clock.
+            let sent = shared.opts.clock.now();
             let results = match shared
                 .queue
                 .storage()
@@ -55,26 +58,45 @@ pub(crate) async fn run_heartbeats(shared: Arc<Shared>) {
                      leases without one are renewed next interval"
                 );
             }
-            for (lease, result) in batch.iter().zip(results) {
-                match result {
-                    Ok(_) => {}
-                    Err(crate::Error::LeaseLost { job_id }) => {
-                        // A job that finished while this batch was in flight left the set
-                        // when its outcome was handed on: its lease ended, none was lost.
-                        let held = shared.leases().remove(&job_id);
-                        if let Some((_, lost)) = held {
-                            tracing::warn!(
-                                job_id,
-                                "heartbeat: lease lost: the job was reclaimed or cancelled"
-                            );
-                            // The handler sees this through `JobContext::cancelled`.
-                            lost.send_replace(true);
+            let lasts_until = plus(sent, shared.opts.lease_duration);
+            let mut lost = Vec::new();
+            {
+                // One lock for the whole batch: every lost lease leaves the set before any
+                // handler hears of it, so a queue loop woken by one loss (a handler that
+                // ended) finds every other lost lease of the batch gone too, and starts
+                // none of those still buffered.
+                let mut held = shared.leases();
+                for (lease, result) in batch.iter().zip(results) {
+                    match result {
+                        Ok(_) => {
+                            if let Some(h) = held.get_mut(&lease.job_id).filter(|h| h.is(lease)) {
+                                h.lasts_until = h.lasts_until.max(lasts_until);
+                            }
+                        }
+                        Err(crate::Error::LeaseLost { job_id }) => {
+                            // A job that finished while this batch was in flight left the
+                            // set when its outcome was handed on: its lease ended, none
+                            // was lost.
+                            if held.get(&job_id).is_some_and(|h| h.is(lease)) {
+                                if let Some(h) = held.remove(&job_id) {
+                                    lost.push((job_id, h.lost));
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(job_id = lease.job_id, error = %e, "heartbeat failed; will retry")
                         }
                     }
-                    Err(e) => {
-                        tracing::warn!(job_id = lease.job_id, error = %e, "heartbeat failed; will retry")
-                    }
                 }
+            }
+            for (job_id, signal) in lost {
+                tracing::warn!(
+                    job_id,
+                    "heartbeat: lease lost: the job was reclaimed or cancelled"
+                );
+                // A running handler sees this through `JobContext::cancelled`; a buffered
+                // job is dropped unstarted.
+                signal.send_replace(true);
             }
         }
     }

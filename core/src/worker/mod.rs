@@ -6,6 +6,7 @@ mod execute;
 mod health;
 mod heartbeat;
 mod options;
+mod prefetch;
 mod registry;
 pub(crate) mod shared;
 mod sizing;

@@ -175,6 +175,15 @@ impl WorkerOptions {
     /// trip each. Prefetched jobs are leased (and renewed) like running ones, and released
     /// unspent at shutdown; other workers cannot take them meanwhile.
     ///
+    /// A prefetched job starts only while this worker still holds its lease with time to
+    /// spare: at least half of the lease minus the heartbeat interval left (10 s of the
+    /// default 30 s lease), counted on [`WorkerOptions::clock`] from when the claim or the
+    /// last renewal that landed was sent. Renewals that land keep every held lease above
+    /// that, so the rule only trips once they failed or stalled. A job whose lease was
+    /// lost meanwhile (reclaimed by another worker, or cancelled) is dropped without
+    /// writing anything; one whose lease ran short is released unspent. Both are reported
+    /// as [`crate::Event::LeaseDropped`]; neither runs its handler here.
+    ///
     /// By default each routing queue sizes its local queue from what it measures: deep
     /// enough that its slots stay busy for four claim round trips at the rate its handlers
     /// finish, never deeper than the jobs its slots start within a tenth of the lease, and

@@ -33,9 +33,8 @@ pub(crate) struct Shared {
     pub(crate) internal_wake: watch::Sender<u64>,
     storage_wake: Option<watch::Receiver<u64>>,
     queue_wake: watch::Receiver<u64>,
-    /// Leases of running handlers, renewed by the heartbeat task, with the signal that
-    /// tells a handler its lease was lost.
-    pub(crate) leases: Mutex<HashMap<JobId, (Lease, watch::Sender<bool>)>>,
+    /// Leases of held jobs (running or buffered), renewed by the heartbeat task.
+    pub(crate) leases: Mutex<HashMap<JobId, HeldLease>>,
     /// Jobs claimed whose outcome is not yet written.
     pub(crate) in_flight: AtomicUsize,
     /// Per queue loop: the wake generation at which it last found nothing to claim with
@@ -54,6 +53,25 @@ pub(crate) struct Shared {
     pub(crate) started: chrono::DateTime<chrono::Utc>,
     /// The writer that group-commits the checkpoints of every job this run executes.
     pub(crate) checkpoints: CheckpointCommitter,
+}
+
+/// A lease this worker holds, running or buffered.
+pub(crate) struct HeldLease {
+    pub(crate) lease: Lease,
+    /// Tells the job's handler (or the buffer, before it starts) the lease was lost.
+    pub(crate) lost: watch::Sender<bool>,
+    /// Until when the lease surely lasts, on the worker's clock: the lease duration
+    /// counted from when the claim or the last renewal that succeeded was *sent*. Storage
+    /// set the expiry later than that, on its own clock, so this never overstates it
+    /// whatever the skew between the clocks.
+    pub(crate) lasts_until: chrono::DateTime<chrono::Utc>,
+}
+
+impl HeldLease {
+    /// True when `lease` is this one (not an earlier or later claim of the same job).
+    pub(crate) fn is(&self, lease: &Lease) -> bool {
+        self.lease.token == lease.token && self.lease.attempt == lease.attempt
+    }
 }
 
 /// What a run did, counted as outcomes are written.
@@ -77,13 +95,15 @@ pub struct WorkerReport {
     pub failed: u64,
     /// Attempts that failed and were scheduled to retry.
     pub retried: u64,
-    /// Jobs returned unfinished at shutdown, without spending an attempt.
+    /// Jobs returned unfinished without spending an attempt: at shutdown, and prefetched
+    /// jobs whose lease ran too short to start (see [`crate::Event::LeaseDropped`]).
     pub released: u64,
     /// Workflow runs that suspended to wait (sleep, signal, children).
     pub suspended: u64,
     /// Attempts that snoozed: rescheduled without spending the attempt.
     pub snoozed: u64,
-    /// Outcomes not written because the lease was lost (reclaimed or cancelled).
+    /// Outcomes not written because the lease was lost (reclaimed or cancelled), and
+    /// prefetched jobs dropped unstarted because their lease was lost.
     pub lost: u64,
 }
 
@@ -172,9 +192,7 @@ impl Shared {
         *self.stopping.borrow()
     }
 
-    pub(crate) fn leases(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<JobId, (Lease, watch::Sender<bool>)>> {
+    pub(crate) fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, HeldLease>> {
         // Single inserts and removes; a poisoned map is still consistent.
         self.leases.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -109,7 +109,8 @@ impl Ticker {
     }
 }
 
-fn plus(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+/// `t` plus `d`, saturating at the latest time.
+pub(crate) fn plus(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     t.checked_add_signed(chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX))
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }

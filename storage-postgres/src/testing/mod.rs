@@ -188,6 +188,34 @@ impl TestSchema {
         Ok(())
     }
 
+    /// Marks `job` finished with `status` (now, on the schema's test clock) the way a
+    /// write from outside the library would: the row alone, with the `jobs_wake_parent`
+    /// trigger disabled for that one transaction (the table is this schema's own), so its
+    /// parent is not woken. The state [`durable_jobs::Storage::release_stale_locks`]'s
+    /// healing sweep repairs.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] when the write fails.
+    pub async fn finish_out_of_band(&self, job: JobId, status: JobStatus) -> Result<()> {
+        let q = quote_ident(self.schema());
+        let sql = format!(
+            "BEGIN;
+             ALTER TABLE {q}.jobs DISABLE TRIGGER jobs_wake_parent;
+             UPDATE {q}.jobs SET status = '{status}', completed_at = {q}.test_now(),
+                 updated_at = {q}.test_now(), lease_holder = NULL, lease_token = NULL,
+                 lease_expires_at = NULL
+             WHERE id = {job};
+             ALTER TABLE {q}.jobs ENABLE TRIGGER jobs_wake_parent;
+             COMMIT;",
+            status = status.as_str(),
+        );
+        sqlx::raw_sql(AssertSqlSafe(sql))
+            .execute(self.storage.pool())
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
     /// Drops the schema and everything in it, and closes the pool.
     ///
     /// # Errors
@@ -245,26 +273,11 @@ impl ConformanceHarness for PostgresHarness {
     }
 
     /// Writes the row with the `jobs_wake_parent` trigger disabled, in one transaction
-    /// (the table is this test's own, in its own schema).
+    /// (see [`TestSchema::finish_out_of_band`]).
     async fn finish_out_of_band(&self, job: JobId, status: JobStatus) -> bool {
-        let q = quote_ident(self.0.schema());
-        let sql = format!(
-            "BEGIN;
-             ALTER TABLE {q}.jobs DISABLE TRIGGER jobs_wake_parent;
-             UPDATE {q}.jobs SET status = '{status}', completed_at = {q}.test_now(),
-                 updated_at = {q}.test_now(), lease_holder = NULL, lease_token = NULL,
-                 lease_expires_at = NULL
-             WHERE id = {job};
-             ALTER TABLE {q}.jobs ENABLE TRIGGER jobs_wake_parent;
-             COMMIT;",
-            status = status.as_str(),
-        );
-        match sqlx::raw_sql(AssertSqlSafe(sql))
-            .execute(self.0.storage().pool())
-            .await
-        {
-            Ok(_) => true,
-            Err(e) => panic!("postgres conformance out-of-band write: {e}"),
+        if let Err(e) = self.0.finish_out_of_band(job, status).await {
+            panic!("postgres conformance out-of-band write: {e}");
         }
+        true
     }
 }

@@ -16,7 +16,7 @@ use super::{server_url, TestSchema};
 use crate::{PostgresOptions, PostgresStorage};
 use async_trait::async_trait;
 use durable_jobs::testing::ConformanceHarness;
-use durable_jobs::{DynStorage, Error, Result, StorageError, StorageErrorKind};
+use durable_jobs::{DynStorage, Error, JobId, JobStatus, Result, StorageError, StorageErrorKind};
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -280,6 +280,15 @@ impl ConformanceHarness for PgBouncerHarness {
         }
         // The clock moved under the storage behind pgBouncer too: wake its workers.
         self.storage.wake_local();
+    }
+
+    /// Written over the direct URL, like the schema's setup and test clock (see
+    /// [`TestSchema::finish_out_of_band`]).
+    async fn finish_out_of_band(&self, job: JobId, status: JobStatus) -> bool {
+        if let Err(e) = self.schema.finish_out_of_band(job, status).await {
+            panic!("pgbouncer conformance out-of-band write: {e}");
+        }
+        true
     }
 
     async fn teardown(self) {
