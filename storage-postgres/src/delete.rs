@@ -27,7 +27,7 @@ pub(crate) async fn delete_jobs(storage: &PostgresStorage, f: &JobFilter) -> Res
     let schema = storage.schema();
     let jobs = format!("{}.jobs", quote_ident(schema));
     let (sql, binds) = candidates_query(schema, &jobs, f)?;
-    let mut tx = storage.pool().begin().await.map_err(db)?;
+    let mut tx = storage.begin().await.map_err(db)?;
     let mut query = sqlx::query_scalar::<_, JobId>(AssertSqlSafe(sql));
     for b in binds {
         query = b.bind_scalar_to(query);

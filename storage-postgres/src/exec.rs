@@ -63,7 +63,7 @@ macro_rules! on_db {
                 $q.$op(&mut conn).await
             }
             Db::Pool { pool, pooler: true } => {
-                let mut tx = pool.begin().await?;
+                let mut tx = crate::jit::begin(pool, true).await?;
                 let out = $q.unnamed().$op(&mut tx).await?;
                 tx.commit().await?;
                 Ok(out)

@@ -66,7 +66,12 @@
 //! storage.migrate().await?; // safe to run on every start, from every process
 //! # Ok(()) }
 //! ```
-//! Or share the application's pool: `PostgresStorage::from_pool(pool)`.
+//! Or share the application's pool: `PostgresStorage::from_pool(pool)`. The connections
+//! the storage opens run with JIT compilation off ([`JIT_OFF`]): PostgreSQL picks JIT
+//! from a plan's estimated cost, which for the claim grows with the table, and compiling
+//! took a claim that runs in under 1 ms to about 0.9 s beside a backlog of 2M rows.
+//! A pool you pass in keeps your settings; add `.options([JIT_OFF])` to its connect
+//! options (or `ALTER ROLE ... SET jit = off`) for the same.
 //!
 //! Migrations are embedded and versioned in the library's own schema (default
 //! `durable_jobs`, table `<schema>.migrations`; the application's `_sqlx_migrations` is
@@ -240,6 +245,7 @@ mod delete;
 mod error;
 mod exec;
 mod filter;
+mod jit;
 mod operations;
 mod rate;
 mod retention;
@@ -250,6 +256,7 @@ pub mod testing;
 mod tx;
 mod workflow;
 
+pub use jit::JIT_OFF;
 pub use migrate::LATEST_VERSION;
 pub use options::{
     PostgresOptions, DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_PING_IDLE_AFTER,

@@ -224,7 +224,7 @@ impl PostgresStorage {
             to,
             jobs,
         } = params;
-        let mut tx = self.pool().begin().await.map_err(db)?;
+        let mut tx = self.begin().await.map_err(db)?;
         let moved = sqlx::query(AssertSqlSafe(self.ops().move_cursor.clone()))
             .bind(name)
             .bind(from)
@@ -261,7 +261,7 @@ impl PostgresStorage {
         keep_checkpoints: bool,
     ) -> Result<u64> {
         let mut n = 0;
-        let mut tx = self.pool().begin().await.map_err(db)?;
+        let mut tx = self.begin().await.map_err(db)?;
         // One job per statement: two retried jobs with one key must not both take it.
         for &id in ids {
             let done = sqlx::query(AssertSqlSafe(self.ops().retry_job.clone()))

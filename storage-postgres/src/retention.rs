@@ -92,7 +92,7 @@ impl PostgresStorage {
     ) -> Result<RetentionPurged> {
         let sql = self.retention_sql();
         let limit = i64::try_from(batch.limit).unwrap_or(i64::MAX);
-        let mut tx = self.pool().begin().await.map_err(db)?;
+        let mut tx = self.begin().await.map_err(db)?;
         let locked: bool = sqlx::query_scalar(TRY_LOCK)
             .bind(&sql.lock_name)
             .fetch_one_on(self.on(&mut tx))

@@ -108,6 +108,8 @@ impl PostgresStorage {
         } else {
             connect
         };
+        // JIT costs a claim on a large table far more than the claim (see `crate::jit`).
+        let connect = crate::jit::connect_options(connect, options.pgbouncer);
         let ping_idle_after = options.ping_idle_after;
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
@@ -144,7 +146,10 @@ impl PostgresStorage {
     }
 
     /// Uses an existing pool (shared with the application) with `options`; the pool
-    /// options in `options` are ignored.
+    /// options in `options` are ignored. Unlike the pool [`Self::connect_with`] opens,
+    /// its connections keep the application's JIT setting: add [`crate::JIT_OFF`] to its
+    /// connect options (`.options([JIT_OFF])`) so a large table cannot make claims
+    /// compile (see the crate docs).
     ///
     /// # Errors
     /// [`Error::InvalidOption`] for invalid options (e.g. the schema name).
@@ -187,6 +192,12 @@ impl PostgresStorage {
             pool: &self.inner.pool,
             pooler: self.inner.options.pgbouncer,
         }
+    }
+
+    /// Begins a transaction of the storage's own on its pool (behind a transaction-mode
+    /// pooler, with JIT off for it: see [`crate::jit`]).
+    pub(crate) async fn begin(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        crate::jit::begin(&self.inner.pool, self.inner.options.pgbouncer).await
     }
 
     /// Where a statement inside a transaction runs: on its connection.
@@ -422,7 +433,7 @@ impl Storage for PostgresStorage {
         parent: NewJob,
         children: Vec<NewJob>,
     ) -> Result<(Enqueued, Vec<Enqueued>)> {
-        let mut tx = self.pool().begin().await.map_err(db)?;
+        let mut tx = self.begin().await.map_err(db)?;
         let parent = crate::tx::insert_jobs(self.on(&mut tx), self.sql(), vec![parent])
             .await?
             .pop()
@@ -451,7 +462,7 @@ impl Storage for PostgresStorage {
         let out = if jobs.iter().any(crate::tx::replaces) || self.inner.options.pgbouncer {
             // Several statements: one transaction keeps the batch all-or-nothing (and,
             // behind a transaction-mode pooler, on one server connection).
-            let mut tx = self.pool().begin().await.map_err(db)?;
+            let mut tx = self.begin().await.map_err(db)?;
             let out = crate::tx::insert_jobs(self.on(&mut tx), self.sql(), jobs).await?;
             tx.commit().await.map_err(db)?;
             out

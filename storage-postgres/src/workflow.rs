@@ -244,7 +244,7 @@ impl PostgresStorage {
             name,
             jobs,
         } = params;
-        let mut tx = self.pool().begin().await.map_err(db)?;
+        let mut tx = self.begin().await.map_err(db)?;
         // The share lock keeps a reclaim or cancel from ending the lease before commit.
         let held = sqlx::query(AssertSqlSafe(self.wf().hold.clone()))
             .bind(lease.job_id)
