@@ -1,7 +1,8 @@
 //! The `backlog` scenario (PostgreSQL): a drain on top of a deep backlog the claim cannot
 //! take (1M pending jobs due tomorrow, 100k parked workflows, 1M retained completed jobs,
 //! seeded set-based with generate_series), against the shallow drain in the same run;
-//! then, with the backlog present, the cost of an empty claim and the idle latency.
+//! then, with the backlog present, the cost of an empty claim and the idle latency, beside
+//! the idle latency on the shallow database after its drain (measured the same way).
 //! Also the helpers the `retention` scenario shares: a fresh migrated database, a timed
 //! drain.
 
@@ -140,6 +141,15 @@ async fn seed_backlog(pg: &Pg) -> Result<(), String> {
     pg.sql("VACUUM ANALYZE {jobs}").await
 }
 
+/// Writes out what the seeding or a drain left dirty (`CHECKPOINT`), so the figures
+/// after it do not include the server flushing gigabytes written just before: the
+/// seeding writes 2.1M rows, whose checkpoint otherwise runs during the latency phase
+/// and slows every commit (the shallow database gets the same, so both phases start
+/// alike).
+async fn settle(pg: &Pg) -> Result<(), String> {
+    pg.sql("CHECKPOINT").await
+}
+
 /// Times empty claims (what an idle worker's poll costs); returns (p50, p99) in ms.
 async fn empty_claims(pg: &Pg) -> Result<(f64, f64), String> {
     let params = DequeueParams {
@@ -236,9 +246,14 @@ async fn measure(cfg: &Config, res: &mut Results) -> Result<(), String> {
     let c = concurrency(cfg);
     let policy = RetentionPolicy::default();
     let shallow = Pg::new(cfg).await?;
-    let flat = drain(cfg, &shallow, policy).await;
+    let flat = async {
+        let flat = drain(cfg, &shallow, policy).await?;
+        settle(&shallow).await?;
+        Ok::<_, String>((flat, latency(cfg, &shallow).await?))
+    }
+    .await;
     shallow.drop_db().await?;
-    let flat = flat?;
+    let (flat, flat_lat) = flat?;
     let deep = Pg::new(cfg).await?;
     let t0 = Instant::now();
     let out = async {
@@ -248,8 +263,10 @@ async fn measure(cfg: &Config, res: &mut Results) -> Result<(), String> {
              completed in {:.1} s",
             t0.elapsed().as_secs_f64()
         );
+        settle(&deep).await?;
         let (claim50, claim99) = empty_claims(&deep).await?;
         let over = drain(cfg, &deep, policy).await?;
+        settle(&deep).await?;
         let lat = latency(cfg, &deep).await?;
         Ok::<_, String>((claim50, claim99, over, lat))
     }
@@ -287,6 +304,24 @@ async fn measure(cfg: &Config, res: &mut Results) -> Result<(), String> {
             ("ms", false),
             None,
             claim99,
+        ),
+        (
+            format!(
+                "shallow idle latency after the drain p50 ({}/s)",
+                cfg.latency_rate
+            ),
+            ("ms", false),
+            None,
+            percentile(&flat_lat, 50.0),
+        ),
+        (
+            format!(
+                "shallow idle latency after the drain p99 ({}/s)",
+                cfg.latency_rate
+            ),
+            ("ms", false),
+            None,
+            percentile(&flat_lat, 99.0),
         ),
         (
             format!("idle latency with the backlog p50 ({}/s)", cfg.latency_rate),

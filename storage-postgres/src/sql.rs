@@ -967,6 +967,47 @@ mod plan_tests {
         }
     }
 
+    /// The claim is never JIT-compiled on the storage's connections, whatever its
+    /// estimated cost: a claim beside a deep backlog was estimated above every JIT
+    /// threshold and spent about 0.9 s in LLVM to run for under 1 ms (see
+    /// `crate::exec::NO_JIT_BEGIN`).
+    /// The thresholds are set to zero here, so any plan would be compiled where JIT is on,
+    /// as a connection opened without the storage's options shows.
+    #[tokio::test]
+    async fn claims_are_never_jit_compiled_on_the_storage_s_connections() {
+        let (t, mut conn) = jobs_with(Stats::Fresh, 1_000).await;
+        let mut plain = <sqlx::PgConnection as sqlx::Connection>::connect(t.url())
+            .await
+            .expect("plain connection");
+        let stmt = render(&claim_template(), t.schema(), "now()");
+        let types = "text, text[], bigint, text, bigint, bigint, text[]";
+        let execute = "cl('default', '{}', 500, 'plan', 7, 60000000, '{}')";
+        let mut plans = Vec::new();
+        for c in [&mut *conn, &mut plain] {
+            run(
+                c,
+                "SET jit_above_cost = 0; SET jit_inline_above_cost = 0; \
+                 SET jit_optimize_above_cost = 0",
+            )
+            .await;
+            run(c, &format!("PREPARE cl({types}) AS {stmt}")).await;
+            let plan: Vec<String> =
+                sqlx::query_scalar(AssertSqlSafe(format!("EXPLAIN EXECUTE {execute}")))
+                    .fetch_all(&mut *c)
+                    .await
+                    .expect("explain");
+            plans.push(plan.join("\n"));
+        }
+        assert!(
+            !plans[0].contains("JIT:"),
+            "storage's connection:\n{}",
+            plans[0]
+        );
+        assert!(plans[1].contains("JIT:"), "plain connection:\n{}", plans[1]);
+        drop((conn, plain));
+        t.drop_schema().await.expect("drop");
+    }
+
     /// `finished_counts` and the retention purge find their rows through the
     /// `jobs_finished` partial index on a table of many finished jobs kept over time,
     /// when the window they ask for is a small part of it: never by a scan of the whole
