@@ -33,6 +33,9 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// The lock file that serializes package installs across test processes.
+const APT_LOCK: &str = "/tmp/durable-jobs-apt.lock";
+
 /// Installs the browser and its driver once per process if they are missing.
 fn ensure_installed() {
     static DONE: Mutex<bool> = Mutex::new(false);
@@ -47,29 +50,26 @@ fn ensure_installed() {
          ({CHROMIUM}, {CHROMEDRIVER}); install them with `apt-get install chromium chromium-driver` \
          (run the tests as root to have them installed automatically)"
     );
-    for args in [
-        vec!["update"],
-        vec![
-            "install",
-            "-y",
-            "--no-install-recommends",
-            "chromium",
-            "chromium-driver",
-        ],
-    ] {
-        let status = Command::new("apt-get")
-            .args(&args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .status()
-            .expect("run apt-get to install chromium and chromium-driver");
-        assert!(
-            status.success(),
-            "`apt-get {}` failed ({status}): install Debian's packages `chromium` and \
-             `chromium-driver` by hand",
-            args.join(" ")
-        );
-    }
+    // nextest runs every test in a process of its own, so several may get here at once:
+    // `flock` lets one process install while the others wait, then find the packages
+    // there (apt's own locks would make the latecomers fail instead of waiting).
+    let script = format!(
+        "test -x {CHROMIUM} && test -x {CHROMEDRIVER} || {{ \
+         apt-get -q -o DPkg::Lock::Timeout=600 update && \
+         apt-get -q -y -o DPkg::Lock::Timeout=600 install --no-install-recommends \
+         chromium chromium-driver; }}"
+    );
+    let status = Command::new("flock")
+        .args([APT_LOCK, "sh", "-c", &script])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(Stdio::null())
+        .status()
+        .expect("run flock and apt-get to install chromium and chromium-driver");
+    assert!(
+        status.success(),
+        "`apt-get install chromium chromium-driver` failed ({status}): install Debian's \
+         packages `chromium` and `chromium-driver` by hand"
+    );
     assert!(
         Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists(),
         "apt-get installed chromium and chromium-driver, but {CHROMIUM} or {CHROMEDRIVER} is missing"

@@ -299,6 +299,10 @@ impl ConformanceHarness for PgBouncerHarness {
     }
 }
 
+/// The lock file that serializes package installs across test processes (the same path
+/// as the dashboard's browser tests use).
+const APT_LOCK: &str = "/tmp/durable-jobs-apt.lock";
+
 /// The pgBouncer binary, installed first when it is missing and we are root.
 fn binary() -> Result<PathBuf, String> {
     if let Some(found) = find_binary() {
@@ -319,8 +323,18 @@ fn binary() -> Result<PathBuf, String> {
         return Ok(found);
     }
     let apt = |args: &[&str]| -> Result<(), String> {
-        let out = Command::new("apt-get")
-            .args(["-o", "DPkg::Lock::Timeout=600", "-q", "-y"])
+        // `flock` serializes installs across test processes (nextest runs each test in
+        // one of its own; the dashboard's tests install chromium under the same lock),
+        // since `apt-get update` fails rather than waits on a held lists lock.
+        let out = Command::new("flock")
+            .args([
+                APT_LOCK,
+                "apt-get",
+                "-o",
+                "DPkg::Lock::Timeout=600",
+                "-q",
+                "-y",
+            ])
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .stdin(Stdio::null())
