@@ -190,7 +190,10 @@ async fn postgres(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>
     if cfg.scenario("drain") {
         for &c in &cfg.concurrency {
             let row = format!("drain {n} no-op jobs, concurrency {c}");
-            res.row(sec, &row, "jobs/s", true, Some(Target::RatioAtLeast(1.2)));
+            // The performance issue's targets: 1.2x with our defaults, 1.5x with our
+            // local queue matched to graphile_worker's (`--prefetch`).
+            let want = if cfg.prefetch.is_some() { 1.5 } else { 1.2 };
+            res.row(sec, &row, "jobs/s", true, Some(Target::RatioAtLeast(want)));
             let o = we.then(|| Box::pin(ours::drain(cfg, Backend::Postgres, c)) as _);
             let t = they.then(|| Box::pin(graphile::drain(cfg, c)) as _);
             pair(res, errors, run, (sec, &row, "jobs/s"), o, t).await;
@@ -199,8 +202,8 @@ async fn postgres(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>
     if cfg.scenario("latency") {
         let p50 = format!("idle enqueue->start latency p50 ({}/s)", cfg.latency_rate);
         let p99 = format!("idle enqueue->start latency p99 ({}/s)", cfg.latency_rate);
-        res.row(sec, &p50, "ms", false, Some(Target::AtMost(2.0)));
-        res.row(sec, &p99, "ms", false, Some(Target::AtMost(10.0)));
+        res.row(sec, &p50, "ms", false, Some(Target::AtMost(1.0)));
+        res.row(sec, &p99, "ms", false, Some(Target::AtMost(5.0)));
         let mut sides: Vec<(Side, &str)> = vec![];
         if we {
             sides.push((Side::Ours, "durable-jobs"));
@@ -319,6 +322,9 @@ async fn steps(
             "checkpointed steps, {jobs} job(s) x {} steps",
             (cfg.jobs / 20).max(1)
         );
+        if jobs == 8 && b == Backend::Postgres {
+            res.row(sec, &row, "steps/s", true, Some(Target::AtLeast(15_000.0)));
+        }
         ours_row(
             res,
             errors,
@@ -372,6 +378,14 @@ async fn local(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>, b
     if cfg.scenario("drain") {
         for &c in &cfg.concurrency {
             let row = format!("drain {n} no-op jobs, concurrency {c}");
+            if c == 500 {
+                let want = if b == Backend::Sqlite {
+                    50_000.0
+                } else {
+                    500_000.0
+                };
+                res.row(sec, &row, "jobs/s", true, Some(Target::AtLeast(want)));
+            }
             ours_row(res, errors, (sec, &row, "jobs/s"), ours::drain(cfg, b, c)).await;
         }
     }

@@ -27,6 +27,8 @@ pub enum Target {
     RatioAtLeast(f64),
     /// ours must be at most this (absolute, in the row's unit).
     AtMost(f64),
+    /// ours must be at least this (absolute, in the row's unit).
+    AtLeast(f64),
 }
 
 #[derive(Debug, Default)]
@@ -123,6 +125,9 @@ impl Results {
                 }
                 Some(Target::AtMost(x)) => {
                     verdict(format!("<= {x} {}", r.unit), o <= x, r.ours.is_empty())
+                }
+                Some(Target::AtLeast(x)) => {
+                    verdict(format!(">= {x} {}", r.unit), o >= x, r.ours.is_empty())
                 }
             };
             let unit = format!(
