@@ -228,7 +228,7 @@
 //! Describe, then Bind and Execute), and outside a transaction the pooler may hand the
 //! second to another server connection. The option's rustdoc lists the rest. Tested by
 //! running the conformance suites through a real pgBouncer
-//! ([`testing::PgBouncerHarness`]).
+//! (`testing::PgBouncerHarness`, feature `testing`).
 //!
 //! # Testing
 //! The `testing` feature adds the `testing` module: it finds a server (or starts a throwaway one)
