@@ -144,7 +144,9 @@ pub fn app_queue(storage: durable_jobs::DynStorage) -> Queue {
             .fan_out::<Value, _>(
                 "echo",
                 vec![json!("mail"), json!("sms")],
-                JobOptions::new(),
+                // The seed's first worker forbids this flag, so the children cannot
+                // finish before the join looks: the workflow suspends once, always.
+                JobOptions::new().flag(AFTER_JOIN),
                 FanOut::CollectAll,
             )
             .await?;
@@ -154,6 +156,9 @@ pub fn app_queue(storage: durable_jobs::DynStorage) -> Queue {
     });
     queue
 }
+
+/// The flag on the workflow's children that the seed's first worker does not run.
+const AFTER_JOIN: &str = "after-join";
 
 /// Fills a migrated storage with jobs in every status, a workflow with checkpoints and
 /// children, a schedule, a paused queue, and two registered workers (one dead).
@@ -196,15 +201,20 @@ pub async fn seed(storage: durable_jobs::DynStorage) -> Seeded {
         .await
         .unwrap();
 
-    let worker = Worker::new(
-        queue.clone(),
-        WorkerOptions::new()
-            .queue("default", 4)
-            .scheduler(false)
-            .poll_interval(Duration::from_millis(20)),
-    )
-    .unwrap();
-    worker.drain().await.unwrap();
+    // First without the children (the workflow runs to its join and suspends), then
+    // with them (they finish and wake it): every run sees the same history.
+    for forbidden in [vec![AFTER_JOIN], vec![]] {
+        let worker = Worker::new(
+            queue.clone(),
+            WorkerOptions::new()
+                .queue("default", 4)
+                .scheduler(false)
+                .forbid_flags(forbidden)
+                .poll_interval(Duration::from_millis(20)),
+        )
+        .unwrap();
+        worker.drain().await.unwrap();
+    }
 
     // A job a worker claimed and still holds: running, with a lease.
     let running = queue
