@@ -28,7 +28,7 @@ OPTIONS:
                         [env DATABASE_URL, else postgres://postgres@127.0.0.1:5432/postgres]
   --prefetch N          our WorkerOptions::prefetch (its local queue)   [sized by the worker]
   --workflows N         three-step workflows in the workflow scenario   [10000]
-  --workflow-concurrency N  both sides' worker concurrency there        [100]
+  --workflow-concurrency N  both sides' worker concurrency there        [50]
   --duration SECS       how long the soak runs                          [600]
   --soak-rate R         the soak's steady enqueue rate, jobs/s          [500]
   --worker LIST         more of our WorkerOptions for drains, key=value:
@@ -145,7 +145,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
         profile: false,
         prefetch: None,
         workflows: 10_000,
-        workflow_concurrency: 100,
+        workflow_concurrency: 50,
         soak_duration: Duration::from_secs(600),
         soak_rate: 500.0,
         claim_batch: None,
