@@ -26,7 +26,7 @@
 use crate::error::db;
 use crate::exec::{Exec, Fetch};
 use crate::storage::PostgresStorage;
-use durable_jobs::{CheckpointOutcome, Error, JobContext, TaskError, TransactionalStep};
+use durable_jobs::{Error, JobContext, TaskError, TransactionalStep};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -120,24 +120,14 @@ where
     if held.is_none() {
         return Err(lost());
     }
-    let value = f(&mut tx).await?;
-    let value = serde_json::to_value(&value).map_err(|e| {
-        TaskError::no_retry(format!(
-            "the result of step `{}` does not serialize: {e}",
-            step.name()
-        ))
-    })?;
+    let value = step.value_of(&f(&mut tx).await?)?;
     let checkpoint = step.checkpoint(value.clone());
-    let ok = match &checkpoint.outcome {
-        CheckpointOutcome::Ok(v) => Some(v.to_string()),
-        CheckpointOutcome::Err(_) => None,
-    };
     let written = sqlx::query(AssertSqlSafe(storage.sql().checkpoint.clone()))
         .bind(lease.job_id)
         .bind(lease.token)
         .bind(checkpoint.key)
         .bind(checkpoint.name)
-        .bind(ok)
+        .bind(Some(value.to_string()))
         .bind(None::<String>)
         .bind(checkpoint.args_hash)
         .execute_on(storage.on(&mut tx))

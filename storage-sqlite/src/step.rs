@@ -115,14 +115,7 @@ where
         .into());
     }
     conn.execute_batch(SAVEPOINT)?;
-    let value = f(conn).and_then(|v| {
-        serde_json::to_value(&v).map_err(|e| {
-            TaskError::no_retry(format!(
-                "the result of step `{}` does not serialize: {e}",
-                step.name()
-            ))
-        })
-    });
+    let value = f(conn).and_then(|v| step.value_of(&v));
     let value = match value {
         Ok(v) => v,
         Err(e) => {

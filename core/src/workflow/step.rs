@@ -5,6 +5,7 @@ use super::context::JobContext;
 use crate::task::TaskError;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::Value;
 use std::future::Future;
 use tracing::field::Empty;
 use tracing::Instrument;
@@ -42,14 +43,20 @@ impl JobContext {
             let label = name.clone();
             checkpointed(&ctx, key, &name, None, &recorder, move |child| async move {
                 let value = f(child).await?;
-                serde_json::to_value(&value).map_err(|e| {
-                    TaskError::no_retry(format!(
-                        "the result of step `{label}` does not serialize: {e}"
-                    ))
-                })
+                result_value(&label, &value)
             })
             .await
         }
         .instrument(span)
     }
+}
+
+/// A step's result as the JSON its checkpoint stores; one that does not serialize is a
+/// terminal error naming the step (the same on every path that stores a step).
+pub(super) fn result_value<T: Serialize>(name: &str, value: &T) -> Result<Value, TaskError> {
+    serde_json::to_value(value).map_err(|e| {
+        TaskError::no_retry(format!(
+            "the result of step `{name}` does not serialize: {e}"
+        ))
+    })
 }

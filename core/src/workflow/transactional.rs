@@ -41,6 +41,15 @@ impl TransactionalStep {
         &self.name
     }
 
+    /// The step's result as the JSON its checkpoint stores; a result that does not
+    /// serialize is a terminal error, as for [`JobContext::step`].
+    ///
+    /// # Errors
+    /// [`TaskError::no_retry`] naming the step when `value` does not serialize.
+    pub fn value_of<T: serde::Serialize>(&self, value: &T) -> Result<Value, TaskError> {
+        super::step::result_value(&self.name, value)
+    }
+
     /// The checkpoint to write in the step's transaction once it produced `value`.
     pub fn checkpoint(&self, value: Value) -> Checkpoint {
         Checkpoint {
