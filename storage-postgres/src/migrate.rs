@@ -89,10 +89,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "add_job_metadata",
         sql: include_str!("../migrations/012_add_job_metadata.sql"),
     },
+    Migration {
+        version: 13,
+        name: "parked_serial_jobs",
+        sql: include_str!("../migrations/013_parked_serial_jobs.sql"),
+    },
 ];
 
 /// The newest schema version this library knows.
-pub const LATEST_VERSION: i64 = 12;
+pub const LATEST_VERSION: i64 = 13;
 
 /// The name of the schema migration 8 creates next to `schema` for graphile-worker's
 /// SQL API: `schema` followed by `_graphile` (`durable_jobs_graphile` by default).

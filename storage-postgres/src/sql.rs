@@ -109,11 +109,25 @@ const UNFINISHED: &str = "('pending', 'retrying', 'running', 'waiting')";
 /// due instead of filtering every later one. Claim order (priority desc, run_at, id) is
 /// the order the ranges are read in. A paused queue stops the claim before any index
 /// page is read (a one-time filter on the `prios` anchor). Within a range, rows other
-/// claimers hold, jobs carrying a forbidden flag and serial keys running as many jobs as
-/// their limit (`key_limits`, 1 by default) are skipped row by row; `rl` caps the claim
-/// at what the queue's rate limit leaves in its window; the serial-key CTEs let at most
-/// one job per key through, into a free slot number (see `serial_slots`); the UPDATE
-/// leases what remains.
+/// claimers hold and jobs carrying a forbidden flag are skipped row by row; `rl` caps the
+/// claim at what the queue's rate limit leaves in its window; the serial-key CTEs let at
+/// most one job per key through, into a free slot number (see `serial_slots`); the
+/// UPDATE leases what remains.
+///
+/// Nor does it visit, more than once, jobs behind a busy serial key (one running as many
+/// jobs as its limit allows: `key_limits`, 1 by default). Parked jobs (`blocked`, see
+/// `013_parked_serial_jobs.sql`) are not in the index at all. A due job of a full key
+/// that is not parked yet (enqueued while the key had room, or come due since) is skipped
+/// row by row in `cand`, and parked by the same claim: `parkable` reads the keyed jobs of
+/// the part of the index `cand` walked (`edge` is where it stopped: its last row when it
+/// took all it may, else the end of every due range), along `jobs_claimable_keyed`, so a
+/// queue without keyed jobs pays one empty index page for it; `busy` share-locks the
+/// slots of their keys and keeps the keys whose slots are all still taken (a slot freed
+/// since the claim's snapshot is gone, not locked), so no slot of a parked key can be
+/// freed before the parking commits, and the write that frees one then sees the parked
+/// jobs and unparks the key's next ones. At most [`PARK_BATCH`] jobs are parked per claim,
+/// which bounds the writes of the first claim to meet a deep backlog of a busy key; the
+/// next claims park the rest.
 ///
 /// A claim commits without waiting for its WAL to reach disk (`synchronous_commit` is
 /// turned off for this one transaction; the claim always runs autocommitted on the pool).
@@ -134,7 +148,7 @@ WITH RECURSIVE rl AS (
 ),
 prios AS (
     (SELECT a.priority FROM {schema}.jobs AS a
-     WHERE a.status IN ('pending', 'retrying', 'waiting')
+     WHERE a.status IN ('pending', 'retrying', 'waiting') AND NOT a.blocked
        AND a.queue = $1
        AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL
        AND NOT EXISTS (SELECT 1 FROM {schema}.paused_queues p WHERE p.queue = $1)
@@ -142,7 +156,7 @@ prios AS (
      LIMIT 1)
     UNION ALL
     SELECT (SELECT n.priority FROM {schema}.jobs AS n
-            WHERE n.status IN ('pending', 'retrying', 'waiting')
+            WHERE n.status IN ('pending', 'retrying', 'waiting') AND NOT n.blocked
               AND n.queue = $1
               AND n.priority < prios.priority
             ORDER BY n.priority DESC
@@ -153,7 +167,7 @@ prios AS (
 cand AS (
     SELECT due.* FROM prios CROSS JOIN LATERAL (
         SELECT c.id, c.serial_key, c.priority, c.run_at FROM {schema}.jobs AS c
-        WHERE c.status IN ('pending', 'retrying', 'waiting')
+        WHERE c.status IN ('pending', 'retrying', 'waiting') AND NOT c.blocked
           AND c.queue = $1
           AND c.priority = prios.priority
           AND c.run_at <= {now}
@@ -168,6 +182,57 @@ cand AS (
     ) AS due
     WHERE prios.priority IS NOT NULL
     LIMIT least($3, coalesce((SELECT room FROM rl), $3))
+),
+edge AS (
+    SELECT (SELECT count(*) FROM cand) >= least($3, coalesce((SELECT room FROM rl), $3))
+               AS stopped,
+           l.priority, l.run_at, l.id
+    FROM (SELECT 1) AS one
+    LEFT JOIN LATERAL (
+        SELECT e.priority, e.run_at, e.id FROM cand e
+        ORDER BY e.priority, e.run_at DESC, e.id DESC
+        LIMIT 1
+    ) AS l ON true
+),
+parkable AS (
+    SELECT full_key.* FROM edge CROSS JOIN prios
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN edge.stopped AND prios.priority = edge.priority
+                    THEN edge.run_at ELSE 'infinity'::timestamptz END AS run_at,
+               CASE WHEN edge.stopped AND prios.priority = edge.priority
+                    THEN edge.id ELSE 9223372036854775807 END AS id
+    ) AS bound
+    CROSS JOIN LATERAL (
+        SELECT k.id, k.serial_key FROM {schema}.jobs AS k
+        WHERE k.status IN ('pending', 'retrying', 'waiting') AND NOT k.blocked
+          AND k.serial_key IS NOT NULL
+          AND k.queue = $1
+          AND k.priority = prios.priority
+          AND k.run_at <= {now}
+          AND (k.run_at, k.id) <= (bound.run_at, bound.id)
+          AND (SELECT count(*) FROM {schema}.serial_slots s WHERE s.serial_key = k.serial_key)
+              >= {schema}.key_limit(k.serial_key)
+        ORDER BY k.run_at, k.id
+        LIMIT {park_batch}
+        FOR UPDATE SKIP LOCKED
+    ) AS full_key
+    WHERE prios.priority IS NOT NULL
+      AND (NOT edge.stopped OR prios.priority >= edge.priority)
+    LIMIT {park_batch}
+),
+busy AS (
+    SELECT h.serial_key FROM (
+        SELECT s.serial_key FROM {schema}.serial_slots AS s
+        WHERE s.serial_key = ANY(ARRAY(SELECT DISTINCT serial_key FROM parkable))
+        FOR SHARE OF s
+    ) AS h
+    GROUP BY h.serial_key
+    HAVING count(*) >= {schema}.key_limit(h.serial_key)
+),
+parked AS (
+    UPDATE {schema}.jobs AS p SET blocked = true
+    WHERE p.id = ANY(ARRAY(
+        SELECT k.id FROM parkable k WHERE k.serial_key IN (SELECT serial_key FROM busy)))
 )
 {lease}";
 
@@ -180,7 +245,7 @@ cand AS (
 const CLAIM_QUEUES: &str = "
 WITH cand AS (
     SELECT id, serial_key, priority, run_at FROM {schema}.jobs
-    WHERE status IN ('pending', 'retrying', 'waiting')
+    WHERE status IN ('pending', 'retrying', 'waiting') AND NOT blocked
       AND queue = ANY(ARRAY(
           SELECT q FROM unnest($1::text[]) AS q
           WHERE NOT EXISTS (SELECT 1 FROM {schema}.paused_queues p WHERE p.queue = q)))
@@ -672,10 +737,14 @@ pub(crate) fn render(template: &str, schema: &str, now: &str) -> Arc<str> {
         .into()
 }
 
+/// The most jobs of full serial keys one claim parks (see [`CLAIM`]).
+const PARK_BATCH: u32 = 10_000;
+
 /// The single-queue claim's template: [`CLAIM`] with the lease shared by both claims
 /// and the rate limit's count ([`RATE_BUMP`]) before its UPDATE.
 fn claim_template() -> String {
     CLAIM
+        .replace("{park_batch}", &PARK_BATCH.to_string())
         .replace(
             "\n{lease}",
             &LEASE.replacen(
@@ -950,6 +1019,11 @@ mod plan_tests {
                                 plan.contains("using jobs_claimable on jobs a "),
                                 "{what}:\n{plan}"
                             );
+                            // Jobs to park are looked for among the keyed ones only.
+                            assert!(
+                                plan.contains("using jobs_claimable_keyed on jobs k "),
+                                "{what}:\n{plan}"
+                            );
                         } else if !matches!(stats, Stats::Fresh) {
                             // Across queues the index order is not claim order, so every
                             // due job of those queues is sorted (see CLAIM_QUEUES); with
@@ -1078,6 +1152,86 @@ mod plan_tests {
         Waiting,
         /// Due jobs in a paused queue.
         Paused,
+        /// Due jobs of serial keys whose one slot is taken by a running job: 100,000 of
+        /// one key and 1,000 of each of three more, at several priorities.
+        BusySerialKey,
+        /// Due jobs of a key whose limit allows two running jobs, and two run.
+        BusyKeyLimit,
+    }
+
+    /// The buffers of `jobs` and its indexes that the current transaction has touched
+    /// (hit or read) so far: whatever part of a statement touched them (its main query,
+    /// or a data-modifying CTE that EXPLAIN shows apart from it).
+    async fn jobs_buffers(conn: &mut sqlx::PgConnection, q: &str) -> i64 {
+        sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT sum(pg_stat_get_xact_blocks_fetched(c.oid))::bigint FROM pg_class c
+             WHERE c.oid = '{q}.jobs'::regclass
+                OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = '{q}.jobs'::regclass)"
+        )))
+        .fetch_one(conn)
+        .await
+        .expect("xact buffers")
+    }
+
+    /// VACUUM ANALYZE of `jobs` until it leaves no dead row behind. Parking a backlog
+    /// leaves its rows' old versions in the claim index until a vacuum removes them (as
+    /// finishing jobs does); a vacuum cannot remove versions that a transaction running
+    /// elsewhere (another test's) may still see, so this waits, vacuuming again, until
+    /// no such transaction is left: at most about a minute.
+    async fn vacuum_clean(conn: &mut sqlx::PgConnection, q: &str) {
+        let lit = quote_literal(&format!("{q}.jobs"));
+        let mut dead: i64 = -1;
+        for _ in 0..600 {
+            run(conn, &format!("VACUUM ANALYZE {q}.jobs")).await;
+            dead = sqlx::query_scalar(AssertSqlSafe(format!(
+                "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = {lit}::regclass"
+            )))
+            .fetch_one(&mut *conn)
+            .await
+            .expect("dead rows");
+            if dead == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{dead} dead rows left in {q}.jobs");
+    }
+
+    /// For the busy-key backlogs: makes every key of the backlog run as many jobs as its
+    /// limit allows (through the storage's own enqueue and claim), so the backlog seeded
+    /// next is due but cannot be taken.
+    async fn fill_the_keys(t: &TestSchema, kind: Backlog) {
+        let s = t.storage();
+        let keys: &[&str] = match kind {
+            Backlog::BusySerialKey => &["hot", "k1", "k2", "k3"],
+            Backlog::BusyKeyLimit => {
+                s.set_key_limit("pair", Some(2)).await.expect("limit");
+                &["pair", "pair"]
+            }
+            _ => &[],
+        };
+        for key in keys {
+            let mut j = NewJob::new("t", serde_json::json!(key));
+            j.serial_key = Some((*key).to_string());
+            s.enqueue(j).await.expect("enqueue");
+        }
+        let mut running = 0;
+        // One job per key per claim: a claim per slot of the busiest key at most.
+        for _ in 0..keys.len() {
+            running += s
+                .dequeue(DequeueParams {
+                    queues: vec!["default".into()],
+                    tasks: Vec::new(),
+                    limit: 10,
+                    lease_duration: Duration::from_secs(3600),
+                    holder: "plan".into(),
+                    forbidden_flags: Vec::new(),
+                })
+                .await
+                .expect("dequeue")
+                .len();
+        }
+        assert_eq!(running, keys.len(), "{kind:?}: every slot taken");
     }
 
     /// The buffers (shared hit plus read) the whole statement touched, from the first
@@ -1111,17 +1265,30 @@ mod plan_tests {
         (total, plan)
     }
 
-    /// The worker's claim never visits rows it cannot take because of their time or
-    /// their queue: on a table holding 100,000 such rows (seeded set-based, analyzed)
-    /// beside a few due jobs, the claim that takes the due jobs and the empty claim after
-    /// it touch a few dozen buffers, not the thousands of index pages the backlog spans
-    /// (a claim that filtered the backlog row by row read every one of them).
+    /// The worker's claim never visits rows it cannot take because of their time, their
+    /// queue or their serial key: on a table holding 100,000 such rows (seeded
+    /// set-based, analyzed) beside a few due jobs, the claim that takes the due jobs and
+    /// the empty claim after it touch a few dozen buffers, not the thousands of index
+    /// pages the backlog spans (a claim that filtered the backlog row by row read every
+    /// one of them).
+    ///
+    /// Jobs behind a busy key are met once: the first claims to walk them park them (at
+    /// most `PARK_BATCH` per claim, taking nothing), and every claim after that passes
+    /// them by. Freeing a slot lets exactly the key's next job in, which the next claim
+    /// takes without walking the rest.
     #[tokio::test]
     async fn claims_never_visit_a_backlog_they_cannot_take() {
-        for kind in [Backlog::NotYetDue, Backlog::Waiting, Backlog::Paused] {
+        for kind in [
+            Backlog::NotYetDue,
+            Backlog::Waiting,
+            Backlog::Paused,
+            Backlog::BusySerialKey,
+            Backlog::BusyKeyLimit,
+        ] {
             let t = TestSchema::new().await.expect("schema");
             let q = crate::options::quote_ident(t.schema());
             let mut conn = t.storage().pool().acquire().await.expect("conn");
+            fill_the_keys(&t, kind).await;
             let seed = match kind {
                 Backlog::NotYetDue => format!(
                     "INSERT INTO {q}.jobs (task, payload, priority, run_at)
@@ -1141,8 +1308,25 @@ mod plan_tests {
                      FROM generate_series(1, 100000) AS i;
                      INSERT INTO {q}.paused_queues (queue) VALUES ('held')"
                 ),
+                // Due since yesterday, one a millisecond, so none is due in the future.
+                Backlog::BusySerialKey => format!(
+                    "INSERT INTO {q}.jobs (task, payload, priority, serial_key, run_at)
+                     SELECT 't', '{{}}', i % 3,
+                            CASE WHEN i <= 100000 THEN 'hot' ELSE 'k' || (i % 3 + 1) END,
+                            now() - interval '1 day' + i * interval '1 ms'
+                     FROM generate_series(1, 103000) AS i"
+                ),
+                Backlog::BusyKeyLimit => format!(
+                    "INSERT INTO {q}.jobs (task, payload, priority, serial_key, run_at)
+                     SELECT 't', '{{}}', i % 3, 'pair',
+                            now() - interval '1 day' + i * interval '1 ms'
+                     FROM generate_series(1, 100000) AS i"
+                ),
             };
             run(&mut conn, &seed).await;
+            if matches!(kind, Backlog::BusySerialKey | Backlog::BusyKeyLimit) {
+                park_the_backlog(&t, &mut conn, &q).await;
+            }
             let (queue, due) = match kind {
                 Backlog::Paused => ("held", 0),
                 _ => ("default", 3),
@@ -1151,7 +1335,7 @@ mod plan_tests {
                 .map(|i| NewJob::new("t", serde_json::json!(i)))
                 .collect();
             t.storage().enqueue_many(jobs).await.expect("enqueue");
-            run(&mut conn, &format!("VACUUM ANALYZE {q}.jobs")).await;
+            vacuum_clean(&mut conn, &q).await;
             let stmt = render(&super::claim_template(), t.schema(), "now()");
             run(
                 &mut conn,
@@ -1168,19 +1352,122 @@ mod plan_tests {
                 ("an empty claim", 0, 50),
             ];
             for (what, claimed, most) in cases {
+                run(&mut conn, "BEGIN").await;
+                let before = jobs_buffers(&mut conn, &q).await;
                 let (touched, plan) = buffers(&mut conn, &execute).await;
+                let all = jobs_buffers(&mut conn, &q).await - before;
+                run(&mut conn, "COMMIT").await;
                 assert!(
                     touched < most,
                     "{kind:?}, {what}: {touched} buffers\n{plan}"
+                );
+                // Counted by the table, so the parking CTEs (which EXPLAIN shows outside
+                // the statement's top node) count too.
+                // (Planning reads each index's metapage, which these count: hence twice
+                // the bound, still far below the backlog's thousands of pages.)
+                assert!(
+                    all < 2 * i64::try_from(most).unwrap_or(i64::MAX / 2),
+                    "{kind:?}, {what}: {all} buffers of jobs and its indexes\n{plan}"
                 );
                 assert!(
                     plan.contains(&format!("Update on jobs j (actual rows={claimed} ")),
                     "{kind:?}, {what}: claims {claimed}\n{plan}"
                 );
             }
+            if matches!(kind, Backlog::BusySerialKey | Backlog::BusyKeyLimit) {
+                next_job_of_a_freed_key_runs(&t, &mut conn, &q, &execute).await;
+            }
             drop(conn);
             t.drop_schema().await.expect("drop");
         }
+    }
+
+    /// Runs the worker's claim until the whole busy-key backlog is parked: one claim per
+    /// `PARK_BATCH` jobs (and the claim that finds nothing left), none taking a job.
+    async fn park_the_backlog(t: &TestSchema, conn: &mut sqlx::PgConnection, q: &str) {
+        let backlog: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT count(*) FROM {q}.jobs WHERE status = 'pending'"
+        )))
+        .fetch_one(&mut *conn)
+        .await
+        .expect("count");
+        let claims = usize::try_from(backlog).expect("count") / super::PARK_BATCH as usize + 2;
+        for _ in 0..claims {
+            let got = t
+                .storage()
+                .dequeue(DequeueParams {
+                    queues: vec!["default".into()],
+                    tasks: Vec::new(),
+                    limit: 1000,
+                    lease_duration: Duration::from_secs(3600),
+                    holder: "plan".into(),
+                    forbidden_flags: Vec::new(),
+                })
+                .await
+                .expect("dequeue");
+            assert!(got.is_empty(), "a busy key's job was claimed: {got:?}");
+        }
+        let parked: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT count(*) FROM {q}.jobs WHERE blocked"
+        )))
+        .fetch_one(&mut *conn)
+        .await
+        .expect("count");
+        assert_eq!(parked, backlog, "parked after {claims} claims");
+    }
+
+    /// A busy key's running job completes: the key's next job (in claim order) is
+    /// unparked in the same transaction, and the next claim takes exactly it, still
+    /// without walking the rest of the backlog.
+    async fn next_job_of_a_freed_key_runs(
+        t: &TestSchema,
+        conn: &mut sqlx::PgConnection,
+        q: &str,
+        execute: &str,
+    ) {
+        // The first job that ran: a key's (the unkeyed due jobs ran after them).
+        let (id, key, token): (i64, String, i64) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT id, serial_key, lease_token FROM {q}.jobs
+             WHERE status = 'running' ORDER BY id LIMIT 1"
+        )))
+        .fetch_one(&mut *conn)
+        .await
+        .expect("running");
+        let next: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT id FROM {q}.jobs WHERE status = 'pending' AND serial_key = {}
+             ORDER BY priority DESC, run_at, id LIMIT 1",
+            quote_literal(&key)
+        )))
+        .fetch_one(&mut *conn)
+        .await
+        .expect("next");
+        let lease = durable_jobs::Lease {
+            job_id: id,
+            attempt: 1,
+            token,
+            expires_at: chrono::Utc::now(),
+        };
+        t.storage()
+            .complete(&lease, serde_json::json!(null))
+            .await
+            .expect("complete");
+        run(conn, "BEGIN").await;
+        let before = jobs_buffers(conn, q).await;
+        let (touched, plan) = buffers(conn, execute).await;
+        let all = jobs_buffers(conn, q).await - before;
+        run(conn, "COMMIT").await;
+        assert!(
+            touched < 150 && all < 300,
+            "{key}: {touched}, {all}\n{plan}"
+        );
+        assert!(plan.contains("Update on jobs j (actual rows=1 "), "{plan}");
+        let status: String = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT status FROM {q}.jobs WHERE id = {next}"
+        )))
+        .fetch_one(&mut *conn)
+        .await
+        .expect("status");
+        assert_eq!(status, "running", "{key}: the next job in order runs");
     }
 
     /// Both claim statements turn `synchronous_commit` off for the transaction they run

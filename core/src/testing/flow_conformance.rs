@@ -5,7 +5,7 @@
 use super::ConformanceHarness;
 use crate::job::{JobId, NewJob};
 use crate::queue::Queue;
-use crate::storage::{ClaimedJob, DequeueParams, DynStorage};
+use crate::storage::{ClaimedJob, DequeueParams, DynStorage, Failure};
 use crate::Error;
 use serde_json::json;
 use std::time::Duration;
@@ -125,6 +125,134 @@ pub async fn key_limit_caps_running_jobs_per_key<H: ConformanceHarness>(h: &H) {
             "{key:?} {n}"
         );
     }
+}
+
+fn ran(claimed: &[ClaimedJob]) -> Vec<JobId> {
+    ids(claimed)
+}
+
+/// Whatever ends a key's running job (terminal failure, cancel, an expired lease
+/// reclaimed) lets the key's next job in order start; and when the job that was next
+/// stops being claimable without running (cancelled, deleted, moved later) while the key
+/// has room, the one after it starts instead. Between these, claims that find the key
+/// full take nothing (on PostgreSQL they park its jobs: this checks every way they come
+/// back).
+pub async fn a_keys_next_job_runs_however_its_slot_or_turn_is_given_up<H: ConformanceHarness>(
+    h: &H,
+) {
+    let s = h.storage();
+    let mut j = Vec::new();
+    for i in 0..10 {
+        j.push(s.enqueue(keyed("acct", i)).await.expect("enqueue").id);
+    }
+    let first = claim_all(&s).await;
+    assert_eq!(ran(&first), vec![j[0]]);
+    assert!(claim_all(&s).await.is_empty(), "the key is busy");
+
+    // A terminal failure frees the key.
+    let terminal = Failure {
+        error: "x".into(),
+        retry_in: None,
+    };
+    s.fail(&first[0].lease, terminal).await.expect("fail");
+    let second = claim_all(&s).await;
+    assert_eq!(ran(&second), vec![j[1]]);
+    assert!(claim_all(&s).await.is_empty());
+
+    // So does cancelling the running job.
+    assert!(s.cancel(j[1]).await.expect("cancel"));
+    let third = claim_all(&s).await;
+    assert_eq!(ran(&third), vec![j[2]]);
+    assert!(claim_all(&s).await.is_empty());
+
+    // And its lease expiring: the reclaimed job goes back in line behind the jobs that
+    // were due before its retry, so the next in order is j[3].
+    h.advance(Duration::from_secs(31)).await;
+    let stale = s.release_stale_locks().await.expect("reclaim");
+    assert_eq!(stale.released.len(), 1, "{stale:?}");
+    let fourth = claim_all(&s).await;
+    assert_eq!(ran(&fourth), vec![j[3]]);
+    assert!(claim_all(&s).await.is_empty());
+
+    // The job next in line is cancelled while the key has room: the one after it runs.
+    s.complete(&fourth[0].lease, json!(null))
+        .await
+        .expect("complete");
+    assert!(s.cancel(j[4]).await.expect("cancel"));
+    let fifth = claim_all(&s).await;
+    assert_eq!(ran(&fifth), vec![j[5]]);
+
+    // ... or deleted.
+    s.complete(&fifth[0].lease, json!(null))
+        .await
+        .expect("complete");
+    assert!(s.delete_job(j[6]).await.expect("delete"));
+    let sixth = claim_all(&s).await;
+    assert_eq!(ran(&sixth), vec![j[7]]);
+
+    // ... or moved to later.
+    s.complete(&sixth[0].lease, json!(null))
+        .await
+        .expect("complete");
+    let later = s.now().await.expect("now") + chrono::Duration::hours(1);
+    assert!(s.reschedule_job(j[8], later).await.expect("reschedule"));
+    let seventh = claim_all(&s).await;
+    assert_eq!(ran(&seventh), vec![j[9]]);
+
+    // Then the reclaimed j[2] (due since the reclaim), then j[8] when its time comes.
+    s.complete(&seventh[0].lease, json!(null))
+        .await
+        .expect("complete");
+    let eighth = claim_all(&s).await;
+    assert_eq!(ran(&eighth), vec![j[2]]);
+    s.complete(&eighth[0].lease, json!(null))
+        .await
+        .expect("complete");
+    assert!(claim_all(&s).await.is_empty(), "j[8] is not due");
+    h.advance(Duration::from_secs(3601)).await;
+    assert_eq!(ran(&claim_all(&s).await), vec![j[8]]);
+}
+
+/// A key with room gives each claimer the key's first job among those it may take: a
+/// claimer of some tasks is not held up by a first job of a task it does not take. And a
+/// raised limit lets as many more jobs of the key start.
+pub async fn a_key_with_room_serves_each_claimer_its_first_job<H: ConformanceHarness>(h: &H) {
+    let s = h.storage();
+    let head = s.enqueue(keyed("mixed", 0)).await.expect("enqueue").id;
+    let mut other = keyed("mixed", 1);
+    other.task = "other".into();
+    let other = s.enqueue(other).await.expect("enqueue").id;
+    let mine = s.enqueue(keyed("mixed", 2)).await.expect("enqueue").id;
+    let running = claim_all(&s).await;
+    assert_eq!(ran(&running), vec![head]);
+    assert!(claim_all(&s).await.is_empty(), "the key is busy");
+    s.complete(&running[0].lease, json!(null))
+        .await
+        .expect("complete");
+    // Claims of task `t` only: the key's first job is `other`'s, which they skip.
+    let next = claim_all(&s).await;
+    assert_eq!(ran(&next), vec![mine]);
+    s.complete(&next[0].lease, json!(null))
+        .await
+        .expect("complete");
+    let mut any_task = params(10);
+    any_task.tasks = Vec::new();
+    let last = s.dequeue(any_task).await.expect("dequeue");
+    assert_eq!(ran(&last), vec![other]);
+
+    // A raised limit: two more of a busy key start at once.
+    let mut wide = Vec::new();
+    for i in 0..5 {
+        wide.push(s.enqueue(keyed("wide", i)).await.expect("enqueue").id);
+    }
+    assert_eq!(ran(&claim_all(&s).await), vec![wide[0]]);
+    assert!(claim_all(&s).await.is_empty(), "the key is busy");
+    Queue::new(s.clone())
+        .set_key_limit("wide", 3)
+        .await
+        .expect("limit");
+    assert_eq!(ran(&claim_all(&s).await), vec![wide[1], wide[2]]);
+    assert!(claim_all(&s).await.is_empty(), "three run: the limit");
 }
 
 fn in_queue(queue: &str, payload: i64) -> NewJob {
