@@ -31,7 +31,10 @@
 //! - **Operations**: job-key modes (dedupe, replace, preserve_run_at) through
 //!   `INSERT ... ON CONFLICT`; serial keys through `serial_slots` rows numbered 1 to the
 //!   key's limit (`key_limits`, 1 by default; taken inside the claim, freed by a trigger
-//!   when the job stops running); rate limits per queue through a window row in
+//!   when the job stops running); due jobs of a key with no free slot are parked out of
+//!   the claim index by the first claim that meets them, and the key's next ones come
+//!   back in the transaction that gives it room, so claims do not walk a busy key's
+//!   backlog (migration 13); rate limits per queue through a window row in
 //!   `queue_rate_limits` that the single-queue claim locks, reads and counts into; flags,
 //!   tags, paused queues, schedules (the cursor moves by compare-and-set) and the
 //!   management calls.

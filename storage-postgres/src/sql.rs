@@ -122,10 +122,13 @@ const UNFINISHED: &str = "('pending', 'retrying', 'running', 'waiting')";
 /// the part of the index `cand` walked (`edge` is where it stopped: its last row when it
 /// took all it may, else the end of every due range), along `jobs_claimable_keyed`, so a
 /// queue without keyed jobs pays one empty index page for it; `busy` share-locks the
-/// slots of their keys and keeps the keys whose slots are all still taken (a slot freed
-/// since the claim's snapshot is gone, not locked), so no slot of a parked key can be
-/// freed before the parking commits, and the write that frees one then sees the parked
-/// jobs and unparks the key's next ones. At most [`PARK_BATCH`] jobs are parked per claim,
+/// slots of their keys and keeps the keys whose slots are all still taken, so no slot of
+/// a parked key can be freed before the parking commits, and the write that frees one
+/// then sees the parked jobs and unparks the key's next ones. A slot freed since the
+/// claim's snapshot is gone, and one being freed right now is locked by its writer and
+/// skipped (never waited for: a claim waiting on a batch completion that waits on the
+/// claim's share lock of another key's slot would deadlock); either way its key is not
+/// counted full and not parked, which is always safe. At most [`PARK_BATCH`] jobs are parked per claim,
 /// which bounds the writes of the first claim to meet a deep backlog of a busy key; the
 /// next claims park the rest.
 ///
@@ -224,7 +227,7 @@ busy AS (
     SELECT h.serial_key FROM (
         SELECT s.serial_key FROM {schema}.serial_slots AS s
         WHERE s.serial_key = ANY(ARRAY(SELECT DISTINCT serial_key FROM parkable))
-        FOR SHARE OF s
+        FOR SHARE OF s SKIP LOCKED
     ) AS h
     GROUP BY h.serial_key
     HAVING count(*) >= {schema}.key_limit(h.serial_key)
@@ -241,7 +244,9 @@ parked AS (
 /// jobs in claim order, not all of them together, so this claim sorts every due job of
 /// those queues: its cost grows with their backlog. Workers never use it (each routing
 /// queue claims with [`CLAIM`]); it serves `Storage::dequeue` calls naming several
-/// queues. Paused queues are dropped from the array once, before the scan.
+/// queues. Paused queues are dropped from the array once, before the scan. It reads no
+/// parked job, and skips jobs of full keys row by row without parking them: it sorts
+/// every due job of its queues anyway.
 const CLAIM_QUEUES: &str = "
 WITH cand AS (
     SELECT id, serial_key, priority, run_at FROM {schema}.jobs
