@@ -1,4 +1,4 @@
-//! The dynamic read queries (`list_jobs`, `counts`), built with sea-query rather than by
+//! The dynamic read query (`list_jobs`), built with sea-query rather than by
 //! concatenating SQL: which terms appear depends on the filter, and every value is bound
 //! as a parameter. The SQLite backend builds the same queries with the same builder in
 //! its dialect. The hot-path statements (claim, complete, enqueue) stay hand-written in
@@ -88,38 +88,10 @@ pub(crate) fn filter_terms(q: &mut SelectStatement, f: &JobFilter) {
     }
 }
 
-/// The per-queue, per-status counts.
-pub(crate) fn counts_query(schema: &str) -> SelectStatement {
-    Query::select()
-        .columns(["queue", "status"])
-        .expr_as(Func::count(Expr::col(Asterisk)), "n")
-        .from(table(schema, "jobs"))
-        .group_by_columns(["queue", "status"])
-        .order_by("queue", Order::Asc)
-        .order_by("status", Order::Asc)
-        .to_owned()
-}
-
 /// Jobs matching a filter, by ascending id.
 pub(crate) async fn list_jobs(pool: Db<'_>, schema: &str, f: &JobFilter) -> Result<Vec<Job>> {
     let rows = fetch(pool, render(list_query(schema, f))?).await?;
     rows.iter().map(job_from_row).collect()
-}
-
-/// Jobs per queue and status, ordered by queue then status.
-pub(crate) async fn counts(pool: Db<'_>, schema: &str) -> Result<Vec<QueueCount>> {
-    let rows = fetch(pool, render(counts_query(schema))?).await?;
-    rows.iter()
-        .map(|row| {
-            let status: String = row.try_get("status").map_err(db)?;
-            let n: i64 = row.try_get("n").map_err(db)?;
-            Ok(QueueCount {
-                queue: row.try_get("queue").map_err(db)?,
-                status: durable_jobs::JobStatus::from_str(&status)?,
-                count: u64::try_from(n).unwrap_or(0),
-            })
-        })
-        .collect()
 }
 
 /// Renders `q` for PostgreSQL with its values as sqlx binds. The text depends only on
@@ -224,7 +196,7 @@ fn unbindable(value: &sea_query::Value) -> Error {
 #[cfg(test)]
 mod tests {
     // Not a glob: sea-query's expression traits would shadow `str::contains`.
-    use super::{bind, counts_query, list_query, Bind};
+    use super::{bind, list_query, Bind};
     use chrono::DateTime;
     use durable_jobs::JobFilter;
     use durable_jobs::JobStatus;
@@ -287,10 +259,10 @@ mod tests {
     /// The schema is a quoted identifier, escaped by sea-query.
     #[test]
     fn schema_is_a_quoted_identifier() {
-        let sql = counts_query("Jobs_2").to_string(PostgresQueryBuilder);
+        let sql = list_query("Jobs_2", &JobFilter::default()).to_string(PostgresQueryBuilder);
         assert!(sql.contains(r#"FROM "Jobs_2"."jobs""#), "{sql}");
         // Validation refuses such names; the quoting would still hold.
-        let sql = counts_query(r#"a"b"#).to_string(PostgresQueryBuilder);
+        let sql = list_query(r#"a"b"#, &JobFilter::default()).to_string(PostgresQueryBuilder);
         assert!(sql.contains(r#"FROM "a""b"."jobs""#), "{sql}");
     }
 }

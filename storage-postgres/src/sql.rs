@@ -684,6 +684,35 @@ SELECT queue, status, count(*) FROM {schema}.jobs
 WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at >= $1
 GROUP BY queue, status";
 
+/// Jobs per queue and status, in (queue, status) text order: what the metrics sampler
+/// reads every interval, so it never reads the table's rows. Each branch counts one
+/// group of statuses from the partial index that holds exactly its jobs, index-only:
+/// claimable jobs from `jobs_claimable`, parked ones from `jobs_blocked` (both carry the
+/// status), finished ones (usually most of the table) from `jobs_finished` (which
+/// carries the queue). Running jobs, a few per worker, are read through
+/// `jobs_running_lease`. The branches split the statuses without overlap, so the sums
+/// are the table's exact counts (the plan tests check the plan and the numbers).
+const COUNTS: &str = "
+SELECT queue, status, sum(n)::bigint FROM (
+    SELECT queue, status, count(*) AS n FROM {schema}.jobs
+    WHERE status IN ('pending', 'retrying', 'waiting') AND NOT blocked
+    GROUP BY queue, status
+    UNION ALL
+    SELECT queue, status, count(*) FROM {schema}.jobs
+    WHERE status IN ('pending', 'retrying', 'waiting') AND blocked
+    GROUP BY queue, status
+    UNION ALL
+    SELECT queue, status, count(*) FROM {schema}.jobs
+    WHERE status = 'running'
+    GROUP BY queue, status
+    UNION ALL
+    SELECT queue, status, count(*) FROM {schema}.jobs
+    WHERE status IN ('completed', 'failed', 'cancelled')
+    GROUP BY queue, status
+) AS c
+GROUP BY queue, status
+ORDER BY queue, status";
+
 /// The statements for one schema.
 #[derive(Debug, Clone)]
 pub(crate) struct Sql {
@@ -716,6 +745,7 @@ pub(crate) struct Sql {
     pub job_exists: Arc<str>,
     pub list_attempts: Arc<str>,
     pub finished_counts: Arc<str>,
+    pub counts: Arc<str>,
 }
 
 /// The storage's clock in SQL: the database's `now()`, or, for tests (feature `testing`),
@@ -816,6 +846,7 @@ impl Sql {
             job_exists: r(JOB_EXISTS),
             list_attempts: r(LIST_ATTEMPTS),
             finished_counts: r(FINISHED_COUNTS),
+            counts: r(COUNTS),
         }
     }
 }
@@ -1147,6 +1178,88 @@ mod plan_tests {
         t.drop_schema().await.expect("drop");
     }
 
+    /// `counts()` (which the metrics sampler runs every interval) never reads the table's
+    /// rows: each group of statuses is counted index-only from its partial index, on a
+    /// table of mostly finished jobs and on one with a deep backlog of pending jobs,
+    /// vacuumed (the visibility map kept up, as autovacuum does); and its numbers are the
+    /// table's own, with parked jobs counted as what they are (pending). The finished
+    /// jobs carry a payload and a result of a modest size: with rows as narrow as their
+    /// index entries, reading the table is as cheap as reading the index, and the
+    /// planner rightly takes either.
+    #[tokio::test]
+    async fn counts_read_indexes_not_the_table() {
+        for pending in [100, 50_000] {
+            let t = TestSchema::new().await.expect("schema");
+            let q = crate::options::quote_ident(t.schema());
+            let mut conn = t.storage().pool().acquire().await.expect("conn");
+            // Parked jobs of a busy key, and running ones: the key's and three more.
+            fill_the_keys(&t, Backlog::BusySerialKey).await;
+            run(
+                &mut conn,
+                &format!(
+                    "INSERT INTO {q}.jobs (task, payload, serial_key, run_at)
+                     SELECT 't', '{{}}', 'hot', now() - interval '1 hour'
+                     FROM generate_series(1, 500);
+                     INSERT INTO {q}.jobs
+                         (task, payload, queue, status, attempt, completed_at, result)
+                     SELECT 't', jsonb_build_object('order', i, 'note', repeat('x', 120)),
+                            (ARRAY['default', 'other'])[i % 2 + 1],
+                            (ARRAY['completed', 'failed', 'cancelled'])[i % 3 + 1], 1,
+                            now() - i * interval '1 second', jsonb_build_object('ok', i)
+                     FROM generate_series(1, 100000) AS i;
+                     INSERT INTO {q}.jobs (task, payload, queue, priority, run_at)
+                     SELECT 't', '{{}}', (ARRAY['default', 'other'])[i % 2 + 1], i % 3,
+                            now() + interval '1 day'
+                     FROM generate_series(1, {pending}) AS i;
+                     INSERT INTO {q}.jobs (task, payload, status, attempt, run_at)
+                     SELECT 't', '{{}}', (ARRAY['waiting', 'retrying'])[i % 2 + 1], 1,
+                            timestamptz '9999-12-31 00:00:00+00'
+                     FROM generate_series(1, 1000) AS i"
+                ),
+            )
+            .await;
+            park_the_backlog(&t, &mut conn, &q).await;
+            vacuum_clean(&mut conn, &q).await;
+            let stmt = render(super::COUNTS, t.schema(), "now()");
+            let plan: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+                "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {stmt}"
+            )))
+            .fetch_all(&mut *conn)
+            .await
+            .expect("explain");
+            let plan = plan.join("\n");
+            assert!(!plan.contains("Seq Scan"), "{pending}:\n{plan}");
+            for index in ["jobs_claimable", "jobs_blocked", "jobs_finished"] {
+                assert!(
+                    plan.contains(&format!("Index Only Scan using {index} on jobs")),
+                    "{pending}, {index}:\n{plan}"
+                );
+            }
+            let counts = t.storage().counts().await.expect("counts");
+            let got: Vec<(String, String, i64)> = counts
+                .iter()
+                .map(|c| {
+                    let n = i64::try_from(c.count).expect("count");
+                    (c.queue.clone(), c.status.as_str().to_string(), n)
+                })
+                .collect();
+            let want: Vec<(String, String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT queue, status, count(*) FROM {q}.jobs
+                 GROUP BY queue, status ORDER BY queue, status"
+            )))
+            .fetch_all(&mut *conn)
+            .await
+            .expect("counts by scan");
+            assert_eq!(got, want, "{pending}");
+            assert!(
+                got.iter().any(|(_, s, n)| s == "running" && *n == 4),
+                "{got:?}"
+            );
+            drop(conn);
+            t.drop_schema().await.expect("drop");
+        }
+    }
+
     /// What a deep backlog that a claim cannot take is made of.
     #[derive(Debug, Clone, Copy)]
     enum Backlog {
@@ -1178,28 +1291,39 @@ mod plan_tests {
         .expect("xact buffers")
     }
 
-    /// VACUUM ANALYZE of `jobs` until it leaves no dead row behind. Parking a backlog
-    /// leaves its rows' old versions in the claim index until a vacuum removes them (as
-    /// finishing jobs does); a vacuum cannot remove versions that a transaction running
-    /// elsewhere (another test's) may still see, so this waits, vacuuming again, until
-    /// no such transaction is left: at most about a minute.
+    /// VACUUM ANALYZE of `jobs`, indexes included, until it leaves no dead row behind and every page
+    /// all-visible (what autovacuum keeps a table close to, and what index-only scans
+    /// need). Parking a backlog leaves its rows' old versions in the claim index until a
+    /// vacuum removes them (as finishing jobs does); a vacuum can neither remove versions
+    /// nor mark fresh rows all-visible while a transaction running elsewhere (another
+    /// test's, on this shared server) may still see the table as it was, so this waits,
+    /// vacuuming again, until no such transaction is left: at most five minutes.
     async fn vacuum_clean(conn: &mut sqlx::PgConnection, q: &str) {
         let lit = quote_literal(&format!("{q}.jobs"));
-        let mut dead: i64 = -1;
-        for _ in 0..600 {
-            run(conn, &format!("VACUUM ANALYZE {q}.jobs")).await;
-            dead = sqlx::query_scalar(AssertSqlSafe(format!(
-                "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = {lit}::regclass"
+        let mut last = (0, 0, 0);
+        for _ in 0..3000 {
+            // INDEX_CLEANUP ON: a vacuum that finds dead rows on under 2% of the pages
+            // leaves them (and their pages not all-visible) for a later vacuum.
+            run(
+                conn,
+                &format!("VACUUM (ANALYZE, INDEX_CLEANUP ON) {q}.jobs"),
+            )
+            .await;
+            last = sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT s.n_dead_tup, c.relpages::bigint, c.relallvisible::bigint
+                 FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+                 WHERE s.relid = {lit}::regclass"
             )))
             .fetch_one(&mut *conn)
             .await
-            .expect("dead rows");
-            if dead == 0 {
+            .expect("vacuum state");
+            let (dead, pages, visible): (i64, i64, i64) = last;
+            if dead == 0 && visible >= pages {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("{dead} dead rows left in {q}.jobs");
+        panic!("{q}.jobs after vacuum: (dead rows, pages, all-visible pages) = {last:?}");
     }
 
     /// For the busy-key backlogs: makes every key of the backlog run as many jobs as its
@@ -1387,11 +1511,13 @@ mod plan_tests {
         }
     }
 
-    /// Runs the worker's claim until the whole busy-key backlog is parked: one claim per
+    /// Runs the worker's claim until the whole busy-key backlog (the due pending jobs of
+    /// the busy keys) is parked: one claim per
     /// `PARK_BATCH` jobs (and the claim that finds nothing left), none taking a job.
     async fn park_the_backlog(t: &TestSchema, conn: &mut sqlx::PgConnection, q: &str) {
         let backlog: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT count(*) FROM {q}.jobs WHERE status = 'pending'"
+            "SELECT count(*) FROM {q}.jobs
+             WHERE status = 'pending' AND serial_key IS NOT NULL AND run_at <= now()"
         )))
         .fetch_one(&mut *conn)
         .await

@@ -838,7 +838,21 @@ impl Storage for PostgresStorage {
     }
 
     async fn counts(&self) -> Result<Vec<QueueCount>> {
-        crate::filter::counts(self.db(), self.schema()).await
+        let rows = sqlx::query(AssertSqlSafe(self.sql().counts.clone()))
+            .fetch_all_on(self.db())
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                let status: String = row.try_get(1).map_err(db)?;
+                let n: i64 = row.try_get(2).map_err(db)?;
+                Ok(QueueCount {
+                    queue: row.try_get(0).map_err(db)?,
+                    status: JobStatus::from_str(&status)?,
+                    count: u64::try_from(n).unwrap_or(0),
+                })
+            })
+            .collect()
     }
 
     async fn finished_counts(&self, since: DateTime<Utc>) -> Result<Vec<QueueCount>> {
