@@ -12,15 +12,13 @@ use crate::error::db;
 use crate::exec::{Db, Fetch};
 use crate::storage::job_from_row;
 use chrono::{DateTime, Utc};
-use durable_jobs::{Error, Job, JobFilter, QueueCount, Result};
+use durable_jobs::{Error, Job, JobFilter, Result};
 use sea_query::extension::postgres::PgExpr;
 use sea_query::{
-    ArrayType, Asterisk, Expr, ExprTrait, Func, Order, PostgresQueryBuilder, Query,
-    SelectStatement, TableRef,
+    ArrayType, Expr, ExprTrait, Order, PostgresQueryBuilder, Query, SelectStatement, TableRef,
 };
 use sqlx::postgres::{PgArguments, PgRow};
-use sqlx::{AssertSqlSafe, Postgres, Row};
-use std::str::FromStr;
+use sqlx::{AssertSqlSafe, Postgres};
 
 /// The listing's page size when the filter sets none (as the trait documents).
 const DEFAULT_LIMIT: usize = 100;
