@@ -1,4 +1,4 @@
-//! The dynamic read queries (`list_jobs`, `counts`), built with sea-query rather than by
+//! The dynamic read queries (`list_jobs`, `delete_jobs`' candidates), built with sea-query rather than by
 //! concatenating SQL: which terms appear depends on the filter, and every value is bound
 //! as a parameter. The Postgres backend builds the same queries with the same builder in
 //! its dialect. The hot-path statements (claim, complete) stay hand-written in
@@ -7,11 +7,11 @@
 use crate::error::QResult;
 use crate::query::{job_from_row, JOB_COLUMNS};
 use crate::workflow::micros_ceil;
-use durable_jobs::{DeletedBatch, Job, JobFilter, JobId, QueueCount, StorageErrorKind};
+use durable_jobs::{DeletedBatch, Job, JobFilter, JobId, StorageErrorKind};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params_from_iter, Connection};
 use sea_query::{
-    Expr, ExprTrait, Func, Order, Query, SelectStatement, SqliteQueryBuilder, Value as SeaValue,
+    Expr, ExprTrait, Order, Query, SelectStatement, SqliteQueryBuilder, Value as SeaValue,
 };
 use serde_json::Value;
 
@@ -172,31 +172,6 @@ pub(crate) fn list_jobs(conn: &Connection, f: &JobFilter) -> QResult<Vec<Job>> {
     Ok(out)
 }
 
-/// Jobs per queue and status.
-pub(crate) fn counts(conn: &Connection) -> QResult<Vec<QueueCount>> {
-    let (sql, values) = Query::select()
-        .columns(["queue", "status"])
-        .expr(Func::count(Expr::col("id")))
-        .from(JOBS)
-        .group_by_columns(["queue", "status"])
-        .order_by("queue", Order::Asc)
-        .order_by("status", Order::Asc)
-        .build(SqliteQueryBuilder);
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query(params_from_iter(bind(values)?))?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        let status: String = row.get(1)?;
-        let count: i64 = row.get(2)?;
-        out.push(QueueCount {
-            queue: row.get(0)?,
-            status: status.parse()?,
-            count: u64::try_from(count).unwrap_or(0),
-        });
-    }
-    Ok(out)
-}
-
 /// sea-query's bound values as rusqlite values. Only the kinds these queries produce
 /// are accepted; anything else is a bug in this module, reported as a storage error.
 fn bind(values: sea_query::Values) -> QResult<Vec<SqlValue>> {
@@ -258,7 +233,7 @@ mod tests {
         let conn = Connection::open_in_memory().expect("open");
         crate::migrate::migrate(&conn, 0).expect("migrate");
         assert!(list_jobs(&conn, &f).expect("list").is_empty());
-        assert!(counts(&conn).expect("counts").is_empty());
+        assert!(crate::query::counts(&conn).expect("counts").is_empty());
     }
 
     /// A tag lookup goes through the tag index, and a listing walks ids in order.

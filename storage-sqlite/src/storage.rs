@@ -575,7 +575,7 @@ impl Storage for SqliteStorage {
     }
 
     async fn counts(&self) -> Result<Vec<QueueCount>> {
-        self.read(filter::counts).await
+        self.read(query::counts).await
     }
 
     async fn finished_counts(&self, since: DateTime<Utc>) -> Result<Vec<QueueCount>> {
