@@ -128,9 +128,11 @@ const UNFINISHED: &str = "('pending', 'retrying', 'running', 'waiting')";
 /// claim's snapshot is gone, and one being freed right now is locked by its writer and
 /// skipped (never waited for: a claim waiting on a batch completion that waits on the
 /// claim's share lock of another key's slot would deadlock); either way its key is not
-/// counted full and not parked, which is always safe. At most [`PARK_BATCH`] jobs are parked per claim,
-/// which bounds the writes of the first claim to meet a deep backlog of a busy key; the
-/// next claims park the rest.
+/// counted full and not parked, which is always safe. At most [`PARK_BATCH`] jobs are
+/// parked per claim, which bounds the writes of the first claim to meet a deep backlog
+/// of a busy key; the next claims park the rest. What parking costs a claim that parks
+/// nothing: the keyed jobs of the walked part of the index are read a second time (none
+/// on a queue without keyed jobs).
 ///
 /// A claim commits without waiting for its WAL to reach disk (`synchronous_commit` is
 /// turned off for this one transaction; the claim always runs autocommitted on the pool).
