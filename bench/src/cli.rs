@@ -27,6 +27,8 @@ OPTIONS:
   --database-url URL    server to create bench_<pid>_<n> databases on
                         [env DATABASE_URL, else postgres://postgres@127.0.0.1:5432/postgres]
   --prefetch N          our WorkerOptions::prefetch (its local queue)   [sized by the worker]
+  --checkpoint-writers N  our WorkerOptions::checkpoint_writers (steps, workflow)
+                                                                        [the library's default]
   --workflows N         three-step workflows in the workflow scenario   [10000]
   --workflow-concurrency N  both sides' worker concurrency there        [50]
   --duration SECS       how long the soak runs                          [600]
@@ -64,6 +66,9 @@ pub struct Config {
     pub profile: bool,
     /// Our `WorkerOptions::prefetch` (None: the worker sizes its local queue).
     pub prefetch: Option<usize>,
+    /// Our `WorkerOptions::checkpoint_writers` in the steps and workflow scenarios (None:
+    /// the library's default).
+    pub checkpoint_writers: Option<usize>,
     /// Workflows in the workflow scenario.
     pub workflows: usize,
     /// Both sides' worker concurrency in the workflow scenario.
@@ -144,6 +149,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
         timeout: Duration::from_secs(300),
         profile: false,
         prefetch: None,
+        checkpoint_writers: None,
         workflows: 10_000,
         workflow_concurrency: 50,
         soak_duration: Duration::from_secs(600),
@@ -199,6 +205,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
             "--database-url",
             "--timeout",
             "--prefetch",
+            "--checkpoint-writers",
             "--worker",
             "--workflows",
             "--workflow-concurrency",
@@ -229,6 +236,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, S
             "--raw-workers" => c.raw_workers = nums(&flag, &value)?,
             "--pool" => c.pool = num(&flag, &value)?,
             "--prefetch" => c.prefetch = Some(num(&flag, &value)?),
+            "--checkpoint-writers" => c.checkpoint_writers = Some(num(&flag, &value)?),
             "--workflows" => c.workflows = num(&flag, &value)?,
             "--workflow-concurrency" => c.workflow_concurrency = num(&flag, &value)?,
             "--duration" => c.soak_duration = Duration::from_secs(num(&flag, &value)?),

@@ -308,6 +308,14 @@ pub async fn latency(cfg: &Config) -> Result<Vec<f64>, String> {
     Ok(probe.latencies_ms().split_off(warmup))
 }
 
+/// `opts` with `--checkpoint-writers`, when given.
+pub fn checkpoint_options(cfg: &Config, opts: WorkerOptions) -> WorkerOptions {
+    match cfg.checkpoint_writers {
+        Some(n) => opts.checkpoint_writers(n),
+        None => opts,
+    }
+}
+
 /// Checkpointed steps per second: `jobs` jobs each run `steps` no-op `ctx.step` calls.
 pub async fn steps(cfg: &Config, backend: Backend, jobs: usize) -> Result<f64, String> {
     let steps = (cfg.jobs / 20).max(1);
@@ -331,8 +339,11 @@ pub async fn steps(cfg: &Config, backend: Backend, jobs: usize) -> Result<f64, S
         .enqueue_many("steps", std::iter::repeat_n(steps, jobs), JobOptions::new())
         .await
         .map_err(err("enqueue"))?;
-    let worker = Worker::new(queue.clone(), WorkerOptions::new().queue("default", jobs))
-        .map_err(err("worker"))?;
+    let worker = Worker::new(
+        queue.clone(),
+        checkpoint_options(cfg, WorkerOptions::new().queue("default", jobs)),
+    )
+    .map_err(err("worker"))?;
     let t0 = Instant::now();
     let report = worker.drain().await.map_err(err("drain"))?;
     let secs = t0.elapsed().as_secs_f64();

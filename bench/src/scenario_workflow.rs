@@ -103,7 +103,7 @@ async fn ours_on(
     }
     let worker = Worker::new(
         queue.clone(),
-        WorkerOptions::new().queue("default", concurrency),
+        crate::ours::checkpoint_options(cfg, WorkerOptions::new().queue("default", concurrency)),
     )
     .map_err(err("worker"))?;
     let t0 = Instant::now();

@@ -37,6 +37,9 @@ pub const DEFAULT_CLAIMS_IN_FLIGHT: usize = 3;
 /// SQLite too): parallel writers split the same outcomes into more, smaller statements
 /// and commits (four writers averaged 125 outcomes per write in a PostgreSQL drain).
 pub const DEFAULT_COMPLETION_WRITERS: usize = 1;
+/// How many checkpoint writes (the group commit of durable calls and steps) may be in
+/// flight at once. Defaults to DEFAULT_CHECKPOINT_WRITERS_VALUE.
+pub const DEFAULT_CHECKPOINT_WRITERS: usize = 2;
 /// How often the scheduler looks for due schedule ticks. Defaults to 1 second.
 pub const DEFAULT_SCHEDULER_INTERVAL: Duration = Duration::from_secs(1);
 /// The most jobs claimed in one storage call. Defaults to 500.
@@ -68,6 +71,7 @@ pub struct WorkerOptions {
     pub(crate) shutdown_grace: Duration,
     pub(crate) completion_batch: usize,
     pub(crate) completion_writers: usize,
+    pub(crate) checkpoint_writers: usize,
     pub(crate) prefetch: Option<usize>,
     pub(crate) claims_in_flight: usize,
     pub(crate) max_claim_batch: usize,
@@ -94,6 +98,7 @@ impl Default for WorkerOptions {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             completion_batch: DEFAULT_COMPLETION_BATCH,
             completion_writers: DEFAULT_COMPLETION_WRITERS,
+            checkpoint_writers: DEFAULT_CHECKPOINT_WRITERS,
             prefetch: None,
             claims_in_flight: DEFAULT_CLAIMS_IN_FLIGHT,
             max_claim_batch: DEFAULT_MAX_CLAIM_BATCH,
@@ -167,6 +172,15 @@ impl WorkerOptions {
     /// How many outcome writes may run at once. Defaults to [`DEFAULT_COMPLETION_WRITERS`].
     pub fn completion_writers(mut self, n: usize) -> Self {
         self.completion_writers = n;
+        self
+    }
+
+    /// How many checkpoint writes may run at once. Defaults to
+    /// [`DEFAULT_CHECKPOINT_WRITERS`]. Checkpoints that arrive while every writer is busy
+    /// share the next write; each call or step still returns only once its own
+    /// checkpoint is durable.
+    pub fn checkpoint_writers(mut self, n: usize) -> Self {
+        self.checkpoint_writers = n;
         self
     }
 
@@ -342,6 +356,7 @@ impl WorkerOptions {
         if self.completion_batch == 0
             || self.max_claim_batch == 0
             || self.completion_writers == 0
+            || self.checkpoint_writers == 0
             || self.claims_in_flight == 0
             || self.retention_batch == 0
         {

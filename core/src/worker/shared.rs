@@ -120,6 +120,7 @@ impl Shared {
         let storage_wake = queue.storage().wakeups();
         let queue_wake = queue.subscribe_wake();
         let loops = opts.queues.len();
+        let checkpoint_writers = opts.checkpoint_writers;
         let started = opts.clock.now();
         // Through the queue's instrumented handle, so checkpoint writes are observed
         // like every other storage call.
@@ -143,7 +144,7 @@ impl Shared {
             health,
             fatal: Mutex::new(None),
             started,
-            checkpoints: CheckpointCommitter::start(Arc::new(queue_storage)),
+            checkpoints: CheckpointCommitter::start(Arc::new(queue_storage), checkpoint_writers),
         }
     }
 

@@ -6,7 +6,13 @@
 //! that job's checkpoint.
 //!
 //! Batching adds no waiting: a lone checkpoint is written at once, and items queue up only
-//! while a write is already in flight (as the worker's completions do).
+//! while every writer is busy (as the worker's completions do). Several writes may be in
+//! flight at once ([`WorkerOptions::checkpoint_writers`]): a job waits for its own
+//! checkpoint before its next step, so with one writer the checkpoints that arrive just
+//! after a write went out wait out a whole round trip and flush, while a second writer
+//! sends them at once and the server's own WAL group commit shares the flush.
+//!
+//! [`WorkerOptions::checkpoint_writers`]: crate::WorkerOptions::checkpoint_writers
 
 use crate::error::{Error, Result, StorageError, StorageErrorKind};
 use crate::job::{Checkpoint, Lease};
@@ -40,18 +46,22 @@ pub(crate) struct CheckpointCommitter {
 }
 
 impl CheckpointCommitter {
-    /// Starts a writer over `storage` (on the current tokio runtime).
-    pub(crate) fn start(storage: DynStorage) -> Self {
-        Self::with_writer(Arc::new(move |items| {
-            let s = storage.clone();
-            Box::pin(async move { s.checkpoint_many(items).await })
-        }))
+    /// Starts a writer over `storage` (on the current tokio runtime) with up to `writers`
+    /// writes in flight (at least one).
+    pub(crate) fn start(storage: DynStorage, writers: usize) -> Self {
+        Self::with_writer(
+            Arc::new(move |items| {
+                let s = storage.clone();
+                Box::pin(async move { s.checkpoint_many(items).await })
+            }),
+            writers,
+        )
     }
 
-    /// Starts a writer that stores batches with `write`.
-    fn with_writer(write: Arc<WriteFn>) -> Self {
+    /// Starts a writer that stores batches with `write`, up to `writers` at once.
+    fn with_writer(write: Arc<WriteFn>, writers: usize) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run_writer(rx, write));
+        tokio::spawn(run_writer(rx, write, writers.max(1)));
         CheckpointCommitter { tx }
     }
 
@@ -82,52 +92,76 @@ fn unanswered(why: &str) -> Error {
     Error::Storage(StorageError::new(StorageErrorKind::Other, why))
 }
 
-/// The writer: takes every waiting item (up to [`MAX_BATCH`]), writes them with one call,
-/// answers each caller with its own item's result, and repeats until every handle is gone.
-async fn run_writer(mut rx: mpsc::UnboundedReceiver<Pending>, write: Arc<WriteFn>) {
-    let mut buf = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut buf, MAX_BATCH).await > 0 {
-        let (items, waiters): (Vec<_>, Vec<_>) = buf.drain(..).map(|p| (p.item, p.done)).unzip();
-        let n = items.len();
-        // A task of its own, so a panic inside the storage fails this batch only and
-        // the writer lives on for the next.
-        let written = match tokio::spawn(write(items)).await {
-            Ok(w) => w,
-            Err(e) => Err(unanswered(&format!("the checkpoint write panicked: {e}"))),
+/// The writer: once a write slot is free, takes every waiting item (up to
+/// [`MAX_BATCH`]), writes them with one call in a task of its own, and repeats until every
+/// handle is gone; each write answers its own callers.
+///
+/// Each item is in exactly one batch. Batches in flight together hold different
+/// checkpoints: a job saves its next checkpoint only once its previous one is durable,
+/// and the calls it runs concurrently write different keys.
+async fn run_writer(mut rx: mpsc::UnboundedReceiver<Pending>, write: Arc<WriteFn>, writers: usize) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(writers));
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        // Take a slot first, so items accumulate into a batch while every writer is busy.
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
         };
-        match written {
-            Ok(results) if results.len() == n => {
-                for (done, r) in waiters.into_iter().zip(results) {
-                    // A caller that stopped waiting (its handler was aborted) needs no
-                    // answer.
-                    let _ = done.send(r);
-                }
+        let mut buf = Vec::with_capacity(MAX_BATCH);
+        if rx.recv_many(&mut buf, MAX_BATCH).await == 0 {
+            break;
+        }
+        let write = write.clone();
+        tasks.spawn(async move {
+            write_batch(&write, buf).await;
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Writes one batch and answers each of its callers with its own item's result.
+async fn write_batch(write: &Arc<WriteFn>, buf: Vec<Pending>) {
+    let (items, waiters): (Vec<_>, Vec<_>) = buf.into_iter().map(|p| (p.item, p.done)).unzip();
+    let n = items.len();
+    // A task of its own, so a panic inside the storage fails this batch only and the
+    // writer lives on for the next.
+    let written = match tokio::spawn(write(items)).await {
+        Ok(w) => w,
+        Err(e) => Err(unanswered(&format!("the checkpoint write panicked: {e}"))),
+    };
+    match written {
+        Ok(results) if results.len() == n => {
+            for (done, r) in waiters.into_iter().zip(results) {
+                // A caller that stopped waiting (its handler was aborted) needs no answer.
+                let _ = done.send(r);
             }
-            Ok(results) => {
-                let e = format!(
-                    "checkpoint_many returned {} results for {n} items",
-                    results.len()
-                );
-                for done in waiters {
-                    let _ = done.send(Err(Error::Storage(StorageError::new(
-                        StorageErrorKind::Other,
-                        e.clone(),
-                    ))));
-                }
+        }
+        Ok(results) => {
+            let e = format!(
+                "checkpoint_many returned {} results for {n} items",
+                results.len()
+            );
+            for done in waiters {
+                let _ = done.send(Err(Error::Storage(StorageError::new(
+                    StorageErrorKind::Other,
+                    e.clone(),
+                ))));
             }
-            Err(e) => {
-                // Every item of the batch gets the failure, with its kind (a transient
-                // error stays transient) and message.
-                let kind = e.storage_kind().unwrap_or(StorageErrorKind::Other);
-                let message = e.to_string();
-                let mut first = Some(e);
-                for done in waiters {
-                    let err = match first.take() {
-                        Some(e) => e,
-                        None => Error::Storage(StorageError::new(kind, message.clone())),
-                    };
-                    let _ = done.send(Err(err));
-                }
+        }
+        Err(e) => {
+            // Every item of the batch gets the failure, with its kind (a transient error
+            // stays transient) and message.
+            let kind = e.storage_kind().unwrap_or(StorageErrorKind::Other);
+            let message = e.to_string();
+            let mut first = Some(e);
+            for done in waiters {
+                let err = match first.take() {
+                    Some(e) => e,
+                    None => Error::Storage(StorageError::new(kind, message.clone())),
+                };
+                let _ = done.send(Err(err));
             }
         }
     }
@@ -203,7 +237,7 @@ mod tests {
     #[tokio::test]
     async fn waiting_items_share_the_next_write() {
         let (gate, write) = gated();
-        let c = CheckpointCommitter::with_writer(write);
+        let c = CheckpointCommitter::with_writer(write, 1);
         let first = tokio::spawn({
             let c = c.clone();
             async move { c.save(&lease(1), cp("a")).await }
@@ -240,6 +274,25 @@ mod tests {
         );
     }
 
+    /// With two writers, a checkpoint that arrives while one write is held goes out at
+    /// once in a second write and returns while the first is still in flight.
+    #[tokio::test]
+    async fn a_second_writer_sends_what_arrives_during_a_write() {
+        let (gate, write) = gated();
+        let c = CheckpointCommitter::with_writer(write, 2);
+        let first = tokio::spawn({
+            let c = c.clone();
+            async move { c.save(&lease(1), cp("a")).await }
+        });
+        gate.entered.notified().await;
+        assert!(c.save(&lease(3), cp("b")).await.is_ok());
+        assert!(!first.is_finished());
+        gate.release.notify_one();
+        assert!(first.await.unwrap().is_ok());
+        let batches = gate.batches.lock().unwrap().clone();
+        assert_eq!(batches, vec![vec!["a".to_string()], vec!["b".to_string()]]);
+    }
+
     /// A batch whose write fails gives every caller the failure with its kind; a write
     /// that panics fails its batch only, and the writer goes on.
     #[tokio::test]
@@ -259,7 +312,7 @@ mod tests {
                 }
             })
         });
-        let c = CheckpointCommitter::with_writer(write);
+        let c = CheckpointCommitter::with_writer(write, 1);
         let l = lease(1);
         let e = c.save(&l, cp("a")).await.unwrap_err();
         assert_eq!(e.storage_kind(), Some(StorageErrorKind::Unavailable));

@@ -294,3 +294,88 @@ async fn step_enqueues_atomically_with_its_write() {
     assert_eq!(payments(&t, &table).await, vec![(5, 1299)]);
     t.drop_schema().await.expect("drop");
 }
+
+/// A job whose lease expired while a step's transaction is open is not reclaimed until
+/// that transaction ends: the step's `FOR SHARE` lock on the job row makes the sweep skip
+/// it (the sweep takes `FOR UPDATE SKIP LOCKED`), the step commits under the lease it
+/// began with, the next sweep reclaims the job, and the next attempt replays the step
+/// instead of charging again.
+#[tokio::test]
+async fn a_reclaim_skips_a_job_whose_step_is_open() {
+    let t = schema().await;
+    let table = payments_table(&t).await;
+    let s = t.storage().clone();
+    let q = queue(&s);
+    let inside = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let stepped = Arc::new(tokio::sync::Notify::new());
+    let swept = Arc::new(tokio::sync::Notify::new());
+    let runs = Arc::new(AtomicU32::new(0));
+    {
+        let (s, table, runs) = (s.clone(), table.clone(), runs.clone());
+        let gates = (
+            inside.clone(),
+            release.clone(),
+            stepped.clone(),
+            swept.clone(),
+        );
+        q.register("order", move |ctx: JobContext, order: i64| {
+            let (s, table, runs) = (s.clone(), table.clone(), runs.clone());
+            let (inside, release, stepped, swept) = gates.clone();
+            async move {
+                let paid: i64 = ctx
+                    .pg_step(&s, "charge", move |tx| {
+                        Box::pin(async move {
+                            runs.fetch_add(1, Ordering::SeqCst);
+                            let id = charge(tx, &table, order).await?;
+                            // Hold the step's transaction open until the test lets go.
+                            inside.notify_one();
+                            release.notified().await;
+                            Ok(id)
+                        })
+                    })
+                    .await?;
+                if ctx.attempt() == 1 {
+                    // Finish only once the reclaim has gone through, so this attempt's
+                    // completion is the one refused (its lease is gone).
+                    stepped.notify_one();
+                    swept.notified().await;
+                }
+                Ok::<_, TaskError>(paid)
+            }
+        });
+    }
+    let id = q
+        .enqueue("order", &5, JobOptions::new())
+        .await
+        .expect("enqueue");
+    let controller = async {
+        inside.notified().await;
+        // The 30-second lease has expired on the storage's clock, the step is still open.
+        t.advance(Duration::from_secs(60)).await.expect("advance");
+        let during = s
+            .release_stale_locks()
+            .await
+            .expect("sweep during the step");
+        release.notify_one();
+        stepped.notified().await;
+        let after = s.release_stale_locks().await.expect("sweep after the step");
+        swept.notify_one();
+        (during.released.len(), after.released.len())
+    };
+    let w = worker(&q);
+    let (report, released) = tokio::join!(w.drain(), controller);
+    let report = report.expect("drain");
+    assert_eq!(
+        released,
+        (0, 1),
+        "skipped while the step was open, then reclaimed"
+    );
+    assert_eq!(report.completed, 1, "{report:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the closure ran once");
+    assert_eq!(payments(&t, &table).await, vec![(5, 1299)]);
+    assert_eq!(s.list_checkpoints(id).await.expect("checkpoints").len(), 1);
+    let job = s.get_job(id).await.expect("get").expect("job");
+    assert_eq!((job.status, job.attempt), (JobStatus::Completed, 2));
+    t.drop_schema().await.expect("drop");
+}

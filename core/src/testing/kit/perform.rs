@@ -81,7 +81,10 @@ impl TestKit {
             claimed.job,
             lease.clone(),
             self.queue.clone(),
-            crate::workflow::CheckpointCommitter::start(std::sync::Arc::new(storage.clone())),
+            crate::workflow::CheckpointCommitter::start(
+                std::sync::Arc::new(storage.clone()),
+                crate::worker::DEFAULT_CHECKPOINT_WRITERS,
+            ),
             stop_rx,
             lost_rx,
             threads.clone(),
