@@ -97,12 +97,27 @@
 /// update, so the attempt number, worker and start are the ending attempt's even when the
 /// same statement clears the lease or gives the attempt back. A history that is not valid
 /// JSON (written by another tool) starts over rather than failing the write that ends the
-/// attempt.
+/// attempt. A job's first ending attempt (no history yet, the common case) wraps the
+/// attempt's object in brackets, the same text `json_insert` would make of `[]` but
+/// without parsing and re-rendering a document for each job.
 macro_rules! attempts_appended {
     ($outcome:literal, $now:literal, $error:literal) => {
         concat!(
-            "json_insert(CASE WHEN json_valid(attempts) THEN attempts ELSE '[]' END, \
-             '$[#]', json_object('attempt', attempt, 'worker', lease_holder, \
+            "CASE WHEN attempts IS NULL THEN '[' || ",
+            attempt_object!($outcome, $now, $error),
+            " || ']' ELSE json_insert(CASE WHEN json_valid(attempts) THEN attempts \
+             ELSE '[]' END, '$[#]', ",
+            attempt_object!($outcome, $now, $error),
+            ") END"
+        )
+    };
+}
+
+/// The JSON object of the ending attempt, for [`attempts_appended!`].
+macro_rules! attempt_object {
+    ($outcome:literal, $now:literal, $error:literal) => {
+        concat!(
+            "json_object('attempt', attempt, 'worker', lease_holder, \
              'started_at', coalesce(started_at, ",
             $now,
             "), 'finished_at', ",
@@ -111,7 +126,7 @@ macro_rules! attempts_appended {
             $outcome,
             "', 'error', ",
             $error,
-            "))"
+            ")"
         )
     };
 }
@@ -124,6 +139,7 @@ macro_rules! append_attempt {
     };
 }
 
+mod checkpoint;
 mod enqueue;
 mod error;
 mod filter;

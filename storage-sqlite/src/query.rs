@@ -39,6 +39,25 @@ const COMPLETE: &str = concat!(
      RETURNING parent_id"
 );
 
+/// [`COMPLETE`] for a whole batch in one statement: `?1` is a JSON array of
+/// `[job id, lease token, result]` items (the result as a JSON string holding the stored
+/// JSON text, so it is stored byte for byte as the one-row statement would). Each item
+/// carries its own fence; the ids returned are the items whose lease still held. One
+/// statement instead of one per item: SQLite buffers `RETURNING` rows in a temporary
+/// table and journals each page a statement touches, and paying that once per batch
+/// rather than once per job is most of what a completion costs.
+const COMPLETE_BATCH: &str = concat!(
+    "UPDATE durable_jobs SET status = 'completed', result = c.result, \
+     completed_at = ?2, updated_at = ?2, ",
+    append_attempt!("completed", "?2", "NULL"),
+    ", lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL \
+     FROM (SELECT value ->> 0 AS id, value ->> 1 AS token, value ->> 2 AS result \
+           FROM json_each(?1)) AS c \
+     WHERE durable_jobs.id = c.id AND durable_jobs.status = 'running' \
+       AND durable_jobs.lease_token = c.token \
+     RETURNING id, parent_id"
+);
+
 const FAIL_RETRY: &str = concat!(
     "UPDATE durable_jobs SET status = 'retrying', last_error = ?3, \
      run_at = ?5, updated_at = ?4, ",
@@ -283,6 +302,11 @@ fn claimable_terms(t: &str, shape: ClaimShape) -> String {
 /// index of running keys) and it is the first claimable job of its key in claim order
 /// (the index of claimable keyed jobs, over every priority), so a batch never takes two
 /// jobs of one key and each key starts in order. Unkeyed jobs pass on `serial_key IS NULL`.
+///
+/// The limit is `CAST(?5 AS INTEGER)`, not a bare `?5`: SQLite plans a bare parameter
+/// limit from its bound value and marks the statement stale whenever that parameter is
+/// bound again, so every claim (whose size varies) would re-parse and re-plan it. The
+/// cast keeps the value out of the plan, and the cached statement is reused as is.
 pub(crate) fn claim_sql(shape: ClaimShape) -> String {
     format!(
         "UPDATE durable_jobs SET status = 'running', attempt = attempt + 1, \
@@ -297,7 +321,7 @@ pub(crate) fn claim_sql(shape: ClaimShape) -> String {
              AND j.id = (SELECT k.id FROM durable_jobs k \
                WHERE k.serial_key = j.serial_key AND {inner} \
                ORDER BY k.priority DESC, k.run_at, k.id LIMIT 1))) \
-           ORDER BY j.priority DESC, j.run_at, j.id LIMIT ?5) \
+           ORDER BY j.priority DESC, j.run_at, j.id LIMIT CAST(?5 AS INTEGER)) \
          RETURNING {JOB_COLUMNS}",
         outer = claimable_terms("j", shape),
         inner = claimable_terms("k", shape),
@@ -477,6 +501,91 @@ pub(crate) fn complete(conn: &Connection, c: &Completion, now: i64) -> QResult<b
         None => lease_lost(&c.lease).map(|()| false),
         Some(parent) => wake_parent(conn, parent, now),
     }
+}
+
+/// Completions packed for [`complete_batch`], built by the caller before the write so
+/// the writer thread only runs the statement.
+pub(crate) struct PackedCompletions {
+    items: Vec<Completion>,
+    /// The `?1` of [`COMPLETE_BATCH`]; `None` when two items name the same job, which the
+    /// one-statement form cannot tell apart (they go one by one, in order, instead).
+    packed: Option<String>,
+}
+
+impl PackedCompletions {
+    /// Packs `items` (serializing their results here, on the caller's thread).
+    pub(crate) fn new(items: Vec<Completion>) -> QResult<Self> {
+        let mut seen = std::collections::HashSet::with_capacity(items.len());
+        let mut packed = String::with_capacity(items.len() * 48 + 2);
+        packed.push('[');
+        for (i, c) in items.iter().enumerate() {
+            if !seen.insert(c.lease.job_id) {
+                return Ok(PackedCompletions {
+                    items,
+                    packed: None,
+                });
+            }
+            if i > 0 {
+                packed.push(',');
+            }
+            let result = json_text(&c.result)?;
+            let item = serde_json::to_string(&(c.lease.job_id, c.lease.token, result))
+                .map_err(Error::from)?;
+            packed.push_str(&item);
+        }
+        packed.push(']');
+        Ok(PackedCompletions {
+            items,
+            packed: Some(packed),
+        })
+    }
+}
+
+/// Completes a batch of leased jobs, each fenced on its own (a lost lease fails its item
+/// only, with [`Error::LeaseLost`]), and wakes their parents. Returns each item's outcome
+/// in order and whether a parent was woken.
+pub(crate) fn complete_batch(
+    conn: &Connection,
+    batch: &PackedCompletions,
+    now: i64,
+) -> QResult<(Vec<durable_jobs::Result<()>>, bool)> {
+    let Some(packed) = &batch.packed else {
+        let mut out = Vec::with_capacity(batch.items.len());
+        let mut woke = false;
+        for c in &batch.items {
+            out.push(match complete(conn, c, now) {
+                Ok(w) => {
+                    woke |= w;
+                    Ok(())
+                }
+                Err(QueryError::Other(e)) if e.is_lease_lost() => Err(e),
+                Err(e) => return Err(e),
+            });
+        }
+        return Ok((out, woke));
+    };
+    let mut done = std::collections::HashMap::with_capacity(batch.items.len());
+    {
+        let mut stmt = conn.prepare_cached(COMPLETE_BATCH)?;
+        let mut rows = stmt.query(params![packed, now])?;
+        while let Some(row) = rows.next()? {
+            done.insert(row.get::<_, JobId>(0)?, row.get::<_, Option<JobId>>(1)?);
+        }
+    }
+    let mut out = Vec::with_capacity(batch.items.len());
+    let mut woke = false;
+    for c in &batch.items {
+        match done.get(&c.lease.job_id) {
+            Some(parent) => {
+                woke |= wake_parent(conn, *parent, now)?;
+                out.push(Ok(()));
+            }
+            None => out.push(Err(Error::LeaseLost {
+                job_id: c.lease.job_id,
+            })),
+        }
+    }
+    Ok((out, woke))
 }
 
 /// A finished child's parent is woken in the child's transaction, so no crash can leave
@@ -924,6 +1033,156 @@ mod tests {
             plan.contains("USING INDEX durable_jobs_claim (queue=? AND priority<?)"),
             "{plan}"
         );
+    }
+
+    /// The batch completion drives from the batch and finds each job by its id; it never
+    /// walks the jobs table.
+    #[test]
+    fn batch_completion_looks_jobs_up_by_id() {
+        let conn = Connection::open_in_memory().expect("open");
+        crate::migrate::migrate(&conn, 0).expect("migrate");
+        let plan = plan(&conn, COMPLETE_BATCH);
+        assert!(
+            plan.contains("SEARCH durable_jobs USING INTEGER PRIMARY KEY (rowid=?)"),
+            "{plan}"
+        );
+        assert!(!plan.contains("SCAN durable_jobs"), "{plan}");
+    }
+
+    /// Claims `n` fresh jobs on `conn` with the given token.
+    fn claimed(conn: &Connection, n: usize, token: i64) -> Vec<ClaimedJob> {
+        let now = Utc::now();
+        for i in 0..n {
+            crate::enqueue::insert_job(
+                conn,
+                &durable_jobs::NewJob::new("t", serde_json::json!(i)),
+                now,
+            )
+            .expect("enqueue");
+        }
+        let p = DequeueParams {
+            queues: vec!["default".into()],
+            tasks: Vec::new(),
+            limit: n,
+            lease_duration: Duration::from_secs(30),
+            holder: "w".into(),
+            forbidden_flags: Vec::new(),
+        };
+        dequeue(conn, &p, now, token).expect("claim")
+    }
+
+    fn stored_result(conn: &Connection, id: JobId) -> Option<String> {
+        conn.query_row("SELECT result FROM durable_jobs WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .expect("read")
+    }
+
+    /// A batch stores each result as the one-row statement does (the same JSON text,
+    /// escapes, non-ASCII text and numbers included), fences each item on its own token
+    /// (the extremes of the token range included) and fails only the items whose lease
+    /// is gone.
+    #[test]
+    fn batch_completion_matches_one_by_one() {
+        let conn = Connection::open_in_memory().expect("open");
+        crate::migrate::migrate(&conn, 0).expect("migrate");
+        let jobs = claimed(&conn, 4, 7);
+        let tokens = [i64::MIN, i64::MAX, -1, 0];
+        for (c, t) in jobs.iter().zip(tokens) {
+            conn.execute(
+                "UPDATE durable_jobs SET lease_token = ?2 WHERE id = ?1",
+                params![c.job.id, t],
+            )
+            .expect("token");
+        }
+        let results = [
+            serde_json::json!({"s": "quote \" backslash \\ tab \t nul \u{0} é ✓ 😀"}),
+            serde_json::json!([1.5, -0.0, 1e300, 12345678901234567_i64, null, true]),
+            serde_json::json!("plain"),
+            Value::Null,
+        ];
+        let items: Vec<Completion> = jobs
+            .iter()
+            .zip(tokens)
+            .zip(&results)
+            .enumerate()
+            .map(|(i, ((c, t), r))| Completion {
+                lease: Lease {
+                    // The third item holds a stale token.
+                    token: if i == 2 { t + 1 } else { t },
+                    ..c.lease.clone()
+                },
+                result: r.clone(),
+            })
+            .collect();
+        let batch = PackedCompletions::new(items).expect("pack");
+        assert!(batch.packed.is_some());
+        let (out, woke) = complete_batch(&conn, &batch, micros(Utc::now())).expect("complete");
+        assert!(!woke);
+        assert!(
+            out[0].is_ok() && out[1].is_ok() && out[3].is_ok(),
+            "{out:?}"
+        );
+        assert!(matches!(out[2], Err(Error::LeaseLost { .. })), "{out:?}");
+        for i in [0, 1, 3] {
+            assert_eq!(
+                stored_result(&conn, jobs[i].job.id),
+                Some(json_text(&results[i]).expect("text")),
+                "item {i}"
+            );
+        }
+        assert_eq!(stored_result(&conn, jobs[2].job.id), None);
+        let history: String = conn
+            .query_row(
+                "SELECT attempts FROM durable_jobs WHERE id = ?1",
+                [jobs[0].job.id],
+                |r| r.get(0),
+            )
+            .expect("history");
+        let history: Value = serde_json::from_str(&history).expect("json");
+        assert_eq!(history[0]["outcome"], "completed");
+        assert_eq!(history[0]["worker"], "w");
+        assert_eq!(history.as_array().map(Vec::len), Some(1));
+    }
+
+    /// Two items for one job go one by one, in order: the first completes it, the second
+    /// finds the lease ended.
+    #[test]
+    fn batch_completion_of_one_job_twice_completes_it_once() {
+        let conn = Connection::open_in_memory().expect("open");
+        crate::migrate::migrate(&conn, 0).expect("migrate");
+        let jobs = claimed(&conn, 1, 7);
+        let item = |r: i64| Completion {
+            lease: jobs[0].lease.clone(),
+            result: serde_json::json!(r),
+        };
+        let batch = PackedCompletions::new(vec![item(1), item(2)]).expect("pack");
+        assert!(batch.packed.is_none());
+        let (out, _) = complete_batch(&conn, &batch, micros(Utc::now())).expect("complete");
+        assert!(out[0].is_ok(), "{out:?}");
+        assert!(matches!(out[1], Err(Error::LeaseLost { .. })), "{out:?}");
+        assert_eq!(stored_result(&conn, jobs[0].job.id).as_deref(), Some("1"));
+    }
+
+    /// Claims of different sizes reuse the cached claim statement as prepared: its limit
+    /// is no part of its plan, so binding a new one never makes SQLite re-prepare it.
+    #[test]
+    fn claims_of_any_size_reuse_the_prepared_statement() {
+        let conn = Connection::open_in_memory().expect("open");
+        crate::migrate::migrate(&conn, 0).expect("migrate");
+        for limit in [3, 1, 2] {
+            assert_eq!(claimed(&conn, limit, 7).len(), limit);
+        }
+        let shape = ClaimShape {
+            queues: 1,
+            tasks: 0,
+            flags: 0,
+        };
+        let reprepared = conn
+            .prepare_cached(&claim_sql(shape))
+            .expect("cached")
+            .get_status(rusqlite::StatementStatus::RePrepare);
+        assert_eq!(reprepared, 0);
     }
 
     /// The virtual-machine steps the claim's statements took so far on `conn` (their
