@@ -24,8 +24,8 @@ use rusqlite::hooks::{CheckpointMode, Wal};
 use rusqlite::Connection;
 use std::cell::Cell;
 use std::os::raw::c_int;
-use std::sync::{mpsc, Mutex};
-use tokio::sync::oneshot;
+use std::sync::{mpsc, Arc, Mutex};
+use tokio::sync::{oneshot, watch};
 
 /// Log frames (pages) after which the writer nudges the checkpoint thread: SQLite's own
 /// automatic checkpoint threshold.
@@ -76,6 +76,10 @@ pub(crate) struct Checkpointer {
     nudge: Mutex<Option<mpsc::SyncSender<()>>>,
     /// Resolves once the thread has closed its connection.
     stopped: Mutex<Option<oneshot::Receiver<()>>>,
+    /// Counts the thread's catch-ups (each a run of checkpoints after a nudge); only
+    /// tests read it, to wait for one instead of sleeping.
+    #[cfg_attr(not(test), allow(dead_code))]
+    rounds: Arc<watch::Sender<u64>>,
 }
 
 impl Checkpointer {
@@ -87,10 +91,12 @@ impl Checkpointer {
         // One pending nudge is enough: the thread checkpoints whatever the log holds.
         let (nudge, rx) = mpsc::sync_channel::<()>(1);
         let (stopped_tx, stopped) = oneshot::channel();
+        let rounds = Arc::new(watch::channel(0u64).0);
+        let counter = Arc::clone(&rounds);
         std::thread::Builder::new()
             .name("durable-jobs-sqlite-checkpoint".into())
             .spawn(move || {
-                run(open, &rx);
+                run(open, &rx, &counter);
                 let _ = stopped_tx.send(());
             })
             .map_err(|e| {
@@ -105,7 +111,14 @@ impl Checkpointer {
         Ok(Checkpointer {
             nudge: Mutex::new(Some(nudge)),
             stopped: Mutex::new(Some(stopped)),
+            rounds,
         })
+    }
+
+    /// The number of catch-ups the thread has finished, for tests to wait on.
+    #[cfg(test)]
+    pub(crate) fn rounds(&self) -> watch::Receiver<u64> {
+        self.rounds.subscribe()
     }
 
     /// A sender the writer nudges the thread with (`None` once closed).
@@ -131,7 +144,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The thread's loop: waits for a nudge, checkpoints, until every sender is gone.
-fn run(open: impl FnOnce() -> durable_jobs::Result<Connection>, rx: &mpsc::Receiver<()>) {
+fn run(
+    open: impl FnOnce() -> durable_jobs::Result<Connection>,
+    rx: &mpsc::Receiver<()>,
+    rounds: &watch::Sender<u64>,
+) {
     if rx.recv().is_err() {
         return;
     }
@@ -144,6 +161,7 @@ fn run(open: impl FnOnce() -> durable_jobs::Result<Connection>, rx: &mpsc::Recei
     };
     loop {
         catch_up(&conn);
+        rounds.send_modify(|n| *n += 1);
         if rx.recv().is_err() {
             break;
         }
@@ -167,5 +185,54 @@ fn catch_up(conn: &Connection) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SqliteStorage;
+    use durable_jobs::{NewJob, Storage};
+
+    /// `(frames in the log, frames copied into the database file)`, without copying any.
+    fn log_state(conn: &Connection) -> (i64, i64) {
+        conn.query_row("PRAGMA wal_checkpoint(NOOP)", [], |r| {
+            Ok((r.get(1)?, r.get(2)?))
+        })
+        .expect("wal state")
+    }
+
+    /// A commit that takes the log past the threshold gets it copied by the checkpoint
+    /// thread in full, and the writer's next commit starts the log over.
+    #[tokio::test]
+    async fn the_checkpoint_thread_copies_the_log_and_the_writer_starts_it_over() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("checkpoint.db");
+        let s = SqliteStorage::open(&path).await.expect("open");
+        let mut rounds = s
+            .checkpointer()
+            .expect("a file has a checkpointer")
+            .rounds();
+        // Each payload takes a page of its own: one commit of well over 1,000 frames.
+        let big = "x".repeat(4096);
+        let jobs = (0..1200)
+            .map(|_| NewJob::new("t", serde_json::json!(big)))
+            .collect();
+        s.enqueue_many(jobs).await.expect("enqueue");
+        rounds.wait_for(|n| *n >= 1).await.expect("a catch-up ran");
+        let conn = Connection::open(&path).expect("open");
+        let (log, copied) = log_state(&conn);
+        assert!(log > i64::from(CHECKPOINT_AFTER), "{log}");
+        assert_eq!(copied, log, "the whole log is in the database file");
+        s.enqueue(NewJob::new("t", serde_json::json!(1)))
+            .await
+            .expect("enqueue");
+        let (log, _) = log_state(&conn);
+        assert!(
+            log < i64::from(CHECKPOINT_AFTER),
+            "the log started over: {log}"
+        );
+        drop(conn);
+        s.close().await;
     }
 }

@@ -21,6 +21,12 @@
 //!   commands and await the reply, so SQLite's blocking calls never run on the async
 //!   runtime's threads. It commits queued commands together in one `BEGIN IMMEDIATE`
 //!   transaction (each in its own savepoint), and replies only after `COMMIT`.
+//! - **Checkpoints** (copying the WAL back into the file) run on a thread of their own
+//!   with its own connection, nudged by the writer once the log passes 1,000 pages
+//!   (SQLite's own threshold), instead of inside the writer's commits; the writer still
+//!   checkpoints itself should the log pass 10,000 pages.
+//! - **Completions** of a batch are one `UPDATE ... FROM json_each(?) RETURNING`, each
+//!   item fenced by its own lease token.
 //! - **Reads** (`get_job`, `list_jobs`, `counts`, `finished_counts`, `list_attempts`,
 //!   `list_checkpoints`, `schedules`, `list_workers`) run on a small pool of read
 //!   connections on tokio's blocking threads and go on during writes.

@@ -265,6 +265,12 @@ impl SqliteStorage {
         Ok(storage)
     }
 
+    /// The checkpoint thread's handle, for tests.
+    #[cfg(test)]
+    pub(crate) fn checkpointer(&self) -> Option<&Checkpointer> {
+        self.inner.checkpointer.as_ref()
+    }
+
     /// The database file, or `None` in memory.
     pub fn path(&self) -> Option<&Path> {
         self.inner.path.as_deref()
