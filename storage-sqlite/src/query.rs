@@ -141,7 +141,7 @@ const ATTEMPTS: &str = "SELECT attempts, status, attempt, lease_holder, started_
 /// Finished jobs per queue and final status since a time: reads only the covering,
 /// partial index of finished jobs (its WHERE matches this status term word for word).
 pub(crate) const FINISHED_COUNTS: &str = "SELECT queue, status, count(*) FROM durable_jobs \
-     WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at >= ?1 \
+     WHERE (status = 'completed' OR status = 'failed' OR status = 'cancelled') AND completed_at >= ?1 \
      GROUP BY queue, status";
 
 /// A time as stored: microseconds since the Unix epoch.
@@ -264,8 +264,8 @@ fn marks(start: usize, n: usize) -> String {
 /// The status term matches the claim index's WHERE word for word, so the index applies.
 fn claimable_terms(t: &str, shape: ClaimShape) -> String {
     let mut sql = format!(
-        "{t}.status IN ('pending', 'retrying', 'waiting') AND {t}.queue IN ({}) \
-         AND {t}.run_at <= ?4",
+        "({t}.status = 'pending' OR {t}.status = 'retrying' OR {t}.status = 'waiting') \
+         AND {t}.queue IN ({}) AND {t}.run_at <= ?4",
         marks(6, shape.queues)
     );
     if shape.tasks > 0 {
@@ -334,7 +334,7 @@ pub(crate) fn claim_sql(shape: ClaimShape) -> String {
 /// claim walks the distinct priorities with it, so a backlog costs one probe per
 /// priority, not one row read per job.
 const NEXT_PRIORITY: &str = "SELECT max(priority) FROM durable_jobs \
-     WHERE status IN ('pending', 'retrying', 'waiting') AND queue = ?1 AND priority < ?2";
+     WHERE (status = 'pending' OR status = 'retrying' OR status = 'waiting') AND queue = ?1 AND priority < ?2";
 
 /// The highest priority below `below` among the claimable jobs of `queues`.
 fn next_priority(conn: &Connection, queues: &[String], below: i64) -> QResult<Option<i64>> {
@@ -947,6 +947,38 @@ mod tests {
         );
         let purge = plan(&conn, crate::operations::PURGE);
         assert!(purge.contains("durable_jobs_finished"), "{purge}");
+    }
+
+    /// No partial index on the jobs table has an IN list in its WHERE: SQLite checks that
+    /// WHERE for every row a write changes and builds such a list into a temporary
+    /// b-tree each time. And the queries meant to use those indexes still do.
+    #[test]
+    fn partial_indexes_test_rows_without_in_lists() {
+        let conn = Connection::open_in_memory().expect("open");
+        crate::migrate::migrate(&conn, 0).expect("migrate");
+        let mut stmt = conn
+            .prepare(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' \
+                 AND tbl_name = 'durable_jobs' AND sql LIKE '%WHERE%'",
+            )
+            .expect("prepare");
+        let indexes: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("indexes")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert!(indexes.len() >= 8, "{indexes:?}");
+        for (name, sql) in &indexes {
+            let predicate = sql.split("WHERE").nth(1).unwrap_or_default();
+            assert!(
+                !predicate.to_ascii_uppercase().contains(" IN "),
+                "{name}: {sql}"
+            );
+        }
+        let roots = plan(&conn, crate::retention::DUE_ROOTS);
+        assert!(roots.contains("durable_jobs_finished"), "{roots}");
+        let holder = plan(&conn, crate::enqueue::FIND_KEY_HOLDER);
+        assert!(holder.contains("durable_jobs_dedupe"), "{holder}");
     }
 
     /// Every statement that ends an attempt records it under a name the history reader
