@@ -288,14 +288,16 @@ fn claimable_terms(t: &str, shape: ClaimShape) -> String {
     sql
 }
 
-/// The claim statement for one shape and one priority. One statement: the sub-select
-/// picks due, claimable jobs of that priority in claim order through the partial claim
-/// index, and the UPDATE flips them to running in the same step, inside the writer's
+/// The claim's select for one shape and one priority: due, claimable jobs of that
+/// priority in claim order through the partial claim index, read as they are; then
+/// [`TAKE_CLAIMED`] flips exactly those to running. Both run inside the writer's
 /// `BEGIN IMMEDIATE` transaction, so no other connection can claim them in between.
-/// With the priority fixed, the index range is (queue, priority, run_at <= now): it
-/// ends at the first job not yet due, so jobs due later and parked workflows (waiting
-/// with run_at at the far future) are never visited. [`dequeue`] runs it once per
-/// priority, highest first.
+/// (One `UPDATE ... RETURNING` did both, but SQLite buffers every returned row, the
+/// whole job, in a temporary b-tree before handing out the first.) With the priority
+/// fixed, the index range is (queue, priority, run_at <= now): it ends at the first job
+/// not yet due, so jobs due later and parked workflows (waiting with run_at at the far
+/// future) are never visited. [`dequeue`] runs it once per priority, highest first,
+/// taking each round's jobs before selecting the next.
 ///
 /// Serial keys: a keyed job qualifies only when fewer jobs of its key run than the key's
 /// limit (1 unless `durable_jobs_key_limits` says otherwise; counted through the small
@@ -303,16 +305,15 @@ fn claimable_terms(t: &str, shape: ClaimShape) -> String {
 /// (the index of claimable keyed jobs, over every priority), so a batch never takes two
 /// jobs of one key and each key starts in order. Unkeyed jobs pass on `serial_key IS NULL`.
 ///
-/// The limit is `CAST(?5 AS INTEGER)`, not a bare `?5`: SQLite plans a bare parameter
-/// limit from its bound value and marks the statement stale whenever that parameter is
-/// bound again, so every claim (whose size varies) would re-parse and re-plan it. The
-/// cast keeps the value out of the plan, and the cached statement is reused as is.
+/// `?1` to `?3` are not used here (they are [`TAKE_CLAIMED`]'s); the parameter numbers
+/// stay those of the claim's other terms. The limit is `CAST(?5 AS INTEGER)`, not a bare
+/// `?5`: SQLite plans a bare parameter limit from its bound value and marks the statement
+/// stale whenever that parameter is bound again, so every claim (whose size varies)
+/// would re-parse and re-plan it. The cast keeps the value out of the plan, and the
+/// cached statement is reused as is.
 pub(crate) fn claim_sql(shape: ClaimShape) -> String {
     format!(
-        "UPDATE durable_jobs SET status = 'running', attempt = attempt + 1, \
-         lease_holder = ?1, lease_token = ?2, lease_expires_at = ?3, started_at = ?4, \
-         updated_at = ?4, wake_requested = 0 \
-         WHERE id IN (SELECT j.id FROM durable_jobs j WHERE {outer} AND j.priority = ?{prio} \
+        "SELECT {JOB_COLUMNS} FROM durable_jobs j WHERE {outer} AND j.priority = ?{prio} \
            AND (j.serial_key IS NULL OR (\
              (SELECT count(*) FROM durable_jobs r \
                WHERE r.serial_key = j.serial_key AND r.status = 'running') \
@@ -321,13 +322,19 @@ pub(crate) fn claim_sql(shape: ClaimShape) -> String {
              AND j.id = (SELECT k.id FROM durable_jobs k \
                WHERE k.serial_key = j.serial_key AND {inner} \
                ORDER BY k.priority DESC, k.run_at, k.id LIMIT 1))) \
-           ORDER BY j.priority DESC, j.run_at, j.id LIMIT CAST(?5 AS INTEGER)) \
-         RETURNING {JOB_COLUMNS}",
+         ORDER BY j.priority DESC, j.run_at, j.id LIMIT CAST(?5 AS INTEGER)",
         outer = claimable_terms("j", shape),
         inner = claimable_terms("k", shape),
         prio = 6 + shape.queues + shape.tasks + shape.flags,
     )
 }
+
+/// Takes the jobs a claim's select picked: `?5` is a JSON array of their ids. Each is
+/// found by its id (no scan), and the claimed values are those [`claim`] hands out.
+pub(crate) const TAKE_CLAIMED: &str = "UPDATE durable_jobs SET status = 'running', \
+     attempt = attempt + 1, lease_holder = ?1, lease_token = ?2, lease_expires_at = ?3, \
+     started_at = ?4, updated_at = ?4, wake_requested = 0 \
+     WHERE id IN (SELECT value FROM json_each(?5))";
 
 /// The highest priority below `below` among one queue's claimable jobs, due or not: one
 /// descent of the claim index (SQLite answers `max` on an index column this way). The
@@ -437,6 +444,7 @@ fn claim(
     let mut out = Vec::with_capacity(limit.min(1024));
     let mut corrupt = Vec::new();
     let sql = claim_sql(shape);
+    let started = time("started_at", now_us)?;
     let mut below = i64::MAX;
     while out.len() + corrupt.len() < limit {
         let Some(priority) = next_priority(conn, queues, below)? else {
@@ -445,34 +453,80 @@ fn claim(
         below = priority;
         let left = limit - out.len() - corrupt.len();
         args[4] = SqlValue::Integer(i64::try_from(left).unwrap_or(i64::MAX));
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let bound = args.iter().cloned().chain([SqlValue::Integer(priority)]);
-        let mut rows = stmt.query(params_from_iter(bound))?;
-        while let Some(row) = rows.next()? {
-            match job_from_row(row) {
-                Ok(job) => out.push(ClaimedJob {
-                    lease: Lease {
-                        job_id: job.id,
-                        attempt: job.attempt,
-                        token,
-                        expires_at,
-                    },
-                    job,
-                }),
-                Err(e) => {
-                    let e = Error::from(e);
-                    if e.storage_kind() != Some(StorageErrorKind::Corrupt) {
-                        return Err(e.into());
+        let mut ids = String::from("[");
+        {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let bound = args.iter().cloned().chain([SqlValue::Integer(priority)]);
+            let mut rows = stmt.query(params_from_iter(bound))?;
+            while let Some(row) = rows.next()? {
+                let id: JobId = row.get(0)?;
+                if ids.len() > 1 {
+                    ids.push(',');
+                }
+                ids.push_str(&id.to_string());
+                match job_from_row(row)
+                    .and_then(|job| as_claimed(job, &p.holder, token, expires_at, started))
+                {
+                    Ok(job) => out.push(ClaimedJob {
+                        lease: Lease {
+                            job_id: job.id,
+                            attempt: job.attempt,
+                            token,
+                            expires_at,
+                        },
+                        job,
+                    }),
+                    Err(e) => {
+                        let e = Error::from(e);
+                        if e.storage_kind() != Some(StorageErrorKind::Corrupt) {
+                            return Err(e.into());
+                        }
+                        corrupt.push((id, e));
                     }
-                    corrupt.push((row.get::<_, JobId>(0)?, e));
                 }
             }
         }
+        if ids.len() == 1 {
+            // Nothing of this priority could be taken (all due ones wait behind busy
+            // serial keys); lower priorities may still have some.
+            continue;
+        }
+        ids.push(']');
+        // Taken before the next priority's select, which must see them running (a key
+        // with a job running is busy).
+        conn.prepare_cached(TAKE_CLAIMED)?
+            .execute(params![p.holder, token, expires, now_us, ids])?;
     }
     for (id, e) in corrupt {
         fail_corrupt(conn, id, &e, now_us, token)?;
     }
     Ok(out)
+}
+
+/// A job as read by the claim's select, as [`TAKE_CLAIMED`] leaves it: running under
+/// this claim's lease, one attempt further, started now.
+fn as_claimed(
+    mut job: Job,
+    holder: &str,
+    token: i64,
+    expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> QResult<Job> {
+    job.attempt = job.attempt.checked_add(1).ok_or_else(|| {
+        QueryError::from(crate::error::corrupt(format!(
+            "sqlite: column `attempt` of job {} holds {}, too large to start again",
+            job.id, job.attempt
+        )))
+    })?;
+    job.status = JobStatus::Running;
+    job.lease = Some(LeaseInfo {
+        holder: holder.to_string(),
+        token,
+        expires_at,
+    });
+    job.started_at = Some(now);
+    job.updated_at = now;
+    Ok(job)
 }
 
 /// Fails a row the claim took but could not decode (see [`FAIL_CORRUPT`]), waking its
@@ -1067,8 +1121,8 @@ mod tests {
         );
     }
 
-    /// The batch completion drives from the batch and finds each job by its id; it never
-    /// walks the jobs table.
+    /// The batch completion and the claim's take drive from their batch of ids and find
+    /// each job by its id; they never walk the jobs table.
     #[test]
     fn batch_completion_looks_jobs_up_by_id() {
         let conn = Connection::open_in_memory().expect("open");
@@ -1079,6 +1133,12 @@ mod tests {
             "{plan}"
         );
         assert!(!plan.contains("SCAN durable_jobs"), "{plan}");
+        let take = self::plan(&conn, TAKE_CLAIMED);
+        assert!(
+            take.contains("SEARCH durable_jobs USING INTEGER PRIMARY KEY (rowid=?)"),
+            "{take}"
+        );
+        assert!(!take.contains("SCAN durable_jobs"), "{take}");
     }
 
     /// Claims `n` fresh jobs on `conn` with the given token.
