@@ -25,14 +25,14 @@
 //!   with its own connection, nudged by the writer once the log passes 1,000 pages
 //!   (SQLite's own threshold), instead of inside the writer's commits; the writer still
 //!   checkpoints itself should the log pass 10,000 pages.
-//! - **Completions** of a batch are one `UPDATE ... FROM json_each(?) RETURNING`, each
-//!   item fenced by its own lease token.
+//! - **Completions** of a batch run in the writer's transaction, one cached `UPDATE` per
+//!   job fenced by its own lease token, and one lookup of the batch's parents.
 //! - **Reads** (`get_job`, `list_jobs`, `counts`, `finished_counts`, `list_attempts`,
 //!   `list_checkpoints`, `schedules`, `list_workers`) run on a small pool of read
 //!   connections on tokio's blocking threads and go on during writes.
-//! - **Claims** are one `UPDATE ... WHERE id IN (SELECT ... ORDER BY priority DESC,
-//!   run_at, id LIMIT n) RETURNING ...` inside `BEGIN IMMEDIATE`: atomic across
-//!   processes, walking a partial index of claimable jobs.
+//! - **Claims** are a `SELECT ... ORDER BY priority DESC, run_at, id LIMIT n` walking a
+//!   partial index of claimable jobs, then one `UPDATE ... WHERE id IN (..)` of exactly
+//!   those jobs, both inside one `BEGIN IMMEDIATE` transaction: atomic across processes.
 //! - **Fencing**: every write for a running attempt checks the job id, status and lease
 //!   token in its `WHERE`; a stale lease changes nothing and returns
 //!   [`durable_jobs::Error::LeaseLost`].

@@ -30,33 +30,22 @@ pub(crate) const FENCE: &str = "id = ?1 AND status = 'running' AND lease_token =
 // Each statement that ends an attempt appends it to the job's history in the same
 // write (`append_attempt!`): no extra statement, no extra round trip.
 
+/// Completes one leased job, fenced. No `RETURNING`: SQLite would buffer it in a
+/// temporary b-tree opened and closed per statement (and journal the statement), which
+/// cost more than the update; a batch reads its jobs' parents once instead
+/// ([`BATCH_PARENTS`]).
 const COMPLETE: &str = concat!(
     "UPDATE durable_jobs SET status = 'completed', result = ?3, \
      completed_at = ?4, updated_at = ?4, ",
     append_attempt!("completed", "?4", "NULL"),
     ", lease_holder = NULL, lease_token = NULL, \
-     lease_expires_at = NULL WHERE id = ?1 AND status = 'running' AND lease_token = ?2 \
-     RETURNING parent_id"
+     lease_expires_at = NULL WHERE id = ?1 AND status = 'running' AND lease_token = ?2"
 );
 
-/// [`COMPLETE`] for a whole batch in one statement: `?1` is a JSON array of
-/// `[job id, lease token, result]` items (the result as a JSON string holding the stored
-/// JSON text, so it is stored byte for byte as the one-row statement would). Each item
-/// carries its own fence; the ids returned are the items whose lease still held. One
-/// statement instead of one per item: SQLite buffers `RETURNING` rows in a temporary
-/// table and journals each page a statement touches, and paying that once per batch
-/// rather than once per job is most of what a completion costs.
-const COMPLETE_BATCH: &str = concat!(
-    "UPDATE durable_jobs SET status = 'completed', result = c.result, \
-     completed_at = ?2, updated_at = ?2, ",
-    append_attempt!("completed", "?2", "NULL"),
-    ", lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL \
-     FROM (SELECT value ->> 0 AS id, value ->> 1 AS token, value ->> 2 AS result \
-           FROM json_each(?1)) AS c \
-     WHERE durable_jobs.id = c.id AND durable_jobs.status = 'running' \
-       AND durable_jobs.lease_token = c.token \
-     RETURNING id, parent_id"
-);
+/// The parents of a batch's jobs that have one: `?1` is a JSON array of job ids, each
+/// found by its id.
+const BATCH_PARENTS: &str = "SELECT id, parent_id FROM durable_jobs \
+     WHERE id IN (SELECT value FROM json_each(?1)) AND parent_id IS NOT NULL";
 
 const FAIL_RETRY: &str = concat!(
     "UPDATE durable_jobs SET status = 'retrying', last_error = ?3, \
@@ -542,102 +531,61 @@ fn fail_corrupt(conn: &Connection, id: JobId, e: &Error, now: i64, token: i64) -
     Ok(())
 }
 
-/// Completes one leased job and wakes its parent. Fenced. True when a parent was woken.
-pub(crate) fn complete(conn: &Connection, c: &Completion, now: i64) -> QResult<bool> {
-    let parent: Option<Option<JobId>> = conn
-        .prepare_cached(COMPLETE)?
-        .query_row(
-            params![c.lease.job_id, c.lease.token, json_text(&c.result)?, now],
-            |r| r.get(0),
-        )
-        .optional()?;
-    match parent {
-        None => lease_lost(&c.lease).map(|()| false),
-        Some(parent) => wake_parent(conn, parent, now),
-    }
-}
-
-/// Completions packed for [`complete_batch`], built by the caller before the write so
-/// the writer thread only runs the statement.
+/// Completions ready for [`complete_batch`], their results serialized by the caller
+/// before the write, so the writer thread (which every write of the process waits on)
+/// only runs the statements.
 pub(crate) struct PackedCompletions {
     items: Vec<Completion>,
-    /// The `?1` of [`COMPLETE_BATCH`]; `None` when two items name the same job, which the
-    /// one-statement form cannot tell apart (they go one by one, in order, instead).
-    packed: Option<String>,
+    /// Each item's result as stored (JSON text).
+    results: Vec<String>,
+    /// The items' job ids as a JSON array, for [`BATCH_PARENTS`].
+    ids: String,
 }
 
 impl PackedCompletions {
-    /// Packs `items` (serializing their results here, on the caller's thread).
+    /// Serializes `items`' results and ids.
     pub(crate) fn new(items: Vec<Completion>) -> QResult<Self> {
-        let mut seen = std::collections::HashSet::with_capacity(items.len());
-        let mut packed = String::with_capacity(items.len() * 48 + 2);
-        packed.push('[');
-        for (i, c) in items.iter().enumerate() {
-            if !seen.insert(c.lease.job_id) {
-                return Ok(PackedCompletions {
-                    items,
-                    packed: None,
-                });
-            }
-            if i > 0 {
-                packed.push(',');
-            }
-            let result = json_text(&c.result)?;
-            let item = serde_json::to_string(&(c.lease.job_id, c.lease.token, result))
-                .map_err(Error::from)?;
-            packed.push_str(&item);
-        }
-        packed.push(']');
+        let results = items
+            .iter()
+            .map(|c| json_text(&c.result))
+            .collect::<QResult<Vec<_>>>()?;
+        let ids = serde_json::to_string(&items.iter().map(|c| c.lease.job_id).collect::<Vec<_>>())
+            .map_err(Error::from)?;
         Ok(PackedCompletions {
             items,
-            packed: Some(packed),
+            results,
+            ids,
         })
     }
 }
 
-/// Completes a batch of leased jobs, each fenced on its own (a lost lease fails its item
-/// only, with [`Error::LeaseLost`]), and wakes their parents. Returns each item's outcome
-/// in order and whether a parent was woken.
+/// Completes a batch of leased jobs in order, each fenced on its own (a lost lease fails
+/// its item only, with [`Error::LeaseLost`]; a job named twice completes once), and
+/// wakes their parents. Returns each item's outcome and whether a parent was woken.
 pub(crate) fn complete_batch(
     conn: &Connection,
     batch: &PackedCompletions,
     now: i64,
 ) -> QResult<(Vec<durable_jobs::Result<()>>, bool)> {
-    let Some(packed) = &batch.packed else {
-        let mut out = Vec::with_capacity(batch.items.len());
-        let mut woke = false;
-        for c in &batch.items {
-            out.push(match complete(conn, c, now) {
-                Ok(w) => {
-                    woke |= w;
-                    Ok(())
-                }
-                Err(QueryError::Other(e)) if e.is_lease_lost() => Err(e),
-                Err(e) => return Err(e),
-            });
-        }
-        return Ok((out, woke));
-    };
-    let mut done = std::collections::HashMap::with_capacity(batch.items.len());
+    let mut parents = std::collections::HashMap::new();
     {
-        let mut stmt = conn.prepare_cached(COMPLETE_BATCH)?;
-        let mut rows = stmt.query(params![packed, now])?;
+        let mut stmt = conn.prepare_cached(BATCH_PARENTS)?;
+        let mut rows = stmt.query([&batch.ids])?;
         while let Some(row) = rows.next()? {
-            done.insert(row.get::<_, JobId>(0)?, row.get::<_, Option<JobId>>(1)?);
+            parents.insert(row.get::<_, JobId>(0)?, row.get::<_, JobId>(1)?);
         }
     }
     let mut out = Vec::with_capacity(batch.items.len());
     let mut woke = false;
-    for c in &batch.items {
-        match done.get(&c.lease.job_id) {
-            Some(parent) => {
-                woke |= wake_parent(conn, *parent, now)?;
-                out.push(Ok(()));
-            }
-            None => out.push(Err(Error::LeaseLost {
-                job_id: c.lease.job_id,
-            })),
+    let mut stmt = conn.prepare_cached(COMPLETE)?;
+    for (c, result) in batch.items.iter().zip(&batch.results) {
+        let id = c.lease.job_id;
+        if stmt.execute(params![id, c.lease.token, result, now])? == 0 {
+            out.push(Err(Error::LeaseLost { job_id: id }));
+            continue;
         }
+        woke |= wake_parent(conn, parents.get(&id).copied(), now)?;
+        out.push(Ok(()));
     }
     Ok((out, woke))
 }
@@ -1127,7 +1075,7 @@ mod tests {
     fn batch_completion_looks_jobs_up_by_id() {
         let conn = Connection::open_in_memory().expect("open");
         crate::migrate::migrate(&conn, 0).expect("migrate");
-        let plan = plan(&conn, COMPLETE_BATCH);
+        let plan = plan(&conn, BATCH_PARENTS);
         assert!(
             plan.contains("SEARCH durable_jobs USING INTEGER PRIMARY KEY (rowid=?)"),
             "{plan}"
@@ -1208,7 +1156,6 @@ mod tests {
             })
             .collect();
         let batch = PackedCompletions::new(items).expect("pack");
-        assert!(batch.packed.is_some());
         let (out, woke) = complete_batch(&conn, &batch, micros(Utc::now())).expect("complete");
         assert!(!woke);
         assert!(
@@ -1249,7 +1196,6 @@ mod tests {
             result: serde_json::json!(r),
         };
         let batch = PackedCompletions::new(vec![item(1), item(2)]).expect("pack");
-        assert!(batch.packed.is_none());
         let (out, _) = complete_batch(&conn, &batch, micros(Utc::now())).expect("complete");
         assert!(out[0].is_ok(), "{out:?}");
         assert!(matches!(out[1], Err(Error::LeaseLost { .. })), "{out:?}");

@@ -460,23 +460,28 @@ impl Storage for SqliteStorage {
 
     async fn complete(&self, lease: &Lease, result: Value) -> Result<()> {
         let now = self.now_us();
-        let c = Completion {
+        let batch = query::PackedCompletions::new(vec![Completion {
             lease: lease.clone(),
             result,
-        };
-        if self
-            .write(move |conn| query::complete(conn, &c, now))
-            .await?
-        {
+        }])?;
+        let (mut out, woke) = self
+            .write(move |conn| query::complete_batch(conn, &batch, now))
+            .await?;
+        if woke {
             self.wake();
         }
-        Ok(())
+        out.pop().unwrap_or_else(|| {
+            Err(crate::error::error(
+                durable_jobs::StorageErrorKind::Other,
+                "sqlite: a completion returned no outcome",
+            ))
+        })
     }
 
     async fn complete_many(&self, items: Vec<Completion>) -> Result<Vec<Result<()>>> {
         let now = self.now_us();
-        // Packed here, on the caller's thread, so the writer (which every write of the
-        // process waits on) only runs the one statement. One transaction for the batch;
+        // Results serialized here, on the caller's thread, so the writer (which every
+        // write of the process waits on) only runs the statements. One transaction for the batch;
         // each item's fence is checked on its own and a lost lease changes nothing for
         // that item only.
         let batch = query::PackedCompletions::new(items)?;
