@@ -13,8 +13,9 @@ const INSERT_JOB: &str = "INSERT INTO durable_jobs (task, payload, queue, priori
      serial_key, flags, trace_context, tags, metadata) \
      VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
 
-const FIND_KEY_HOLDER: &str = "SELECT id, status FROM durable_jobs WHERE dedupe_key = ?1 \
-     AND status IN ('pending', 'retrying', 'running', 'waiting')";
+pub(crate) const FIND_KEY_HOLDER: &str =
+    "SELECT id, status FROM durable_jobs WHERE dedupe_key = ?1 \
+     AND (status = 'pending' OR status = 'retrying' OR status = 'running' OR status = 'waiting')";
 
 /// Job-key replace on a holder still waiting to run: it takes the new job's fields (run_at
 /// only when `?10` is not NULL, and the trace context of the enqueue that replaced it),

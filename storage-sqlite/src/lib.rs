@@ -21,12 +21,18 @@
 //!   commands and await the reply, so SQLite's blocking calls never run on the async
 //!   runtime's threads. It commits queued commands together in one `BEGIN IMMEDIATE`
 //!   transaction (each in its own savepoint), and replies only after `COMMIT`.
+//! - **Checkpoints** (copying the WAL back into the file) run on a thread of their own
+//!   with its own connection, nudged by the writer once the log passes 1,000 pages
+//!   (SQLite's own threshold), instead of inside the writer's commits; the writer still
+//!   checkpoints itself should the log pass 10,000 pages.
+//! - **Completions** of a batch run in the writer's transaction, one cached `UPDATE` per
+//!   job fenced by its own lease token, and one lookup of the batch's parents.
 //! - **Reads** (`get_job`, `list_jobs`, `counts`, `finished_counts`, `list_attempts`,
 //!   `list_checkpoints`, `schedules`, `list_workers`) run on a small pool of read
 //!   connections on tokio's blocking threads and go on during writes.
-//! - **Claims** are one `UPDATE ... WHERE id IN (SELECT ... ORDER BY priority DESC,
-//!   run_at, id LIMIT n) RETURNING ...` inside `BEGIN IMMEDIATE`: atomic across
-//!   processes, walking a partial index of claimable jobs.
+//! - **Claims** are a `SELECT ... ORDER BY priority DESC, run_at, id LIMIT n` walking a
+//!   partial index of claimable jobs, then one `UPDATE ... WHERE id IN (..)` of exactly
+//!   those jobs, both inside one `BEGIN IMMEDIATE` transaction: atomic across processes.
 //! - **Fencing**: every write for a running attempt checks the job id, status and lease
 //!   token in its `WHERE`; a stale lease changes nothing and returns
 //!   [`durable_jobs::Error::LeaseLost`].
@@ -97,12 +103,27 @@
 /// update, so the attempt number, worker and start are the ending attempt's even when the
 /// same statement clears the lease or gives the attempt back. A history that is not valid
 /// JSON (written by another tool) starts over rather than failing the write that ends the
-/// attempt.
+/// attempt. A job's first ending attempt (no history yet, the common case) wraps the
+/// attempt's object in brackets, the same text `json_insert` would make of `[]` but
+/// without parsing and re-rendering a document for each job.
 macro_rules! attempts_appended {
     ($outcome:literal, $now:literal, $error:literal) => {
         concat!(
-            "json_insert(CASE WHEN json_valid(attempts) THEN attempts ELSE '[]' END, \
-             '$[#]', json_object('attempt', attempt, 'worker', lease_holder, \
+            "CASE WHEN attempts IS NULL THEN '[' || ",
+            attempt_object!($outcome, $now, $error),
+            " || ']' ELSE json_insert(CASE WHEN json_valid(attempts) THEN attempts \
+             ELSE '[]' END, '$[#]', ",
+            attempt_object!($outcome, $now, $error),
+            ") END"
+        )
+    };
+}
+
+/// The JSON object of the ending attempt, for [`attempts_appended!`].
+macro_rules! attempt_object {
+    ($outcome:literal, $now:literal, $error:literal) => {
+        concat!(
+            "json_object('attempt', attempt, 'worker', lease_holder, \
              'started_at', coalesce(started_at, ",
             $now,
             "), 'finished_at', ",
@@ -111,7 +132,7 @@ macro_rules! attempts_appended {
             $outcome,
             "', 'error', ",
             $error,
-            "))"
+            ")"
         )
     };
 }
@@ -124,6 +145,7 @@ macro_rules! append_attempt {
     };
 }
 
+mod checkpoint;
 mod enqueue;
 mod error;
 mod filter;

@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 /// The newest schema version this library knows. A file at a higher version is refused
 /// with [`Error::SchemaTooNew`].
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 struct Migration {
     version: i64,
@@ -64,6 +64,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 9,
         name: "metadata_key_limits",
         sql: include_str!("../migrations/0009_metadata_key_limits.sql"),
+    },
+    Migration {
+        version: 10,
+        name: "partial_index_terms",
+        sql: include_str!("../migrations/0010_partial_index_terms.sql"),
     },
 ];
 

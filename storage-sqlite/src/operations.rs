@@ -41,7 +41,7 @@ const FINISH_FAIL: &str = "UPDATE durable_jobs SET status = 'failed', last_error
 /// Checkpoints, signals and tags go with their job (foreign keys cascade), the attempt
 /// history with its row. Walks the index of finished jobs by finish time.
 pub(crate) const PURGE: &str = "DELETE FROM durable_jobs \
-     WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at < ?1";
+     WHERE (status = 'completed' OR status = 'failed' OR status = 'cancelled') AND completed_at < ?1";
 
 /// A schedule cursor as stored: RFC 3339 in UTC with nanoseconds, fixed width, so equal
 /// times are equal strings and the compare-and-set is exact.
@@ -178,7 +178,7 @@ pub(crate) fn retry_jobs(
             Some(k) => conn
                 .prepare_cached(
                     "SELECT 1 FROM durable_jobs WHERE dedupe_key = ?1 \
-                     AND status IN ('pending', 'retrying', 'running', 'waiting')",
+                     AND (status = 'pending' OR status = 'retrying' OR status = 'running' OR status = 'waiting')",
                 )?
                 .query_row([k], |r| r.get::<_, i64>(0))
                 .optional()?

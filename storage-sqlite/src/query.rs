@@ -30,14 +30,22 @@ pub(crate) const FENCE: &str = "id = ?1 AND status = 'running' AND lease_token =
 // Each statement that ends an attempt appends it to the job's history in the same
 // write (`append_attempt!`): no extra statement, no extra round trip.
 
+/// Completes one leased job, fenced. No `RETURNING`: SQLite would buffer it in a
+/// temporary b-tree opened and closed per statement (and journal the statement), which
+/// cost more than the update; a batch reads its jobs' parents once instead
+/// ([`BATCH_PARENTS`]).
 const COMPLETE: &str = concat!(
     "UPDATE durable_jobs SET status = 'completed', result = ?3, \
      completed_at = ?4, updated_at = ?4, ",
     append_attempt!("completed", "?4", "NULL"),
     ", lease_holder = NULL, lease_token = NULL, \
-     lease_expires_at = NULL WHERE id = ?1 AND status = 'running' AND lease_token = ?2 \
-     RETURNING parent_id"
+     lease_expires_at = NULL WHERE id = ?1 AND status = 'running' AND lease_token = ?2"
 );
+
+/// The parents of a batch's jobs that have one: `?1` is a JSON array of job ids, each
+/// found by its id.
+const BATCH_PARENTS: &str = "SELECT id, parent_id FROM durable_jobs \
+     WHERE id IN (SELECT value FROM json_each(?1)) AND parent_id IS NOT NULL";
 
 const FAIL_RETRY: &str = concat!(
     "UPDATE durable_jobs SET status = 'retrying', last_error = ?3, \
@@ -122,7 +130,7 @@ const ATTEMPTS: &str = "SELECT attempts, status, attempt, lease_holder, started_
 /// Finished jobs per queue and final status since a time: reads only the covering,
 /// partial index of finished jobs (its WHERE matches this status term word for word).
 pub(crate) const FINISHED_COUNTS: &str = "SELECT queue, status, count(*) FROM durable_jobs \
-     WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at >= ?1 \
+     WHERE (status = 'completed' OR status = 'failed' OR status = 'cancelled') AND completed_at >= ?1 \
      GROUP BY queue, status";
 
 /// Jobs per queue and status, by queue then status (text order): what the metrics
@@ -137,13 +145,15 @@ pub(crate) const FINISHED_COUNTS: &str = "SELECT queue, status, count(*) FROM du
 /// report it as corrupt. (Counting it here would take a scan of the table, or an index
 /// whose condition every write of a job would pay for.)
 pub(crate) const COUNTS: &str = "SELECT queue, status, count(*) FROM durable_jobs \
-     WHERE status IN ('pending', 'retrying', 'waiting') GROUP BY queue, status \
+     WHERE (status = 'pending' OR status = 'retrying' OR status = 'waiting') \
+     GROUP BY queue, status \
      UNION ALL \
      SELECT queue, status, count(*) FROM durable_jobs \
      WHERE status = 'running' GROUP BY queue, status \
      UNION ALL \
      SELECT queue, status, count(*) FROM durable_jobs \
-     WHERE status IN ('completed', 'failed', 'cancelled') GROUP BY queue, status \
+     WHERE (status = 'completed' OR status = 'failed' OR status = 'cancelled') \
+     GROUP BY queue, status \
      ORDER BY 1, 2";
 
 /// A time as stored: microseconds since the Unix epoch.
@@ -266,8 +276,8 @@ fn marks(start: usize, n: usize) -> String {
 /// The status term matches the claim index's WHERE word for word, so the index applies.
 fn claimable_terms(t: &str, shape: ClaimShape) -> String {
     let mut sql = format!(
-        "{t}.status IN ('pending', 'retrying', 'waiting') AND {t}.queue IN ({}) \
-         AND {t}.run_at <= ?4",
+        "({t}.status = 'pending' OR {t}.status = 'retrying' OR {t}.status = 'waiting') \
+         AND {t}.queue IN ({}) AND {t}.run_at <= ?4",
         marks(6, shape.queues)
     );
     if shape.tasks > 0 {
@@ -290,26 +300,32 @@ fn claimable_terms(t: &str, shape: ClaimShape) -> String {
     sql
 }
 
-/// The claim statement for one shape and one priority. One statement: the sub-select
-/// picks due, claimable jobs of that priority in claim order through the partial claim
-/// index, and the UPDATE flips them to running in the same step, inside the writer's
+/// The claim's select for one shape and one priority: due, claimable jobs of that
+/// priority in claim order through the partial claim index, read as they are; then
+/// [`TAKE_CLAIMED`] flips exactly those to running. Both run inside the writer's
 /// `BEGIN IMMEDIATE` transaction, so no other connection can claim them in between.
-/// With the priority fixed, the index range is (queue, priority, run_at <= now): it
-/// ends at the first job not yet due, so jobs due later and parked workflows (waiting
-/// with run_at at the far future) are never visited. [`dequeue`] runs it once per
-/// priority, highest first.
+/// (One `UPDATE ... RETURNING` did both, but SQLite buffers every returned row, the
+/// whole job, in a temporary b-tree before handing out the first.) With the priority
+/// fixed, the index range is (queue, priority, run_at <= now): it ends at the first job
+/// not yet due, so jobs due later and parked workflows (waiting with run_at at the far
+/// future) are never visited. [`dequeue`] runs it once per priority, highest first,
+/// taking each round's jobs before selecting the next.
 ///
 /// Serial keys: a keyed job qualifies only when fewer jobs of its key run than the key's
 /// limit (1 unless `durable_jobs_key_limits` says otherwise; counted through the small
 /// index of running keys) and it is the first claimable job of its key in claim order
 /// (the index of claimable keyed jobs, over every priority), so a batch never takes two
 /// jobs of one key and each key starts in order. Unkeyed jobs pass on `serial_key IS NULL`.
+///
+/// `?1` to `?3` are not used here (they are [`TAKE_CLAIMED`]'s); the parameter numbers
+/// stay those of the claim's other terms. The limit is `CAST(?5 AS INTEGER)`, not a bare
+/// `?5`: SQLite plans a bare parameter limit from its bound value and marks the statement
+/// stale whenever that parameter is bound again, so every claim (whose size varies)
+/// would re-parse and re-plan it. The cast keeps the value out of the plan, and the
+/// cached statement is reused as is.
 pub(crate) fn claim_sql(shape: ClaimShape) -> String {
     format!(
-        "UPDATE durable_jobs SET status = 'running', attempt = attempt + 1, \
-         lease_holder = ?1, lease_token = ?2, lease_expires_at = ?3, started_at = ?4, \
-         updated_at = ?4, wake_requested = 0 \
-         WHERE id IN (SELECT j.id FROM durable_jobs j WHERE {outer} AND j.priority = ?{prio} \
+        "SELECT {JOB_COLUMNS} FROM durable_jobs j WHERE {outer} AND j.priority = ?{prio} \
            AND (j.serial_key IS NULL OR (\
              (SELECT count(*) FROM durable_jobs r \
                WHERE r.serial_key = j.serial_key AND r.status = 'running') \
@@ -318,20 +334,26 @@ pub(crate) fn claim_sql(shape: ClaimShape) -> String {
              AND j.id = (SELECT k.id FROM durable_jobs k \
                WHERE k.serial_key = j.serial_key AND {inner} \
                ORDER BY k.priority DESC, k.run_at, k.id LIMIT 1))) \
-           ORDER BY j.priority DESC, j.run_at, j.id LIMIT ?5) \
-         RETURNING {JOB_COLUMNS}",
+         ORDER BY j.priority DESC, j.run_at, j.id LIMIT CAST(?5 AS INTEGER)",
         outer = claimable_terms("j", shape),
         inner = claimable_terms("k", shape),
         prio = 6 + shape.queues + shape.tasks + shape.flags,
     )
 }
 
+/// Takes the jobs a claim's select picked: `?5` is a JSON array of their ids. Each is
+/// found by its id (no scan), and the claimed values are those [`claim`] hands out.
+pub(crate) const TAKE_CLAIMED: &str = "UPDATE durable_jobs SET status = 'running', \
+     attempt = attempt + 1, lease_holder = ?1, lease_token = ?2, lease_expires_at = ?3, \
+     started_at = ?4, updated_at = ?4, wake_requested = 0 \
+     WHERE id IN (SELECT value FROM json_each(?5))";
+
 /// The highest priority below `below` among one queue's claimable jobs, due or not: one
 /// descent of the claim index (SQLite answers `max` on an index column this way). The
 /// claim walks the distinct priorities with it, so a backlog costs one probe per
 /// priority, not one row read per job.
 const NEXT_PRIORITY: &str = "SELECT max(priority) FROM durable_jobs \
-     WHERE status IN ('pending', 'retrying', 'waiting') AND queue = ?1 AND priority < ?2";
+     WHERE (status = 'pending' OR status = 'retrying' OR status = 'waiting') AND queue = ?1 AND priority < ?2";
 
 /// The highest priority below `below` among the claimable jobs of `queues`.
 fn next_priority(conn: &Connection, queues: &[String], below: i64) -> QResult<Option<i64>> {
@@ -434,6 +456,7 @@ fn claim(
     let mut out = Vec::with_capacity(limit.min(1024));
     let mut corrupt = Vec::new();
     let sql = claim_sql(shape);
+    let started = time("started_at", now_us)?;
     let mut below = i64::MAX;
     while out.len() + corrupt.len() < limit {
         let Some(priority) = next_priority(conn, queues, below)? else {
@@ -442,34 +465,80 @@ fn claim(
         below = priority;
         let left = limit - out.len() - corrupt.len();
         args[4] = SqlValue::Integer(i64::try_from(left).unwrap_or(i64::MAX));
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let bound = args.iter().cloned().chain([SqlValue::Integer(priority)]);
-        let mut rows = stmt.query(params_from_iter(bound))?;
-        while let Some(row) = rows.next()? {
-            match job_from_row(row) {
-                Ok(job) => out.push(ClaimedJob {
-                    lease: Lease {
-                        job_id: job.id,
-                        attempt: job.attempt,
-                        token,
-                        expires_at,
-                    },
-                    job,
-                }),
-                Err(e) => {
-                    let e = Error::from(e);
-                    if e.storage_kind() != Some(StorageErrorKind::Corrupt) {
-                        return Err(e.into());
+        let mut ids = String::from("[");
+        {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let bound = args.iter().cloned().chain([SqlValue::Integer(priority)]);
+            let mut rows = stmt.query(params_from_iter(bound))?;
+            while let Some(row) = rows.next()? {
+                let id: JobId = row.get(0)?;
+                if ids.len() > 1 {
+                    ids.push(',');
+                }
+                ids.push_str(&id.to_string());
+                match job_from_row(row)
+                    .and_then(|job| as_claimed(job, &p.holder, token, expires_at, started))
+                {
+                    Ok(job) => out.push(ClaimedJob {
+                        lease: Lease {
+                            job_id: job.id,
+                            attempt: job.attempt,
+                            token,
+                            expires_at,
+                        },
+                        job,
+                    }),
+                    Err(e) => {
+                        let e = Error::from(e);
+                        if e.storage_kind() != Some(StorageErrorKind::Corrupt) {
+                            return Err(e.into());
+                        }
+                        corrupt.push((id, e));
                     }
-                    corrupt.push((row.get::<_, JobId>(0)?, e));
                 }
             }
         }
+        if ids.len() == 1 {
+            // Nothing of this priority could be taken (all due ones wait behind busy
+            // serial keys); lower priorities may still have some.
+            continue;
+        }
+        ids.push(']');
+        // Taken before the next priority's select, which must see them running (a key
+        // with a job running is busy).
+        conn.prepare_cached(TAKE_CLAIMED)?
+            .execute(params![p.holder, token, expires, now_us, ids])?;
     }
     for (id, e) in corrupt {
         fail_corrupt(conn, id, &e, now_us, token)?;
     }
     Ok(out)
+}
+
+/// A job as read by the claim's select, as [`TAKE_CLAIMED`] leaves it: running under
+/// this claim's lease, one attempt further, started now.
+fn as_claimed(
+    mut job: Job,
+    holder: &str,
+    token: i64,
+    expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> QResult<Job> {
+    job.attempt = job.attempt.checked_add(1).ok_or_else(|| {
+        QueryError::from(crate::error::corrupt(format!(
+            "sqlite: column `attempt` of job {} holds {}, too large to start again",
+            job.id, job.attempt
+        )))
+    })?;
+    job.status = JobStatus::Running;
+    job.lease = Some(LeaseInfo {
+        holder: holder.to_string(),
+        token,
+        expires_at,
+    });
+    job.started_at = Some(now);
+    job.updated_at = now;
+    Ok(job)
 }
 
 /// Fails a row the claim took but could not decode (see [`FAIL_CORRUPT`]), waking its
@@ -485,19 +554,63 @@ fn fail_corrupt(conn: &Connection, id: JobId, e: &Error, now: i64, token: i64) -
     Ok(())
 }
 
-/// Completes one leased job and wakes its parent. Fenced. True when a parent was woken.
-pub(crate) fn complete(conn: &Connection, c: &Completion, now: i64) -> QResult<bool> {
-    let parent: Option<Option<JobId>> = conn
-        .prepare_cached(COMPLETE)?
-        .query_row(
-            params![c.lease.job_id, c.lease.token, json_text(&c.result)?, now],
-            |r| r.get(0),
-        )
-        .optional()?;
-    match parent {
-        None => lease_lost(&c.lease).map(|()| false),
-        Some(parent) => wake_parent(conn, parent, now),
+/// Completions ready for [`complete_batch`], their results serialized by the caller
+/// before the write, so the writer thread (which every write of the process waits on)
+/// only runs the statements.
+pub(crate) struct PackedCompletions {
+    items: Vec<Completion>,
+    /// Each item's result as stored (JSON text).
+    results: Vec<String>,
+    /// The items' job ids as a JSON array, for [`BATCH_PARENTS`].
+    ids: String,
+}
+
+impl PackedCompletions {
+    /// Serializes `items`' results and ids.
+    pub(crate) fn new(items: Vec<Completion>) -> QResult<Self> {
+        let results = items
+            .iter()
+            .map(|c| json_text(&c.result))
+            .collect::<QResult<Vec<_>>>()?;
+        let ids = serde_json::to_string(&items.iter().map(|c| c.lease.job_id).collect::<Vec<_>>())
+            .map_err(Error::from)?;
+        Ok(PackedCompletions {
+            items,
+            results,
+            ids,
+        })
     }
+}
+
+/// Completes a batch of leased jobs in order, each fenced on its own (a lost lease fails
+/// its item only, with [`Error::LeaseLost`]; a job named twice completes once), and
+/// wakes their parents. Returns each item's outcome and whether a parent was woken.
+pub(crate) fn complete_batch(
+    conn: &Connection,
+    batch: &PackedCompletions,
+    now: i64,
+) -> QResult<(Vec<durable_jobs::Result<()>>, bool)> {
+    let mut parents = std::collections::HashMap::new();
+    {
+        let mut stmt = conn.prepare_cached(BATCH_PARENTS)?;
+        let mut rows = stmt.query([&batch.ids])?;
+        while let Some(row) = rows.next()? {
+            parents.insert(row.get::<_, JobId>(0)?, row.get::<_, JobId>(1)?);
+        }
+    }
+    let mut out = Vec::with_capacity(batch.items.len());
+    let mut woke = false;
+    let mut stmt = conn.prepare_cached(COMPLETE)?;
+    for (c, result) in batch.items.iter().zip(&batch.results) {
+        let id = c.lease.job_id;
+        if stmt.execute(params![id, c.lease.token, result, now])? == 0 {
+            out.push(Err(Error::LeaseLost { job_id: id }));
+            continue;
+        }
+        woke |= wake_parent(conn, parents.get(&id).copied(), now)?;
+        out.push(Ok(()));
+    }
+    Ok((out, woke))
 }
 
 /// A finished child's parent is woken in the child's transaction, so no crash can leave
@@ -915,6 +1028,38 @@ mod tests {
         }
     }
 
+    /// No partial index on the jobs table has an IN list in its WHERE: SQLite checks that
+    /// WHERE for every row a write changes and builds such a list into a temporary
+    /// b-tree each time. And the queries meant to use those indexes still do.
+    #[test]
+    fn partial_indexes_test_rows_without_in_lists() {
+        let conn = Connection::open_in_memory().expect("open");
+        crate::migrate::migrate(&conn, 0).expect("migrate");
+        let mut stmt = conn
+            .prepare(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' \
+                 AND tbl_name = 'durable_jobs' AND sql LIKE '%WHERE%'",
+            )
+            .expect("prepare");
+        let indexes: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("indexes")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert!(indexes.len() >= 8, "{indexes:?}");
+        for (name, sql) in &indexes {
+            let predicate = sql.split("WHERE").nth(1).unwrap_or_default();
+            assert!(
+                !predicate.to_ascii_uppercase().contains(" IN "),
+                "{name}: {sql}"
+            );
+        }
+        let roots = plan(&conn, crate::retention::DUE_ROOTS);
+        assert!(roots.contains("durable_jobs_finished"), "{roots}");
+        let holder = plan(&conn, crate::enqueue::FIND_KEY_HOLDER);
+        assert!(holder.contains("durable_jobs_dedupe"), "{holder}");
+    }
+
     /// Every statement that ends an attempt records it under a name the history reader
     /// knows.
     #[test]
@@ -999,6 +1144,160 @@ mod tests {
             plan.contains("USING INDEX durable_jobs_claim (queue=? AND priority<?)"),
             "{plan}"
         );
+    }
+
+    /// The batch completion and the claim's take drive from their batch of ids and find
+    /// each job by its id; they never walk the jobs table.
+    #[test]
+    fn batch_completion_looks_jobs_up_by_id() {
+        let conn = Connection::open_in_memory().expect("open");
+        crate::migrate::migrate(&conn, 0).expect("migrate");
+        let plan = plan(&conn, BATCH_PARENTS);
+        assert!(
+            plan.contains("SEARCH durable_jobs USING INTEGER PRIMARY KEY (rowid=?)"),
+            "{plan}"
+        );
+        assert!(!plan.contains("SCAN durable_jobs"), "{plan}");
+        let take = self::plan(&conn, TAKE_CLAIMED);
+        assert!(
+            take.contains("SEARCH durable_jobs USING INTEGER PRIMARY KEY (rowid=?)"),
+            "{take}"
+        );
+        assert!(!take.contains("SCAN durable_jobs"), "{take}");
+    }
+
+    /// Claims `n` fresh jobs on `conn` with the given token.
+    fn claimed(conn: &Connection, n: usize, token: i64) -> Vec<ClaimedJob> {
+        let now = Utc::now();
+        for i in 0..n {
+            crate::enqueue::insert_job(
+                conn,
+                &durable_jobs::NewJob::new("t", serde_json::json!(i)),
+                now,
+            )
+            .expect("enqueue");
+        }
+        let p = DequeueParams {
+            queues: vec!["default".into()],
+            tasks: Vec::new(),
+            limit: n,
+            lease_duration: Duration::from_secs(30),
+            holder: "w".into(),
+            forbidden_flags: Vec::new(),
+        };
+        dequeue(conn, &p, now, token).expect("claim")
+    }
+
+    fn stored_result(conn: &Connection, id: JobId) -> Option<String> {
+        conn.query_row("SELECT result FROM durable_jobs WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .expect("read")
+    }
+
+    /// A batch stores each result as the one-row statement does (the same JSON text,
+    /// escapes, non-ASCII text and numbers included), fences each item on its own token
+    /// (the extremes of the token range included) and fails only the items whose lease
+    /// is gone.
+    #[test]
+    fn batch_completion_matches_one_by_one() {
+        let conn = Connection::open_in_memory().expect("open");
+        crate::migrate::migrate(&conn, 0).expect("migrate");
+        let jobs = claimed(&conn, 4, 7);
+        let tokens = [i64::MIN, i64::MAX, -1, 0];
+        for (c, t) in jobs.iter().zip(tokens) {
+            conn.execute(
+                "UPDATE durable_jobs SET lease_token = ?2 WHERE id = ?1",
+                params![c.job.id, t],
+            )
+            .expect("token");
+        }
+        let results = [
+            serde_json::json!({"s": "quote \" backslash \\ tab \t nul \u{0} é ✓ 😀"}),
+            serde_json::json!([1.5, -0.0, 1e300, 12345678901234567_i64, null, true]),
+            serde_json::json!("plain"),
+            Value::Null,
+        ];
+        let items: Vec<Completion> = jobs
+            .iter()
+            .zip(tokens)
+            .zip(&results)
+            .enumerate()
+            .map(|(i, ((c, t), r))| Completion {
+                lease: Lease {
+                    // The third item holds a stale token.
+                    token: if i == 2 { t + 1 } else { t },
+                    ..c.lease.clone()
+                },
+                result: r.clone(),
+            })
+            .collect();
+        let batch = PackedCompletions::new(items).expect("pack");
+        let (out, woke) = complete_batch(&conn, &batch, micros(Utc::now())).expect("complete");
+        assert!(!woke);
+        assert!(
+            out[0].is_ok() && out[1].is_ok() && out[3].is_ok(),
+            "{out:?}"
+        );
+        assert!(matches!(out[2], Err(Error::LeaseLost { .. })), "{out:?}");
+        for i in [0, 1, 3] {
+            assert_eq!(
+                stored_result(&conn, jobs[i].job.id),
+                Some(json_text(&results[i]).expect("text")),
+                "item {i}"
+            );
+        }
+        assert_eq!(stored_result(&conn, jobs[2].job.id), None);
+        let history: String = conn
+            .query_row(
+                "SELECT attempts FROM durable_jobs WHERE id = ?1",
+                [jobs[0].job.id],
+                |r| r.get(0),
+            )
+            .expect("history");
+        let history: Value = serde_json::from_str(&history).expect("json");
+        assert_eq!(history[0]["outcome"], "completed");
+        assert_eq!(history[0]["worker"], "w");
+        assert_eq!(history.as_array().map(Vec::len), Some(1));
+    }
+
+    /// Two items for one job go one by one, in order: the first completes it, the second
+    /// finds the lease ended.
+    #[test]
+    fn batch_completion_of_one_job_twice_completes_it_once() {
+        let conn = Connection::open_in_memory().expect("open");
+        crate::migrate::migrate(&conn, 0).expect("migrate");
+        let jobs = claimed(&conn, 1, 7);
+        let item = |r: i64| Completion {
+            lease: jobs[0].lease.clone(),
+            result: serde_json::json!(r),
+        };
+        let batch = PackedCompletions::new(vec![item(1), item(2)]).expect("pack");
+        let (out, _) = complete_batch(&conn, &batch, micros(Utc::now())).expect("complete");
+        assert!(out[0].is_ok(), "{out:?}");
+        assert!(matches!(out[1], Err(Error::LeaseLost { .. })), "{out:?}");
+        assert_eq!(stored_result(&conn, jobs[0].job.id).as_deref(), Some("1"));
+    }
+
+    /// Claims of different sizes reuse the cached claim statement as prepared: its limit
+    /// is no part of its plan, so binding a new one never makes SQLite re-prepare it.
+    #[test]
+    fn claims_of_any_size_reuse_the_prepared_statement() {
+        let conn = Connection::open_in_memory().expect("open");
+        crate::migrate::migrate(&conn, 0).expect("migrate");
+        for limit in [3, 1, 2] {
+            assert_eq!(claimed(&conn, limit, 7).len(), limit);
+        }
+        let shape = ClaimShape {
+            queues: 1,
+            tasks: 0,
+            flags: 0,
+        };
+        let reprepared = conn
+            .prepare_cached(&claim_sql(shape))
+            .expect("cached")
+            .get_status(rusqlite::StatementStatus::RePrepare);
+        assert_eq!(reprepared, 0);
     }
 
     /// The virtual-machine steps the claim's statements took so far on `conn` (their

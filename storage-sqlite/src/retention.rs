@@ -11,8 +11,8 @@ use rusqlite::{params, Connection};
 /// `durable_jobs_finished` (status, completed_at, queue): one index range that stops at the
 /// cut-off or the limit. A root has no parent, or its parent is gone. ?1 status,
 /// ?2 cut-off (µs), ?3 limit.
-const DUE_ROOTS: &str = "SELECT id, completed_at FROM durable_jobs AS j \
-     WHERE status IN ('completed', 'failed', 'cancelled') AND status = ?1 \
+pub(crate) const DUE_ROOTS: &str = "SELECT id, completed_at FROM durable_jobs AS j \
+     WHERE (status = 'completed' OR status = 'failed' OR status = 'cancelled') AND status = ?1 \
        AND completed_at < ?2 \
        AND (parent_id IS NULL \
             OR NOT EXISTS (SELECT 1 FROM durable_jobs AS p WHERE p.id = j.parent_id)) \

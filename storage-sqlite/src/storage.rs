@@ -1,5 +1,6 @@
 //! [`SqliteStorage`]: the [`Storage`] implementation on a SQLite file.
 
+use crate::checkpoint::{self, Checkpointer};
 use crate::error::{is_busy, storage, storage_in, QResult};
 use crate::filter;
 use crate::migrate;
@@ -61,6 +62,8 @@ pub struct SqliteStorage {
 
 struct Inner {
     writer: Writer,
+    /// Checkpoints the WAL off the writer thread; `None` in memory.
+    checkpointer: Option<Checkpointer>,
     /// `None` in memory: one connection holds an in-memory database, so reads go
     /// through the writer too.
     readers: Option<Arc<Readers>>,
@@ -157,8 +160,21 @@ impl SqliteStorage {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | OpenFlags::SQLITE_OPEN_URI;
         let (p, o) = (path.clone(), options.clone());
-        let writer =
-            Writer::start(move || open_file(&p, &o, flags), writer_config(&options)).await?;
+        // Checkpoints run on a thread of their own, not inside the writer's commits (see
+        // `checkpoint`).
+        let checkpointer = Checkpointer::start(move || open_file(&p, &o, read_flags()))?;
+        let (p, o) = (path.clone(), options.clone());
+        let mut config = writer_config(&options);
+        config.checkpoint = checkpointer.nudger();
+        let writer = Writer::start(
+            move || {
+                let conn = open_file(&p, &o, flags)?;
+                checkpoint::install(&conn);
+                Ok(conn)
+            },
+            config,
+        )
+        .await?;
         let readers = (options.read_connections > 0).then(|| {
             let (p, o) = (path.clone(), options.clone());
             Arc::new(Readers::new(
@@ -173,7 +189,7 @@ impl SqliteStorage {
                 },
             ))
         });
-        Self::finish_open(writer, readers, options, Some(path)).await
+        Self::finish_open(writer, Some(checkpointer), readers, options, Some(path)).await
     }
 
     /// Opens a fresh in-memory database (one connection, gone when the storage drops)
@@ -201,11 +217,12 @@ impl SqliteStorage {
             writer_config(&options),
         )
         .await?;
-        Self::finish_open(writer, None, options, None).await
+        Self::finish_open(writer, None, None, options, None).await
     }
 
     async fn finish_open(
         writer: Writer,
+        checkpointer: Option<Checkpointer>,
         readers: Option<Arc<Readers>>,
         options: SqliteOptions,
         path: Option<PathBuf>,
@@ -234,6 +251,7 @@ impl SqliteStorage {
         let storage = SqliteStorage {
             inner: Arc::new(Inner {
                 writer,
+                checkpointer,
                 readers,
                 clock: options.clock,
                 wake,
@@ -245,6 +263,12 @@ impl SqliteStorage {
         };
         storage.migrate().await?;
         Ok(storage)
+    }
+
+    /// The checkpoint thread's handle, for tests.
+    #[cfg(test)]
+    pub(crate) fn checkpointer(&self) -> Option<&Checkpointer> {
+        self.inner.checkpointer.as_ref()
     }
 
     /// The database file, or `None` in memory.
@@ -271,6 +295,10 @@ impl SqliteStorage {
             r.close();
         }
         self.inner.writer.close().await;
+        // After the writer: the checkpoint thread runs until the writer's nudger is gone.
+        if let Some(c) = &self.inner.checkpointer {
+            c.close().await;
+        }
     }
 
     /// Marks a job finished with `status` (completed, failed or cancelled, now) the way a
@@ -341,6 +369,7 @@ fn writer_config(o: &SqliteOptions) -> WriterConfig {
     WriterConfig {
         max_batch: o.max_write_batch,
         busy_retry_for: o.busy_retry_for,
+        checkpoint: None,
     }
 }
 
@@ -431,39 +460,33 @@ impl Storage for SqliteStorage {
 
     async fn complete(&self, lease: &Lease, result: Value) -> Result<()> {
         let now = self.now_us();
-        let c = Completion {
+        let batch = query::PackedCompletions::new(vec![Completion {
             lease: lease.clone(),
             result,
-        };
-        if self
-            .write(move |conn| query::complete(conn, &c, now))
-            .await?
-        {
+        }])?;
+        let (mut out, woke) = self
+            .write(move |conn| query::complete_batch(conn, &batch, now))
+            .await?;
+        if woke {
             self.wake();
         }
-        Ok(())
+        out.pop().unwrap_or_else(|| {
+            Err(crate::error::error(
+                durable_jobs::StorageErrorKind::Other,
+                "sqlite: a completion returned no outcome",
+            ))
+        })
     }
 
     async fn complete_many(&self, items: Vec<Completion>) -> Result<Vec<Result<()>>> {
         let now = self.now_us();
-        // One transaction for the batch; each item's fence is checked on its own and a
-        // lost lease changes nothing for that item only.
+        // Results serialized here, on the caller's thread, so the writer (which every
+        // write of the process waits on) only runs the statements. One transaction for the batch;
+        // each item's fence is checked on its own and a lost lease changes nothing for
+        // that item only.
+        let batch = query::PackedCompletions::new(items)?;
         let (out, woke) = self
-            .write(move |conn| {
-                let mut out = Vec::with_capacity(items.len());
-                let mut woke = false;
-                for c in &items {
-                    out.push(match query::complete(conn, c, now) {
-                        Ok(w) => {
-                            woke |= w;
-                            Ok(())
-                        }
-                        Err(crate::error::QueryError::Other(e)) if e.is_lease_lost() => Err(e),
-                        Err(e) => return Err(e),
-                    });
-                }
-                Ok((out, woke))
-            })
+            .write(move |conn| query::complete_batch(conn, &batch, now))
             .await?;
         if woke {
             self.wake();

@@ -43,7 +43,8 @@ const HEAL: &str = "UPDATE durable_jobs AS p SET run_at = ?1, updated_at = ?1 \
        ORDER BY id LIMIT ?3) \
      AND p.run_at > ?1 AND EXISTS (\
        SELECT 1 FROM durable_jobs c WHERE c.parent_id = p.id \
-       AND c.status IN ('completed', 'failed', 'cancelled') AND c.completed_at > p.updated_at)";
+       AND (c.status = 'completed' OR c.status = 'failed' OR c.status = 'cancelled') \
+       AND c.completed_at > p.updated_at)";
 
 /// The last id of the window [`HEAL`] looked at (NULL when it was empty).
 const HEAL_WINDOW_END: &str = "SELECT max(id) FROM (SELECT id FROM durable_jobs \

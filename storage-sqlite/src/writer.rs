@@ -135,10 +135,13 @@ enum Msg {
 }
 
 /// Settings the writer thread needs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct WriterConfig {
     pub max_batch: usize,
     pub busy_retry_for: Duration,
+    /// Nudges the checkpoint thread once a commit leaves the log past
+    /// [`crate::checkpoint::CHECKPOINT_AFTER`] frames (`None`: no log, in memory).
+    pub checkpoint: Option<mpsc::SyncSender<()>>,
 }
 
 /// A handle to the writer thread. Dropping every handle stops the thread.
@@ -226,14 +229,21 @@ fn run_loop(conn: Connection, rx: mpsc::Receiver<Msg>, config: WriterConfig) {
                 Err(_) => break,
             }
         }
-        if !batch.is_empty() {
-            run_batch(&conn, batch, config.busy_retry_for);
+        if !batch.is_empty() && run_batch(&conn, batch, config.busy_retry_for) {
+            if let Some(nudge) = &config.checkpoint {
+                if crate::checkpoint::frames_after_commit() >= crate::checkpoint::CHECKPOINT_AFTER {
+                    // Full means a nudge is pending already: the thread will see this log.
+                    let _ = nudge.try_send(());
+                }
+            }
         }
         if close.is_some() {
             break;
         }
     }
-    // Closing the last connection checkpoints the WAL into the main file.
+    // Closing the last connection checkpoints the WAL into the main file. The nudger
+    // goes first: the checkpoint thread ends once it is gone (see `Checkpointer::close`).
+    drop(config.checkpoint);
     drop(conn);
     drop(rx);
     if let Some(t) = close {
@@ -270,11 +280,14 @@ fn exec_retrying_busy(
     }
 }
 
-fn run_batch(conn: &Connection, mut batch: Vec<Box<dyn Command>>, retry_for: Duration) {
+/// Runs one batch in one transaction and replies to each command. True when it
+/// committed.
+fn run_batch(conn: &Connection, mut batch: Vec<Box<dyn Command>>, retry_for: Duration) -> bool {
     let fail_all = |batch: Vec<Box<dyn Command>>, why: TxnFailure| {
         for c in batch {
             c.finish(Err(&why));
         }
+        false
     };
     if let Err(e) = exec_retrying_busy(conn, "BEGIN IMMEDIATE", retry_for) {
         return fail_all(batch, e);
@@ -322,9 +335,11 @@ fn run_batch(conn: &Connection, mut batch: Vec<Box<dyn Command>>, retry_for: Dur
     } else {
         exec_retrying_busy(conn, "COMMIT", retry_for).inspect_err(|_| rollback(conn))
     };
+    let committed = end.is_ok() && !single_failed;
     for c in batch {
         c.finish(end.as_ref().map(|_| ()));
     }
+    committed
 }
 
 fn rollback(conn: &Connection) {
