@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use durable_jobs::idhash::{IdBuildHasher, IdMap, IdSet};
 use durable_jobs::job::{far_future, new_lease_token};
 use durable_jobs::{
     AdvanceScheduleParams, Capabilities, Checkpoint, CheckpointOutcome, ClaimedJob, Clock,
@@ -25,24 +26,23 @@ type ReadyKey = (Reverse<i32>, DateTime<Utc>, JobId);
 #[derive(Default)]
 struct State {
     next_id: JobId,
-    jobs: HashMap<JobId, Job>,
-    /// Claimable (pending or retrying) jobs per queue, in claim order.
-    ready: HashMap<String, BTreeSet<ReadyKey>>,
+    jobs: IdMap<Job>,
+    /// Claimable (pending or retrying) jobs per queue, in claim order. Queue names are
+    /// the application's, so the fast hasher serves here too.
+    ready: HashMap<String, BTreeSet<ReadyKey>, IdBuildHasher>,
     /// Running jobs by lease expiry, for the sweeper.
     running: BTreeSet<(DateTime<Utc>, JobId)>,
     /// Dedupe keys of unfinished jobs.
     dedupe: HashMap<String, JobId>,
-    checkpoints: HashMap<JobId, BTreeMap<String, Checkpoint>>,
-    parents: HashMap<JobId, JobId>,
-    children: HashMap<JobId, Vec<JobId>>,
+    checkpoints: IdMap<BTreeMap<String, Checkpoint>>,
+    parents: IdMap<JobId>,
+    children: IdMap<Vec<JobId>>,
     /// Running jobs woken while running: their next suspend is due at once.
-    wake_requested: HashSet<JobId>,
+    wake_requested: IdSet,
     /// Unconsumed signals per job and name, oldest first.
     signals: HashMap<(JobId, String), VecDeque<Value>>,
-    /// Serial key, flags and tags per job.
-    extras: HashMap<JobId, Extras>,
-    /// The running job of each serial key.
-    serial_running: HashMap<String, HashSet<JobId>>,
+    /// The running jobs of each serial key.
+    serial_running: HashMap<String, IdSet>,
     /// How many jobs of a serial key may run at once, where not 1.
     key_limits: BTreeMap<String, u32>,
     /// Rate-limited queues and their current windows.
@@ -51,7 +51,7 @@ struct State {
     paused_queues: BTreeSet<String>,
     workers: BTreeMap<String, WorkerRecord>,
     /// Ended attempts per job, oldest first.
-    attempts: HashMap<JobId, Vec<AttemptRecord>>,
+    attempts: IdMap<Vec<AttemptRecord>>,
     /// Bumped by every final write, for `Queue::wait_for` (see `Storage::finishes`).
     finished: Option<Arc<watch::Sender<u64>>>,
 }
@@ -84,13 +84,6 @@ impl RateWindow {
         }
         self.starts += n;
     }
-}
-
-#[derive(Default, Clone)]
-struct Extras {
-    serial_key: Option<String>,
-    flags: Vec<String>,
-    tags: Vec<String>,
 }
 
 /// Jobs held in this process's memory. Cloning shares the same jobs.
@@ -219,14 +212,6 @@ impl State {
             self.parents.insert(id, parent);
             self.children.entry(parent).or_default().push(id);
         }
-        self.extras.insert(
-            id,
-            Extras {
-                serial_key: new.serial_key.clone(),
-                flags: new.flags.clone(),
-                tags: new.tags.clone(),
-            },
-        );
         let job = Job {
             id,
             task: new.task,
@@ -302,14 +287,6 @@ impl State {
             j.serial_key = new.serial_key.clone();
             j.metadata = new.metadata.clone();
         }
-        self.extras.insert(
-            id,
-            Extras {
-                serial_key: new.serial_key.clone(),
-                flags: new.flags.clone(),
-                tags: new.tags.clone(),
-            },
-        );
         let job = self.jobs.get(&id)?.clone();
         self.make_ready(&job);
         Some(Enqueued { id, created: false })
@@ -370,7 +347,7 @@ impl State {
         error: Option<String>,
         now: DateTime<Utc>,
     ) {
-        let Some(job) = self.jobs.get(&id) else {
+        let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
         if job.status != JobStatus::Running {
@@ -378,7 +355,9 @@ impl State {
         }
         let record = AttemptRecord {
             attempt: job.attempt,
-            worker: job.lease.as_ref().map(|l| l.holder.clone()),
+            // Moved, not copied: every caller ends the lease right after (it finishes or
+            // requeues the job), and only the lease's token and expiry matter until then.
+            worker: job.lease.as_mut().map(|l| std::mem::take(&mut l.holder)),
             started_at: job.started_at.unwrap_or(now),
             finished_at: Some(now),
             outcome,
@@ -389,22 +368,30 @@ impl State {
 
     /// Takes a running job off its lease (status is set by the caller).
     fn end_lease(&mut self, id: JobId) {
-        if let Some(job) = self.jobs.get_mut(&id) {
-            if let Some(l) = job.lease.take() {
-                self.running.remove(&(l.expires_at, id));
-            }
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        if let Some(l) = job.lease.take() {
+            self.running.remove(&(l.expires_at, id));
         }
-        if let Some(key) = self.extras.get(&id).and_then(|e| e.serial_key.clone()) {
-            if let Some(running) = self.serial_running.get_mut(&key) {
+        if let Some(key) = &job.serial_key {
+            if let Some(running) = self.serial_running.get_mut(key) {
                 running.remove(&id);
                 if running.is_empty() {
-                    self.serial_running.remove(&key);
+                    self.serial_running.remove(key);
                 }
             }
         }
     }
 
     fn finish(&mut self, id: JobId, status: JobStatus, now: DateTime<Utc>) {
+        self.finish_quietly(id, status, now);
+        self.bump_finished();
+    }
+
+    /// [`State::finish`] without telling `Queue::wait_for` waiters: for a batch, which
+    /// tells them once at its end ([`State::bump_finished`]).
+    fn finish_quietly(&mut self, id: JobId, status: JobStatus, now: DateTime<Utc>) {
         if let Some(&parent) = self.parents.get(&id) {
             self.wake_job(parent, now);
         }
@@ -413,12 +400,16 @@ impl State {
             job.status = status;
             job.completed_at = Some(now);
             job.updated_at = now;
-            if let Some(key) = job.dedupe_key.clone() {
-                if self.dedupe.get(&key) == Some(&id) {
-                    self.dedupe.remove(&key);
+            if let Some(key) = &job.dedupe_key {
+                if self.dedupe.get(key) == Some(&id) {
+                    self.dedupe.remove(key);
                 }
             }
         }
+    }
+
+    /// Tells `Queue::wait_for` waiters that jobs finished (see `Storage::finishes`).
+    fn bump_finished(&self) {
         if let Some(finished) = &self.finished {
             finished.send_modify(|n| *n = n.wrapping_add(1));
         }
@@ -452,7 +443,6 @@ impl State {
         self.children.remove(&job_id);
         self.checkpoints.remove(&job_id);
         self.attempts.remove(&job_id);
-        self.extras.remove(&job_id);
         self.signals.retain(|(id, _), _| *id != job_id);
         if let Some(parent) = self.parents.remove(&job_id) {
             if let Some(kids) = self.children.get_mut(&parent) {
@@ -529,10 +519,7 @@ impl State {
             && filter
                 .parent_id
                 .is_none_or(|p| self.parents.get(&j.id) == Some(&p))
-            && filter
-                .tag
-                .as_ref()
-                .is_none_or(|t| self.extras.get(&j.id).is_some_and(|e| e.tags.contains(t)))
+            && filter.tag.as_ref().is_none_or(|t| j.tags.contains(t))
             && filter
                 .metadata
                 .as_ref()
@@ -669,7 +656,10 @@ impl Storage for MemoryStorage {
         let mut st = self.lock();
         let st = &mut *st;
         // Gather candidates across queues in global claim order.
-        let mut picked: Vec<ReadyKey> = Vec::new();
+        let mut picked: Vec<ReadyKey> = Vec::with_capacity(params.limit.min(1024));
+        // Whether any candidate has a serial key: most batches have none, and skip the
+        // serial pass below.
+        let mut serial = false;
         for q in &params.queues {
             if st.paused_queues.contains(q) {
                 continue;
@@ -696,11 +686,10 @@ impl Storage for MemoryStorage {
                     if !params.tasks.is_empty() && !params.tasks.contains(&job.task) {
                         continue;
                     }
-                    if let Some(e) = st.extras.get(&key.2) {
-                        if e.flags.iter().any(|f| params.forbidden_flags.contains(f)) {
-                            continue;
-                        }
+                    if job.flags.iter().any(|f| params.forbidden_flags.contains(f)) {
+                        continue;
                     }
+                    serial |= job.serial_key.is_some();
                     picked.push(*key);
                     taken += 1;
                 }
@@ -714,29 +703,33 @@ impl Storage for MemoryStorage {
         picked.sort();
         // At most one job per serial key runs: skip keys running now, and take only the
         // first job of each key in this batch.
-        let mut batch_keys = HashSet::new();
-        picked.retain(
-            |key| match st.extras.get(&key.2).and_then(|e| e.serial_key.as_ref()) {
-                Some(k) => {
-                    let running = st.serial_running.get(k).map_or(0, HashSet::len);
-                    let limit = st.key_limits.get(k).copied().unwrap_or(1) as usize;
-                    running < limit && batch_keys.insert(k.clone())
-                }
-                None => true,
-            },
-        );
+        if serial {
+            let mut batch_keys = HashSet::new();
+            picked.retain(
+                |key| match st.jobs.get(&key.2).and_then(|j| j.serial_key.as_ref()) {
+                    Some(k) => {
+                        let running = st.serial_running.get(k).map_or(0, HashSet::len);
+                        let limit = st.key_limits.get(k).copied().unwrap_or(1) as usize;
+                        running < limit && batch_keys.insert(k.clone())
+                    }
+                    None => true,
+                },
+            );
+        }
         picked.truncate(params.limit);
-        let mut started: HashMap<String, u32> = HashMap::new();
-        for key in &picked {
-            if let Some(job) = st.jobs.get(&key.2) {
-                if st.rate_limits.contains_key(&job.queue) {
-                    *started.entry(job.queue.clone()).or_default() += 1;
+        if !st.rate_limits.is_empty() {
+            let mut started: HashMap<String, u32> = HashMap::new();
+            for key in &picked {
+                if let Some(job) = st.jobs.get(&key.2) {
+                    if st.rate_limits.contains_key(&job.queue) {
+                        *started.entry(job.queue.clone()).or_default() += 1;
+                    }
                 }
             }
-        }
-        for (queue, n) in started {
-            if let Some(w) = st.rate_limits.get_mut(&queue) {
-                w.record(now, n);
+            for (queue, n) in started {
+                if let Some(w) = st.rate_limits.get_mut(&queue) {
+                    w.record(now, n);
+                }
             }
         }
         let token = new_lease_token();
@@ -748,7 +741,9 @@ impl Storage for MemoryStorage {
             if let Some(set) = st.ready.get_mut(&job.queue) {
                 set.remove(&key);
             }
-            st.wake_requested.remove(&job.id);
+            if !st.wake_requested.is_empty() {
+                st.wake_requested.remove(&job.id);
+            }
             job.status = JobStatus::Running;
             job.attempt += 1;
             job.started_at = Some(now);
@@ -759,8 +754,11 @@ impl Storage for MemoryStorage {
                 expires_at,
             });
             st.running.insert((expires_at, job.id));
-            if let Some(k) = st.extras.get(&job.id).and_then(|e| e.serial_key.clone()) {
-                st.serial_running.entry(k).or_default().insert(job.id);
+            if let Some(k) = &job.serial_key {
+                st.serial_running
+                    .entry(k.clone())
+                    .or_default()
+                    .insert(job.id);
             }
             out.push(ClaimedJob {
                 lease: Lease {
@@ -787,15 +785,18 @@ impl Storage for MemoryStorage {
     async fn complete_many(&self, items: Vec<Completion>) -> Result<Vec<Result<()>>> {
         let now = self.clock.now();
         let mut st = self.lock();
-        Ok(items
+        let out = items
             .into_iter()
             .map(|c| {
                 st.leased(&c.lease)?.result = Some(c.result);
                 st.close_attempt(c.lease.job_id, AttemptOutcome::Completed, None, now);
-                st.finish(c.lease.job_id, JobStatus::Completed, now);
+                st.finish_quietly(c.lease.job_id, JobStatus::Completed, now);
                 Ok(())
             })
-            .collect())
+            .collect();
+        // One wake for the whole batch: waiters look at their jobs again either way.
+        st.bump_finished();
+        Ok(out)
     }
 
     async fn fail(&self, lease: &Lease, failure: Failure) -> Result<()> {
@@ -987,14 +988,16 @@ impl Storage for MemoryStorage {
 
     async fn counts(&self) -> Result<Vec<QueueCount>> {
         let st = self.lock();
-        let mut map: BTreeMap<(String, JobStatus), u64> = BTreeMap::new();
+        // Counted under borrowed names: a queue's name is copied once per row, not once
+        // per job.
+        let mut map: BTreeMap<(&str, JobStatus), u64> = BTreeMap::new();
         for j in st.jobs.values() {
-            *map.entry((j.queue.clone(), j.status)).or_default() += 1;
+            *map.entry((j.queue.as_str(), j.status)).or_default() += 1;
         }
         Ok(map
             .into_iter()
             .map(|((queue, status), count)| QueueCount {
-                queue,
+                queue: queue.to_string(),
                 status,
                 count,
             })

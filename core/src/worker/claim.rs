@@ -10,6 +10,7 @@ use super::sizing::Sizer;
 use super::threads::AttemptThreads;
 use super::timer::plus;
 use crate::instrumented::Backoff;
+use crate::metric::JobMetrics;
 use crate::storage::Storage;
 use crate::storage::{ClaimedJob, DequeueParams};
 use crate::task::{panic_message, TaskError};
@@ -40,6 +41,9 @@ struct Running {
     inline: bool,
     /// Slow first polls in a row so far.
     slow_starts: u32,
+    /// The metric handles of the last job started: a loop's jobs mostly share a queue
+    /// and task, and a match here skips the shared cache's lock and lookup.
+    last_metrics: Option<Arc<JobMetrics>>,
 }
 
 /// A first poll longer than this counts as slow.
@@ -66,7 +70,15 @@ impl Running {
         lost: watch::Receiver<bool>,
         out: &mpsc::UnboundedSender<Finish>,
     ) {
-        let meta = RunMeta::of(shared, &c);
+        let metrics = match &self.last_metrics {
+            Some(m) if *m.task == *c.job.task && *m.queue == *c.job.queue => m.clone(),
+            _ => {
+                let m = shared.metrics.get(&c.job.queue, &c.job.task);
+                self.last_metrics = Some(m.clone());
+                m
+            }
+        };
+        let meta = RunMeta::with_metrics(&c, metrics);
         meta.metrics.started.increment(1);
         let waited = (chrono::Utc::now() - c.job.run_at)
             .num_microseconds()
@@ -170,6 +182,7 @@ pub(crate) async fn run_queue(
         threads: HashMap::new(),
         inline: true,
         slow_starts: 0,
+        last_metrics: None,
     };
     let mut wakes = shared.wakes();
     let mut stop = shared.stopping.subscribe();

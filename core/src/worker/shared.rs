@@ -3,12 +3,12 @@
 use super::health::HealthState;
 use super::options::WorkerOptions;
 use crate::error::Error;
-use crate::job::{JobId, Lease};
+use crate::idhash::IdMap;
+use crate::job::Lease;
 use crate::metric::MetricsCache;
 use crate::queue::Queue;
 use crate::storage::Storage;
 use crate::workflow::CheckpointCommitter;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{watch, Notify};
@@ -34,7 +34,7 @@ pub(crate) struct Shared {
     storage_wake: Option<watch::Receiver<u64>>,
     queue_wake: watch::Receiver<u64>,
     /// Leases of held jobs (running or buffered), renewed by the heartbeat task.
-    pub(crate) leases: Mutex<HashMap<JobId, HeldLease>>,
+    pub(crate) leases: Mutex<IdMap<HeldLease>>,
     /// Jobs claimed whose outcome is not yet written.
     pub(crate) in_flight: AtomicUsize,
     /// Per queue loop: the wake generation at which it last found nothing to claim with
@@ -134,7 +134,7 @@ impl Shared {
             internal_wake,
             storage_wake,
             queue_wake,
-            leases: Mutex::new(HashMap::new()),
+            leases: Mutex::new(IdMap::default()),
             in_flight: AtomicUsize::new(0),
             idle_at: (0..loops).map(|_| AtomicU64::new(NOT_IDLE)).collect(),
             progress: Notify::new(),
@@ -192,7 +192,7 @@ impl Shared {
         *self.stopping.borrow()
     }
 
-    pub(crate) fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, HeldLease>> {
+    pub(crate) fn leases(&self) -> std::sync::MutexGuard<'_, IdMap<HeldLease>> {
         // Single inserts and removes; a poisoned map is still consistent.
         self.leases.lock().unwrap_or_else(|e| e.into_inner())
     }
