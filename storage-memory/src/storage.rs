@@ -26,7 +26,10 @@ type ReadyKey = (Reverse<i32>, DateTime<Utc>, JobId);
 #[derive(Default)]
 struct State {
     next_id: JobId,
-    jobs: IdMap<Job>,
+    /// Shared with the claims that hand them out: a claim gives the worker the stored
+    /// job itself rather than a copy, and a write to a job a claim still holds copies it
+    /// first (`Arc::make_mut`), so a claimed job never changes under its holder.
+    jobs: IdMap<Arc<Job>>,
     /// Claimable (pending or retrying) jobs per queue, in claim order. Queue names are
     /// the application's, so the fast hasher serves here too.
     ready: HashMap<String, BTreeSet<ReadyKey>, IdBuildHasher>,
@@ -169,7 +172,7 @@ impl MemoryStorage {
             st.unready(&job);
         }
         st.end_lease(id);
-        if let Some(j) = st.jobs.get_mut(&id) {
+        if let Some(j) = st.jobs.get_mut(&id).map(Arc::make_mut) {
             j.status = status;
             j.completed_at = Some(now);
             j.updated_at = now;
@@ -240,7 +243,7 @@ impl State {
             metadata: new.metadata,
         };
         self.make_ready(&job);
-        self.jobs.insert(id, job);
+        self.jobs.insert(id, Arc::new(job));
         Enqueued { id, created: true }
     }
 
@@ -258,7 +261,7 @@ impl State {
             if let Some(k) = &job.dedupe_key {
                 self.dedupe.remove(k);
             }
-            if let Some(j) = self.jobs.get_mut(&id) {
+            if let Some(j) = self.jobs.get_mut(&id).map(Arc::make_mut) {
                 j.dedupe_key = None;
             }
             return None;
@@ -268,7 +271,7 @@ impl State {
             KeyMode::PreserveRunAt => job.run_at,
             _ => new.resolve_run_at(now),
         };
-        if let Some(j) = self.jobs.get_mut(&id) {
+        if let Some(j) = self.jobs.get_mut(&id).map(Arc::make_mut) {
             j.task = new.task.clone();
             j.payload = std::mem::take(&mut new.payload);
             j.queue = new.queue.clone();
@@ -293,11 +296,16 @@ impl State {
     }
 
     fn make_ready(&mut self, job: &Job) {
-        self.ready.entry(job.queue.clone()).or_default().insert((
-            Reverse(job.priority),
-            job.run_at,
-            job.id,
-        ));
+        let key = (Reverse(job.priority), job.run_at, job.id);
+        // The queue's name is copied only for its first job.
+        match self.ready.get_mut(&job.queue) {
+            Some(set) => {
+                set.insert(key);
+            }
+            None => {
+                self.ready.entry(job.queue.clone()).or_default().insert(key);
+            }
+        }
     }
 
     fn unready(&mut self, job: &Job) {
@@ -313,7 +321,7 @@ impl State {
                 if job.status == JobStatus::Running
                     && job.lease.as_ref().map(|l| l.token) == Some(lease.token) =>
             {
-                Ok(job)
+                Ok(Arc::make_mut(job))
             }
             _ => Err(Error::LeaseLost {
                 job_id: lease.job_id,
@@ -353,6 +361,7 @@ impl State {
         if job.status != JobStatus::Running {
             return;
         }
+        let job = Arc::make_mut(job);
         let record = AttemptRecord {
             attempt: job.attempt,
             // Moved, not copied: every caller ends the lease right after (it finishes or
@@ -371,8 +380,10 @@ impl State {
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
-        if let Some(l) = job.lease.take() {
-            self.running.remove(&(l.expires_at, id));
+        if job.lease.is_some() {
+            if let Some(l) = Arc::make_mut(job).lease.take() {
+                self.running.remove(&(l.expires_at, id));
+            }
         }
         if let Some(key) = &job.serial_key {
             if let Some(running) = self.serial_running.get_mut(key) {
@@ -396,7 +407,7 @@ impl State {
             self.wake_job(parent, now);
         }
         self.end_lease(id);
-        if let Some(job) = self.jobs.get_mut(&id) {
+        if let Some(job) = self.jobs.get_mut(&id).map(Arc::make_mut) {
             job.status = status;
             job.completed_at = Some(now);
             job.updated_at = now;
@@ -417,11 +428,12 @@ impl State {
 
     fn requeue(&mut self, id: JobId, status: JobStatus, run_at: DateTime<Utc>, now: DateTime<Utc>) {
         self.end_lease(id);
-        if let Some(job) = self.jobs.get_mut(&id) {
+        if let Some(slot) = self.jobs.get_mut(&id) {
+            let job = Arc::make_mut(slot);
             job.status = status;
             job.run_at = run_at;
             job.updated_at = now;
-            let job = job.clone();
+            let job = Arc::clone(slot);
             self.make_ready(&job);
         }
     }
@@ -536,10 +548,11 @@ impl State {
         match job.status {
             JobStatus::Waiting | JobStatus::Pending if job.run_at > now => {
                 self.unready(&job);
-                if let Some(j) = self.jobs.get_mut(&id) {
+                if let Some(slot) = self.jobs.get_mut(&id) {
+                    let j = Arc::make_mut(slot);
                     j.run_at = now;
                     j.updated_at = now;
-                    let j = j.clone();
+                    let j = Arc::clone(slot);
                     self.make_ready(&j);
                 }
             }
@@ -735,9 +748,11 @@ impl Storage for MemoryStorage {
         let token = new_lease_token();
         let mut out = Vec::with_capacity(picked.len());
         for key in picked {
-            let Some(job) = st.jobs.get_mut(&key.2) else {
+            let Some(slot) = st.jobs.get_mut(&key.2) else {
                 continue;
             };
+            // Nothing else holds a claimable job, so this changes it in place.
+            let job = Arc::make_mut(slot);
             if let Some(set) = st.ready.get_mut(&job.queue) {
                 set.remove(&key);
             }
@@ -760,14 +775,15 @@ impl Storage for MemoryStorage {
                     .or_default()
                     .insert(job.id);
             }
+            let lease = Lease {
+                job_id: job.id,
+                attempt: job.attempt,
+                token,
+                expires_at,
+            };
             out.push(ClaimedJob {
-                lease: Lease {
-                    job_id: job.id,
-                    attempt: job.attempt,
-                    token,
-                    expires_at,
-                },
-                job: job.clone(),
+                lease,
+                job: Arc::clone(slot),
             });
         }
         Ok(out)
@@ -898,7 +914,7 @@ impl Storage for MemoryStorage {
                 .map(|(_, id)| *id)
                 .collect();
             for id in expired {
-                let Some(job) = st.jobs.get_mut(&id) else {
+                let Some(job) = st.jobs.get_mut(&id).map(Arc::make_mut) else {
                     continue;
                 };
                 let error = "lease expired: the worker stopped heartbeating".to_string();
@@ -967,7 +983,7 @@ impl Storage for MemoryStorage {
     }
 
     async fn get_job(&self, job_id: JobId) -> Result<Option<Job>> {
-        Ok(self.lock().jobs.get(&job_id).cloned())
+        Ok(self.lock().jobs.get(&job_id).map(|j| Job::clone(j)))
     }
 
     async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>> {
@@ -976,6 +992,7 @@ impl Storage for MemoryStorage {
         let mut jobs: Vec<&Job> = st
             .jobs
             .values()
+            .map(|j| &**j)
             .filter(|j| st.matches(j, &filter))
             .collect();
         jobs.sort_by_key(|j| j.id);
@@ -1207,7 +1224,7 @@ impl Storage for MemoryStorage {
         candidates.truncate(filter.limit.unwrap_or(100));
         let mut deleted = 0;
         for &root in &candidates {
-            let tree: Vec<Job> = st
+            let tree: Vec<Arc<Job>> = st
                 .subtree(root)
                 .iter()
                 .filter_map(|id| st.jobs.get(id).cloned())
@@ -1317,7 +1334,7 @@ impl Storage for MemoryStorage {
                     .dedupe_key
                     .as_ref()
                     .is_some_and(|k| !st.dedupe.contains_key(k));
-                if let Some(j) = st.jobs.get_mut(&id) {
+                if let Some(j) = st.jobs.get_mut(&id).map(Arc::make_mut) {
                     j.attempt = 0;
                     j.completed_at = None;
                     j.result = None;
@@ -1368,13 +1385,13 @@ impl Storage for MemoryStorage {
             st.unready(&job);
             let status = match &outcome {
                 ManualOutcome::Complete(v) => {
-                    if let Some(j) = st.jobs.get_mut(&id) {
+                    if let Some(j) = st.jobs.get_mut(&id).map(Arc::make_mut) {
                         j.result = Some(v.clone());
                     }
                     JobStatus::Completed
                 }
                 ManualOutcome::Fail(e) => {
-                    if let Some(j) = st.jobs.get_mut(&id) {
+                    if let Some(j) = st.jobs.get_mut(&id).map(Arc::make_mut) {
                         j.last_error = Some(e.clone());
                     }
                     JobStatus::Failed
@@ -1388,7 +1405,7 @@ impl Storage for MemoryStorage {
 
     async fn purge_finished(&self, older_than: DateTime<Utc>) -> Result<u64> {
         let mut st = self.lock();
-        let doomed: Vec<Job> = st
+        let doomed: Vec<Arc<Job>> = st
             .jobs
             .values()
             .filter(|j| j.status.is_finished() && j.completed_at.is_some_and(|t| t < older_than))

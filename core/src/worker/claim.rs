@@ -98,11 +98,15 @@ impl Running {
                 self.slow_starts = 0;
             }
             match first {
+                // The attempt's future goes before its outcome: it holds the claimed job,
+                // which storage then need not copy when it writes the outcome.
                 Ok(Poll::Ready(outcome)) => {
+                    drop(fut);
                     self.sizer.handler_ran(meta.started.elapsed());
                     return settle(shared, meta, Ended::Returned(outcome), out);
                 }
                 Err(panic) => {
+                    drop(fut);
                     self.sizer.handler_ran(meta.started.elapsed());
                     return settle(shared, meta, Ended::Panicked(panic_message(panic)), out);
                 }

@@ -44,7 +44,9 @@ async fn run(
         });
     }
     let Some(handler) = queue.handler(&job.task) else {
-        return Err(TaskError::from_engine(crate::Error::UnknownTask(job.task)));
+        return Err(TaskError::from_engine(crate::Error::UnknownTask(
+            job.task.clone(),
+        )));
     };
     let timeout = job.timeout();
     let job_id = job.id;

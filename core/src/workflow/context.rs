@@ -23,7 +23,8 @@ pub struct JobContext {
 }
 
 struct Shared {
-    job: Job,
+    /// The job as claimed, shared with the claim (see [`crate::ClaimedJob::job`]).
+    job: Arc<Job>,
     lease: Lease,
     queue: Queue,
     /// The worker run's checkpoint writer, shared by every job it runs.
@@ -52,7 +53,7 @@ impl std::fmt::Debug for JobContext {
 
 impl JobContext {
     pub(crate) fn new(
-        job: Job,
+        job: Arc<Job>,
         lease: Lease,
         queue: Queue,
         committer: CheckpointCommitter,
