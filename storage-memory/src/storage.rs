@@ -34,7 +34,9 @@ struct State {
     /// the application's, so the fast hasher serves here too.
     ready: HashMap<String, BTreeSet<ReadyKey>, IdBuildHasher>,
     /// Running jobs by lease expiry, for the sweeper.
-    running: BTreeSet<(DateTime<Utc>, JobId)>,
+    /// One entry per expiry: the jobs of one claim share theirs, so a claim adds one
+    /// entry and then a hash-set insert per job.
+    running: BTreeMap<DateTime<Utc>, IdSet>,
     /// Dedupe keys of unfinished jobs.
     dedupe: HashMap<String, JobId>,
     checkpoints: IdMap<BTreeMap<String, Checkpoint>>,
@@ -337,9 +339,12 @@ impl State {
             l.expires_at = expires_at;
         }
         if let Some(old) = old {
-            self.running.remove(&(old, lease.job_id));
+            unlist_running(&mut self.running, old, lease.job_id);
         }
-        self.running.insert((expires_at, lease.job_id));
+        self.running
+            .entry(expires_at)
+            .or_default()
+            .insert(lease.job_id);
         Ok(Lease {
             expires_at,
             ..lease.clone()
@@ -382,7 +387,7 @@ impl State {
         };
         if job.lease.is_some() {
             if let Some(l) = Arc::make_mut(job).lease.take() {
-                self.running.remove(&(l.expires_at, id));
+                unlist_running(&mut self.running, l.expires_at, id);
             }
         }
         if let Some(key) = &job.serial_key {
@@ -599,6 +604,20 @@ impl State {
     }
 }
 
+/// Takes a job off the running index's entry for `expires_at`.
+fn unlist_running(
+    running: &mut BTreeMap<DateTime<Utc>, IdSet>,
+    expires_at: DateTime<Utc>,
+    id: JobId,
+) {
+    if let Some(ids) = running.get_mut(&expires_at) {
+        ids.remove(&id);
+        if ids.is_empty() {
+            running.remove(&expires_at);
+        }
+    }
+}
+
 fn add(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
@@ -747,6 +766,8 @@ impl Storage for MemoryStorage {
         }
         let token = new_lease_token();
         let mut out = Vec::with_capacity(picked.len());
+        let mut running = st.running.remove(&expires_at).unwrap_or_default();
+        running.reserve(picked.len());
         for key in picked {
             let Some(slot) = st.jobs.get_mut(&key.2) else {
                 continue;
@@ -768,7 +789,7 @@ impl Storage for MemoryStorage {
                 token,
                 expires_at,
             });
-            st.running.insert((expires_at, job.id));
+            running.insert(job.id);
             if let Some(k) = &job.serial_key {
                 st.serial_running
                     .entry(k.clone())
@@ -785,6 +806,9 @@ impl Storage for MemoryStorage {
                 lease,
                 job: Arc::clone(slot),
             });
+        }
+        if !running.is_empty() {
+            st.running.insert(expires_at, running);
         }
         Ok(out)
     }
@@ -907,12 +931,14 @@ impl Storage for MemoryStorage {
         let mut released = Vec::new();
         {
             let mut st = self.lock();
-            let expired: Vec<JobId> = st
+            // By expiry, then id, as one ordered index would give them.
+            let mut expired: Vec<(DateTime<Utc>, JobId)> = st
                 .running
-                .iter()
-                .take_while(|(exp, _)| *exp <= now)
-                .map(|(_, id)| *id)
+                .range(..=now)
+                .flat_map(|(exp, ids)| ids.iter().map(|id| (*exp, *id)))
                 .collect();
+            expired.sort_unstable();
+            let expired = expired.into_iter().map(|(_, id)| id);
             for id in expired {
                 let Some(job) = st.jobs.get_mut(&id).map(Arc::make_mut) else {
                     continue;
