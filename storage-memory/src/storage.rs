@@ -775,7 +775,12 @@ impl Storage for MemoryStorage {
             // Nothing else holds a claimable job, so this changes it in place.
             let job = Arc::make_mut(slot);
             if let Some(set) = st.ready.get_mut(&job.queue) {
-                set.remove(&key);
+                // Claims mostly take a queue's first jobs: popping skips the search.
+                if set.first() == Some(&key) {
+                    set.pop_first();
+                } else {
+                    set.remove(&key);
+                }
             }
             if !st.wake_requested.is_empty() {
                 st.wake_requested.remove(&job.id);

@@ -19,7 +19,9 @@ use tokio::sync::{watch, OnceCell};
 pub struct JobContext {
     shared: Arc<Shared>,
     scope: CheckpointKey,
-    next_call: Arc<AtomicU32>,
+    /// The call counter of a nested scope; `None` in the root scope, whose counter
+    /// lives in [`Shared::root_calls`] so a plain job's context is one allocation.
+    next_call: Option<Arc<AtomicU32>>,
 }
 
 struct Shared {
@@ -39,6 +41,8 @@ struct Shared {
     suspend: Mutex<Option<Option<DateTime<Utc>>>>,
     /// The blocking threads this attempt's handler started.
     threads: AttemptThreads,
+    /// The root scope's call counter.
+    root_calls: AtomicU32,
 }
 
 impl std::fmt::Debug for JobContext {
@@ -72,9 +76,10 @@ impl JobContext {
                 lost,
                 suspend: Mutex::new(None),
                 threads,
+                root_calls: AtomicU32::new(0),
             }),
             scope: CheckpointKey::root(),
-            next_call: Arc::new(AtomicU32::new(0)),
+            next_call: None,
         }
     }
 
@@ -205,7 +210,12 @@ impl JobContext {
 
     /// The key the next call in this scope will take, without taking it.
     pub(crate) fn peek_next_key(&self) -> CheckpointKey {
-        self.scope.child(self.next_call.load(Ordering::SeqCst))
+        self.scope.child(self.calls().load(Ordering::SeqCst))
+    }
+
+    /// This scope's call counter.
+    fn calls(&self) -> &AtomicU32 {
+        self.next_call.as_deref().unwrap_or(&self.shared.root_calls)
     }
 
     /// Remembers a checkpoint that storage wrote as part of another operation.
@@ -219,7 +229,7 @@ impl JobContext {
     /// made, not when it is first polled, so calls joined concurrently keep their order.
     pub(crate) fn next_key(&self) -> CheckpointKey {
         self.scope
-            .child(self.next_call.fetch_add(1, Ordering::SeqCst))
+            .child(self.calls().fetch_add(1, Ordering::SeqCst))
     }
 
     /// A context for a called handler: the same job and lease, its own scope.
@@ -227,7 +237,7 @@ impl JobContext {
         JobContext {
             shared: self.shared.clone(),
             scope,
-            next_call: Arc::new(AtomicU32::new(0)),
+            next_call: Some(Arc::new(AtomicU32::new(0))),
         }
     }
 
