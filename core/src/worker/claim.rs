@@ -5,7 +5,7 @@ use super::complete::{Finish, RunMeta};
 use super::execute::{classify, execute, Ended};
 use super::options::QueueConfig;
 use super::prefetch::{self, Verdict};
-use super::shared::{HeldLease, Shared, NOT_IDLE};
+use super::shared::{HeldLease, LeaseSignal, Shared, NOT_IDLE};
 use super::sizing::Sizer;
 use super::threads::AttemptThreads;
 use super::timer::plus;
@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::{Id, JoinError, JoinSet};
 
 type Outcome = Result<Value, TaskError>;
@@ -67,7 +67,7 @@ impl Running {
         &mut self,
         shared: &Arc<Shared>,
         c: ClaimedJob,
-        lost: watch::Receiver<bool>,
+        lost: LeaseSignal,
         out: &mpsc::UnboundedSender<Finish>,
     ) {
         let metrics = match &self.last_metrics {
@@ -362,7 +362,7 @@ struct ClaimOutcome {
 /// One queue loop's claim-side state.
 struct ClaimState {
     /// Claimed jobs not started yet (the prefetch buffer), with their lease-lost signals.
-    buffer: VecDeque<(ClaimedJob, watch::Receiver<bool>)>,
+    buffer: VecDeque<(ClaimedJob, LeaseSignal)>,
     /// False once a claim came back short: the queue looked drained until a wake-up.
     maybe_more: bool,
     /// True while the last claim to come back was short: until one comes back full, one
@@ -429,7 +429,8 @@ impl ClaimState {
                 let lasts_until = plus(outcome.sent_at, shared.opts.lease_duration);
                 let mut leases = shared.leases();
                 for c in claimed {
-                    let (lost, lost_rx) = watch::channel(false);
+                    let lost = LeaseSignal::new();
+                    let lost_rx = lost.clone();
                     let held = HeldLease {
                         lease: c.lease.clone(),
                         lost,

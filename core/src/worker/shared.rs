@@ -9,7 +9,7 @@ use crate::metric::MetricsCache;
 use crate::queue::Queue;
 use crate::storage::Storage;
 use crate::workflow::CheckpointCommitter;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{watch, Notify};
 
@@ -55,11 +55,58 @@ pub(crate) struct Shared {
     pub(crate) checkpoints: CheckpointCommitter,
 }
 
+/// Tells a held job's handler (or the buffer, before it starts) that its lease was
+/// lost. Clones share the flag.
+///
+/// A flag and a [`Notify`] in one allocation, rather than a `watch` channel: every claimed
+/// job makes one, and dropping a `watch` sender wakes its eight notifiers even when no
+/// one waits, which cost more than the rest of a no-op job's bookkeeping.
+#[derive(Clone, Default)]
+pub(crate) struct LeaseSignal(Arc<LeaseSignalInner>);
+
+#[derive(Default)]
+struct LeaseSignalInner {
+    lost: AtomicBool,
+    changed: Notify,
+}
+
+impl LeaseSignal {
+    /// A lease not lost.
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Marks the lease lost and wakes whoever waits for that.
+    pub(crate) fn set_lost(&self) {
+        self.0.lost.store(true, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
+    }
+
+    /// True once the lease was lost.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.0.lost.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the lease is lost; never, if it is not.
+    pub(crate) async fn lost(&self) {
+        loop {
+            // Registered before the flag is read, so a loss in between is not missed.
+            let changed = self.0.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.is_lost() {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
 /// A lease this worker holds, running or buffered.
 pub(crate) struct HeldLease {
     pub(crate) lease: Lease,
     /// Tells the job's handler (or the buffer, before it starts) the lease was lost.
-    pub(crate) lost: watch::Sender<bool>,
+    pub(crate) lost: LeaseSignal,
     /// Until when the lease surely lasts, on the worker's clock: the lease duration
     /// counted from when the claim or the last renewal that succeeded was *sent*. Storage
     /// set the expiry later than that, on its own clock, so this never overstates it

@@ -7,6 +7,7 @@ use crate::error::Result;
 use crate::job::{Checkpoint, Job, JobId, Lease};
 use crate::queue::Queue;
 use crate::storage::Storage;
+use crate::worker::shared::LeaseSignal;
 use crate::worker::threads::{AttemptThreads, ThreadToken};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -36,7 +37,7 @@ struct Shared {
     /// True once the worker shuts down.
     cancel: watch::Receiver<bool>,
     /// True once this job's lease is lost (cancelled or reclaimed).
-    lost: watch::Receiver<bool>,
+    lost: LeaseSignal,
     /// Set when a workflow primitive asked to suspend, with its wake time.
     suspend: Mutex<Option<Option<DateTime<Utc>>>>,
     /// The blocking threads this attempt's handler started.
@@ -62,7 +63,7 @@ impl JobContext {
         queue: Queue,
         committer: CheckpointCommitter,
         cancel: watch::Receiver<bool>,
-        lost: watch::Receiver<bool>,
+        lost: LeaseSignal,
         threads: AttemptThreads,
     ) -> Self {
         JobContext {
@@ -122,7 +123,7 @@ impl JobContext {
     /// True once the worker is shutting down, or the job was cancelled or reclaimed
     /// (its lease is lost): finish quickly or return.
     pub fn is_cancelled(&self) -> bool {
-        *self.shared.cancel.borrow() || *self.shared.lost.borrow()
+        *self.shared.cancel.borrow() || self.shared.lost.is_lost()
     }
 
     /// Resolves when the worker starts shutting down or the job's lease is lost (it was
@@ -130,11 +131,10 @@ impl JobContext {
     /// grace period to return; then it is dropped, and nothing it returns is written.
     pub async fn cancelled(&self) {
         let mut stop = self.shared.cancel.clone();
-        let mut lost = self.shared.lost.clone();
         // An error means the worker is gone, which is cancellation too.
         tokio::select! {
             _ = stop.wait_for(|c| *c) => {}
-            _ = lost.wait_for(|c| *c) => {}
+            () = self.shared.lost.lost() => {}
         }
     }
 

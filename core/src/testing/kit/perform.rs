@@ -75,7 +75,7 @@ impl TestKit {
         let lease = claimed.lease.clone();
         // Held for the attempt: a dropped sender would read as a cancellation.
         let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-        let (_lost, lost_rx) = tokio::sync::watch::channel(false);
+        let lost = crate::worker::shared::LeaseSignal::new();
         let threads = crate::worker::threads::AttemptThreads::new();
         let ctx = JobContext::new(
             claimed.job,
@@ -83,7 +83,7 @@ impl TestKit {
             self.queue.clone(),
             crate::workflow::CheckpointCommitter::start(std::sync::Arc::new(storage.clone())),
             stop_rx,
-            lost_rx,
+            lost,
             threads.clone(),
         );
         let fut = handler.run(ctx.clone(), &ctx.job().payload);
