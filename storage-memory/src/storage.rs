@@ -14,6 +14,7 @@ use durable_jobs::{
 use durable_jobs::{AttemptOutcome, AttemptRecord, CheckpointWrite, RateLimit};
 use serde_json::Value;
 use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -56,9 +57,16 @@ struct State {
     paused_queues: BTreeSet<String>,
     workers: BTreeMap<String, WorkerRecord>,
     /// Ended attempts per job, oldest first.
-    attempts: IdMap<Vec<AttemptRecord>>,
+    attempts: IdMap<Attempts>,
     /// Bumped by every final write, for `Queue::wait_for` (see `Storage::finishes`).
     finished: Option<Arc<watch::Sender<u64>>>,
+}
+
+/// A job's ended attempts, oldest first. Most jobs end after one attempt, which is kept
+/// inline: no list is allocated for it.
+enum Attempts {
+    One(AttemptRecord),
+    Many(Vec<AttemptRecord>),
 }
 
 /// A queue's rate limit and its current window.
@@ -377,7 +385,21 @@ impl State {
             outcome,
             error,
         };
-        self.attempts.entry(id).or_default().push(record);
+        match self.attempts.entry(id) {
+            Entry::Vacant(v) => {
+                v.insert(Attempts::One(record));
+            }
+            Entry::Occupied(mut o) => {
+                let all = match std::mem::replace(o.get_mut(), Attempts::Many(Vec::new())) {
+                    Attempts::One(first) => vec![first, record],
+                    Attempts::Many(mut all) => {
+                        all.push(record);
+                        all
+                    }
+                };
+                *o.get_mut() = Attempts::Many(all);
+            }
+        }
     }
 
     /// Takes a running job off its lease (status is set by the caller).
@@ -1578,7 +1600,11 @@ impl Storage for MemoryStorage {
 
     async fn list_attempts(&self, job_id: JobId) -> Result<Vec<AttemptRecord>> {
         let st = self.lock();
-        let mut out = st.attempts.get(&job_id).cloned().unwrap_or_default();
+        let mut out = match st.attempts.get(&job_id) {
+            None => Vec::new(),
+            Some(Attempts::One(r)) => vec![r.clone()],
+            Some(Attempts::Many(all)) => all.clone(),
+        };
         if let Some(job) = st
             .jobs
             .get(&job_id)

@@ -84,7 +84,7 @@ impl Running {
             .num_microseconds()
             .unwrap_or(0);
         meta.metrics.wait.record(waited.max(0) as f64 / 1e6);
-        let threads = AttemptThreads::new();
+        let threads = lost.threads();
         let mut fut: Pin<Box<dyn Future<Output = Outcome> + Send>> =
             Box::pin(execute(shared.clone(), c, lost, threads.clone()));
         if self.inline {

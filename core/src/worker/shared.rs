@@ -2,6 +2,7 @@
 
 use super::health::HealthState;
 use super::options::WorkerOptions;
+use super::threads::{AttemptState, AttemptThreads};
 use crate::error::Error;
 use crate::idhash::IdMap;
 use crate::job::Lease;
@@ -9,7 +10,7 @@ use crate::metric::MetricsCache;
 use crate::queue::Queue;
 use crate::storage::Storage;
 use crate::workflow::CheckpointCommitter;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{watch, Notify};
 
@@ -58,17 +59,11 @@ pub(crate) struct Shared {
 /// Tells a held job's handler (or the buffer, before it starts) that its lease was
 /// lost. Clones share the flag.
 ///
-/// A flag and a [`Notify`] in one allocation, rather than a `watch` channel: every claimed
-/// job makes one, and dropping a `watch` sender wakes its eight notifiers even when no
-/// one waits, which cost more than the rest of a no-op job's bookkeeping.
+/// A flag and a [`Notify`] in the job's [`AttemptState`], rather than a `watch` channel:
+/// every claimed job makes one, and dropping a `watch` sender wakes its eight notifiers
+/// even when no one waits, which cost more than the rest of a no-op job's bookkeeping.
 #[derive(Clone, Default)]
-pub(crate) struct LeaseSignal(Arc<LeaseSignalInner>);
-
-#[derive(Default)]
-struct LeaseSignalInner {
-    lost: AtomicBool,
-    changed: Notify,
-}
+pub(crate) struct LeaseSignal(Arc<AttemptState>);
 
 impl LeaseSignal {
     /// A lease not lost.
@@ -76,10 +71,15 @@ impl LeaseSignal {
         Self::default()
     }
 
+    /// The attempt's blocking threads, counted in the same allocation.
+    pub(crate) fn threads(&self) -> AttemptThreads {
+        AttemptThreads::sharing(self.0.clone())
+    }
+
     /// Marks the lease lost and wakes whoever waits for that.
     pub(crate) fn set_lost(&self) {
         self.0.lost.store(true, Ordering::SeqCst);
-        self.0.changed.notify_waiters();
+        self.0.lost_changed.notify_waiters();
     }
 
     /// True once the lease was lost.
@@ -91,7 +91,7 @@ impl LeaseSignal {
     pub(crate) async fn lost(&self) {
         loop {
             // Registered before the flag is read, so a loss in between is not missed.
-            let changed = self.0.changed.notified();
+            let changed = self.0.lost_changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             if self.is_lost() {

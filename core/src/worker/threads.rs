@@ -3,21 +3,28 @@
 //! thread cannot be stopped, so an attempt dropped at its timeout or at shutdown must not
 //! let a second attempt of the same job start beside it.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
 /// The live blocking threads of one attempt. Clones share the count.
 ///
-/// A counter and a [`Notify`] in one allocation: every attempt makes one, and most never
-/// start a thread, so it costs what an attempt that does not use it can afford.
+/// Kept in the claimed job's [`AttemptState`], beside its lease-lost signal: every
+/// attempt needs both and most never start a thread, so together they cost one
+/// allocation per job.
 #[derive(Clone, Default)]
-pub(crate) struct AttemptThreads(Arc<Inner>);
+pub(crate) struct AttemptThreads(Arc<AttemptState>);
 
+/// What a claimed job's worker side and its handler share, in one allocation: whether
+/// its lease was lost (see [`super::shared::LeaseSignal`]) and its blocking threads.
 #[derive(Default)]
-struct Inner {
+pub(crate) struct AttemptState {
+    /// True once the lease was lost.
+    pub(crate) lost: AtomicBool,
+    /// Notified when `lost` is set.
+    pub(crate) lost_changed: Notify,
     running: AtomicUsize,
-    /// Notified when the count drops to zero.
+    /// Notified when the count of running threads drops to zero.
     returned: Notify,
 }
 
@@ -29,6 +36,11 @@ impl AttemptThreads {
     /// No thread running.
     pub(crate) fn new() -> Self {
         Self::default()
+    }
+
+    /// The threads counted in `state`, shared with the job's lease-lost signal.
+    pub(crate) fn sharing(state: Arc<AttemptState>) -> Self {
+        AttemptThreads(state)
     }
 
     /// Counts in a thread about to start.
