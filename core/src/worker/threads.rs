@@ -33,11 +33,6 @@ pub(crate) struct AttemptState {
 pub(crate) struct ThreadToken(AttemptThreads);
 
 impl AttemptThreads {
-    /// No thread running.
-    pub(crate) fn new() -> Self {
-        Self::default()
-    }
-
     /// The threads counted in `state`, shared with the job's lease-lost signal.
     pub(crate) fn sharing(state: Arc<AttemptState>) -> Self {
         AttemptThreads(state)

@@ -76,7 +76,7 @@ impl TestKit {
         // Held for the attempt: a dropped sender would read as a cancellation.
         let (_stop, stop_rx) = tokio::sync::watch::channel(false);
         let lost = crate::worker::shared::LeaseSignal::new();
-        let threads = crate::worker::threads::AttemptThreads::new();
+        let threads = lost.threads();
         let ctx = JobContext::new(
             claimed.job,
             lease.clone(),
