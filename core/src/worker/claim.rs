@@ -102,13 +102,16 @@ impl Running {
                 // which storage then need not copy when it writes the outcome.
                 Ok(Poll::Ready(outcome)) => {
                     drop(fut);
-                    self.sizer.handler_ran(meta.started.elapsed());
-                    return settle(shared, meta, Ended::Returned(outcome), out);
+                    let ran = meta.started.elapsed();
+                    self.sizer.handler_ran(ran);
+                    return settle(shared, meta, ran, Ended::Returned(outcome), out);
                 }
                 Err(panic) => {
                     drop(fut);
-                    self.sizer.handler_ran(meta.started.elapsed());
-                    return settle(shared, meta, Ended::Panicked(panic_message(panic)), out);
+                    let ran = meta.started.elapsed();
+                    self.sizer.handler_ran(ran);
+                    let ended = Ended::Panicked(panic_message(panic));
+                    return settle(shared, meta, ran, ended, out);
                 }
                 Ok(Poll::Pending) => {}
             }
@@ -133,7 +136,8 @@ impl Running {
         let Some(meta) = self.meta.remove(&id) else {
             return;
         };
-        self.sizer.handler_ran(meta.started.elapsed());
+        let ran = meta.started.elapsed();
+        self.sizer.handler_ran(ran);
         // Aborted at shutdown while a blocking thread still runs: release the job (and
         // stop renewing its lease) only once the thread returned, so no second attempt
         // can start beside it. The task holds a sender, so the completer waits for it.
@@ -146,21 +150,26 @@ impl Running {
                 let (shared, out) = (shared.clone(), out.clone());
                 tokio::spawn(async move {
                     threads.all_returned().await;
-                    settle(&shared, meta, Ended::Aborted, &out);
+                    let ran = meta.started.elapsed();
+                    settle(&shared, meta, ran, Ended::Aborted, &out);
                 });
                 return;
             }
         }
-        settle(shared, meta, ended, out);
+        settle(shared, meta, ran, ended, out);
     }
 }
 
-/// Hands a finished attempt's outcome to the completer.
-fn settle(shared: &Shared, meta: RunMeta, ended: Ended, out: &mpsc::UnboundedSender<Finish>) {
+/// Hands a finished attempt's outcome to the completer; `ran` is how long it ran.
+fn settle(
+    shared: &Shared,
+    meta: RunMeta,
+    ran: Duration,
+    ended: Ended,
+    out: &mpsc::UnboundedSender<Finish>,
+) {
     shared.leases().remove(&meta.job_id);
-    meta.metrics
-        .duration
-        .record(meta.started.elapsed().as_secs_f64());
+    meta.metrics.duration.record(ran.as_secs_f64());
     let finish = classify(shared, meta, ended);
     if out.send(finish).is_err() {
         // The completer only stops after every loop has ended, so this is unreachable
