@@ -5,6 +5,7 @@ pub mod clock;
 pub mod error;
 pub mod event;
 mod hook;
+pub mod idhash;
 pub mod instrumented;
 pub mod job;
 mod maintenance;

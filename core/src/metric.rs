@@ -57,6 +57,10 @@ pub const JOBS_PURGED_TOTAL: &str = "durable_jobs_jobs_purged_total";
 /// The metric handles for one queue and task.
 #[derive(Debug)]
 pub(crate) struct JobMetrics {
+    /// The queue these handles count, shared by every attempt's bookkeeping.
+    pub(crate) queue: Arc<str>,
+    /// The task these handles count, shared by every attempt's bookkeeping.
+    pub(crate) task: Arc<str>,
     pub(crate) started: Counter,
     pub(crate) completed: Counter,
     pub(crate) failed: Counter,
@@ -71,6 +75,8 @@ impl JobMetrics {
         let l = |name: &'static str| metrics::counter!(name, "queue" => queue.to_string(), "task" => task.to_string());
         let h = |name: &'static str| metrics::histogram!(name, "queue" => queue.to_string(), "task" => task.to_string());
         JobMetrics {
+            queue: queue.into(),
+            task: task.into(),
             started: l(JOBS_STARTED_TOTAL),
             completed: l(JOBS_COMPLETED_TOTAL),
             failed: l(JOBS_FAILED_TOTAL),

@@ -3,6 +3,7 @@
 use crate::error::{Error, Result};
 use crate::event::{Event, EventStream, DEFAULT_EVENT_CAPACITY};
 use crate::hook::{HookFn, Hooks};
+use crate::idhash::IdBuildHasher;
 use crate::instrumented::{InstrumentedStorage, StorageLayer};
 use crate::job::{Enqueued, Job, JobId, NewJob};
 use crate::options::{validate_task_name, JobOptions};
@@ -45,7 +46,9 @@ pub struct Queue {
 
 struct QueueInner {
     storage: InstrumentedStorage,
-    handlers: RwLock<HashMap<String, Arc<HandlerEntry>>>,
+    /// Looked up once per attempt: task names are the application's, so the fast
+    /// hasher serves.
+    handlers: RwLock<HashMap<String, Arc<HandlerEntry>, IdBuildHasher>>,
     retry_policies: RwLock<HashMap<String, RetryPolicy>>,
     default_retry: RwLock<RetryPolicy>,
     hooks: RwLock<Arc<Hooks>>,

@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use durable_jobs::idhash::{IdBuildHasher, IdMap, IdSet};
 use durable_jobs::job::{far_future, new_lease_token};
 use durable_jobs::{
     AdvanceScheduleParams, Capabilities, Checkpoint, CheckpointOutcome, ClaimedJob, Clock,
@@ -13,6 +14,7 @@ use durable_jobs::{
 use durable_jobs::{AttemptOutcome, AttemptRecord, CheckpointWrite, RateLimit};
 use serde_json::Value;
 use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,24 +27,28 @@ type ReadyKey = (Reverse<i32>, DateTime<Utc>, JobId);
 #[derive(Default)]
 struct State {
     next_id: JobId,
-    jobs: HashMap<JobId, Job>,
-    /// Claimable (pending or retrying) jobs per queue, in claim order.
-    ready: HashMap<String, BTreeSet<ReadyKey>>,
+    /// Shared with the claims that hand them out: a claim gives the worker the stored
+    /// job itself rather than a copy, and a write to a job a claim still holds copies it
+    /// first (`Arc::make_mut`), so a claimed job never changes under its holder.
+    jobs: IdMap<Arc<Job>>,
+    /// Claimable (pending or retrying) jobs per queue, in claim order. Queue names are
+    /// the application's, so the fast hasher serves here too.
+    ready: HashMap<String, BTreeSet<ReadyKey>, IdBuildHasher>,
     /// Running jobs by lease expiry, for the sweeper.
-    running: BTreeSet<(DateTime<Utc>, JobId)>,
+    /// One entry per expiry: the jobs of one claim share theirs, so a claim adds one
+    /// entry and then a hash-set insert per job.
+    running: BTreeMap<DateTime<Utc>, IdSet>,
     /// Dedupe keys of unfinished jobs.
     dedupe: HashMap<String, JobId>,
-    checkpoints: HashMap<JobId, BTreeMap<String, Checkpoint>>,
-    parents: HashMap<JobId, JobId>,
-    children: HashMap<JobId, Vec<JobId>>,
+    checkpoints: IdMap<BTreeMap<String, Checkpoint>>,
+    parents: IdMap<JobId>,
+    children: IdMap<Vec<JobId>>,
     /// Running jobs woken while running: their next suspend is due at once.
-    wake_requested: HashSet<JobId>,
+    wake_requested: IdSet,
     /// Unconsumed signals per job and name, oldest first.
     signals: HashMap<(JobId, String), VecDeque<Value>>,
-    /// Serial key, flags and tags per job.
-    extras: HashMap<JobId, Extras>,
-    /// The running job of each serial key.
-    serial_running: HashMap<String, HashSet<JobId>>,
+    /// The running jobs of each serial key.
+    serial_running: HashMap<String, IdSet>,
     /// How many jobs of a serial key may run at once, where not 1.
     key_limits: BTreeMap<String, u32>,
     /// Rate-limited queues and their current windows.
@@ -51,9 +57,16 @@ struct State {
     paused_queues: BTreeSet<String>,
     workers: BTreeMap<String, WorkerRecord>,
     /// Ended attempts per job, oldest first.
-    attempts: HashMap<JobId, Vec<AttemptRecord>>,
+    attempts: IdMap<Attempts>,
     /// Bumped by every final write, for `Queue::wait_for` (see `Storage::finishes`).
     finished: Option<Arc<watch::Sender<u64>>>,
+}
+
+/// A job's ended attempts, oldest first. Most jobs end after one attempt, which is kept
+/// inline: no list is allocated for it.
+enum Attempts {
+    One(AttemptRecord),
+    Many(Vec<AttemptRecord>),
 }
 
 /// A queue's rate limit and its current window.
@@ -84,13 +97,6 @@ impl RateWindow {
         }
         self.starts += n;
     }
-}
-
-#[derive(Default, Clone)]
-struct Extras {
-    serial_key: Option<String>,
-    flags: Vec<String>,
-    tags: Vec<String>,
 }
 
 /// Jobs held in this process's memory. Cloning shares the same jobs.
@@ -176,7 +182,7 @@ impl MemoryStorage {
             st.unready(&job);
         }
         st.end_lease(id);
-        if let Some(j) = st.jobs.get_mut(&id) {
+        if let Some(j) = st.jobs.get_mut(&id).map(Arc::make_mut) {
             j.status = status;
             j.completed_at = Some(now);
             j.updated_at = now;
@@ -219,14 +225,6 @@ impl State {
             self.parents.insert(id, parent);
             self.children.entry(parent).or_default().push(id);
         }
-        self.extras.insert(
-            id,
-            Extras {
-                serial_key: new.serial_key.clone(),
-                flags: new.flags.clone(),
-                tags: new.tags.clone(),
-            },
-        );
         let job = Job {
             id,
             task: new.task,
@@ -255,7 +253,7 @@ impl State {
             metadata: new.metadata,
         };
         self.make_ready(&job);
-        self.jobs.insert(id, job);
+        self.jobs.insert(id, Arc::new(job));
         Enqueued { id, created: true }
     }
 
@@ -273,7 +271,7 @@ impl State {
             if let Some(k) = &job.dedupe_key {
                 self.dedupe.remove(k);
             }
-            if let Some(j) = self.jobs.get_mut(&id) {
+            if let Some(j) = self.jobs.get_mut(&id).map(Arc::make_mut) {
                 j.dedupe_key = None;
             }
             return None;
@@ -283,7 +281,7 @@ impl State {
             KeyMode::PreserveRunAt => job.run_at,
             _ => new.resolve_run_at(now),
         };
-        if let Some(j) = self.jobs.get_mut(&id) {
+        if let Some(j) = self.jobs.get_mut(&id).map(Arc::make_mut) {
             j.task = new.task.clone();
             j.payload = std::mem::take(&mut new.payload);
             j.queue = new.queue.clone();
@@ -302,25 +300,22 @@ impl State {
             j.serial_key = new.serial_key.clone();
             j.metadata = new.metadata.clone();
         }
-        self.extras.insert(
-            id,
-            Extras {
-                serial_key: new.serial_key.clone(),
-                flags: new.flags.clone(),
-                tags: new.tags.clone(),
-            },
-        );
         let job = self.jobs.get(&id)?.clone();
         self.make_ready(&job);
         Some(Enqueued { id, created: false })
     }
 
     fn make_ready(&mut self, job: &Job) {
-        self.ready.entry(job.queue.clone()).or_default().insert((
-            Reverse(job.priority),
-            job.run_at,
-            job.id,
-        ));
+        let key = (Reverse(job.priority), job.run_at, job.id);
+        // The queue's name is copied only for its first job.
+        match self.ready.get_mut(&job.queue) {
+            Some(set) => {
+                set.insert(key);
+            }
+            None => {
+                self.ready.entry(job.queue.clone()).or_default().insert(key);
+            }
+        }
     }
 
     fn unready(&mut self, job: &Job) {
@@ -336,7 +331,7 @@ impl State {
                 if job.status == JobStatus::Running
                     && job.lease.as_ref().map(|l| l.token) == Some(lease.token) =>
             {
-                Ok(job)
+                Ok(Arc::make_mut(job))
             }
             _ => Err(Error::LeaseLost {
                 job_id: lease.job_id,
@@ -352,9 +347,12 @@ impl State {
             l.expires_at = expires_at;
         }
         if let Some(old) = old {
-            self.running.remove(&(old, lease.job_id));
+            unlist_running(&mut self.running, old, lease.job_id);
         }
-        self.running.insert((expires_at, lease.job_id));
+        self.running
+            .entry(expires_at)
+            .or_default()
+            .insert(lease.job_id);
         Ok(Lease {
             expires_at,
             ..lease.clone()
@@ -370,55 +368,86 @@ impl State {
         error: Option<String>,
         now: DateTime<Utc>,
     ) {
-        let Some(job) = self.jobs.get(&id) else {
+        let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
         if job.status != JobStatus::Running {
             return;
         }
+        let job = Arc::make_mut(job);
         let record = AttemptRecord {
             attempt: job.attempt,
-            worker: job.lease.as_ref().map(|l| l.holder.clone()),
+            // Moved, not copied: every caller ends the lease right after (it finishes or
+            // requeues the job), and only the lease's token and expiry matter until then.
+            worker: job.lease.as_mut().map(|l| std::mem::take(&mut l.holder)),
             started_at: job.started_at.unwrap_or(now),
             finished_at: Some(now),
             outcome,
             error,
         };
-        self.attempts.entry(id).or_default().push(record);
+        match self.attempts.entry(id) {
+            Entry::Vacant(v) => {
+                v.insert(Attempts::One(record));
+            }
+            Entry::Occupied(mut o) => {
+                let all = match std::mem::replace(o.get_mut(), Attempts::Many(Vec::new())) {
+                    Attempts::One(first) => vec![first, record],
+                    Attempts::Many(mut all) => {
+                        all.push(record);
+                        all
+                    }
+                };
+                *o.get_mut() = Attempts::Many(all);
+            }
+        }
     }
 
     /// Takes a running job off its lease (status is set by the caller).
     fn end_lease(&mut self, id: JobId) {
-        if let Some(job) = self.jobs.get_mut(&id) {
-            if let Some(l) = job.lease.take() {
-                self.running.remove(&(l.expires_at, id));
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        if job.lease.is_some() {
+            if let Some(l) = Arc::make_mut(job).lease.take() {
+                unlist_running(&mut self.running, l.expires_at, id);
             }
         }
-        if let Some(key) = self.extras.get(&id).and_then(|e| e.serial_key.clone()) {
-            if let Some(running) = self.serial_running.get_mut(&key) {
+        if let Some(key) = &job.serial_key {
+            if let Some(running) = self.serial_running.get_mut(key) {
                 running.remove(&id);
                 if running.is_empty() {
-                    self.serial_running.remove(&key);
+                    self.serial_running.remove(key);
                 }
             }
         }
     }
 
     fn finish(&mut self, id: JobId, status: JobStatus, now: DateTime<Utc>) {
+        self.finish_quietly(id, status, now);
+        self.bump_finished();
+    }
+
+    /// [`State::finish`] without telling `Queue::wait_for` waiters: for a batch, which
+    /// tells them once at its end ([`State::bump_finished`]).
+    fn finish_quietly(&mut self, id: JobId, status: JobStatus, now: DateTime<Utc>) {
         if let Some(&parent) = self.parents.get(&id) {
             self.wake_job(parent, now);
         }
         self.end_lease(id);
-        if let Some(job) = self.jobs.get_mut(&id) {
+        if let Some(job) = self.jobs.get_mut(&id).map(Arc::make_mut) {
             job.status = status;
             job.completed_at = Some(now);
             job.updated_at = now;
-            if let Some(key) = job.dedupe_key.clone() {
-                if self.dedupe.get(&key) == Some(&id) {
-                    self.dedupe.remove(&key);
+            if let Some(key) = &job.dedupe_key {
+                if self.dedupe.get(key) == Some(&id) {
+                    self.dedupe.remove(key);
                 }
             }
         }
+    }
+
+    /// Tells `Queue::wait_for` waiters that jobs finished (see `Storage::finishes`).
+    fn bump_finished(&self) {
         if let Some(finished) = &self.finished {
             finished.send_modify(|n| *n = n.wrapping_add(1));
         }
@@ -426,11 +455,12 @@ impl State {
 
     fn requeue(&mut self, id: JobId, status: JobStatus, run_at: DateTime<Utc>, now: DateTime<Utc>) {
         self.end_lease(id);
-        if let Some(job) = self.jobs.get_mut(&id) {
+        if let Some(slot) = self.jobs.get_mut(&id) {
+            let job = Arc::make_mut(slot);
             job.status = status;
             job.run_at = run_at;
             job.updated_at = now;
-            let job = job.clone();
+            let job = Arc::clone(slot);
             self.make_ready(&job);
         }
     }
@@ -452,7 +482,6 @@ impl State {
         self.children.remove(&job_id);
         self.checkpoints.remove(&job_id);
         self.attempts.remove(&job_id);
-        self.extras.remove(&job_id);
         self.signals.retain(|(id, _), _| *id != job_id);
         if let Some(parent) = self.parents.remove(&job_id) {
             if let Some(kids) = self.children.get_mut(&parent) {
@@ -529,10 +558,7 @@ impl State {
             && filter
                 .parent_id
                 .is_none_or(|p| self.parents.get(&j.id) == Some(&p))
-            && filter
-                .tag
-                .as_ref()
-                .is_none_or(|t| self.extras.get(&j.id).is_some_and(|e| e.tags.contains(t)))
+            && filter.tag.as_ref().is_none_or(|t| j.tags.contains(t))
             && filter
                 .metadata
                 .as_ref()
@@ -549,10 +575,11 @@ impl State {
         match job.status {
             JobStatus::Waiting | JobStatus::Pending if job.run_at > now => {
                 self.unready(&job);
-                if let Some(j) = self.jobs.get_mut(&id) {
+                if let Some(slot) = self.jobs.get_mut(&id) {
+                    let j = Arc::make_mut(slot);
                     j.run_at = now;
                     j.updated_at = now;
-                    let j = j.clone();
+                    let j = Arc::clone(slot);
                     self.make_ready(&j);
                 }
             }
@@ -596,6 +623,20 @@ impl State {
             i += 1;
         }
         out
+    }
+}
+
+/// Takes a job off the running index's entry for `expires_at`.
+fn unlist_running(
+    running: &mut BTreeMap<DateTime<Utc>, IdSet>,
+    expires_at: DateTime<Utc>,
+    id: JobId,
+) {
+    if let Some(ids) = running.get_mut(&expires_at) {
+        ids.remove(&id);
+        if ids.is_empty() {
+            running.remove(&expires_at);
+        }
     }
 }
 
@@ -669,7 +710,10 @@ impl Storage for MemoryStorage {
         let mut st = self.lock();
         let st = &mut *st;
         // Gather candidates across queues in global claim order.
-        let mut picked: Vec<ReadyKey> = Vec::new();
+        let mut picked: Vec<ReadyKey> = Vec::with_capacity(params.limit.min(1024));
+        // Whether any candidate has a serial key: most batches have none, and skip the
+        // serial pass below.
+        let mut serial = false;
         for q in &params.queues {
             if st.paused_queues.contains(q) {
                 continue;
@@ -696,11 +740,10 @@ impl Storage for MemoryStorage {
                     if !params.tasks.is_empty() && !params.tasks.contains(&job.task) {
                         continue;
                     }
-                    if let Some(e) = st.extras.get(&key.2) {
-                        if e.flags.iter().any(|f| params.forbidden_flags.contains(f)) {
-                            continue;
-                        }
+                    if job.flags.iter().any(|f| params.forbidden_flags.contains(f)) {
+                        continue;
                     }
+                    serial |= job.serial_key.is_some();
                     picked.push(*key);
                     taken += 1;
                 }
@@ -714,41 +757,56 @@ impl Storage for MemoryStorage {
         picked.sort();
         // At most one job per serial key runs: skip keys running now, and take only the
         // first job of each key in this batch.
-        let mut batch_keys = HashSet::new();
-        picked.retain(
-            |key| match st.extras.get(&key.2).and_then(|e| e.serial_key.as_ref()) {
-                Some(k) => {
-                    let running = st.serial_running.get(k).map_or(0, HashSet::len);
-                    let limit = st.key_limits.get(k).copied().unwrap_or(1) as usize;
-                    running < limit && batch_keys.insert(k.clone())
-                }
-                None => true,
-            },
-        );
+        if serial {
+            let mut batch_keys = HashSet::new();
+            picked.retain(
+                |key| match st.jobs.get(&key.2).and_then(|j| j.serial_key.as_ref()) {
+                    Some(k) => {
+                        let running = st.serial_running.get(k).map_or(0, HashSet::len);
+                        let limit = st.key_limits.get(k).copied().unwrap_or(1) as usize;
+                        running < limit && batch_keys.insert(k.clone())
+                    }
+                    None => true,
+                },
+            );
+        }
         picked.truncate(params.limit);
-        let mut started: HashMap<String, u32> = HashMap::new();
-        for key in &picked {
-            if let Some(job) = st.jobs.get(&key.2) {
-                if st.rate_limits.contains_key(&job.queue) {
-                    *started.entry(job.queue.clone()).or_default() += 1;
+        if !st.rate_limits.is_empty() {
+            let mut started: HashMap<String, u32> = HashMap::new();
+            for key in &picked {
+                if let Some(job) = st.jobs.get(&key.2) {
+                    if st.rate_limits.contains_key(&job.queue) {
+                        *started.entry(job.queue.clone()).or_default() += 1;
+                    }
                 }
             }
-        }
-        for (queue, n) in started {
-            if let Some(w) = st.rate_limits.get_mut(&queue) {
-                w.record(now, n);
+            for (queue, n) in started {
+                if let Some(w) = st.rate_limits.get_mut(&queue) {
+                    w.record(now, n);
+                }
             }
         }
         let token = new_lease_token();
         let mut out = Vec::with_capacity(picked.len());
+        let mut running = st.running.remove(&expires_at).unwrap_or_default();
+        running.reserve(picked.len());
         for key in picked {
-            let Some(job) = st.jobs.get_mut(&key.2) else {
+            let Some(slot) = st.jobs.get_mut(&key.2) else {
                 continue;
             };
+            // Nothing else holds a claimable job, so this changes it in place.
+            let job = Arc::make_mut(slot);
             if let Some(set) = st.ready.get_mut(&job.queue) {
-                set.remove(&key);
+                // Claims mostly take a queue's first jobs: popping skips the search.
+                if set.first() == Some(&key) {
+                    set.pop_first();
+                } else {
+                    set.remove(&key);
+                }
             }
-            st.wake_requested.remove(&job.id);
+            if !st.wake_requested.is_empty() {
+                st.wake_requested.remove(&job.id);
+            }
             job.status = JobStatus::Running;
             job.attempt += 1;
             job.started_at = Some(now);
@@ -758,19 +816,26 @@ impl Storage for MemoryStorage {
                 token,
                 expires_at,
             });
-            st.running.insert((expires_at, job.id));
-            if let Some(k) = st.extras.get(&job.id).and_then(|e| e.serial_key.clone()) {
-                st.serial_running.entry(k).or_default().insert(job.id);
+            running.insert(job.id);
+            if let Some(k) = &job.serial_key {
+                st.serial_running
+                    .entry(k.clone())
+                    .or_default()
+                    .insert(job.id);
             }
+            let lease = Lease {
+                job_id: job.id,
+                attempt: job.attempt,
+                token,
+                expires_at,
+            };
             out.push(ClaimedJob {
-                lease: Lease {
-                    job_id: job.id,
-                    attempt: job.attempt,
-                    token,
-                    expires_at,
-                },
-                job: job.clone(),
+                lease,
+                job: Arc::clone(slot),
             });
+        }
+        if !running.is_empty() {
+            st.running.insert(expires_at, running);
         }
         Ok(out)
     }
@@ -787,15 +852,18 @@ impl Storage for MemoryStorage {
     async fn complete_many(&self, items: Vec<Completion>) -> Result<Vec<Result<()>>> {
         let now = self.clock.now();
         let mut st = self.lock();
-        Ok(items
+        let out = items
             .into_iter()
             .map(|c| {
                 st.leased(&c.lease)?.result = Some(c.result);
                 st.close_attempt(c.lease.job_id, AttemptOutcome::Completed, None, now);
-                st.finish(c.lease.job_id, JobStatus::Completed, now);
+                st.finish_quietly(c.lease.job_id, JobStatus::Completed, now);
                 Ok(())
             })
-            .collect())
+            .collect();
+        // One wake for the whole batch: waiters look at their jobs again either way.
+        st.bump_finished();
+        Ok(out)
     }
 
     async fn fail(&self, lease: &Lease, failure: Failure) -> Result<()> {
@@ -890,14 +958,16 @@ impl Storage for MemoryStorage {
         let mut released = Vec::new();
         {
             let mut st = self.lock();
-            let expired: Vec<JobId> = st
+            // By expiry, then id, as one ordered index would give them.
+            let mut expired: Vec<(DateTime<Utc>, JobId)> = st
                 .running
-                .iter()
-                .take_while(|(exp, _)| *exp <= now)
-                .map(|(_, id)| *id)
+                .range(..=now)
+                .flat_map(|(exp, ids)| ids.iter().map(|id| (*exp, *id)))
                 .collect();
+            expired.sort_unstable();
+            let expired = expired.into_iter().map(|(_, id)| id);
             for id in expired {
-                let Some(job) = st.jobs.get_mut(&id) else {
+                let Some(job) = st.jobs.get_mut(&id).map(Arc::make_mut) else {
                     continue;
                 };
                 let error = "lease expired: the worker stopped heartbeating".to_string();
@@ -966,7 +1036,7 @@ impl Storage for MemoryStorage {
     }
 
     async fn get_job(&self, job_id: JobId) -> Result<Option<Job>> {
-        Ok(self.lock().jobs.get(&job_id).cloned())
+        Ok(self.lock().jobs.get(&job_id).map(|j| Job::clone(j)))
     }
 
     async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>> {
@@ -975,6 +1045,7 @@ impl Storage for MemoryStorage {
         let mut jobs: Vec<&Job> = st
             .jobs
             .values()
+            .map(|j| &**j)
             .filter(|j| st.matches(j, &filter))
             .collect();
         jobs.sort_by_key(|j| j.id);
@@ -987,14 +1058,16 @@ impl Storage for MemoryStorage {
 
     async fn counts(&self) -> Result<Vec<QueueCount>> {
         let st = self.lock();
-        let mut map: BTreeMap<(String, JobStatus), u64> = BTreeMap::new();
+        // Counted under borrowed names: a queue's name is copied once per row, not once
+        // per job.
+        let mut map: BTreeMap<(&str, JobStatus), u64> = BTreeMap::new();
         for j in st.jobs.values() {
-            *map.entry((j.queue.clone(), j.status)).or_default() += 1;
+            *map.entry((j.queue.as_str(), j.status)).or_default() += 1;
         }
         Ok(map
             .into_iter()
             .map(|((queue, status), count)| QueueCount {
-                queue,
+                queue: queue.to_string(),
                 status,
                 count,
             })
@@ -1204,7 +1277,7 @@ impl Storage for MemoryStorage {
         candidates.truncate(filter.limit.unwrap_or(100));
         let mut deleted = 0;
         for &root in &candidates {
-            let tree: Vec<Job> = st
+            let tree: Vec<Arc<Job>> = st
                 .subtree(root)
                 .iter()
                 .filter_map(|id| st.jobs.get(id).cloned())
@@ -1314,7 +1387,7 @@ impl Storage for MemoryStorage {
                     .dedupe_key
                     .as_ref()
                     .is_some_and(|k| !st.dedupe.contains_key(k));
-                if let Some(j) = st.jobs.get_mut(&id) {
+                if let Some(j) = st.jobs.get_mut(&id).map(Arc::make_mut) {
                     j.attempt = 0;
                     j.completed_at = None;
                     j.result = None;
@@ -1365,13 +1438,13 @@ impl Storage for MemoryStorage {
             st.unready(&job);
             let status = match &outcome {
                 ManualOutcome::Complete(v) => {
-                    if let Some(j) = st.jobs.get_mut(&id) {
+                    if let Some(j) = st.jobs.get_mut(&id).map(Arc::make_mut) {
                         j.result = Some(v.clone());
                     }
                     JobStatus::Completed
                 }
                 ManualOutcome::Fail(e) => {
-                    if let Some(j) = st.jobs.get_mut(&id) {
+                    if let Some(j) = st.jobs.get_mut(&id).map(Arc::make_mut) {
                         j.last_error = Some(e.clone());
                     }
                     JobStatus::Failed
@@ -1385,7 +1458,7 @@ impl Storage for MemoryStorage {
 
     async fn purge_finished(&self, older_than: DateTime<Utc>) -> Result<u64> {
         let mut st = self.lock();
-        let doomed: Vec<Job> = st
+        let doomed: Vec<Arc<Job>> = st
             .jobs
             .values()
             .filter(|j| j.status.is_finished() && j.completed_at.is_some_and(|t| t < older_than))
@@ -1527,7 +1600,11 @@ impl Storage for MemoryStorage {
 
     async fn list_attempts(&self, job_id: JobId) -> Result<Vec<AttemptRecord>> {
         let st = self.lock();
-        let mut out = st.attempts.get(&job_id).cloned().unwrap_or_default();
+        let mut out = match st.attempts.get(&job_id) {
+            None => Vec::new(),
+            Some(Attempts::One(r)) => vec![r.clone()],
+            Some(Attempts::Many(all)) => all.clone(),
+        };
         if let Some(job) = st
             .jobs
             .get(&job_id)

@@ -563,7 +563,7 @@ impl Storage for PostgresStorage {
                     token,
                     expires_at,
                 },
-                job,
+                job: job.into(),
             });
         }
         // UPDATE ... RETURNING has no order; hand jobs out in claim order.

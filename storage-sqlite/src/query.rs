@@ -486,7 +486,7 @@ fn claim(
                             token,
                             expires_at,
                         },
-                        job,
+                        job: job.into(),
                     }),
                     Err(e) => {
                         let e = Error::from(e);

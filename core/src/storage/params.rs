@@ -5,6 +5,7 @@ use crate::job::{Checkpoint, Job, JobId, JobStatus, Lease, NewJob};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What to claim in one [`super::Storage::dequeue`] call.
@@ -27,8 +28,11 @@ pub struct DequeueParams {
 /// A claimed job with the lease that fences its writes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimedJob {
-    /// The job, as it is after the claim (status running, attempt incremented).
-    pub job: Job,
+    /// The job, as it is after the claim (status running, attempt incremented). Shared,
+    /// never changed after the claim: a backend that keeps its jobs in memory hands out
+    /// the stored job without copying it (and copies it before it next writes it while
+    /// a claim still holds it); others wrap the row they read (`job.into()`).
+    pub job: Arc<Job>,
     /// The lease to present on every write for this attempt.
     pub lease: Lease,
 }

@@ -5,11 +5,12 @@ use super::complete::{Finish, RunMeta};
 use super::execute::{classify, execute, Ended};
 use super::options::QueueConfig;
 use super::prefetch::{self, Verdict};
-use super::shared::{HeldLease, Shared, NOT_IDLE};
+use super::shared::{HeldLease, LeaseSignal, Shared, NOT_IDLE};
 use super::sizing::Sizer;
 use super::threads::AttemptThreads;
 use super::timer::plus;
 use crate::instrumented::Backoff;
+use crate::metric::JobMetrics;
 use crate::storage::Storage;
 use crate::storage::{ClaimedJob, DequeueParams};
 use crate::task::{panic_message, TaskError};
@@ -22,7 +23,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::{Id, JoinError, JoinSet};
 
 type Outcome = Result<Value, TaskError>;
@@ -40,6 +41,9 @@ struct Running {
     inline: bool,
     /// Slow first polls in a row so far.
     slow_starts: u32,
+    /// The metric handles of the last job started: a loop's jobs mostly share a queue
+    /// and task, and a match here skips the shared cache's lock and lookup.
+    last_metrics: Option<Arc<JobMetrics>>,
 }
 
 /// A first poll longer than this counts as slow.
@@ -63,16 +67,24 @@ impl Running {
         &mut self,
         shared: &Arc<Shared>,
         c: ClaimedJob,
-        lost: watch::Receiver<bool>,
+        lost: LeaseSignal,
         out: &mpsc::UnboundedSender<Finish>,
     ) {
-        let meta = RunMeta::of(shared, &c);
+        let metrics = match &self.last_metrics {
+            Some(m) if *m.task == *c.job.task && *m.queue == *c.job.queue => m.clone(),
+            _ => {
+                let m = shared.metrics.get(&c.job.queue, &c.job.task);
+                self.last_metrics = Some(m.clone());
+                m
+            }
+        };
+        let meta = RunMeta::with_metrics(&c, metrics);
         meta.metrics.started.increment(1);
         let waited = (chrono::Utc::now() - c.job.run_at)
             .num_microseconds()
             .unwrap_or(0);
         meta.metrics.wait.record(waited.max(0) as f64 / 1e6);
-        let threads = AttemptThreads::new();
+        let threads = lost.threads();
         let mut fut: Pin<Box<dyn Future<Output = Outcome> + Send>> =
             Box::pin(execute(shared.clone(), c, lost, threads.clone()));
         if self.inline {
@@ -86,13 +98,20 @@ impl Running {
                 self.slow_starts = 0;
             }
             match first {
+                // The attempt's future goes before its outcome: it holds the claimed job,
+                // which storage then need not copy when it writes the outcome.
                 Ok(Poll::Ready(outcome)) => {
-                    self.sizer.handler_ran(meta.started.elapsed());
-                    return settle(shared, meta, Ended::Returned(outcome), out);
+                    drop(fut);
+                    let ran = meta.started.elapsed();
+                    self.sizer.handler_ran(ran);
+                    return settle(shared, meta, ran, Ended::Returned(outcome), out);
                 }
                 Err(panic) => {
-                    self.sizer.handler_ran(meta.started.elapsed());
-                    return settle(shared, meta, Ended::Panicked(panic_message(panic)), out);
+                    drop(fut);
+                    let ran = meta.started.elapsed();
+                    self.sizer.handler_ran(ran);
+                    let ended = Ended::Panicked(panic_message(panic));
+                    return settle(shared, meta, ran, ended, out);
                 }
                 Ok(Poll::Pending) => {}
             }
@@ -117,7 +136,8 @@ impl Running {
         let Some(meta) = self.meta.remove(&id) else {
             return;
         };
-        self.sizer.handler_ran(meta.started.elapsed());
+        let ran = meta.started.elapsed();
+        self.sizer.handler_ran(ran);
         // Aborted at shutdown while a blocking thread still runs: release the job (and
         // stop renewing its lease) only once the thread returned, so no second attempt
         // can start beside it. The task holds a sender, so the completer waits for it.
@@ -130,21 +150,26 @@ impl Running {
                 let (shared, out) = (shared.clone(), out.clone());
                 tokio::spawn(async move {
                     threads.all_returned().await;
-                    settle(&shared, meta, Ended::Aborted, &out);
+                    let ran = meta.started.elapsed();
+                    settle(&shared, meta, ran, Ended::Aborted, &out);
                 });
                 return;
             }
         }
-        settle(shared, meta, ended, out);
+        settle(shared, meta, ran, ended, out);
     }
 }
 
-/// Hands a finished attempt's outcome to the completer.
-fn settle(shared: &Shared, meta: RunMeta, ended: Ended, out: &mpsc::UnboundedSender<Finish>) {
+/// Hands a finished attempt's outcome to the completer; `ran` is how long it ran.
+fn settle(
+    shared: &Shared,
+    meta: RunMeta,
+    ran: Duration,
+    ended: Ended,
+    out: &mpsc::UnboundedSender<Finish>,
+) {
     shared.leases().remove(&meta.job_id);
-    meta.metrics
-        .duration
-        .record(meta.started.elapsed().as_secs_f64());
+    meta.metrics.duration.record(ran.as_secs_f64());
     let finish = classify(shared, meta, ended);
     if out.send(finish).is_err() {
         // The completer only stops after every loop has ended, so this is unreachable
@@ -170,6 +195,7 @@ pub(crate) async fn run_queue(
         threads: HashMap::new(),
         inline: true,
         slow_starts: 0,
+        last_metrics: None,
     };
     let mut wakes = shared.wakes();
     let mut stop = shared.stopping.subscribe();
@@ -345,7 +371,7 @@ struct ClaimOutcome {
 /// One queue loop's claim-side state.
 struct ClaimState {
     /// Claimed jobs not started yet (the prefetch buffer), with their lease-lost signals.
-    buffer: VecDeque<(ClaimedJob, watch::Receiver<bool>)>,
+    buffer: VecDeque<(ClaimedJob, LeaseSignal)>,
     /// False once a claim came back short: the queue looked drained until a wake-up.
     maybe_more: bool,
     /// True while the last claim to come back was short: until one comes back full, one
@@ -412,7 +438,8 @@ impl ClaimState {
                 let lasts_until = plus(outcome.sent_at, shared.opts.lease_duration);
                 let mut leases = shared.leases();
                 for c in claimed {
-                    let (lost, lost_rx) = watch::channel(false);
+                    let lost = LeaseSignal::new();
+                    let lost_rx = lost.clone();
                     let held = HeldLease {
                         lease: c.lease.clone(),
                         lost,

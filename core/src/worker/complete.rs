@@ -22,7 +22,8 @@ const WRITE_ATTEMPTS: u32 = 8;
 #[derive(Debug, Clone)]
 pub(crate) struct RunMeta {
     pub(crate) job_id: JobId,
-    pub(crate) task: String,
+    /// The task's name, shared with its metric handles rather than copied per attempt.
+    pub(crate) task: Arc<str>,
     pub(crate) attempt: i32,
     pub(crate) max_attempts: i32,
     pub(crate) lease: Lease,
@@ -35,13 +36,18 @@ pub(crate) struct RunMeta {
 impl RunMeta {
     /// What the worker keeps about a claimed job while it runs.
     pub(crate) fn of(shared: &Shared, c: &crate::storage::ClaimedJob) -> Self {
+        Self::with_metrics(c, shared.metrics.get(&c.job.queue, &c.job.task))
+    }
+
+    /// As [`RunMeta::of`], with the job's metric handles already looked up.
+    pub(crate) fn with_metrics(c: &crate::storage::ClaimedJob, metrics: Arc<JobMetrics>) -> Self {
         RunMeta {
             job_id: c.job.id,
-            task: c.job.task.clone(),
+            task: metrics.task.clone(),
             attempt: c.lease.attempt,
             max_attempts: c.job.max_attempts,
             lease: c.lease.clone(),
-            metrics: shared.metrics.get(&c.job.queue, &c.job.task),
+            metrics,
             started: std::time::Instant::now(),
         }
     }
@@ -142,7 +148,7 @@ async fn write_batch(shared: &Shared, mut buf: Vec<Finish>) {
                 if ok {
                     shared.queue.emit(Event::Suspended {
                         job_id: meta.job_id,
-                        task: meta.task,
+                        task: meta.task.to_string(),
                         attempt: meta.attempt,
                     });
                 }
@@ -208,7 +214,7 @@ async fn write_completions(shared: &Shared, items: Vec<(RunMeta, Value)>) {
                 if let Some(result) = result {
                     shared.queue.emit(Event::Completed {
                         job_id: meta.job_id,
-                        task: meta.task,
+                        task: meta.task.to_string(),
                         attempt: meta.attempt,
                         result,
                     });
@@ -245,7 +251,7 @@ async fn write_dropped(shared: &Shared, meta: RunMeta, reason: LeaseDropReason) 
     }
     shared.queue.emit(Event::LeaseDropped {
         job_id: meta.job_id,
-        task: meta.task,
+        task: meta.task.to_string(),
         attempt: meta.attempt,
         reason,
     });
@@ -272,14 +278,14 @@ async fn write_failure(shared: &Shared, meta: RunMeta, error: String, retry_in: 
     let event = match retry_in {
         Some(retry_in) => Event::Retrying {
             job_id: meta.job_id,
-            task: meta.task,
+            task: meta.task.to_string(),
             attempt: meta.attempt,
             error,
             retry_in,
         },
         None => Event::Failed {
             job_id: meta.job_id,
-            task: meta.task,
+            task: meta.task.to_string(),
             attempt: meta.attempt,
             error,
         },
@@ -317,7 +323,7 @@ async fn write_snooze(shared: &Shared, meta: RunMeta, delay: Duration) {
     if ok && shared.queue.observed() {
         shared.queue.emit(Event::Snoozed {
             job_id: meta.job_id,
-            task: meta.task,
+            task: meta.task.to_string(),
             attempt: meta.attempt,
             delay,
         });

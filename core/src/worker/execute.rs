@@ -1,7 +1,7 @@
 //! Running one claimed job and deciding what its outcome means.
 
 use super::complete::{Finish, RunMeta};
-use super::shared::Shared;
+use super::shared::{LeaseSignal, Shared};
 use super::threads::AttemptThreads;
 use crate::event::Event;
 use crate::storage::ClaimedJob;
@@ -20,7 +20,7 @@ use tracing::Instrument;
 pub(crate) fn execute(
     shared: Arc<Shared>,
     claimed: ClaimedJob,
-    lost: tokio::sync::watch::Receiver<bool>,
+    lost: LeaseSignal,
     threads: AttemptThreads,
 ) -> impl Future<Output = Result<Value, TaskError>> + Send + 'static {
     let (span, context) = trace::attempt_span(&claimed.job, claimed.lease.attempt, &shared.name);
@@ -31,7 +31,7 @@ pub(crate) fn execute(
 async fn run(
     shared: Arc<Shared>,
     claimed: ClaimedJob,
-    lost: tokio::sync::watch::Receiver<bool>,
+    lost: LeaseSignal,
     threads: AttemptThreads,
 ) -> Result<Value, TaskError> {
     let ClaimedJob { job, lease } = claimed;
@@ -44,7 +44,9 @@ async fn run(
         });
     }
     let Some(handler) = queue.handler(&job.task) else {
-        return Err(TaskError::from_engine(crate::Error::UnknownTask(job.task)));
+        return Err(TaskError::from_engine(crate::Error::UnknownTask(
+            job.task.clone(),
+        )));
     };
     let timeout = job.timeout();
     let job_id = job.id;
@@ -96,7 +98,7 @@ async fn run(
 /// grace is the worker's shutdown grace: a lost lease stops a handler as a shutdown would.
 async fn unless_lost<F>(
     handler: F,
-    mut lost: tokio::sync::watch::Receiver<bool>,
+    lost: LeaseSignal,
     grace: std::time::Duration,
     job_id: crate::JobId,
 ) -> Result<Value, TaskError>
@@ -104,16 +106,11 @@ where
     F: Future<Output = Result<Value, TaskError>>,
 {
     tokio::pin!(handler);
-    let lost_now = tokio::select! {
+    tokio::select! {
         biased;
         r = &mut handler => return r,
-        // An error means the signal's sender is gone without a loss: the attempt ended
-        // on the worker's side, and the handler runs to its end.
-        l = lost.wait_for(|l| *l) => l.is_ok(),
+        () = lost.lost() => {}
     };
-    if !lost_now {
-        return handler.await;
-    }
     match tokio::time::timeout(grace, &mut handler).await {
         Ok(r) => r,
         Err(_) => {

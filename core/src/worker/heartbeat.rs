@@ -96,7 +96,7 @@ pub(crate) async fn run_heartbeats(shared: Arc<Shared>) {
                 );
                 // A running handler sees this through `JobContext::cancelled`; a buffered
                 // job is dropped unstarted.
-                signal.send_replace(true);
+                signal.set_lost();
             }
         }
     }

@@ -5,12 +5,12 @@
 
 use super::complete::{Finish, RunMeta};
 use super::options::WorkerOptions;
-use super::shared::{HeldLease, Shared};
+use super::shared::{HeldLease, LeaseSignal, Shared};
 use crate::event::LeaseDropReason;
 use crate::storage::ClaimedJob;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 /// What to do with a prefetched job whose turn to start has come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,14 +37,14 @@ pub(crate) fn start_margin(opts: &WorkerOptions) -> Duration {
 /// heartbeat found the lease lost), its lost signal and the time on the worker's clock.
 pub(crate) fn verdict(
     held: Option<&HeldLease>,
-    lost: &watch::Receiver<bool>,
+    lost: &LeaseSignal,
     now: DateTime<Utc>,
     margin: Duration,
 ) -> Verdict {
     let Some(held) = held else {
         return Verdict::Drop(LeaseDropReason::Lost);
     };
-    if *lost.borrow() {
+    if lost.is_lost() {
         return Verdict::Drop(LeaseDropReason::Lost);
     }
     let left = (held.lasts_until - now).to_std().unwrap_or(Duration::ZERO);
@@ -55,7 +55,7 @@ pub(crate) fn verdict(
 }
 
 /// The verdict on the prefetched job `c` now.
-pub(crate) fn judge(shared: &Shared, c: &ClaimedJob, lost: &watch::Receiver<bool>) -> Verdict {
+pub(crate) fn judge(shared: &Shared, c: &ClaimedJob, lost: &LeaseSignal) -> Verdict {
     let leases = shared.leases();
     let held = leases.get(&c.job.id).filter(|h| h.is(&c.lease));
     verdict(
@@ -97,8 +97,9 @@ mod tests {
     use super::*;
     use crate::job::Lease;
 
-    fn held(lasts_until: DateTime<Utc>) -> (HeldLease, watch::Receiver<bool>) {
-        let (tx, rx) = watch::channel(false);
+    fn held(lasts_until: DateTime<Utc>) -> (HeldLease, LeaseSignal) {
+        let tx = LeaseSignal::new();
+        let rx = tx.clone();
         let lease = Lease {
             job_id: 1,
             attempt: 1,
@@ -152,7 +153,7 @@ mod tests {
         let now = Utc::now();
         let margin = Duration::from_secs(10);
         let (h, lost) = held(now + chrono::Duration::seconds(30));
-        h.lost.send_replace(true);
+        h.lost.set_lost();
         assert_eq!(
             verdict(Some(&h), &lost, now, margin),
             Verdict::Drop(LeaseDropReason::Lost)

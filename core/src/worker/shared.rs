@@ -2,13 +2,14 @@
 
 use super::health::HealthState;
 use super::options::WorkerOptions;
+use super::threads::{AttemptState, AttemptThreads};
 use crate::error::Error;
-use crate::job::{JobId, Lease};
+use crate::idhash::IdMap;
+use crate::job::Lease;
 use crate::metric::MetricsCache;
 use crate::queue::Queue;
 use crate::storage::Storage;
 use crate::workflow::CheckpointCommitter;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{watch, Notify};
@@ -34,7 +35,7 @@ pub(crate) struct Shared {
     storage_wake: Option<watch::Receiver<u64>>,
     queue_wake: watch::Receiver<u64>,
     /// Leases of held jobs (running or buffered), renewed by the heartbeat task.
-    pub(crate) leases: Mutex<HashMap<JobId, HeldLease>>,
+    pub(crate) leases: Mutex<IdMap<HeldLease>>,
     /// Jobs claimed whose outcome is not yet written.
     pub(crate) in_flight: AtomicUsize,
     /// Per queue loop: the wake generation at which it last found nothing to claim with
@@ -55,11 +56,57 @@ pub(crate) struct Shared {
     pub(crate) checkpoints: CheckpointCommitter,
 }
 
+/// Tells a held job's handler (or the buffer, before it starts) that its lease was
+/// lost. Clones share the flag.
+///
+/// A flag and a [`Notify`] in the job's [`AttemptState`], rather than a `watch` channel:
+/// every claimed job makes one, and dropping a `watch` sender wakes its eight notifiers
+/// even when no one waits, which cost more than the rest of a no-op job's bookkeeping.
+#[derive(Clone, Default)]
+pub(crate) struct LeaseSignal(Arc<AttemptState>);
+
+impl LeaseSignal {
+    /// A lease not lost.
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// The attempt's blocking threads, counted in the same allocation.
+    pub(crate) fn threads(&self) -> AttemptThreads {
+        AttemptThreads::sharing(self.0.clone())
+    }
+
+    /// Marks the lease lost and wakes whoever waits for that.
+    pub(crate) fn set_lost(&self) {
+        self.0.lost.store(true, Ordering::SeqCst);
+        self.0.lost_changed.notify_waiters();
+    }
+
+    /// True once the lease was lost.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.0.lost.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the lease is lost; never, if it is not.
+    pub(crate) async fn lost(&self) {
+        loop {
+            // Registered before the flag is read, so a loss in between is not missed.
+            let changed = self.0.lost_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.is_lost() {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
 /// A lease this worker holds, running or buffered.
 pub(crate) struct HeldLease {
     pub(crate) lease: Lease,
     /// Tells the job's handler (or the buffer, before it starts) the lease was lost.
-    pub(crate) lost: watch::Sender<bool>,
+    pub(crate) lost: LeaseSignal,
     /// Until when the lease surely lasts, on the worker's clock: the lease duration
     /// counted from when the claim or the last renewal that succeeded was *sent*. Storage
     /// set the expiry later than that, on its own clock, so this never overstates it
@@ -135,7 +182,7 @@ impl Shared {
             internal_wake,
             storage_wake,
             queue_wake,
-            leases: Mutex::new(HashMap::new()),
+            leases: Mutex::new(IdMap::default()),
             in_flight: AtomicUsize::new(0),
             idle_at: (0..loops).map(|_| AtomicU64::new(NOT_IDLE)).collect(),
             progress: Notify::new(),
@@ -193,7 +240,7 @@ impl Shared {
         *self.stopping.borrow()
     }
 
-    pub(crate) fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, HeldLease>> {
+    pub(crate) fn leases(&self) -> std::sync::MutexGuard<'_, IdMap<HeldLease>> {
         // Single inserts and removes; a poisoned map is still consistent.
         self.leases.lock().unwrap_or_else(|e| e.into_inner())
     }

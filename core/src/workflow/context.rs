@@ -7,6 +7,7 @@ use crate::error::Result;
 use crate::job::{Checkpoint, Job, JobId, Lease};
 use crate::queue::Queue;
 use crate::storage::Storage;
+use crate::worker::shared::LeaseSignal;
 use crate::worker::threads::{AttemptThreads, ThreadToken};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -19,11 +20,14 @@ use tokio::sync::{watch, OnceCell};
 pub struct JobContext {
     shared: Arc<Shared>,
     scope: CheckpointKey,
-    next_call: Arc<AtomicU32>,
+    /// The call counter of a nested scope; `None` in the root scope, whose counter
+    /// lives in [`Shared::root_calls`] so a plain job's context is one allocation.
+    next_call: Option<Arc<AtomicU32>>,
 }
 
 struct Shared {
-    job: Job,
+    /// The job as claimed, shared with the claim (see [`crate::ClaimedJob::job`]).
+    job: Arc<Job>,
     lease: Lease,
     queue: Queue,
     /// The worker run's checkpoint writer, shared by every job it runs.
@@ -33,11 +37,13 @@ struct Shared {
     /// True once the worker shuts down.
     cancel: watch::Receiver<bool>,
     /// True once this job's lease is lost (cancelled or reclaimed).
-    lost: watch::Receiver<bool>,
+    lost: LeaseSignal,
     /// Set when a workflow primitive asked to suspend, with its wake time.
     suspend: Mutex<Option<Option<DateTime<Utc>>>>,
     /// The blocking threads this attempt's handler started.
     threads: AttemptThreads,
+    /// The root scope's call counter.
+    root_calls: AtomicU32,
 }
 
 impl std::fmt::Debug for JobContext {
@@ -52,12 +58,12 @@ impl std::fmt::Debug for JobContext {
 
 impl JobContext {
     pub(crate) fn new(
-        job: Job,
+        job: Arc<Job>,
         lease: Lease,
         queue: Queue,
         committer: CheckpointCommitter,
         cancel: watch::Receiver<bool>,
-        lost: watch::Receiver<bool>,
+        lost: LeaseSignal,
         threads: AttemptThreads,
     ) -> Self {
         JobContext {
@@ -71,9 +77,10 @@ impl JobContext {
                 lost,
                 suspend: Mutex::new(None),
                 threads,
+                root_calls: AtomicU32::new(0),
             }),
             scope: CheckpointKey::root(),
-            next_call: Arc::new(AtomicU32::new(0)),
+            next_call: None,
         }
     }
 
@@ -116,7 +123,7 @@ impl JobContext {
     /// True once the worker is shutting down, or the job was cancelled or reclaimed
     /// (its lease is lost): finish quickly or return.
     pub fn is_cancelled(&self) -> bool {
-        *self.shared.cancel.borrow() || *self.shared.lost.borrow()
+        *self.shared.cancel.borrow() || self.shared.lost.is_lost()
     }
 
     /// Resolves when the worker starts shutting down or the job's lease is lost (it was
@@ -124,11 +131,10 @@ impl JobContext {
     /// grace period to return; then it is dropped, and nothing it returns is written.
     pub async fn cancelled(&self) {
         let mut stop = self.shared.cancel.clone();
-        let mut lost = self.shared.lost.clone();
         // An error means the worker is gone, which is cancellation too.
         tokio::select! {
             _ = stop.wait_for(|c| *c) => {}
-            _ = lost.wait_for(|c| *c) => {}
+            () = self.shared.lost.lost() => {}
         }
     }
 
@@ -204,7 +210,12 @@ impl JobContext {
 
     /// The key the next call in this scope will take, without taking it.
     pub(crate) fn peek_next_key(&self) -> CheckpointKey {
-        self.scope.child(self.next_call.load(Ordering::SeqCst))
+        self.scope.child(self.calls().load(Ordering::SeqCst))
+    }
+
+    /// This scope's call counter.
+    fn calls(&self) -> &AtomicU32 {
+        self.next_call.as_deref().unwrap_or(&self.shared.root_calls)
     }
 
     /// Remembers a checkpoint that storage wrote as part of another operation.
@@ -218,7 +229,7 @@ impl JobContext {
     /// made, not when it is first polled, so calls joined concurrently keep their order.
     pub(crate) fn next_key(&self) -> CheckpointKey {
         self.scope
-            .child(self.next_call.fetch_add(1, Ordering::SeqCst))
+            .child(self.calls().fetch_add(1, Ordering::SeqCst))
     }
 
     /// A context for a called handler: the same job and lease, its own scope.
@@ -226,7 +237,7 @@ impl JobContext {
         JobContext {
             shared: self.shared.clone(),
             scope,
-            next_call: Arc::new(AtomicU32::new(0)),
+            next_call: Some(Arc::new(AtomicU32::new(0))),
         }
     }
 

@@ -75,8 +75,8 @@ impl TestKit {
         let lease = claimed.lease.clone();
         // Held for the attempt: a dropped sender would read as a cancellation.
         let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-        let (_lost, lost_rx) = tokio::sync::watch::channel(false);
-        let threads = crate::worker::threads::AttemptThreads::new();
+        let lost = crate::worker::shared::LeaseSignal::new();
+        let threads = lost.threads();
         let ctx = JobContext::new(
             claimed.job,
             lease.clone(),
@@ -86,7 +86,7 @@ impl TestKit {
                 crate::worker::DEFAULT_CHECKPOINT_WRITERS,
             ),
             stop_rx,
-            lost_rx,
+            lost,
             threads.clone(),
         );
         let fut = handler.run(ctx.clone(), &ctx.job().payload);
