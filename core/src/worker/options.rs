@@ -38,8 +38,13 @@ pub const DEFAULT_CLAIMS_IN_FLIGHT: usize = 3;
 /// and commits (four writers averaged 125 outcomes per write in a PostgreSQL drain).
 pub const DEFAULT_COMPLETION_WRITERS: usize = 1;
 /// How many checkpoint writes (the group commit of durable calls and steps) may be in
-/// flight at once. Defaults to DEFAULT_CHECKPOINT_WRITERS_VALUE.
-pub const DEFAULT_CHECKPOINT_WRITERS: usize = 2;
+/// flight at once. Defaults to 1: on the benchmark's PostgreSQL (same 2-core machine),
+/// one writer gave 12.5k/11.7k/12.8k checkpointed steps/s with 8 jobs against
+/// 10.7k/10.7k/11.1k for two writers and about 10.2k for three (three interleaved
+/// rounds): the server's CPU, not the round trip, bounds the steps there, and more
+/// writers split the same checkpoints into more statements and commits. More writers pay
+/// where a round trip is long and the server idle (a remote database).
+pub const DEFAULT_CHECKPOINT_WRITERS: usize = 1;
 /// How often the scheduler looks for due schedule ticks. Defaults to 1 second.
 pub const DEFAULT_SCHEDULER_INTERVAL: Duration = Duration::from_secs(1);
 /// The most jobs claimed in one storage call. Defaults to 500.

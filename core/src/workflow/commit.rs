@@ -7,10 +7,11 @@
 //!
 //! Batching adds no waiting: a lone checkpoint is written at once, and items queue up only
 //! while every writer is busy (as the worker's completions do). Several writes may be in
-//! flight at once ([`WorkerOptions::checkpoint_writers`]): a job waits for its own
-//! checkpoint before its next step, so with one writer the checkpoints that arrive just
-//! after a write went out wait out a whole round trip and flush, while a second writer
-//! sends them at once and the server's own WAL group commit shares the flush.
+//! flight at once ([`WorkerOptions::checkpoint_writers`], one by default): a job waits
+//! for its own checkpoint before its next step, so with one writer the checkpoints that
+//! arrive just after a write went out wait out a whole round trip and flush; a second
+//! writer sends them at once, which pays where that round trip is long and the server
+//! has CPU to spare.
 //!
 //! [`WorkerOptions::checkpoint_writers`]: crate::WorkerOptions::checkpoint_writers
 
