@@ -26,7 +26,16 @@ async fn peer(
     concurrency: usize,
 ) -> Result<f64, String> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("underway-peer/Cargo.toml");
-    let out = tokio::process::Command::new(env!("CARGO"))
+    let mut cmd = tokio::process::Command::new(env!("CARGO"));
+    // The rustc of the toolchain that built the bench, named outright: cargo otherwise
+    // runs `rustc` from PATH, rustup's proxy, inside each dependency's directory, where a
+    // crate's own rust-toolchain.toml (atoi 2.0 pins 1.57.0) picks a toolchain that a
+    // machine without automatic installs does not have.
+    let rustc = Path::new(env!("CARGO")).with_file_name("rustc");
+    if rustc.is_file() {
+        cmd.env("RUSTC", rustc);
+    }
+    let out = cmd
         .args(["run", "--release", "--quiet", "--manifest-path"])
         .arg(&manifest)
         .arg("--")
