@@ -131,8 +131,10 @@ const UNFINISHED: &str = "('pending', 'retrying', 'running', 'waiting')";
 /// counted full and not parked, which is always safe. At most [`PARK_BATCH`] jobs are
 /// parked per claim, which bounds the writes of the first claim to meet a deep backlog
 /// of a busy key; the next claims park the rest. What parking costs a claim that parks
-/// nothing: the keyed jobs of the walked part of the index are read a second time (none
-/// on a queue without keyed jobs).
+/// nothing: the keyed jobs of the walked part of the index are read a second time. A
+/// queue without keyed jobs pays one descent of `jobs_claimable_keyed` (the `EXISTS`,
+/// evaluated once), not one per priority: on a deep backlog spread over many
+/// priorities, the per-priority walk made an empty claim about twice as expensive.
 ///
 /// A claim commits without waiting for its WAL to reach disk (`synchronous_commit` is
 /// turned off for this one transaction; the claim always runs autocommitted on the pool).
@@ -223,6 +225,9 @@ parkable AS (
     ) AS full_key
     WHERE prios.priority IS NOT NULL
       AND (NOT edge.stopped OR prios.priority >= edge.priority)
+      AND EXISTS (SELECT 1 FROM {schema}.jobs AS kq
+                  WHERE kq.status IN ('pending', 'retrying', 'waiting') AND NOT kq.blocked
+                    AND kq.serial_key IS NOT NULL AND kq.queue = $1)
     LIMIT {park_batch}
 ),
 busy AS (
@@ -1504,6 +1509,13 @@ mod plan_tests {
                     plan.contains(&format!("Update on jobs j (actual rows={claimed} ")),
                     "{kind:?}, {what}: claims {claimed}\n{plan}"
                 );
+                // A queue without keyed jobs never walks the keyed index per priority.
+                if matches!(kind, Backlog::NotYetDue | Backlog::Waiting) {
+                    assert!(
+                        plan.contains("using jobs_claimable_keyed on jobs k (never executed)"),
+                        "{kind:?}, {what}: walked the keyed jobs\n{plan}"
+                    );
+                }
             }
             if matches!(kind, Backlog::BusySerialKey | Backlog::BusyKeyLimit) {
                 next_job_of_a_freed_key_runs(&t, &mut conn, &q, &execute).await;
