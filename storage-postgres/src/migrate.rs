@@ -94,10 +94,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "parked_serial_jobs",
         sql: include_str!("../migrations/013_parked_serial_jobs.sql"),
     },
+    Migration {
+        version: 14,
+        name: "serial_key_order",
+        sql: include_str!("../migrations/014_serial_key_order.sql"),
+    },
 ];
 
 /// The newest schema version this library knows.
-pub const LATEST_VERSION: i64 = 13;
+pub const LATEST_VERSION: i64 = 14;
 
 /// The name of the schema migration 8 creates next to `schema` for graphile-worker's
 /// SQL API: `schema` followed by `_graphile` (`durable_jobs_graphile` by default).

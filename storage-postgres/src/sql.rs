@@ -108,7 +108,10 @@ const UNFINISHED: &str = "('pending', 'retrying', 'running', 'waiting')";
 /// index range that ends at `run_at <= now`, so the scan stops at the first job not yet
 /// due instead of filtering every later one. Claim order (priority desc, run_at, id) is
 /// the order the ranges are read in. A paused queue stops the claim before any index
-/// page is read (a one-time filter on the `prios` anchor). Within a range, rows other
+/// page is read (a one-time filter on the `prios` anchor). A keyed job is a candidate
+/// only if no job of its key this claim could take comes before it in claim order
+/// (`jobs_serial_order`, one descent): a racing claim that skipped the key's first job
+/// (another claim holds it locked) must not start the second one. Within a range, rows other
 /// claimers hold and jobs carrying a forbidden flag are skipped row by row; `rl` caps the
 /// claim at what the queue's rate limit leaves in its window; the serial-key CTEs let at
 /// most one job per key through, into a free slot number (see `serial_slots`); the
@@ -180,9 +183,19 @@ cand AS (
           AND c.run_at <= {now}
           AND (cardinality($2::text[]) = 0 OR c.task = ANY($2::text[]))
           AND NOT (c.flags && $7::text[])
-          AND (c.serial_key IS NULL OR (
+          AND (c.serial_key IS NULL OR ((
               SELECT count(*) FROM {schema}.serial_slots s WHERE s.serial_key = c.serial_key)
-              < {schema}.key_limit(c.serial_key))
+              < {schema}.key_limit(c.serial_key)
+              AND NOT EXISTS (
+                  SELECT 1 FROM {schema}.jobs AS e
+                  WHERE e.serial_key = c.serial_key
+                    AND e.status IN ('pending', 'retrying', 'waiting') AND NOT e.blocked
+                    AND (e.priority > c.priority
+                         OR (e.priority = c.priority AND (e.run_at, e.id) < (c.run_at, c.id)))
+                    AND e.queue = $1
+                    AND e.run_at <= {now}
+                    AND (cardinality($2::text[]) = 0 OR e.task = ANY($2::text[]))
+                    AND NOT (e.flags && $7::text[]))))
         ORDER BY c.run_at, c.id
         LIMIT least($3, coalesce((SELECT room FROM rl), $3))
         FOR UPDATE SKIP LOCKED
