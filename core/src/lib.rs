@@ -1,5 +1,6 @@
 #![doc = include_str!("../../README.md")]
 
+mod batching;
 pub mod bundle;
 pub mod clock;
 pub mod error;

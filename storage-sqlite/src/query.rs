@@ -925,8 +925,11 @@ pub(crate) fn list_attempts(conn: &Connection, job_id: JobId) -> QResult<Vec<Att
 
 /// Jobs per queue and status, by queue then status (see [`COUNTS`]).
 pub(crate) fn counts(conn: &Connection) -> QResult<Vec<QueueCount>> {
-    let mut stmt = conn.prepare_cached(COUNTS)?;
-    let mut rows = stmt.query([])?;
+    queue_counts(&mut conn.prepare_cached(COUNTS)?.query([])?)
+}
+
+/// Reads (queue, status, count) rows.
+fn queue_counts(rows: &mut rusqlite::Rows<'_>) -> QResult<Vec<QueueCount>> {
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         let status: String = row.get(1)?;
@@ -943,18 +946,7 @@ pub(crate) fn counts(conn: &Connection) -> QResult<Vec<QueueCount>> {
 /// Jobs per queue and final status that finished at or after `since` (microseconds,
 /// rounded up by the caller), by queue then status.
 pub(crate) fn finished_counts(conn: &Connection, since: i64) -> QResult<Vec<QueueCount>> {
-    let mut stmt = conn.prepare_cached(FINISHED_COUNTS)?;
-    let mut rows = stmt.query([since])?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        let status: String = row.get(1)?;
-        let count: i64 = row.get(2)?;
-        out.push(QueueCount {
-            queue: row.get(0)?,
-            status: status.parse()?,
-            count: u64::try_from(count).unwrap_or(0),
-        });
-    }
+    let mut out = queue_counts(&mut conn.prepare_cached(FINISHED_COUNTS)?.query([since])?)?;
     out.sort_by(|a, b| (&a.queue, a.status).cmp(&(&b.queue, b.status)));
     Ok(out)
 }

@@ -96,26 +96,13 @@ pub(crate) enum Finish {
 /// Outcomes that queue up while the writers are busy go out together in the next batch,
 /// so batching adds no waiting. Each job's outcome is in exactly one batch, so writes of
 /// different batches never race on one job.
-pub(crate) async fn run_completer(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Finish>) {
-    let writers = Arc::new(tokio::sync::Semaphore::new(shared.opts.completion_writers));
-    let mut tasks = tokio::task::JoinSet::new();
-    loop {
-        // Take a writer first, so outcomes accumulate into a batch while all are busy.
-        let Ok(permit) = writers.clone().acquire_owned().await else {
-            break;
-        };
-        let mut buf = Vec::with_capacity(shared.opts.completion_batch);
-        if rx.recv_many(&mut buf, shared.opts.completion_batch).await == 0 {
-            break;
-        }
+pub(crate) async fn run_completer(shared: Arc<Shared>, rx: mpsc::UnboundedReceiver<Finish>) {
+    let (writers, batch) = (shared.opts.completion_writers, shared.opts.completion_batch);
+    crate::batching::run_batches(rx, writers, batch, move |buf| {
         let shared = shared.clone();
-        tasks.spawn(async move {
-            write_batch(&shared, buf).await;
-            drop(permit);
-        });
-        while tasks.try_join_next().is_some() {}
-    }
-    while tasks.join_next().await.is_some() {}
+        async move { write_batch(&shared, buf).await }
+    })
+    .await;
 }
 
 /// Writes one batch of outcomes, then accounts for them.

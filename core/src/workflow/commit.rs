@@ -100,26 +100,12 @@ fn unanswered(why: &str) -> Error {
 /// Each item is in exactly one batch. Batches in flight together hold different
 /// checkpoints: a job saves its next checkpoint only once its previous one is durable,
 /// and the calls it runs concurrently write different keys.
-async fn run_writer(mut rx: mpsc::UnboundedReceiver<Pending>, write: Arc<WriteFn>, writers: usize) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(writers));
-    let mut tasks = tokio::task::JoinSet::new();
-    loop {
-        // Take a slot first, so items accumulate into a batch while every writer is busy.
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            break;
-        };
-        let mut buf = Vec::with_capacity(MAX_BATCH);
-        if rx.recv_many(&mut buf, MAX_BATCH).await == 0 {
-            break;
-        }
+async fn run_writer(rx: mpsc::UnboundedReceiver<Pending>, write: Arc<WriteFn>, writers: usize) {
+    crate::batching::run_batches(rx, writers, MAX_BATCH, move |buf| {
         let write = write.clone();
-        tasks.spawn(async move {
-            write_batch(&write, buf).await;
-            drop(permit);
-        });
-        while tasks.try_join_next().is_some() {}
-    }
-    while tasks.join_next().await.is_some() {}
+        async move { write_batch(&write, buf).await }
+    })
+    .await;
 }
 
 /// Writes one batch and answers each of its callers with its own item's result.
