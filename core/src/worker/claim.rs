@@ -202,6 +202,7 @@ pub(crate) async fn run_queue(
     let mut st = ClaimState {
         buffer: VecDeque::new(),
         maybe_more: true,
+        drained_at: None,
         probing: false,
         error_wait: Duration::ZERO,
         backoff: Backoff::default(),
@@ -252,6 +253,7 @@ pub(crate) async fn run_queue(
             wakes.mark_seen();
             let generation = shared.wake_generation();
             shared.idle_at[index].store(NOT_IDLE, Ordering::SeqCst);
+            st.drained_at = None;
             let want = free.min(batch);
             st.claiming += want;
             let storage = shared.queue.storage().clone();
@@ -292,6 +294,19 @@ pub(crate) async fn run_queue(
         }
         if moved {
             continue;
+        }
+        // Everything the last (short) claim took has run and no wake came since: the
+        // loop is idle as that claim found it, which is what `drain` waits for.
+        if let Some(generation) = st.drained_at {
+            if !st.maybe_more
+                && running.len() == 0
+                && st.buffer.is_empty()
+                && claims.is_empty()
+                && shared.idle_at[index].load(Ordering::SeqCst) != generation
+            {
+                shared.idle_at[index].store(generation, Ordering::SeqCst);
+                shared.progress.notify_waiters();
+            }
         }
         let backoff = st.error_wait;
         tokio::select! {
@@ -374,6 +389,11 @@ struct ClaimState {
     buffer: VecDeque<(ClaimedJob, LeaseSignal)>,
     /// False once a claim came back short: the queue looked drained until a wake-up.
     maybe_more: bool,
+    /// The wake generation of the last claim that came back short, while no claim has
+    /// been sent since: the queue looked drained then. Once what that claim took has
+    /// run, the loop is idle as of that generation without asking again (completions
+    /// wake no claim unless they can free work, see `complete::RunMeta::frees_work`).
+    drained_at: Option<u64>,
     /// True while the last claim to come back was short: until one comes back full, one
     /// claim at a time. A wake-up on an idle queue usually announces one job; claims sent
     /// side by side would race for it on the server, and the losers come back empty.
@@ -425,6 +445,9 @@ impl ClaimState {
                 // was in flight, and the work it announced may postdate the claim.
                 self.maybe_more =
                     claimed.len() == outcome.want || shared.wake_generation() != outcome.generation;
+                if !self.maybe_more {
+                    self.drained_at = Some(outcome.generation);
+                }
                 self.probing = claimed.len() < outcome.want;
                 if claimed.is_empty() {
                     if running.len() == 0 && self.buffer.is_empty() && claims.is_empty() {

@@ -1,7 +1,9 @@
 //! Core tests on the memory backend with a manual clock: validation that needs no
 //! storage, and what needs a process-wide recorder or subscriber (metrics, tracing) or
-//! is about time zones. Engine behaviour is in the conformance suite, on every backend.
+//! is about time zones, and claim counts that only a backend with synchronous wake-ups
+//! makes exact. Engine behaviour is in the conformance suite, on every backend.
 
+mod claims;
 mod enqueue;
 mod metrics;
 mod testkit;
