@@ -226,7 +226,8 @@ fn cell(v: &[f64], unit: &str) -> String {
         return "-".into();
     }
     let m = median(v);
-    if unit == "ms" {
+    // Times and ratios need their decimals: a ratio of 0.83 read "1".
+    if unit == "ms" || unit == "x" {
         format!("{m:.2}")
     } else {
         format!("{:.0}", m)

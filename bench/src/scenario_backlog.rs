@@ -295,7 +295,7 @@ async fn measure(cfg: &Config, res: &mut Results) -> Result<(), String> {
         (
             "backlog drain / shallow drain".to_string(),
             ("x", true),
-            None,
+            Some(Target::AtLeast(0.8)),
             over / flat,
         ),
         (

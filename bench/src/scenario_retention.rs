@@ -3,7 +3,7 @@
 //! the same table without the purge, in the same run.
 
 use crate::cli::Config;
-use crate::report::Results;
+use crate::report::{Results, Target};
 use crate::scenario_backlog::{concurrency, drain, record, Pg};
 use durable_jobs::{RetentionPolicy, Storage, DEFAULT_RETENTION_BATCH};
 use std::time::Instant;
@@ -93,7 +93,7 @@ async fn measure(cfg: &Config, res: &mut Results) -> Result<(), String> {
         sec,
         "drain during purge / drain alone",
         ("x", true),
-        None,
+        Some(Target::AtLeast(0.8)),
         beside / alone,
     );
     record(
