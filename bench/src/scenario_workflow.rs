@@ -5,10 +5,12 @@
 
 use crate::cli::Config;
 use crate::pgdb::FreshDb;
+use crate::profile::Profiler;
 use crate::report::{Results, Side, Target};
 use crate::stats::{rate, Countdown};
 use durable_jobs::{
-    JobContext, JobOptions, JobStatus, Queue, Storage, TaskError, Worker, WorkerOptions,
+    JobContext, JobOptions, JobStatus, Queue, Storage, StorageLayer, TaskError, Worker,
+    WorkerOptions,
 };
 use durable_jobs_postgres::{PostgresOptions, PostgresStorage};
 use std::sync::Arc;
@@ -74,7 +76,15 @@ async fn ours_on(
         PostgresStorage::connect_with(&db.url, PostgresOptions::new().max_connections(cfg.pool))
             .await
             .map_err(err("connect"))?;
-    let queue = Queue::new(Arc::new(storage));
+    // With `--profile`, every storage call of the queue and its worker is tallied.
+    let profiler = cfg.profile.then(|| Arc::new(Profiler::new()));
+    let queue = match &profiler {
+        Some(p) => {
+            let layer: Arc<dyn StorageLayer> = p.clone();
+            Queue::with_layers(Arc::new(storage), vec![layer])
+        }
+        None => Queue::new(Arc::new(storage)),
+    };
     queue.storage().migrate().await.map_err(err("migrate"))?;
     let countdown = Arc::new(Countdown::new(workflows));
     let done = countdown.clone();
@@ -114,6 +124,9 @@ async fn ours_on(
         .map_err(err("worker run"));
     let finished = waited?;
     report?;
+    if let Some(p) = &profiler {
+        p.print(&format!("{workflows} three-step workflows"));
+    }
     let completed: u64 = queue
         .storage()
         .counts()

@@ -362,6 +362,15 @@ impl Storage for InstrumentedStorage {
         .await
     }
 
+    async fn list_checkpoints_many(&self, job_ids: Vec<JobId>) -> Result<Vec<Vec<Checkpoint>>> {
+        self.observe(
+            "list_checkpoints_many",
+            Vec::len,
+            self.inner.list_checkpoints_many(job_ids),
+        )
+        .await
+    }
+
     async fn delete_checkpoints(&self, job_id: JobId) -> Result<u64> {
         self.observe(
             "delete_checkpoints",

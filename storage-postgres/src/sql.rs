@@ -654,6 +654,13 @@ const LIST_CHECKPOINTS: &str = "
 SELECT key, name, ok, err, created_at, args_hash FROM {schema}.checkpoints WHERE job_id = $1
 ORDER BY key";
 
+/// The checkpoints of several jobs, grouped by job and in key order within each (see
+/// `list_checkpoints_many`). $1 job ids.
+const LIST_CHECKPOINTS_MANY: &str = "
+SELECT job_id, key, name, ok, err, created_at, args_hash FROM {schema}.checkpoints
+WHERE job_id = ANY($1::bigint[])
+ORDER BY job_id, key";
+
 const DELETE_CHECKPOINTS: &str = "DELETE FROM {schema}.checkpoints WHERE job_id = $1";
 
 const NOW: &str = "SELECT {now}";
@@ -758,6 +765,7 @@ pub(crate) struct Sql {
     pub checkpoint: Arc<str>,
     pub lock_lease: Arc<str>,
     pub list_checkpoints: Arc<str>,
+    pub list_checkpoints_many: Arc<str>,
     pub delete_checkpoints: Arc<str>,
     pub now: Arc<str>,
     pub get_job: Arc<str>,
@@ -886,6 +894,7 @@ impl Sql {
             checkpoint: r(CHECKPOINT),
             lock_lease: r(LOCK_LEASE),
             list_checkpoints: r(LIST_CHECKPOINTS),
+            list_checkpoints_many: r(LIST_CHECKPOINTS_MANY),
             delete_checkpoints: r(DELETE_CHECKPOINTS),
             now: r(NOW),
             get_job: r(GET_JOB),

@@ -439,6 +439,23 @@ fn attempt_from_row(row: &PgRow) -> Result<AttemptRecord> {
     })
 }
 
+/// A checkpoint from a row whose columns from `first` on are key, name, ok, err,
+/// created_at and args_hash.
+fn checkpoint_from_row(row: &sqlx::postgres::PgRow, first: usize) -> Result<Checkpoint> {
+    let ok: Option<Value> = row.try_get(first + 2).map_err(db)?;
+    let err: Option<String> = row.try_get(first + 3).map_err(db)?;
+    Ok(Checkpoint {
+        key: row.try_get(first).map_err(db)?,
+        name: row.try_get(first + 1).map_err(db)?,
+        outcome: match err {
+            Some(e) => CheckpointOutcome::Err(e),
+            None => CheckpointOutcome::Ok(ok.unwrap_or(Value::Null)),
+        },
+        created_at: row.try_get(first + 4).map_err(db)?,
+        args_hash: row.try_get(first + 5).map_err(db)?,
+    })
+}
+
 #[async_trait]
 impl Storage for PostgresStorage {
     fn name(&self) -> &'static str {
@@ -794,22 +811,32 @@ impl Storage for PostgresStorage {
             .fetch_all_on(self.db())
             .await
             .map_err(db)?;
-        rows.iter()
-            .map(|row| {
-                let ok: Option<Value> = row.try_get(2).map_err(db)?;
-                let err: Option<String> = row.try_get(3).map_err(db)?;
-                Ok(Checkpoint {
-                    key: row.try_get(0).map_err(db)?,
-                    name: row.try_get(1).map_err(db)?,
-                    outcome: match err {
-                        Some(e) => CheckpointOutcome::Err(e),
-                        None => CheckpointOutcome::Ok(ok.unwrap_or(Value::Null)),
-                    },
-                    created_at: row.try_get(4).map_err(db)?,
-                    args_hash: row.try_get(5).map_err(db)?,
-                })
-            })
-            .collect()
+        rows.iter().map(|row| checkpoint_from_row(row, 0)).collect()
+    }
+
+    async fn list_checkpoints_many(&self, job_ids: Vec<JobId>) -> Result<Vec<Vec<Checkpoint>>> {
+        if job_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(AssertSqlSafe(self.sql().list_checkpoints_many.clone()))
+            .bind(&job_ids)
+            .fetch_all_on(self.db())
+            .await
+            .map_err(db)?;
+        let mut by_job: std::collections::HashMap<JobId, Vec<Checkpoint>> =
+            std::collections::HashMap::with_capacity(job_ids.len());
+        for row in &rows {
+            let job_id: JobId = row.try_get(0).map_err(db)?;
+            by_job
+                .entry(job_id)
+                .or_default()
+                .push(checkpoint_from_row(row, 1)?);
+        }
+        // In the ids' order; an id asked for twice gets its list twice.
+        Ok(job_ids
+            .iter()
+            .map(|id| by_job.get(id).cloned().unwrap_or_default())
+            .collect())
     }
 
     async fn delete_checkpoints(&self, job_id: JobId) -> Result<u64> {

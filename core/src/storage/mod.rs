@@ -263,6 +263,19 @@ pub trait Storage: Send + Sync + 'static {
     /// All checkpoints of a job, in key order.
     async fn list_checkpoints(&self, job_id: JobId) -> Result<Vec<Checkpoint>>;
 
+    /// The checkpoints of several jobs: one list per id, in `job_ids`' order, each what
+    /// [`Storage::list_checkpoints`] returns for that id (empty for a job without any or
+    /// unknown). A worker loads the checkpoints of the jobs whose first durable calls
+    /// arrive together with one call. The default asks for each id in turn; a backend
+    /// overrides it to answer with one round trip.
+    async fn list_checkpoints_many(&self, job_ids: Vec<JobId>) -> Result<Vec<Vec<Checkpoint>>> {
+        let mut out = Vec::with_capacity(job_ids.len());
+        for id in job_ids {
+            out.push(self.list_checkpoints(id).await?);
+        }
+        Ok(out)
+    }
+
     /// Deletes a job's checkpoints; returns how many.
     async fn delete_checkpoints(&self, job_id: JobId) -> Result<u64>;
 

@@ -445,7 +445,8 @@ pub async fn release_does_not_spend_an_attempt<H: ConformanceHarness>(h: &H) {
     assert_lease_lost(s.complete(&c.lease, json!(1)).await);
 }
 
-/// Checkpoints are stored per job, replaced by key, listed in key order and deleted.
+/// Checkpoints are stored per job, replaced by key, listed in key order (one job's, or
+/// several jobs' at once in the order asked, an unknown job's empty) and deleted.
 pub async fn checkpoints_roundtrip<H: ConformanceHarness>(h: &H) {
     let s = h.storage();
     let id = enqueue(&s, job(json!("x"))).await;
@@ -513,6 +514,20 @@ pub async fn checkpoints_roundtrip<H: ConformanceHarness>(h: &H) {
             cp("1", "b", CheckpointOutcome::Err("nope".into())),
             cp("1/0", "c", CheckpointOutcome::Ok(json!({"k": [1, 2]}))),
         ]
+    );
+    let unknown = id.max(other) + 1000;
+    let many = s
+        .list_checkpoints_many(vec![other, id, unknown, id])
+        .await
+        .expect("checkpoints of several jobs");
+    let own = s.list_checkpoints(id).await.expect("checkpoints");
+    let others = s.list_checkpoints(other).await.expect("checkpoints");
+    assert_eq!(many, vec![others, own.clone(), Vec::new(), own]);
+    assert_eq!(
+        s.list_checkpoints_many(Vec::new())
+            .await
+            .expect("no jobs asked"),
+        Vec::<Vec<Checkpoint>>::new()
     );
     assert_eq!(s.delete_checkpoints(id).await.expect("delete"), 3);
     assert!(s

@@ -13,10 +13,16 @@
 //! writer sends them at once, which pays where that round trip is long and the server
 //! has CPU to spare.
 //!
+//! Loading goes the same way: the first durable call of each job reads the job's stored
+//! checkpoints, and the reads of jobs that start together go out as one
+//! [`Storage::list_checkpoints_many`] call instead of one round trip per job (which was
+//! the most frequent statement of a three-step workflow).
+//!
 //! [`WorkerOptions::checkpoint_writers`]: crate::WorkerOptions::checkpoint_writers
+//! [`Storage::list_checkpoints_many`]: crate::Storage::list_checkpoints_many
 
 use crate::error::{Error, Result, StorageError, StorageErrorKind};
-use crate::job::{Checkpoint, Lease};
+use crate::job::{Checkpoint, JobId, Lease};
 use crate::storage::{CheckpointWrite, DynStorage};
 use std::future::Future;
 use std::pin::Pin;
@@ -33,37 +39,80 @@ type Written = Result<Vec<Result<()>>>;
 type WriteFn =
     dyn Fn(Vec<CheckpointWrite>) -> Pin<Box<dyn Future<Output = Written> + Send>> + Send + Sync;
 
+/// The most jobs whose checkpoints one load reads.
+const MAX_LOAD_BATCH: usize = 1000;
+
+/// Loads in flight at once. Reads wait for no flush; two let the jobs that start while
+/// one load is out go at once, without a knob.
+const LOADERS: usize = 2;
+
+/// What one batch load returns: one list per job, in order.
+type Loaded = Result<Vec<Vec<Checkpoint>>>;
+
+/// Reads one batch (in production, [`Storage::list_checkpoints_many`]).
+type LoadFn = dyn Fn(Vec<JobId>) -> Pin<Box<dyn Future<Output = Loaded> + Send>> + Send + Sync;
+
 /// One checkpoint waiting for the writer, with the caller to answer.
 struct Pending {
     item: CheckpointWrite,
     done: oneshot::Sender<Result<()>>,
 }
 
-/// A handle on one worker run's checkpoint writer. Cheap to clone; the writer task ends
-/// once every handle is gone.
+/// One job whose checkpoints are wanted, with the caller to answer.
+struct PendingLoad {
+    job_id: JobId,
+    done: oneshot::Sender<Result<Vec<Checkpoint>>>,
+}
+
+/// A handle on one worker run's checkpoint writer and loader. Cheap to clone; their
+/// tasks end once every handle is gone.
 #[derive(Clone)]
 pub(crate) struct CheckpointCommitter {
     tx: mpsc::UnboundedSender<Pending>,
+    loads: mpsc::UnboundedSender<PendingLoad>,
 }
 
 impl CheckpointCommitter {
     /// Starts a writer over `storage` (on the current tokio runtime) with up to `writers`
-    /// writes in flight (at least one).
+    /// writes in flight (at least one), and a loader.
     pub(crate) fn start(storage: DynStorage, writers: usize) -> Self {
-        Self::with_writer(
+        let reader = storage.clone();
+        Self::with_fns(
             Arc::new(move |items| {
                 let s = storage.clone();
                 Box::pin(async move { s.checkpoint_many(items).await })
+            }),
+            Arc::new(move |ids| {
+                let s = reader.clone();
+                Box::pin(async move { s.list_checkpoints_many(ids).await })
             }),
             writers,
         )
     }
 
-    /// Starts a writer that stores batches with `write`, up to `writers` at once.
-    fn with_writer(write: Arc<WriteFn>, writers: usize) -> Self {
+    /// Starts a writer that stores batches with `write`, up to `writers` at once, and a
+    /// loader that reads batches with `load`.
+    fn with_fns(write: Arc<WriteFn>, load: Arc<LoadFn>, writers: usize) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run_writer(rx, write, writers.max(1)));
-        CheckpointCommitter { tx }
+        let (loads, load_rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_loader(load_rx, load));
+        CheckpointCommitter { tx, loads }
+    }
+
+    /// The job's stored checkpoints, in key order, read together with those of the other
+    /// jobs waiting for theirs.
+    ///
+    /// # Errors
+    /// The storage's error when the batch's read failed.
+    pub(crate) async fn load(&self, job_id: JobId) -> Result<Vec<Checkpoint>> {
+        let (done, answer) = oneshot::channel();
+        if self.loads.send(PendingLoad { job_id, done }).is_err() {
+            return Err(unanswered("the checkpoint loader is gone"));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(unanswered("the checkpoint load ended without an answer")))
     }
 
     /// Stores `checkpoint` for the job `lease` holds, fenced by that lease, together with
@@ -106,6 +155,54 @@ async fn run_writer(rx: mpsc::UnboundedReceiver<Pending>, write: Arc<WriteFn>, w
         async move { write_batch(&write, buf).await }
     })
     .await;
+}
+
+/// The loader: as the writer, with [`LOADERS`] reads in flight.
+async fn run_loader(rx: mpsc::UnboundedReceiver<PendingLoad>, load: Arc<LoadFn>) {
+    crate::batching::run_batches(rx, LOADERS, MAX_LOAD_BATCH, move |buf| {
+        let load = load.clone();
+        async move { load_batch(&load, buf).await }
+    })
+    .await;
+}
+
+/// Reads one batch and answers each caller with its own job's checkpoints.
+async fn load_batch(load: &Arc<LoadFn>, buf: Vec<PendingLoad>) {
+    let (ids, waiters): (Vec<_>, Vec<_>) = buf.into_iter().map(|p| (p.job_id, p.done)).unzip();
+    let n = ids.len();
+    // A task of its own, as for writes: a panic fails this batch only.
+    let loaded = match tokio::spawn(load(ids)).await {
+        Ok(l) => l,
+        Err(e) => Err(unanswered(&format!("the checkpoint load panicked: {e}"))),
+    };
+    match loaded {
+        Ok(lists) if lists.len() == n => {
+            for (done, list) in waiters.into_iter().zip(lists) {
+                let _ = done.send(Ok(list));
+            }
+        }
+        Ok(lists) => {
+            let e = format!(
+                "list_checkpoints_many returned {} lists for {n} jobs",
+                lists.len()
+            );
+            for done in waiters {
+                let _ = done.send(Err(unanswered(&e)));
+            }
+        }
+        Err(e) => {
+            let kind = e.storage_kind().unwrap_or(StorageErrorKind::Other);
+            let message = e.to_string();
+            let mut first = Some(e);
+            for done in waiters {
+                let err = match first.take() {
+                    Some(e) => e,
+                    None => Error::Storage(StorageError::new(kind, message.clone())),
+                };
+                let _ = done.send(Err(err));
+            }
+        }
+    }
 }
 
 /// Writes one batch and answers each of its callers with its own item's result.
@@ -160,6 +257,70 @@ mod tests {
     use crate::job::CheckpointOutcome;
     use std::sync::Mutex;
     use tokio::sync::Notify;
+
+    /// A committer over `write` whose loads find nothing stored.
+    fn with_writer(write: Arc<WriteFn>, writers: usize) -> CheckpointCommitter {
+        CheckpointCommitter::with_fns(
+            write,
+            Arc::new(|ids: Vec<JobId>| Box::pin(async move { Ok(vec![Vec::new(); ids.len()]) })),
+            writers,
+        )
+    }
+
+    /// Jobs whose loads arrive while two loads are out are read together by the next
+    /// one, and each caller gets its own job's checkpoints.
+    #[tokio::test]
+    async fn waiting_loads_share_the_next_read() {
+        let entered = Arc::new(Notify::new());
+        // Permits, not a Notify: a release may come before the held load waits for it.
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let batches: Arc<Mutex<Vec<Vec<JobId>>>> = Arc::default();
+        let (e, r, b) = (entered.clone(), release.clone(), batches.clone());
+        let load: Arc<LoadFn> = Arc::new(move |ids: Vec<JobId>| {
+            let (e, r, b) = (e.clone(), r.clone(), b.clone());
+            Box::pin(async move {
+                let held = {
+                    let mut b = b.lock().expect("batches");
+                    b.push(ids.clone());
+                    b.len() <= LOADERS
+                };
+                if held {
+                    e.notify_one();
+                    r.acquire().await.expect("never closed").forget();
+                }
+                Ok(ids.iter().map(|id| vec![cp(&format!("of{id}"))]).collect())
+            })
+        });
+        let write: Arc<WriteFn> = Arc::new(|items: Vec<CheckpointWrite>| {
+            Box::pin(async move { Ok(items.iter().map(|_| Ok(())).collect()) })
+        });
+        let c = CheckpointCommitter::with_fns(write, load, 1);
+        let mut held = Vec::new();
+        for id in 1..=LOADERS as JobId {
+            let c = c.clone();
+            held.push(tokio::spawn(async move { c.load(id).await }));
+            entered.notified().await;
+        }
+        // Every loader is busy: these three queue up behind them. One poll each sends
+        // the request (the send happens before the first wait).
+        let mut queued: Vec<_> = (10..13).map(|id| Box::pin(c.load(id))).collect();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        for f in &mut queued {
+            assert!(f.as_mut().poll(&mut cx).is_pending());
+        }
+        release.add_permits(LOADERS);
+        for (i, h) in held.into_iter().enumerate() {
+            let got = h.await.expect("join").expect("load");
+            assert_eq!(got[0].key, format!("of{}", i + 1));
+        }
+        for (id, q) in (10..13).zip(queued) {
+            let got = q.await.expect("load");
+            assert_eq!(got[0].key, format!("of{id}"));
+        }
+        let b = batches.lock().expect("batches").clone();
+        assert_eq!(b.len(), LOADERS + 1, "batches: {b:?}");
+        assert_eq!(b[LOADERS], vec![10, 11, 12]);
+    }
 
     fn lease(job_id: i64) -> Lease {
         Lease {
@@ -224,7 +385,7 @@ mod tests {
     #[tokio::test]
     async fn waiting_items_share_the_next_write() {
         let (gate, write) = gated();
-        let c = CheckpointCommitter::with_writer(write, 1);
+        let c = with_writer(write, 1);
         let first = tokio::spawn({
             let c = c.clone();
             async move { c.save(&lease(1), cp("a")).await }
@@ -266,7 +427,7 @@ mod tests {
     #[tokio::test]
     async fn a_second_writer_sends_what_arrives_during_a_write() {
         let (gate, write) = gated();
-        let c = CheckpointCommitter::with_writer(write, 2);
+        let c = with_writer(write, 2);
         let first = tokio::spawn({
             let c = c.clone();
             async move { c.save(&lease(1), cp("a")).await }
@@ -299,7 +460,7 @@ mod tests {
                 }
             })
         });
-        let c = CheckpointCommitter::with_writer(write, 1);
+        let c = with_writer(write, 1);
         let l = lease(1);
         let e = c.save(&l, cp("a")).await.unwrap_err();
         assert_eq!(e.storage_kind(), Some(StorageErrorKind::Unavailable));

@@ -332,12 +332,7 @@ impl JobContext {
         self.shared
             .checkpoints
             .get_or_try_init(|| async {
-                let list = self
-                    .shared
-                    .queue
-                    .storage()
-                    .list_checkpoints(self.shared.job.id)
-                    .await?;
+                let list = self.shared.committer.load(self.shared.job.id).await?;
                 Ok(Mutex::new(
                     list.into_iter().map(|c| (c.key.clone(), c)).collect(),
                 ))
