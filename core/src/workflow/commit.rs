@@ -169,74 +169,50 @@ async fn run_loader(rx: mpsc::UnboundedReceiver<PendingLoad>, load: Arc<LoadFn>)
 /// Reads one batch and answers each caller with its own job's checkpoints.
 async fn load_batch(load: &Arc<LoadFn>, buf: Vec<PendingLoad>) {
     let (ids, waiters): (Vec<_>, Vec<_>) = buf.into_iter().map(|p| (p.job_id, p.done)).unzip();
-    let n = ids.len();
     // A task of its own, as for writes: a panic fails this batch only.
     let loaded = match tokio::spawn(load(ids)).await {
-        Ok(l) => l,
+        Ok(l) => l.map(|lists| lists.into_iter().map(Ok).collect()),
         Err(e) => Err(unanswered(&format!("the checkpoint load panicked: {e}"))),
     };
-    match loaded {
-        Ok(lists) if lists.len() == n => {
-            for (done, list) in waiters.into_iter().zip(lists) {
-                let _ = done.send(Ok(list));
-            }
-        }
-        Ok(lists) => {
-            let e = format!(
-                "list_checkpoints_many returned {} lists for {n} jobs",
-                lists.len()
-            );
-            for done in waiters {
-                let _ = done.send(Err(unanswered(&e)));
-            }
-        }
-        Err(e) => {
-            let kind = e.storage_kind().unwrap_or(StorageErrorKind::Other);
-            let message = e.to_string();
-            let mut first = Some(e);
-            for done in waiters {
-                let err = match first.take() {
-                    Some(e) => e,
-                    None => Error::Storage(StorageError::new(kind, message.clone())),
-                };
-                let _ = done.send(Err(err));
-            }
-        }
-    }
+    answer(waiters, loaded, "list_checkpoints_many");
 }
 
 /// Writes one batch and answers each of its callers with its own item's result.
 async fn write_batch(write: &Arc<WriteFn>, buf: Vec<Pending>) {
     let (items, waiters): (Vec<_>, Vec<_>) = buf.into_iter().map(|p| (p.item, p.done)).unzip();
-    let n = items.len();
     // A task of its own, so a panic inside the storage fails this batch only and the
     // writer lives on for the next.
     let written = match tokio::spawn(write(items)).await {
         Ok(w) => w,
         Err(e) => Err(unanswered(&format!("the checkpoint write panicked: {e}"))),
     };
-    match written {
-        Ok(results) if results.len() == n => {
-            for (done, r) in waiters.into_iter().zip(results) {
+    answer(waiters, written, "checkpoint_many");
+}
+
+/// Answers a batch's callers, each with its own answer when the batch `call` gave one per
+/// caller, else every one with the failure.
+fn answer<T>(
+    waiters: Vec<oneshot::Sender<Result<T>>>,
+    answers: Result<Vec<Result<T>>>,
+    call: &str,
+) {
+    let n = waiters.len();
+    match answers {
+        Ok(answers) if answers.len() == n => {
+            for (done, a) in waiters.into_iter().zip(answers) {
                 // A caller that stopped waiting (its handler was aborted) needs no answer.
-                let _ = done.send(r);
+                let _ = done.send(a);
             }
         }
-        Ok(results) => {
-            let e = format!(
-                "checkpoint_many returned {} results for {n} items",
-                results.len()
-            );
+        Ok(answers) => {
+            let e = format!("{call} returned {} answers for {n} items", answers.len());
             for done in waiters {
-                let _ = done.send(Err(Error::Storage(StorageError::new(
-                    StorageErrorKind::Other,
-                    e.clone(),
-                ))));
+                let _ = done.send(Err(unanswered(&e)));
             }
         }
         Err(e) => {
-            // Every item of the batch gets the failure, with its kind (a transient error
-            // stays transient) and message.
+            // Every caller gets the failure, with its kind (a transient error stays
+            // transient) and message.
             let kind = e.storage_kind().unwrap_or(StorageErrorKind::Other);
             let message = e.to_string();
             let mut first = Some(e);
