@@ -583,6 +583,18 @@ impl Storage for SqliteStorage {
         self.read(move |c| query::checkpoints(c, job_id)).await
     }
 
+    async fn list_checkpoints_many(&self, job_ids: Vec<JobId>) -> Result<Vec<Vec<Checkpoint>>> {
+        // One hop to a reader (or the writer's thread) for the whole batch instead of
+        // one per job; each job's list is one statement, as `list_checkpoints` reads it.
+        self.read(move |c| {
+            job_ids
+                .iter()
+                .map(|&id| query::checkpoints(c, id))
+                .collect()
+        })
+        .await
+    }
+
     async fn delete_checkpoints(&self, job_id: JobId) -> Result<u64> {
         self.write(move |c| query::delete_checkpoints(c, job_id))
             .await
