@@ -296,7 +296,10 @@ pub(crate) async fn run_queue(
             continue;
         }
         // Everything the last (short) claim took has run and no wake came since: the
-        // loop is idle as that claim found it, which is what `drain` waits for.
+        // loop is idle as that claim found it. A `drain` asks once more instead: a
+        // handler may have enqueued through a connection of its own (SQL in a
+        // transactional step), whose notification may still be on its way, and the
+        // drain must not end before that job ran. That claim, found empty, marks it idle.
         if let Some(generation) = st.drained_at {
             if !st.maybe_more
                 && running.len() == 0
@@ -304,6 +307,11 @@ pub(crate) async fn run_queue(
                 && claims.is_empty()
                 && shared.idle_at[index].load(Ordering::SeqCst) != generation
             {
+                if shared.draining.load(Ordering::SeqCst) {
+                    st.drained_at = None;
+                    st.maybe_more = true;
+                    continue;
+                }
                 shared.idle_at[index].store(generation, Ordering::SeqCst);
                 shared.progress.notify_waiters();
             }

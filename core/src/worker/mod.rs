@@ -194,6 +194,7 @@ impl Worker {
             scheduler::pass(&shared).await;
         }
         retention::pass(&shared).await;
+        shared.draining.store(true, Ordering::SeqCst);
         let handles = self.spawn_tasks(&shared);
         let mut shutdown = self.shutdown.subscribe();
         loop {

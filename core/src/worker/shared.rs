@@ -10,7 +10,7 @@ use crate::metric::MetricsCache;
 use crate::queue::Queue;
 use crate::storage::Storage;
 use crate::workflow::CheckpointCommitter;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{watch, Notify};
 
@@ -25,6 +25,9 @@ pub(crate) struct Shared {
     pub(crate) tasks: Vec<String>,
     /// True once the run is stopping; handlers see it as cancellation.
     pub(crate) stopping: watch::Sender<bool>,
+    /// True for a `drain`: a queue loop confirms it is idle with one more claim once
+    /// its work has run (see `claim::ClaimState::drained_at`).
+    pub(crate) draining: AtomicBool,
     /// True once the run's last outcome is written (the completer ended): leases are
     /// renewed until then, through the shutdown grace and past it for a blocking
     /// handler's thread.
@@ -184,6 +187,7 @@ impl Shared {
             queue_wake,
             leases: Mutex::new(IdMap::default()),
             in_flight: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
             idle_at: (0..loops).map(|_| AtomicU64::new(NOT_IDLE)).collect(),
             progress: Notify::new(),
             counters: Counters::default(),
