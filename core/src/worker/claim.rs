@@ -44,6 +44,10 @@ struct Running {
     /// The metric handles of the last job started: a loop's jobs mostly share a queue
     /// and task, and a match here skips the shared cache's lock and lookup.
     last_metrics: Option<Arc<JobMetrics>>,
+    /// Handlers that ended so far, in place or as tasks: a claim that found nothing says
+    /// the loop is idle only if none ended while it was out (one that did may have
+    /// enqueued a job the claim's snapshot missed).
+    ended: u64,
 }
 
 /// A first poll longer than this counts as slow.
@@ -102,12 +106,14 @@ impl Running {
                 // which storage then need not copy when it writes the outcome.
                 Ok(Poll::Ready(outcome)) => {
                     drop(fut);
+                    self.ended += 1;
                     let ran = meta.started.elapsed();
                     self.sizer.handler_ran(ran);
                     return settle(shared, meta, ran, Ended::Returned(outcome), out);
                 }
                 Err(panic) => {
                     drop(fut);
+                    self.ended += 1;
                     let ran = meta.started.elapsed();
                     self.sizer.handler_ran(ran);
                     let ended = Ended::Panicked(panic_message(panic));
@@ -136,6 +142,7 @@ impl Running {
         let Some(meta) = self.meta.remove(&id) else {
             return;
         };
+        self.ended += 1;
         let ran = meta.started.elapsed();
         self.sizer.handler_ran(ran);
         // Aborted at shutdown while a blocking thread still runs: release the job (and
@@ -196,6 +203,7 @@ pub(crate) async fn run_queue(
         inline: true,
         slow_starts: 0,
         last_metrics: None,
+        ended: 0,
     };
     let mut wakes = shared.wakes();
     let mut stop = shared.stopping.subscribe();
@@ -259,12 +267,14 @@ pub(crate) async fn run_queue(
             let storage = shared.queue.storage().clone();
             let p = params(want);
             let clock = shared.opts.clock.clone();
+            let ended = running.ended;
             claims.spawn(async move {
                 let sent_at = clock.now();
                 let sent = Instant::now();
                 let result = storage.dequeue(p).await;
                 ClaimOutcome {
                     generation,
+                    ended,
                     want,
                     sent_at,
                     took: sent.elapsed(),
@@ -382,6 +392,8 @@ async fn shut_down(
 struct ClaimOutcome {
     /// The wake generation seen just before the claim.
     generation: u64,
+    /// How many handlers had ended when it was sent (see `Running::ended`).
+    ended: u64,
     /// How many jobs it asked for.
     want: usize,
     /// When it was sent, on the worker's clock: the leases it took last from then.
@@ -458,7 +470,11 @@ impl ClaimState {
                 }
                 self.probing = claimed.len() < outcome.want;
                 if claimed.is_empty() {
-                    if running.len() == 0 && self.buffer.is_empty() && claims.is_empty() {
+                    if running.len() == 0
+                        && self.buffer.is_empty()
+                        && claims.is_empty()
+                        && outcome.ended == running.ended
+                    {
                         shared.idle_at[index].store(outcome.generation, Ordering::SeqCst);
                         shared.progress.notify_waiters();
                     }
