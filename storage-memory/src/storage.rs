@@ -823,16 +823,7 @@ impl Storage for MemoryStorage {
                     .or_default()
                     .insert(job.id);
             }
-            let lease = Lease {
-                job_id: job.id,
-                attempt: job.attempt,
-                token,
-                expires_at,
-            };
-            out.push(ClaimedJob {
-                lease,
-                job: Arc::clone(slot),
-            });
+            out.push(ClaimedJob::new(Arc::clone(slot), token, expires_at));
         }
         if !running.is_empty() {
             st.running.insert(expires_at, running);

@@ -907,6 +907,35 @@ impl Sql {
     }
 }
 
+#[cfg(test)]
+mod hidden_argument_tests {
+    /// Every use of the arguments that steer the claim's plan goes through its sub-select
+    /// (a bare one would let the custom plans' estimates differ again), and the plain
+    /// text replacement met no `$1` that was the start of `$10` and up.
+    #[test]
+    fn the_claim_reads_its_steering_arguments_only_through_sub_selects() {
+        let claim = super::claim_template();
+        for (arg, hidden) in [
+            ("$1", "(SELECT $1::text)"),
+            ("$2", "(SELECT $2::text[])"),
+            ("$3", "(SELECT $3::bigint)"),
+            ("$7", "(SELECT $7::text[])"),
+        ] {
+            assert!(claim.contains(hidden), "{arg} is used");
+            assert_eq!(
+                claim.matches(arg).count(),
+                claim.matches(hidden).count(),
+                "every {arg} is hidden"
+            );
+        }
+        let digits = claim
+            .as_bytes()
+            .windows(3)
+            .any(|w| w[0] == b'$' && w[1].is_ascii_digit() && w[2].is_ascii_digit());
+        assert!(!digits, "the claim has no argument past $9");
+    }
+}
+
 #[cfg(all(test, feature = "testing"))]
 mod plan_tests {
     use super::{

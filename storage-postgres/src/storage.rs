@@ -573,15 +573,7 @@ impl Storage for PostgresStorage {
                     format!("claimed job {} came back without a lease", job.id),
                 )
             })?;
-            out.push(ClaimedJob {
-                lease: Lease {
-                    job_id: job.id,
-                    attempt: job.attempt,
-                    token,
-                    expires_at,
-                },
-                job: job.into(),
-            });
+            out.push(ClaimedJob::new(job, token, expires_at));
         }
         // UPDATE ... RETURNING has no order; hand jobs out in claim order.
         out.sort_by(|a, b| {

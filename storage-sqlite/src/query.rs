@@ -479,15 +479,7 @@ fn claim(
                 match job_from_row(row)
                     .and_then(|job| as_claimed(job, &p.holder, token, expires_at, started))
                 {
-                    Ok(job) => out.push(ClaimedJob {
-                        lease: Lease {
-                            job_id: job.id,
-                            attempt: job.attempt,
-                            token,
-                            expires_at,
-                        },
-                        job: job.into(),
-                    }),
+                    Ok(job) => out.push(ClaimedJob::new(job, token, expires_at)),
                     Err(e) => {
                         let e = Error::from(e);
                         if e.storage_kind() != Some(StorageErrorKind::Corrupt) {

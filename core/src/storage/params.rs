@@ -37,6 +37,23 @@ pub struct ClaimedJob {
     pub lease: Lease,
 }
 
+impl ClaimedJob {
+    /// A claimed `job` (as it is after the claim) with its lease: the job's id and
+    /// attempt, the claim's fencing `token` and when the lease runs out.
+    pub fn new(job: impl Into<Arc<Job>>, token: i64, expires_at: DateTime<Utc>) -> Self {
+        let job = job.into();
+        ClaimedJob {
+            lease: Lease {
+                job_id: job.id,
+                attempt: job.attempt,
+                token,
+                expires_at,
+            },
+            job,
+        }
+    }
+}
+
 /// One completion in a [`super::Storage::complete_many`] batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
