@@ -46,7 +46,8 @@ struct State {
     /// Running jobs woken while running: their next suspend is due at once.
     wake_requested: IdSet,
     /// Unconsumed signals per job and name, oldest first.
-    signals: HashMap<(JobId, String), VecDeque<Value>>,
+    /// Ordered by job first, so removing a job drops its signals with one range walk.
+    signals: BTreeMap<(JobId, String), VecDeque<Value>>,
     /// The running jobs of each serial key.
     serial_running: HashMap<String, IdSet>,
     /// How many jobs of a serial key may run at once, where not 1.
@@ -58,6 +59,12 @@ struct State {
     workers: BTreeMap<String, WorkerRecord>,
     /// Ended attempts per job, oldest first.
     attempts: IdMap<Attempts>,
+    /// Finished jobs by finish time, one set per final status (see [`final_slot`]), so
+    /// a retention batch walks only jobs old enough to go, oldest first, as PostgreSQL
+    /// and SQLite walk their index on the finish time. Kept in step wherever a job
+    /// finishes, leaves its final status or is removed; a read still checks each entry
+    /// against its job and drops one that no longer matches.
+    by_finish: [BTreeSet<(DateTime<Utc>, JobId)>; 3],
     /// Bumped by every final write, for `Queue::wait_for` (see `Storage::finishes`).
     finished: Option<Arc<watch::Sender<u64>>>,
 }
@@ -182,11 +189,13 @@ impl MemoryStorage {
             st.unready(&job);
         }
         st.end_lease(id);
+        st.unindex_finished(&job);
         if let Some(j) = st.jobs.get_mut(&id).map(Arc::make_mut) {
             j.status = status;
             j.completed_at = Some(now);
             j.updated_at = now;
         }
+        st.index_finished(status, now, id);
         true
     }
 
@@ -435,6 +444,7 @@ impl State {
         }
         self.end_lease(id);
         if let Some(job) = self.jobs.get_mut(&id).map(Arc::make_mut) {
+            let before = (job.status, job.completed_at);
             job.status = status;
             job.completed_at = Some(now);
             job.updated_at = now;
@@ -443,6 +453,26 @@ impl State {
                     self.dedupe.remove(key);
                 }
             }
+            if let (old, Some(at)) = before {
+                unlist_finished(&mut self.by_finish, old, at, id);
+            }
+            if let Some(slot) = final_slot(status) {
+                self.by_finish[slot].insert((now, id));
+            }
+        }
+    }
+
+    /// Lists a job that just finished with `status` at `at` for retention.
+    fn index_finished(&mut self, status: JobStatus, at: DateTime<Utc>, id: JobId) {
+        if let Some(slot) = final_slot(status) {
+            self.by_finish[slot].insert((at, id));
+        }
+    }
+
+    /// Takes `job` (as stored before a change) off the retention lists, if it is on one.
+    fn unindex_finished(&mut self, job: &Job) {
+        if let Some(at) = job.completed_at {
+            unlist_finished(&mut self.by_finish, job.status, at, job.id);
         }
     }
 
@@ -457,6 +487,10 @@ impl State {
         self.end_lease(id);
         if let Some(slot) = self.jobs.get_mut(&id) {
             let job = Arc::make_mut(slot);
+            if let Some(at) = job.completed_at {
+                // A finished job retried by hand leaves the retention lists.
+                unlist_finished(&mut self.by_finish, job.status, at, id);
+            }
             job.status = status;
             job.run_at = run_at;
             job.updated_at = now;
@@ -478,11 +512,20 @@ impl State {
                 self.dedupe.remove(key);
             }
         }
+        self.unindex_finished(job);
         self.jobs.remove(&job_id);
         self.children.remove(&job_id);
         self.checkpoints.remove(&job_id);
         self.attempts.remove(&job_id);
-        self.signals.retain(|(id, _), _| *id != job_id);
+        let names: Vec<(JobId, String)> = self
+            .signals
+            .range((job_id, String::new())..)
+            .take_while(|((id, _), _)| *id == job_id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in names {
+            self.signals.remove(&k);
+        }
         if let Some(parent) = self.parents.remove(&job_id) {
             if let Some(kids) = self.children.get_mut(&parent) {
                 kids.retain(|k| *k != job_id);
@@ -491,33 +534,56 @@ impl State {
     }
 
     /// One retention batch (see [`Storage::purge_retained`]). The state's mutex is the
-    /// lock: one batch runs at a time, so it is never busy. Memory keeps no index on the
-    /// finish time: the batch scans the finished jobs (a test backend's sizes), and still
-    /// deletes at most `limit` trees, oldest finish first.
+    /// lock: one batch runs at a time, so it is never busy. The batch walks the
+    /// finish-time lists of the statuses it purges together, oldest finish first, and
+    /// deletes at most `limit` trees: a root whose tree is all finished goes with its
+    /// descendants; a child is skipped (its root decides), as is a root with unfinished
+    /// descendants.
     fn purge_retained(&mut self, batch: RetentionBatch) -> RetentionPurged {
-        let cut = |status: JobStatus| match status {
-            JobStatus::Completed => batch.completed_before,
-            JobStatus::Failed => batch.failed_before,
-            JobStatus::Cancelled => batch.cancelled_before,
-            _ => None,
-        };
-        let mut due: Vec<(DateTime<Utc>, JobId)> = self
-            .jobs
-            .values()
-            .filter(|j| {
-                let root = j.parent_id.is_none_or(|p| !self.jobs.contains_key(&p));
-                let before = cut(j.status);
-                root && matches!((j.completed_at, before), (Some(t), Some(b)) if t < b)
-            })
-            .filter_map(|j| j.completed_at.map(|t| (t, j.id)))
-            .collect();
-        due.sort_unstable();
+        let cuts = [
+            batch.completed_before,
+            batch.failed_before,
+            batch.cancelled_before,
+        ];
+        // Per list, the last entry visited: the walk goes on after it.
+        let mut after: [Option<(DateTime<Utc>, JobId)>; 3] = [None; 3];
+        let mut stale = Vec::new();
         let mut out = RetentionPurged::default();
-        for (_, root) in due {
-            if out.roots as usize >= batch.limit {
-                break;
+        while (out.roots as usize) < batch.limit {
+            let mut next: Option<(usize, (DateTime<Utc>, JobId))> = None;
+            for (slot, cut) in cuts.iter().enumerate() {
+                let Some(cut) = *cut else {
+                    continue;
+                };
+                let lower = after[slot].map_or(Bound::Unbounded, Bound::Excluded);
+                let first = self.by_finish[slot]
+                    .range((lower, Bound::Excluded((cut, JobId::MIN))))
+                    .next()
+                    .copied();
+                if let Some(k) = first {
+                    if next.is_none_or(|(_, n)| k < n) {
+                        next = Some((slot, k));
+                    }
+                }
             }
-            let Some(tree) = self.finished_tree(root) else {
+            let Some((slot, key)) = next else {
+                break;
+            };
+            after[slot] = Some(key);
+            let (at, id) = key;
+            let root = match self.jobs.get(&id) {
+                Some(j) if final_slot(j.status) == Some(slot) && j.completed_at == Some(at) => {
+                    j.parent_id.is_none_or(|p| !self.jobs.contains_key(&p))
+                }
+                _ => {
+                    stale.push((slot, key));
+                    continue;
+                }
+            };
+            if !root {
+                continue;
+            }
+            let Some(tree) = self.finished_tree(id) else {
                 continue;
             };
             out.roots += 1;
@@ -532,7 +598,28 @@ impl State {
                 }
             }
         }
+        for (slot, key) in stale {
+            self.by_finish[slot].remove(&key);
+        }
         out
+    }
+
+    /// Every finished job that finished before `older_than`, whatever its tree (see
+    /// [`Storage::purge_finished`]), read off the finish-time lists.
+    fn finished_before(&self, older_than: DateTime<Utc>) -> Vec<Arc<Job>> {
+        self.by_finish
+            .iter()
+            .enumerate()
+            .flat_map(|(slot, list)| {
+                list.range(..(older_than, JobId::MIN))
+                    .filter_map(move |&(at, id)| {
+                        self.jobs.get(&id).filter(|j| {
+                            final_slot(j.status) == Some(slot) && j.completed_at == Some(at)
+                        })
+                    })
+                    .cloned()
+            })
+            .collect()
     }
 
     /// A job and all its descendants, or `None` when any of them is unfinished.
@@ -637,6 +724,29 @@ fn unlist_running(
         if ids.is_empty() {
             running.remove(&expires_at);
         }
+    }
+}
+
+/// Which finish-time list (`State::by_finish`) holds jobs of `status`: none for a status
+/// that is not final.
+fn final_slot(status: JobStatus) -> Option<usize> {
+    match status {
+        JobStatus::Completed => Some(0),
+        JobStatus::Failed => Some(1),
+        JobStatus::Cancelled => Some(2),
+        _ => None,
+    }
+}
+
+/// Takes a job that finished with `status` at `at` off its finish-time list.
+fn unlist_finished(
+    lists: &mut [BTreeSet<(DateTime<Utc>, JobId)>; 3],
+    status: JobStatus,
+    at: DateTime<Utc>,
+    id: JobId,
+) {
+    if let Some(slot) = final_slot(status) {
+        lists[slot].remove(&(at, id));
     }
 }
 
@@ -1378,6 +1488,7 @@ impl Storage for MemoryStorage {
                     .dedupe_key
                     .as_ref()
                     .is_some_and(|k| !st.dedupe.contains_key(k));
+                st.unindex_finished(&job);
                 if let Some(j) = st.jobs.get_mut(&id).map(Arc::make_mut) {
                     j.attempt = 0;
                     j.completed_at = None;
@@ -1449,12 +1560,7 @@ impl Storage for MemoryStorage {
 
     async fn purge_finished(&self, older_than: DateTime<Utc>) -> Result<u64> {
         let mut st = self.lock();
-        let doomed: Vec<Arc<Job>> = st
-            .jobs
-            .values()
-            .filter(|j| j.status.is_finished() && j.completed_at.is_some_and(|t| t < older_than))
-            .cloned()
-            .collect();
+        let doomed = st.finished_before(older_than);
         for j in &doomed {
             st.remove_job(j);
         }
@@ -1611,5 +1717,116 @@ impl Storage for MemoryStorage {
             });
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The finish-time lists must hold exactly the finished jobs, each under its final
+    /// status and finish time: retention reads nothing else.
+    fn assert_lists_match_the_jobs(s: &MemoryStorage, when: &str) {
+        let st = s.lock();
+        let mut want: [BTreeSet<(DateTime<Utc>, JobId)>; 3] = Default::default();
+        for j in st.jobs.values() {
+            if let (Some(slot), Some(at)) = (final_slot(j.status), j.completed_at) {
+                want[slot].insert((at, j.id));
+            }
+        }
+        assert_eq!(st.by_finish, want, "{when}");
+    }
+
+    async fn claim_all(s: &MemoryStorage) -> Vec<ClaimedJob> {
+        s.dequeue(DequeueParams {
+            queues: vec!["default".into()],
+            tasks: vec!["t".into()],
+            limit: 100,
+            lease_duration: Duration::from_secs(30),
+            holder: "test".into(),
+            forbidden_flags: Vec::new(),
+        })
+        .await
+        .expect("dequeue")
+    }
+
+    #[tokio::test]
+    async fn finish_time_lists_follow_every_way_a_job_finishes_or_goes() {
+        let clock = ManualClock::new();
+        let s = MemoryStorage::with_clock(clock.clone());
+        let mut ids = Vec::new();
+        for i in 0..6 {
+            let mut job = NewJob::new("t", json!(i));
+            job.max_attempts = 1;
+            ids.push(s.enqueue(job).await.expect("enqueue").id);
+        }
+        let claimed = claim_all(&s).await;
+        assert_eq!(claimed.len(), 6);
+        let failure = |retry_in| Failure {
+            error: "boom".into(),
+            retry_in,
+        };
+        s.complete(&claimed[0].lease, json!(0))
+            .await
+            .expect("complete");
+        let many = s
+            .complete_many(vec![Completion {
+                lease: claimed[1].lease.clone(),
+                result: json!(1),
+            }])
+            .await
+            .expect("complete_many");
+        assert!(many.iter().all(Result::is_ok));
+        s.fail(&claimed[2].lease, failure(None))
+            .await
+            .expect("fail");
+        s.fail(&claimed[3].lease, failure(Some(Duration::from_secs(60))))
+            .await
+            .expect("fail to retry");
+        let pending = s
+            .enqueue(NewJob::new("t", json!("p")))
+            .await
+            .expect("enqueue")
+            .id;
+        assert!(s.cancel(pending).await.expect("cancel"));
+        assert_lists_match_the_jobs(&s, "after complete, complete_many, fail, cancel");
+
+        clock.advance(Duration::from_secs(1));
+        let t1 = s.now().await.expect("now");
+        assert_eq!(
+            s.retry_jobs(&[ids[2], pending], false)
+                .await
+                .expect("retry"),
+            2
+        );
+        assert_lists_match_the_jobs(&s, "after a retry by hand");
+        let outcome = ManualOutcome::Complete(json!("by hand"));
+        assert_eq!(
+            s.finish_jobs(&[ids[2]], outcome)
+                .await
+                .expect("finish_jobs"),
+            1
+        );
+        assert!(s.finish_out_of_band(ids[4], JobStatus::Cancelled));
+        assert_lists_match_the_jobs(&s, "after finishing by hand and out of band");
+
+        assert!(s.delete_job(ids[0]).await.expect("delete"));
+        assert_lists_match_the_jobs(&s, "after a delete");
+        clock.advance(Duration::from_secs(1));
+        let cut = s.now().await.expect("now");
+        let purged = s.purge_finished(t1).await.expect("purge_finished");
+        assert_eq!(purged, 1, "only the second job finished before the retry");
+        assert_lists_match_the_jobs(&s, "after purge_finished");
+        let batch = RetentionBatch {
+            completed_before: Some(cut),
+            failed_before: Some(cut),
+            cancelled_before: Some(cut),
+            limit: 100,
+        };
+        let p = s.purge_retained(batch).await.expect("purge_retained");
+        assert_eq!((p.completed, p.failed, p.cancelled), (1, 0, 1));
+        assert_lists_match_the_jobs(&s, "after a retention batch");
+        assert!(s.lock().by_finish.iter().all(BTreeSet::is_empty));
     }
 }

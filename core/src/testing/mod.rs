@@ -291,6 +291,7 @@ macro_rules! conformance_tests {
             retention_batches_are_bounded_and_oldest_first,
             retention_takes_children_with_their_root,
             racing_retention_batches_delete_each_job_once,
+            retention_goes_by_the_latest_finish_of_a_job_retried_by_hand,
             worker_purges_by_its_policy,
         );
         $crate::__conformance_cases!(checkpoint_conformance, $harness;

@@ -285,6 +285,53 @@ pub async fn retention_takes_children_with_their_root<H: ConformanceHarness>(h: 
     gone(&s, orphan).await;
 }
 
+/// A failed job retried by hand leaves retention until it finishes again, and then goes
+/// by its new finish time, not its first: retention never deletes a job that is back in
+/// line, and never one that finished recently.
+pub async fn retention_goes_by_the_latest_finish_of_a_job_retried_by_hand<H: ConformanceHarness>(
+    h: &H,
+) {
+    let s = h.storage();
+    let job = finished(&s, JobStatus::Failed).await;
+    h.advance(2 * DAY).await;
+    assert_eq!(s.retry_jobs(&[job], false).await.expect("retry"), 1);
+    assert_eq!(status_of(&s, job).await, Some(JobStatus::Pending));
+    let failed_after_a_day = RetentionPolicy::keep_forever().failed(Some(DAY));
+    let p = purge(&s, batch(&s, failed_after_a_day, 100).await).await;
+    assert_eq!(p, RetentionPurged::default(), "a job back in line stays");
+    assert_eq!(
+        s.purge_finished(s.now().await.expect("now"))
+            .await
+            .expect("purge_finished"),
+        0,
+        "purge_finished leaves it too"
+    );
+
+    // It runs again and fails for good: kept a day from this finish.
+    let c = claim(&s, job).await;
+    s.fail(
+        &c.lease,
+        Failure {
+            error: "boom again".into(),
+            retry_in: None,
+        },
+    )
+    .await
+    .expect("fail");
+    h.advance(DAY / 2).await;
+    let p = purge(&s, batch(&s, failed_after_a_day, 100).await).await;
+    assert_eq!(
+        p,
+        RetentionPurged::default(),
+        "half a day after its last finish"
+    );
+    assert_eq!(status_of(&s, job).await, Some(JobStatus::Failed));
+    h.advance(DAY).await;
+    let p = purge(&s, batch(&s, failed_after_a_day, 100).await).await;
+    assert_eq!((p.roots, p.failed), (1, 1));
+    gone(&s, job).await;
+}
+
 /// Batches racing from several callers delete every due job exactly once; a caller that
 /// meets the lock held is told so and deletes nothing.
 pub async fn racing_retention_batches_delete_each_job_once<H: ConformanceHarness>(h: &H) {
