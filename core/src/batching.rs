@@ -27,6 +27,13 @@ pub(crate) async fn run_batches<T, F, Fut>(
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
+        // A write that just ended woke its callers and then freed this slot, and tokio
+        // runs the task woken last first: without a yield the loop would take the first
+        // caller's next item alone and leave the rest for the write after, so callers
+        // that write in step (a job's checkpoints) split into two batches and each
+        // waits out two writes. A yield is no timer: items arrive from tasks already
+        // woken, and a lone item still goes at once.
+        tokio::task::yield_now().await;
         let mut buf = Vec::with_capacity(batch);
         if rx.recv_many(&mut buf, batch).await == 0 {
             break;

@@ -298,6 +298,45 @@ mod tests {
         assert_eq!(b[LOADERS], vec![10, 11, 12]);
     }
 
+    /// Jobs whose checkpoints were answered together save their next ones together: the
+    /// writer lets the callers its last write woke run before it takes the next batch,
+    /// rather than sending the first caller's next item alone and keeping the rest
+    /// waiting a whole write (tokio runs the task woken last, the writer, first).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn callers_answered_together_share_their_next_write() {
+        const JOBS: i64 = 8;
+        const STEPS: usize = 20;
+        let batches: Arc<Mutex<Vec<usize>>> = Arc::default();
+        let b = batches.clone();
+        let write: Arc<WriteFn> = Arc::new(move |items: Vec<CheckpointWrite>| {
+            b.lock().expect("batches").push(items.len());
+            Box::pin(async move { Ok(items.iter().map(|_| Ok(())).collect()) })
+        });
+        let c = with_writer(write, 1);
+        // Every job's first checkpoint is sent before the writer runs: one batch.
+        let start = Arc::new(tokio::sync::Barrier::new(JOBS as usize + 1));
+        let jobs: Vec<_> = (1..=JOBS)
+            .map(|id| {
+                let (c, start) = (c.clone(), start.clone());
+                tokio::spawn(async move {
+                    start.wait().await;
+                    for step in 0..STEPS {
+                        c.save(&lease(id), cp(&step.to_string()))
+                            .await
+                            .expect("save");
+                    }
+                })
+            })
+            .collect();
+        start.wait().await;
+        for j in jobs {
+            j.await.expect("job");
+        }
+        let b = batches.lock().expect("batches").clone();
+        assert_eq!(b.iter().sum::<usize>(), JOBS as usize * STEPS);
+        assert_eq!(b.len(), STEPS, "one write per step for all jobs: {b:?}");
+    }
+
     fn lease(job_id: i64) -> Lease {
         Lease {
             job_id,
