@@ -901,6 +901,8 @@ impl Storage for MemoryStorage {
         let mut running = st.running.remove(&expires_at).unwrap_or_default();
         running.reserve(picked.len());
         for key in picked {
+            // Memory knows exactly: the job's first durable call need not ask.
+            let none = st.checkpoints.get(&key.2).is_none_or(BTreeMap::is_empty);
             let Some(slot) = st.jobs.get_mut(&key.2) else {
                 continue;
             };
@@ -933,7 +935,9 @@ impl Storage for MemoryStorage {
                     .or_default()
                     .insert(job.id);
             }
-            out.push(ClaimedJob::new(Arc::clone(slot), token, expires_at));
+            out.push(
+                ClaimedJob::new(Arc::clone(slot), token, expires_at).with_no_checkpoints(none),
+            );
         }
         if !running.is_empty() {
             st.running.insert(expires_at, running);

@@ -326,7 +326,7 @@ SET status = 'running',
     started_at = {now},
     updated_at = {now}
 WHERE j.id = ANY(ARRAY(SELECT id FROM c))
-RETURNING {job_columns_j}";
+RETURNING {job_columns_j}, j.attempts IS NULL AS no_history";
 
 /// A rate-limited queue's window is open (on the row aliased `r`): it opened less than
 /// a period ago. NULL (no window yet) is not open.

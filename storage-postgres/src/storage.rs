@@ -7,7 +7,7 @@ use crate::migrate;
 use crate::operations::OperationsSql;
 use crate::options::{channel, PostgresOptions};
 use crate::retention::RetentionSql;
-use crate::sql::Sql;
+use crate::sql::{Sql, JOB_COLUMNS};
 use crate::workflow::WorkflowSql;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -573,7 +573,10 @@ impl Storage for PostgresStorage {
                     format!("claimed job {} came back without a lease", job.id),
                 )
             })?;
-            out.push(ClaimedJob::new(job, token, expires_at));
+            // The history as it was before the claim (the claim does not write it): empty
+            // means no attempt ever ended, so none wrote a checkpoint.
+            let none: bool = row.try_get(JOB_COLUMNS.len()).map_err(db)?;
+            out.push(ClaimedJob::new(job, token, expires_at).with_no_checkpoints(none));
         }
         // UPDATE ... RETURNING has no order; hand jobs out in claim order.
         out.sort_by(|a, b| {

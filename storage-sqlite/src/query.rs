@@ -300,6 +300,10 @@ fn claimable_terms(t: &str, shape: ClaimShape) -> String {
     sql
 }
 
+/// The column of [`claim_sql`]'s rows, after the job's, that says whether the job's
+/// attempt history is empty.
+const CLAIM_NO_HISTORY: usize = 27;
+
 /// The claim's select for one shape and one priority: due, claimable jobs of that
 /// priority in claim order through the partial claim index, read as they are; then
 /// [`TAKE_CLAIMED`] flips exactly those to running. Both run inside the writer's
@@ -325,7 +329,8 @@ fn claimable_terms(t: &str, shape: ClaimShape) -> String {
 /// cached statement is reused as is.
 pub(crate) fn claim_sql(shape: ClaimShape) -> String {
     format!(
-        "SELECT {JOB_COLUMNS} FROM durable_jobs j WHERE {outer} AND j.priority = ?{prio} \
+        "SELECT {JOB_COLUMNS}, j.attempts IS NULL FROM durable_jobs j \
+         WHERE {outer} AND j.priority = ?{prio} \
            AND (j.serial_key IS NULL OR (\
              (SELECT count(*) FROM durable_jobs r \
                WHERE r.serial_key = j.serial_key AND r.status = 'running') \
@@ -476,10 +481,15 @@ fn claim(
                     ids.push(',');
                 }
                 ids.push_str(&id.to_string());
+                // No attempt ended yet (the history is empty), so none wrote a
+                // checkpoint: the worker need not read them.
+                let none: bool = row.get(CLAIM_NO_HISTORY)?;
                 match job_from_row(row)
                     .and_then(|job| as_claimed(job, &p.holder, token, expires_at, started))
                 {
-                    Ok(job) => out.push(ClaimedJob::new(job, token, expires_at)),
+                    Ok(job) => {
+                        out.push(ClaimedJob::new(job, token, expires_at).with_no_checkpoints(none))
+                    }
                     Err(e) => {
                         let e = Error::from(e);
                         if e.storage_kind() != Some(StorageErrorKind::Corrupt) {
@@ -945,6 +955,12 @@ pub(crate) fn finished_counts(conn: &Connection, since: i64) -> QResult<Vec<Queu
 
 #[cfg(test)]
 mod tests {
+    /// The claim reads its history flag right after the job's columns.
+    #[test]
+    fn the_claim_s_history_flag_follows_the_job_columns() {
+        assert_eq!(super::CLAIM_NO_HISTORY, super::JOB_COLUMNS.split(',').count());
+    }
+
     use super::*;
 
     fn plan(conn: &Connection, sql: &str) -> String {

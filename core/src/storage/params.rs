@@ -35,6 +35,11 @@ pub struct ClaimedJob {
     pub job: Arc<Job>,
     /// The lease to present on every write for this attempt.
     pub lease: Lease,
+    /// True when the backend knows the job holds no checkpoints because no attempt of
+    /// it ended before this claim (its attempt history is empty), so none ever wrote
+    /// one: the worker then skips reading them before the job's first durable call.
+    /// False, what [`ClaimedJob::new`] sets, is always safe: the worker reads them.
+    pub no_checkpoints: bool,
 }
 
 impl ClaimedJob {
@@ -50,7 +55,16 @@ impl ClaimedJob {
                 expires_at,
             },
             job,
+            no_checkpoints: false,
         }
+    }
+
+    /// The same claim, saying whether the job is known to hold no checkpoints (see
+    /// [`ClaimedJob::no_checkpoints`]). Say true only when no attempt of the job ended
+    /// before the claim: a worker told so replays no earlier step.
+    pub fn with_no_checkpoints(mut self, none: bool) -> Self {
+        self.no_checkpoints = none;
+        self
     }
 }
 

@@ -53,6 +53,105 @@ async fn stored(s: &DynStorage, c: &ClaimedJob) -> HashMap<String, CheckpointOut
     list.into_iter().map(|cp| (cp.key, cp.outcome)).collect()
 }
 
+/// Claims the one due job, which must be `id`.
+async fn claim_only(s: &DynStorage, id: crate::JobId) -> ClaimedJob {
+    let mut got = claim(s, 10).await;
+    assert_eq!(
+        got.iter().map(|c| c.job.id).collect::<Vec<_>>(),
+        [id],
+        "only job {id} should be due"
+    );
+    got.remove(0)
+}
+
+/// A claim says a job holds no checkpoints (so the worker skips reading them) for a job
+/// no attempt of which ever started, and never for one that holds some, whichever way its
+/// earlier attempt ended: released at shutdown, snoozed, failed to retry, suspended,
+/// lease expired, or cancelled and retried by hand keeping its checkpoints. The backends
+/// shipped here all know it for a new job; `ClaimedJob::new` alone says false, which is
+/// safe but reads every job's checkpoints.
+pub async fn claims_say_no_checkpoints_only_for_jobs_that_hold_none<H: ConformanceHarness>(h: &H) {
+    let s = h.storage();
+    let paths = [
+        "release",
+        "snooze",
+        "retry",
+        "suspend",
+        "lease expired",
+        "retried by hand",
+    ];
+    for path in paths {
+        let mut job = NewJob::new("t", json!(path));
+        job.max_attempts = 10;
+        let id = s.enqueue(job).await.expect("enqueue").id;
+        let first = claim_only(&s, id).await;
+        assert!(
+            first.no_checkpoints,
+            "{path}: a new job's claim knows it holds no checkpoints"
+        );
+        let held = s.checkpoint_many(vec![write(&first, "0", CheckpointOutcome::Ok(json!(1)))]);
+        assert!(held.await.expect("checkpoint_many")[0].is_ok());
+        let lease = &first.lease;
+        match path {
+            "release" => s.release(lease).await.expect("release"),
+            "snooze" => s.snooze(lease, Duration::ZERO).await.expect("snooze"),
+            "retry" => s
+                .fail(
+                    lease,
+                    crate::Failure {
+                        error: "boom".into(),
+                        retry_in: Some(Duration::ZERO),
+                    },
+                )
+                .await
+                .expect("fail"),
+            "suspend" => {
+                let now = s.now().await.expect("now");
+                s.suspend(lease, Some(now)).await.expect("suspend");
+            }
+            "lease expired" => {
+                h.advance(LEASE + Duration::from_secs(1)).await;
+                s.release_stale_locks().await.expect("release_stale_locks");
+            }
+            _ => {
+                assert!(s.cancel(id).await.expect("cancel"));
+                assert_eq!(s.retry_jobs(&[id], true).await.expect("retry_jobs"), 1);
+            }
+        }
+        let again = claim_only(&s, id).await;
+        assert_eq!(
+            stored(&s, &again).await.len(),
+            1,
+            "{path}: the checkpoint stays"
+        );
+        assert!(
+            !again.no_checkpoints,
+            "{path}: the claim must not say a job holding checkpoints holds none"
+        );
+        s.complete(&again.lease, json!(null))
+            .await
+            .expect("complete");
+        assert_eq!(
+            s.get_job(id).await.expect("get").map(|j| j.status),
+            Some(JobStatus::Completed)
+        );
+    }
+}
+
+/// Counts the jobs whose checkpoints were read.
+#[derive(Default)]
+struct CheckpointReads {
+    jobs: AtomicUsize,
+}
+
+impl crate::StorageLayer for CheckpointReads {
+    fn on_call(&self, call: &crate::StorageCall<'_>) {
+        if matches!(call.operation, "list_checkpoints" | "list_checkpoints_many") {
+            self.jobs.fetch_add(call.items, Ordering::SeqCst);
+        }
+    }
+}
+
 /// One batch mixing held leases, a stale lease (its job reclaimed and claimed again), a
 /// finished job's lease and a key written twice: each item is fenced on its own, a lost
 /// lease stores nothing for its items, and a repeated key keeps the last value.
@@ -129,11 +228,13 @@ pub async fn checkpoint_many_fences_each_item<H: ConformanceHarness>(h: &H) {
 
 /// Concurrent steps of several jobs (their checkpoints group-committed by the worker)
 /// are all stored, each under its own job and key; the retry replays every one of them
-/// from its checkpoint without running it again.
+/// from its checkpoint without running it again. Only the retries read checkpoints: the
+/// first attempts' claims knew those jobs held none.
 pub async fn concurrent_steps_are_stored_and_replayed<H: ConformanceHarness>(h: &H) {
     const JOBS: usize = 4;
     const STEPS: usize = 8;
-    let q = Queue::new(h.storage());
+    let reads = Arc::new(CheckpointReads::default());
+    let q = Queue::with_layers(h.storage(), vec![reads.clone()]);
     q.set_default_retry_policy(RetryPolicy::exponential(Duration::ZERO, Duration::ZERO));
     let ran = Arc::new(AtomicUsize::new(0));
     let r = ran.clone();
@@ -184,6 +285,12 @@ pub async fn concurrent_steps_are_stored_and_replayed<H: ConformanceHarness>(h: 
         ran.load(Ordering::SeqCst),
         JOBS * STEPS,
         "no step ran twice"
+    );
+    assert_eq!(
+        reads.jobs.load(Ordering::SeqCst),
+        JOBS,
+        "the second attempts read their checkpoints; the first, which the claim knew \
+         held none, read nothing"
     );
     for (id, base) in ids {
         let job = q.get_job(id).await.expect("get").expect("exists");

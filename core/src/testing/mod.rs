@@ -297,6 +297,7 @@ macro_rules! conformance_tests {
         $crate::__conformance_cases!(checkpoint_conformance, $harness;
             checkpoint_many_fences_each_item,
             concurrent_steps_are_stored_and_replayed,
+            claims_say_no_checkpoints_only_for_jobs_that_hold_none,
         );
         $crate::__conformance_cases!(metadata_conformance, $harness;
             metadata_is_stored_and_read_back,

@@ -34,13 +34,13 @@ async fn run(
     lost: LeaseSignal,
     threads: AttemptThreads,
 ) -> Result<Value, TaskError> {
-    let ClaimedJob { job, lease } = claimed;
+    let job = &claimed.job;
     let queue = shared.queue.clone();
     if queue.observed() {
         queue.emit(Event::Started {
             job_id: job.id,
             task: job.task.clone(),
-            attempt: lease.attempt,
+            attempt: claimed.lease.attempt,
         });
     }
     let Some(handler) = queue.handler(&job.task) else {
@@ -51,8 +51,7 @@ async fn run(
     let timeout = job.timeout();
     let job_id = job.id;
     let ctx = JobContext::new(
-        job,
-        lease,
+        claimed,
         queue,
         shared.checkpoints.clone(),
         shared.stopping.subscribe(),

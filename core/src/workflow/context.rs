@@ -6,7 +6,7 @@ use super::key::CheckpointKey;
 use crate::error::Result;
 use crate::job::{Checkpoint, Job, JobId, Lease};
 use crate::queue::Queue;
-use crate::storage::Storage;
+use crate::storage::{ClaimedJob, Storage};
 use crate::worker::shared::LeaseSignal;
 use crate::worker::threads::{AttemptThreads, ThreadToken};
 use chrono::{DateTime, Utc};
@@ -57,22 +57,34 @@ impl std::fmt::Debug for JobContext {
 }
 
 impl JobContext {
+    /// The context of the attempt `claimed` holds. A job the claim knows holds no
+    /// checkpoints starts with an empty list instead of reading it at its first
+    /// durable call.
     pub(crate) fn new(
-        job: Arc<Job>,
-        lease: Lease,
+        claimed: ClaimedJob,
         queue: Queue,
         committer: CheckpointCommitter,
         cancel: watch::Receiver<bool>,
         lost: LeaseSignal,
         threads: AttemptThreads,
     ) -> Self {
+        let ClaimedJob {
+            job,
+            lease,
+            no_checkpoints,
+        } = claimed;
+        let checkpoints = if no_checkpoints {
+            OnceCell::new_with(Some(Mutex::new(HashMap::new())))
+        } else {
+            OnceCell::new()
+        };
         JobContext {
             shared: Arc::new(Shared {
                 job,
                 lease,
                 queue,
                 committer,
-                checkpoints: OnceCell::new(),
+                checkpoints,
                 cancel,
                 lost,
                 suspend: Mutex::new(None),

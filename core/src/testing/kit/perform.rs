@@ -78,8 +78,7 @@ impl TestKit {
         let lost = crate::worker::shared::LeaseSignal::new();
         let threads = lost.threads();
         let ctx = JobContext::new(
-            claimed.job,
-            lease.clone(),
+            claimed,
             self.queue.clone(),
             crate::workflow::CheckpointCommitter::start(
                 std::sync::Arc::new(storage.clone()),
