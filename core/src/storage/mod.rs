@@ -195,6 +195,9 @@ pub trait Storage: Send + Sync + 'static {
     /// Atomically claims up to `limit` due, claimable jobs from the given queues and
     /// tasks, ordered by priority (higher first), then run_at, then id. Each claimed job
     /// becomes running with `attempt + 1` and a fresh lease. No job is claimed twice.
+    /// A backend that knows a claimed job holds no checkpoints (no attempt of it ended
+    /// before) says so with [`ClaimedJob::with_no_checkpoints`], which spares the worker
+    /// a read; one that does not know leaves it false.
     async fn dequeue(&self, params: DequeueParams) -> Result<Vec<ClaimedJob>>;
 
     /// Completes a running job with its result. Fenced.
