@@ -955,13 +955,13 @@ pub(crate) fn finished_counts(conn: &Connection, since: i64) -> QResult<Vec<Queu
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     /// The claim reads its history flag right after the job's columns.
     #[test]
     fn the_claim_s_history_flag_follows_the_job_columns() {
-        assert_eq!(super::CLAIM_NO_HISTORY, super::JOB_COLUMNS.split(',').count());
+        assert_eq!(CLAIM_NO_HISTORY, JOB_COLUMNS.split(',').count());
     }
-
-    use super::*;
 
     fn plan(conn: &Connection, sql: &str) -> String {
         let mut stmt = conn
