@@ -33,9 +33,9 @@ for v in "${variants[@]}"; do
     {
         echo "CREATE SCHEMA dj;"
         for f in "$migrations"/*.sql; do
-            sed -e "s/{schema_lit}/'dj'/g" -e "s/{schema}/dj/g" -e "s/{channel}/'dj_jobs'/g" "$f"
+            sed -e "s/{graphile_schema}/dj_graphile/g" -e "s/{schema_lit}/'dj'/g" -e "s/{schema}/dj/g" -e "s/{channel}/'dj_jobs'/g" "$f"
         done
     } | psql -q -v ON_ERROR_STOP=1 "$dburl"
     psql -q -X -v ON_ERROR_STOP=1 -v rounds="$rounds" "$dburl" -f "$here/costs/$v.sql" 2>&1 \
-        | sed -n 's/.*NOTICE:  //p'
+        | sed -n "s/.*NOTICE:  //p; /ERROR/p"
 done

@@ -9,6 +9,8 @@ DECLARE tokens bigint[] := completion_tokens(ids);
 BEGIN
     UPDATE dj.jobs AS j
     SET status = 'completed', result = d.result,
+        attempts = array_append(coalesce(attempts, '{}'), ROW(attempt, lease_holder,
+            coalesce(started_at, now()), now(), 'completed'::text, NULL)::dj.attempt),
         lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL,
         completed_at = now(), updated_at = now()
     FROM unnest(ids, tokens, results) AS d(id, token, result)
