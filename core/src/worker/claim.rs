@@ -22,7 +22,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tokio::task::{Id, JoinError, JoinSet};
 
@@ -84,18 +84,25 @@ impl Running {
         };
         let meta = RunMeta::with_metrics(&c, metrics);
         meta.metrics.started.increment(1);
-        let waited = (chrono::Utc::now() - c.job.run_at)
-            .num_microseconds()
-            .unwrap_or(0);
+        // In microseconds since the Unix epoch on both sides: `Utc::now()` and chrono's
+        // subtraction each go through calendar dates, which cost more than the rest of
+        // this bookkeeping.
+        let now_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        let waited = now_us.saturating_sub(c.job.run_at.timestamp_micros());
         meta.metrics.wait.record(waited.max(0) as f64 / 1e6);
         let threads = lost.threads();
         let mut fut: Pin<Box<dyn Future<Output = Outcome> + Send>> =
             Box::pin(execute(shared.clone(), c, lost, threads.clone()));
         if self.inline {
-            let t0 = Instant::now();
             let mut cx = Context::from_waker(Waker::noop());
             let first = catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)));
-            if t0.elapsed() > SLOW_FIRST_POLL {
+            // One clock read for both the slow-poll check and the handler's run time:
+            // timed from the attempt's start, which adds only the microseconds of making
+            // its span and future to a millisecond bound.
+            let ran = meta.started.elapsed();
+            if ran > SLOW_FIRST_POLL {
                 self.slow_starts += 1;
                 self.inline = self.slow_starts < SLOW_STARTS_IN_A_ROW;
             } else {
@@ -107,14 +114,12 @@ impl Running {
                 Ok(Poll::Ready(outcome)) => {
                     drop(fut);
                     self.ended += 1;
-                    let ran = meta.started.elapsed();
                     self.sizer.handler_ran(ran);
                     return settle(shared, meta, ran, Ended::Returned(outcome), out);
                 }
                 Err(panic) => {
                     drop(fut);
                     self.ended += 1;
-                    let ran = meta.started.elapsed();
                     self.sizer.handler_ran(ran);
                     let ended = Ended::Panicked(panic_message(panic));
                     return settle(shared, meta, ran, ended, out);
