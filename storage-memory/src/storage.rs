@@ -446,23 +446,22 @@ impl State {
             self.wake_job(parent, now);
         }
         self.end_lease(id);
-        if let Some(job) = self.jobs.get_mut(&id).map(Arc::make_mut) {
-            let before = (job.status, job.completed_at);
-            job.status = status;
-            job.completed_at = Some(now);
-            job.updated_at = now;
-            if let Some(key) = &job.dedupe_key {
-                if self.dedupe.get(key) == Some(&id) {
-                    self.dedupe.remove(key);
-                }
-            }
-            if let (old, Some(at)) = before {
-                unlist_finished_as(&mut self.by_finish, old, at, id);
-            }
-            if let Some(slot) = final_slot(status) {
-                self.by_finish[slot].entry(now).or_default().insert(id);
+        let Some(job) = self.jobs.get_mut(&id).map(Arc::make_mut) else {
+            return;
+        };
+        let (old, old_at) = (job.status, job.completed_at);
+        job.status = status;
+        job.completed_at = Some(now);
+        job.updated_at = now;
+        if let Some(key) = &job.dedupe_key {
+            if self.dedupe.get(key) == Some(&id) {
+                self.dedupe.remove(key);
             }
         }
+        if let Some(at) = old_at {
+            unlist_finished_as(&mut self.by_finish, old, at, id);
+        }
+        self.index_finished(status, now, id);
     }
 
     /// Lists a job that just finished with `status` at `at` for retention.
@@ -490,10 +489,6 @@ impl State {
         self.end_lease(id);
         if let Some(slot) = self.jobs.get_mut(&id) {
             let job = Arc::make_mut(slot);
-            if let Some(at) = job.completed_at {
-                // A finished job retried by hand leaves the retention lists.
-                unlist_finished_as(&mut self.by_finish, job.status, at, id);
-            }
             job.status = status;
             job.run_at = run_at;
             job.updated_at = now;

@@ -302,7 +302,20 @@ fn claimable_terms(t: &str, shape: ClaimShape) -> String {
 
 /// The column of [`claim_sql`]'s rows, after the job's, that says whether the job's
 /// attempt history is empty.
-const CLAIM_NO_HISTORY: usize = 27;
+const CLAIM_NO_HISTORY: usize = column_count(JOB_COLUMNS);
+
+/// How many columns a comma-separated select list names.
+const fn column_count(list: &str) -> usize {
+    let bytes = list.as_bytes();
+    let (mut i, mut n) = (0, 1);
+    while i < bytes.len() {
+        if bytes[i] == b',' {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+}
 
 /// The claim's select for one shape and one priority: due, claimable jobs of that
 /// priority in claim order through the partial claim index, read as they are; then

@@ -106,13 +106,7 @@ impl CheckpointCommitter {
     /// # Errors
     /// The storage's error when the batch's read failed.
     pub(crate) async fn load(&self, job_id: JobId) -> Result<Vec<Checkpoint>> {
-        let (done, answer) = oneshot::channel();
-        if self.loads.send(PendingLoad { job_id, done }).is_err() {
-            return Err(unanswered("the checkpoint loader is gone"));
-        }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(unanswered("the checkpoint load ended without an answer")))
+        ask(&self.loads, |done| PendingLoad { job_id, done }, "load").await
     }
 
     /// Stores `checkpoint` for the job `lease` holds, fenced by that lease, together with
@@ -122,18 +116,30 @@ impl CheckpointCommitter {
     /// [`Error::LeaseLost`] when the lease is no longer the job's current one (nothing is
     /// stored); the storage's error when the batch's write failed.
     pub(crate) async fn save(&self, lease: &Lease, checkpoint: Checkpoint) -> Result<()> {
-        let (done, answer) = oneshot::channel();
         let item = CheckpointWrite {
             lease: lease.clone(),
             checkpoint,
         };
-        if self.tx.send(Pending { item, done }).is_err() {
-            return Err(unanswered("the checkpoint writer is gone"));
-        }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(unanswered("the checkpoint write ended without an answer")))
+        ask(&self.tx, |done| Pending { item, done }, "write").await
     }
+}
+
+/// Hands the request `make` builds around its answer channel to the checkpoint `what`
+/// task (`write` or `load`) and waits for the answer.
+async fn ask<P, T>(
+    tx: &mpsc::UnboundedSender<P>,
+    make: impl FnOnce(oneshot::Sender<Result<T>>) -> P,
+    what: &str,
+) -> Result<T> {
+    let (done, answer) = oneshot::channel();
+    if tx.send(make(done)).is_err() {
+        return Err(unanswered(&format!("the checkpoint {what} task is gone")));
+    }
+    answer.await.unwrap_or_else(|_| {
+        Err(unanswered(&format!(
+            "the checkpoint {what} ended without an answer"
+        )))
+    })
 }
 
 /// The error for a checkpoint whose write gave no answer: whether it was stored is
