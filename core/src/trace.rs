@@ -185,10 +185,10 @@ impl TraceContext {
             return Err(InvalidTraceparent::new("bad delimiter"));
         }
         let bad_trace = || InvalidTraceparent::new("bad trace id");
-        let trace_hi = hex(&b[3..19]).ok_or_else(bad_trace)?;
-        let trace_lo = hex(&b[19..35]).ok_or_else(bad_trace)?;
+        let trace_hi = hex16(&b[3..19]).ok_or_else(bad_trace)?;
+        let trace_lo = hex16(&b[19..35]).ok_or_else(bad_trace)?;
         let trace_id = (u128::from(trace_hi) << 64) | u128::from(trace_lo);
-        let span_id = hex(&b[36..52]).ok_or(InvalidTraceparent::new("bad parent id"))?;
+        let span_id = hex16(&b[36..52]).ok_or(InvalidTraceparent::new("bad parent id"))?;
         let flags = hex(&b[53..55]).ok_or(InvalidTraceparent::new("bad flags"))?;
         if trace_id == 0 {
             return Err(InvalidTraceparent::new("trace id is all zeros"));
@@ -270,6 +270,42 @@ fn hex(digits: &[u8]) -> Option<u64> {
         acc = (acc << 4) | u64::from(v & 0xf);
     }
     (bad & 0xf0 == 0).then_some(acc)
+}
+
+/// Sixteen lowercase hex digits (`digits` must hold exactly 16 bytes) to a number;
+/// `None` for anything else. Every attempt of every job parses its job's trace context,
+/// and a digit at a time this cost about as much as the rest of making the attempt's
+/// span, so eight digits go at once (see [`hex8`]).
+fn hex16(digits: &[u8]) -> Option<u64> {
+    let (hi, lo) = digits.split_first_chunk::<8>()?;
+    let lo: &[u8; 8] = lo.try_into().ok()?;
+    Some((u64::from(hex8(*hi)?) << 32) | u64::from(hex8(*lo)?))
+}
+
+/// Eight lowercase hex digits to a number, `None` for anything else, all eight bytes at
+/// once in one `u64` (first digit in the high byte).
+fn hex8(digits: [u8; 8]) -> Option<u32> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = ONES * 0x80;
+    let x = u64::from_be_bytes(digits);
+    if x & HIGH != 0 {
+        return None;
+    }
+    // Every byte is below 0x80 now, so adding 0x80 - c to it sets its high bit exactly
+    // when it is at least c, and never carries into the next byte.
+    let at_least = |c: u8| x.wrapping_add(ONES * u64::from(0x80 - c)) & HIGH;
+    let digit = at_least(b'0') & !at_least(b'9' + 1);
+    let letter = at_least(b'a') & !at_least(b'f' + 1);
+    if digit | letter != HIGH {
+        return None;
+    }
+    // A digit's value is its low nibble; a letter's is its low nibble plus 9.
+    let v = (x & (ONES * 0x0f)) + (letter >> 7) * 9;
+    // Gather the nibbles: pairs into bytes, bytes into 16-bit lanes, lanes into 32 bits.
+    let v = (v | (v >> 4)) & 0x00ff_00ff_00ff_00ff;
+    let v = (v | (v >> 8)) & 0x0000_ffff_0000_ffff;
+    let v = (v | (v >> 16)) & 0x0000_0000_ffff_ffff;
+    u32::try_from(v).ok()
 }
 
 /// Writes the low `out.len()` hex digits of `v` into `out`, lowercase, zero-padded.
@@ -583,6 +619,24 @@ mod tests {
     use super::*;
 
     const SAMPLE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn eight_digits_at_once_read_as_the_table_reads_them() {
+        // Every byte value in every position, the other seven a valid digit.
+        for pos in 0..8 {
+            for byte in 0..=255u8 {
+                let mut digits = *b"0f9a5c3e";
+                digits[pos] = byte;
+                let one_by_one = hex(&digits).map(|v| v as u32);
+                assert_eq!(hex8(digits), one_by_one, "{digits:?}");
+            }
+        }
+        assert_eq!(hex8(*b"ffffffff"), Some(u32::MAX));
+        assert_eq!(hex8(*b"00000000"), Some(0));
+        assert_eq!(hex16(b"0123456789abcdef"), Some(0x0123_4567_89ab_cdef));
+        assert_eq!(hex16(b"0123456789abcdeF"), None);
+        assert_eq!(hex16(b"0123456789abcde"), None);
+    }
 
     #[test]
     fn parses_and_formats_a_traceparent() {

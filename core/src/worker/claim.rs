@@ -22,7 +22,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::{Id, JoinError, JoinSet};
 
@@ -72,6 +72,7 @@ impl Running {
         shared: &Arc<Shared>,
         c: ClaimedJob,
         lost: LeaseSignal,
+        now_us: i64,
         out: &mpsc::UnboundedSender<Finish>,
     ) {
         let metrics = match &self.last_metrics {
@@ -84,12 +85,9 @@ impl Running {
         };
         let meta = RunMeta::with_metrics(&c, metrics);
         meta.metrics.started.increment(1);
-        // In microseconds since the Unix epoch on both sides: `Utc::now()` and chrono's
-        // subtraction each go through calendar dates, which cost more than the rest of
-        // this bookkeeping.
-        let now_us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        // In microseconds since the Unix epoch on both sides (`now_us` is the reading the
+        // lease check took): chrono's subtraction goes through calendar dates, which cost
+        // more than the rest of this bookkeeping.
         let waited = now_us.saturating_sub(c.job.run_at.timestamp_micros());
         meta.metrics.wait.record(waited.max(0) as f64 / 1e6);
         let threads = lost.threads();
@@ -301,8 +299,10 @@ pub(crate) async fn run_queue(
             let Some((c, lost)) = st.buffer.pop_front() else {
                 break;
             };
-            match prefetch::judge(&shared, &c, &lost) {
-                Verdict::Start => running.start(&shared, c, lost, &out),
+            // One clock reading for the lease check and the job's wait metric.
+            let now_us = shared.opts.clock.now_micros();
+            match prefetch::judge(&shared, &c, &lost, now_us) {
+                Verdict::Start => running.start(&shared, c, lost, now_us, &out),
                 Verdict::Drop(reason) => prefetch::drop_unstarted(&shared, &c, reason, &out),
             }
             moved = true;

@@ -8,7 +8,6 @@ use super::options::WorkerOptions;
 use super::shared::{HeldLease, LeaseSignal, Shared};
 use crate::event::LeaseDropReason;
 use crate::storage::ClaimedJob;
-use chrono::{DateTime, Utc};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -34,11 +33,12 @@ pub(crate) fn start_margin(opts: &WorkerOptions) -> Duration {
 }
 
 /// The verdict on a prefetched job, from its entry in the held leases (gone once the
-/// heartbeat found the lease lost), its lost signal and the time on the worker's clock.
+/// heartbeat found the lease lost), its lost signal and the time on the worker's clock
+/// (in microseconds since the Unix epoch, see [`super::timer::TimerClock::now_micros`]).
 pub(crate) fn verdict(
     held: Option<&HeldLease>,
     lost: &LeaseSignal,
-    now: DateTime<Utc>,
+    now_us: i64,
     margin: Duration,
 ) -> Verdict {
     let Some(held) = held else {
@@ -47,23 +47,19 @@ pub(crate) fn verdict(
     if lost.is_lost() {
         return Verdict::Drop(LeaseDropReason::Lost);
     }
-    let left = (held.lasts_until - now).to_std().unwrap_or(Duration::ZERO);
-    if left < margin {
+    let left_us = held.lasts_until.timestamp_micros().saturating_sub(now_us);
+    let margin_us = i64::try_from(margin.as_micros()).unwrap_or(i64::MAX);
+    if left_us < margin_us {
         return Verdict::Drop(LeaseDropReason::TooShort);
     }
     Verdict::Start
 }
 
-/// The verdict on the prefetched job `c` now.
-pub(crate) fn judge(shared: &Shared, c: &ClaimedJob, lost: &LeaseSignal) -> Verdict {
+/// The verdict on the prefetched job `c` at `now_us` on the worker's clock.
+pub(crate) fn judge(shared: &Shared, c: &ClaimedJob, lost: &LeaseSignal, now_us: i64) -> Verdict {
     let leases = shared.leases();
     let held = leases.get(&c.job.id).filter(|h| h.is(&c.lease));
-    verdict(
-        held,
-        lost,
-        shared.opts.clock.now(),
-        start_margin(&shared.opts),
-    )
+    verdict(held, lost, now_us, start_margin(&shared.opts))
 }
 
 /// Drops a prefetched job the loop will not start: it stops being renewed, and the
@@ -96,6 +92,7 @@ pub(crate) fn drop_unstarted(
 mod tests {
     use super::*;
     use crate::job::Lease;
+    use chrono::{DateTime, Utc};
 
     fn held(lasts_until: DateTime<Utc>) -> (HeldLease, LeaseSignal) {
         let tx = LeaseSignal::new();
@@ -131,19 +128,25 @@ mod tests {
         let now = Utc::now();
         let margin = Duration::from_secs(10);
         let (h, lost) = held(now + chrono::Duration::seconds(20));
-        assert_eq!(verdict(Some(&h), &lost, now, margin), Verdict::Start);
+        assert_eq!(
+            verdict(Some(&h), &lost, now.timestamp_micros(), margin),
+            Verdict::Start
+        );
         // Exactly the margin left still starts; a microsecond less does not.
         let (h, lost) = held(now + chrono::Duration::seconds(10));
-        assert_eq!(verdict(Some(&h), &lost, now, margin), Verdict::Start);
+        assert_eq!(
+            verdict(Some(&h), &lost, now.timestamp_micros(), margin),
+            Verdict::Start
+        );
         let later = now + chrono::Duration::microseconds(1);
         assert_eq!(
-            verdict(Some(&h), &lost, later, margin),
+            verdict(Some(&h), &lost, later.timestamp_micros(), margin),
             Verdict::Drop(LeaseDropReason::TooShort)
         );
         // Past its end on the worker's clock.
         let (h, lost) = held(now - chrono::Duration::seconds(1));
         assert_eq!(
-            verdict(Some(&h), &lost, now, margin),
+            verdict(Some(&h), &lost, now.timestamp_micros(), margin),
             Verdict::Drop(LeaseDropReason::TooShort)
         );
     }
@@ -155,12 +158,12 @@ mod tests {
         let (h, lost) = held(now + chrono::Duration::seconds(30));
         h.lost.set_lost();
         assert_eq!(
-            verdict(Some(&h), &lost, now, margin),
+            verdict(Some(&h), &lost, now.timestamp_micros(), margin),
             Verdict::Drop(LeaseDropReason::Lost)
         );
         // Gone from the held set: the heartbeat found it lost.
         assert_eq!(
-            verdict(None, &lost, now, margin),
+            verdict(None, &lost, now.timestamp_micros(), margin),
             Verdict::Drop(LeaseDropReason::Lost)
         );
     }

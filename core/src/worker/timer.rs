@@ -23,6 +23,18 @@ impl TimerClock {
         }
     }
 
+    /// Now on this clock, in microseconds since the Unix epoch. On real time this reads
+    /// the system clock without going through chrono's calendar dates, which cost more
+    /// than the read itself: the worker loop takes one such reading per job it starts.
+    pub(crate) fn now_micros(&self) -> i64 {
+        match &self.0 {
+            Some(clock) => clock.now().timestamp_micros(),
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
+        }
+    }
+
     /// Resolves once `duration` has passed on this clock.
     pub(crate) fn sleep(&self, duration: Duration) -> ClockSleep {
         match &self.0 {
