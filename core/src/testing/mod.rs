@@ -9,6 +9,7 @@ pub mod engine_calls;
 pub mod engine_children;
 pub mod engine_events;
 pub mod engine_execution;
+pub mod engine_idle;
 pub mod engine_observability;
 pub mod engine_prefetch;
 pub mod engine_retries;
@@ -219,6 +220,9 @@ macro_rules! conformance_tests {
             prefetched_jobs_run_and_are_released_unspent_at_shutdown,
             a_lost_lease_cancels_the_handler_and_drops_it_after_the_grace,
             a_blocking_handler_past_the_shutdown_grace_holds_its_lease_until_it_returns,
+        );
+        $crate::__conformance_cases!(engine_idle, $harness;
+            a_drain_outlasts_an_empty_claim_that_a_handler_outran,
         );
         $crate::__conformance_cases!(engine_prefetch, $harness;
             a_buffered_job_whose_lease_was_lost_never_starts,

@@ -2,7 +2,10 @@
 //! reach the backend, fails writes after they committed (the caller cannot tell), delays
 //! calls, pauses lease-fenced writes until the test resumes them (so the test can expire
 //! the lease meanwhile), and crashes: after the crash point every call fails, as if the
-//! process had died between two storage calls.
+//! process had died between two storage calls. Outside the plan, a test may also hold
+//! every claim's answer until it lets it through ([`FaultStorage::with_claim_holds`]),
+//! and hide the backend's wake-ups ([`FaultStorage::without_wakeups`]), to place a claim
+//! exactly where a race needs it.
 //!
 //! Wrap any [`DynStorage`] and give the wrapper to the worker under test
 //! (`Queue::new(Arc::new(faulty))`), keeping the backend itself for assertions. A
@@ -332,6 +335,22 @@ impl PausedCall {
     }
 }
 
+/// A claim the backend has answered, held back from the worker until the test lets it
+/// through (see [`FaultStorage::with_claim_holds`]). It goes on when resumed or dropped.
+#[derive(Debug)]
+pub struct HeldClaim {
+    /// How many jobs the backend leased to it.
+    pub claimed: usize,
+    resume: oneshot::Sender<()>,
+}
+
+impl HeldClaim {
+    /// Lets the claim's answer through to the worker.
+    pub fn resume(self) {
+        let _ = self.resume.send(());
+    }
+}
+
 /// A storage wrapper that injects faults by a [`FaultPlan`]. See the module docs.
 #[derive(Clone)]
 pub struct FaultStorage {
@@ -342,6 +361,8 @@ pub struct FaultStorage {
     crashed: Arc<AtomicBool>,
     log: FaultLog,
     pauses: Option<mpsc::UnboundedSender<PausedCall>>,
+    claim_holds: Option<mpsc::UnboundedSender<HeldClaim>>,
+    wakeups: bool,
 }
 
 impl std::fmt::Debug for FaultStorage {
@@ -369,6 +390,8 @@ impl FaultStorage {
             crashed: Arc::default(),
             log: FaultLog::new(),
             pauses: None,
+            claim_holds: None,
+            wakeups: true,
         }
     }
 
@@ -387,6 +410,23 @@ impl FaultStorage {
     /// Sends paused writes to `pauses`, which enables the plan's pause faults.
     pub fn with_pauses(mut self, pauses: mpsc::UnboundedSender<PausedCall>) -> Self {
         self.pauses = Some(pauses);
+        self
+    }
+
+    /// Sends every claim (`dequeue`), once the backend has answered it, to `holds`, and
+    /// gives its answer to the caller only when the test resumes it: the claim's snapshot
+    /// is taken, and whatever happens meanwhile (a handler ending, a job enqueued) happens
+    /// between its snapshot and its answer reaching the worker.
+    pub fn with_claim_holds(mut self, holds: mpsc::UnboundedSender<HeldClaim>) -> Self {
+        self.claim_holds = Some(holds);
+        self
+    }
+
+    /// Hides the backend's wake-ups ([`Storage::wakeups`] says none): a worker on this
+    /// wrapper learns of jobs enqueued by anyone but its own queue only by claiming, as
+    /// when their notification is still on its way.
+    pub fn without_wakeups(mut self) -> Self {
+        self.wakeups = false;
         self
     }
 
@@ -588,7 +628,11 @@ impl Storage for FaultStorage {
     }
 
     fn wakeups(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        self.inner.wakeups()
+        if self.wakeups {
+            self.inner.wakeups()
+        } else {
+            None
+        }
     }
 
     async fn enqueue(&self, job: NewJob) -> Result<Enqueued> {
@@ -652,16 +696,29 @@ impl Storage for FaultStorage {
     }
 
     async fn dequeue(&self, params: DequeueParams) -> Result<Vec<ClaimedJob>> {
-        self.run(
-            "dequeue",
-            Class::Write,
-            &[],
-            self.inner.dequeue(params),
-            Box::new(|claimed: &Vec<ClaimedJob>, r| {
-                r.claimed = claimed.iter().map(|c| c.lease.clone()).collect();
-            }),
-        )
-        .await
+        let answer = self
+            .run(
+                "dequeue",
+                Class::Write,
+                &[],
+                self.inner.dequeue(params),
+                Box::new(|claimed: &Vec<ClaimedJob>, r| {
+                    r.claimed = claimed.iter().map(|c| c.lease.clone()).collect();
+                }),
+            )
+            .await;
+        if let Some(holds) = &self.claim_holds {
+            let (resume, resumed) = oneshot::channel();
+            let held = HeldClaim {
+                claimed: answer.as_ref().map_or(0, Vec::len),
+                resume,
+            };
+            if holds.send(held).is_ok() {
+                // Resumed or dropped: either way the answer goes on.
+                let _ = resumed.await;
+            }
+        }
+        answer
     }
 
     async fn complete(&self, lease: &Lease, result: Value) -> Result<()> {
