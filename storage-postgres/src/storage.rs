@@ -371,8 +371,9 @@ pub(crate) fn job_from_row(row: &PgRow) -> Result<Job> {
                 .map_err(db)?
         };
     }
-    let status: String = col!("status");
-    let status = JobStatus::from_str(&status)?;
+    // Borrowed from the row: the status is only parsed, never kept as text.
+    let status: &str = col!("status");
+    let status = JobStatus::from_str(status)?;
     let holder: Option<String> = col!("lease_holder");
     let token: Option<i64> = col!("lease_token");
     let expires_at: Option<DateTime<Utc>> = col!("lease_expires_at");
