@@ -22,18 +22,18 @@ pub(crate) async fn run_sampler(shared: Arc<Shared>) {
     let clock = &shared.opts.clock;
     let mut every = Ticker::new(clock, shared.started, shared.opts.metrics_interval);
     loop {
-        let began = clock.now_micros();
+        let began = clock.monotonic_micros();
         match shared.queue.storage().counts().await {
             Ok(counts) => crate::metric::sample_counts(&counts, &mut seen),
             Err(e) => tracing::debug!(error = %e, "could not sample job counts; will retry"),
         }
-        let took = clock.now_micros().saturating_sub(began);
+        let took = clock.monotonic_micros().saturating_sub(began);
         loop {
             tokio::select! {
                 _ = every.tick() => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            if next_sample_due(began, took, clock.now_micros()) {
+            if next_sample_due(began, took, clock.monotonic_micros()) {
                 break;
             }
         }
@@ -41,7 +41,9 @@ pub(crate) async fn run_sampler(shared: Arc<Shared>) {
 }
 
 /// Whether a tick at `now` may take the next sample, after one that began at `began`
-/// and took `took` (all in microseconds on the worker's clock).
+/// and took `took` (all in microseconds on the worker's clock's monotonic scale, see
+/// [`crate::worker::timer::TimerClock::monotonic_micros`]: a wall clock stepped forward
+/// during a sample must not stop sampling for a hundred times the step).
 fn next_sample_due(began: i64, took: i64, now: i64) -> bool {
     now >= began.saturating_add(took.max(0).saturating_mul(REST_PER_SAMPLE))
 }

@@ -35,6 +35,21 @@ impl TimerClock {
         }
     }
 
+    /// Microseconds on a scale that never steps back: on real time, since the first such
+    /// reading in this process on the monotonic clock (a wall clock set back or forward
+    /// does not move it); on an injected clock, its time since the epoch. For measuring
+    /// how long something took and waiting a multiple of it.
+    pub(crate) fn monotonic_micros(&self) -> i64 {
+        static ANCHOR: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        match &self.0 {
+            Some(clock) => clock.now().timestamp_micros(),
+            None => {
+                let anchor = *ANCHOR.get_or_init(std::time::Instant::now);
+                i64::try_from(anchor.elapsed().as_micros()).unwrap_or(i64::MAX)
+            }
+        }
+    }
+
     /// Resolves once `duration` has passed on this clock.
     pub(crate) fn sleep(&self, duration: Duration) -> ClockSleep {
         match &self.0 {
@@ -140,6 +155,24 @@ mod tests {
         let tick = t.tick();
         let mut tick = std::pin::pin!(tick);
         tick.as_mut().poll(&mut cx) == Poll::Ready(())
+    }
+
+    #[test]
+    fn monotonic_readings_follow_an_injected_clock_and_never_step_back_on_real_time() {
+        let clock = ManualClock::new();
+        let timer = TimerClock::new(Arc::new(clock.clone()));
+        let before = timer.monotonic_micros();
+        assert_eq!(before, clock.now().timestamp_micros());
+        clock.advance(Duration::from_secs(3));
+        assert_eq!(timer.monotonic_micros() - before, 3_000_000);
+        let real = TimerClock::default();
+        let mut last = real.monotonic_micros();
+        assert!(last >= 0);
+        for _ in 0..1000 {
+            let now = real.monotonic_micros();
+            assert!(now >= last, "{now} after {last}");
+            last = now;
+        }
     }
 
     #[test]
