@@ -361,16 +361,15 @@ pub(crate) fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-/// Decodes a job from a row holding `sql::JOB_COLUMNS` in that order.
-/// Opens the transaction `counts()` runs in: no JIT (see [`crate::exec::NO_JIT_BEGIN`])
-/// and no parallel workers. The counts read every job's entry in the claim and finished
-/// indexes, and every worker's metrics sampler runs them: on a table of 2.1M jobs a
-/// parallel plan ran three processes at once (about 0.8 CPU-seconds in 0.3 s), taking
-/// every core of a small server from the claims and completions while it ran; one
-/// process takes 0.46 CPU-seconds and leaves the other cores alone.
-const COUNTS_BEGIN: &str =
-    "BEGIN; SET LOCAL jit = off; SET LOCAL max_parallel_workers_per_gather = 0";
+/// Turns parallel workers off for the rest of the transaction `counts()` runs in. The
+/// counts read every job's entry in the claim and finished indexes, and every worker's
+/// metrics sampler runs them: on a table of 2.1M jobs a parallel plan ran three
+/// processes at once (about 0.8 CPU-seconds in 0.3 s), taking every core of a small
+/// server from the claims and completions while it ran; one process takes 0.46
+/// CPU-seconds and leaves the other cores alone.
+const SERIAL_PLANS: &str = "SET LOCAL max_parallel_workers_per_gather = 0";
 
+/// Decodes a job from a row holding `sql::JOB_COLUMNS` in that order.
 pub(crate) fn job_from_row(row: &PgRow) -> Result<Job> {
     // By position (no per-column name lookup); each position is computed at build time
     // from the column list every job-returning statement selects.
@@ -870,7 +869,11 @@ impl Storage for PostgresStorage {
     }
 
     async fn counts(&self) -> Result<Vec<QueueCount>> {
-        let mut tx = self.inner.pool.begin_with(COUNTS_BEGIN).await.map_err(db)?;
+        let mut tx = self.begin().await?;
+        sqlx::query(SERIAL_PLANS)
+            .execute_on(self.on(&mut tx))
+            .await
+            .map_err(db)?;
         let rows = sqlx::query(AssertSqlSafe(self.sql().counts.clone()))
             .fetch_all_on(self.on(&mut tx))
             .await

@@ -970,10 +970,25 @@ pub(crate) fn finished_counts(conn: &Connection, since: i64) -> QResult<Vec<Queu
 mod tests {
     use super::*;
 
-    /// The claim reads its history flag right after the job's columns.
+    /// The column the claim reads its history flag from is the prepared claim's last,
+    /// and is that flag, for every shape of claim.
     #[test]
-    fn the_claim_s_history_flag_follows_the_job_columns() {
-        assert_eq!(CLAIM_NO_HISTORY, JOB_COLUMNS.split(',').count());
+    fn the_claim_s_history_flag_is_the_column_it_reads() {
+        let conn = Connection::open_in_memory().expect("open");
+        crate::migrate::migrate(&conn, 0).expect("migrate");
+        for (queues, tasks, flags) in [(1, 0, 0), (3, 2, 1)] {
+            let shape = ClaimShape {
+                queues,
+                tasks,
+                flags,
+            };
+            let stmt = conn.prepare(&claim_sql(shape)).expect("prepare");
+            assert_eq!(stmt.column_count(), CLAIM_NO_HISTORY + 1);
+            assert_eq!(
+                stmt.column_name(CLAIM_NO_HISTORY).expect("name"),
+                "j.attempts IS NULL"
+            );
+        }
     }
 
     fn plan(conn: &Connection, sql: &str) -> String {
