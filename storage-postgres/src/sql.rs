@@ -260,30 +260,133 @@ parked AS (
 {lease}";
 
 /// The same claim across several queues ($1 is then an array of queue names), also
-/// committed without waiting for the flush (see [`CLAIM`]). The index holds each queue's
-/// jobs in claim order, not all of them together, so this claim sorts every due job of
-/// those queues: its cost grows with their backlog. Workers never use it (each routing
-/// queue claims with [`CLAIM`]); it serves `Storage::dequeue` calls naming several
-/// queues. Paused queues are dropped from the array once, before the scan. It reads no
-/// parked job, and skips jobs of full keys row by row without parking them: it sorts
-/// every due job of its queues anyway.
+/// committed without waiting for the flush (see [`CLAIM`]); it serves `Storage::dequeue`
+/// calls naming several queues (workers claim per routing queue, with [`CLAIM`]). Like
+/// [`CLAIM`], it never visits a row it cannot claim because of its time, its status or
+/// a paused queue, and parks the jobs of full keys it meets instead of reading them
+/// again at every claim. The index holds each queue's jobs in claim order, not all of
+/// them together, so the walk is [`CLAIM`]'s per queue: `qs` is the named queues that
+/// are not paused (dropped once, before any index page is read); `prios` the distinct
+/// priorities of their claimable jobs, highest first (per step, one descent of
+/// `jobs_claimable` per queue); and for each priority `cand` reads every queue's due range
+/// in claim order, up to the limit each, and merges them in claim order. Reading a range
+/// up to the limit locks (`SKIP LOCKED`) as many rows as it reads, so a claim of N jobs
+/// from Q queues may hold up to Q x N rows locked until its commit, taking only N: other
+/// claimers pass the rest over for that moment. A keyed job is a candidate only if no
+/// job of its key in any of the named queues comes before it in claim order. Parking
+/// reads the keyed jobs of each queue's walked part of the index, bounded by where the
+/// merge stopped, as [`CLAIM`] does for its one queue. A rate-limited queue among the
+/// named ones is claimed with [`CLAIM`] queue by queue instead (see `rate.rs`).
+/// $1 queues, $2 tasks (empty = any), $3 limit, $4 holder, $5 token, $6 lease (µs),
+/// $7 forbidden flags.
 const CLAIM_QUEUES: &str = "
-WITH cand AS (
-    SELECT id, serial_key, priority, run_at FROM {schema}.jobs
-    WHERE status IN ('pending', 'retrying', 'waiting') AND NOT blocked
-      AND queue = ANY(ARRAY(
-          SELECT q FROM unnest($1::text[]) AS q
-          WHERE NOT EXISTS (SELECT 1 FROM {schema}.paused_queues p WHERE p.queue = q)))
-      AND run_at <= {now}
-      AND (cardinality($2::text[]) = 0 OR task = ANY($2::text[]))
-      AND NOT (flags && $7::text[])
+WITH RECURSIVE qs AS (
+    SELECT q FROM unnest($1::text[]) AS q
+    WHERE NOT EXISTS (SELECT 1 FROM {schema}.paused_queues p WHERE p.queue = q)
       AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL
-      AND (serial_key IS NULL OR (
-          SELECT count(*) FROM {schema}.serial_slots s WHERE s.serial_key = jobs.serial_key)
-          < {schema}.key_limit(jobs.serial_key))
-    ORDER BY priority DESC, run_at, id
+),
+prios AS (
+    (SELECT max(t.priority) AS priority FROM qs CROSS JOIN LATERAL (
+        SELECT a.priority FROM {schema}.jobs AS a
+        WHERE a.status IN ('pending', 'retrying', 'waiting') AND NOT a.blocked
+          AND a.queue = qs.q
+        ORDER BY a.priority DESC
+        LIMIT 1) AS t)
+    UNION ALL
+    SELECT (SELECT max(t.priority) FROM qs CROSS JOIN LATERAL (
+        SELECT n.priority FROM {schema}.jobs AS n
+        WHERE n.status IN ('pending', 'retrying', 'waiting') AND NOT n.blocked
+          AND n.queue = qs.q
+          AND n.priority < prios.priority
+        ORDER BY n.priority DESC
+        LIMIT 1) AS t)
+    FROM prios
+    WHERE prios.priority IS NOT NULL
+),
+cand AS (
+    SELECT due.* FROM prios CROSS JOIN LATERAL (
+        SELECT x.* FROM qs CROSS JOIN LATERAL (
+            SELECT c.id, c.serial_key, c.priority, c.run_at FROM {schema}.jobs AS c
+            WHERE c.status IN ('pending', 'retrying', 'waiting') AND NOT c.blocked
+              AND c.queue = qs.q
+              AND c.priority = prios.priority
+              AND c.run_at <= {now}
+              AND (cardinality($2::text[]) = 0 OR c.task = ANY($2::text[]))
+              AND NOT (c.flags && $7::text[])
+              AND (c.serial_key IS NULL OR ((
+                  SELECT count(*) FROM {schema}.serial_slots s WHERE s.serial_key = c.serial_key)
+                  < {schema}.key_limit(c.serial_key)
+                  AND NOT EXISTS (
+                      SELECT 1 FROM {schema}.jobs AS e
+                      WHERE e.serial_key = c.serial_key
+                        AND e.status IN ('pending', 'retrying', 'waiting') AND NOT e.blocked
+                        AND (e.priority > c.priority
+                             OR (e.priority = c.priority AND (e.run_at, e.id) < (c.run_at, c.id)))
+                        AND e.queue = ANY(ARRAY(SELECT q FROM qs))
+                        AND e.run_at <= {now}
+                        AND (cardinality($2::text[]) = 0 OR e.task = ANY($2::text[]))
+                        AND NOT (e.flags && $7::text[]))))
+            ORDER BY c.run_at, c.id
+            LIMIT $3
+            FOR UPDATE SKIP LOCKED
+        ) AS x
+        ORDER BY x.run_at, x.id
+        LIMIT $3
+    ) AS due
+    WHERE prios.priority IS NOT NULL
     LIMIT $3
-    FOR UPDATE SKIP LOCKED
+),
+edge AS (
+    SELECT (SELECT count(*) FROM cand) >= $3 AS stopped, l.priority, l.run_at, l.id
+    FROM (SELECT 1) AS one
+    LEFT JOIN LATERAL (
+        SELECT e.priority, e.run_at, e.id FROM cand e
+        ORDER BY e.priority, e.run_at DESC, e.id DESC
+        LIMIT 1
+    ) AS l ON true
+),
+parkable AS (
+    SELECT full_key.* FROM edge CROSS JOIN prios CROSS JOIN qs
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN edge.stopped AND prios.priority = edge.priority
+                    THEN edge.run_at ELSE 'infinity'::timestamptz END AS run_at,
+               CASE WHEN edge.stopped AND prios.priority = edge.priority
+                    THEN edge.id ELSE 9223372036854775807 END AS id
+    ) AS bound
+    CROSS JOIN LATERAL (
+        SELECT k.id, k.serial_key FROM {schema}.jobs AS k
+        WHERE k.status IN ('pending', 'retrying', 'waiting') AND NOT k.blocked
+          AND k.serial_key IS NOT NULL
+          AND k.queue = qs.q
+          AND k.priority = prios.priority
+          AND k.run_at <= {now}
+          AND (k.run_at, k.id) <= (bound.run_at, bound.id)
+          AND (SELECT count(*) FROM {schema}.serial_slots s WHERE s.serial_key = k.serial_key)
+              >= {schema}.key_limit(k.serial_key)
+        ORDER BY k.run_at, k.id
+        LIMIT {park_batch}
+        FOR UPDATE SKIP LOCKED
+    ) AS full_key
+    WHERE prios.priority IS NOT NULL
+      AND (NOT edge.stopped OR prios.priority >= edge.priority)
+      AND EXISTS (SELECT 1 FROM {schema}.jobs AS kq
+                  WHERE kq.status IN ('pending', 'retrying', 'waiting') AND NOT kq.blocked
+                    AND kq.serial_key IS NOT NULL AND kq.queue = ANY(ARRAY(SELECT q FROM qs)))
+    LIMIT {park_batch}
+),
+busy AS (
+    SELECT h.serial_key FROM (
+        SELECT s.serial_key FROM {schema}.serial_slots AS s
+        WHERE s.serial_key = ANY(ARRAY(SELECT DISTINCT serial_key FROM parkable))
+        FOR SHARE OF s SKIP LOCKED
+    ) AS h
+    GROUP BY h.serial_key
+    HAVING count(*) >= {schema}.key_limit(h.serial_key)
+),
+parked AS (
+    UPDATE {schema}.jobs AS p SET blocked = true
+    WHERE p.id = ANY(ARRAY(
+        SELECT k.id FROM parkable k WHERE k.serial_key IN (SELECT serial_key FROM busy)))
 )
 {lease}";
 
@@ -842,13 +945,21 @@ fn hide_from_planner(template: &str) -> String {
     template
         .replace("$2::text[]", "(SELECT $2::text[])::text[]")
         .replace("$7::text[]", "(SELECT $7::text[])::text[]")
+        // The several-queue claim's array first, out of the scalar's way.
+        .replace("$1::text[]", "{queues}")
         .replace("$1", "(SELECT $1::text)")
+        .replace("{queues}", "(SELECT $1::text[])::text[]")
         .replace("$3", "(SELECT $3::bigint)")
 }
 
-/// The several-queue claim's template: [`CLAIM_QUEUES`] with the shared lease.
+/// The several-queue claim's template: [`CLAIM_QUEUES`] with the shared lease, its
+/// arguments read through sub-selects as the single-queue claim's are.
 fn claim_queues_template() -> String {
-    CLAIM_QUEUES.replace("\n{lease}", LEASE)
+    hide_from_planner(
+        &CLAIM_QUEUES
+            .replace("{park_batch}", &PARK_BATCH.to_string())
+            .replace("\n{lease}", LEASE),
+    )
 }
 
 impl Sql {
@@ -914,25 +1025,29 @@ mod hidden_argument_tests {
     /// text replacement met no `$1` that was the start of `$10` and up.
     #[test]
     fn the_claim_reads_its_steering_arguments_only_through_sub_selects() {
-        let claim = super::claim_template();
-        for (arg, hidden) in [
-            ("$1", "(SELECT $1::text)"),
-            ("$2", "(SELECT $2::text[])"),
-            ("$3", "(SELECT $3::bigint)"),
-            ("$7", "(SELECT $7::text[])"),
+        for (claim, queue) in [
+            (super::claim_template(), "(SELECT $1::text)"),
+            (super::claim_queues_template(), "(SELECT $1::text[])"),
         ] {
-            assert!(claim.contains(hidden), "{arg} is used");
-            assert_eq!(
-                claim.matches(arg).count(),
-                claim.matches(hidden).count(),
-                "every {arg} is hidden"
-            );
+            for (arg, hidden) in [
+                ("$1", queue),
+                ("$2", "(SELECT $2::text[])"),
+                ("$3", "(SELECT $3::bigint)"),
+                ("$7", "(SELECT $7::text[])"),
+            ] {
+                assert!(claim.contains(hidden), "{arg} is used");
+                assert_eq!(
+                    claim.matches(arg).count(),
+                    claim.matches(hidden).count(),
+                    "every {arg} is hidden"
+                );
+            }
+            let digits = claim
+                .as_bytes()
+                .windows(3)
+                .any(|w| w[0] == b'$' && w[1].is_ascii_digit() && w[2].is_ascii_digit());
+            assert!(!digits, "the claim has no argument past $9");
         }
-        let digits = claim
-            .as_bytes()
-            .windows(3)
-            .any(|w| w[0] == b'$' && w[1].is_ascii_digit() && w[2].is_ascii_digit());
-        assert!(!digits, "the claim has no argument past $9");
     }
 }
 
@@ -1091,8 +1206,8 @@ mod plan_tests {
 
     /// Both claim statements find their candidates through the `jobs_claimable` partial
     /// index whatever the statistics say and whatever the limit, and their UPDATE finds
-    /// the claimed rows by primary key, never by a scan of the whole table. The
-    /// single-queue claim (what workers use) walks the index in claim order. Checked for
+    /// the claimed rows by primary key, never by a scan of the whole table. Both walk the
+    /// index in claim order (the several-queue claim per queue). Checked for
     /// custom plans (what a claim gets: its limit is a parameter, so the generic plan's
     /// guess of 10% of the rows never wins) and for the generic plan too.
     #[tokio::test]
@@ -1105,7 +1220,7 @@ mod plan_tests {
                     "clq",
                     claim_queues_template(),
                     "text[]",
-                    "'{default}'::text[]",
+                    "'{default,spare}'::text[]",
                 ),
             ] {
                 let stmt = render(&template, t.schema(), "now()");
@@ -1118,42 +1233,28 @@ mod plan_tests {
                         );
                         let plan = explain(&mut conn, mode, &execute).await;
                         let what = format!("{name}, {stats:?}, {mode}, limit {limit}");
-                        // The candidate scan is `jobs` unaliased across queues and
-                        // `jobs c` (a range per priority) for one queue; `jobs j` is the
-                        // UPDATE's.
-                        let marker = if name == "cl" {
-                            " on jobs c  ("
-                        } else {
-                            " on jobs  ("
-                        };
-                        let cand: Vec<&str> = plan.lines().filter(|l| l.contains(marker)).collect();
+                        // The candidate scan is `jobs c` (a range per priority, and per
+                        // queue across queues); `jobs j` is the UPDATE's.
+                        let cand: Vec<&str> = plan
+                            .lines()
+                            .filter(|l| l.contains(" on jobs c  ("))
+                            .collect();
                         assert_eq!(cand.len(), 1, "{what}:\n{plan}");
-                        assert!(!plan.contains("Seq Scan on jobs j"), "{what}:\n{plan}");
-                        if name == "cl" {
-                            assert!(!plan.contains("Seq Scan on jobs"), "{what}:\n{plan}");
-                            assert!(
-                                cand[0].contains("Index Scan using jobs_claimable on jobs c "),
-                                "{what}:\n{plan}"
-                            );
-                            // The priorities come from the same index, one probe each.
-                            assert!(
-                                plan.contains("using jobs_claimable on jobs a "),
-                                "{what}:\n{plan}"
-                            );
-                            // Jobs to park are looked for among the keyed ones only.
-                            assert!(
-                                plan.contains("using jobs_claimable_keyed on jobs k "),
-                                "{what}:\n{plan}"
-                            );
-                        } else if !matches!(stats, Stats::Fresh) {
-                            // Across queues the index order is not claim order, so every
-                            // due job of those queues is sorted (see CLAIM_QUEUES); with
-                            // all of the table due, reading it in order is a fair choice.
-                            assert!(
-                                cand[0].contains("using jobs_claimable on jobs"),
-                                "{what}:\n{plan}"
-                            );
-                        }
+                        assert!(!plan.contains("Seq Scan on jobs"), "{what}:\n{plan}");
+                        assert!(
+                            cand[0].contains("Index Scan using jobs_claimable on jobs c "),
+                            "{what}:\n{plan}"
+                        );
+                        // The priorities come from the same index, one probe each.
+                        assert!(
+                            plan.contains("using jobs_claimable on jobs a "),
+                            "{what}:\n{plan}"
+                        );
+                        // Jobs to park are looked for among the keyed ones only.
+                        assert!(
+                            plan.contains("using jobs_claimable_keyed on jobs k "),
+                            "{what}:\n{plan}"
+                        );
                     }
                 }
             }
@@ -1303,7 +1404,7 @@ mod plan_tests {
                 ),
             )
             .await;
-            park_the_backlog(&t, &mut conn, &q).await;
+            park_the_backlog(&t, &mut conn, &q, &["default".to_string()]).await;
             vacuum_clean(&mut conn, &q).await;
             let stmt = render(super::COUNTS, t.schema(), "now()");
             let plan: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
@@ -1490,15 +1591,21 @@ mod plan_tests {
     /// most `PARK_BATCH` per claim, taking nothing), and every claim after that passes
     /// them by. Freeing a slot lets exactly the key's next job in, which the next claim
     /// takes without walking the rest.
+    ///
+    /// The same holds for the claim naming several queues (`Storage::dequeue` with a
+    /// second, empty queue beside the backlog's), which parks the busy keys' jobs itself.
     #[tokio::test]
     async fn claims_never_visit_a_backlog_they_cannot_take() {
-        for kind in [
+        for (kind, several) in [
             Backlog::NotYetDue,
             Backlog::Waiting,
             Backlog::Paused,
             Backlog::BusySerialKey,
             Backlog::BusyKeyLimit,
-        ] {
+        ]
+        .into_iter()
+        .flat_map(|kind| [(kind, false), (kind, true)])
+        {
             let t = TestSchema::new().await.expect("schema");
             let q = crate::options::quote_ident(t.schema());
             let mut conn = t.storage().pool().acquire().await.expect("conn");
@@ -1538,27 +1645,42 @@ mod plan_tests {
                 ),
             };
             run(&mut conn, &seed).await;
-            if matches!(kind, Backlog::BusySerialKey | Backlog::BusyKeyLimit) {
-                park_the_backlog(&t, &mut conn, &q).await;
-            }
             let (queue, due) = match kind {
                 Backlog::Paused => ("held", 0),
                 _ => ("default", 3),
             };
+            let queues: Vec<String> = if several {
+                vec![queue.into(), "spare".into()]
+            } else {
+                vec![queue.into()]
+            };
+            if matches!(kind, Backlog::BusySerialKey | Backlog::BusyKeyLimit) {
+                park_the_backlog(&t, &mut conn, &q, &queues).await;
+            }
             let jobs = (0..due)
                 .map(|i| NewJob::new("t", serde_json::json!(i)))
                 .collect();
             t.storage().enqueue_many(jobs).await.expect("enqueue");
             vacuum_clean(&mut conn, &q).await;
-            let stmt = render(&super::claim_template(), t.schema(), "now()");
+            let (template, queue_type, queue_arg) = if several {
+                (
+                    super::claim_queues_template(),
+                    "text[]",
+                    format!("'{{{}}}'::text[]", queues.join(",")),
+                )
+            } else {
+                (super::claim_template(), "text", format!("'{queue}'"))
+            };
+            let stmt = render(&template, t.schema(), "now()");
             run(
                 &mut conn,
                 &format!(
-                    "PREPARE cl(text, text[], bigint, text, bigint, bigint, text[]) AS {stmt}"
+                    "PREPARE cl({queue_type}, text[], bigint, text, bigint, bigint, text[]) \
+                     AS {stmt}"
                 ),
             )
             .await;
-            let execute = format!("cl('{queue}', '{{}}', 1000, 'plan', 7, 60000000, '{{}}')");
+            let execute = format!("cl({queue_arg}, '{{}}', 1000, 'plan', 7, 60000000, '{{}}')");
             // (Leasing the due jobs writes their rows and index entries: a few dozen
             // buffers more than a claim that finds nothing.)
             let cases = [
@@ -1573,7 +1695,7 @@ mod plan_tests {
                 run(&mut conn, "COMMIT").await;
                 assert!(
                     touched < most,
-                    "{kind:?}, {what}: {touched} buffers\n{plan}"
+                    "{kind:?}, several queues {several}, {what}: {touched} buffers\n{plan}"
                 );
                 // Counted by the table, so the parking CTEs (which EXPLAIN shows outside
                 // the statement's top node) count too.
@@ -1581,7 +1703,8 @@ mod plan_tests {
                 // the bound, still far below the backlog's thousands of pages.)
                 assert!(
                     all < 2 * i64::try_from(most).unwrap_or(i64::MAX / 2),
-                    "{kind:?}, {what}: {all} buffers of jobs and its indexes\n{plan}"
+                    "{kind:?}, several queues {several}, {what}: {all} buffers of jobs and \
+                     its indexes\n{plan}"
                 );
                 assert!(
                     plan.contains(&format!("Update on jobs j (actual rows={claimed} ")),
@@ -1606,7 +1729,12 @@ mod plan_tests {
     /// Runs the worker's claim until the whole busy-key backlog (the due pending jobs of
     /// the busy keys) is parked: one claim per
     /// `PARK_BATCH` jobs (and the claim that finds nothing left), none taking a job.
-    async fn park_the_backlog(t: &TestSchema, conn: &mut sqlx::PgConnection, q: &str) {
+    async fn park_the_backlog(
+        t: &TestSchema,
+        conn: &mut sqlx::PgConnection,
+        q: &str,
+        queues: &[String],
+    ) {
         let backlog: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
             "SELECT count(*) FROM {q}.jobs
              WHERE status = 'pending' AND serial_key IS NOT NULL AND run_at <= now()"
@@ -1619,7 +1747,7 @@ mod plan_tests {
             let got = t
                 .storage()
                 .dequeue(DequeueParams {
-                    queues: vec!["default".into()],
+                    queues: queues.to_vec(),
                     tasks: Vec::new(),
                     limit: 1000,
                     lease_duration: Duration::from_secs(3600),

@@ -117,6 +117,60 @@ pub async fn dequeue_filters_queues_and_tasks<H: ConformanceHarness>(h: &H) {
     assert_eq!(got, vec![other_queue, other_task]);
 }
 
+/// A claim naming several queues takes their due jobs in claim order across them
+/// (priority, then run_at, then id, whichever queue holds each) up to its limit, passes
+/// over paused queues and jobs not yet due, and lets a serial key shared by the queues
+/// start only its first job in that order.
+pub async fn a_claim_of_several_queues_keeps_claim_order_across_them<H: ConformanceHarness>(h: &H) {
+    let s = h.storage();
+    let now = s.now().await.expect("now");
+    // (queue, priority, seconds since due: negative is not yet due, serial key)
+    let spec: [(&str, i32, i64, Option<&str>); 10] = [
+        ("a", 0, 10, None),
+        ("b", 5, 1, None),
+        ("c", 0, 30, None),
+        ("b", 0, 20, None),
+        ("a", 5, 5, None),
+        ("c", 9, -60, None),
+        ("held", 9, 50, None),
+        ("a", 1, 1, None),
+        ("b", 0, 40, Some("k")),
+        ("a", 0, 35, Some("k")),
+    ];
+    let mut ids = Vec::new();
+    for (queue, priority, age, key) in spec {
+        let mut j = job(json!({ "queue": queue, "priority": priority, "age": age }));
+        j.queue = queue.into();
+        j.priority = priority;
+        j.run_at = Some(now - chrono::Duration::seconds(age));
+        j.serial_key = key.map(str::to_string);
+        ids.push(enqueue(&s, j).await);
+    }
+    s.set_queue_paused("held", true).await.expect("pause");
+    let claim = |limit: usize| {
+        let s = s.clone();
+        async move {
+            let mut p = params(limit);
+            p.queues = vec!["a".into(), "b".into(), "c".into(), "held".into()];
+            s.dequeue(p).await.expect("dequeue")
+        }
+    };
+    let id_list = |got: &[ClaimedJob]| got.iter().map(|c| c.job.id).collect::<Vec<JobId>>();
+    // Priority 5 (older first), then 1, then the first of priority 0: the key's first
+    // job, due 40 s ago in queue b.
+    let first = claim(4).await;
+    assert_eq!(id_list(&first), vec![ids[4], ids[1], ids[7], ids[8]]);
+    // The rest of priority 0 by age, without the key's second job (its key is busy),
+    // the job not yet due or the paused queue's.
+    assert_eq!(id_list(&claim(10).await), vec![ids[2], ids[3], ids[0]]);
+    assert!(claim(10).await.is_empty());
+    // The key's first job finishes: its second, in another queue, comes next.
+    s.complete(&first[3].lease, json!(null))
+        .await
+        .expect("complete");
+    assert_eq!(id_list(&claim(10).await), vec![ids[9]]);
+}
+
 /// Many concurrent dequeuers never claim one job twice, and claim every job.
 pub async fn concurrent_dequeuers_never_claim_a_job_twice<H: ConformanceHarness>(h: &H) {
     let s = h.storage();

@@ -123,6 +123,7 @@ macro_rules! conformance_tests {
             claims_by_priority_then_run_at_then_id,
             delayed_job_invisible_until_due,
             dequeue_filters_queues_and_tasks,
+            a_claim_of_several_queues_keeps_claim_order_across_them,
             concurrent_dequeuers_never_claim_a_job_twice,
             complete_stores_result,
             complete_many_fences_each_item,
