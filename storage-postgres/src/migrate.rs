@@ -99,10 +99,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "serial_key_order",
         sql: include_str!("../migrations/014_serial_key_order.sql"),
     },
+    Migration {
+        version: 15,
+        name: "sql_worker_claim_walk",
+        sql: include_str!("../migrations/015_sql_worker_claim_walk.sql"),
+    },
 ];
 
 /// The newest schema version this library knows.
-pub const LATEST_VERSION: i64 = 14;
+pub const LATEST_VERSION: i64 = 15;
 
 /// The name of the schema migration 8 creates next to `schema` for graphile-worker's
 /// SQL API: `schema` followed by `_graphile` (`durable_jobs_graphile` by default).

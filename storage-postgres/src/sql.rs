@@ -1404,7 +1404,8 @@ mod plan_tests {
                 ),
             )
             .await;
-            park_the_backlog(&t, &mut conn, &q, &["default".to_string()]).await;
+            let execute = Claimer::Worker.prepare(&mut conn, &t, "default").await;
+            park_the_backlog(&mut conn, &q, Claimer::Worker, &execute).await;
             vacuum_clean(&mut conn, &q).await;
             let stmt = render(super::COUNTS, t.schema(), "now()");
             let plan: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
@@ -1596,7 +1597,7 @@ mod plan_tests {
     /// second, empty queue beside the backlog's), which parks the busy keys' jobs itself.
     #[tokio::test]
     async fn claims_never_visit_a_backlog_they_cannot_take() {
-        for (kind, several) in [
+        for (kind, claimer) in [
             Backlog::NotYetDue,
             Backlog::Waiting,
             Backlog::Paused,
@@ -1604,8 +1605,9 @@ mod plan_tests {
             Backlog::BusyKeyLimit,
         ]
         .into_iter()
-        .flat_map(|kind| [(kind, false), (kind, true)])
-        {
+        .flat_map(|kind| {
+            [Claimer::Worker, Claimer::SeveralQueues, Claimer::SqlGetJob].map(|c| (kind, c))
+        }) {
             let t = TestSchema::new().await.expect("schema");
             let q = crate::options::quote_ident(t.schema());
             let mut conn = t.storage().pool().acquire().await.expect("conn");
@@ -1649,91 +1651,160 @@ mod plan_tests {
                 Backlog::Paused => ("held", 0),
                 _ => ("default", 3),
             };
-            let queues: Vec<String> = if several {
-                vec![queue.into(), "spare".into()]
-            } else {
-                vec![queue.into()]
-            };
+            let execute = claimer.prepare(&mut conn, &t, queue).await;
             if matches!(kind, Backlog::BusySerialKey | Backlog::BusyKeyLimit) {
-                park_the_backlog(&t, &mut conn, &q, &queues).await;
+                park_the_backlog(&mut conn, &q, claimer, &execute).await;
             }
             let jobs = (0..due)
                 .map(|i| NewJob::new("t", serde_json::json!(i)))
                 .collect();
             t.storage().enqueue_many(jobs).await.expect("enqueue");
             vacuum_clean(&mut conn, &q).await;
-            let (template, queue_type, queue_arg) = if several {
-                (
-                    super::claim_queues_template(),
-                    "text[]",
-                    format!("'{{{}}}'::text[]", queues.join(",")),
-                )
-            } else {
-                (super::claim_template(), "text", format!("'{queue}'"))
-            };
-            let stmt = render(&template, t.schema(), "now()");
-            run(
-                &mut conn,
-                &format!(
-                    "PREPARE cl({queue_type}, text[], bigint, text, bigint, bigint, text[]) \
-                     AS {stmt}"
-                ),
-            )
-            .await;
-            let execute = format!("cl({queue_arg}, '{{}}', 1000, 'plan', 7, 60000000, '{{}}')");
             // (Leasing the due jobs writes their rows and index entries: a few dozen
-            // buffers more than a claim that finds nothing.)
-            let cases = [
-                ("the claim of the due jobs", due, 150),
-                ("an empty claim", 0, 50),
-            ];
+            // buffers more than a claim that finds nothing.) The SQL worker takes one job
+            // a call: one call per due job, each within the bound.
+            let calls = if claimer == Claimer::SqlGetJob {
+                due
+            } else {
+                1
+            };
+            let per_call = if claimer == Claimer::SqlGetJob {
+                1
+            } else {
+                due
+            };
+            // The claim naming two queues walks both queues' ranges: twice the bound.
+            let queues = if claimer == Claimer::SeveralQueues {
+                2
+            } else {
+                1
+            };
+            let mut cases: Vec<(&str, i64, u64)> = (0..calls)
+                .map(|_| ("the claim of the due jobs", per_call, 150 * queues))
+                .collect();
+            cases.push(("an empty claim", 0, 50 * queues));
             for (what, claimed, most) in cases {
-                run(&mut conn, "BEGIN").await;
-                let before = jobs_buffers(&mut conn, &q).await;
-                let (touched, plan) = buffers(&mut conn, &execute).await;
-                let all = jobs_buffers(&mut conn, &q).await - before;
-                run(&mut conn, "COMMIT").await;
-                assert!(
-                    touched < most,
-                    "{kind:?}, several queues {several}, {what}: {touched} buffers\n{plan}"
-                );
+                let what = format!("{kind:?}, {claimer:?}, {what}");
+                let (got, touched, all, plan) =
+                    claim_counted(&mut conn, &q, claimer, &execute).await;
+                assert!(touched < most, "{what}: {touched} buffers\n{plan}");
                 // Counted by the table, so the parking CTEs (which EXPLAIN shows outside
-                // the statement's top node) count too.
+                // the statement's top node) and the SQL function's statements count too.
                 // (Planning reads each index's metapage, which these count: hence twice
                 // the bound, still far below the backlog's thousands of pages.)
                 assert!(
                     all < 2 * i64::try_from(most).unwrap_or(i64::MAX / 2),
-                    "{kind:?}, several queues {several}, {what}: {all} buffers of jobs and \
-                     its indexes\n{plan}"
+                    "{what}: {all} buffers of jobs and its indexes\n{plan}"
                 );
-                assert!(
-                    plan.contains(&format!("Update on jobs j (actual rows={claimed} ")),
-                    "{kind:?}, {what}: claims {claimed}\n{plan}"
-                );
+                assert_eq!(got, claimed, "{what}: claims\n{plan}");
                 // A queue without keyed jobs never walks the keyed index per priority.
-                if matches!(kind, Backlog::NotYetDue | Backlog::Waiting) {
+                if matches!(kind, Backlog::NotYetDue | Backlog::Waiting)
+                    && claimer != Claimer::SqlGetJob
+                {
                     assert!(
                         plan.contains("using jobs_claimable_keyed on jobs k (never executed)"),
-                        "{kind:?}, {what}: walked the keyed jobs\n{plan}"
+                        "{what}: walked the keyed jobs\n{plan}"
                     );
                 }
             }
             if matches!(kind, Backlog::BusySerialKey | Backlog::BusyKeyLimit) {
-                next_job_of_a_freed_key_runs(&t, &mut conn, &q, &execute).await;
+                next_job_of_a_freed_key_runs(&t, &mut conn, &q, claimer, &execute).await;
             }
             drop(conn);
             t.drop_schema().await.expect("drop");
         }
     }
 
-    /// Runs the worker's claim until the whole busy-key backlog (the due pending jobs of
-    /// the busy keys) is parked: one claim per
-    /// `PARK_BATCH` jobs (and the claim that finds nothing left), none taking a job.
-    async fn park_the_backlog(
-        t: &TestSchema,
+    /// Which claim a plan test runs.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Claimer {
+        /// The worker's claim of one queue ([`super::CLAIM`]).
+        Worker,
+        /// The claim naming several queues ([`super::CLAIM_QUEUES`]): the backlog's queue
+        /// and an empty one.
+        SeveralQueues,
+        /// The SQL worker's `get_job`, naming no queue (so it looks in every one).
+        SqlGetJob,
+    }
+
+    impl Claimer {
+        /// Prepares the claim of `queue` on `conn` (as `cl`, for the storage's claims)
+        /// and returns the statement that runs it once.
+        async fn prepare(
+            self,
+            conn: &mut sqlx::PgConnection,
+            t: &TestSchema,
+            queue: &str,
+        ) -> String {
+            let (template, queue_type, queue_arg) = match self {
+                Claimer::Worker => (super::claim_template(), "text", format!("'{queue}'")),
+                Claimer::SeveralQueues => (
+                    super::claim_queues_template(),
+                    "text[]",
+                    format!("'{{{queue},spare}}'::text[]"),
+                ),
+                Claimer::SqlGetJob => {
+                    let q = crate::options::quote_ident(t.schema());
+                    return format!(
+                        "SELECT count(*) FROM {q}.get_job('plan', NULL, interval '1 hour', NULL)"
+                    );
+                }
+            };
+            let stmt = render(&template, t.schema(), "now()");
+            run(
+                conn,
+                &format!(
+                    "PREPARE cl({queue_type}, text[], bigint, text, bigint, bigint, text[]) \
+                     AS {stmt}"
+                ),
+            )
+            .await;
+            format!("cl({queue_arg}, '{{}}', 1000, 'plan', 7, 60000000, '{{}}')")
+        }
+    }
+
+    /// Runs one claim (`execute`, from [`Claimer::prepare`]) in a transaction of its own
+    /// and returns the jobs it claimed, the buffers its plan says it touched, the
+    /// buffers of `jobs` and its indexes the transaction fetched (planning included),
+    /// and the plan. For the SQL function, whose statements EXPLAIN does not show, the
+    /// plan is empty and only the table's count says what it read (its statements are
+    /// planned anew at each of a session's first calls, which that count includes).
+    async fn claim_counted(
         conn: &mut sqlx::PgConnection,
         q: &str,
-        queues: &[String],
+        claimer: Claimer,
+        execute: &str,
+    ) -> (i64, u64, i64, String) {
+        run(conn, "BEGIN").await;
+        let before = jobs_buffers(conn, q).await;
+        let (claimed, touched, plan) = if claimer == Claimer::SqlGetJob {
+            let claimed: i64 = sqlx::query_scalar(AssertSqlSafe(execute.to_string()))
+                .fetch_one(&mut *conn)
+                .await
+                .expect("get_job");
+            (claimed, None, String::new())
+        } else {
+            let (touched, plan) = buffers(conn, execute).await;
+            let claimed = plan
+                .split("Update on jobs j (actual rows=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next()?.parse::<i64>().ok())
+                .unwrap_or_else(|| panic!("no claim in the plan\n{plan}"));
+            (claimed, Some(touched), plan)
+        };
+        let all = jobs_buffers(conn, q).await - before;
+        run(conn, "COMMIT").await;
+        (claimed, touched.unwrap_or(0), all, plan)
+    }
+
+    /// Runs the claim until the whole busy-key backlog (the due pending jobs of the busy
+    /// keys) is parked: one claim per `PARK_BATCH` jobs (and the claim that finds nothing
+    /// left), none taking a job.
+    async fn park_the_backlog(
+        conn: &mut sqlx::PgConnection,
+        q: &str,
+        claimer: Claimer,
+        execute: &str,
     ) {
         let backlog: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
             "SELECT count(*) FROM {q}.jobs
@@ -1744,19 +1815,8 @@ mod plan_tests {
         .expect("count");
         let claims = usize::try_from(backlog).expect("count") / super::PARK_BATCH as usize + 2;
         for _ in 0..claims {
-            let got = t
-                .storage()
-                .dequeue(DequeueParams {
-                    queues: queues.to_vec(),
-                    tasks: Vec::new(),
-                    limit: 1000,
-                    lease_duration: Duration::from_secs(3600),
-                    holder: "plan".into(),
-                    forbidden_flags: Vec::new(),
-                })
-                .await
-                .expect("dequeue");
-            assert!(got.is_empty(), "a busy key's job was claimed: {got:?}");
+            let (got, _, _, plan) = claim_counted(conn, q, claimer, execute).await;
+            assert_eq!(got, 0, "{claimer:?}: a busy key's job was claimed\n{plan}");
         }
         let parked: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
             "SELECT count(*) FROM {q}.jobs WHERE blocked"
@@ -1764,7 +1824,7 @@ mod plan_tests {
         .fetch_one(&mut *conn)
         .await
         .expect("count");
-        assert_eq!(parked, backlog, "parked after {claims} claims");
+        assert_eq!(parked, backlog, "{claimer:?}: parked after {claims} claims");
     }
 
     /// A busy key's running job completes: the key's next job (in claim order) is
@@ -1774,6 +1834,7 @@ mod plan_tests {
         t: &TestSchema,
         conn: &mut sqlx::PgConnection,
         q: &str,
+        claimer: Claimer,
         execute: &str,
     ) {
         // The first job that ran: a key's (the unkeyed due jobs ran after them).
@@ -1802,16 +1863,12 @@ mod plan_tests {
             .complete(&lease, serde_json::json!(null))
             .await
             .expect("complete");
-        run(conn, "BEGIN").await;
-        let before = jobs_buffers(conn, q).await;
-        let (touched, plan) = buffers(conn, execute).await;
-        let all = jobs_buffers(conn, q).await - before;
-        run(conn, "COMMIT").await;
+        let (claimed, touched, all, plan) = claim_counted(conn, q, claimer, execute).await;
         assert!(
             touched < 150 && all < 300,
-            "{key}: {touched}, {all}\n{plan}"
+            "{claimer:?}, {key}: {touched}, {all}\n{plan}"
         );
-        assert!(plan.contains("Update on jobs j (actual rows=1 "), "{plan}");
+        assert_eq!(claimed, 1, "{claimer:?}\n{plan}");
         let status: String = sqlx::query_scalar(AssertSqlSafe(format!(
             "SELECT status FROM {q}.jobs WHERE id = {next}"
         )))
