@@ -8,6 +8,7 @@
 //! let storage = MemoryStorage::with_clock(clock.clone());
 //! ```
 
+mod jobs;
 mod storage;
 
 pub use storage::MemoryStorage;

@@ -1,5 +1,6 @@
 //! The memory backend's [`Storage`] implementation.
 
+use crate::jobs::Jobs;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use durable_jobs::idhash::{IdBuildHasher, IdMap, IdSet};
@@ -12,12 +13,13 @@ use durable_jobs::{
     StaleLocks, Storage, SystemClock, TakeSignalsParams, WorkerRecord,
 };
 use durable_jobs::{AttemptOutcome, AttemptRecord, CheckpointWrite, RateLimit};
+use parking_lot::{Mutex, MutexGuard};
 use serde_json::Value;
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::ops::Bound;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -27,10 +29,9 @@ type ReadyKey = (Reverse<i32>, DateTime<Utc>, JobId);
 #[derive(Default)]
 struct State {
     next_id: JobId,
-    /// Shared with the claims that hand them out: a claim gives the worker the stored
-    /// job itself rather than a copy, and a write to a job a claim still holds copies it
-    /// first (`Arc::make_mut`), so a claimed job never changes under its holder.
-    jobs: IdMap<Arc<Job>>,
+    /// The jobs, shared with the claims that hand them out, and their counts (see
+    /// [`Jobs`]).
+    jobs: Jobs,
     /// Claimable (pending or retrying) jobs per queue, in claim order. Queue names are
     /// the application's, so the fast hasher serves here too.
     ready: HashMap<String, BTreeSet<ReadyKey>, IdBuildHasher>,
@@ -193,7 +194,8 @@ impl MemoryStorage {
         }
         st.end_lease(id);
         st.unindex_finished(&job);
-        if let Some(j) = st.jobs.get_mut(&id).map(Arc::make_mut) {
+        if let Some(mut j) = st.jobs.get_mut(&id) {
+            let j = &mut *j;
             j.status = status;
             j.completed_at = Some(now);
             j.updated_at = now;
@@ -202,10 +204,13 @@ impl MemoryStorage {
         true
     }
 
+    /// The state, under the store's one lock. (`parking_lot`'s lock: a thread waiting on
+    /// it is handed it after a while, where the standard one lets the releasing thread
+    /// take it straight back, which starved claims beside a back-to-back retention
+    /// purge. It has no poisoning; every mutation below keeps the state consistent
+    /// before it can panic anyway.)
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Every mutation below keeps the state consistent before it can panic, so a
-        // poisoned lock still guards valid data.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 
     fn wake(&self) {
@@ -283,7 +288,7 @@ impl State {
             if let Some(k) = &job.dedupe_key {
                 self.dedupe.remove(k);
             }
-            if let Some(j) = self.jobs.get_mut(&id).map(Arc::make_mut) {
+            if let Some(mut j) = self.jobs.get_mut(&id) {
                 j.dedupe_key = None;
             }
             return None;
@@ -293,10 +298,11 @@ impl State {
             KeyMode::PreserveRunAt => job.run_at,
             _ => new.resolve_run_at(now),
         };
-        if let Some(j) = self.jobs.get_mut(&id).map(Arc::make_mut) {
+        if let Some(mut g) = self.jobs.get_mut(&id) {
+            g.set_queue(new.queue.clone());
+            let j = &mut *g;
             j.task = new.task.clone();
             j.payload = std::mem::take(&mut new.payload);
-            j.queue = new.queue.clone();
             j.priority = new.priority;
             j.max_attempts = new.max_attempts;
             j.timeout_ms = new.timeout_ms;
@@ -337,13 +343,15 @@ impl State {
     }
 
     /// The job held by `lease`, if the lease is still current.
+    /// (Callers write the attempt's result, error, expiry or progress, never its
+    /// status: that goes through `finish` or `requeue`, which keep the counts.)
     fn leased(&mut self, lease: &Lease) -> Result<&mut Job> {
-        match self.jobs.get_mut(&lease.job_id) {
+        match self.jobs.get_mut_untracked(&lease.job_id) {
             Some(job)
                 if job.status == JobStatus::Running
                     && job.lease.as_ref().map(|l| l.token) == Some(lease.token) =>
             {
-                Ok(Arc::make_mut(job))
+                Ok(job)
             }
             _ => Err(Error::LeaseLost {
                 job_id: lease.job_id,
@@ -380,13 +388,13 @@ impl State {
         error: Option<String>,
         now: DateTime<Utc>,
     ) {
-        let Some(job) = self.jobs.get_mut(&id) else {
+        let Some(mut job) = self.jobs.get_mut(&id) else {
             return;
         };
         if job.status != JobStatus::Running {
             return;
         }
-        let job = Arc::make_mut(job);
+        let job = &mut *job;
         let record = AttemptRecord {
             attempt: job.attempt,
             // Moved, not copied: every caller ends the lease right after (it finishes or
@@ -416,11 +424,11 @@ impl State {
 
     /// Takes a running job off its lease (status is set by the caller).
     fn end_lease(&mut self, id: JobId) {
-        let Some(job) = self.jobs.get_mut(&id) else {
+        let Some(mut job) = self.jobs.get_mut(&id) else {
             return;
         };
         if job.lease.is_some() {
-            if let Some(l) = Arc::make_mut(job).lease.take() {
+            if let Some(l) = job.lease.take() {
                 unlist_running(&mut self.running, l.expires_at, id);
             }
         }
@@ -446,9 +454,10 @@ impl State {
             self.wake_job(parent, now);
         }
         self.end_lease(id);
-        let Some(job) = self.jobs.get_mut(&id).map(Arc::make_mut) else {
+        let Some(mut guard) = self.jobs.get_mut(&id) else {
             return;
         };
+        let job = &mut *guard;
         let (old, old_at) = (job.status, job.completed_at);
         job.status = status;
         job.completed_at = Some(now);
@@ -458,6 +467,7 @@ impl State {
                 self.dedupe.remove(key);
             }
         }
+        drop(guard);
         if let Some(at) = old_at {
             unlist_finished_as(&mut self.by_finish, old, at, id);
         }
@@ -487,14 +497,16 @@ impl State {
 
     fn requeue(&mut self, id: JobId, status: JobStatus, run_at: DateTime<Utc>, now: DateTime<Utc>) {
         self.end_lease(id);
-        if let Some(slot) = self.jobs.get_mut(&id) {
-            let job = Arc::make_mut(slot);
-            job.status = status;
-            job.run_at = run_at;
-            job.updated_at = now;
-            let job = Arc::clone(slot);
-            self.make_ready(&job);
-        }
+        let Some(mut slot) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let job = &mut *slot;
+        job.status = status;
+        job.run_at = run_at;
+        job.updated_at = now;
+        let job = Arc::clone(slot.shared());
+        drop(slot);
+        self.make_ready(&job);
     }
 }
 
@@ -667,13 +679,15 @@ impl State {
         match job.status {
             JobStatus::Waiting | JobStatus::Pending if job.run_at > now => {
                 self.unready(&job);
-                if let Some(slot) = self.jobs.get_mut(&id) {
-                    let j = Arc::make_mut(slot);
-                    j.run_at = now;
-                    j.updated_at = now;
-                    let j = Arc::clone(slot);
-                    self.make_ready(&j);
-                }
+                let Some(mut slot) = self.jobs.get_mut(&id) else {
+                    return;
+                };
+                let j = &mut *slot;
+                j.run_at = now;
+                j.updated_at = now;
+                let j = Arc::clone(slot.shared());
+                drop(slot);
+                self.make_ready(&j);
             }
             JobStatus::Running => {
                 self.wake_requested.insert(id);
@@ -924,11 +938,11 @@ impl Storage for MemoryStorage {
         for key in picked {
             // Memory knows exactly: the job's first durable call need not ask.
             let none = st.checkpoints.get(&key.2).is_none_or(BTreeMap::is_empty);
-            let Some(slot) = st.jobs.get_mut(&key.2) else {
+            let Some(mut slot) = st.jobs.get_mut(&key.2) else {
                 continue;
             };
             // Nothing else holds a claimable job, so this changes it in place.
-            let job = Arc::make_mut(slot);
+            let job = &mut *slot;
             if let Some(set) = st.ready.get_mut(&job.queue) {
                 // Claims mostly take a queue's first jobs: popping skips the search.
                 if set.first() == Some(&key) {
@@ -957,7 +971,8 @@ impl Storage for MemoryStorage {
                     .insert(job.id);
             }
             out.push(
-                ClaimedJob::new(Arc::clone(slot), token, expires_at).with_no_checkpoints(none),
+                ClaimedJob::new(Arc::clone(slot.shared()), token, expires_at)
+                    .with_no_checkpoints(none),
             );
         }
         if !running.is_empty() {
@@ -1093,7 +1108,8 @@ impl Storage for MemoryStorage {
             expired.sort_unstable();
             let expired = expired.into_iter().map(|(_, id)| id);
             for id in expired {
-                let Some(job) = st.jobs.get_mut(&id).map(Arc::make_mut) else {
+                // (The status changes below, through `requeue` or `finish`.)
+                let Some(job) = st.jobs.get_mut_untracked(&id) else {
                     continue;
                 };
                 let error = "lease expired: the worker stopped heartbeating".to_string();
@@ -1183,21 +1199,8 @@ impl Storage for MemoryStorage {
     }
 
     async fn counts(&self) -> Result<Vec<QueueCount>> {
-        let st = self.lock();
-        // Counted under borrowed names: a queue's name is copied once per row, not once
-        // per job.
-        let mut map: BTreeMap<(&str, JobStatus), u64> = BTreeMap::new();
-        for j in st.jobs.values() {
-            *map.entry((j.queue.as_str(), j.status)).or_default() += 1;
-        }
-        Ok(map
-            .into_iter()
-            .map(|((queue, status), count)| QueueCount {
-                queue: queue.to_string(),
-                status,
-                count,
-            })
-            .collect())
+        // Kept as jobs are written (see `jobs.rs`): one entry per queue, not per job.
+        Ok(self.lock().jobs.counts())
     }
 
     async fn cancel(&self, job_id: JobId) -> Result<bool> {
@@ -1514,7 +1517,8 @@ impl Storage for MemoryStorage {
                     .as_ref()
                     .is_some_and(|k| !st.dedupe.contains_key(k));
                 st.unindex_finished(&job);
-                if let Some(j) = st.jobs.get_mut(&id).map(Arc::make_mut) {
+                if let Some(mut j) = st.jobs.get_mut(&id) {
+                    let j = &mut *j;
                     j.attempt = 0;
                     j.completed_at = None;
                     j.result = None;
@@ -1565,13 +1569,13 @@ impl Storage for MemoryStorage {
             st.unready(&job);
             let status = match &outcome {
                 ManualOutcome::Complete(v) => {
-                    if let Some(j) = st.jobs.get_mut(&id).map(Arc::make_mut) {
+                    if let Some(mut j) = st.jobs.get_mut(&id) {
                         j.result = Some(v.clone());
                     }
                     JobStatus::Completed
                 }
                 ManualOutcome::Fail(e) => {
-                    if let Some(j) = st.jobs.get_mut(&id).map(Arc::make_mut) {
+                    if let Some(mut j) = st.jobs.get_mut(&id) {
                         j.last_error = Some(e.clone());
                     }
                     JobStatus::Failed
@@ -1593,7 +1597,12 @@ impl Storage for MemoryStorage {
     }
 
     async fn purge_retained(&self, batch: RetentionBatch) -> Result<RetentionPurged> {
-        Ok(self.lock().purge_retained(batch))
+        let mut st = self.lock();
+        let purged = st.purge_retained(batch);
+        // A batch holds the lock for about a millisecond and the pass runs batches back
+        // to back: hand the lock to a claim or completion waiting for it, if any.
+        MutexGuard::unlock_fair(st);
+        Ok(purged)
     }
 
     async fn set_key_limit(&self, key: &str, max_running: Option<u32>) -> Result<()> {

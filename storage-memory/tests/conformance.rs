@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use durable_jobs::testing::ConformanceHarness;
-use durable_jobs::{DynStorage, JobId, JobStatus, ManualClock};
+use durable_jobs::{DynStorage, JobId, JobStatus, ManualClock, Storage};
 use durable_jobs_memory::MemoryStorage;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +28,11 @@ impl ConformanceHarness for Memory {
     async fn advance(&self, by: Duration) {
         self.clock.advance(by);
     }
-    async fn teardown(self) {}
+    async fn teardown(self) {
+        // In debug builds, reading the counts checks the counts kept as jobs are written
+        // against a walk of every job: after every case, whatever writes it made.
+        self.storage.counts().await.expect("counts");
+    }
     async fn finish_out_of_band(&self, job: JobId, status: JobStatus) -> bool {
         self.storage.finish_out_of_band(job, status)
     }
