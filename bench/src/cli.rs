@@ -11,8 +11,9 @@ USAGE:
 OPTIONS:
   --backend LIST        backends to run: postgres,sqlite,memory        [all]
   --scenario LIST       enqueue,drain,latency,raw,steps,heartbeat,workflow  [all]
-                        and, on PostgreSQL only when named: backlog,
-                        retention (each seeds millions of rows), soak
+                        and, only when named: backlog, retention (each
+                        seeds millions of rows; every backend), soak
+                        (PostgreSQL)
   --systems LIST        on Postgres: ours,graphile                      [both]
   --jobs N              jobs per enqueue/drain scenario                 [100000]
   --runs K              repeat every scenario K times, report medians   [1]

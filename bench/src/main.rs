@@ -14,6 +14,7 @@ mod scenario_retention;
 mod scenario_soak;
 mod scenario_workflow;
 mod stats;
+mod store;
 mod underway;
 
 use ours::Backend;
@@ -237,10 +238,10 @@ async fn postgres(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>
         heartbeats(cfg, res, errors, sec, Backend::Postgres).await;
     }
     if cfg.scenario("backlog") {
-        scenario_backlog::run(cfg, res, errors).await;
+        scenario_backlog::run(cfg, res, errors, Backend::Postgres).await;
     }
     if cfg.scenario("retention") {
-        scenario_retention::run(cfg, res, errors).await;
+        scenario_retention::run(cfg, res, errors, Backend::Postgres).await;
     }
     if cfg.scenario("workflow") {
         scenario_workflow::run(cfg, res, errors, run).await;
@@ -394,5 +395,11 @@ async fn local(cfg: &cli::Config, res: &mut Results, errors: &mut Vec<String>, b
     }
     if cfg.scenario("heartbeat") {
         heartbeats(cfg, res, errors, sec, b).await;
+    }
+    if cfg.scenario("backlog") {
+        scenario_backlog::run(cfg, res, errors, b).await;
+    }
+    if cfg.scenario("retention") {
+        scenario_retention::run(cfg, res, errors, b).await;
     }
 }

@@ -1,19 +1,23 @@
-//! The `backlog` scenario (PostgreSQL): a drain on top of a deep backlog the claim cannot
-//! take (1M pending jobs due tomorrow, 100k parked workflows, 1M retained completed jobs,
-//! seeded set-based with generate_series), against the shallow drain in the same run;
+//! The `backlog` scenario, on every backend: a drain on top of a deep backlog the claim
+//! cannot take (1M pending jobs due tomorrow, 100k parked workflows, 1M retained completed
+//! jobs; on PostgreSQL seeded set-based with generate_series, elsewhere through the
+//! storage calls, see `store`), against the shallow drain in the same run;
 //! then, with the backlog present, the cost of an empty claim and the idle latency, both
 //! before the drain (the backlog alone) and after it. Beside them, the idle latency on the
 //! shallow database after its drain, measured the same way: after a drain, each claim
 //! walks the index entries of the jobs the drain finished until VACUUM removes them, and
 //! the shared server runs with autovacuum off, so the rows after a drain show that cost
-//! whether or not a backlog is present.
+//! whether or not a backlog is present. (On the embedded backends the producer is the
+//! store itself, see `Store::producer`.)
 //! Also the helpers the `retention` scenario shares: a fresh migrated database, a timed
 //! drain.
 
 use crate::cli::Config;
+use crate::ours::Backend;
 use crate::pgdb::FreshDb;
 use crate::report::{Results, Side, Target};
 use crate::stats::{payload, percentile, rate, Countdown, LatencyProbe, LATENCY_WAIT};
+use crate::store::{self, Store};
 use durable_jobs::{
     DequeueParams, JobContext, JobOptions, Queue, RetentionPolicy, Storage, TaskError, Worker,
     WorkerOptions,
@@ -89,11 +93,11 @@ pub(crate) fn concurrency(cfg: &Config) -> usize {
 /// handler. Returns jobs/s.
 pub(crate) async fn drain(
     cfg: &Config,
-    pg: &Pg,
+    store: &Store,
     retention: RetentionPolicy,
 ) -> Result<f64, String> {
     let countdown = Arc::new(Countdown::new(cfg.jobs));
-    let queue = Queue::new(pg.storage.clone());
+    let queue = Queue::new(store.storage());
     let c = countdown.clone();
     queue.register("noop", move |_ctx: JobContext, _args: serde_json::Value| {
         let c = c.clone();
@@ -125,8 +129,12 @@ pub(crate) async fn drain(
     Ok(rate(cfg.jobs, waited? - t0))
 }
 
-/// The backlog the claim cannot take, set-based.
-async fn seed_backlog(pg: &Pg) -> Result<(), String> {
+/// The backlog the claim cannot take: set-based on PostgreSQL, through the storage
+/// calls elsewhere.
+async fn seed_backlog(store: &Store) -> Result<(), String> {
+    let Store::Postgres(pg) = store else {
+        return store::seed_backlog(&store.storage(), NOT_YET_DUE, WAITING, RETAINED).await;
+    };
     pg.sql(&format!(
         "INSERT INTO {{jobs}} (task, payload, run_at)
          SELECT 'noop', '{{}}', now() + interval '1 day' + i * interval '1 ms'
@@ -145,17 +153,9 @@ async fn seed_backlog(pg: &Pg) -> Result<(), String> {
     pg.sql("VACUUM ANALYZE {jobs}").await
 }
 
-/// Writes out what the seeding or a drain left dirty (`CHECKPOINT`), so the figures
-/// after it do not include the server flushing gigabytes written just before: the
-/// seeding writes 2.1M rows, whose checkpoint otherwise runs during the latency phase
-/// and slows every commit (the shallow database gets the same, so both phases start
-/// alike).
-async fn settle(pg: &Pg) -> Result<(), String> {
-    pg.sql("CHECKPOINT").await
-}
-
 /// Times empty claims (what an idle worker's poll costs); returns (p50, p99) in ms.
-async fn empty_claims(pg: &Pg) -> Result<(f64, f64), String> {
+async fn empty_claims(store: &Store) -> Result<(f64, f64), String> {
+    let storage = store.storage();
     let params = DequeueParams {
         queues: vec!["default".into()],
         tasks: vec!["noop".into()],
@@ -167,8 +167,7 @@ async fn empty_claims(pg: &Pg) -> Result<(f64, f64), String> {
     let mut ms = Vec::with_capacity(EMPTY_CLAIMS);
     for i in 0..EMPTY_CLAIMS + 20 {
         let t0 = Instant::now();
-        let got = pg
-            .storage
+        let got = storage
             .dequeue(params.clone())
             .await
             .map_err(|e| format!("dequeue: {e}"))?;
@@ -182,12 +181,13 @@ async fn empty_claims(pg: &Pg) -> Result<(f64, f64), String> {
     Ok((percentile(&ms, 50.0), percentile(&ms, 99.0)))
 }
 
-/// Idle latency: a producer with its own pool enqueues one job at a time at
-/// `--latency-rate`; the worker learns of each through the database. Returns ms.
-async fn latency(cfg: &Config, pg: &Pg) -> Result<Vec<f64>, String> {
+/// Idle latency: a producer (its own pool on PostgreSQL, see [`Store::producer`])
+/// enqueues one job at a time at `--latency-rate`; the worker learns of each through the
+/// database. Returns ms.
+async fn latency(cfg: &Config, store: &Store) -> Result<Vec<f64>, String> {
     let warmup = 20;
     let probe = Arc::new(LatencyProbe::new(warmup + cfg.latency_jobs));
-    let queue = Queue::new(pg.storage.clone());
+    let queue = Queue::new(store.storage());
     let p = probe.clone();
     queue.register("ping", move |_ctx: JobContext, args: Ping| {
         let p = p.clone();
@@ -196,10 +196,7 @@ async fn latency(cfg: &Config, pg: &Pg) -> Result<Vec<f64>, String> {
             Ok::<_, TaskError>(())
         }
     });
-    let producer = PostgresStorage::connect_with(&pg.db.url, PostgresOptions::new())
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let producer = Queue::new(Arc::new(producer));
+    let producer = Queue::new(store.producer().await?);
     let mut opts = WorkerOptions::new().queue("default", cfg.latency_concurrency);
     if let Some(n) = cfg.prefetch {
         opts = opts.prefetch(n);
@@ -245,20 +242,20 @@ pub(crate) fn record(
     res.add(sec, row, Side::Ours, v);
 }
 
-async fn measure(cfg: &Config, res: &mut Results) -> Result<(), String> {
-    let sec = "postgres backlog";
+async fn measure(cfg: &Config, res: &mut Results, backend: Backend) -> Result<(), String> {
+    let sec = &Store::section(backend, "backlog");
     let c = concurrency(cfg);
     let policy = RetentionPolicy::default();
-    let shallow = Pg::new(cfg).await?;
+    let shallow = Store::new(cfg, backend).await?;
     let flat = async {
         let flat = drain(cfg, &shallow, policy).await?;
-        settle(&shallow).await?;
+        shallow.settle().await?;
         Ok::<_, String>((flat, latency(cfg, &shallow).await?))
     }
     .await;
-    shallow.drop_db().await?;
+    shallow.drop_store().await?;
     let (flat, flat_lat) = flat?;
-    let deep = Pg::new(cfg).await?;
+    let deep = Store::new(cfg, backend).await?;
     let t0 = Instant::now();
     let out = async {
         seed_backlog(&deep).await?;
@@ -267,16 +264,16 @@ async fn measure(cfg: &Config, res: &mut Results) -> Result<(), String> {
              completed in {:.1} s",
             t0.elapsed().as_secs_f64()
         );
-        settle(&deep).await?;
+        deep.settle().await?;
         let (claim50, claim99) = empty_claims(&deep).await?;
         let before = latency(cfg, &deep).await?;
         let over = drain(cfg, &deep, policy).await?;
-        settle(&deep).await?;
+        deep.settle().await?;
         let after = latency(cfg, &deep).await?;
         Ok::<_, String>((claim50, claim99, over, before, after))
     }
     .await;
-    deep.drop_db().await?;
+    deep.drop_store().await?;
     let (claim50, claim99, over, lat, after) = out?;
     let n = cfg.jobs;
     let rows = [
@@ -365,11 +362,17 @@ async fn measure(cfg: &Config, res: &mut Results) -> Result<(), String> {
     Ok(())
 }
 
-/// The `backlog` scenario on PostgreSQL; a failure is recorded and the bench goes on.
-pub(crate) async fn run(cfg: &Config, res: &mut Results, errors: &mut Vec<String>) {
-    eprintln!("  postgres backlog ...");
-    if let Err(e) = measure(cfg, res).await {
-        eprintln!("  postgres backlog FAILED: {e}");
-        errors.push(format!("postgres backlog: {e}"));
+/// The `backlog` scenario on `backend`; a failure is recorded and the bench goes on.
+pub(crate) async fn run(
+    cfg: &Config,
+    res: &mut Results,
+    errors: &mut Vec<String>,
+    backend: Backend,
+) {
+    let sec = Store::section(backend, "backlog");
+    eprintln!("  {sec} ...");
+    if let Err(e) = measure(cfg, res, backend).await {
+        eprintln!("  {sec} FAILED: {e}");
+        errors.push(format!("{sec}: {e}"));
     }
 }
