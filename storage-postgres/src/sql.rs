@@ -243,7 +243,13 @@ parkable AS (
                     AND kq.serial_key IS NOT NULL AND kq.queue = $1)
     LIMIT {park_batch}
 ),
-busy AS (
+{park}
+{lease}";
+
+/// What both claims share to park the jobs of full keys (see [`CLAIM`]): of the keyed
+/// jobs `parkable` found, those whose key still has every slot taken (`busy`, the
+/// slots share-locked so none frees before the parking commits) are parked.
+const PARK: &str = "busy AS (
     SELECT h.serial_key FROM (
         SELECT s.serial_key FROM {schema}.serial_slots AS s
         WHERE s.serial_key = ANY(ARRAY(SELECT DISTINCT serial_key FROM parkable))
@@ -256,8 +262,7 @@ parked AS (
     UPDATE {schema}.jobs AS p SET blocked = true
     WHERE p.id = ANY(ARRAY(
         SELECT k.id FROM parkable k WHERE k.serial_key IN (SELECT serial_key FROM busy)))
-)
-{lease}";
+)";
 
 /// The same claim across several queues ($1 is then an array of queue names), also
 /// committed without waiting for the flush (see [`CLAIM`]); it serves `Storage::dequeue`
@@ -374,20 +379,7 @@ parkable AS (
                     AND kq.serial_key IS NOT NULL AND kq.queue = ANY(ARRAY(SELECT q FROM qs)))
     LIMIT {park_batch}
 ),
-busy AS (
-    SELECT h.serial_key FROM (
-        SELECT s.serial_key FROM {schema}.serial_slots AS s
-        WHERE s.serial_key = ANY(ARRAY(SELECT DISTINCT serial_key FROM parkable))
-        FOR SHARE OF s SKIP LOCKED
-    ) AS h
-    GROUP BY h.serial_key
-    HAVING count(*) >= {schema}.key_limit(h.serial_key)
-),
-parked AS (
-    UPDATE {schema}.jobs AS p SET blocked = true
-    WHERE p.id = ANY(ARRAY(
-        SELECT k.id FROM parkable k WHERE k.serial_key IN (SELECT serial_key FROM busy)))
-)
+{park}
 {lease}";
 
 /// What both claims share: one job per serial key takes a free slot of its key (numbers
@@ -912,6 +904,7 @@ const PARK_BATCH: u32 = 10_000;
 fn claim_template() -> String {
     hide_from_planner(
         &CLAIM
+            .replace("{park}", PARK)
             .replace("{park_batch}", &PARK_BATCH.to_string())
             .replace(
                 "\n{lease}",
@@ -957,6 +950,7 @@ fn hide_from_planner(template: &str) -> String {
 fn claim_queues_template() -> String {
     hide_from_planner(
         &CLAIM_QUEUES
+            .replace("{park}", PARK)
             .replace("{park_batch}", &PARK_BATCH.to_string())
             .replace("\n{lease}", LEASE),
     )
