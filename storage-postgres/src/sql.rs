@@ -177,25 +177,7 @@ prios AS (
 cand AS (
     SELECT due.* FROM prios CROSS JOIN LATERAL (
         SELECT c.id, c.serial_key, c.priority, c.run_at FROM {schema}.jobs AS c
-        WHERE c.status IN ('pending', 'retrying', 'waiting') AND NOT c.blocked
-          AND c.queue = $1
-          AND c.priority = prios.priority
-          AND c.run_at <= {now}
-          AND (cardinality($2::text[]) = 0 OR c.task = ANY($2::text[]))
-          AND NOT (c.flags && $7::text[])
-          AND (c.serial_key IS NULL OR ((
-              SELECT count(*) FROM {schema}.serial_slots s WHERE s.serial_key = c.serial_key)
-              < {schema}.key_limit(c.serial_key)
-              AND NOT EXISTS (
-                  SELECT 1 FROM {schema}.jobs AS e
-                  WHERE e.serial_key = c.serial_key
-                    AND e.status IN ('pending', 'retrying', 'waiting') AND NOT e.blocked
-                    AND (e.priority > c.priority
-                         OR (e.priority = c.priority AND (e.run_at, e.id) < (c.run_at, c.id)))
-                    AND e.queue = $1
-                    AND e.run_at <= {now}
-                    AND (cardinality($2::text[]) = 0 OR e.task = ANY($2::text[]))
-                    AND NOT (e.flags && $7::text[]))))
+        WHERE {candidate}
         ORDER BY c.run_at, c.id
         LIMIT least($3, coalesce((SELECT room FROM rl), $3))
         FOR UPDATE SKIP LOCKED
@@ -245,6 +227,31 @@ parkable AS (
 ),
 {park}
 {lease}";
+
+/// A candidate of both claims (on the row aliased `c`, per priority of `prios`):
+/// claimable, unparked, in a claimed queue (`{c_queue}`), due, of a handled task, with
+/// no forbidden flag; a keyed job only while its key has a free slot and no job of its
+/// key that this claim could take (in `{e_queue}`) comes before it in claim order (see
+/// [`CLAIM`]).
+const CANDIDATE: &str = "c.status IN ('pending', 'retrying', 'waiting') AND NOT c.blocked
+          AND {c_queue}
+          AND c.priority = prios.priority
+          AND c.run_at <= {now}
+          AND (cardinality($2::text[]) = 0 OR c.task = ANY($2::text[]))
+          AND NOT (c.flags && $7::text[])
+          AND (c.serial_key IS NULL OR ((
+              SELECT count(*) FROM {schema}.serial_slots s WHERE s.serial_key = c.serial_key)
+              < {schema}.key_limit(c.serial_key)
+              AND NOT EXISTS (
+                  SELECT 1 FROM {schema}.jobs AS e
+                  WHERE e.serial_key = c.serial_key
+                    AND e.status IN ('pending', 'retrying', 'waiting') AND NOT e.blocked
+                    AND (e.priority > c.priority
+                         OR (e.priority = c.priority AND (e.run_at, e.id) < (c.run_at, c.id)))
+                    AND {e_queue}
+                    AND e.run_at <= {now}
+                    AND (cardinality($2::text[]) = 0 OR e.task = ANY($2::text[]))
+                    AND NOT (e.flags && $7::text[]))))";
 
 /// What both claims share to park the jobs of full keys (see [`CLAIM`]): of the keyed
 /// jobs `parkable` found, those whose key still has every slot taken (`busy`, the
@@ -312,25 +319,7 @@ cand AS (
     SELECT due.* FROM prios CROSS JOIN LATERAL (
         SELECT x.* FROM qs CROSS JOIN LATERAL (
             SELECT c.id, c.serial_key, c.priority, c.run_at FROM {schema}.jobs AS c
-            WHERE c.status IN ('pending', 'retrying', 'waiting') AND NOT c.blocked
-              AND c.queue = qs.q
-              AND c.priority = prios.priority
-              AND c.run_at <= {now}
-              AND (cardinality($2::text[]) = 0 OR c.task = ANY($2::text[]))
-              AND NOT (c.flags && $7::text[])
-              AND (c.serial_key IS NULL OR ((
-                  SELECT count(*) FROM {schema}.serial_slots s WHERE s.serial_key = c.serial_key)
-                  < {schema}.key_limit(c.serial_key)
-                  AND NOT EXISTS (
-                      SELECT 1 FROM {schema}.jobs AS e
-                      WHERE e.serial_key = c.serial_key
-                        AND e.status IN ('pending', 'retrying', 'waiting') AND NOT e.blocked
-                        AND (e.priority > c.priority
-                             OR (e.priority = c.priority AND (e.run_at, e.id) < (c.run_at, c.id)))
-                        AND e.queue = ANY(ARRAY(SELECT q FROM qs))
-                        AND e.run_at <= {now}
-                        AND (cardinality($2::text[]) = 0 OR e.task = ANY($2::text[]))
-                        AND NOT (e.flags && $7::text[]))))
+            WHERE {candidate}
             ORDER BY c.run_at, c.id
             LIMIT $3
             FOR UPDATE SKIP LOCKED
@@ -904,6 +893,12 @@ const PARK_BATCH: u32 = 10_000;
 fn claim_template() -> String {
     hide_from_planner(
         &CLAIM
+            .replace(
+                "{candidate}",
+                &CANDIDATE
+                    .replace("{c_queue}", "c.queue = $1")
+                    .replace("{e_queue}", "e.queue = $1"),
+            )
             .replace("{park}", PARK)
             .replace("{park_batch}", &PARK_BATCH.to_string())
             .replace(
@@ -950,6 +945,12 @@ fn hide_from_planner(template: &str) -> String {
 fn claim_queues_template() -> String {
     hide_from_planner(
         &CLAIM_QUEUES
+            .replace(
+                "{candidate}",
+                &CANDIDATE
+                    .replace("{c_queue}", "c.queue = qs.q")
+                    .replace("{e_queue}", "e.queue = ANY(ARRAY(SELECT q FROM qs))"),
+            )
             .replace("{park}", PARK)
             .replace("{park_batch}", &PARK_BATCH.to_string())
             .replace("\n{lease}", LEASE),
