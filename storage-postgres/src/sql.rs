@@ -185,46 +185,6 @@ cand AS (
     WHERE prios.priority IS NOT NULL
     LIMIT least($3, coalesce((SELECT room FROM rl), $3))
 ),
-edge AS (
-    SELECT (SELECT count(*) FROM cand) >= least($3, coalesce((SELECT room FROM rl), $3))
-               AS stopped,
-           l.priority, l.run_at, l.id
-    FROM (SELECT 1) AS one
-    LEFT JOIN LATERAL (
-        SELECT e.priority, e.run_at, e.id FROM cand e
-        ORDER BY e.priority, e.run_at DESC, e.id DESC
-        LIMIT 1
-    ) AS l ON true
-),
-parkable AS (
-    SELECT full_key.* FROM edge CROSS JOIN prios
-    CROSS JOIN LATERAL (
-        SELECT CASE WHEN edge.stopped AND prios.priority = edge.priority
-                    THEN edge.run_at ELSE 'infinity'::timestamptz END AS run_at,
-               CASE WHEN edge.stopped AND prios.priority = edge.priority
-                    THEN edge.id ELSE 9223372036854775807 END AS id
-    ) AS bound
-    CROSS JOIN LATERAL (
-        SELECT k.id, k.serial_key FROM {schema}.jobs AS k
-        WHERE k.status IN ('pending', 'retrying', 'waiting') AND NOT k.blocked
-          AND k.serial_key IS NOT NULL
-          AND k.queue = $1
-          AND k.priority = prios.priority
-          AND k.run_at <= {now}
-          AND (k.run_at, k.id) <= (bound.run_at, bound.id)
-          AND (SELECT count(*) FROM {schema}.serial_slots s WHERE s.serial_key = k.serial_key)
-              >= {schema}.key_limit(k.serial_key)
-        ORDER BY k.run_at, k.id
-        LIMIT {park_batch}
-        FOR UPDATE SKIP LOCKED
-    ) AS full_key
-    WHERE prios.priority IS NOT NULL
-      AND (NOT edge.stopped OR prios.priority >= edge.priority)
-      AND EXISTS (SELECT 1 FROM {schema}.jobs AS kq
-                  WHERE kq.status IN ('pending', 'retrying', 'waiting') AND NOT kq.blocked
-                    AND kq.serial_key IS NOT NULL AND kq.queue = $1)
-    LIMIT {park_batch}
-),
 {park}
 {lease}";
 
@@ -253,10 +213,52 @@ const CANDIDATE: &str = "c.status IN ('pending', 'retrying', 'waiting') AND NOT 
                     AND (cardinality($2::text[]) = 0 OR e.task = ANY($2::text[]))
                     AND NOT (e.flags && $7::text[]))))";
 
-/// What both claims share to park the jobs of full keys (see [`CLAIM`]): of the keyed
-/// jobs `parkable` found, those whose key still has every slot taken (`busy`, the
-/// slots share-locked so none frees before the parking commits) are parked.
-const PARK: &str = "busy AS (
+/// What both claims share to park the jobs of full keys (see [`CLAIM`]): `edge` is where
+/// `cand` stopped (it took `{limit}` jobs) or that it did not; `parkable` reads the
+/// keyed jobs of full keys in the part of each claimed queue's ranges (`{park_from}`
+/// adds the queues to the walk, `{k_queue}` and `{kq_queue}` name them) that `cand`
+/// walked; of those, the ones whose key still has every slot taken (`busy`, the slots
+/// share-locked so none frees before the parking commits) are parked.
+const PARK: &str = "edge AS (
+    SELECT (SELECT count(*) FROM cand) >= {limit} AS stopped,
+           l.priority, l.run_at, l.id
+    FROM (SELECT 1) AS one
+    LEFT JOIN LATERAL (
+        SELECT e.priority, e.run_at, e.id FROM cand e
+        ORDER BY e.priority, e.run_at DESC, e.id DESC
+        LIMIT 1
+    ) AS l ON true
+),
+parkable AS (
+    SELECT full_key.* FROM edge CROSS JOIN prios{park_from}
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN edge.stopped AND prios.priority = edge.priority
+                    THEN edge.run_at ELSE 'infinity'::timestamptz END AS run_at,
+               CASE WHEN edge.stopped AND prios.priority = edge.priority
+                    THEN edge.id ELSE 9223372036854775807 END AS id
+    ) AS bound
+    CROSS JOIN LATERAL (
+        SELECT k.id, k.serial_key FROM {schema}.jobs AS k
+        WHERE k.status IN ('pending', 'retrying', 'waiting') AND NOT k.blocked
+          AND k.serial_key IS NOT NULL
+          AND {k_queue}
+          AND k.priority = prios.priority
+          AND k.run_at <= {now}
+          AND (k.run_at, k.id) <= (bound.run_at, bound.id)
+          AND (SELECT count(*) FROM {schema}.serial_slots s WHERE s.serial_key = k.serial_key)
+              >= {schema}.key_limit(k.serial_key)
+        ORDER BY k.run_at, k.id
+        LIMIT {park_batch}
+        FOR UPDATE SKIP LOCKED
+    ) AS full_key
+    WHERE prios.priority IS NOT NULL
+      AND (NOT edge.stopped OR prios.priority >= edge.priority)
+      AND EXISTS (SELECT 1 FROM {schema}.jobs AS kq
+                  WHERE kq.status IN ('pending', 'retrying', 'waiting') AND NOT kq.blocked
+                    AND kq.serial_key IS NOT NULL AND {kq_queue})
+    LIMIT {park_batch}
+),
+busy AS (
     SELECT h.serial_key FROM (
         SELECT s.serial_key FROM {schema}.serial_slots AS s
         WHERE s.serial_key = ANY(ARRAY(SELECT DISTINCT serial_key FROM parkable))
@@ -329,44 +331,6 @@ cand AS (
     ) AS due
     WHERE prios.priority IS NOT NULL
     LIMIT $3
-),
-edge AS (
-    SELECT (SELECT count(*) FROM cand) >= $3 AS stopped, l.priority, l.run_at, l.id
-    FROM (SELECT 1) AS one
-    LEFT JOIN LATERAL (
-        SELECT e.priority, e.run_at, e.id FROM cand e
-        ORDER BY e.priority, e.run_at DESC, e.id DESC
-        LIMIT 1
-    ) AS l ON true
-),
-parkable AS (
-    SELECT full_key.* FROM edge CROSS JOIN prios CROSS JOIN qs
-    CROSS JOIN LATERAL (
-        SELECT CASE WHEN edge.stopped AND prios.priority = edge.priority
-                    THEN edge.run_at ELSE 'infinity'::timestamptz END AS run_at,
-               CASE WHEN edge.stopped AND prios.priority = edge.priority
-                    THEN edge.id ELSE 9223372036854775807 END AS id
-    ) AS bound
-    CROSS JOIN LATERAL (
-        SELECT k.id, k.serial_key FROM {schema}.jobs AS k
-        WHERE k.status IN ('pending', 'retrying', 'waiting') AND NOT k.blocked
-          AND k.serial_key IS NOT NULL
-          AND k.queue = qs.q
-          AND k.priority = prios.priority
-          AND k.run_at <= {now}
-          AND (k.run_at, k.id) <= (bound.run_at, bound.id)
-          AND (SELECT count(*) FROM {schema}.serial_slots s WHERE s.serial_key = k.serial_key)
-              >= {schema}.key_limit(k.serial_key)
-        ORDER BY k.run_at, k.id
-        LIMIT {park_batch}
-        FOR UPDATE SKIP LOCKED
-    ) AS full_key
-    WHERE prios.priority IS NOT NULL
-      AND (NOT edge.stopped OR prios.priority >= edge.priority)
-      AND EXISTS (SELECT 1 FROM {schema}.jobs AS kq
-                  WHERE kq.status IN ('pending', 'retrying', 'waiting') AND NOT kq.blocked
-                    AND kq.serial_key IS NOT NULL AND kq.queue = ANY(ARRAY(SELECT q FROM qs)))
-    LIMIT {park_batch}
 ),
 {park}
 {lease}";
@@ -899,7 +863,14 @@ fn claim_template() -> String {
                     .replace("{c_queue}", "c.queue = $1")
                     .replace("{e_queue}", "e.queue = $1"),
             )
-            .replace("{park}", PARK)
+            .replace(
+                "{park}",
+                &PARK
+                    .replace("{limit}", "least($3, coalesce((SELECT room FROM rl), $3))")
+                    .replace("{park_from}", "")
+                    .replace("{k_queue}", "k.queue = $1")
+                    .replace("{kq_queue}", "kq.queue = $1"),
+            )
             .replace("{park_batch}", &PARK_BATCH.to_string())
             .replace(
                 "\n{lease}",
@@ -951,7 +922,14 @@ fn claim_queues_template() -> String {
                     .replace("{c_queue}", "c.queue = qs.q")
                     .replace("{e_queue}", "e.queue = ANY(ARRAY(SELECT q FROM qs))"),
             )
-            .replace("{park}", PARK)
+            .replace(
+                "{park}",
+                &PARK
+                    .replace("{limit}", "$3")
+                    .replace("{park_from}", " CROSS JOIN qs")
+                    .replace("{k_queue}", "k.queue = qs.q")
+                    .replace("{kq_queue}", "kq.queue = ANY(ARRAY(SELECT q FROM qs))"),
+            )
             .replace("{park_batch}", &PARK_BATCH.to_string())
             .replace("\n{lease}", LEASE),
     )
