@@ -12,7 +12,7 @@ use durable_jobs_memory::MemoryStorage;
 use durable_jobs_postgres::{PostgresOptions, PostgresStorage};
 use durable_jobs_sqlite::SqliteStorage;
 use serde::Deserialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,6 +53,24 @@ struct Fresh {
 
 static FILE_SEQ: AtomicUsize = AtomicUsize::new(0);
 
+/// A fresh SQLite file's path in the temp folder, unique in this run.
+pub(crate) fn temp_sqlite_path() -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "durable-jobs-bench-{}-{}.db",
+        std::process::id(),
+        FILE_SEQ.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// Removes a SQLite file with its WAL and shared-memory files.
+pub(crate) fn remove_sqlite_files(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+}
+
 impl Fresh {
     async fn new(cfg: &Config, backend: Backend) -> Result<Fresh, String> {
         let mut fresh = match backend {
@@ -63,11 +81,7 @@ impl Fresh {
                 file: None,
             },
             Backend::Sqlite => {
-                let path = std::env::temp_dir().join(format!(
-                    "durable-jobs-bench-{}-{}.db",
-                    std::process::id(),
-                    FILE_SEQ.fetch_add(1, Ordering::Relaxed)
-                ));
+                let path = temp_sqlite_path();
                 let s = SqliteStorage::open(&path)
                     .await
                     .map_err(err("open sqlite"))?;
@@ -122,11 +136,7 @@ impl Fresh {
             db.drop_db().await?;
         }
         if let Some(path) = self.file {
-            for suffix in ["", "-wal", "-shm"] {
-                let mut p = path.clone().into_os_string();
-                p.push(suffix);
-                let _ = std::fs::remove_file(p);
-            }
+            remove_sqlite_files(&path);
         }
         Ok(())
     }

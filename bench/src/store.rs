@@ -4,21 +4,18 @@
 //! `scenario_backlog`), which is the same rows written faster.
 
 use crate::cli::Config;
-use crate::ours::Backend;
+use crate::ours::{remove_sqlite_files, temp_sqlite_path, Backend};
 use crate::scenario_backlog::Pg;
 use chrono::{DateTime, Utc};
 use durable_jobs::{DequeueParams, DynStorage, JobId, ManualOutcome, NewJob, Result as DjResult};
 use durable_jobs_memory::MemoryStorage;
 use durable_jobs_sqlite::SqliteStorage;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Rows written per storage call while seeding.
 const CHUNK: usize = 10_000;
-
-static FILE_SEQ: AtomicUsize = AtomicUsize::new(0);
 
 /// A fresh, migrated store.
 pub(crate) enum Store {
@@ -38,11 +35,7 @@ impl Store {
         let store = match backend {
             Backend::Postgres => Store::Postgres(Box::new(Pg::new(cfg).await?)),
             Backend::Sqlite => {
-                let path = std::env::temp_dir().join(format!(
-                    "durable-jobs-bench-store-{}-{}.db",
-                    std::process::id(),
-                    FILE_SEQ.fetch_add(1, Ordering::Relaxed)
-                ));
+                let path = temp_sqlite_path();
                 let storage = SqliteStorage::open(&path)
                     .await
                     .map_err(|e| format!("open sqlite: {e}"))?;
@@ -117,11 +110,7 @@ impl Store {
             Store::Postgres(pg) => pg.drop_db().await,
             Store::Sqlite { storage, path } => {
                 drop(storage);
-                for suffix in ["", "-wal", "-shm"] {
-                    let mut p = path.clone().into_os_string();
-                    p.push(suffix);
-                    let _ = std::fs::remove_file(p);
-                }
+                remove_sqlite_files(&path);
                 Ok(())
             }
             Store::Memory(_) => Ok(()),
