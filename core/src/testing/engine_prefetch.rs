@@ -1,9 +1,10 @@
 //! Engine conformance for the local queue (prefetch): a buffered job starts only while
 //! its worker still holds its lease with time to spare, so a lease lost while the job
-//! waited never starts a second run of its handler.
+//! waited never starts a second run of its handler, and buffered jobs start in claim
+//! order across claims.
 
 use super::fault::{FaultPlan, FaultStorage, PausedCall};
-use super::support::{expect_event, job, queue, worker, Runs};
+use super::support::{expect_event, job, queue, until_status, worker, Runs};
 use super::ConformanceHarness;
 use crate::{
     Event, JobContext, JobId, JobOptions, JobStatus, LeaseDropReason, ManualClock, Queue,
@@ -230,4 +231,67 @@ pub async fn a_buffered_job_whose_lease_ran_short_is_released_not_started<H: Con
         (report.completed, report.released, report.lost),
         (1 + BUFFERED as u64, BUFFERED as u64, 0)
     );
+}
+
+/// A job claimed while the local queue holds jobs that rank after it starts before them:
+/// the local queue keeps claim order across claims, not only within one.
+pub async fn a_better_job_claimed_later_starts_before_the_buffered_ones<H: ConformanceHarness>(
+    h: &H,
+) {
+    let runs = Runs::default();
+    let (open, gate) = watch::channel(false);
+    let q = queue(h);
+    register(&q, &runs, &gate);
+    let (hold, counts) = enqueue(&q).await;
+    let mut events = q.events();
+    let clock = ManualClock::new();
+    // Room for more than the first claim finds, so a second claim goes out on the next
+    // wake-up while `hold` runs.
+    let w = Worker::new(
+        q.clone(),
+        WorkerOptions::new()
+            .queue("default", 1)
+            .prefetch(2 * BUFFERED as usize)
+            .lease_duration(LEASE)
+            .heartbeat_interval(HEARTBEAT)
+            .shutdown_grace(super::support::PATIENCE)
+            .clock(clock.clone()),
+    )
+    .expect("worker options");
+    let stop = w.shutdown_handle();
+    let run = tokio::spawn(async move { w.run().await });
+    expect_event(
+        &mut events,
+        "hold's start",
+        |e| matches!(e, Event::Started { job_id, .. } if *job_id == hold),
+    )
+    .await;
+    // The first claim took every job: the count jobs wait in the local queue.
+    for &id in &counts {
+        until_status(&q, id, JobStatus::Running).await;
+    }
+    let urgent = q
+        .enqueue("count", &99, JobOptions::new().priority(5))
+        .await
+        .expect("enqueue the urgent job");
+    until_status(&q, urgent, JobStatus::Running).await;
+    open.send(true).expect("gate open");
+    let mut started = Vec::new();
+    while started.len() < counts.len() + 1 {
+        let e = expect_event(
+            &mut events,
+            "a count job's start",
+            |e| matches!(e, Event::Started { task, .. } if task == "count"),
+        )
+        .await;
+        if let Event::Started { job_id, .. } = e {
+            started.push(job_id);
+        }
+    }
+    let mut want = vec![urgent];
+    want.extend(&counts);
+    assert_eq!(started, want, "the urgent job first, then the rest by age");
+    stop.shutdown();
+    let report = run.await.expect("join").expect("worker run");
+    assert_eq!(report.completed, 2 + BUFFERED as u64);
 }

@@ -228,6 +228,7 @@ macro_rules! conformance_tests {
         $crate::__conformance_cases!(engine_prefetch, $harness;
             a_buffered_job_whose_lease_was_lost_never_starts,
             a_buffered_job_whose_lease_ran_short_is_released_not_started,
+            a_better_job_claimed_later_starts_before_the_buffered_ones,
         );
         $crate::__conformance_cases!(engine_events, $harness;
             hooks_see_start_complete_retry_and_fail,

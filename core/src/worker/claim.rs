@@ -1,6 +1,7 @@
 //! One queue's loop: claim jobs in batches while slots are free, run them, hand their
 //! outcomes to the completer, and on shutdown return what is still running.
 
+use super::claim_order::{self, Ranked};
 use super::complete::{Finish, RunMeta};
 use super::execute::{classify, execute, Ended};
 use super::options::QueueConfig;
@@ -250,7 +251,11 @@ pub(crate) async fn run_queue(
         let held = running.len() + st.buffer.len() + st.claiming;
         // The depth can shrink below what is already held.
         let free = capacity.saturating_sub(held);
-        let in_flight_cap = if st.probing {
+        // A loop with one slot claims one batch at a time: claims racing on the server
+        // split the first jobs between them, and with one slot the split shows as jobs
+        // started out of priority order (the merge into the local queue only mends it
+        // for claims that come back while the other's jobs still wait).
+        let in_flight_cap = if st.probing || cfg.concurrency == 1 {
             1
         } else {
             shared.opts.claims_in_flight
@@ -410,7 +415,8 @@ struct ClaimOutcome {
 
 /// One queue loop's claim-side state.
 struct ClaimState {
-    /// Claimed jobs not started yet (the prefetch buffer), with their lease-lost signals.
+    /// Claimed jobs not started yet (the prefetch buffer), with their lease-lost signals,
+    /// in claim order (see [`claim_order`]).
     buffer: VecDeque<(ClaimedJob, LeaseSignal)>,
     /// False once a claim came back short: the queue looked drained until a wake-up.
     maybe_more: bool,
@@ -429,6 +435,12 @@ struct ClaimState {
     backoff: Backoff,
     /// Jobs asked for by claims still in flight.
     claiming: usize,
+}
+
+impl Ranked for (ClaimedJob, LeaseSignal) {
+    fn claimed(&self) -> &ClaimedJob {
+        &self.0
+    }
 }
 
 impl ClaimState {
@@ -489,7 +501,7 @@ impl ClaimState {
                 // Leases are renewed from the claim on, buffered or running.
                 let lasts_until = plus(outcome.sent_at, shared.opts.lease_duration);
                 let mut leases = shared.leases();
-                for c in claimed {
+                let jobs = claimed.into_iter().map(|c| {
                     let lost = LeaseSignal::new();
                     let lost_rx = lost.clone();
                     let held = HeldLease {
@@ -498,8 +510,9 @@ impl ClaimState {
                         lasts_until,
                     };
                     leases.insert(c.job.id, held);
-                    self.buffer.push_back((c, lost_rx));
-                }
+                    (c, lost_rx)
+                });
+                claim_order::merge(&mut self.buffer, jobs);
             }
             Err(e) if e.needs_operator() => shared.fail_fatally(e),
             Err(e) => {

@@ -1,6 +1,7 @@
 //! Workers: claim jobs from storage and run them.
 
 mod claim;
+mod claim_order;
 mod complete;
 mod execute;
 mod health;

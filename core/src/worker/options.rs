@@ -215,7 +215,10 @@ impl WorkerOptions {
     }
 
     /// How many claims one routing queue may have in flight at once. Defaults to
-    /// [`DEFAULT_CLAIMS_IN_FLIGHT`].
+    /// [`DEFAULT_CLAIMS_IN_FLIGHT`]. A queue with a concurrency of one claims one batch at
+    /// a time whatever this says: claims racing on the server split the first jobs
+    /// between them, and with one slot that would show as jobs started out of priority
+    /// order.
     pub fn claims_in_flight(mut self, n: usize) -> Self {
         self.claims_in_flight = n;
         self
