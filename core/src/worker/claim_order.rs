@@ -33,9 +33,7 @@ pub(crate) fn merge<T: Ranked>(buffer: &mut VecDeque<T>, jobs: impl IntoIterator
         .zip(buffer.range(from.max(1)..))
         .all(|(a, b)| rank(a.claimed()) <= rank(b.claimed()));
     if !in_order {
-        buffer
-            .make_contiguous()
-            .sort_by(|a, b| rank(a.claimed()).cmp(&rank(b.claimed())));
+        buffer.make_contiguous().sort_by_key(|c| rank(c.claimed()));
     }
 }
 
