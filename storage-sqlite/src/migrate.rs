@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 /// The newest schema version this library knows. A file at a higher version is refused
 /// with [`Error::SchemaTooNew`].
-pub const SCHEMA_VERSION: i64 = 10;
+pub const SCHEMA_VERSION: i64 = 11;
 
 struct Migration {
     version: i64,
@@ -69,6 +69,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 10,
         name: "partial_index_terms",
         sql: include_str!("../migrations/0010_partial_index_terms.sql"),
+    },
+    Migration {
+        version: 11,
+        name: "parked_serial_jobs",
+        sql: include_str!("../migrations/0011_parked_serial_jobs.sql"),
     },
 ];
 

@@ -137,15 +137,21 @@ pub(crate) const FINISHED_COUNTS: &str = "SELECT queue, status, count(*) FROM du
 /// sampler reads every interval, so it never scans the table. Each branch counts one
 /// group of statuses along the partial index that holds exactly its jobs (each WHERE
 /// matches its index's word for word): claimable jobs along the claim index (a row
-/// lookup each for the status: as many as the backlog, not the table), running ones
-/// along the lease index, finished ones (usually most of the table) from the covering
-/// index of finished jobs alone. The groups do not overlap, so the counts are exact.
+/// lookup each for the status: as many as the backlog, not the table), parked ones along
+/// the parked index, running ones along the lease index, finished ones (usually most of
+/// the table) from the covering index of finished jobs alone. The groups do not overlap,
+/// so the counts are exact; a queue and status with both parked and unparked jobs comes
+/// as two adjacent rows, which [`counts`] adds up.
 /// A row whose status this version does not know (written by another tool) is in none
 /// of them and not counted: it is no job of any status. Reads that return it (get, list)
 /// report it as corrupt. (Counting it here would take a scan of the table, or an index
 /// whose condition every write of a job would pay for.)
 pub(crate) const COUNTS: &str = "SELECT queue, status, count(*) FROM durable_jobs \
-     WHERE (status = 'pending' OR status = 'retrying' OR status = 'waiting') \
+     WHERE (status = 'pending' OR status = 'retrying' OR status = 'waiting') AND blocked = 0 \
+     GROUP BY queue, status \
+     UNION ALL \
+     SELECT queue, status, count(*) FROM durable_jobs \
+     WHERE blocked = 1 AND (status = 'pending' OR status = 'retrying' OR status = 'waiting') \
      GROUP BY queue, status \
      UNION ALL \
      SELECT queue, status, count(*) FROM durable_jobs \
@@ -274,9 +280,15 @@ fn marks(start: usize, n: usize) -> String {
 /// The terms a job must meet to be claimed, on the table aliased `t` (before serial keys):
 /// claimable, due, in a claimed queue, of a handled task, and carrying no forbidden flag.
 /// The status term matches the claim index's WHERE word for word, so the index applies.
-fn claimable_terms(t: &str, shape: ClaimShape) -> String {
+/// `Parked::Excluded` adds the claim index's other term (not parked); `Parked::Included`
+/// leaves it out, for the key-order check, which must see a key's parked jobs too.
+fn claimable_terms(t: &str, shape: ClaimShape, parked: Parked) -> String {
+    let unparked = match parked {
+        Parked::Excluded => format!(" AND {t}.blocked = 0"),
+        Parked::Included => String::new(),
+    };
     let mut sql = format!(
-        "({t}.status = 'pending' OR {t}.status = 'retrying' OR {t}.status = 'waiting') \
+        "({t}.status = 'pending' OR {t}.status = 'retrying' OR {t}.status = 'waiting'){unparked} \
          AND {t}.queue IN ({}) AND {t}.run_at <= ?4",
         marks(6, shape.queues)
     );
@@ -299,6 +311,16 @@ fn claimable_terms(t: &str, shape: ClaimShape) -> String {
     }
     sql
 }
+
+/// Whether [`claimable_terms`] counts parked jobs (see migration 11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Parked {
+    Excluded,
+    Included,
+}
+
+/// The column of [`claim_sql`]'s rows that holds the job's `run_at` (see [`JOB_COLUMNS`]).
+const RUN_AT: usize = 8;
 
 /// The column of [`claim_sql`]'s rows, after the job's, that says whether the job's
 /// attempt history is empty.
@@ -353,10 +375,120 @@ pub(crate) fn claim_sql(shape: ClaimShape) -> String {
                WHERE k.serial_key = j.serial_key AND {inner} \
                ORDER BY k.priority DESC, k.run_at, k.id LIMIT 1))) \
          ORDER BY j.priority DESC, j.run_at, j.id LIMIT CAST(?5 AS INTEGER)",
-        outer = claimable_terms("j", shape),
-        inner = claimable_terms("k", shape),
+        outer = claimable_terms("j", shape, Parked::Excluded),
+        inner = claimable_terms("k", shape, Parked::Included),
         prio = 6 + shape.queues + shape.tasks + shape.flags,
     )
+}
+
+/// Parks the due keyed jobs of one priority that a claim's select walked past because
+/// their key is full: as many of the key's jobs run as its limit allows (see migration
+/// 11). Parked, they leave the claim index until something gives their key room, so the
+/// next claims never read them. Runs after the round's jobs were taken (a key whose job
+/// this claim started is full now). The walk follows the index of claimable keyed jobs
+/// over the select's range: the whole due range of the priority, or, when the select
+/// stopped at its limit, up to the last job it returned (`?p+1`, `?p+2`: its run_at and
+/// id), past which it read nothing.
+pub(crate) fn park_sql(shape: ClaimShape) -> String {
+    let prio = 6 + shape.queues + shape.tasks + shape.flags;
+    format!(
+        "UPDATE durable_jobs SET blocked = 1 WHERE id IN (\
+           SELECT j.id FROM durable_jobs j \
+           WHERE j.serial_key IS NOT NULL AND {terms} AND j.priority = ?{prio} \
+             AND (j.run_at < ?{at} OR (j.run_at = ?{at} AND j.id <= ?{id})) \
+             AND (SELECT count(*) FROM durable_jobs r \
+                   WHERE r.serial_key = j.serial_key AND r.status = 'running') \
+                 >= coalesce((SELECT l.max_running FROM durable_jobs_key_limits l \
+                   WHERE l.serial_key = j.serial_key), 1))",
+        terms = claimable_terms("j", shape, Parked::Excluded),
+        at = prio + 1,
+        id = prio + 2,
+    )
+}
+
+/// The keys that may have room for parked jobs (see migration 11).
+const KEYS_WITH_ROOM: &str = "SELECT serial_key FROM durable_jobs_key_room";
+
+/// A key's free slots: its limit (1 unless set) less its running jobs.
+const KEY_FREE_SLOTS: &str = "SELECT coalesce((SELECT max_running FROM durable_jobs_key_limits \
+     WHERE serial_key = ?1), 1) - (SELECT count(*) FROM durable_jobs \
+     WHERE serial_key = ?1 AND status = 'running')";
+
+/// A key's first group (queue, task, flags) of parked jobs: one descent of the parked
+/// index.
+const FIRST_PARKED_GROUP: &str = "SELECT queue, task, ifnull(flags, '') FROM durable_jobs \
+     WHERE blocked = 1 AND serial_key = ?1 \
+     ORDER BY queue, task, ifnull(flags, '') LIMIT 1";
+
+/// A key's next group of parked jobs after (`?2`, `?3`, `?4`): the next flags of the same
+/// queue and task, else the next task of the queue, else the next queue; each branch one
+/// descent of the parked index (a row-value comparison over the index's expression
+/// column would read every parked job of the key instead), and the first that finds a
+/// group ends the statement.
+const NEXT_PARKED_GROUP: &str =
+    "SELECT * FROM (SELECT queue, task, ifnull(flags, '') FROM durable_jobs \
+       WHERE blocked = 1 AND serial_key = ?1 AND queue = ?2 AND task = ?3 \
+         AND ifnull(flags, '') > ?4 \
+       ORDER BY ifnull(flags, '') LIMIT 1) \
+     UNION ALL SELECT * FROM (SELECT queue, task, ifnull(flags, '') FROM durable_jobs \
+       WHERE blocked = 1 AND serial_key = ?1 AND queue = ?2 AND task > ?3 \
+       ORDER BY task, ifnull(flags, '') LIMIT 1) \
+     UNION ALL SELECT * FROM (SELECT queue, task, ifnull(flags, '') FROM durable_jobs \
+       WHERE blocked = 1 AND serial_key = ?1 AND queue > ?2 \
+       ORDER BY queue, task, ifnull(flags, '') LIMIT 1) \
+     LIMIT 1";
+
+/// Unparks a group's first `?5` parked jobs in claim order.
+const UNPARK_GROUP: &str = "UPDATE durable_jobs SET blocked = 0 WHERE id IN (\
+     SELECT id FROM durable_jobs \
+     WHERE blocked = 1 AND serial_key = ?1 AND queue = ?2 AND task = ?3 \
+       AND ifnull(flags, '') = ?4 \
+     ORDER BY priority DESC, run_at, id LIMIT ?5)";
+
+/// Unparks the next jobs of every key noted as maybe having room, then clears the notes:
+/// in each group of a key's parked jobs (queue, task, flags: what a claimer filters on),
+/// as many as the key has free slots, in claim order. Per group, because a claimer that
+/// takes only some queues, tasks or flags must still find the first job it may take (a
+/// key's first job overall may be one no running worker takes); as many as the free
+/// slots, so a key whose limit was raised fills every slot. Unparking more than a claim
+/// then takes is harmless: the next claim parks the surplus again. Runs in the claim's
+/// write transaction, before its select, so the select sees every key with room with
+/// its first due jobs unparked.
+fn unpark_keys_with_room(conn: &Connection) -> QResult<()> {
+    let keys = conn
+        .prepare_cached(KEYS_WITH_ROOM)?
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut free_slots = conn.prepare_cached(KEY_FREE_SLOTS)?;
+    let mut first = conn.prepare_cached(FIRST_PARKED_GROUP)?;
+    let mut next = conn.prepare_cached(NEXT_PARKED_GROUP)?;
+    let mut unpark = conn.prepare_cached(UNPARK_GROUP)?;
+    let group = |r: &rusqlite::Row<'_>| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    };
+    for key in &keys {
+        let free: i64 = free_slots.query_row([key], |r| r.get(0))?;
+        if free <= 0 {
+            continue;
+        }
+        let mut at = first.query_row([key], group).optional()?;
+        while let Some((queue, task, flags)) = at {
+            unpark.execute(params![key, queue, task, flags, free])?;
+            at = next
+                .query_row(params![key, queue, task, flags], group)
+                .optional()?;
+        }
+    }
+    conn.prepare_cached("DELETE FROM durable_jobs_key_room")?
+        .execute([])?;
+    Ok(())
 }
 
 /// Takes the jobs a claim's select picked: `?5` is a JSON array of their ids. Each is
@@ -371,7 +503,8 @@ pub(crate) const TAKE_CLAIMED: &str = "UPDATE durable_jobs SET status = 'running
 /// claim walks the distinct priorities with it, so a backlog costs one probe per
 /// priority, not one row read per job.
 const NEXT_PRIORITY: &str = "SELECT max(priority) FROM durable_jobs \
-     WHERE (status = 'pending' OR status = 'retrying' OR status = 'waiting') AND queue = ?1 AND priority < ?2";
+     WHERE (status = 'pending' OR status = 'retrying' OR status = 'waiting') AND blocked = 0 \
+     AND queue = ?1 AND priority < ?2";
 
 /// The highest priority below `below` among the claimable jobs of `queues`.
 fn next_priority(conn: &Connection, queues: &[String], below: i64) -> QResult<Option<i64>> {
@@ -410,6 +543,7 @@ pub(crate) fn dequeue(
     if p.queues.is_empty() || p.limit == 0 {
         return Ok(Vec::new());
     }
+    unpark_keys_with_room(conn)?;
     let queues = unpaused(conn, &p.queues)?;
     if queues.is_empty() {
         return Ok(Vec::new());
@@ -474,6 +608,7 @@ fn claim(
     let mut out = Vec::with_capacity(limit.min(1024));
     let mut corrupt = Vec::new();
     let sql = claim_sql(shape);
+    let park = park_sql(shape);
     let started = time("started_at", now_us)?;
     let mut below = i64::MAX;
     while out.len() + corrupt.len() < limit {
@@ -484,12 +619,19 @@ fn claim(
         let left = limit - out.len() - corrupt.len();
         args[4] = SqlValue::Integer(i64::try_from(left).unwrap_or(i64::MAX));
         let mut ids = String::from("[");
+        // How far the select read: its rows, and the last one's run_at and id (None
+        // when that row's run_at does not read as a time: parking then waits for a
+        // later claim, which is always safe).
+        let mut returned = 0;
+        let mut last = None;
         {
             let mut stmt = conn.prepare_cached(&sql)?;
             let bound = args.iter().cloned().chain([SqlValue::Integer(priority)]);
             let mut rows = stmt.query(params_from_iter(bound))?;
             while let Some(row) = rows.next()? {
                 let id: JobId = row.get(0)?;
+                returned += 1;
+                last = row.get::<_, i64>(RUN_AT).ok().map(|at| (at, id));
                 if ids.len() > 1 {
                     ids.push(',');
                 }
@@ -513,16 +655,30 @@ fn claim(
                 }
             }
         }
-        if ids.len() == 1 {
-            // Nothing of this priority could be taken (all due ones wait behind busy
-            // serial keys); lower priorities may still have some.
-            continue;
+        if ids.len() > 1 {
+            ids.push(']');
+            // Taken before the parking and the next priority's select, which must see
+            // them running (a key with a job running is busy).
+            conn.prepare_cached(TAKE_CLAIMED)?
+                .execute(params![p.holder, token, expires, now_us, ids])?;
         }
-        ids.push(']');
-        // Taken before the next priority's select, which must see them running (a key
-        // with a job running is busy).
-        conn.prepare_cached(TAKE_CLAIMED)?
-            .execute(params![p.holder, token, expires, now_us, ids])?;
+        // The jobs the select passed over because their key is full, up to where it
+        // read. A select that stopped at its limit read up to its last row; one that
+        // came back short read the whole due range of this priority.
+        let reach = if returned < left {
+            Some((i64::MAX, JobId::MAX))
+        } else {
+            last
+        };
+        if let Some((at, id)) = reach {
+            let bound = args.iter().cloned().chain([
+                SqlValue::Integer(priority),
+                SqlValue::Integer(at),
+                SqlValue::Integer(id),
+            ]);
+            conn.prepare_cached(&park)?
+                .execute(params_from_iter(bound))?;
+        }
     }
     for (id, e) in corrupt {
         fail_corrupt(conn, id, &e, now_us, token)?;
@@ -940,7 +1096,18 @@ pub(crate) fn list_attempts(conn: &Connection, job_id: JobId) -> QResult<Vec<Att
 
 /// Jobs per queue and status, by queue then status (see [`COUNTS`]).
 pub(crate) fn counts(conn: &Connection) -> QResult<Vec<QueueCount>> {
-    queue_counts(&mut conn.prepare_cached(COUNTS)?.query([])?)
+    let rows = queue_counts(&mut conn.prepare_cached(COUNTS)?.query([])?)?;
+    // Parked and unparked jobs of one queue and status come as two adjacent rows.
+    let mut out: Vec<QueueCount> = Vec::with_capacity(rows.len());
+    for row in rows {
+        match out.last_mut() {
+            Some(prev) if prev.queue == row.queue && prev.status == row.status => {
+                prev.count += row.count;
+            }
+            _ => out.push(row),
+        }
+    }
+    Ok(out)
 }
 
 /// Reads (queue, status, count) rows.
@@ -988,6 +1155,7 @@ mod tests {
                 stmt.column_name(CLAIM_NO_HISTORY).expect("name"),
                 "j.attempts IS NULL"
             );
+            assert_eq!(stmt.column_name(RUN_AT).expect("name"), "run_at");
         }
     }
 
@@ -1043,6 +1211,7 @@ mod tests {
             let counts = plan(&conn, COUNTS);
             assert!(
                 counts.contains("USING INDEX durable_jobs_claim")
+                    && counts.contains("USING INDEX durable_jobs_blocked")
                     && counts.contains("USING INDEX durable_jobs_lease_expiry")
                     && counts.contains("USING COVERING INDEX durable_jobs_finished"),
                 "{analyzed}: {counts}"
@@ -1331,14 +1500,23 @@ mod tests {
     /// The virtual-machine steps the claim's statements took so far on `conn` (their
     /// cached handles keep the counters).
     fn claim_steps(conn: &Connection, shape: ClaimShape) -> i32 {
-        [claim_sql(shape), NEXT_PRIORITY.to_string()]
-            .iter()
-            .map(|sql| {
-                conn.prepare_cached(sql)
-                    .expect("cached")
-                    .get_status(rusqlite::StatementStatus::VmStep)
-            })
-            .sum()
+        [
+            claim_sql(shape),
+            NEXT_PRIORITY.to_string(),
+            park_sql(shape),
+            KEYS_WITH_ROOM.to_string(),
+            KEY_FREE_SLOTS.to_string(),
+            FIRST_PARKED_GROUP.to_string(),
+            NEXT_PARKED_GROUP.to_string(),
+            UNPARK_GROUP.to_string(),
+        ]
+        .iter()
+        .map(|sql| {
+            conn.prepare_cached(sql)
+                .expect("cached")
+                .get_status(rusqlite::StatementStatus::VmStep)
+        })
+        .sum()
     }
 
     /// On 100,000 claimable rows the claim cannot take because of their time (pending
@@ -1415,5 +1593,215 @@ mod tests {
             empty < 500,
             "analyzed: {analyzed}: an empty claim took {empty} steps"
         );
+    }
+
+    /// Parking and unparking walk their own indexes: the claim's range of keyed jobs,
+    /// and the parked jobs one key and group at a time; never the table.
+    #[test]
+    fn parking_walks_its_indexes() {
+        let conn = Connection::open_in_memory().expect("open");
+        crate::migrate::migrate(&conn, 0).expect("migrate");
+        for (queues, tasks, flags) in [(1, 1, 0), (1, 0, 0), (3, 2, 1)] {
+            let shape = ClaimShape {
+                queues,
+                tasks,
+                flags,
+            };
+            let park = plan(&conn, &park_sql(shape));
+            assert!(
+                park.contains("USING INDEX durable_jobs_claim_keyed (queue=? AND priority=?"),
+                "{queues} {tasks} {flags}: {park}"
+            );
+            assert!(park.contains("durable_jobs_serial_running"), "{park}");
+            assert!(!park.contains("SCAN durable_jobs"), "{park}");
+        }
+        for (name, sql) in [
+            ("first group", FIRST_PARKED_GROUP),
+            ("next group", NEXT_PARKED_GROUP),
+            ("unpark", UNPARK_GROUP),
+        ] {
+            let plan = plan(&conn, sql);
+            assert!(plan.contains("durable_jobs_blocked"), "{name}: {plan}");
+            assert!(!plan.contains("SCAN durable_jobs"), "{name}: {plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{name}: {plan}");
+        }
+        // Each branch of the next group's probe is a range of the index, not a filter
+        // over the key's parked jobs.
+        let next = plan(&conn, NEXT_PARKED_GROUP);
+        for range in [
+            "(serial_key=? AND queue=? AND task=? AND <expr>>?)",
+            "(serial_key=? AND queue=? AND task>?)",
+            "(serial_key=? AND queue>?)",
+        ] {
+            assert!(next.contains(range), "{range}: {next}");
+        }
+    }
+
+    /// Inserts `n` due jobs of `key` (task `task`) and one running job of it.
+    fn busy_key(conn: &Connection, key: &str, task: &str, n: i64, now_us: i64) {
+        conn.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+             INSERT INTO durable_jobs (task, payload, queue, priority, status, max_attempts,
+                                       run_at, created_at, updated_at, serial_key)
+             SELECT ?2, '{}', 'default', 0, 'pending', 4, ?3 - 1000000 + i, ?3, ?3, ?4 FROM n",
+            params![n, task, now_us, key],
+        )
+        .expect("seed the key's backlog");
+        conn.execute(
+            "INSERT INTO durable_jobs (task, payload, queue, priority, status, max_attempts,
+                                       run_at, created_at, updated_at, serial_key,
+                                       lease_holder, lease_token, lease_expires_at)
+             VALUES (?1, '{}', 'default', 0, 'running', 4, ?2, ?2, ?2, ?3, 'w', 1, ?4)",
+            params![task, now_us, key, now_us + 60_000_000],
+        )
+        .expect("the key's running job");
+    }
+
+    /// Claims on `conn` for any task; returns the claimed ids and the steps it took.
+    fn claim_any(conn: &Connection, shape: ClaimShape, now: DateTime<Utc>) -> (Vec<JobId>, i32) {
+        let p = DequeueParams {
+            queues: vec!["default".into()],
+            tasks: Vec::new(),
+            limit: 100,
+            lease_duration: std::time::Duration::from_secs(30),
+            holder: "plan".into(),
+            forbidden_flags: Vec::new(),
+        };
+        let before = claim_steps(conn, shape);
+        let got = dequeue(conn, &p, now, 9).expect("claim");
+        let ids = got.iter().map(|c| c.job.id).collect();
+        (ids, claim_steps(conn, shape) - before)
+    }
+
+    /// 100,000 due jobs behind one busy key: the first claim that meets them parks them,
+    /// and from then on claims take a few hundred virtual machine steps, not one per
+    /// parked job. When the key's running job ends, the next claim unparks the key's
+    /// next job in each group and takes the first, again without walking the rest.
+    #[test]
+    fn claims_never_revisit_jobs_behind_a_busy_key() {
+        let conn = Connection::open_in_memory().expect("open");
+        crate::migrate::migrate(&conn, 0).expect("migrate");
+        let now = Utc::now();
+        let now_us = micros(now);
+        busy_key(&conn, "busy", "t", 100_000, now_us);
+        let first_other: JobId = conn
+            .query_row(
+                "SELECT min(id) FROM durable_jobs WHERE serial_key = 'busy' AND task = 't'
+                 AND status = 'pending'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("first");
+        // A second group of the key: another task, due after every job of the first.
+        conn.execute(
+            "INSERT INTO durable_jobs (task, payload, queue, priority, status, max_attempts,
+                                       run_at, created_at, updated_at, serial_key)
+             VALUES ('u', '{}', 'default', 0, 'pending', 4, ?1, ?1, ?1, 'busy')",
+            [now_us - 1],
+        )
+        .expect("other group");
+        let shape = ClaimShape {
+            queues: 1,
+            tasks: 0,
+            flags: 0,
+        };
+        let (ids, _) = claim_any(&conn, shape, now);
+        assert!(ids.is_empty(), "the key is busy: {ids:?}");
+        let parked: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM durable_jobs WHERE blocked = 1",
+                [],
+                |r| r.get(0),
+            )
+            .expect("parked");
+        assert_eq!(
+            parked, 100_001,
+            "the claim parked every job of the busy key"
+        );
+        let (ids, steps) = claim_any(&conn, shape, now);
+        assert!(ids.is_empty());
+        assert!(
+            steps < 500,
+            "an empty claim beside parked jobs took {steps} steps"
+        );
+        // The running job ends: its key has room for one job per group.
+        conn.execute(
+            "UPDATE durable_jobs SET status = 'completed', completed_at = ?1
+             WHERE serial_key = 'busy' AND status = 'running'",
+            [now_us],
+        )
+        .expect("complete");
+        let (ids, steps) = claim_any(&conn, shape, now);
+        assert_eq!(ids, vec![first_other], "the key's first job, and only it");
+        assert!(
+            steps < 1_000,
+            "the claim after the key freed took {steps} steps"
+        );
+        let unparked: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM durable_jobs
+                 WHERE serial_key = 'busy' AND status = 'pending' AND blocked = 0",
+                [],
+                |r| r.get(0),
+            )
+            .expect("unparked");
+        assert_eq!(unparked, 0, "the other group's job was parked again");
+        let counts = counts(&conn).expect("counts");
+        let pending: u64 = counts
+            .iter()
+            .filter(|c| c.status == JobStatus::Pending)
+            .map(|c| c.count)
+            .sum();
+        assert_eq!(
+            pending, 100_000,
+            "parked jobs are still counted: {counts:?}"
+        );
+        assert_eq!(
+            counts
+                .iter()
+                .filter(|c| c.status == JobStatus::Pending)
+                .count(),
+            1,
+            "one row per queue and status: {counts:?}"
+        );
+    }
+
+    /// Writes by hand (another tool on the file) give a key room as the library's do: a
+    /// running job deleted, a limit raised by an update.
+    #[test]
+    fn hand_written_changes_unpark_a_keys_jobs() {
+        let conn = Connection::open_in_memory().expect("open");
+        crate::migrate::migrate(&conn, 0).expect("migrate");
+        let now = Utc::now();
+        let now_us = micros(now);
+        busy_key(&conn, "k", "t", 5, now_us);
+        let shape = ClaimShape {
+            queues: 1,
+            tasks: 0,
+            flags: 0,
+        };
+        assert!(claim_any(&conn, shape, now).0.is_empty(), "the key is busy");
+        conn.execute(
+            "DELETE FROM durable_jobs WHERE serial_key = 'k' AND status = 'running'",
+            [],
+        )
+        .expect("delete the running job");
+        assert_eq!(claim_any(&conn, shape, now).0.len(), 1, "its slot is free");
+        assert!(claim_any(&conn, shape, now).0.is_empty(), "busy again");
+        conn.execute(
+            "INSERT INTO durable_jobs_key_limits (serial_key, max_running) VALUES ('k', 2)",
+            [],
+        )
+        .expect("limit 2");
+        assert_eq!(claim_any(&conn, shape, now).0.len(), 1, "a second slot");
+        conn.execute(
+            "UPDATE durable_jobs_key_limits SET max_running = 4 WHERE serial_key = 'k'",
+            [],
+        )
+        .expect("limit 4");
+        // One job of a key per claim: two claims fill the two new slots.
+        assert_eq!(claim_any(&conn, shape, now).0.len(), 1);
+        assert_eq!(claim_any(&conn, shape, now).0.len(), 1);
+        assert!(claim_any(&conn, shape, now).0.is_empty(), "four run");
     }
 }

@@ -213,6 +213,48 @@ pub async fn a_keys_next_job_runs_however_its_slot_or_turn_is_given_up<H: Confor
     assert_eq!(ran(&claim_all(&s).await), vec![j[8]]);
 }
 
+/// A key's next job that stops being claimable without running (cancelled, deleted,
+/// moved later) after its key freed and after a claim that did not take it passes the
+/// key's turn to the job after it. (On PostgreSQL the freed slot unparks the next job at
+/// once; on SQLite the next claim does, here the one of another queue, so the turn
+/// passing on is a second, separate step.)
+pub async fn a_keys_turn_passes_on_when_its_next_job_leaves_after_the_key_freed<
+    H: ConformanceHarness,
+>(
+    h: &H,
+) {
+    let s = h.storage();
+    for way in ["cancelled", "deleted", "moved later"] {
+        let key = format!("turn {way}");
+        let mut j = Vec::new();
+        for i in 0..3 {
+            j.push(s.enqueue(keyed(&key, i)).await.expect("enqueue").id);
+        }
+        let running = claim_all(&s).await;
+        assert_eq!(ran(&running), vec![j[0]], "{way}");
+        assert!(claim_all(&s).await.is_empty(), "{way}: the key is busy");
+        s.complete(&running[0].lease, json!(null))
+            .await
+            .expect("complete");
+        let mut elsewhere = params(10);
+        elsewhere.queues = vec!["elsewhere".into()];
+        assert!(s.dequeue(elsewhere).await.expect("dequeue").is_empty());
+        match way {
+            "cancelled" => assert!(s.cancel(j[1]).await.expect("cancel")),
+            "deleted" => assert!(s.delete_job(j[1]).await.expect("delete")),
+            _ => {
+                let later = s.now().await.expect("now") + chrono::Duration::hours(1);
+                assert!(s.reschedule_job(j[1], later).await.expect("reschedule"));
+            }
+        }
+        let next = claim_all(&s).await;
+        assert_eq!(ran(&next), vec![j[2]], "{way}: the job after it runs");
+        s.complete(&next[0].lease, json!(null))
+            .await
+            .expect("complete");
+    }
+}
+
 /// A key with room gives each claimer the key's first job among those it may take: a
 /// claimer of some tasks is not held up by a first job of a task it does not take. And a
 /// raised limit lets as many more jobs of the key start.

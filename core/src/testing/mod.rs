@@ -318,6 +318,7 @@ macro_rules! conformance_tests {
         $crate::__conformance_cases!(flow_conformance, $harness;
             key_limit_caps_running_jobs_per_key,
             a_keys_next_job_runs_however_its_slot_or_turn_is_given_up,
+            a_keys_turn_passes_on_when_its_next_job_leaves_after_the_key_freed,
             a_key_with_room_serves_each_claimer_its_first_job,
             queue_rate_limit_caps_starts_per_window,
         );
