@@ -23,7 +23,7 @@ pub(crate) const FIND_KEY_HOLDER: &str =
 const REPLACE_HOLDER: &str = "UPDATE durable_jobs SET task = ?2, payload = ?3, queue = ?4, \
      priority = ?5, max_attempts = ?6, timeout_ms = ?7, serial_key = ?8, flags = ?9, \
      run_at = coalesce(?10, run_at), attempt = 0, status = 'pending', last_error = NULL, \
-     updated_at = ?11, trace_context = ?12, tags = ?13, metadata = ?14 WHERE id = ?1";
+     updated_at = ?11, trace_context = ?12, tags = ?13, metadata = ?14, blocked = 0 WHERE id = ?1";
 
 /// A running or suspended holder gives its key up to the job being enqueued.
 const DROP_KEY: &str = "UPDATE durable_jobs SET dedupe_key = NULL WHERE id = ?1";

@@ -23,19 +23,19 @@ const ADVANCE_SCHEDULE: &str = "UPDATE durable_jobs_schedules SET cursor = ?3, u
 /// dedupe key stays only if no unfinished job took it meanwhile (`?3`).
 const RETRY_JOB: &str = "UPDATE durable_jobs SET status = 'pending', attempt = 0, run_at = ?2, \
      updated_at = ?2, completed_at = NULL, result = NULL, lease_holder = NULL, \
-     lease_token = NULL, lease_expires_at = NULL, wake_requested = 0, \
+     lease_token = NULL, lease_expires_at = NULL, wake_requested = 0, blocked = 0, \
      dedupe_key = CASE WHEN ?3 THEN dedupe_key ELSE NULL END \
      WHERE id = ?1 AND status IN ('failed', 'cancelled')";
 
-const RESCHEDULE: &str = "UPDATE durable_jobs SET run_at = ?2, updated_at = ?3 \
+const RESCHEDULE: &str = "UPDATE durable_jobs SET run_at = ?2, updated_at = ?3, blocked = 0 \
      WHERE id = ?1 AND status IN ('pending', 'retrying', 'waiting')";
 
 const FINISH_COMPLETE: &str = "UPDATE durable_jobs SET status = 'completed', result = ?2, \
-     completed_at = ?3, updated_at = ?3 \
+     completed_at = ?3, updated_at = ?3, blocked = 0 \
      WHERE id = ?1 AND status IN ('pending', 'retrying', 'waiting') RETURNING parent_id";
 
 const FINISH_FAIL: &str = "UPDATE durable_jobs SET status = 'failed', last_error = ?2, \
-     completed_at = ?3, updated_at = ?3 \
+     completed_at = ?3, updated_at = ?3, blocked = 0 \
      WHERE id = ?1 AND status IN ('pending', 'retrying', 'waiting') RETURNING parent_id";
 
 /// Checkpoints, signals and tags go with their job (foreign keys cascade), the attempt

@@ -406,8 +406,14 @@ pub(crate) fn park_sql(shape: ClaimShape) -> String {
     )
 }
 
-/// The keys that may have room for parked jobs (see migration 11).
-const KEYS_WITH_ROOM: &str = "SELECT serial_key FROM durable_jobs_key_room";
+/// The first key with parked jobs: one descent of the parked index.
+const FIRST_PARKED_KEY: &str = "SELECT serial_key FROM durable_jobs \
+     WHERE blocked = 1 AND serial_key IS NOT NULL ORDER BY serial_key LIMIT 1";
+
+/// The next key with parked jobs after `?1`: one descent each, so the keys cost one
+/// probe each however many jobs they park.
+const NEXT_PARKED_KEY: &str = "SELECT serial_key FROM durable_jobs \
+     WHERE blocked = 1 AND serial_key > ?1 ORDER BY serial_key LIMIT 1";
 
 /// A key's free slots: its limit (1 unless set) less its running jobs.
 const KEY_FREE_SLOTS: &str = "SELECT coalesce((SELECT max_running FROM durable_jobs_key_limits \
@@ -438,30 +444,35 @@ const NEXT_PARKED_GROUP: &str =
        ORDER BY queue, task, ifnull(flags, '') LIMIT 1) \
      LIMIT 1";
 
-/// Unparks a group's first `?5` parked jobs in claim order.
+/// Unparks a group's first `?5` parked jobs in claim order that are claimable and due
+/// (`?6`: now). A parked row a hand edit finished or moved later is passed over: it is
+/// no job a claim could start.
 const UNPARK_GROUP: &str = "UPDATE durable_jobs SET blocked = 0 WHERE id IN (\
      SELECT id FROM durable_jobs \
      WHERE blocked = 1 AND serial_key = ?1 AND queue = ?2 AND task = ?3 \
        AND ifnull(flags, '') = ?4 \
+       AND (status = 'pending' OR status = 'retrying' OR status = 'waiting') AND run_at <= ?6 \
      ORDER BY priority DESC, run_at, id LIMIT ?5)";
 
-/// Unparks the next jobs of every key noted as maybe having room, then clears the notes:
-/// in each group of a key's parked jobs (queue, task, flags: what a claimer filters on),
-/// as many as the key has free slots, in claim order. Per group, because a claimer that
-/// takes only some queues, tasks or flags must still find the first job it may take (a
-/// key's first job overall may be one no running worker takes); as many as the free
-/// slots, so a key whose limit was raised fills every slot. Unparking more than a claim
-/// then takes is harmless: the next claim parks the surplus again. Runs in the claim's
-/// write transaction, before its select, so the select sees every key with room with
-/// its first due jobs unparked.
-fn unpark_keys_with_room(conn: &Connection) -> QResult<()> {
-    let keys = conn
-        .prepare_cached(KEYS_WITH_ROOM)?
-        .query_map([], |r| r.get::<_, String>(0))?
-        .collect::<Result<Vec<_>, _>>()?;
-    if keys.is_empty() {
+/// Unparks the first due jobs of every key with parked jobs that has room: in each group
+/// of its parked jobs (queue, task, flags: what a claimer filters on), as many as the key
+/// has free slots, in claim order. Per group, because a claimer that takes only some
+/// queues, tasks or flags must still find the first job it may take (a key's first job
+/// overall may be one no running worker takes); as many as the free slots, so a key
+/// whose limit was raised fills every slot. Unparking more than a claim then takes is
+/// harmless: a later claim parks the surplus again while the key is full. Runs in the
+/// claim's write transaction, before its select, so the select sees every key with room
+/// with its first due jobs unparked. Costs one probe per key with parked jobs, and a few
+/// more per key with room.
+fn unpark_keys_with_room(conn: &Connection, now_us: i64) -> QResult<()> {
+    let mut first_key = conn.prepare_cached(FIRST_PARKED_KEY)?;
+    let Some(mut key) = first_key
+        .query_row([], |r| r.get::<_, String>(0))
+        .optional()?
+    else {
         return Ok(());
-    }
+    };
+    let mut next_key = conn.prepare_cached(NEXT_PARKED_KEY)?;
     let mut free_slots = conn.prepare_cached(KEY_FREE_SLOTS)?;
     let mut first = conn.prepare_cached(FIRST_PARKED_GROUP)?;
     let mut next = conn.prepare_cached(NEXT_PARKED_GROUP)?;
@@ -473,22 +484,25 @@ fn unpark_keys_with_room(conn: &Connection) -> QResult<()> {
             r.get::<_, String>(2)?,
         ))
     };
-    for key in &keys {
-        let free: i64 = free_slots.query_row([key], |r| r.get(0))?;
-        if free <= 0 {
-            continue;
+    loop {
+        let free: i64 = free_slots.query_row([&key], |r| r.get(0))?;
+        if free > 0 {
+            let mut at = first.query_row([&key], group).optional()?;
+            while let Some((queue, task, flags)) = at {
+                unpark.execute(params![key, queue, task, flags, free, now_us])?;
+                at = next
+                    .query_row(params![key, queue, task, flags], group)
+                    .optional()?;
+            }
         }
-        let mut at = first.query_row([key], group).optional()?;
-        while let Some((queue, task, flags)) = at {
-            unpark.execute(params![key, queue, task, flags, free])?;
-            at = next
-                .query_row(params![key, queue, task, flags], group)
-                .optional()?;
+        match next_key
+            .query_row([&key], |r| r.get::<_, String>(0))
+            .optional()?
+        {
+            Some(k) => key = k,
+            None => return Ok(()),
         }
     }
-    conn.prepare_cached("DELETE FROM durable_jobs_key_room")?
-        .execute([])?;
-    Ok(())
 }
 
 /// Takes the jobs a claim's select picked: `?5` is a JSON array of their ids. Each is
@@ -543,12 +557,12 @@ pub(crate) fn dequeue(
     if p.queues.is_empty() || p.limit == 0 {
         return Ok(Vec::new());
     }
-    unpark_keys_with_room(conn)?;
+    let now_us = micros(now);
+    unpark_keys_with_room(conn, now_us)?;
     let queues = unpaused(conn, &p.queues)?;
     if queues.is_empty() {
         return Ok(Vec::new());
     }
-    let now_us = micros(now);
     let windows = crate::rate::windows_left(conn, &queues, now_us)?;
     let mut out = if windows.is_empty() {
         claim(conn, p, &queues, p.limit, now_us, token)?
@@ -1504,7 +1518,8 @@ mod tests {
             claim_sql(shape),
             NEXT_PRIORITY.to_string(),
             park_sql(shape),
-            KEYS_WITH_ROOM.to_string(),
+            FIRST_PARKED_KEY.to_string(),
+            NEXT_PARKED_KEY.to_string(),
             KEY_FREE_SLOTS.to_string(),
             FIRST_PARKED_GROUP.to_string(),
             NEXT_PARKED_GROUP.to_string(),
@@ -1616,6 +1631,8 @@ mod tests {
             assert!(!park.contains("SCAN durable_jobs"), "{park}");
         }
         for (name, sql) in [
+            ("first key", FIRST_PARKED_KEY),
+            ("next key", NEXT_PARKED_KEY),
             ("first group", FIRST_PARKED_GROUP),
             ("next group", NEXT_PARKED_GROUP),
             ("unpark", UNPARK_GROUP),

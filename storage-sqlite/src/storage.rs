@@ -34,8 +34,8 @@ use tokio::sync::watch;
 /// The row write of [`SqliteStorage::finish_out_of_band`]: the job's final state and
 /// nothing else (no parent woken, no attempt closed).
 const FINISH_OUT_OF_BAND: &str = "UPDATE durable_jobs SET status = ?1, completed_at = ?2, \
-     updated_at = ?2, lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL \
-     WHERE id = ?3";
+     updated_at = ?2, lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL, \
+     blocked = 0 WHERE id = ?3";
 
 /// Jobs in a SQLite file (or in memory), shared safely by several processes on one
 /// machine. Cloning shares the same connections.

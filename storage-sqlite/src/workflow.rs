@@ -63,8 +63,8 @@ pub(crate) const CANCEL_SUBTREE: &str = concat!(
        attempts = CASE WHEN status = 'running' THEN ",
     attempts_appended!("cancelled", "?2", "NULL"),
     " ELSE attempts END, \
-       lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL, wake_requested = 0 \
-     WHERE id IN (SELECT id FROM subtree) AND status IN "
+       lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL, wake_requested = 0, \
+       blocked = 0 WHERE id IN (SELECT id FROM subtree) AND status IN "
 );
 
 const INSERT_SIGNAL: &str = "INSERT INTO durable_jobs_signals (job_id, name, payload, created_at) \

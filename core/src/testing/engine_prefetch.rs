@@ -258,8 +258,10 @@ pub async fn a_better_job_claimed_later_starts_before_the_buffered_ones<H: Confo
             .clock(clock.clone()),
     )
     .expect("worker options");
+    let w = Arc::new(w);
     let stop = w.shutdown_handle();
-    let run = tokio::spawn(async move { w.run().await });
+    let runner = w.clone();
+    let run = tokio::spawn(async move { runner.run().await });
     expect_event(
         &mut events,
         "hold's start",
@@ -274,7 +276,18 @@ pub async fn a_better_job_claimed_later_starts_before_the_buffered_ones<H: Confo
         .enqueue("count", &99, JobOptions::new().priority(5))
         .await
         .expect("enqueue the urgent job");
-    until_status(&q, urgent, JobStatus::Running).await;
+    // Claimed in storage is not yet in the local queue: wait until the worker holds
+    // it too (its jobs in flight count the buffered ones) before `hold` ends.
+    let holding = counts.len() + 2;
+    let deadline = tokio::time::Instant::now() + super::support::PATIENCE;
+    while w.health().jobs_in_flight < holding {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker never held the urgent job: {:?}",
+            w.health()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     open.send(true).expect("gate open");
     let mut started = Vec::new();
     while started.len() < counts.len() + 1 {
