@@ -64,14 +64,13 @@ async fn enqueue(q: &Queue) -> (JobId, Vec<JobId>) {
     (hold, counts)
 }
 
-/// A worker with one slot, a local queue deep enough for every `count` job, and its
-/// timers on `clock`.
-fn buffering_worker(q: &Queue, clock: &ManualClock) -> Worker {
+/// A worker with one slot, a local queue of `depth` jobs, and its timers on `clock`.
+fn buffering_worker(q: &Queue, clock: &ManualClock, depth: usize) -> Worker {
     Worker::new(
         q.clone(),
         WorkerOptions::new()
             .queue("default", 1)
-            .prefetch(BUFFERED as usize)
+            .prefetch(depth)
             .lease_duration(LEASE)
             .heartbeat_interval(HEARTBEAT)
             .shutdown_grace(super::support::PATIENCE)
@@ -120,7 +119,7 @@ pub async fn a_buffered_job_whose_lease_was_lost_never_starts<H: ConformanceHarn
     let (hold, counts) = enqueue(&qa).await;
     let mut events = qa.events();
     let clock = ManualClock::new();
-    let a = buffering_worker(&qa, &clock);
+    let a = buffering_worker(&qa, &clock, BUFFERED as usize);
     let stop = a.shutdown_handle();
     let run = tokio::spawn(async move { a.run().await });
     // `hold` came in the same claim as every `count` job: all are leased to A now, the
@@ -181,7 +180,7 @@ pub async fn a_buffered_job_whose_lease_ran_short_is_released_not_started<H: Con
     let (hold, counts) = enqueue(&q).await;
     let mut events = q.events();
     let clock = ManualClock::new();
-    let w = buffering_worker(&q, &clock);
+    let w = buffering_worker(&q, &clock, BUFFERED as usize);
     let stop = w.shutdown_handle();
     let run = tokio::spawn(async move { w.run().await });
     expect_event(
@@ -247,18 +246,7 @@ pub async fn a_better_job_claimed_later_starts_before_the_buffered_ones<H: Confo
     let clock = ManualClock::new();
     // Room for more than the first claim finds, so a second claim goes out on the next
     // wake-up while `hold` runs.
-    let w = Worker::new(
-        q.clone(),
-        WorkerOptions::new()
-            .queue("default", 1)
-            .prefetch(2 * BUFFERED as usize)
-            .lease_duration(LEASE)
-            .heartbeat_interval(HEARTBEAT)
-            .shutdown_grace(super::support::PATIENCE)
-            .clock(clock.clone()),
-    )
-    .expect("worker options");
-    let w = Arc::new(w);
+    let w = Arc::new(buffering_worker(&q, &clock, 2 * BUFFERED as usize));
     let stop = w.shutdown_handle();
     let runner = w.clone();
     let run = tokio::spawn(async move { runner.run().await });
