@@ -463,11 +463,13 @@ const UNPARK_GROUP: &str = "UPDATE durable_jobs SET blocked = 0 WHERE id IN (\
 /// harmless: a later claim parks the surplus again while the key is full. Runs in the
 /// claim's write transaction, before its select, so the select sees every key with room
 /// with its first due jobs unparked. Costs one probe per key with parked jobs, and a few
-/// more per key with room.
+/// more per key with room. Keys, queues, tasks and flags are read and passed back as the
+/// values they are, so a row another tool wrote with a value of another type is unparked
+/// like the rest instead of failing every claim.
 fn unpark_keys_with_room(conn: &Connection, now_us: i64) -> QResult<()> {
     let mut first_key = conn.prepare_cached(FIRST_PARKED_KEY)?;
     let Some(mut key) = first_key
-        .query_row([], |r| r.get::<_, String>(0))
+        .query_row([], |r| r.get::<_, SqlValue>(0))
         .optional()?
     else {
         return Ok(());
@@ -479,9 +481,9 @@ fn unpark_keys_with_room(conn: &Connection, now_us: i64) -> QResult<()> {
     let mut unpark = conn.prepare_cached(UNPARK_GROUP)?;
     let group = |r: &rusqlite::Row<'_>| {
         Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
+            r.get::<_, SqlValue>(0)?,
+            r.get::<_, SqlValue>(1)?,
+            r.get::<_, SqlValue>(2)?,
         ))
     };
     loop {
@@ -496,7 +498,7 @@ fn unpark_keys_with_room(conn: &Connection, now_us: i64) -> QResult<()> {
             }
         }
         match next_key
-            .query_row([&key], |r| r.get::<_, String>(0))
+            .query_row([&key], |r| r.get::<_, SqlValue>(0))
             .optional()?
         {
             Some(k) => key = k,
@@ -1820,5 +1822,52 @@ mod tests {
         assert_eq!(claim_any(&conn, shape, now).0.len(), 1);
         assert_eq!(claim_any(&conn, shape, now).0.len(), 1);
         assert!(claim_any(&conn, shape, now).0.is_empty(), "four run");
+    }
+
+    /// A key another tool stored as a blob is parked and unparked like a text one: the
+    /// claim passes values back as they are and never fails on their type. (The job it
+    /// then takes does not decode, so it is failed as corrupt, alone.)
+    #[test]
+    fn a_key_of_another_type_is_unparked_too() {
+        let conn = Connection::open_in_memory().expect("open");
+        crate::migrate::migrate(&conn, 0).expect("migrate");
+        let now = Utc::now();
+        let now_us = micros(now);
+        busy_key(&conn, "42", "t", 3, now_us);
+        conn.execute(
+            "UPDATE durable_jobs SET serial_key = x'3432' WHERE serial_key = '42'",
+            [],
+        )
+        .expect("retype the key");
+        let shape = ClaimShape {
+            queues: 1,
+            tasks: 0,
+            flags: 0,
+        };
+        assert!(claim_any(&conn, shape, now).0.is_empty(), "the key is busy");
+        let parked: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM durable_jobs WHERE blocked = 1",
+                [],
+                |r| r.get(0),
+            )
+            .expect("parked");
+        assert_eq!(parked, 3);
+        conn.execute("DELETE FROM durable_jobs WHERE status = 'running'", [])
+            .expect("free the key");
+        assert!(claim_any(&conn, shape, now).0.is_empty());
+        let (failed, parked): (i64, i64) = conn
+            .query_row(
+                "SELECT count(*) FILTER (WHERE status = 'failed'),
+                        count(*) FILTER (WHERE blocked = 1) FROM durable_jobs",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("states");
+        assert_eq!(
+            (failed, parked),
+            (1, 2),
+            "its next job was taken (and failed)"
+        );
     }
 }
