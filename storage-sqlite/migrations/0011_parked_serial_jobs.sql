@@ -18,8 +18,9 @@
 --
 -- `blocked` is a cache of "this key was full when a claim met this job". The library's
 -- statements that change what a claim reads of a job that is not running (replace,
--- retry, reschedule, finish, cancel, wake) clear it; one a hand edit leaves set is
--- harmless: unparking only takes due, claimable jobs. A constant default: adding the
+-- retry, reschedule, finish, cancel) clear it (a wake only moves a job that is not due
+-- yet, which no claim parked); one a hand edit leaves set is harmless: unparking only
+-- takes due, claimable jobs. A constant default: adding the
 -- column rewrites no rows, and every existing job starts unparked.
 ALTER TABLE durable_jobs ADD COLUMN blocked INTEGER NOT NULL DEFAULT 0;
 
