@@ -132,9 +132,5 @@ pub(crate) async fn run(
     backend: Backend,
 ) {
     let sec = Store::section(backend, "retention");
-    eprintln!("  {sec} ...");
-    if let Err(e) = measure(cfg, res, backend).await {
-        eprintln!("  {sec} FAILED: {e}");
-        errors.push(format!("{sec}: {e}"));
-    }
+    Store::report(&sec, errors, measure(cfg, res, backend)).await;
 }

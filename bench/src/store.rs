@@ -64,6 +64,20 @@ impl Store {
         format!("{name} {scenario}")
     }
 
+    /// Runs one scenario's measurement under its section `sec`: prints that it started,
+    /// and records a failure in `errors` so the bench goes on with the next.
+    pub(crate) async fn report(
+        sec: &str,
+        errors: &mut Vec<String>,
+        measure: impl std::future::Future<Output = Result<(), String>>,
+    ) {
+        eprintln!("  {sec} ...");
+        if let Err(e) = measure.await {
+            eprintln!("  {sec} FAILED: {e}");
+            errors.push(format!("{sec}: {e}"));
+        }
+    }
+
     pub(crate) fn storage(&self) -> DynStorage {
         match self {
             Store::Postgres(pg) => pg.storage.clone(),

@@ -1153,12 +1153,18 @@ pub(crate) fn finished_counts(conn: &Connection, since: i64) -> QResult<Vec<Queu
 mod tests {
     use super::*;
 
+    /// A fresh in-memory database at the current schema.
+    fn migrated() -> Connection {
+        let conn = Connection::open_in_memory().expect("open");
+        crate::migrate::migrate(&conn, 0).expect("migrate");
+        conn
+    }
+
     /// The column the claim reads its history flag from is the prepared claim's last,
     /// and is that flag, for every shape of claim.
     #[test]
     fn the_claim_s_history_flag_is_the_column_it_reads() {
-        let conn = Connection::open_in_memory().expect("open");
-        crate::migrate::migrate(&conn, 0).expect("migrate");
+        let conn = migrated();
         for (queues, tasks, flags) in [(1, 0, 0), (3, 2, 1)] {
             let shape = ClaimShape {
                 queues,
@@ -1192,8 +1198,7 @@ mod tests {
     /// purging walks it, instead of scanning every job.
     #[test]
     fn finish_time_queries_use_the_finished_index() {
-        let conn = Connection::open_in_memory().expect("open");
-        crate::migrate::migrate(&conn, 0).expect("migrate");
+        let conn = migrated();
         let counts = plan(&conn, FINISHED_COUNTS);
         assert!(
             counts.contains("USING COVERING INDEX durable_jobs_finished"),
@@ -1208,8 +1213,7 @@ mod tests {
     /// covering index of finished jobs alone. With and without statistics.
     #[test]
     fn counts_never_scan_the_table() {
-        let conn = Connection::open_in_memory().expect("open");
-        crate::migrate::migrate(&conn, 0).expect("migrate");
+        let conn = migrated();
         for analyzed in [false, true] {
             if analyzed {
                 conn.execute_batch(
@@ -1246,8 +1250,7 @@ mod tests {
     /// b-tree each time. And the queries meant to use those indexes still do.
     #[test]
     fn partial_indexes_test_rows_without_in_lists() {
-        let conn = Connection::open_in_memory().expect("open");
-        crate::migrate::migrate(&conn, 0).expect("migrate");
+        let conn = migrated();
         let mut stmt = conn
             .prepare(
                 "SELECT name, sql FROM sqlite_master WHERE type = 'index' \
@@ -1300,8 +1303,7 @@ mod tests {
     /// The claim must walk the partial claim index, not scan the table and sort.
     #[test]
     fn claim_walks_the_partial_claim_index() {
-        let conn = Connection::open_in_memory().expect("open");
-        crate::migrate::migrate(&conn, 0).expect("migrate");
+        let conn = migrated();
         for (queues, tasks, flags) in [(1, 1, 0), (1, 0, 0), (3, 2, 0), (1, 1, 2)] {
             let shape = ClaimShape {
                 queues,
@@ -1350,8 +1352,7 @@ mod tests {
     /// The next priority is one descent of the claim index, never a scan.
     #[test]
     fn next_priority_is_one_index_probe() {
-        let conn = Connection::open_in_memory().expect("open");
-        crate::migrate::migrate(&conn, 0).expect("migrate");
+        let conn = migrated();
         let plan = plan(&conn, NEXT_PRIORITY);
         assert!(
             plan.contains("USING INDEX durable_jobs_claim (queue=? AND priority<?)"),
@@ -1363,8 +1364,7 @@ mod tests {
     /// each job by its id; they never walk the jobs table.
     #[test]
     fn batch_completion_looks_jobs_up_by_id() {
-        let conn = Connection::open_in_memory().expect("open");
-        crate::migrate::migrate(&conn, 0).expect("migrate");
+        let conn = migrated();
         let plan = plan(&conn, BATCH_PARENTS);
         assert!(
             plan.contains("SEARCH durable_jobs USING INTEGER PRIMARY KEY (rowid=?)"),
@@ -1414,8 +1414,7 @@ mod tests {
     /// is gone.
     #[test]
     fn batch_completion_matches_one_by_one() {
-        let conn = Connection::open_in_memory().expect("open");
-        crate::migrate::migrate(&conn, 0).expect("migrate");
+        let conn = migrated();
         let jobs = claimed(&conn, 4, 7);
         let tokens = [i64::MIN, i64::MAX, -1, 0];
         for (c, t) in jobs.iter().zip(tokens) {
@@ -1478,8 +1477,7 @@ mod tests {
     /// finds the lease ended.
     #[test]
     fn batch_completion_of_one_job_twice_completes_it_once() {
-        let conn = Connection::open_in_memory().expect("open");
-        crate::migrate::migrate(&conn, 0).expect("migrate");
+        let conn = migrated();
         let jobs = claimed(&conn, 1, 7);
         let item = |r: i64| Completion {
             lease: jobs[0].lease.clone(),
@@ -1496,8 +1494,7 @@ mod tests {
     /// is no part of its plan, so binding a new one never makes SQLite re-prepare it.
     #[test]
     fn claims_of_any_size_reuse_the_prepared_statement() {
-        let conn = Connection::open_in_memory().expect("open");
-        crate::migrate::migrate(&conn, 0).expect("migrate");
+        let conn = migrated();
         for limit in [3, 1, 2] {
             assert_eq!(claimed(&conn, limit, 7).len(), limit);
         }
@@ -1550,8 +1547,7 @@ mod tests {
     }
 
     fn claim_beside_a_backlog(analyzed: bool) {
-        let conn = Connection::open_in_memory().expect("open");
-        crate::migrate::migrate(&conn, 0).expect("migrate");
+        let conn = migrated();
         let now = Utc::now();
         let now_us = micros(now);
         let tomorrow = now_us + 86_400_000_000;
@@ -1616,8 +1612,7 @@ mod tests {
     /// and the parked jobs one key and group at a time; never the table.
     #[test]
     fn parking_walks_its_indexes() {
-        let conn = Connection::open_in_memory().expect("open");
-        crate::migrate::migrate(&conn, 0).expect("migrate");
+        let conn = migrated();
         for (queues, tasks, flags) in [(1, 1, 0), (1, 0, 0), (3, 2, 1)] {
             let shape = ClaimShape {
                 queues,
@@ -1676,8 +1671,24 @@ mod tests {
         .expect("the key's running job");
     }
 
-    /// Claims on `conn` for any task; returns the claimed ids and the steps it took.
-    fn claim_any(conn: &Connection, shape: ClaimShape, now: DateTime<Utc>) -> (Vec<JobId>, i32) {
+    /// How many jobs are parked.
+    fn parked(conn: &Connection) -> i64 {
+        conn.query_row(
+            "SELECT count(*) FROM durable_jobs WHERE blocked = 1",
+            [],
+            |r| r.get(0),
+        )
+        .expect("parked")
+    }
+
+    /// Claims from queue `default` on `conn` for any task; returns the claimed ids and the
+    /// virtual-machine steps the claim's statements took.
+    fn claim_any(conn: &Connection, now: DateTime<Utc>) -> (Vec<JobId>, i32) {
+        let shape = ClaimShape {
+            queues: 1,
+            tasks: 0,
+            flags: 0,
+        };
         let p = DequeueParams {
             queues: vec!["default".into()],
             tasks: Vec::new(),
@@ -1698,8 +1709,7 @@ mod tests {
     /// next job in each group and takes the first, again without walking the rest.
     #[test]
     fn claims_never_revisit_jobs_behind_a_busy_key() {
-        let conn = Connection::open_in_memory().expect("open");
-        crate::migrate::migrate(&conn, 0).expect("migrate");
+        let conn = migrated();
         let now = Utc::now();
         let now_us = micros(now);
         busy_key(&conn, "busy", "t", 100_000, now_us);
@@ -1719,25 +1729,14 @@ mod tests {
             [now_us - 1],
         )
         .expect("other group");
-        let shape = ClaimShape {
-            queues: 1,
-            tasks: 0,
-            flags: 0,
-        };
-        let (ids, _) = claim_any(&conn, shape, now);
+        let (ids, _) = claim_any(&conn, now);
         assert!(ids.is_empty(), "the key is busy: {ids:?}");
-        let parked: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM durable_jobs WHERE blocked = 1",
-                [],
-                |r| r.get(0),
-            )
-            .expect("parked");
+        let parked = parked(&conn);
         assert_eq!(
             parked, 100_001,
             "the claim parked every job of the busy key"
         );
-        let (ids, steps) = claim_any(&conn, shape, now);
+        let (ids, steps) = claim_any(&conn, now);
         assert!(ids.is_empty());
         assert!(
             steps < 500,
@@ -1750,7 +1749,7 @@ mod tests {
             [now_us],
         )
         .expect("complete");
-        let (ids, steps) = claim_any(&conn, shape, now);
+        let (ids, steps) = claim_any(&conn, now);
         assert_eq!(ids, vec![first_other], "the key's first job, and only it");
         assert!(
             steps < 1_000,
@@ -1789,39 +1788,33 @@ mod tests {
     /// running job deleted, a limit raised by an update.
     #[test]
     fn hand_written_changes_unpark_a_keys_jobs() {
-        let conn = Connection::open_in_memory().expect("open");
-        crate::migrate::migrate(&conn, 0).expect("migrate");
+        let conn = migrated();
         let now = Utc::now();
         let now_us = micros(now);
         busy_key(&conn, "k", "t", 5, now_us);
-        let shape = ClaimShape {
-            queues: 1,
-            tasks: 0,
-            flags: 0,
-        };
-        assert!(claim_any(&conn, shape, now).0.is_empty(), "the key is busy");
+        assert!(claim_any(&conn, now).0.is_empty(), "the key is busy");
         conn.execute(
             "DELETE FROM durable_jobs WHERE serial_key = 'k' AND status = 'running'",
             [],
         )
         .expect("delete the running job");
-        assert_eq!(claim_any(&conn, shape, now).0.len(), 1, "its slot is free");
-        assert!(claim_any(&conn, shape, now).0.is_empty(), "busy again");
+        assert_eq!(claim_any(&conn, now).0.len(), 1, "its slot is free");
+        assert!(claim_any(&conn, now).0.is_empty(), "busy again");
         conn.execute(
             "INSERT INTO durable_jobs_key_limits (serial_key, max_running) VALUES ('k', 2)",
             [],
         )
         .expect("limit 2");
-        assert_eq!(claim_any(&conn, shape, now).0.len(), 1, "a second slot");
+        assert_eq!(claim_any(&conn, now).0.len(), 1, "a second slot");
         conn.execute(
             "UPDATE durable_jobs_key_limits SET max_running = 4 WHERE serial_key = 'k'",
             [],
         )
         .expect("limit 4");
         // One job of a key per claim: two claims fill the two new slots.
-        assert_eq!(claim_any(&conn, shape, now).0.len(), 1);
-        assert_eq!(claim_any(&conn, shape, now).0.len(), 1);
-        assert!(claim_any(&conn, shape, now).0.is_empty(), "four run");
+        assert_eq!(claim_any(&conn, now).0.len(), 1);
+        assert_eq!(claim_any(&conn, now).0.len(), 1);
+        assert!(claim_any(&conn, now).0.is_empty(), "four run");
     }
 
     /// A key another tool stored as a blob is parked and unparked like a text one: the
@@ -1829,8 +1822,7 @@ mod tests {
     /// then takes does not decode, so it is failed as corrupt, alone.)
     #[test]
     fn a_key_of_another_type_is_unparked_too() {
-        let conn = Connection::open_in_memory().expect("open");
-        crate::migrate::migrate(&conn, 0).expect("migrate");
+        let conn = migrated();
         let now = Utc::now();
         let now_us = micros(now);
         busy_key(&conn, "42", "t", 3, now_us);
@@ -1839,23 +1831,12 @@ mod tests {
             [],
         )
         .expect("retype the key");
-        let shape = ClaimShape {
-            queues: 1,
-            tasks: 0,
-            flags: 0,
-        };
-        assert!(claim_any(&conn, shape, now).0.is_empty(), "the key is busy");
-        let parked: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM durable_jobs WHERE blocked = 1",
-                [],
-                |r| r.get(0),
-            )
-            .expect("parked");
+        assert!(claim_any(&conn, now).0.is_empty(), "the key is busy");
+        let parked = parked(&conn);
         assert_eq!(parked, 3);
         conn.execute("DELETE FROM durable_jobs WHERE status = 'running'", [])
             .expect("free the key");
-        assert!(claim_any(&conn, shape, now).0.is_empty());
+        assert!(claim_any(&conn, now).0.is_empty());
         let (failed, parked): (i64, i64) = conn
             .query_row(
                 "SELECT count(*) FILTER (WHERE status = 'failed'),
