@@ -145,6 +145,7 @@ macro_rules! append_attempt {
     };
 }
 
+mod background;
 mod checkpoint;
 mod enqueue;
 mod error;

@@ -343,7 +343,19 @@ impl SqliteStorage {
         R: Send + 'static,
         F: FnOnce(&Connection) -> QResult<R> + Send + 'static,
     {
-        let out = self.inner.writer.run(f).await;
+        self.write_in(Lane::Foreground, f).await
+    }
+
+    /// [`SqliteStorage::write`] in the writer's foreground or background lane.
+    async fn write_in<R, F>(&self, lane: Lane, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> QResult<R> + Send + 'static,
+    {
+        let out = match lane {
+            Lane::Foreground => self.inner.writer.run(f).await,
+            Lane::Background => self.inner.writer.run_background(f).await,
+        };
         if out.is_ok() {
             // Any write may be a job's final one; waiters re-read theirs (only those
             // waiting pay for it).
@@ -365,11 +377,22 @@ impl SqliteStorage {
     }
 }
 
+/// Which of the writer's lanes a write goes through (see `background`).
+#[derive(Debug, Clone, Copy)]
+enum Lane {
+    /// Claims, completions, enqueues: batched, run as soon as they can.
+    Foreground,
+    /// Retention: alone, within its share of the writer.
+    Background,
+}
+
 fn writer_config(o: &SqliteOptions) -> WriterConfig {
     WriterConfig {
         max_batch: o.max_write_batch,
         busy_retry_for: o.busy_retry_for,
         checkpoint: None,
+        background_share: crate::background::ShareRamp::default(),
+        idle_after: crate::background::IDLE_AFTER,
     }
 }
 
@@ -826,8 +849,30 @@ impl Storage for SqliteStorage {
     }
 
     async fn purge_retained(&self, batch: RetentionBatch) -> Result<RetentionPurged> {
-        self.write(move |c| retention::purge_retained(c, batch))
-            .await
+        // In steps of the writer's background lane, so claims and completions keep
+        // most of the writer while the purge runs (see `background`).
+        let mut out = RetentionPurged::default();
+        let mut left = batch.limit;
+        while left > 0 {
+            let step = RetentionBatch {
+                limit: left.min(retention::STEP),
+                ..batch
+            };
+            let done = self
+                .write_in(Lane::Background, move |c| {
+                    retention::purge_retained(c, step)
+                })
+                .await?;
+            out.roots += done.roots;
+            out.completed += done.completed;
+            out.failed += done.failed;
+            out.cancelled += done.cancelled;
+            if done.roots < step.limit as u64 {
+                break;
+            }
+            left -= step.limit;
+        }
+        Ok(out)
     }
 
     async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<()> {

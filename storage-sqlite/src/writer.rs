@@ -11,9 +11,11 @@
 //! `SQLITE_BUSY` (another process holds the write lock past the busy timeout) is retried
 //! here with backoff until `busy_retry_for` runs out, so callers never see it.
 
+use crate::background::BackgroundShare;
 use crate::error::{classify, error, is_busy, QResult};
 use durable_jobs::{Error, Result, StorageError, StorageErrorKind};
 use rusqlite::{ffi, Connection};
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -130,7 +132,11 @@ where
 }
 
 enum Msg {
+    /// A foreground write: batched with the others queued, run as soon as it can.
     Run(Box<dyn Command>),
+    /// A background write: run alone, within its share of the writer (see
+    /// [`crate::background`]).
+    Background(Box<dyn Command>),
     Close(oneshot::Sender<()>),
 }
 
@@ -142,6 +148,10 @@ pub(crate) struct WriterConfig {
     /// Nudges the checkpoint thread once a commit leaves the log past
     /// [`crate::checkpoint::CHECKPOINT_AFTER`] frames (`None`: no log, in memory).
     pub checkpoint: Option<mpsc::SyncSender<()>>,
+    /// The share of the writer background commands get while foreground writes wait.
+    pub background_share: crate::background::ShareRamp,
+    /// How long without a foreground write before background runs back to back.
+    pub idle_after: Duration,
 }
 
 /// A handle to the writer thread. Dropping every handle stops the thread.
@@ -193,6 +203,39 @@ impl Writer {
         R: Send + 'static,
         F: FnOnce(&Connection) -> QResult<R> + Send + 'static,
     {
+        self.send(f, Msg::Run).await
+    }
+
+    /// As [`Writer::run`], for background work: `f` runs alone in its own transaction,
+    /// when the writer is idle or within its share of the writer's time (see
+    /// [`crate::background`]). Keep `f` short (a millisecond or so): foreground writes
+    /// that arrive while it runs wait for it.
+    pub(crate) async fn run_background<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> QResult<R> + Send + 'static,
+    {
+        self.send(f, Msg::Background).await
+    }
+
+    async fn send<R, F>(&self, f: F, wrap: fn(Box<dyn Command>) -> Msg) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> QResult<R> + Send + 'static,
+    {
+        self.submit(f, wrap)?.await.map_err(|_| Error::Shutdown)?
+    }
+
+    /// Queues `f` at once; the receiver gets its outcome after commit.
+    fn submit<R, F>(
+        &self,
+        f: F,
+        wrap: fn(Box<dyn Command>) -> Msg,
+    ) -> Result<oneshot::Receiver<Result<R>>>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> QResult<R> + Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
         let cmd = Cmd {
             f: Some(f),
@@ -200,9 +243,9 @@ impl Writer {
             reply,
         };
         self.tx
-            .send(Msg::Run(Box::new(cmd)))
+            .send(wrap(Box::new(cmd)))
             .map_err(|_| Error::Shutdown)?;
-        rx.await.map_err(|_| Error::Shutdown)?
+        Ok(rx)
     }
 
     /// Finishes queued writes, closes the connection and stops the thread.
@@ -214,22 +257,65 @@ impl Writer {
     }
 }
 
-fn run_loop(conn: Connection, rx: mpsc::Receiver<Msg>, config: WriterConfig) {
-    let mut close: Option<oneshot::Sender<()>> = None;
-    while let Ok(first) = rx.recv() {
-        let mut batch: Vec<Box<dyn Command>> = Vec::new();
-        match first {
-            Msg::Run(c) => batch.push(c),
-            Msg::Close(t) => close = Some(t),
+/// What the loop holds between turns: the foreground batch being gathered, the
+/// background commands waiting for their share, and whether the writer is idle.
+struct Pending {
+    batch: Vec<Box<dyn Command>>,
+    background: VecDeque<Box<dyn Command>>,
+    close: Option<oneshot::Sender<()>>,
+    /// Every handle is gone: no more commands can come.
+    disconnected: bool,
+    /// No foreground write came for `idle_after`: background runs back to back until
+    /// one does.
+    idle: bool,
+    share: BackgroundShare,
+}
+
+impl Pending {
+    fn accept(&mut self, msg: Msg) {
+        match msg {
+            Msg::Run(c) => {
+                self.idle = false;
+                self.batch.push(c);
+            }
+            Msg::Background(c) => {
+                self.share.arrived(Instant::now());
+                self.background.push_back(c);
+            }
+            Msg::Close(t) => self.close = Some(t),
         }
-        while close.is_none() && batch.len() < config.max_batch {
+    }
+
+    /// Takes what is queued, without waiting, until the batch is full.
+    fn gather(&mut self, rx: &mpsc::Receiver<Msg>, max_batch: usize) {
+        while self.close.is_none() && self.batch.len() < max_batch {
             match rx.try_recv() {
-                Ok(Msg::Run(c)) => batch.push(c),
-                Ok(Msg::Close(t)) => close = Some(t),
-                Err(_) => break,
+                Ok(m) => self.accept(m),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    self.disconnected = true;
+                    break;
+                }
             }
         }
-        if !batch.is_empty() && run_batch(&conn, batch, config.busy_retry_for) {
+    }
+
+    fn ending(&self) -> bool {
+        self.close.is_some() || self.disconnected
+    }
+}
+
+fn run_loop(conn: Connection, rx: mpsc::Receiver<Msg>, config: WriterConfig) {
+    let mut p = Pending {
+        batch: Vec::new(),
+        background: VecDeque::new(),
+        close: None,
+        disconnected: false,
+        idle: false,
+        share: BackgroundShare::new(config.background_share),
+    };
+    let commit = |batch: Vec<Box<dyn Command>>| {
+        if run_batch(&conn, batch, config.busy_retry_for) {
             if let Some(nudge) = &config.checkpoint {
                 if crate::checkpoint::frames_after_commit() >= crate::checkpoint::CHECKPOINT_AFTER {
                     // Full means a nudge is pending already: the thread will see this log.
@@ -237,8 +323,42 @@ fn run_loop(conn: Connection, rx: mpsc::Receiver<Msg>, config: WriterConfig) {
                 }
             }
         }
-        if close.is_some() {
-            break;
+    };
+    loop {
+        if p.batch.is_empty() && p.background.is_empty() {
+            if p.ending() {
+                break;
+            }
+            match rx.recv() {
+                Ok(m) => p.accept(m),
+                Err(_) => break,
+            }
+        }
+        p.gather(&rx, config.max_batch);
+        let now = Instant::now();
+        let background_turn = !p.background.is_empty()
+            && (p.ending() || p.share.due(now) || (p.batch.is_empty() && p.idle));
+        if background_turn {
+            if let Some(cmd) = p.background.pop_front() {
+                // Alone in its own transaction: a foreground batch never waits for its
+                // commit.
+                let start = Instant::now();
+                commit(vec![cmd]);
+                p.share.ran(start, Instant::now());
+            }
+            continue;
+        }
+        if !p.batch.is_empty() {
+            commit(std::mem::take(&mut p.batch));
+            continue;
+        }
+        // Only background work, not its turn yet: wait for a foreground write until the
+        // share allows it or the writer counts as idle.
+        let wait = p.share.wait(now).min(config.idle_after);
+        match rx.recv_timeout(wait) {
+            Ok(m) => p.accept(m),
+            Err(mpsc::RecvTimeoutError::Timeout) => p.idle = true,
+            Err(mpsc::RecvTimeoutError::Disconnected) => p.disconnected = true,
         }
     }
     // Closing the last connection checkpoints the WAL into the main file. The nudger
@@ -246,7 +366,7 @@ fn run_loop(conn: Connection, rx: mpsc::Receiver<Msg>, config: WriterConfig) {
     drop(config.checkpoint);
     drop(conn);
     drop(rx);
-    if let Some(t) = close {
+    if let Some(t) = p.close {
         let _ = t.send(());
     }
 }
@@ -354,4 +474,164 @@ fn rollback(conn: &Connection) {
 /// per command, so re-parsing them each time would show in throughput).
 fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::background::ShareRamp;
+
+    /// A writer on a fresh in-memory database with a `log` table, whose background
+    /// share is `share` and idle wait `idle_after`.
+    async fn writer(share: f64, idle_after: Duration) -> Writer {
+        let config = WriterConfig {
+            max_batch: 64,
+            busy_retry_for: Duration::from_secs(5),
+            checkpoint: None,
+            background_share: ShareRamp {
+                base: share,
+                max: share,
+                ramp: Duration::from_secs(10),
+            },
+            idle_after,
+        };
+        Writer::start(
+            || {
+                let conn = Connection::open_in_memory()
+                    .map_err(|e| error(StorageErrorKind::Other, e.to_string()))?;
+                conn.execute_batch("CREATE TABLE log (seq INTEGER PRIMARY KEY, what TEXT)")
+                    .map_err(|e| error(StorageErrorKind::Other, e.to_string()))?;
+                Ok(conn)
+            },
+            config,
+        )
+        .await
+        .expect("writer starts")
+    }
+
+    /// A command that appends `what` to the log, after sleeping `hold` (to give a
+    /// background command a length the share is computed from).
+    fn append(
+        what: &'static str,
+        hold: Duration,
+    ) -> impl FnOnce(&Connection) -> QResult<()> + Send + 'static {
+        move |c| {
+            std::thread::sleep(hold);
+            c.execute("INSERT INTO log (what) VALUES (?1)", [what])?;
+            Ok(())
+        }
+    }
+
+    /// Holds the writer thread until the returned sender sends (or drops), so the
+    /// commands queued meanwhile are all waiting when it looks next.
+    fn hold_writer(w: &Writer) -> (std::sync::mpsc::Sender<()>, oneshot::Receiver<Result<()>>) {
+        let (go, gate) = std::sync::mpsc::channel::<()>();
+        let done = w
+            .submit(
+                move |_| {
+                    let _ = gate.recv();
+                    Ok(())
+                },
+                Msg::Run,
+            )
+            .expect("writer open");
+        (go, done)
+    }
+
+    async fn log(w: &Writer) -> Vec<String> {
+        w.run(|c| {
+            let mut stmt = c.prepare("SELECT what FROM log ORDER BY seq")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+        })
+        .await
+        .expect("log reads")
+    }
+
+    #[tokio::test]
+    async fn background_waits_its_share_while_foreground_writes_wait() {
+        // A share so small that a 20 ms background command owes 20 s: the second one
+        // can only run because the writer went idle, after the foreground write.
+        let w = writer(0.001, Duration::from_millis(20)).await;
+        let (go, held) = hold_writer(&w);
+        let b1 = w
+            .submit(append("b1", Duration::from_millis(20)), Msg::Background)
+            .unwrap();
+        let f1 = w.submit(append("f1", Duration::ZERO), Msg::Run).unwrap();
+        go.send(()).unwrap();
+        held.await.unwrap().unwrap();
+        b1.await.unwrap().unwrap();
+        f1.await.unwrap().unwrap();
+        let (go, held) = hold_writer(&w);
+        let b2 = w
+            .submit(append("b2", Duration::ZERO), Msg::Background)
+            .unwrap();
+        let f2 = w.submit(append("f2", Duration::ZERO), Msg::Run).unwrap();
+        let f3 = w.submit(append("f3", Duration::ZERO), Msg::Run).unwrap();
+        go.send(()).unwrap();
+        held.await.unwrap().unwrap();
+        b2.await.unwrap().unwrap();
+        f2.await.unwrap().unwrap();
+        f3.await.unwrap().unwrap();
+        // b1 ran first: no background had run yet, so its share was free.
+        assert_eq!(log(&w).await, ["b1", "f1", "f2", "f3", "b2"]);
+    }
+
+    #[tokio::test]
+    async fn an_idle_writer_runs_background_back_to_back() {
+        // Owed time would hold the second command back for an hour; an idle writer
+        // runs it anyway once no foreground write came for the idle wait.
+        let w = writer(0.001, Duration::from_millis(5)).await;
+        w.run_background(append("b1", Duration::from_millis(10)))
+            .await
+            .unwrap();
+        for what in ["b2", "b3", "b4"] {
+            w.run_background(append(what, Duration::ZERO))
+                .await
+                .unwrap();
+        }
+        assert_eq!(log(&w).await, ["b1", "b2", "b3", "b4"]);
+    }
+
+    #[tokio::test]
+    async fn close_runs_the_background_commands_still_queued() {
+        let w = writer(0.001, Duration::from_secs(3600)).await;
+        w.run_background(append("b1", Duration::from_millis(10)))
+            .await
+            .unwrap();
+        let (go, held) = hold_writer(&w);
+        let b2 = w
+            .submit(append("b2", Duration::ZERO), Msg::Background)
+            .unwrap();
+        go.send(()).unwrap();
+        held.await.unwrap().unwrap();
+        // b2 is neither due (it owes ten seconds) nor idle (an hour): only closing
+        // lets it run, and closing must not drop it.
+        w.close().await;
+        b2.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_background_command_commits_alone() {
+        // A failing background command is rolled back alone, and a foreground batch
+        // queued beside it is committed.
+        let w = writer(1.0, Duration::from_millis(1)).await;
+        let (go, held) = hold_writer(&w);
+        let bad = w
+            .submit(
+                |c: &Connection| -> QResult<()> {
+                    c.execute("INSERT INTO log (what) VALUES ('bad')", [])?;
+                    c.execute("INSERT INTO nowhere VALUES (1)", [])?;
+                    Ok(())
+                },
+                Msg::Background,
+            )
+            .unwrap();
+        let f1 = w.submit(append("f1", Duration::ZERO), Msg::Run).unwrap();
+        go.send(()).unwrap();
+        held.await.unwrap().unwrap();
+        assert!(bad.await.unwrap().is_err());
+        f1.await.unwrap().unwrap();
+        assert_eq!(log(&w).await, ["f1"]);
+    }
 }

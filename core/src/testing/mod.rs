@@ -295,6 +295,7 @@ macro_rules! conformance_tests {
         $crate::__conformance_cases!(retention_conformance, $harness;
             retention_deletes_each_status_after_its_own_retention,
             retention_batches_are_bounded_and_oldest_first,
+            large_retention_batches_delete_exactly_their_limit,
             retention_takes_children_with_their_root,
             racing_retention_batches_delete_each_job_once,
             retention_goes_by_the_latest_finish_of_a_job_retried_by_hand,

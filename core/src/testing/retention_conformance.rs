@@ -7,7 +7,7 @@
 use super::ConformanceHarness;
 use crate::job::{Checkpoint, CheckpointOutcome, JobId, JobStatus, NewJob};
 use crate::storage::{
-    ClaimedJob, DequeueParams, DynStorage, Failure, RetentionBatch, RetentionPurged,
+    ClaimedJob, Completion, DequeueParams, DynStorage, Failure, RetentionBatch, RetentionPurged,
     SpawnChildrenParams,
 };
 use crate::{
@@ -173,6 +173,59 @@ pub async fn retention_batches_are_bounded_and_oldest_first<H: ConformanceHarnes
     assert_eq!((p.roots, p.completed), (1, 1), "the rest, below the limit");
     let p = purge(&s, b).await;
     assert_eq!(p, RetentionPurged::default());
+}
+
+/// `n` jobs claimed in one batch and completed together, at the storage's now.
+async fn completed_together(s: &DynStorage, n: usize) -> Vec<JobId> {
+    let jobs = (0..n).map(|i| NewJob::new("t", json!(i))).collect();
+    s.enqueue_many(jobs).await.expect("enqueue_many");
+    let claimed = s.dequeue(params(n)).await.expect("dequeue");
+    assert_eq!(claimed.len(), n, "all {n} jobs are due");
+    let ids = claimed.iter().map(|c| c.job.id).collect();
+    let items = claimed
+        .into_iter()
+        .map(|c| Completion {
+            lease: c.lease,
+            result: json!("ok"),
+        })
+        .collect();
+    for r in s.complete_many(items).await.expect("complete_many") {
+        r.expect("complete");
+    }
+    ids
+}
+
+/// A batch larger than any step a backend splits it into (SQLite purges in steps of
+/// 100 trees) still deletes exactly its limit, oldest first, and counts every job.
+pub async fn large_retention_batches_delete_exactly_their_limit<H: ConformanceHarness>(h: &H) {
+    let s = h.storage();
+    let older = completed_together(&s, 130).await;
+    h.advance(Duration::from_secs(10)).await;
+    let newer = completed_together(&s, 150).await;
+    h.advance(2 * DAY).await;
+    let b = batch(&s, RetentionPolicy::default(), 250).await;
+    let p = purge(&s, b).await;
+    assert_eq!((p.roots, p.completed, p.jobs()), (250, 250, 250));
+    for id in &older {
+        assert_eq!(status_of(&s, *id).await, None, "older job {id} goes first");
+    }
+    let mut left = Vec::new();
+    for id in &newer {
+        if status_of(&s, *id).await.is_some() {
+            left.push(*id);
+        }
+    }
+    assert_eq!(left.len(), 30, "the batch stopped at its limit");
+    let p = purge(&s, b).await;
+    assert_eq!(
+        (p.roots, p.completed),
+        (30, 30),
+        "the rest, below the limit"
+    );
+    for id in left {
+        gone(&s, id).await;
+    }
+    assert_eq!(purge(&s, b).await, RetentionPurged::default());
 }
 
 /// Children go with their root, never before it: finished children of a live root stay;
