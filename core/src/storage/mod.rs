@@ -12,6 +12,7 @@
 
 pub mod params;
 pub mod record;
+pub mod share;
 
 pub use params::{
     AdvanceScheduleParams, CheckpointWrite, ClaimedJob, Completion, DeletedBatch, DequeueParams,
