@@ -858,11 +858,21 @@ impl Storage for SqliteStorage {
                 limit: left.min(retention::STEP),
                 ..batch
             };
-            let done = self
+            let done = match self
                 .write_in(Lane::Background, move |c| {
                     retention::purge_retained(c, step)
                 })
-                .await?;
+                .await
+            {
+                Ok(done) => done,
+                Err(e) if out.roots == 0 => return Err(e),
+                // Earlier steps are committed: report what they deleted. The short count
+                // ends the pass; the next one meets the error again if it lasts.
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention step failed after deleting some jobs");
+                    break;
+                }
+            };
             out.roots += done.roots;
             out.completed += done.completed;
             out.failed += done.failed;

@@ -8,6 +8,11 @@
 //! only after `COMMIT` succeeds: an acknowledged write is committed. Coalescing turns
 //! many small writes (claims, completions from many workers) into few commits.
 //!
+//! Background work (the retention purge) comes through a second lane: each command runs
+//! alone in its own transaction, when the writer is idle or within a share of its time
+//! (see [`crate::background`]), so claims and completions never wait for a purge's
+//! commit nor queue behind one purge step after another.
+//!
 //! `SQLITE_BUSY` (another process holds the write lock past the busy timeout) is retried
 //! here with backoff until `busy_retry_for` runs out, so callers never see it.
 
