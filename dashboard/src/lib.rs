@@ -45,7 +45,7 @@
 //! (no CDN: it works on closed networks).
 //!
 //! # Authentication
-//! [`router`] has none: put the application's own layer around it. [`serve`] (and
+//! [`router()`] has none: put the application's own layer around it. [`serve`] (and
 //! [`router_with`]) require HTTP basic auth when [`DashboardOptions::basic_auth`] is set.
 
 mod action;

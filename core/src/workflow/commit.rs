@@ -1,6 +1,6 @@
 //! Group commit for checkpoints: the durable calls and steps of every job a worker runs
 //! hand their checkpoints to one writer, which stores whatever arrived while its previous
-//! write was in flight with one [`Storage::checkpoint_many`] call (one statement and one
+//! write was in flight with one [`crate::Storage::checkpoint_many`] call (one statement and one
 //! commit on PostgreSQL, one transaction on SQLite). Each caller resumes only once its
 //! own item is durable, with its own item's result: a lease lost for one job fails only
 //! that job's checkpoint.
@@ -15,11 +15,11 @@
 //!
 //! Loading goes the same way: the first durable call of each job reads the job's stored
 //! checkpoints, and the reads of jobs that start together go out as one
-//! [`Storage::list_checkpoints_many`] call instead of one round trip per job (which was
+//! [`crate::Storage::list_checkpoints_many`] call instead of one round trip per job (which was
 //! the most frequent statement of a three-step workflow).
 //!
 //! [`WorkerOptions::checkpoint_writers`]: crate::WorkerOptions::checkpoint_writers
-//! [`Storage::list_checkpoints_many`]: crate::Storage::list_checkpoints_many
+//! [`crate::Storage::list_checkpoints_many`]: crate::Storage::list_checkpoints_many
 
 use crate::error::{Error, Result, StorageError, StorageErrorKind};
 use crate::job::{Checkpoint, JobId, Lease};
@@ -35,7 +35,7 @@ const MAX_BATCH: usize = 1000;
 /// What one batch write returns: one result per item, in order.
 type Written = Result<Vec<Result<()>>>;
 
-/// Writes one batch (in production, [`Storage::checkpoint_many`]).
+/// Writes one batch (in production, [`crate::Storage::checkpoint_many`]).
 type WriteFn =
     dyn Fn(Vec<CheckpointWrite>) -> Pin<Box<dyn Future<Output = Written> + Send>> + Send + Sync;
 
@@ -49,7 +49,7 @@ const LOADERS: usize = 2;
 /// What one batch load returns: one list per job, in order.
 type Loaded = Result<Vec<Vec<Checkpoint>>>;
 
-/// Reads one batch (in production, [`Storage::list_checkpoints_many`]).
+/// Reads one batch (in production, [`crate::Storage::list_checkpoints_many`]).
 type LoadFn = dyn Fn(Vec<JobId>) -> Pin<Box<dyn Future<Output = Loaded> + Send>> + Send + Sync;
 
 /// One checkpoint waiting for the writer, with the caller to answer.

@@ -15,7 +15,7 @@ impl JobContext {
     /// registered handlers (an HTTP call, an email). On a retry a finished step returns
     /// its stored result without running. The closure gets a context scoped to the step,
     /// so calls and steps made inside it replay too. Same keys, determinism check and
-    /// error rules as [`super::call`]: only successes and terminal errors are stored.
+    /// error rules as [`super::call()`]: only successes and terminal errors are stored.
     ///
     /// # Errors
     /// The closure's error; non-determinism; a stored value that does not fit `T`.
