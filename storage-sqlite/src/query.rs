@@ -269,6 +269,40 @@ pub(crate) struct ClaimShape {
     pub flags: usize,
 }
 
+impl ClaimShape {
+    /// The shape of a claim of `queues` with `p`'s tasks and forbidden flags.
+    fn of(p: &DequeueParams, queues: usize) -> Self {
+        ClaimShape {
+            queues,
+            tasks: p.tasks.len(),
+            flags: p.forbidden_flags.len(),
+        }
+    }
+
+    /// The number of the parameter that follows the claim's queues, tasks and flags
+    /// (the priority of [`claim_sql`] and [`park_sql`]).
+    fn priority_param(self) -> usize {
+        6 + self.queues + self.tasks + self.flags
+    }
+}
+
+/// How many jobs of the key `key` (an SQL expression) run, and how many may: its limit,
+/// 1 unless `durable_jobs_key_limits` sets one. The claim, the parking and the
+/// unparking all decide a key's room from these two.
+fn key_running(key: &str) -> String {
+    format!(
+        "(SELECT count(*) FROM durable_jobs r WHERE r.serial_key = {key} AND r.status = 'running')"
+    )
+}
+
+/// See [`key_running`].
+fn key_limit(key: &str) -> String {
+    format!(
+        "coalesce((SELECT l.max_running FROM durable_jobs_key_limits l \
+         WHERE l.serial_key = {key}), 1)"
+    )
+}
+
 /// `?start, ?start+1, ...` for `n` parameters.
 fn marks(start: usize, n: usize) -> String {
     (start..start + n)
@@ -366,18 +400,16 @@ pub(crate) fn claim_sql(shape: ClaimShape) -> String {
     format!(
         "SELECT {JOB_COLUMNS}, j.attempts IS NULL FROM durable_jobs j \
          WHERE {outer} AND j.priority = ?{prio} \
-           AND (j.serial_key IS NULL OR (\
-             (SELECT count(*) FROM durable_jobs r \
-               WHERE r.serial_key = j.serial_key AND r.status = 'running') \
-             < coalesce((SELECT l.max_running FROM durable_jobs_key_limits l \
-               WHERE l.serial_key = j.serial_key), 1) \
+           AND (j.serial_key IS NULL OR ({running} < {limit} \
              AND j.id = (SELECT k.id FROM durable_jobs k \
                WHERE k.serial_key = j.serial_key AND {inner} \
                ORDER BY k.priority DESC, k.run_at, k.id LIMIT 1))) \
          ORDER BY j.priority DESC, j.run_at, j.id LIMIT CAST(?5 AS INTEGER)",
         outer = claimable_terms("j", shape, Parked::Excluded),
         inner = claimable_terms("k", shape, Parked::Included),
-        prio = 6 + shape.queues + shape.tasks + shape.flags,
+        running = key_running("j.serial_key"),
+        limit = key_limit("j.serial_key"),
+        prio = shape.priority_param(),
     )
 }
 
@@ -390,17 +422,16 @@ pub(crate) fn claim_sql(shape: ClaimShape) -> String {
 /// stopped at its limit, up to the last job it returned (`?p+1`, `?p+2`: its run_at and
 /// id), past which it read nothing.
 pub(crate) fn park_sql(shape: ClaimShape) -> String {
-    let prio = 6 + shape.queues + shape.tasks + shape.flags;
+    let prio = shape.priority_param();
     format!(
         "UPDATE durable_jobs SET blocked = 1 WHERE id IN (\
            SELECT j.id FROM durable_jobs j \
            WHERE j.serial_key IS NOT NULL AND {terms} AND j.priority = ?{prio} \
              AND (j.run_at < ?{at} OR (j.run_at = ?{at} AND j.id <= ?{id})) \
-             AND (SELECT count(*) FROM durable_jobs r \
-                   WHERE r.serial_key = j.serial_key AND r.status = 'running') \
-                 >= coalesce((SELECT l.max_running FROM durable_jobs_key_limits l \
-                   WHERE l.serial_key = j.serial_key), 1))",
+             AND {running} >= {limit})",
         terms = claimable_terms("j", shape, Parked::Excluded),
+        running = key_running("j.serial_key"),
+        limit = key_limit("j.serial_key"),
         at = prio + 1,
         id = prio + 2,
     )
@@ -415,10 +446,10 @@ const FIRST_PARKED_KEY: &str = "SELECT serial_key FROM durable_jobs \
 const NEXT_PARKED_KEY: &str = "SELECT serial_key FROM durable_jobs \
      WHERE blocked = 1 AND serial_key > ?1 ORDER BY serial_key LIMIT 1";
 
-/// A key's free slots: its limit (1 unless set) less its running jobs.
-const KEY_FREE_SLOTS: &str = "SELECT coalesce((SELECT max_running FROM durable_jobs_key_limits \
-     WHERE serial_key = ?1), 1) - (SELECT count(*) FROM durable_jobs \
-     WHERE serial_key = ?1 AND status = 'running')";
+/// A key's (`?1`) free slots: its limit less its running jobs (see [`key_running`]).
+fn key_free_slots_sql() -> String {
+    format!("SELECT {} - {}", key_limit("?1"), key_running("?1"))
+}
 
 /// A key's first group (queue, task, flags) of parked jobs: one descent of the parked
 /// index.
@@ -475,7 +506,7 @@ fn unpark_keys_with_room(conn: &Connection, now_us: i64) -> QResult<()> {
         return Ok(());
     };
     let mut next_key = conn.prepare_cached(NEXT_PARKED_KEY)?;
-    let mut free_slots = conn.prepare_cached(KEY_FREE_SLOTS)?;
+    let mut free_slots = conn.prepare_cached(&key_free_slots_sql())?;
     let mut first = conn.prepare_cached(FIRST_PARKED_GROUP)?;
     let mut next = conn.prepare_cached(NEXT_PARKED_GROUP)?;
     let mut unpark = conn.prepare_cached(UNPARK_GROUP)?;
@@ -616,11 +647,7 @@ fn claim(
     args.extend(queues.iter().map(|q| SqlValue::Text(q.clone())));
     args.extend(p.tasks.iter().map(|t| SqlValue::Text(t.clone())));
     args.extend(p.forbidden_flags.iter().map(|f| SqlValue::Text(f.clone())));
-    let shape = ClaimShape {
-        queues: queues.len(),
-        tasks: p.tasks.len(),
-        flags: p.forbidden_flags.len(),
-    };
+    let shape = ClaimShape::of(p, queues.len());
     let mut out = Vec::with_capacity(limit.min(1024));
     let mut corrupt = Vec::new();
     let sql = claim_sql(shape);
@@ -1160,6 +1187,25 @@ mod tests {
         conn
     }
 
+    /// A claim of up to `limit` jobs of any task from the default queue.
+    fn default_queue(limit: usize, holder: &str) -> DequeueParams {
+        DequeueParams {
+            queues: vec!["default".into()],
+            tasks: Vec::new(),
+            limit,
+            lease_duration: std::time::Duration::from_secs(30),
+            holder: holder.into(),
+            forbidden_flags: Vec::new(),
+        }
+    }
+
+    /// The shape of a [`default_queue`] claim.
+    const ONE_QUEUE: ClaimShape = ClaimShape {
+        queues: 1,
+        tasks: 0,
+        flags: 0,
+    };
+
     /// The column the claim reads its history flag from is the prepared claim's last,
     /// and is that flag, for every shape of claim.
     #[test]
@@ -1390,14 +1436,7 @@ mod tests {
             )
             .expect("enqueue");
         }
-        let p = DequeueParams {
-            queues: vec!["default".into()],
-            tasks: Vec::new(),
-            limit: n,
-            lease_duration: Duration::from_secs(30),
-            holder: "w".into(),
-            forbidden_flags: Vec::new(),
-        };
+        let p = default_queue(n, "w");
         dequeue(conn, &p, now, token).expect("claim")
     }
 
@@ -1498,11 +1537,7 @@ mod tests {
         for limit in [3, 1, 2] {
             assert_eq!(claimed(&conn, limit, 7).len(), limit);
         }
-        let shape = ClaimShape {
-            queues: 1,
-            tasks: 0,
-            flags: 0,
-        };
+        let shape = ONE_QUEUE;
         let reprepared = conn
             .prepare_cached(&claim_sql(shape))
             .expect("cached")
@@ -1519,7 +1554,7 @@ mod tests {
             park_sql(shape),
             FIRST_PARKED_KEY.to_string(),
             NEXT_PARKED_KEY.to_string(),
-            KEY_FREE_SLOTS.to_string(),
+            key_free_slots_sql(),
             FIRST_PARKED_GROUP.to_string(),
             NEXT_PARKED_GROUP.to_string(),
             UNPARK_GROUP.to_string(),
@@ -1575,19 +1610,8 @@ mod tests {
         if analyzed {
             conn.execute_batch("ANALYZE").expect("analyze");
         }
-        let p = DequeueParams {
-            queues: vec!["default".into()],
-            tasks: Vec::new(),
-            limit: 1000,
-            lease_duration: std::time::Duration::from_secs(30),
-            holder: "plan".into(),
-            forbidden_flags: Vec::new(),
-        };
-        let shape = ClaimShape {
-            queues: 1,
-            tasks: 0,
-            flags: 0,
-        };
+        let p = default_queue(1000, "plan");
+        let shape = ONE_QUEUE;
         let claimed = dequeue(&conn, &p, now, 7).expect("claim");
         let priorities: Vec<i32> = claimed.iter().map(|c| c.job.priority).collect();
         assert_eq!(
@@ -1684,19 +1708,8 @@ mod tests {
     /// Claims from queue `default` on `conn` for any task; returns the claimed ids and the
     /// virtual-machine steps the claim's statements took.
     fn claim_any(conn: &Connection, now: DateTime<Utc>) -> (Vec<JobId>, i32) {
-        let shape = ClaimShape {
-            queues: 1,
-            tasks: 0,
-            flags: 0,
-        };
-        let p = DequeueParams {
-            queues: vec!["default".into()],
-            tasks: Vec::new(),
-            limit: 100,
-            lease_duration: std::time::Duration::from_secs(30),
-            holder: "plan".into(),
-            forbidden_flags: Vec::new(),
-        };
+        let shape = ONE_QUEUE;
+        let p = default_queue(100, "plan");
         let before = claim_steps(conn, shape);
         let got = dequeue(conn, &p, now, 9).expect("claim");
         let ids = got.iter().map(|c| c.job.id).collect();

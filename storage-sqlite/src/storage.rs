@@ -12,7 +12,7 @@ use crate::retention;
 use crate::watch::Watcher;
 use crate::workers;
 use crate::workflow;
-use crate::writer::{Writer, WriterConfig};
+use crate::writer::{Lane, Writer, WriterConfig};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use durable_jobs::job::new_lease_token;
@@ -352,10 +352,7 @@ impl SqliteStorage {
         R: Send + 'static,
         F: FnOnce(&Connection) -> QResult<R> + Send + 'static,
     {
-        let out = match lane {
-            Lane::Foreground => self.inner.writer.run(f).await,
-            Lane::Background => self.inner.writer.run_background(f).await,
-        };
+        let out = self.inner.writer.run_in(lane, f).await;
         if out.is_ok() {
             // Any write may be a job's final one; waiters re-read theirs (only those
             // waiting pay for it).
@@ -375,15 +372,6 @@ impl SqliteStorage {
     pub(crate) fn wake(&self) {
         self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
     }
-}
-
-/// Which of the writer's lanes a write goes through (see `background`).
-#[derive(Debug, Clone, Copy)]
-enum Lane {
-    /// Claims, completions, enqueues: batched, run as soon as they can.
-    Foreground,
-    /// Retention: alone, within its share of the writer.
-    Background,
 }
 
 fn writer_config(o: &SqliteOptions) -> WriterConfig {

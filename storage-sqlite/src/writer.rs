@@ -145,6 +145,15 @@ enum Msg {
     Close(oneshot::Sender<()>),
 }
 
+/// Which of the writer's lanes a write goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// Claims, completions, enqueues: batched, run as soon as they can.
+    Foreground,
+    /// Retention: alone, within its share of the writer (see [`crate::background`]).
+    Background,
+}
+
 /// Settings the writer thread needs.
 #[derive(Debug, Clone)]
 pub(crate) struct WriterConfig {
@@ -208,48 +217,38 @@ impl Writer {
         R: Send + 'static,
         F: FnOnce(&Connection) -> QResult<R> + Send + 'static,
     {
-        self.send(f, Msg::Run).await
+        self.run_in(Lane::Foreground, f).await
     }
 
-    /// As [`Writer::run`], for background work: `f` runs alone in its own transaction,
-    /// when the writer is idle or within its share of the writer's time (see
-    /// [`crate::background`]). Keep `f` short (a millisecond or so): foreground writes
-    /// that arrive while it runs wait for it.
-    pub(crate) async fn run_background<R, F>(&self, f: F) -> Result<R>
+    /// [`Writer::run`] in `lane`. In [`Lane::Background`], `f` runs alone in its own
+    /// transaction, when the writer is idle or within its share of the writer's time
+    /// (see [`crate::background`]); keep it short (a millisecond or so), since foreground
+    /// writes that arrive while it runs wait for it.
+    pub(crate) async fn run_in<R, F>(&self, lane: Lane, f: F) -> Result<R>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> QResult<R> + Send + 'static,
     {
-        self.send(f, Msg::Background).await
+        self.submit(lane, f)?.await.map_err(|_| Error::Shutdown)?
     }
 
-    async fn send<R, F>(&self, f: F, wrap: fn(Box<dyn Command>) -> Msg) -> Result<R>
-    where
-        R: Send + 'static,
-        F: FnOnce(&Connection) -> QResult<R> + Send + 'static,
-    {
-        self.submit(f, wrap)?.await.map_err(|_| Error::Shutdown)?
-    }
-
-    /// Queues `f` at once; the receiver gets its outcome after commit.
-    fn submit<R, F>(
-        &self,
-        f: F,
-        wrap: fn(Box<dyn Command>) -> Msg,
-    ) -> Result<oneshot::Receiver<Result<R>>>
+    /// Queues `f` in `lane` at once; the receiver gets its outcome after commit.
+    fn submit<R, F>(&self, lane: Lane, f: F) -> Result<oneshot::Receiver<Result<R>>>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> QResult<R> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let cmd = Cmd {
+        let cmd: Box<dyn Command> = Box::new(Cmd {
             f: Some(f),
             out: None,
             reply,
+        });
+        let msg = match lane {
+            Lane::Foreground => Msg::Run(cmd),
+            Lane::Background => Msg::Background(cmd),
         };
-        self.tx
-            .send(wrap(Box::new(cmd)))
-            .map_err(|_| Error::Shutdown)?;
+        self.tx.send(msg).map_err(|_| Error::Shutdown)?;
         Ok(rx)
     }
 
@@ -532,13 +531,10 @@ mod tests {
     fn hold_writer(w: &Writer) -> (std::sync::mpsc::Sender<()>, oneshot::Receiver<Result<()>>) {
         let (go, gate) = std::sync::mpsc::channel::<()>();
         let done = w
-            .submit(
-                move |_| {
-                    let _ = gate.recv();
-                    Ok(())
-                },
-                Msg::Run,
-            )
+            .submit(Lane::Foreground, move |_| {
+                let _ = gate.recv();
+                Ok(())
+            })
             .expect("writer open");
         (go, done)
     }
@@ -560,19 +556,25 @@ mod tests {
         let w = writer(0.001, Duration::from_millis(20)).await;
         let (go, held) = hold_writer(&w);
         let b1 = w
-            .submit(append("b1", Duration::from_millis(20)), Msg::Background)
+            .submit(Lane::Background, append("b1", Duration::from_millis(20)))
             .unwrap();
-        let f1 = w.submit(append("f1", Duration::ZERO), Msg::Run).unwrap();
+        let f1 = w
+            .submit(Lane::Foreground, append("f1", Duration::ZERO))
+            .unwrap();
         go.send(()).unwrap();
         held.await.unwrap().unwrap();
         b1.await.unwrap().unwrap();
         f1.await.unwrap().unwrap();
         let (go, held) = hold_writer(&w);
         let b2 = w
-            .submit(append("b2", Duration::ZERO), Msg::Background)
+            .submit(Lane::Background, append("b2", Duration::ZERO))
             .unwrap();
-        let f2 = w.submit(append("f2", Duration::ZERO), Msg::Run).unwrap();
-        let f3 = w.submit(append("f3", Duration::ZERO), Msg::Run).unwrap();
+        let f2 = w
+            .submit(Lane::Foreground, append("f2", Duration::ZERO))
+            .unwrap();
+        let f3 = w
+            .submit(Lane::Foreground, append("f3", Duration::ZERO))
+            .unwrap();
         go.send(()).unwrap();
         held.await.unwrap().unwrap();
         b2.await.unwrap().unwrap();
@@ -582,37 +584,49 @@ mod tests {
         assert_eq!(log(&w).await, ["b1", "f1", "f2", "f3", "b2"]);
     }
 
+    /// Fails unless `f` ends well before the pause a background command owes in these
+    /// tests (ten seconds): a lane that ignored idleness or closing would still end,
+    /// only after the pause.
+    async fn promptly<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(3), f)
+            .await
+            .unwrap_or_else(|_| panic!("{what} waited out the owed pause"))
+    }
+
     #[tokio::test]
     async fn an_idle_writer_runs_background_back_to_back() {
-        // Owed time would hold the second command back for an hour; an idle writer
-        // runs it anyway once no foreground write came for the idle wait.
+        // b1 owes ten seconds at this share; an idle writer runs the next ones anyway
+        // once no foreground write came for the idle wait.
         let w = writer(0.001, Duration::from_millis(5)).await;
-        w.run_background(append("b1", Duration::from_millis(10)))
+        w.run_in(Lane::Background, append("b1", Duration::from_millis(10)))
             .await
             .unwrap();
-        for what in ["b2", "b3", "b4"] {
-            w.run_background(append(what, Duration::ZERO))
-                .await
-                .unwrap();
-        }
+        promptly("the idle writer's background commands", async {
+            for what in ["b2", "b3", "b4"] {
+                w.run_in(Lane::Background, append(what, Duration::ZERO))
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
         assert_eq!(log(&w).await, ["b1", "b2", "b3", "b4"]);
     }
 
     #[tokio::test]
     async fn close_runs_the_background_commands_still_queued() {
         let w = writer(0.001, Duration::from_secs(3600)).await;
-        w.run_background(append("b1", Duration::from_millis(10)))
+        w.run_in(Lane::Background, append("b1", Duration::from_millis(10)))
             .await
             .unwrap();
         let (go, held) = hold_writer(&w);
         let b2 = w
-            .submit(append("b2", Duration::ZERO), Msg::Background)
+            .submit(Lane::Background, append("b2", Duration::ZERO))
             .unwrap();
         go.send(()).unwrap();
         held.await.unwrap().unwrap();
         // b2 is neither due (it owes ten seconds) nor idle (an hour): only closing
-        // lets it run, and closing must not drop it.
-        w.close().await;
+        // lets it run, and closing must neither drop it nor wait out its pause.
+        promptly("close", w.close()).await;
         b2.await.unwrap().unwrap();
     }
 
@@ -623,16 +637,15 @@ mod tests {
         let w = writer(1.0, Duration::from_millis(1)).await;
         let (go, held) = hold_writer(&w);
         let bad = w
-            .submit(
-                |c: &Connection| -> QResult<()> {
-                    c.execute("INSERT INTO log (what) VALUES ('bad')", [])?;
-                    c.execute("INSERT INTO nowhere VALUES (1)", [])?;
-                    Ok(())
-                },
-                Msg::Background,
-            )
+            .submit(Lane::Background, |c: &Connection| -> QResult<()> {
+                c.execute("INSERT INTO log (what) VALUES ('bad')", [])?;
+                c.execute("INSERT INTO nowhere VALUES (1)", [])?;
+                Ok(())
+            })
             .unwrap();
-        let f1 = w.submit(append("f1", Duration::ZERO), Msg::Run).unwrap();
+        let f1 = w
+            .submit(Lane::Foreground, append("f1", Duration::ZERO))
+            .unwrap();
         go.send(()).unwrap();
         held.await.unwrap().unwrap();
         assert!(bad.await.unwrap().is_err());

@@ -267,15 +267,17 @@ pub async fn a_better_job_claimed_later_starts_before_the_buffered_ones<H: Confo
     // Claimed in storage is not yet in the local queue: wait until the worker holds
     // it too (its jobs in flight count the buffered ones) before `hold` ends.
     let holding = counts.len() + 2;
-    let deadline = tokio::time::Instant::now() + super::support::PATIENCE;
-    while w.health().jobs_in_flight < holding {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the worker never held the urgent job: {:?}",
-            w.health()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    super::support::poll_until(|| {
+        let health = w.health();
+        async move {
+            if health.jobs_in_flight >= holding {
+                Ok(())
+            } else {
+                Err(format!("the worker never held the urgent job: {health:?}"))
+            }
+        }
+    })
+    .await;
     open.send(true).expect("gate open");
     let mut started = Vec::new();
     while started.len() < counts.len() + 1 {

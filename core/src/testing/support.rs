@@ -123,36 +123,52 @@ pub(super) async fn expect_event(
         .unwrap_or_else(|| panic!("event stream closed before {what}"))
 }
 
-/// Waits until the job reaches `want`, failing after [`PATIENCE`]. Polls storage: a
-/// state written by another worker or process raises no event here.
-pub(super) async fn until_status(q: &Queue, id: JobId, want: JobStatus) {
+/// Polls `probe` every 5 ms until it returns `Ok`, failing after [`PATIENCE`] with the
+/// last `Err`'s account of what it saw. For states that raise no event here: written by
+/// another worker or process, or read off a worker's health.
+pub(super) async fn poll_until<F, Fut>(mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let now = status(q, id).await;
-        if now == want {
-            return;
-        }
+        let seen = match probe().await {
+            Ok(()) => return,
+            Err(seen) => seen,
+        };
         assert!(
             tokio::time::Instant::now() < deadline,
-            "job {id} is {now:?}, not {want:?}, after {PATIENCE:?}"
+            "{seen}, after {PATIENCE:?}"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
+/// Waits until the job reaches `want`, failing after [`PATIENCE`]. Polls storage: a
+/// state written by another worker or process raises no event here.
+pub(super) async fn until_status(q: &Queue, id: JobId, want: JobStatus) {
+    poll_until(|| async move {
+        let now = status(q, id).await;
+        if now == want {
+            Ok(())
+        } else {
+            Err(format!("job {id} is {now:?}, not {want:?}"))
+        }
+    })
+    .await;
+}
+
 /// Waits until the job is finished (completed, failed or cancelled), failing after
 /// [`PATIENCE`].
 pub(super) async fn until_finished(q: &Queue, id: JobId) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    poll_until(|| async move {
         let now = status(q, id).await;
         if now.is_finished() {
-            return;
+            Ok(())
+        } else {
+            Err(format!("job {id} is still {now:?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "job {id} is still {now:?} after {PATIENCE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    })
+    .await;
 }
