@@ -539,6 +539,21 @@ mod tests {
         (go, done)
     }
 
+    /// Queues `cmds` (lane, what to log, how long to hold) while the writer is held, so
+    /// it finds them all waiting, then releases it and waits for every one.
+    async fn queued_together(w: &Writer, cmds: &[(Lane, &'static str, Duration)]) {
+        let (go, held) = hold_writer(w);
+        let replies: Vec<_> = cmds
+            .iter()
+            .map(|&(lane, what, hold)| w.submit(lane, append(what, hold)).expect("queued"))
+            .collect();
+        go.send(()).expect("release");
+        held.await.expect("held").expect("held commits");
+        for reply in replies {
+            reply.await.expect("reply").expect("commits");
+        }
+    }
+
     async fn log(w: &Writer) -> Vec<String> {
         w.run(|c| {
             let mut stmt = c.prepare("SELECT what FROM log ORDER BY seq")?;
@@ -554,32 +569,23 @@ mod tests {
         // A share so small that a 20 ms background command owes 20 s: the second one
         // can only run because the writer went idle, after the foreground write.
         let w = writer(0.001, Duration::from_millis(20)).await;
-        let (go, held) = hold_writer(&w);
-        let b1 = w
-            .submit(Lane::Background, append("b1", Duration::from_millis(20)))
-            .unwrap();
-        let f1 = w
-            .submit(Lane::Foreground, append("f1", Duration::ZERO))
-            .unwrap();
-        go.send(()).unwrap();
-        held.await.unwrap().unwrap();
-        b1.await.unwrap().unwrap();
-        f1.await.unwrap().unwrap();
-        let (go, held) = hold_writer(&w);
-        let b2 = w
-            .submit(Lane::Background, append("b2", Duration::ZERO))
-            .unwrap();
-        let f2 = w
-            .submit(Lane::Foreground, append("f2", Duration::ZERO))
-            .unwrap();
-        let f3 = w
-            .submit(Lane::Foreground, append("f3", Duration::ZERO))
-            .unwrap();
-        go.send(()).unwrap();
-        held.await.unwrap().unwrap();
-        b2.await.unwrap().unwrap();
-        f2.await.unwrap().unwrap();
-        f3.await.unwrap().unwrap();
+        queued_together(
+            &w,
+            &[
+                (Lane::Background, "b1", Duration::from_millis(20)),
+                (Lane::Foreground, "f1", Duration::ZERO),
+            ],
+        )
+        .await;
+        queued_together(
+            &w,
+            &[
+                (Lane::Background, "b2", Duration::ZERO),
+                (Lane::Foreground, "f2", Duration::ZERO),
+                (Lane::Foreground, "f3", Duration::ZERO),
+            ],
+        )
+        .await;
         // b1 ran first: no background had run yet, so its share was free.
         assert_eq!(log(&w).await, ["b1", "f1", "f2", "f3", "b2"]);
     }
