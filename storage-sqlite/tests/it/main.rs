@@ -3,6 +3,7 @@
 mod conformance;
 mod migrate;
 mod operations;
+mod retention;
 mod step;
 mod storage;
 mod workflow;
