@@ -7,7 +7,8 @@
 //! counts, and a job changed through [`JobMut`] moves between statuses when the guard
 //! is dropped.
 
-use durable_jobs::idhash::{IdBuildHasher, IdMap};
+use crate::paged::PagedMap;
+use durable_jobs::idhash::IdBuildHasher;
 use durable_jobs::{Job, JobId, JobStatus, QueueCount};
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
@@ -21,8 +22,10 @@ const STATUSES: usize = JobStatus::ALL.len();
 pub(crate) struct Jobs {
     /// Shared with the claims that hand them out: a claim gives the worker the stored
     /// job itself rather than a copy, and a write to a job a claim still holds copies it
-    /// first (`Arc::make_mut`), so a claimed job never changes under its holder.
-    map: IdMap<Arc<Job>>,
+    /// first (`Arc::make_mut`), so a claimed job never changes under its holder. In
+    /// pages of consecutive ids (see [`PagedMap`]): a drain's jobs sit side by side
+    /// whatever the number of jobs around them.
+    map: PagedMap<Arc<Job>>,
     tally: Tally,
 }
 
@@ -75,13 +78,14 @@ impl Tally {
 
 impl Jobs {
     pub(crate) fn get(&self, id: &JobId) -> Option<&Arc<Job>> {
-        self.map.get(id)
+        self.map.get(*id)
     }
 
     pub(crate) fn contains_key(&self, id: &JobId) -> bool {
-        self.map.contains_key(id)
+        self.map.contains_key(*id)
     }
 
+    /// Every job, in no particular order (callers sort or count, as with a hash map).
     pub(crate) fn values(&self) -> impl Iterator<Item = &Arc<Job>> {
         self.map.values()
     }
@@ -95,14 +99,14 @@ impl Jobs {
     }
 
     pub(crate) fn remove(&mut self, id: &JobId) -> Option<Arc<Job>> {
-        let old = self.map.remove(id)?;
+        let old = self.map.remove(*id)?;
         self.tally.sub(&old.queue, old.status);
         Some(old)
     }
 
     /// A job to change; its counts follow its status when the guard is dropped.
     pub(crate) fn get_mut(&mut self, id: &JobId) -> Option<JobMut<'_>> {
-        let slot = self.map.get_mut(id)?;
+        let slot = self.map.get_mut(*id)?;
         Some(JobMut {
             was: slot.status,
             slot,
@@ -115,7 +119,7 @@ impl Jobs {
     /// every job at each [`Jobs::counts`], which a status changed through this would
     /// fail.
     pub(crate) fn get_mut_untracked(&mut self, id: &JobId) -> Option<&mut Job> {
-        self.map.get_mut(id).map(Arc::make_mut)
+        self.map.get_mut(*id).map(Arc::make_mut)
     }
 
     /// The counts per queue and status, zero counts omitted.

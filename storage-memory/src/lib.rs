@@ -9,6 +9,7 @@
 //! ```
 
 mod jobs;
+mod paged;
 mod storage;
 
 pub use storage::MemoryStorage;

@@ -1,6 +1,7 @@
 //! The memory backend's [`Storage`] implementation.
 
 use crate::jobs::Jobs;
+use crate::paged::PagedMap;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use durable_jobs::idhash::{IdBuildHasher, IdMap, IdSet};
@@ -17,7 +18,6 @@ use durable_jobs::{AttemptOutcome, AttemptRecord, CheckpointWrite, RateLimit};
 use parking_lot::{Mutex, MutexGuard};
 use serde_json::Value;
 use std::cmp::Reverse;
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
@@ -42,6 +42,10 @@ struct State {
     running: BTreeMap<DateTime<Utc>, IdSet>,
     /// Dedupe keys of unfinished jobs.
     dedupe: HashMap<String, JobId>,
+    /// Checkpoints, parents and children stay in plain maps, not pages like `jobs` and
+    /// `attempts`: they are empty beside the bench's backlogs, where paging helped,
+    /// and a job's parent or children are rare, so a page would often hold one entry
+    /// at 64 times its size.
     checkpoints: IdMap<BTreeMap<String, Checkpoint>>,
     parents: IdMap<JobId>,
     children: IdMap<Vec<JobId>>,
@@ -59,8 +63,9 @@ struct State {
     schedules: BTreeMap<String, ScheduleRecord>,
     paused_queues: BTreeSet<String>,
     workers: BTreeMap<String, WorkerRecord>,
-    /// Ended attempts per job, oldest first.
-    attempts: IdMap<Attempts>,
+    /// Ended attempts per job, oldest first, in pages of consecutive ids as the jobs
+    /// are (see [`PagedMap`]).
+    attempts: PagedMap<Attempts>,
     /// Finished jobs by finish time, one list per final status (see [`final_slot`]), so
     /// a retention batch walks only jobs old enough to go, oldest first, as PostgreSQL
     /// and SQLite walk their index on the finish time. One entry per finish time, as for
@@ -431,19 +436,20 @@ impl State {
             outcome,
             error,
         };
-        match self.attempts.entry(id) {
-            Entry::Vacant(v) => {
-                v.insert(Attempts::One(Box::new(record)));
+        // (A job's first record looks its page up twice; the page table is small.)
+        match self.attempts.get_mut(id) {
+            None => {
+                self.attempts.insert(id, Attempts::One(Box::new(record)));
             }
-            Entry::Occupied(mut o) => {
-                let all = match std::mem::replace(o.get_mut(), Attempts::Many(Vec::new())) {
+            Some(ended) => {
+                let all = match std::mem::replace(ended, Attempts::Many(Vec::new())) {
                     Attempts::One(first) => vec![*first, record],
                     Attempts::Many(mut all) => {
                         all.push(record);
                         all
                     }
                 };
-                *o.get_mut() = Attempts::Many(all);
+                *ended = Attempts::Many(all);
             }
         }
     }
@@ -552,7 +558,7 @@ impl State {
         self.jobs.remove(&job_id);
         self.children.remove(&job_id);
         self.checkpoints.remove(&job_id);
-        self.attempts.remove(&job_id);
+        self.attempts.remove(job_id);
         let names: Vec<(JobId, String)> = self
             .signals
             .range((job_id, String::new())..)
@@ -1781,7 +1787,7 @@ impl Storage for MemoryStorage {
 
     async fn list_attempts(&self, job_id: JobId) -> Result<Vec<AttemptRecord>> {
         let st = self.lock();
-        let mut out = match st.attempts.get(&job_id) {
+        let mut out = match st.attempts.get(job_id) {
             None => Vec::new(),
             Some(Attempts::One(r)) => vec![(**r).clone()],
             Some(Attempts::Many(all)) => all.clone(),
