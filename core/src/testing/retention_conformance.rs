@@ -175,8 +175,10 @@ pub async fn retention_batches_are_bounded_and_oldest_first<H: ConformanceHarnes
     assert_eq!(p, RetentionPurged::default());
 }
 
-/// `n` jobs claimed in one batch and completed together, at the storage's now.
-async fn completed_together(s: &DynStorage, n: usize) -> Vec<JobId> {
+/// Enqueues `n` jobs of task `t` in the default queue, claims them in one batch and
+/// completes them together, at the storage's now; returns their ids in claim order.
+/// Public for backend-specific retention tests that need finished jobs to purge.
+pub async fn completed_together(s: &DynStorage, n: usize) -> Vec<JobId> {
     let jobs = (0..n).map(|i| NewJob::new("t", json!(i))).collect();
     s.enqueue_many(jobs).await.expect("enqueue_many");
     let claimed = s.dequeue(params(n)).await.expect("dequeue");
