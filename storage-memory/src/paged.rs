@@ -13,13 +13,12 @@
 //! ids, and only the page number is hashed. A run of neighbouring ids probes the page
 //! table once per page (the drain touches one entry per 64 jobs; the whole table is
 //! about a megabyte for 2.3M jobs) and then reads slots side by side. Strided ids land
-//! on distinct pages, whose numbers are hashed so that strides spread too (see
-//! [`PageHasher`]).
+//! on distinct pages, whose numbers spread over the table as any keys do (core's
+//! [`IdHasher`](durable_jobs::idhash::IdHasher) is made for strided keys too).
 
-use durable_jobs::idhash::IdHasher;
+use durable_jobs::idhash::IdBuildHasher;
 use durable_jobs::JobId;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
 /// Ids per page, as a power of two: `id >> SHIFT` is the page, the low bits the slot.
 ///
@@ -45,7 +44,7 @@ const SLOT_MASK: u64 = PAGE as u64 - 1;
 pub(crate) struct PagedMap<V> {
     /// The pages by page number (an id's high bits). Boxed: a page is large, and the
     /// table's growth then moves only pointers.
-    pages: HashMap<u64, Box<Page<V>>, PageHasherBuilder>,
+    pages: HashMap<u64, Box<Page<V>>, IdBuildHasher>,
 }
 
 /// One page: a slot per id of its range, and how many slots are taken.
@@ -164,46 +163,10 @@ impl<V> PagedMap<V> {
     }
 }
 
-/// Hashes page numbers: [`IdHasher`]'s multiply, with the product's high half swapped
-/// into the low one, which picks the bucket.
-///
-/// The plain multiply keeps its input's trailing zeros (the low bits of `n * SEED`
-/// depend only on the low bits of `n`), and the table takes the bucket from the low
-/// bits: keys with a power-of-two stride all start probing in a fraction of the buckets.
-/// (A standard map of 2^18 ids 4096 apart, hashed by [`IdHasher`], filled 21 times and
-/// read 28 times slower than one of consecutive ids.) A page number's stride is the ids'
-/// divided by [`PAGE`], so the page table would already be no worse off than a plain map
-/// of the ids; with the swap, the high bits of the product, which depend on every input
-/// bit below them, pick the bucket. 1024 page numbers in a table of 1024 buckets start
-/// in 57% of them 1024 apart (all in one with the plain multiply) and 88% consecutive
-/// (100%); random keys would start in 63%.
-#[derive(Default, Clone, Copy)]
-struct PageHasher(IdHasher);
-
-/// Builds [`PageHasher`]s for the page table.
-type PageHasherBuilder = BuildHasherDefault<PageHasher>;
-
-impl Hasher for PageHasher {
-    fn finish(&self) -> u64 {
-        // (rustc-hash 2 rotates its product for the same reason.) The top seven bits,
-        // the table's tag, come from the product's middle: mixed enough, see the tests.
-        self.0.finish().rotate_left(32)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        self.0.write(bytes);
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0.write_u64(n);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap as StdMap;
-    use std::hash::BuildHasher;
 
     /// Ids per page, as an id.
     const P: JobId = PAGE as JobId;
@@ -328,24 +291,6 @@ mod tests {
         assert_eq!((m.len(), m.pages.len()), (1000, 1000));
         assert!((0..1000).all(|i| m.get(i * 1024) == Some(&i)));
         assert!((0..1000).all(|i| m.get(i * 1024 + 1).is_none()));
-    }
-
-    #[test]
-    fn strided_page_numbers_spread_over_buckets_and_tags() {
-        // The table takes the bucket from the hash's low bits and the tag from its top
-        // seven: both must vary for strided page numbers too. 1024 apart (ids 64k apart)
-        // the plain multiply starts them all in bucket 0 of a table of 1024; random keys
-        // would start in about 63% of the buckets.
-        let b = PageHasherBuilder::default();
-        for stride in [1u64, 2, 3, 16, 1024, 1 << 20] {
-            let low: std::collections::HashSet<u64> = (0..1024u64)
-                .map(|i| b.hash_one(i * stride) & 1023)
-                .collect();
-            let top: std::collections::HashSet<u64> =
-                (0..1024u64).map(|i| b.hash_one(i * stride) >> 57).collect();
-            assert!(low.len() > 512, "stride {stride}: {} buckets", low.len());
-            assert_eq!(top.len(), 128, "stride {stride}: tags");
-        }
     }
 
     /// A tiny xorshift64 generator: a fixed seed gives the same operations every run.
