@@ -12,6 +12,7 @@ use durable_jobs::{
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 use serde_json::Value;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 /// Every job column, in the order [`job_from_row`] reads them (by position: the claim's
@@ -447,9 +448,9 @@ const NEXT_PARKED_KEY: &str = "SELECT serial_key FROM durable_jobs \
      WHERE blocked = 1 AND serial_key > ?1 ORDER BY serial_key LIMIT 1";
 
 /// A key's (`?1`) free slots: its limit less its running jobs (see [`key_running`]).
-fn key_free_slots_sql() -> String {
-    format!("SELECT {} - {}", key_limit("?1"), key_running("?1"))
-}
+/// Built once: every claim that finds parked keys prepares it.
+static KEY_FREE_SLOTS: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {} - {}", key_limit("?1"), key_running("?1")));
 
 /// A key's first group (queue, task, flags) of parked jobs: one descent of the parked
 /// index.
@@ -506,7 +507,7 @@ fn unpark_keys_with_room(conn: &Connection, now_us: i64) -> QResult<()> {
         return Ok(());
     };
     let mut next_key = conn.prepare_cached(NEXT_PARKED_KEY)?;
-    let mut free_slots = conn.prepare_cached(&key_free_slots_sql())?;
+    let mut free_slots = conn.prepare_cached(&KEY_FREE_SLOTS)?;
     let mut first = conn.prepare_cached(FIRST_PARKED_GROUP)?;
     let mut next = conn.prepare_cached(NEXT_PARKED_GROUP)?;
     let mut unpark = conn.prepare_cached(UNPARK_GROUP)?;
@@ -1554,7 +1555,7 @@ mod tests {
             park_sql(shape),
             FIRST_PARKED_KEY.to_string(),
             NEXT_PARKED_KEY.to_string(),
-            key_free_slots_sql(),
+            KEY_FREE_SLOTS.clone(),
             FIRST_PARKED_GROUP.to_string(),
             NEXT_PARKED_GROUP.to_string(),
             UNPARK_GROUP.to_string(),

@@ -19,7 +19,6 @@
 //! the most frequent statement of a three-step workflow).
 //!
 //! [`WorkerOptions::checkpoint_writers`]: crate::WorkerOptions::checkpoint_writers
-//! [`crate::Storage::list_checkpoints_many`]: crate::Storage::list_checkpoints_many
 
 use crate::error::{Error, Result, StorageError, StorageErrorKind};
 use crate::job::{Checkpoint, JobId, Lease};

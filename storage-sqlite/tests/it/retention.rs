@@ -12,22 +12,6 @@ use std::time::Duration;
 /// job in the first or the second step by finishing the steps' jobs at different times.
 const STEP: usize = 100;
 
-/// A trigger that makes deleting job `id` fail, as a constraint or a full disk would.
-fn refuse_deleting(db: &TempDb, id: JobId) {
-    let conn = Connection::open(db.path()).expect("open raw");
-    conn.execute_batch(&format!(
-        "CREATE TRIGGER refuse_delete BEFORE DELETE ON durable_jobs WHEN old.id = {id}
-         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;"
-    ))
-    .expect("create the trigger");
-}
-
-fn allow_deleting(db: &TempDb) {
-    let conn = Connection::open(db.path()).expect("open raw");
-    conn.execute_batch("DROP TRIGGER refuse_delete")
-        .expect("drop the trigger");
-}
-
 async fn exists(s: &DynStorage, id: JobId) -> bool {
     s.get_job(id).await.expect("get_job").is_some()
 }
@@ -61,6 +45,28 @@ impl TwoSteps {
             batch,
         }
     }
+
+    /// A trigger that makes deleting job `id` fail, as a constraint or a full disk
+    /// would, until [`TwoSteps::allow`].
+    fn refuse(&self, id: JobId) {
+        let conn = Connection::open(self.db.path()).expect("open raw");
+        conn.execute_batch(&format!(
+            "CREATE TRIGGER refuse_delete BEFORE DELETE ON durable_jobs WHEN old.id = {id}
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;"
+        ))
+        .expect("create the trigger");
+    }
+
+    fn allow(&self) {
+        let conn = Connection::open(self.db.path()).expect("open raw");
+        conn.execute_batch("DROP TRIGGER refuse_delete")
+            .expect("drop the trigger");
+    }
+
+    /// One retention pass of the batch.
+    async fn purge(&self) -> durable_jobs::Result<durable_jobs::RetentionPurged> {
+        self.s.purge_retained(self.batch).await
+    }
 }
 
 /// A step that fails after earlier steps committed: the pass reports what the committed
@@ -69,11 +75,8 @@ impl TwoSteps {
 #[tokio::test]
 async fn a_failing_later_step_reports_what_the_earlier_steps_deleted() {
     let t = TwoSteps::new().await;
-    refuse_deleting(&t.db, t.second[20]);
-    let p =
-        t.s.purge_retained(t.batch)
-            .await
-            .expect("the first step committed");
+    t.refuse(t.second[20]);
+    let p = t.purge().await.expect("the first step committed");
     assert_eq!((p.roots, p.completed), (STEP as u64, STEP as u64));
     for id in &t.first {
         assert!(
@@ -85,8 +88,8 @@ async fn a_failing_later_step_reports_what_the_earlier_steps_deleted() {
         assert!(exists(&t.s, *id).await, "job {id} of the failed step stays");
     }
 
-    allow_deleting(&t.db);
-    let p = t.s.purge_retained(t.batch).await.expect("the next pass");
+    t.allow();
+    let p = t.purge().await.expect("the next pass");
     assert_eq!((p.roots, p.completed), (50, 50));
     for id in &t.second {
         assert!(!exists(&t.s, *id).await, "job {id} is gone");
@@ -97,11 +100,8 @@ async fn a_failing_later_step_reports_what_the_earlier_steps_deleted() {
 #[tokio::test]
 async fn a_failing_first_step_is_the_pass_s_error() {
     let t = TwoSteps::new().await;
-    refuse_deleting(&t.db, t.first[7]);
-    let err =
-        t.s.purge_retained(t.batch)
-            .await
-            .expect_err("the first step failed");
+    t.refuse(t.first[7]);
+    let err = t.purge().await.expect_err("the first step failed");
     assert!(
         err.to_string().contains("refused by the test"),
         "the cause is in the error: {err}"
