@@ -36,6 +36,7 @@ pub struct PostgresOptions {
     pub(crate) listen: bool,
     pub(crate) pgbouncer: bool,
     pub(crate) direct_url: Option<String>,
+    pub(crate) vacuum_after_purge: bool,
     #[cfg(feature = "testing")]
     pub(crate) test_clock: bool,
 }
@@ -58,6 +59,7 @@ impl PostgresOptions {
             listen: true,
             pgbouncer: false,
             direct_url: None,
+            vacuum_after_purge: true,
             #[cfg(feature = "testing")]
             test_clock: false,
         }
@@ -150,6 +152,24 @@ impl PostgresOptions {
     pub fn pgbouncer_transaction_mode(mut self, direct_url: Option<&str>) -> Self {
         self.pgbouncer = true;
         self.direct_url = direct_url.map(str::to_string);
+        self
+    }
+
+    /// Whether the retention purge vacuums the tables it deleted from once a pass has
+    /// deleted as many rows as autovacuum waits for (50 plus 5% of the `jobs` table, the
+    /// table's own autovacuum settings), right as the pass ends.
+    ///
+    /// Why: PostgreSQL reuses the space of deleted rows only once a vacuum has recorded
+    /// it. Autovacuum looks at a table once per `autovacuum_naptime` (a minute by
+    /// default) and some servers run with it off, so without this the table grows with
+    /// every new job until a vacuum comes round, and without autovacuum it grows for
+    /// good. The vacuum is `VACUUM (SKIP_LOCKED)`: it never waits for a running
+    /// autovacuum or another process's vacuum, and takes no lock that stops claims,
+    /// completions or enqueues. A vacuum that fails (a role that does not own the tables,
+    /// a statement timeout) is logged and the purge goes on. Turn it off where an
+    /// operator's own vacuum schedule handles the tables. Defaults to `true`.
+    pub fn vacuum_after_purge(mut self, on: bool) -> Self {
+        self.vacuum_after_purge = on;
         self
     }
 

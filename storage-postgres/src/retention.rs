@@ -3,10 +3,12 @@
 
 use crate::error::db;
 use crate::exec::Fetch;
+use crate::options::quote_ident;
 use crate::sql::render;
 use crate::storage::PostgresStorage;
 use durable_jobs::{Result, RetentionBatch, RetentionPurged};
 use sqlx::{AssertSqlSafe, Row};
+use std::sync::atomic::Ordering;
 
 /// Takes the retention lock for the rest of the transaction, or returns false when
 /// another batch holds it. Transaction-scoped (never session-level): a pooler in
@@ -69,18 +71,41 @@ SELECT count(*) FILTER (WHERE is_root),
        count(*) FILTER (WHERE status = 'cancelled')
 FROM gone";
 
+/// How many rows of `jobs` the planner believes there are (`reltuples`: set by the last
+/// vacuum or analyze; -1, read as 0, before the first). $1 the table, schema-qualified.
+const ESTIMATED_ROWS: &str =
+    "SELECT greatest(c.reltuples, 0)::float8 FROM pg_class AS c WHERE c.oid = to_regclass($1)";
+
+/// Deleted rows a vacuum waits for, besides [`VACUUM_SCALE_FACTOR`] of the table:
+/// autovacuum's own base threshold (`autovacuum_vacuum_threshold`).
+const VACUUM_THRESHOLD: f64 = 50.0;
+
+/// The share of the table's rows deleted before a vacuum: the `jobs` table's own
+/// `autovacuum_vacuum_scale_factor` (`001_jobs.sql`), so the purge vacuums as often as
+/// autovacuum would, only without waiting for its naptime.
+const VACUUM_SCALE_FACTOR: f64 = 0.05;
+
 /// The rendered retention statements of one schema.
 #[derive(Debug)]
 pub(crate) struct RetentionSql {
     purge_batch: std::sync::Arc<str>,
     lock_name: String,
+    /// `jobs`, schema-qualified and quoted, for [`ESTIMATED_ROWS`].
+    jobs: String,
+    /// The vacuum of every table a purge deletes from: `jobs`, and the checkpoints and
+    /// signals that go with their jobs by cascade. `SKIP_LOCKED`: a table another vacuum
+    /// (autovacuum, another worker's purge) holds is passed over, never waited for.
+    vacuum: String,
 }
 
 impl RetentionSql {
     pub(crate) fn new(schema: &str, now: &str) -> Self {
+        let q = quote_ident(schema);
         RetentionSql {
             purge_batch: render(PURGE_BATCH, schema, now),
             lock_name: format!("durable_jobs.retention:{schema}"),
+            jobs: format!("{q}.jobs"),
+            vacuum: format!("VACUUM (SKIP_LOCKED) {q}.jobs, {q}.checkpoints, {q}.signals"),
         }
     }
 }
@@ -117,13 +142,61 @@ impl PostgresStorage {
             let v: i64 = row.try_get(i).map_err(db)?;
             Ok(u64::try_from(v).unwrap_or(0))
         };
-        Ok(RetentionPurged {
+        let purged = RetentionPurged {
             busy: false,
             roots: n(0)?,
             completed: n(1)?,
             failed: n(2)?,
             cancelled: n(3)?,
-        })
+        };
+        let since = self
+            .purged_since_vacuum()
+            .fetch_add(purged.jobs(), Ordering::Relaxed)
+            + purged.jobs();
+        // A batch short of its limit is the last of its pass (nothing more was due): the
+        // moment to hand the pass's deleted rows back for reuse, not between batches.
+        if self.options().vacuum_after_purge && purged.roots < batch.limit as u64 && since > 0 {
+            self.vacuum_if_due(since).await;
+        }
+        Ok(purged)
+    }
+
+    /// Vacuums the purged tables when `deleted` rows (this storage's deletions since its
+    /// last vacuum) reach autovacuum's threshold for `jobs`, so the next jobs fill the
+    /// space the purge freed instead of growing the table (see
+    /// [`crate::PostgresOptions::vacuum_after_purge`]). The batch has committed: a failure
+    /// here is logged, and the deletions stay counted for the next pass to try again.
+    async fn vacuum_if_due(&self, deleted: u64) {
+        let sql = self.retention_sql();
+        let rows: Result<Option<f64>> = sqlx::query_scalar(ESTIMATED_ROWS)
+            .bind(&sql.jobs)
+            .fetch_optional_on(self.db())
+            .await
+            .map_err(db);
+        let rows = match rows {
+            Ok(rows) => rows.unwrap_or(0.0),
+            Err(e) => {
+                tracing::warn!(error = %e, "durable-jobs could not read the jobs table's size to decide on a vacuum after the retention purge");
+                return;
+            }
+        };
+        if (deleted as f64) < VACUUM_THRESHOLD + VACUUM_SCALE_FACTOR * rows {
+            return;
+        }
+        // The simple query protocol: one exchange, outside any transaction (VACUUM
+        // refuses to run in one), which a transaction-mode pooler passes through as is.
+        match sqlx::raw_sql(AssertSqlSafe(sql.vacuum.clone()))
+            .execute(self.pool())
+            .await
+        {
+            Ok(_) => {
+                self.purged_since_vacuum()
+                    .fetch_sub(deleted, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "durable-jobs could not vacuum its tables after the retention purge; their freed space waits for autovacuum");
+            }
+        }
     }
 }
 

@@ -24,7 +24,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -68,6 +68,9 @@ struct Inner {
     /// Where the next healing sweep of waiting parents starts (a parent id; 0 from the
     /// start).
     heal_after: AtomicI64,
+    /// Rows the retention purge deleted through this storage since it last vacuumed (see
+    /// [`PostgresOptions::vacuum_after_purge`]).
+    purged_since_vacuum: AtomicU64,
     /// Whether the pool's connections may JIT-compile statements (see
     /// [`crate::exec::NO_JIT_BEGIN`]): false for direct pools this crate opened (the
     /// startup option turns it off), found out on first use for a pool the application
@@ -182,6 +185,7 @@ impl PostgresStorage {
                 finished: Arc::new(finished),
                 listener: Mutex::new(None),
                 heal_after: AtomicI64::new(0),
+                purged_since_vacuum: AtomicU64::new(0),
                 jit: tokio::sync::OnceCell::new(),
             }),
         }
@@ -318,6 +322,10 @@ impl PostgresStorage {
             (Some(url), true) => crate::options::direct_connect_options(url).ok(),
             _ => Some((*self.pool().connect_options()).clone()),
         }
+    }
+
+    pub(crate) fn purged_since_vacuum(&self) -> &AtomicU64 {
+        &self.inner.purged_since_vacuum
     }
 
     pub(crate) fn retention_sql(&self) -> &RetentionSql {

@@ -14,6 +14,7 @@ mod sql_api;
 mod sql_worker;
 mod step;
 mod timeline;
+mod vacuum;
 
 use durable_jobs_postgres::testing::TestSchema;
 use std::future::Future;
