@@ -95,6 +95,9 @@ pub(crate) struct RetentionSql {
     /// The vacuum of every table a purge deletes from: `jobs`, and the checkpoints and
     /// signals that go with their jobs by cascade. `SKIP_LOCKED`: a table another vacuum
     /// (autovacuum, another worker's purge) holds is passed over, never waited for.
+    /// `TRUNCATE false`: giving empty pages at a table's end back to the file system
+    /// takes an exclusive lock that claims, completions and enqueues would queue behind,
+    /// and the next jobs would only grow the table back.
     vacuum: String,
 }
 
@@ -105,7 +108,9 @@ impl RetentionSql {
             purge_batch: render(PURGE_BATCH, schema, now),
             lock_name: format!("durable_jobs.retention:{schema}"),
             jobs: format!("{q}.jobs"),
-            vacuum: format!("VACUUM (SKIP_LOCKED) {q}.jobs, {q}.checkpoints, {q}.signals"),
+            vacuum: format!(
+                "VACUUM (SKIP_LOCKED, TRUNCATE false) {q}.jobs, {q}.checkpoints, {q}.signals"
+            ),
         }
     }
 }
