@@ -6,7 +6,7 @@ use crate::listen::{self, ListenerTask};
 use crate::migrate;
 use crate::operations::OperationsSql;
 use crate::options::{channel, PostgresOptions};
-use crate::retention::RetentionSql;
+use crate::retention::{PurgePace, RetentionSql};
 use crate::sql::{Sql, JOB_COLUMNS};
 use crate::workflow::WorkflowSql;
 use async_trait::async_trait;
@@ -71,6 +71,9 @@ struct Inner {
     /// Rows the retention purge deleted through this storage since it last vacuumed (see
     /// [`PostgresOptions::vacuum_after_purge`]).
     purged_since_vacuum: AtomicU64,
+    /// The retention purge's share of the server while this storage's other statements
+    /// run (see `retention.rs`).
+    pace: PurgePace,
     /// Whether the pool's connections may JIT-compile statements (see
     /// [`crate::exec::NO_JIT_BEGIN`]): false for direct pools this crate opened (the
     /// startup option turns it off), found out on first use for a pool the application
@@ -186,6 +189,7 @@ impl PostgresStorage {
                 listener: Mutex::new(None),
                 heal_after: AtomicI64::new(0),
                 purged_since_vacuum: AtomicU64::new(0),
+                pace: PurgePace::default(),
                 jit: tokio::sync::OnceCell::new(),
             }),
         }
@@ -199,8 +203,16 @@ impl PostgresStorage {
     }
 
     /// Where a statement runs: on the pool, each in a transaction of its own behind a
-    /// transaction-mode pooler (see [`crate::exec`]).
+    /// transaction-mode pooler (see [`crate::exec`]). Counted as the work the retention
+    /// purge makes way for (see [`PurgePace`]).
     pub(crate) fn db(&self) -> Db<'_> {
+        self.inner.pace.foreground();
+        self.background_db()
+    }
+
+    /// [`Self::db`] for the retention purge's own statements, which it does not make way
+    /// for.
+    pub(crate) fn background_db(&self) -> Db<'_> {
         Db::Pool {
             pool: &self.inner.pool,
             pooler: self.inner.options.pgbouncer,
@@ -209,8 +221,17 @@ impl PostgresStorage {
 
     /// Begins a transaction whose statements are never JIT-compiled (see
     /// [`crate::exec::NO_JIT_BEGIN`]); a plain BEGIN where the connection already turned
-    /// JIT off.
+    /// JIT off. Counted as the work the retention purge makes way for (see
+    /// [`PurgePace`]).
     pub(crate) async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        self.inner.pace.foreground();
+        self.begin_background().await
+    }
+
+    /// [`Self::begin`] for the retention purge's own transactions.
+    pub(crate) async fn begin_background(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
         let tx = if !self.inner.options.pgbouncer && self.inner.jit.get() == Some(&false) {
             self.inner.pool.begin().await
         } else {
@@ -326,6 +347,10 @@ impl PostgresStorage {
 
     pub(crate) fn purged_since_vacuum(&self) -> &AtomicU64 {
         &self.inner.purged_since_vacuum
+    }
+
+    pub(crate) fn purge_pace(&self) -> &PurgePace {
+        &self.inner.pace
     }
 
     pub(crate) fn retention_sql(&self) -> &RetentionSql {
@@ -540,6 +565,8 @@ impl Storage for PostgresStorage {
             tx.commit().await.map_err(db)?;
             out
         } else {
+            // Its own connection (not `db()`), counted as other work all the same.
+            self.inner.pace.foreground();
             let mut conn = self.pool().acquire().await.map_err(db)?;
             crate::tx::insert_jobs(self.on(&mut conn), self.sql(), jobs).await?
         };
