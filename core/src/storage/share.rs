@@ -1,7 +1,9 @@
 //! How a storage shares the one thing all its writes go through (SQLite's writer
-//! connection, the memory store's lock) with background work such as the retention
-//! purge: foreground writes (claims, completions, enqueues) come first, and background
-//! work gets a bounded share of that time while foreground writes wait.
+//! connection, the memory store's lock, PostgreSQL's server) with background work such
+//! as the retention purge: foreground writes (claims, completions, enqueues) come first,
+//! and background work gets a bounded share of that time while foreground writes wait
+//! (on PostgreSQL, where nothing waits for a purge batch, while foreground statements
+//! run).
 //!
 //! After a background piece of work that took `t` at share `s`, the next may not run
 //! before `t * (1 - s) / s` has passed while foreground work goes on. The share grows
