@@ -5,6 +5,7 @@ use crate::storage::Storage;
 use crate::worker::shared::Shared;
 use crate::worker::timer::Ticker;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A sample is taken only once this many times its predecessor's duration has passed
 /// since that one began: the sampler spends at most about 1% of its time counting.
@@ -16,11 +17,25 @@ const REST_PER_SAMPLE: i64 = 100;
 
 /// Samples the gauges every metrics interval until the worker stops (less often where
 /// one sample takes more than a hundredth of the interval, see [`REST_PER_SAMPLE`]).
+///
+/// The first sample comes at a random point of the first interval, and the later ones
+/// an interval apart from it. Workers started together (a deploy, a scaled-out fleet)
+/// thus count at different moments instead of all reading every index entry of the
+/// table at once, and a worker's first claims do not share the database with its count:
+/// on the benchmark's 2.2M-row backlog one count takes about 0.46 s of a core, and
+/// taken as each worker started it held the 100k-job drain over the backlog to a median
+/// of 0.79x of the shallow drain (1.05x without the sampler) and the idle latency p99
+/// with the backlog to 8.5 ms (3.9 ms without), three interleaved runs each.
 pub(crate) async fn run_sampler(shared: Arc<Shared>) {
     let mut stop = shared.stopping.subscribe();
     let mut seen = Vec::new();
     let clock = &shared.opts.clock;
-    let mut every = Ticker::new(clock, shared.started, shared.opts.metrics_interval);
+    let interval = shared.opts.metrics_interval;
+    tokio::select! {
+        _ = clock.sleep(first_sample_after(interval, crate::job::new_lease_token())) => {}
+        _ = stop.wait_for(|s| *s) => return,
+    }
+    let mut every = Ticker::new(clock, clock.now(), interval);
     loop {
         let began = clock.monotonic_micros();
         match shared.queue.storage().counts().await {
@@ -40,6 +55,16 @@ pub(crate) async fn run_sampler(shared: Arc<Shared>) {
     }
 }
 
+/// How long after the worker starts its first sample comes: `random` (any value, e.g. a
+/// fresh lease token) spread over `[0, interval)`, in whole microseconds.
+fn first_sample_after(interval: Duration, random: i64) -> Duration {
+    let span = u64::try_from(interval.as_micros()).unwrap_or(u64::MAX);
+    if span == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_micros(random.unsigned_abs() % span)
+}
+
 /// Whether a tick at `now` may take the next sample, after one that began at `began`
 /// and took `took` (all in microseconds on the worker's clock's monotonic scale, see
 /// [`crate::worker::timer::TimerClock::monotonic_micros`]: a wall clock stepped forward
@@ -53,6 +78,32 @@ mod tests {
     use super::*;
 
     const S: i64 = 1_000_000;
+
+    #[test]
+    fn the_first_sample_comes_within_the_first_interval() {
+        let interval = Duration::from_secs(15);
+        for random in [
+            0,
+            1,
+            -1,
+            7_500_000,
+            15_000_000,
+            i64::MAX,
+            i64::MIN,
+            123_456_789,
+        ] {
+            assert!(first_sample_after(interval, random) < interval, "{random}");
+        }
+        assert_eq!(first_sample_after(interval, 7_500_000), interval / 2);
+        assert_eq!(first_sample_after(Duration::ZERO, 42), Duration::ZERO);
+        // Lease tokens spread over the interval: 1,000 of them fill most of 10 slots.
+        let mut slots = [0u32; 10];
+        for _ in 0..1000 {
+            let d = first_sample_after(interval, crate::job::new_lease_token());
+            slots[(d.as_secs_f64() / 1.5) as usize] += 1;
+        }
+        assert!(slots.iter().all(|&n| n > 30), "{slots:?}");
+    }
 
     #[test]
     fn a_quick_sample_leaves_every_tick_free() {

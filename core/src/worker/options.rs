@@ -265,7 +265,9 @@ impl WorkerOptions {
     /// status) with one counts query. Defaults to [`DEFAULT_METRICS_INTERVAL`]; zero turns
     /// the sampling off. The counts read every job's index entry, so on a deep table a
     /// sample can take a while: the worker then skips ticks until a hundred times the
-    /// last sample's duration has passed (at most about 1% of its time counting).
+    /// last sample's duration has passed (at most about 1% of its time counting). The
+    /// first sample comes at a random point of the first interval, so workers started
+    /// together do not all count at once.
     pub fn metrics_interval(mut self, every: Duration) -> Self {
         self.metrics_interval = every;
         self
