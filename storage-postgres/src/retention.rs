@@ -127,8 +127,8 @@ impl RetentionSql {
 ///
 /// Why: a batch takes no lock a claim or completion waits for, but it takes the
 /// server's CPU and disk. Run back to back beside a drain on the benchmark's 2-core VM,
-/// a purge of 1M finished jobs held the drain to 0.72-0.84x of its rate (bench
-/// `retention`). Only this storage's statements are seen: another process's work on the
+/// a purge of 1M finished jobs held the drain to a median of 0.78x of its rate over
+/// eleven runs (bench `retention`; 0.87x over five interleaved runs with this pacing). Only this storage's statements are seen: another process's work on the
 /// same server is not, so a process that only purges goes back to back.
 #[derive(Debug)]
 pub(crate) struct PurgePace {
