@@ -4,8 +4,11 @@
 
 use crate::schema;
 use chrono::Utc;
+use durable_jobs::testing::ConformanceHarness;
 use durable_jobs::{RetentionBatch, Storage};
-use durable_jobs_postgres::testing::{unique_schema, TestSchema, ThrowawayCluster};
+use durable_jobs_postgres::testing::{
+    unique_schema, PgBouncerHarness, TestSchema, ThrowawayCluster,
+};
 use durable_jobs_postgres::{PostgresOptions, PostgresStorage};
 use sqlx::AssertSqlSafe;
 
@@ -141,6 +144,24 @@ async fn turned_off_the_purge_never_vacuums() {
     assert_eq!(purged.completed, 500);
     assert_eq!(vacuums(s).await, 0);
     t.drop_schema().await.expect("drop");
+}
+
+/// Behind pgBouncer in transaction mode the vacuum still runs: it goes as one simple
+/// query outside any transaction, which the pooler passes through (VACUUM refuses a
+/// transaction block).
+#[tokio::test]
+async fn the_purge_vacuums_behind_pgbouncer_in_transaction_mode() {
+    let h = PgBouncerHarness::new().await.expect("pgbouncer harness");
+    let direct = h.direct().storage();
+    seed(direct, 250, 0).await;
+    let purged = h
+        .storage()
+        .purge_retained(completed_a_day_ago(1000))
+        .await
+        .expect("purge through pgbouncer");
+    assert_eq!(purged.completed, 250);
+    assert_eq!(vacuums(direct).await, 1);
+    h.teardown().await;
 }
 
 /// The heap's size in pages.
