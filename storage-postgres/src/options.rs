@@ -166,9 +166,10 @@ impl PostgresOptions {
     /// good. The vacuum is `VACUUM (SKIP_LOCKED, TRUNCATE false)`: it never waits for a
     /// running autovacuum or another process's vacuum, and takes no lock that stops
     /// claims, completions or enqueues (it leaves empty pages at the table's end in place
-    /// rather than lock the table to cut them off). A vacuum that fails (a role that does not own the tables,
-    /// a statement timeout) is logged and the purge goes on. Turn it off where an
-    /// operator's own vacuum schedule handles the tables. Defaults to `true`.
+    /// rather than lock the table to cut them off). A vacuum that fails (a role that
+    /// does not own the tables, a statement timeout) is logged and the purge goes on.
+    /// Turn it off where an operator's own vacuum schedule handles the tables. Defaults
+    /// to `true`.
     pub fn vacuum_after_purge(mut self, on: bool) -> Self {
         self.vacuum_after_purge = on;
         self

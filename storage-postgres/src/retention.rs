@@ -118,8 +118,11 @@ impl RetentionSql {
     }
 }
 
-/// How the retention purge makes way for this storage's other work, as the embedded
-/// backends' purges do (see [`durable_jobs::storage::share`]): while claims,
+/// What the retention purge keeps between batches: how it makes way for this storage's
+/// other work, and the rows it deleted since it last vacuumed (see
+/// [`crate::PostgresOptions::vacuum_after_purge`]).
+///
+/// The purge makes way for this storage's other work as the embedded backends' purges do (see [`durable_jobs::storage::share`]): while claims,
 /// completions, enqueues or any other statement of this storage ran since the last
 /// batch ended, a batch waits until the purge has had no more than its share of the
 /// time (a tenth when a pass starts, growing to half over 10 s without a break, so it
@@ -131,11 +134,13 @@ impl RetentionSql {
 /// eleven runs (bench `retention`; 0.87x over five interleaved runs with this pacing). Only this storage's statements are seen: another process's work on the
 /// same server is not, so a process that only purges goes back to back.
 #[derive(Debug)]
-pub(crate) struct PurgePace {
+pub(crate) struct PurgeState {
     /// Statements and transactions begun for anything but the purge (see
     /// [`PostgresStorage::db`]).
     foreground: AtomicU64,
     state: Mutex<PaceState>,
+    /// Rows this storage's purge deleted since its last vacuum.
+    deleted_since_vacuum: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -145,19 +150,20 @@ struct PaceState {
     seen: u64,
 }
 
-impl Default for PurgePace {
+impl Default for PurgeState {
     fn default() -> Self {
-        PurgePace {
+        PurgeState {
             foreground: AtomicU64::new(0),
             state: Mutex::new(PaceState {
                 share: BackgroundShare::new(ShareRamp::default()),
                 seen: 0,
             }),
+            deleted_since_vacuum: AtomicU64::new(0),
         }
     }
 }
 
-impl PurgePace {
+impl PurgeState {
     /// Counts one statement or transaction of other work.
     pub(crate) fn foreground(&self) {
         self.foreground.fetch_add(1, Ordering::Relaxed);
@@ -188,6 +194,17 @@ impl PurgePace {
         st.share.ran(start, end);
         st.seen = foreground;
     }
+
+    /// Counts `n` deleted rows; returns all deleted since the last vacuum.
+    fn deleted(&self, n: u64) -> u64 {
+        self.deleted_since_vacuum.fetch_add(n, Ordering::Relaxed) + n
+    }
+
+    /// Takes `n` rows, now vacuumed, off the count (not a reset: another batch of this
+    /// storage may have counted more meanwhile).
+    fn vacuumed(&self, n: u64) {
+        self.deleted_since_vacuum.fetch_sub(n, Ordering::Relaxed);
+    }
 }
 
 impl PostgresStorage {
@@ -195,18 +212,16 @@ impl PostgresStorage {
         &self,
         batch: RetentionBatch,
     ) -> Result<RetentionPurged> {
-        let wait = self.purge_pace().wait(Instant::now());
+        let state = self.purge_state();
+        let wait = state.wait(Instant::now());
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
         let start = Instant::now();
         let purged = self.purge_batch(batch).await;
-        self.purge_pace().ran(start, Instant::now());
+        state.ran(start, Instant::now());
         let purged = purged?;
-        let since = self
-            .purged_since_vacuum()
-            .fetch_add(purged.jobs(), Ordering::Relaxed)
-            + purged.jobs();
+        let since = state.deleted(purged.jobs());
         // A batch short of its limit is the last of its pass (nothing more was due): the
         // moment to hand the pass's deleted rows back for reuse, not between batches.
         if self.options().vacuum_after_purge && purged.roots < batch.limit as u64 && since > 0 {
@@ -281,10 +296,7 @@ impl PostgresStorage {
             .execute(self.pool())
             .await
         {
-            Ok(_) => {
-                self.purged_since_vacuum()
-                    .fetch_sub(deleted, Ordering::Relaxed);
-            }
+            Ok(_) => self.purge_state().vacuumed(deleted),
             Err(e) => {
                 tracing::warn!(error = %e, "durable-jobs could not vacuum its tables after the retention purge; their freed space waits for autovacuum");
             }
@@ -363,7 +375,7 @@ mod plan_tests {
 
 #[cfg(all(test, feature = "testing"))]
 mod pace_tests {
-    use super::PurgePace;
+    use super::PurgeState;
     use crate::testing::TestSchema;
     use chrono::Utc;
     use durable_jobs::{RetentionBatch, Storage};
@@ -371,7 +383,7 @@ mod pace_tests {
 
     /// Records a batch that took `took` and just ended: at the starting share of a tenth,
     /// the next owes nine times that while other work runs. Returns when that is over.
-    fn a_batch_just_ended(pace: &PurgePace, took: Duration) -> Instant {
+    fn a_batch_just_ended(pace: &PurgeState, took: Duration) -> Instant {
         let end = Instant::now();
         let start = end.checked_sub(took).unwrap_or(end);
         pace.ran(start, end);
@@ -391,7 +403,7 @@ mod pace_tests {
     async fn the_purge_waits_its_share_only_while_other_work_runs() {
         let t = TestSchema::new().await.expect("schema");
         let s = t.storage();
-        let pace = s.purge_pace();
+        let pace = s.purge_state();
         let second = Duration::from_secs(1);
         // Nothing ran yet: the first batch owes nothing.
         assert_eq!(pace.wait(Instant::now()), Duration::ZERO);
@@ -421,7 +433,7 @@ mod pace_tests {
     async fn a_batch_after_other_work_starts_no_sooner_than_its_share_allows() {
         let t = TestSchema::new().await.expect("schema");
         let s = t.storage();
-        let owed_until = a_batch_just_ended(s.purge_pace(), Duration::from_millis(20));
+        let owed_until = a_batch_just_ended(s.purge_state(), Duration::from_millis(20));
         s.get_job(1).await.expect("get");
         s.purge_retained(nothing_due()).await.expect("purge");
         assert!(Instant::now() >= owed_until);

@@ -6,7 +6,7 @@ use crate::listen::{self, ListenerTask};
 use crate::migrate;
 use crate::operations::OperationsSql;
 use crate::options::{channel, PostgresOptions};
-use crate::retention::{PurgePace, RetentionSql};
+use crate::retention::{PurgeState, RetentionSql};
 use crate::sql::{Sql, JOB_COLUMNS};
 use crate::workflow::WorkflowSql;
 use async_trait::async_trait;
@@ -24,7 +24,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -68,12 +68,9 @@ struct Inner {
     /// Where the next healing sweep of waiting parents starts (a parent id; 0 from the
     /// start).
     heal_after: AtomicI64,
-    /// Rows the retention purge deleted through this storage since it last vacuumed (see
-    /// [`PostgresOptions::vacuum_after_purge`]).
-    purged_since_vacuum: AtomicU64,
     /// The retention purge's share of the server while this storage's other statements
-    /// run (see `retention.rs`).
-    pace: PurgePace,
+    /// run, and what it deleted since it last vacuumed (see `retention.rs`).
+    purge: PurgeState,
     /// Whether the pool's connections may JIT-compile statements (see
     /// [`crate::exec::NO_JIT_BEGIN`]): false for direct pools this crate opened (the
     /// startup option turns it off), found out on first use for a pool the application
@@ -188,8 +185,7 @@ impl PostgresStorage {
                 finished: Arc::new(finished),
                 listener: Mutex::new(None),
                 heal_after: AtomicI64::new(0),
-                purged_since_vacuum: AtomicU64::new(0),
-                pace: PurgePace::default(),
+                purge: PurgeState::default(),
                 jit: tokio::sync::OnceCell::new(),
             }),
         }
@@ -204,9 +200,9 @@ impl PostgresStorage {
 
     /// Where a statement runs: on the pool, each in a transaction of its own behind a
     /// transaction-mode pooler (see [`crate::exec`]). Counted as the work the retention
-    /// purge makes way for (see [`PurgePace`]).
+    /// purge makes way for (see [`PurgeState`]).
     pub(crate) fn db(&self) -> Db<'_> {
-        self.inner.pace.foreground();
+        self.inner.purge.foreground();
         self.background_db()
     }
 
@@ -222,10 +218,17 @@ impl PostgresStorage {
     /// Begins a transaction whose statements are never JIT-compiled (see
     /// [`crate::exec::NO_JIT_BEGIN`]); a plain BEGIN where the connection already turned
     /// JIT off. Counted as the work the retention purge makes way for (see
-    /// [`PurgePace`]).
+    /// [`PurgeState`]).
     pub(crate) async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-        self.inner.pace.foreground();
+        self.inner.purge.foreground();
         self.begin_background().await
+    }
+
+    /// A pool connection of its own for several statements outside a transaction,
+    /// counted as the work the retention purge makes way for (see [`PurgeState`]).
+    pub(crate) async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+        self.inner.purge.foreground();
+        self.inner.pool.acquire().await.map_err(db)
     }
 
     /// [`Self::begin`] for the retention purge's own transactions.
@@ -345,12 +348,8 @@ impl PostgresStorage {
         }
     }
 
-    pub(crate) fn purged_since_vacuum(&self) -> &AtomicU64 {
-        &self.inner.purged_since_vacuum
-    }
-
-    pub(crate) fn purge_pace(&self) -> &PurgePace {
-        &self.inner.pace
+    pub(crate) fn purge_state(&self) -> &PurgeState {
+        &self.inner.purge
     }
 
     pub(crate) fn retention_sql(&self) -> &RetentionSql {
@@ -565,9 +564,7 @@ impl Storage for PostgresStorage {
             tx.commit().await.map_err(db)?;
             out
         } else {
-            // Its own connection (not `db()`), counted as other work all the same.
-            self.inner.pace.foreground();
-            let mut conn = self.pool().acquire().await.map_err(db)?;
+            let mut conn = self.acquire().await?;
             crate::tx::insert_jobs(self.on(&mut conn), self.sql(), jobs).await?
         };
         // Autocommitted: this process's workers may look now; others get the NOTIFY.

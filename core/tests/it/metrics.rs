@@ -5,11 +5,12 @@
 //! snapshots are merged into one shared tally, and each test uses its own queue names.
 
 use super::setup;
+use durable_jobs::ManualClock;
 use durable_jobs::{JobOptions, NoRetry, TaskError, Worker, WorkerOptions};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::MetricKind;
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// A metric's identity: kind, name and sorted labels.
@@ -272,4 +273,77 @@ async fn cancels_reclaims_and_sampled_gauges() {
     run.await.expect("join").expect("run");
     assert_eq!(counter("durable_jobs_jobs_reclaimed_total", &labels_g), 1);
     assert_eq!(counter("durable_jobs_jobs_completed_total", &labels_g), 3);
+}
+
+/// Counts the `counts` calls a queue's storage answers, and wakes a waiter on each.
+#[derive(Default)]
+struct CountsCalls {
+    n: std::sync::atomic::AtomicUsize,
+    seen: tokio::sync::Notify,
+}
+
+impl durable_jobs::StorageLayer for CountsCalls {
+    fn on_call(&self, call: &durable_jobs::StorageCall<'_>) {
+        if call.operation == "counts" {
+            self.n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.seen.notify_waiters();
+        }
+    }
+}
+
+/// A worker's first gauge sample comes at a random point of its first interval, not as
+/// it starts: on a clock nobody moves, a worker that already ran a job has not counted;
+/// once the clock passes the interval, it has. (The delay is exactly zero for one start
+/// in 3.6 billion.)
+#[tokio::test]
+async fn the_first_sample_waits_a_random_part_of_the_first_interval() {
+    let clock = ManualClock::new();
+    let calls = Arc::new(CountsCalls::default());
+    let queue = durable_jobs::Queue::with_layers(
+        Arc::new(durable_jobs_memory::MemoryStorage::with_clock(
+            clock.clone(),
+        )),
+        vec![calls.clone()],
+    );
+    let (ran_tx, mut ran) = tokio::sync::mpsc::unbounded_channel();
+    queue.register_fn("m_first", move |_: ()| {
+        let ran_tx = ran_tx.clone();
+        async move {
+            let _ = ran_tx.send(());
+            Ok::<_, TaskError>(())
+        }
+    });
+    let hour = Duration::from_secs(3600);
+    let worker = Arc::new(
+        Worker::new(
+            queue.clone(),
+            WorkerOptions::new()
+                .queue("mfirst", 1)
+                .metrics_interval(hour)
+                .clock(clock.clone()),
+        )
+        .expect("worker"),
+    );
+    let run = tokio::spawn({
+        let w = worker.clone();
+        async move { w.run().await }
+    });
+    queue
+        .enqueue("m_first", &(), JobOptions::new().queue("mfirst"))
+        .await
+        .expect("enqueue");
+    tokio::time::timeout(Duration::from_secs(30), ran.recv())
+        .await
+        .expect("the job ran")
+        .expect("handler channel");
+    assert_eq!(calls.n.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let counted = calls.seen.notified();
+    clock.advance(hour);
+    if calls.n.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        tokio::time::timeout(Duration::from_secs(30), counted)
+            .await
+            .expect("a sample once the first interval passed");
+    }
+    worker.shutdown_handle().shutdown();
+    run.await.expect("join").expect("run");
 }

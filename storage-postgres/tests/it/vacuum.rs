@@ -98,30 +98,24 @@ async fn small_passes_add_up_to_a_vacuum() {
     let t = schema().await;
     let s = t.storage();
     let q = quoted(s);
-    seed(s, 40, 2000).await;
-    // reltuples 2040: the threshold is 50 + 102 = 152 deleted rows.
+    seed(s, 0, 2000).await;
+    // reltuples 2000 (the pending jobs): the threshold is 50 + 100 = 150 deleted rows.
     run(s, format!("VACUUM ANALYZE {q}.jobs")).await;
     let before = vacuums(s).await;
-    let purged = s
-        .purge_retained(completed_a_day_ago(1000))
-        .await
-        .expect("purge");
-    assert_eq!(purged.completed, 40);
-    assert_eq!(vacuums(s).await, before, "40 deleted rows do not vacuum");
-    seed(s, 100, 0).await;
-    let purged = s
-        .purge_retained(completed_a_day_ago(1000))
-        .await
-        .expect("purge");
-    assert_eq!(purged.completed, 100);
-    assert_eq!(vacuums(s).await, before, "140 deleted rows do not vacuum");
-    seed(s, 20, 0).await;
-    let purged = s
-        .purge_retained(completed_a_day_ago(1000))
-        .await
-        .expect("purge");
-    assert_eq!(purged.completed, 20);
-    assert_eq!(vacuums(s).await, before + 1, "160 deleted rows vacuum");
+    // (finished jobs added, rows deleted since the last vacuum, vacuums since `before`)
+    for (finished, so_far, vacuumed) in [(40u32, 40, 0i64), (100, 140, 0), (20, 160, 1)] {
+        seed(s, finished, 0).await;
+        let purged = s
+            .purge_retained(completed_a_day_ago(1000))
+            .await
+            .expect("purge");
+        assert_eq!(purged.completed, u64::from(finished));
+        assert_eq!(
+            vacuums(s).await,
+            before + vacuumed,
+            "after {so_far} deleted rows"
+        );
+    }
     t.drop_schema().await.expect("drop");
 }
 
