@@ -25,6 +25,27 @@ const SCHEMA_SQL: &[&str] = &[
         WHERE status = 'pending'",
     // Where the move pattern keeps finished rows.
     "CREATE TABLE raw_done (LIKE raw_jobs INCLUDING DEFAULTS, PRIMARY KEY (id))",
+    // The split layout (`Shape::Split`): a job's body, written once at the enqueue; the
+    // narrow row claims update; the narrow row a completion appends.
+    "CREATE TABLE raw_body (id bigint PRIMARY KEY, task text NOT NULL, payload jsonb NOT NULL)",
+    "CREATE TABLE raw_live (
+        id bigint PRIMARY KEY,
+        queue text NOT NULL DEFAULT 'default',
+        priority int NOT NULL DEFAULT 0,
+        status text NOT NULL DEFAULT 'pending',
+        attempt int NOT NULL DEFAULT 0,
+        run_at timestamptz NOT NULL DEFAULT now(),
+        lease_token bigint,
+        lease_expires_at timestamptz
+    )",
+    "CREATE INDEX raw_live_claim ON raw_live (queue, priority DESC, run_at, id)
+        WHERE status = 'pending'",
+    "CREATE TABLE raw_finished (
+        id bigint PRIMARY KEY,
+        status text NOT NULL,
+        attempt int NOT NULL,
+        completed_at timestamptz NOT NULL
+    )",
 ];
 
 /// How a batch's completion is written: the three patterns a queue can use.
@@ -45,14 +66,19 @@ pub enum Shape {
     Then(Finish),
     /// One statement completes the previous batch (by update) and claims the next.
     Fused,
+    /// The split layout (`bench/sql/costs/split.sql`): claims update a narrow live row
+    /// and read the body from its own table; a completion deletes the live row and
+    /// appends a narrow finished row. The body, written once at the enqueue, is kept.
+    Split,
 }
 
 impl Shape {
     /// Every shape the yardstick measures, in report order.
-    pub const ALL: [Shape; 4] = [
+    pub const ALL: [Shape; 5] = [
         Shape::Then(Finish::Update),
         Shape::Fused,
         Shape::Then(Finish::Move),
+        Shape::Split,
         Shape::Then(Finish::Delete),
     ];
 
@@ -61,6 +87,7 @@ impl Shape {
         match self {
             Shape::Then(finish) => format!("claim, then complete: {}", finish.label()),
             Shape::Fused => "complete+claim fused in 1 statement".to_string(),
+            Shape::Split => "split body / live / finished tables (rows kept)".to_string(),
         }
     }
 }
@@ -119,6 +146,45 @@ const MOVE: &str = "
         completed_at)
     SELECT id, queue, task, payload, priority, 'completed', attempt, run_at, now() FROM d";
 
+/// The split layout's claim: the live rows are leased, found by primary key from an
+/// array of the candidates' ids, and each claimed job's payload is read from its body
+/// by primary key (a scalar subquery per row). Both as the library pins its claim: the
+/// prepared statement's generic plan, which cannot see the limit, otherwise hashes a
+/// seq scan of the narrow live table and merge-joins the body from its first row, and
+/// each claim then costs as much as the table is large.
+const SPLIT_CLAIM: &str = "
+    WITH c AS (
+        SELECT id FROM raw_live
+        WHERE status = 'pending' AND queue = 'default' AND run_at <= now()
+        ORDER BY priority DESC, run_at, id
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED
+    ), u AS (
+        UPDATE raw_live l
+        SET status = 'running', attempt = l.attempt + 1,
+            lease_token = (random() * 9e18)::bigint,
+            lease_expires_at = now() + interval '30 seconds'
+        WHERE l.id = ANY(ARRAY(SELECT id FROM c))
+        RETURNING l.id, l.lease_token
+    )
+    SELECT u.id, u.lease_token, (SELECT b.payload FROM raw_body b WHERE b.id = u.id)
+    FROM u";
+
+/// The split layout's completion: the live row goes, a narrow finished row is appended,
+/// fenced on the lease token. The (id, token) pairs are a semi-join, which plans as one
+/// primary key lookup per pair: with `USING unnest(..)` the narrow table's statistics
+/// (every row pending when it was analyzed) make a seq scan filtered on `running` look
+/// cheaper, and it is ten times slower.
+const SPLIT_COMPLETE: &str = "
+    WITH d AS (
+        DELETE FROM raw_live l
+        WHERE (l.id, l.lease_token) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[]))
+          AND l.status = 'running'
+        RETURNING l.id, l.attempt
+    )
+    INSERT INTO raw_finished (id, status, attempt, completed_at)
+    SELECT id, 'completed', attempt, now() FROM d";
+
 /// Completes a batch by deleting its rows, fenced on the lease token.
 const DELETE: &str = "
     DELETE FROM raw_jobs j
@@ -176,16 +242,25 @@ async fn run(
     for stmt in SCHEMA_SQL {
         sqlx::query(*stmt).execute(pool).await.map_err(sql)?;
     }
-    sqlx::query(
-        "INSERT INTO raw_jobs (task, payload)
-         SELECT 'noop', jsonb_build_object('id', i, 'data', 'test_' || i)
-         FROM generate_series(0, $1 - 1) AS i",
-    )
-    .bind(cfg.jobs as i64)
-    .execute(pool)
-    .await
-    .map_err(sql)?;
-    sqlx::query("VACUUM ANALYZE raw_jobs")
+    let fill: &[&str] = match shape {
+        Shape::Split => &[
+            "INSERT INTO raw_body (id, task, payload)
+             SELECT i, 'noop', jsonb_build_object('id', i, 'data', 'test_' || i)
+             FROM generate_series(0, $1 - 1) AS i",
+            "INSERT INTO raw_live (id) SELECT id FROM raw_body WHERE id < $1",
+        ],
+        _ => &["INSERT INTO raw_jobs (task, payload)
+             SELECT 'noop', jsonb_build_object('id', i, 'data', 'test_' || i)
+             FROM generate_series(0, $1 - 1) AS i"],
+    };
+    for stmt in fill {
+        sqlx::query(*stmt)
+            .bind(cfg.jobs as i64)
+            .execute(pool)
+            .await
+            .map_err(sql)?;
+    }
+    sqlx::query("VACUUM ANALYZE raw_jobs, raw_body, raw_live")
         .execute(pool)
         .await
         .map_err(sql)?;
@@ -196,7 +271,8 @@ async fn run(
         tokio::spawn(async move {
             match shape {
                 Shape::Fused => fused_loop(&pool, batch).await,
-                Shape::Then(finish) => split_loop(&pool, batch, finish).await,
+                Shape::Then(finish) => two_statement_loop(&pool, batch, CLAIM, finish.sql()).await,
+                Shape::Split => two_statement_loop(&pool, batch, SPLIT_CLAIM, SPLIT_COMPLETE).await,
             }
         })
     });
@@ -215,11 +291,16 @@ fn sql(e: sqlx::Error) -> String {
     format!("raw sql: {e}")
 }
 
-/// Claim, then complete: two statements, two commits per batch.
-async fn split_loop(pool: &PgPool, batch: usize, finish: Finish) -> Result<usize, String> {
+/// Claim, then complete: two statements (`claim`, then `complete`), two commits per batch.
+async fn two_statement_loop(
+    pool: &PgPool,
+    batch: usize,
+    claim: &'static str,
+    complete: &'static str,
+) -> Result<usize, String> {
     let mut done = 0usize;
     loop {
-        let rows: Vec<(i64, i64, serde_json::Value)> = sqlx::query_as(CLAIM)
+        let rows: Vec<(i64, i64, serde_json::Value)> = sqlx::query_as(claim)
             .bind(batch as i64)
             .fetch_all(pool)
             .await
@@ -229,7 +310,7 @@ async fn split_loop(pool: &PgPool, batch: usize, finish: Finish) -> Result<usize
         }
         let (ids, tokens): (Vec<i64>, Vec<i64>) =
             rows.iter().map(|(id, tok, _)| (*id, *tok)).unzip();
-        let r = sqlx::query(finish.sql())
+        let r = sqlx::query(complete)
             .bind(&ids)
             .bind(&tokens)
             .execute(pool)

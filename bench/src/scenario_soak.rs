@@ -224,7 +224,9 @@ async fn soak(cfg: &Config, url: &str) -> Result<Figures, String> {
                 mb,
             ));
             figures.push((
-                format!("worst enqueue->start p99 of the windows after the first minute ({rate}/s)"),
+                format!(
+                    "worst enqueue->start p99 of the windows after the first minute ({rate}/s)"
+                ),
                 "ms",
                 false,
                 p99,
