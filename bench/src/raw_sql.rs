@@ -36,7 +36,8 @@ const SCHEMA_SQL: &[&str] = &[
         attempt int NOT NULL DEFAULT 0,
         run_at timestamptz NOT NULL DEFAULT now(),
         lease_token bigint,
-        lease_expires_at timestamptz
+        lease_expires_at timestamptz,
+        completed_at timestamptz
     )",
     "CREATE INDEX raw_live_claim ON raw_live (queue, priority DESC, run_at, id)
         WHERE status = 'pending'",
@@ -70,14 +71,19 @@ pub enum Shape {
     /// and read the body from its own table; a completion deletes the live row and
     /// appends a narrow finished row. The body, written once at the enqueue, is kept.
     Split,
+    /// Half of the split: the body apart as in [`Shape::Split`], but a completion
+    /// rewrites the narrow live row as completed in place, which stays. Tells whether
+    /// the split's gain comes from the narrow rows or from finishing by delete.
+    BodyApart,
 }
 
 impl Shape {
     /// Every shape the yardstick measures, in report order.
-    pub const ALL: [Shape; 5] = [
+    pub const ALL: [Shape; 6] = [
         Shape::Then(Finish::Update),
         Shape::Fused,
         Shape::Then(Finish::Move),
+        Shape::BodyApart,
         Shape::Split,
         Shape::Then(Finish::Delete),
     ];
@@ -88,6 +94,7 @@ impl Shape {
             Shape::Then(finish) => format!("claim, then complete: {}", finish.label()),
             Shape::Fused => "complete+claim fused in 1 statement".to_string(),
             Shape::Split => "split body / live / finished tables (rows kept)".to_string(),
+            Shape::BodyApart => "body apart, narrow row updated (row kept)".to_string(),
         }
     }
 }
@@ -185,6 +192,14 @@ const SPLIT_COMPLETE: &str = "
     INSERT INTO raw_finished (id, status, attempt, completed_at)
     SELECT id, 'completed', attempt, now() FROM d";
 
+/// [`Shape::BodyApart`]'s completion: the narrow live row rewritten as completed, fenced
+/// on the lease token (pairs as in [`SPLIT_COMPLETE`]).
+const BODY_APART_COMPLETE: &str = "
+    UPDATE raw_live l
+    SET status = 'completed', completed_at = now(), lease_token = NULL, lease_expires_at = NULL
+    WHERE (l.id, l.lease_token) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[]))
+      AND l.status = 'running'";
+
 /// Completes a batch by deleting its rows, fenced on the lease token.
 const DELETE: &str = "
     DELETE FROM raw_jobs j
@@ -243,7 +258,7 @@ async fn run(
         sqlx::query(*stmt).execute(pool).await.map_err(sql)?;
     }
     let fill: &[&str] = match shape {
-        Shape::Split => &[
+        Shape::Split | Shape::BodyApart => &[
             "INSERT INTO raw_body (id, task, payload)
              SELECT i, 'noop', jsonb_build_object('id', i, 'data', 'test_' || i)
              FROM generate_series(0, $1 - 1) AS i",
@@ -273,6 +288,9 @@ async fn run(
                 Shape::Fused => fused_loop(&pool, batch).await,
                 Shape::Then(finish) => two_statement_loop(&pool, batch, CLAIM, finish.sql()).await,
                 Shape::Split => two_statement_loop(&pool, batch, SPLIT_CLAIM, SPLIT_COMPLETE).await,
+                Shape::BodyApart => {
+                    two_statement_loop(&pool, batch, SPLIT_CLAIM, BODY_APART_COMPLETE).await
+                }
             }
         })
     });
