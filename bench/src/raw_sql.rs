@@ -118,7 +118,13 @@ impl Finish {
 }
 
 /// Claims a batch: the same shape a real backend uses (priority, run_at, id order,
-/// SKIP LOCKED, a random fencing token, a lease expiry).
+/// SKIP LOCKED, a random fencing token, a lease expiry). The claimed rows are found by
+/// primary key from an array of the candidates' ids, as the library's claim does: with
+/// `FROM c WHERE j.id = c.id`, the prepared statement's generic plan (which cannot see
+/// the limit) hashes a sequential scan of the whole table, 32 ms for a claim of 500 on
+/// 100,000 rows against about 5. The server kept custom plans for that form (the
+/// update shape drained as fast before the change as after), but the figures should
+/// not rest on the plan cache's choice.
 const CLAIM: &str = "
     WITH c AS (
         SELECT id FROM raw_jobs
@@ -131,7 +137,7 @@ const CLAIM: &str = "
     SET status = 'running', attempt = j.attempt + 1,
         lease_token = (random() * 9e18)::bigint,
         lease_expires_at = now() + interval '30 seconds'
-    FROM c WHERE j.id = c.id
+    WHERE j.id = ANY(ARRAY(SELECT id FROM c))
     RETURNING j.id, j.lease_token, j.payload";
 
 /// Completes a batch, fenced on the lease token.
@@ -229,7 +235,7 @@ const FUSED: &str = "
         SET status = 'running', attempt = j.attempt + 1,
             lease_token = (random() * 9e18)::bigint,
             lease_expires_at = now() + interval '30 seconds'
-        FROM c WHERE j.id = c.id
+        WHERE j.id = ANY(ARRAY(SELECT id FROM c))
         RETURNING j.id, j.lease_token, j.payload
     )
     SELECT id, lease_token, payload FROM claimed
