@@ -25,8 +25,11 @@ const SCHEMA_SQL: &[&str] = &[
         WHERE status = 'pending'",
     // Where the move pattern keeps finished rows.
     "CREATE TABLE raw_done (LIKE raw_jobs INCLUDING DEFAULTS, PRIMARY KEY (id))",
-    // The split layout (`Shape::Split`): a job's body, written once at the enqueue; the
-    // narrow row claims update; the narrow row a completion appends.
+    // The split layout (`Shape::Split`, `Shape::BodyApart`): a job's body, written once
+    // at the enqueue; the narrow row claims update (the raw_jobs row without the body,
+    // kept as a copy rather than derived with LIKE and DROP COLUMN, whose dropped
+    // columns would stay in every tuple's null bitmap); the narrow row a split
+    // completion appends.
     "CREATE TABLE raw_body (id bigint PRIMARY KEY, task text NOT NULL, payload jsonb NOT NULL)",
     "CREATE TABLE raw_live (
         id bigint PRIMARY KEY,
