@@ -8,6 +8,7 @@ mod ours;
 mod pgdb;
 mod profile;
 mod raw_sql;
+mod raw_wide;
 mod report;
 mod scenario_backlog;
 mod scenario_retention;

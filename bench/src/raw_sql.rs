@@ -3,8 +3,9 @@
 
 use crate::cli::Config;
 use crate::pgdb::FreshDb;
+use crate::raw_wide;
 use crate::stats::rate;
-use sqlx::PgPool;
+use sqlx::{AssertSqlSafe, PgPool};
 use std::time::Instant;
 
 const SCHEMA_SQL: &[&str] = &[
@@ -52,6 +53,19 @@ const SCHEMA_SQL: &[&str] = &[
     )",
 ];
 
+/// Fills `raw_jobs` with `$1` jobs.
+const JOBS_FILL: &[&str] = &["INSERT INTO raw_jobs (task, payload)
+    SELECT 'noop', jsonb_build_object('id', i, 'data', 'test_' || i)
+    FROM generate_series(0, $1 - 1) AS i"];
+
+/// Fills the split's body and live tables with `$1` jobs.
+const BODY_FILL: &[&str] = &[
+    "INSERT INTO raw_body (id, task, payload)
+     SELECT i, 'noop', jsonb_build_object('id', i, 'data', 'test_' || i)
+     FROM generate_series(0, $1 - 1) AS i",
+    "INSERT INTO raw_live (id) SELECT id FROM raw_body WHERE id < $1",
+];
+
 /// How a batch's completion is written: the three patterns a queue can use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finish {
@@ -78,17 +92,24 @@ pub enum Shape {
     /// rewrites the narrow live row as completed in place, which stays. Tells whether
     /// the split's gain comes from the narrow rows or from finishing by delete.
     BodyApart,
+    /// The in-place update at the library's width: its 31 columns and its indexes
+    /// (`raw_wide`).
+    WideUpdate,
+    /// The split at `docs/split-layout.md`'s column placement and indexes (`raw_wide`).
+    WideSplit,
 }
 
 impl Shape {
     /// Every shape the yardstick measures, in report order.
-    pub const ALL: [Shape; 6] = [
+    pub const ALL: [Shape; 8] = [
         Shape::Then(Finish::Update),
         Shape::Fused,
         Shape::Then(Finish::Move),
         Shape::BodyApart,
         Shape::Split,
         Shape::Then(Finish::Delete),
+        Shape::WideUpdate,
+        Shape::WideSplit,
     ];
 
     /// The label used in the report.
@@ -98,6 +119,8 @@ impl Shape {
             Shape::Fused => "complete+claim fused in 1 statement".to_string(),
             Shape::Split => "split body / live / finished tables (rows kept)".to_string(),
             Shape::BodyApart => "body apart, narrow row updated (row kept)".to_string(),
+            Shape::WideUpdate => "library's width: update in place (row kept)".to_string(),
+            Shape::WideSplit => "library's widths: split (rows kept)".to_string(),
         }
     }
 }
@@ -263,20 +286,25 @@ async fn run(
     loops: usize,
     shape: Shape,
 ) -> Result<f64, String> {
-    for stmt in SCHEMA_SQL {
+    let (schema, fill, analyze): (&[&str], &[&str], &'static str) = match shape {
+        Shape::WideUpdate => (
+            raw_wide::WIDE_SCHEMA,
+            raw_wide::WIDE_FILL,
+            "VACUUM ANALYZE wide_jobs",
+        ),
+        Shape::WideSplit => (
+            raw_wide::SPLIT_SCHEMA,
+            raw_wide::SPLIT_FILL,
+            "VACUUM ANALYZE split_body, split_live",
+        ),
+        Shape::Split | Shape::BodyApart => {
+            (SCHEMA_SQL, BODY_FILL, "VACUUM ANALYZE raw_body, raw_live")
+        }
+        Shape::Fused | Shape::Then(_) => (SCHEMA_SQL, JOBS_FILL, "VACUUM ANALYZE raw_jobs"),
+    };
+    for stmt in schema {
         sqlx::query(*stmt).execute(pool).await.map_err(sql)?;
     }
-    let fill: &[&str] = match shape {
-        Shape::Split | Shape::BodyApart => &[
-            "INSERT INTO raw_body (id, task, payload)
-             SELECT i, 'noop', jsonb_build_object('id', i, 'data', 'test_' || i)
-             FROM generate_series(0, $1 - 1) AS i",
-            "INSERT INTO raw_live (id) SELECT id FROM raw_body WHERE id < $1",
-        ],
-        _ => &["INSERT INTO raw_jobs (task, payload)
-             SELECT 'noop', jsonb_build_object('id', i, 'data', 'test_' || i)
-             FROM generate_series(0, $1 - 1) AS i"],
-    };
     for stmt in fill {
         sqlx::query(*stmt)
             .bind(cfg.jobs as i64)
@@ -284,22 +312,31 @@ async fn run(
             .await
             .map_err(sql)?;
     }
-    sqlx::query("VACUUM ANALYZE raw_jobs, raw_body, raw_live")
-        .execute(pool)
-        .await
-        .map_err(sql)?;
+    sqlx::query(analyze).execute(pool).await.map_err(sql)?;
 
+    // The claim and completion of a two-statement shape (the fused shape has its own).
+    let (claim, complete) = match shape {
+        Shape::Fused => (String::new(), String::new()),
+        Shape::Then(finish) => (CLAIM.to_string(), finish.sql().to_string()),
+        Shape::Split => (SPLIT_CLAIM.to_string(), SPLIT_COMPLETE.to_string()),
+        Shape::BodyApart => (SPLIT_CLAIM.to_string(), BODY_APART_COMPLETE.to_string()),
+        Shape::WideUpdate => (
+            raw_wide::WIDE_CLAIM.to_string(),
+            raw_wide::with_ended(raw_wide::WIDE_COMPLETE),
+        ),
+        Shape::WideSplit => (
+            raw_wide::SPLIT_CLAIM.to_string(),
+            raw_wide::with_ended(raw_wide::SPLIT_COMPLETE),
+        ),
+    };
     let t0 = Instant::now();
     let handles = (0..loops).map(|_| {
         let pool = pool.clone();
+        let (claim, complete) = (claim.clone(), complete.clone());
         tokio::spawn(async move {
             match shape {
                 Shape::Fused => fused_loop(&pool, batch).await,
-                Shape::Then(finish) => two_statement_loop(&pool, batch, CLAIM, finish.sql()).await,
-                Shape::Split => two_statement_loop(&pool, batch, SPLIT_CLAIM, SPLIT_COMPLETE).await,
-                Shape::BodyApart => {
-                    two_statement_loop(&pool, batch, SPLIT_CLAIM, BODY_APART_COMPLETE).await
-                }
+                _ => two_statement_loop(&pool, batch, &claim, &complete).await,
             }
         })
     });
@@ -322,22 +359,25 @@ fn sql(e: sqlx::Error) -> String {
 async fn two_statement_loop(
     pool: &PgPool,
     batch: usize,
-    claim: &'static str,
-    complete: &'static str,
+    claim: &str,
+    complete: &str,
 ) -> Result<usize, String> {
     let mut done = 0usize;
     loop {
-        let rows: Vec<(i64, i64, serde_json::Value)> = sqlx::query_as(claim)
-            .bind(batch as i64)
-            .fetch_all(pool)
-            .await
-            .map_err(sql)?;
+        // Only the first three columns are read; the wide shapes return every column,
+        // as the library's claim does, and the rest is decoded no further.
+        let rows: Vec<(i64, i64, serde_json::Value)> =
+            sqlx::query_as(AssertSqlSafe(claim.to_owned()))
+                .bind(batch as i64)
+                .fetch_all(pool)
+                .await
+                .map_err(sql)?;
         if rows.is_empty() {
             return Ok(done);
         }
         let (ids, tokens): (Vec<i64>, Vec<i64>) =
             rows.iter().map(|(id, tok, _)| (*id, *tok)).unzip();
-        let r = sqlx::query(complete)
+        let r = sqlx::query(AssertSqlSafe(complete.to_owned()))
             .bind(&ids)
             .bind(&tokens)
             .execute(pool)
