@@ -6,6 +6,7 @@ use crate::pgdb::FreshDb;
 use crate::raw_wide;
 use crate::stats::rate;
 use sqlx::{AssertSqlSafe, PgPool};
+use std::sync::Arc;
 use std::time::Instant;
 
 const SCHEMA_SQL: &[&str] = &[
@@ -111,6 +112,59 @@ impl Shape {
         Shape::WideUpdate,
         Shape::WideSplit,
     ];
+
+    /// The statements that create the shape's tables, those that fill them with `$1`
+    /// jobs, and the VACUUM ANALYZE that follows.
+    fn tables(self) -> (Vec<String>, &'static [&'static str], &'static str) {
+        let narrow = || SCHEMA_SQL.iter().map(|s| s.to_string()).collect();
+        match self {
+            Shape::WideUpdate => {
+                let mut schema: Vec<String> = raw_wide::WIDE_SCHEMA
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+                schema.extend(raw_wide::state_indexes("wide", "wide_jobs"));
+                (schema, raw_wide::WIDE_FILL, "VACUUM ANALYZE wide_jobs")
+            }
+            Shape::WideSplit => {
+                let mut schema: Vec<String> = raw_wide::SPLIT_SCHEMA
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+                schema.extend(raw_wide::state_indexes("split", "split_live"));
+                (
+                    schema,
+                    raw_wide::SPLIT_FILL,
+                    "VACUUM ANALYZE split_body, split_live",
+                )
+            }
+            Shape::Split | Shape::BodyApart => {
+                (narrow(), BODY_FILL, "VACUUM ANALYZE raw_body, raw_live")
+            }
+            Shape::Fused | Shape::Then(_) => (narrow(), JOBS_FILL, "VACUUM ANALYZE raw_jobs"),
+        }
+    }
+
+    /// The claim and the completion of a two-statement shape, shared by its loops (an
+    /// `Arc`, so a batch clones a pointer, not the text); `None` for the fused shape,
+    /// whose one statement does both.
+    fn statements(self) -> Option<(Arc<str>, Arc<str>)> {
+        let (claim, complete): (&str, String) = match self {
+            Shape::Fused => return None,
+            Shape::Then(finish) => (CLAIM, finish.sql().to_string()),
+            Shape::Split => (SPLIT_CLAIM, SPLIT_COMPLETE.to_string()),
+            Shape::BodyApart => (SPLIT_CLAIM, BODY_APART_COMPLETE.to_string()),
+            Shape::WideUpdate => (
+                raw_wide::WIDE_CLAIM,
+                raw_wide::with_ended(raw_wide::WIDE_COMPLETE),
+            ),
+            Shape::WideSplit => (
+                raw_wide::SPLIT_CLAIM,
+                raw_wide::with_ended(raw_wide::SPLIT_COMPLETE),
+            ),
+        };
+        Some((claim.into(), complete.into()))
+    }
 
     /// The label used in the report.
     pub fn label(self) -> String {
@@ -286,24 +340,12 @@ async fn run(
     loops: usize,
     shape: Shape,
 ) -> Result<f64, String> {
-    let (schema, fill, analyze): (&[&str], &[&str], &'static str) = match shape {
-        Shape::WideUpdate => (
-            raw_wide::WIDE_SCHEMA,
-            raw_wide::WIDE_FILL,
-            "VACUUM ANALYZE wide_jobs",
-        ),
-        Shape::WideSplit => (
-            raw_wide::SPLIT_SCHEMA,
-            raw_wide::SPLIT_FILL,
-            "VACUUM ANALYZE split_body, split_live",
-        ),
-        Shape::Split | Shape::BodyApart => {
-            (SCHEMA_SQL, BODY_FILL, "VACUUM ANALYZE raw_body, raw_live")
-        }
-        Shape::Fused | Shape::Then(_) => (SCHEMA_SQL, JOBS_FILL, "VACUUM ANALYZE raw_jobs"),
-    };
+    let (schema, fill, analyze) = shape.tables();
     for stmt in schema {
-        sqlx::query(*stmt).execute(pool).await.map_err(sql)?;
+        sqlx::query(AssertSqlSafe(stmt))
+            .execute(pool)
+            .await
+            .map_err(sql)?;
     }
     for stmt in fill {
         sqlx::query(*stmt)
@@ -314,29 +356,15 @@ async fn run(
     }
     sqlx::query(analyze).execute(pool).await.map_err(sql)?;
 
-    // The claim and completion of a two-statement shape (the fused shape has its own).
-    let (claim, complete) = match shape {
-        Shape::Fused => (String::new(), String::new()),
-        Shape::Then(finish) => (CLAIM.to_string(), finish.sql().to_string()),
-        Shape::Split => (SPLIT_CLAIM.to_string(), SPLIT_COMPLETE.to_string()),
-        Shape::BodyApart => (SPLIT_CLAIM.to_string(), BODY_APART_COMPLETE.to_string()),
-        Shape::WideUpdate => (
-            raw_wide::WIDE_CLAIM.to_string(),
-            raw_wide::with_ended(raw_wide::WIDE_COMPLETE),
-        ),
-        Shape::WideSplit => (
-            raw_wide::SPLIT_CLAIM.to_string(),
-            raw_wide::with_ended(raw_wide::SPLIT_COMPLETE),
-        ),
-    };
+    let statements = shape.statements();
     let t0 = Instant::now();
     let handles = (0..loops).map(|_| {
         let pool = pool.clone();
-        let (claim, complete) = (claim.clone(), complete.clone());
+        let statements = statements.clone();
         tokio::spawn(async move {
-            match shape {
-                Shape::Fused => fused_loop(&pool, batch).await,
-                _ => two_statement_loop(&pool, batch, &claim, &complete).await,
+            match statements {
+                None => fused_loop(&pool, batch).await,
+                Some((claim, complete)) => two_statement_loop(&pool, batch, claim, complete).await,
             }
         })
     });
@@ -359,25 +387,24 @@ fn sql(e: sqlx::Error) -> String {
 async fn two_statement_loop(
     pool: &PgPool,
     batch: usize,
-    claim: &str,
-    complete: &str,
+    claim: Arc<str>,
+    complete: Arc<str>,
 ) -> Result<usize, String> {
     let mut done = 0usize;
     loop {
         // Only the first three columns are read; the wide shapes return every column,
         // as the library's claim does, and the rest is decoded no further.
-        let rows: Vec<(i64, i64, serde_json::Value)> =
-            sqlx::query_as(AssertSqlSafe(claim.to_owned()))
-                .bind(batch as i64)
-                .fetch_all(pool)
-                .await
-                .map_err(sql)?;
+        let rows: Vec<(i64, i64, serde_json::Value)> = sqlx::query_as(AssertSqlSafe(claim.clone()))
+            .bind(batch as i64)
+            .fetch_all(pool)
+            .await
+            .map_err(sql)?;
         if rows.is_empty() {
             return Ok(done);
         }
         let (ids, tokens): (Vec<i64>, Vec<i64>) =
             rows.iter().map(|(id, tok, _)| (*id, *tok)).unzip();
-        let r = sqlx::query(AssertSqlSafe(complete.to_owned()))
+        let r = sqlx::query(AssertSqlSafe(complete.clone()))
             .bind(&ids)
             .bind(&tokens)
             .execute(pool)
